@@ -1,0 +1,113 @@
+//! The handle services hold: one broker, whichever backend the configuration chose.
+
+use std::fmt;
+use std::sync::Arc;
+
+use crate::backend::{Backend, SharedBackend, TopicSpec};
+use crate::capabilities::Capabilities;
+use crate::error::Result;
+use crate::naming::validate_name;
+use crate::publisher::Publisher;
+use crate::settings::SubscriberSettings;
+use crate::subscriber::Subscriber;
+use crate::topic::Topic;
+
+/// A connected message broker. Cloning is cheap and every clone is the same connection.
+///
+/// Publish with [`Broker::publisher`], subscribe with [`Broker::subscriber`], and call
+/// [`Broker::close`] before exit: it stops subscriptions, lets handlers finish and flushes
+/// pending publishes.
+#[derive(Clone)]
+pub struct Broker {
+    backend: SharedBackend,
+    defaults: Arc<SubscriberSettings>,
+}
+
+impl Broker {
+    /// A broker over `backend` with default subscriber settings.
+    pub fn new(backend: impl Backend) -> Self {
+        Broker::from_shared(Arc::new(backend))
+    }
+
+    /// A broker over an already shared backend.
+    pub fn from_shared(backend: SharedBackend) -> Self {
+        Broker {
+            backend,
+            defaults: Arc::new(SubscriberSettings::default()),
+        }
+    }
+
+    /// Uses `settings` as the defaults of every subscriber made from this handle.
+    pub fn with_subscriber_defaults(mut self, settings: SubscriberSettings) -> Self {
+        self.defaults = Arc::new(settings);
+        self
+    }
+
+    /// The backend's short name: "memory", "kafka", "rabbitmq", "pubsub".
+    pub fn kind(&self) -> &'static str {
+        self.backend.kind()
+    }
+
+    /// Where the backend connects, without credentials.
+    pub fn endpoint(&self) -> String {
+        self.backend.endpoint()
+    }
+
+    /// What the backend guarantees.
+    pub fn capabilities(&self) -> Capabilities {
+        self.backend.capabilities()
+    }
+
+    /// The subscriber defaults of this handle.
+    pub fn subscriber_defaults(&self) -> &SubscriberSettings {
+        &self.defaults
+    }
+
+    /// The untyped backend, for tools that move raw messages.
+    pub fn backend(&self) -> &SharedBackend {
+        &self.backend
+    }
+
+    /// A publisher of values to `topic`.
+    pub fn publisher<T: 'static>(&self, topic: &Topic<T>) -> Publisher<T> {
+        Publisher::new(self.backend.clone(), topic.clone())
+    }
+
+    /// A subscriber of `group` on `topic`, with this handle's defaults; adjust it with its
+    /// builder methods, then start it with `at_least_once`, `at_most_once` or `manual`.
+    pub fn subscriber<T: Send + 'static>(
+        &self,
+        topic: &Topic<T>,
+        group: impl Into<String>,
+    ) -> Subscriber<T> {
+        Subscriber::new(
+            self.backend.clone(),
+            topic.clone(),
+            group.into(),
+            (*self.defaults).clone(),
+        )
+    }
+
+    /// Creates a topic and its groups when they do not exist yet.
+    pub async fn ensure_topic(&self, spec: &TopicSpec) -> Result<()> {
+        validate_name("topic", &spec.name)?;
+        for group in &spec.groups {
+            validate_name("group", group)?;
+        }
+        self.backend.ensure_topic(spec).await
+    }
+
+    /// Stops every subscription, flushes pending publishes and disconnects. Later calls on any
+    /// clone fail with [`ErrorKind::Closed`](crate::ErrorKind::Closed).
+    pub async fn close(&self) -> Result<()> {
+        self.backend.close().await
+    }
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}

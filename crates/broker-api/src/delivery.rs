@@ -1,0 +1,141 @@
+//! Incoming messages: payload, metadata and the handle that acknowledges them.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+use crate::completion::Completion;
+use crate::message::{Headers, MessageId};
+
+/// Where a delivery sits in the broker, in the broker's own terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Position {
+    /// The in-memory backend: the message's index in its topic.
+    Memory {
+        /// Zero-based index in the topic.
+        offset: u64,
+    },
+    /// Kafka: partition and offset.
+    Kafka {
+        /// The partition.
+        partition: i32,
+        /// The offset in the partition.
+        offset: i64,
+    },
+    /// RabbitMQ (AMQP 0-9-1).
+    Amqp {
+        /// The channel's delivery tag.
+        delivery_tag: u64,
+        /// Whether the broker delivered this message before.
+        redelivered: bool,
+        /// The exchange it was published to.
+        exchange: String,
+        /// The routing key it was published with.
+        routing_key: String,
+    },
+    /// Google Cloud Pub/Sub.
+    PubSub {
+        /// The server-assigned message id.
+        message_id: String,
+        /// The ordering key, when the message has one.
+        ordering_key: Option<String>,
+    },
+    /// The backend does not report a position.
+    Unknown,
+}
+
+/// What a consumer knows about a delivered message besides its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Metadata {
+    /// The topic it was published to.
+    pub topic: Arc<str>,
+    /// The partition/ordering key.
+    pub key: Option<String>,
+    /// Application headers (the wire's id and content-type entries are moved to their fields).
+    pub headers: Headers,
+    /// The message id; absent when another program published without one.
+    pub message_id: Option<MessageId>,
+    /// The payload's MIME type, when known.
+    pub content_type: Option<String>,
+    /// When the message was published, when the broker says.
+    pub publish_time: Option<SystemTime>,
+    /// Which delivery this is, starting at 1, when the broker counts.
+    pub attempt: Option<u32>,
+    /// The broker's own position of the message.
+    pub position: Position,
+}
+
+impl Metadata {
+    /// Metadata for a message on `topic` with nothing else known.
+    pub fn new(topic: Arc<str>) -> Self {
+        Metadata {
+            topic,
+            key: None,
+            headers: Headers::new(),
+            message_id: None,
+            content_type: None,
+            publish_time: None,
+            attempt: None,
+            position: Position::Unknown,
+        }
+    }
+}
+
+/// Settles one delivery with the broker. Adapters implement it; users call
+/// [`Delivery::ack`] and [`Delivery::nack`].
+///
+/// A delivery dropped without being settled is never lost: the backend delivers it again, at the
+/// latest to the next subscriber of the group once this subscription is closed.
+pub trait Acknowledge: Send + 'static {
+    /// The message was handled: the broker may forget it for this group.
+    fn ack(self: Box<Self>) -> Completion<'static, ()>;
+    /// The message was not handled: deliver it again as soon as possible.
+    fn nack(self: Box<Self>) -> Completion<'static, ()>;
+}
+
+/// A message received from a subscription, not yet decoded, with its acknowledgement handle.
+pub struct Delivery {
+    /// The payload as published.
+    pub payload: Bytes,
+    /// Topic, key, headers, ids and the broker position.
+    pub metadata: Metadata,
+    acker: Box<dyn Acknowledge>,
+}
+
+impl Delivery {
+    /// A delivery that settles through `acker`.
+    pub fn new(payload: Bytes, metadata: Metadata, acker: Box<dyn Acknowledge>) -> Self {
+        Delivery {
+            payload,
+            metadata,
+            acker,
+        }
+    }
+
+    /// Acknowledges the message; resolves when the backend has recorded it.
+    pub fn ack(self) -> Completion<'static, ()> {
+        self.acker.ack()
+    }
+
+    /// Rejects the message so that it is delivered again.
+    pub fn nack(self) -> Completion<'static, ()> {
+        self.acker.nack()
+    }
+
+    /// Splits the delivery into payload, metadata and acknowledgement handle.
+    pub fn into_parts(self) -> (Bytes, Metadata, Box<dyn Acknowledge>) {
+        (self.payload, self.metadata, self.acker)
+    }
+}
+
+impl fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Delivery")
+            .field("metadata", &self.metadata)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}

@@ -1,0 +1,46 @@
+//! # broker-api
+//!
+//! One typed API for message brokers, after Lagom's Message Broker API: typed [`Topic`]s with
+//! partition keys, [`Publisher`]s that wait for the broker's confirmation, group
+//! [`Subscriber`]s that handle messages at least once (acknowledged only after the handler
+//! succeeded, failures retried with backoff, then dead-lettered) or at most once.
+//!
+//! This crate holds the model and the semantics, written once. Backends (in-memory, Kafka,
+//! RabbitMQ, Pub/Sub) implement the object-safe [`Backend`] trait and only map it to their
+//! client; services depend on the `broker` facade crate, which picks the backend from
+//! configuration.
+
+pub mod backend;
+pub mod capabilities;
+pub mod codec;
+pub mod completion;
+pub mod delivery;
+pub mod error;
+pub mod handler;
+pub mod message;
+pub mod naming;
+pub mod offsets;
+pub mod runner;
+pub mod settings;
+
+mod broker;
+mod publisher;
+mod subscriber;
+mod topic;
+
+pub use backend::{
+    Backend, BoxDeliveryStream, Confirmation, ConnectOptions, DeliveryStream, Receipt,
+    SharedBackend, StartFrom, SubscribeRequest, TopicSpec,
+};
+pub use broker::Broker;
+pub use capabilities::Capabilities;
+pub use codec::{Codec, Json, Raw, Text};
+pub use delivery::{Acknowledge, Delivery, Metadata, Position};
+pub use error::{BoxError, Error, ErrorKind, Result};
+pub use handler::{Handler, HandlerError, HandlerResult, Received};
+pub use message::{Headers, Message, MessageId};
+pub use publisher::Publisher;
+pub use runner::{AtMostOnce, Incoming, Manual, Running};
+pub use settings::{RetryPolicy, SubscriberSettings};
+pub use subscriber::Subscriber;
+pub use topic::Topic;

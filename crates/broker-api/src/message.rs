@@ -1,0 +1,215 @@
+//! Outgoing messages, headers and message ids.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use bytes::Bytes;
+
+/// A message id: unique per message, kept across redeliveries, generated when absent.
+///
+/// On the wire it is the `message-id` header (Kafka), the `message_id` property (RabbitMQ) or the
+/// `message-id` attribute (Pub/Sub). Cloning is cheap.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MessageId(Arc<str>);
+
+impl MessageId {
+    /// A new random id (UUID v4, hyphenated).
+    pub fn random() -> Self {
+        let mut buffer = uuid::Uuid::encode_buffer();
+        MessageId(Arc::from(
+            &*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer),
+        ))
+    }
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for MessageId {
+    fn from(value: &str) -> Self {
+        MessageId(Arc::from(value))
+    }
+}
+
+impl From<String> for MessageId {
+    fn from(value: String) -> Self {
+        MessageId(Arc::from(value))
+    }
+}
+
+impl fmt::Display for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for MessageId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+/// Application headers: ordered name/value pairs with UTF-8 values.
+///
+/// Names are case-sensitive; [`Headers::insert`] replaces an existing value. Most messages carry
+/// none, and an empty set does not allocate.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Headers(Vec<(String, String)>);
+
+impl Headers {
+    /// No headers.
+    pub const fn new() -> Self {
+        Headers(Vec::new())
+    }
+
+    /// Sets `name` to `value`, replacing an existing value.
+    pub fn insert(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let name = name.into();
+        let value = value.into();
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some(entry) => entry.1 = value,
+            None => self.0.push((name, value)),
+        }
+    }
+
+    /// The value of `name`, if present.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Removes `name` and returns its value.
+    pub fn remove(&mut self, name: &str) -> Option<String> {
+        let index = self.0.iter().position(|(n, _)| n == name)?;
+        Some(self.0.remove(index).1)
+    }
+
+    /// The headers in insertion order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, &str)> {
+        self.0.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The number of headers.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are no headers.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Headers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter()).finish()
+    }
+}
+
+impl<N: Into<String>, V: Into<String>> FromIterator<(N, V)> for Headers {
+    fn from_iter<I: IntoIterator<Item = (N, V)>>(iter: I) -> Self {
+        let mut headers = Headers::new();
+        for (name, value) in iter {
+            headers.insert(name, value);
+        }
+        headers
+    }
+}
+
+/// A message on its way to the broker: an encoded payload plus what travels with it.
+///
+/// Build one with [`Message::new`] and the `with_*` methods, or let a typed
+/// [`Publisher`](crate::Publisher) build it from a value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Message {
+    /// The encoded payload; may be empty.
+    pub payload: Bytes,
+    /// The partition/ordering key: messages with the same key are handled in publish order.
+    pub key: Option<String>,
+    /// Application headers.
+    pub headers: Headers,
+    /// The message id; [`MessageId::random`] unless set.
+    pub id: MessageId,
+    /// The MIME type of the payload, e.g. `application/json`.
+    pub content_type: Option<Cow<'static, str>>,
+    /// When the message was created.
+    pub timestamp: SystemTime,
+}
+
+impl Message {
+    /// A message with this payload, a fresh id, no key, no headers, created now.
+    pub fn new(payload: impl Into<Bytes>) -> Self {
+        Message {
+            payload: payload.into(),
+            key: None,
+            headers: Headers::new(),
+            id: MessageId::random(),
+            content_type: None,
+            timestamp: SystemTime::now(),
+        }
+    }
+
+    /// Sets the key.
+    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    /// Adds or replaces a header.
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.insert(name, value);
+        self
+    }
+
+    /// Sets the message id.
+    pub fn with_id(mut self, id: impl Into<MessageId>) -> Self {
+        self.id = id.into();
+        self
+    }
+
+    /// Sets the content type.
+    pub fn with_content_type(mut self, content_type: impl Into<Cow<'static, str>>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+}
+
+impl fmt::Debug for Message {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Message")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("headers", &self.headers)
+            .field("content_type", &self.content_type)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_replace_and_keep_order() {
+        let mut headers: Headers = [("b", "1"), ("a", "2")].into_iter().collect();
+        headers.insert("b", "3");
+        assert_eq!(headers.iter().collect::<Vec<_>>(), [("b", "3"), ("a", "2")]);
+        assert_eq!(headers.remove("b").as_deref(), Some("3"));
+        assert_eq!(headers.get("b"), None);
+    }
+
+    #[test]
+    fn new_messages_get_distinct_ids() {
+        let a = Message::new("x");
+        let b = Message::new("x");
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.id.as_str().len(), 36);
+    }
+}

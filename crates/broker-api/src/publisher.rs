@@ -1,0 +1,100 @@
+//! Typed publishing.
+
+use std::fmt;
+
+use futures::future::try_join_all;
+
+use crate::backend::{Confirmation, Receipt, SharedBackend};
+use crate::error::Result;
+use crate::message::Message;
+use crate::naming::validate_name;
+use crate::topic::Topic;
+
+/// Publishes values of `T` to one topic. Cheap to clone; safe to use from many tasks.
+///
+/// [`Publisher::publish`] waits for the broker's confirmation. For throughput, keep many
+/// messages in flight: [`Publisher::send`] returns as soon as the client has queued the message
+/// and hands back its [`Confirmation`], or use [`Publisher::publish_batch`].
+pub struct Publisher<T> {
+    backend: SharedBackend,
+    topic: Topic<T>,
+    name_is_valid: bool,
+}
+
+impl<T: 'static> Publisher<T> {
+    pub(crate) fn new(backend: SharedBackend, topic: Topic<T>) -> Self {
+        let name_is_valid = validate_name("topic", topic.name()).is_ok();
+        Publisher {
+            backend,
+            topic,
+            name_is_valid,
+        }
+    }
+
+    /// The topic this publisher writes to.
+    pub fn topic(&self) -> &Topic<T> {
+        &self.topic
+    }
+
+    /// The message `publish` would send for `value`, to add headers or set the id first.
+    pub fn message(&self, value: &T) -> Result<Message> {
+        self.topic.message(value)
+    }
+
+    /// Publishes `value` and waits until the broker confirms it.
+    pub async fn publish(&self, value: &T) -> Result<Receipt> {
+        self.publish_message(self.topic.message(value)?).await
+    }
+
+    /// Queues `value` in publish order and returns its pending confirmation.
+    pub async fn send(&self, value: &T) -> Result<Confirmation> {
+        self.send_message(self.topic.message(value)?).await
+    }
+
+    /// Publishes a prepared message and waits until the broker confirms it.
+    pub async fn publish_message(&self, message: Message) -> Result<Receipt> {
+        self.send_message(message).await?.await
+    }
+
+    /// Queues a prepared message in publish order and returns its pending confirmation.
+    pub async fn send_message(&self, message: Message) -> Result<Confirmation> {
+        if !self.name_is_valid {
+            validate_name("topic", self.topic.name())?;
+        }
+        self.backend.send(self.topic.name(), message).await
+    }
+
+    /// Publishes every value, all in flight at once, and waits for every confirmation.
+    ///
+    /// Receipts come back in input order. On error some values may have been published: the
+    /// batch is not atomic, and publishing it again may duplicate some (at-least-once).
+    pub async fn publish_batch<'v, I>(&self, values: I) -> Result<Vec<Receipt>>
+    where
+        I: IntoIterator<Item = &'v T>,
+        T: 'v,
+    {
+        let mut confirmations = Vec::new();
+        for value in values {
+            confirmations.push(self.send(value).await?);
+        }
+        try_join_all(confirmations).await
+    }
+}
+
+impl<T> Clone for Publisher<T> {
+    fn clone(&self) -> Self {
+        Publisher {
+            backend: self.backend.clone(),
+            topic: self.topic.clone(),
+            name_is_valid: self.name_is_valid,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Publisher<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Publisher")
+            .field("topic", &self.topic)
+            .finish_non_exhaustive()
+    }
+}

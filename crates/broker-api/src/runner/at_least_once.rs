@@ -1,0 +1,269 @@
+//! `at_least_once`: acknowledge a message only after its handler succeeded.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use futures::stream::FuturesUnordered;
+use futures::{FutureExt, StreamExt};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::dead_letter::DeadLetters;
+use super::key_lanes::KeyLanes;
+use crate::backend::BoxDeliveryStream;
+use crate::delivery::Delivery;
+use crate::error::{Error, ErrorKind, Result};
+use crate::handler::{Handler, HandlerError, Received};
+use crate::settings::SubscriberSettings;
+use crate::topic::Topic;
+
+/// A running `at_least_once` subscription.
+///
+/// Dropping the handle leaves the subscription running until the broker is closed.
+#[derive(Debug)]
+pub struct Running {
+    stop: CancellationToken,
+    task: JoinHandle<Result<()>>,
+}
+
+impl Running {
+    /// Stops intake, lets running handlers finish (up to the shutdown timeout), acknowledges
+    /// what they handled and leaves the group. Messages not handled are delivered again to the
+    /// group later. Returns the subscription's error if it had already failed.
+    pub async fn close(self) -> Result<()> {
+        self.stop.cancel();
+        self.join().await
+    }
+
+    /// Waits until the subscription ends by itself: the broker was closed, or a message could
+    /// neither be handled nor dead-lettered (the error says which and why).
+    pub async fn join(self) -> Result<()> {
+        match self.task.await {
+            Ok(result) => result,
+            Err(e) => Err(Error::new(ErrorKind::Other, "subscription task failed").source(e)),
+        }
+    }
+
+    /// Whether the subscription has ended.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// The runner behind [`Running`]: pulls deliveries, runs the handler with bounded concurrency,
+/// keeps same-key messages in order, retries with backoff, dead-letters, acknowledges.
+pub(crate) struct AtLeastOnce<T> {
+    topic: Topic<T>,
+    group: String,
+    settings: SubscriberSettings,
+    dead_letters: DeadLetters,
+}
+
+/// What one handled delivery left behind.
+struct Finished {
+    key: Option<String>,
+    result: Result<()>,
+}
+
+impl<T: Send + 'static> AtLeastOnce<T> {
+    pub(crate) fn new(
+        topic: Topic<T>,
+        group: String,
+        settings: SubscriberSettings,
+        dead_letters: DeadLetters,
+    ) -> Self {
+        AtLeastOnce {
+            topic,
+            group,
+            settings,
+            dead_letters,
+        }
+    }
+
+    pub(crate) fn start(self, stream: BoxDeliveryStream, handler: impl Handler<T>) -> Running {
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(Arc::new(self).run(stream, Arc::new(handler), stop.clone()));
+        Running { stop, task }
+    }
+
+    async fn run<H: Handler<T>>(
+        self: Arc<Self>,
+        mut stream: BoxDeliveryStream,
+        handler: Arc<H>,
+        stop: CancellationToken,
+    ) -> Result<()> {
+        // Cancelled on close or on a fatal error: handlers waiting to retry give up their message.
+        let abandon = stop.child_token();
+        let mut running = FuturesUnordered::new();
+        let mut lanes = KeyLanes::default();
+        let mut outcome = Ok(());
+        let start = |delivery: Delivery| {
+            let runner = self.clone();
+            let handler = handler.clone();
+            let abandon = abandon.clone();
+            async move {
+                let key = delivery.metadata.key.clone();
+                let result = runner.handle(delivery, &*handler, &abandon).await;
+                Finished { key, result }
+            }
+        };
+
+        loop {
+            let has_room = running.len() < self.settings.concurrency;
+            tokio::select! {
+                biased;
+                () = stop.cancelled() => break,
+                Some(finished) = running.next() => {
+                    let Finished { key, result } = finished;
+                    if let Err(e) = result {
+                        outcome = Err(e);
+                        break;
+                    }
+                    if let Some(next) = key.and_then(|key| lanes.release(&key)) {
+                        running.push(start(next));
+                    }
+                }
+                item = stream.next(), if has_room => match item {
+                    Some(Ok(delivery)) => {
+                        if let Some(delivery) = lanes.admit(delivery) {
+                            running.push(start(delivery));
+                        }
+                    }
+                    Some(Err(e)) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+
+        // Intake is closed. Let running handlers finish, within the shutdown timeout.
+        if outcome.is_err() {
+            abandon.cancel();
+        }
+        let waiting = lanes.waiting();
+        drop(lanes); // not started: delivered again later
+        let drain = async {
+            while let Some(Finished { result, .. }) = running.next().await {
+                if let Err(e) = result {
+                    if outcome.is_ok() {
+                        outcome = Err(e);
+                    }
+                    abandon.cancel();
+                }
+            }
+        };
+        if tokio::time::timeout(self.settings.shutdown_timeout, drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                topic = self.topic.name(),
+                group = %self.group,
+                "handlers still running after the shutdown timeout; their messages will be delivered again"
+            );
+        }
+        tracing::debug!(topic = self.topic.name(), group = %self.group, waiting, "subscription stopping");
+        drop(running);
+        let closed = stream.close().await;
+        outcome.and(closed)
+    }
+
+    /// Handles one delivery to the end: acknowledged, dead-lettered, abandoned (delivered again
+    /// later) or a fatal error.
+    async fn handle<H: Handler<T>>(
+        &self,
+        delivery: Delivery,
+        handler: &H,
+        abandon: &CancellationToken,
+    ) -> Result<()> {
+        let retry = &self.settings.retry;
+        let mut attempt = 0;
+        loop {
+            let value = match self.topic.decode(&delivery.payload) {
+                Ok(value) => value,
+                Err(e) => return self.give_up(delivery, &e.to_string(), attempt).await,
+            };
+            attempt += 1;
+            let received = Received {
+                value,
+                metadata: delivery.metadata.clone(),
+            };
+            let failure = match AssertUnwindSafe(handler.call(received))
+                .catch_unwind()
+                .await
+            {
+                Ok(Ok(())) => {
+                    if let Err(e) = delivery.ack().await {
+                        tracing::warn!(error = %e, "acknowledgement failed; the message will be delivered again");
+                    }
+                    return Ok(());
+                }
+                Ok(Err(e)) => e,
+                Err(panic) => HandlerError::permanent(panic_message(panic)),
+            };
+            if failure.is_permanent() || attempt >= retry.max_attempts {
+                return self.give_up(delivery, &failure.to_string(), attempt).await;
+            }
+            let delay = retry.backoff(attempt);
+            tracing::debug!(
+                topic = self.topic.name(), group = %self.group, attempt, error = %failure,
+                ?delay, "handler failed, retrying"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = abandon.cancelled() => return Ok(()),
+            }
+        }
+    }
+
+    /// Dead-letters and acknowledges the delivery, or, with dead-lettering off, stops the
+    /// subscription without acknowledging it.
+    async fn give_up(&self, delivery: Delivery, reason: &str, attempts: u32) -> Result<()> {
+        let id = delivery
+            .metadata
+            .message_id
+            .as_ref()
+            .map_or_else(|| "(no id)".to_owned(), ToString::to_string);
+        if !self.settings.retry.dead_letter {
+            return Err(Error::new(
+                ErrorKind::Handler,
+                format!(
+                    "message {id} on topic {} for group {} failed after {attempts} attempts and \
+                     dead-lettering is off: {reason}",
+                    self.topic.name(),
+                    self.group
+                ),
+            ));
+        }
+        tracing::warn!(topic = self.topic.name(), group = %self.group, message_id = %id, attempts, reason, "dead-lettering message");
+        let (payload, metadata, acker) = delivery.into_parts();
+        self.dead_letters
+            .publish(payload, &metadata, reason, attempts)
+            .await
+            .map_err(|e| {
+                Error::new(
+                    ErrorKind::Handler,
+                    format!(
+                        "message {id} could not be dead-lettered to {}; it stays unacknowledged",
+                        self.dead_letters.topic()
+                    ),
+                )
+                .source(e)
+            })?;
+        if let Err(e) = acker.ack().await {
+            tracing::warn!(error = %e, "acknowledgement of a dead-lettered message failed; it will be delivered again");
+        }
+        Ok(())
+    }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    let text = panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned());
+    format!("handler panicked: {text}")
+}

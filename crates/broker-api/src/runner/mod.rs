@@ -1,0 +1,14 @@
+//! The ways of consuming a subscription, written once for every backend.
+
+mod at_least_once;
+mod at_most_once;
+mod dead_letter;
+mod key_lanes;
+mod manual;
+
+pub use at_least_once::Running;
+pub use at_most_once::AtMostOnce;
+pub use dead_letter::{dead_letter_headers, DeadLetters};
+pub use manual::{Incoming, Manual};
+
+pub(crate) use at_least_once::AtLeastOnce;

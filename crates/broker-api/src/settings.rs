@@ -1,0 +1,173 @@
+//! Subscriber settings: where a group starts, how much is in flight, how failures are retried.
+//!
+//! They deserialize from the `[subscriber]` section of `broker.toml`; every field has a default.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::StartFrom;
+use crate::error::{Error, Result};
+
+/// How a subscription reads and handles messages.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriberSettings {
+    /// Where a new group starts.
+    pub start_from: StartFrom,
+    /// The most messages fetched and not yet acknowledged; bounds the subscription's memory.
+    pub max_in_flight: usize,
+    /// How many handler calls run at once in `at_least_once`; messages with the same key still
+    /// run one after another, in order. Defaults to 1 (strictly sequential, like Lagom).
+    pub concurrency: usize,
+    /// How long closing waits for running handlers before giving up on them (they are then
+    /// delivered again later, not lost).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// Retries and dead letters.
+    pub retry: RetryPolicy,
+}
+
+impl Default for SubscriberSettings {
+    fn default() -> Self {
+        SubscriberSettings {
+            start_from: StartFrom::Earliest,
+            max_in_flight: 256,
+            concurrency: 1,
+            shutdown_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+impl SubscriberSettings {
+    /// Checks the values; the error names the key and what would be accepted.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_in_flight == 0 {
+            return Err(Error::config(
+                "subscriber.max_in_flight = 0: expected a number of messages of at least 1",
+            ));
+        }
+        if self.concurrency == 0 {
+            return Err(Error::config(
+                "subscriber.concurrency = 0: expected a number of handler calls of at least 1",
+            ));
+        }
+        self.retry.validate()
+    }
+}
+
+/// Exponential backoff with jitter for handler failures, then dead letters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryPolicy {
+    /// The delay before the first retry.
+    #[serde(with = "humantime_serde")]
+    pub min_backoff: Duration,
+    /// The longest delay between two attempts.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// The random part of each delay, from 0.0 (none) to 1.0 (up to the whole delay).
+    pub jitter: f64,
+    /// Handler calls per message, the first included, before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Whether exhausted and undecodable messages go to `<topic>.<group>.dlq`. When false, the
+    /// subscription stops with the error instead, and the message is delivered again later.
+    pub dead_letter: bool,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(30),
+            jitter: 0.2,
+            max_attempts: 5,
+            dead_letter: true,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Checks the values; the error names the key and what would be accepted.
+    pub fn validate(&self) -> Result<()> {
+        if !(0.0..=1.0).contains(&self.jitter) {
+            return Err(Error::config(format!(
+                "subscriber.retry.jitter = {}: expected a fraction from 0.0 to 1.0",
+                self.jitter
+            )));
+        }
+        if self.max_attempts == 0 {
+            return Err(Error::config(
+                "subscriber.retry.max_attempts = 0: expected at least 1 (the first attempt counts)",
+            ));
+        }
+        if self.min_backoff > self.max_backoff {
+            return Err(Error::config(format!(
+                "subscriber.retry.min_backoff = {} is longer than max_backoff = {}",
+                humantime::format_duration(self.min_backoff),
+                humantime::format_duration(self.max_backoff)
+            )));
+        }
+        Ok(())
+    }
+
+    /// The delay after failed attempt number `attempt` (1 for the first call): `min_backoff`
+    /// doubled per attempt, capped at `max_backoff`, minus up to `jitter` of it at random.
+    pub fn backoff(&self, attempt: u32) -> Duration {
+        let doublings = attempt.saturating_sub(1).min(32);
+        let base = self
+            .min_backoff
+            .saturating_mul(1u32 << doublings.min(31))
+            .min(self.max_backoff);
+        if self.jitter <= 0.0 {
+            return base;
+        }
+        let cut = rand::random::<f64>() * self.jitter;
+        base.mul_f64(1.0 - cut)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let policy = RetryPolicy {
+            min_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_secs(1),
+            jitter: 0.0,
+            ..RetryPolicy::default()
+        };
+        let delays: Vec<_> = (1..=6).map(|a| policy.backoff(a).as_millis()).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        assert_eq!(policy.backoff(1000), Duration::from_secs(1));
+    }
+
+    #[test]
+    fn jitter_only_shortens_within_its_fraction() {
+        let policy = RetryPolicy {
+            min_backoff: Duration::from_millis(1000),
+            max_backoff: Duration::from_secs(10),
+            jitter: 0.5,
+            ..RetryPolicy::default()
+        };
+        for _ in 0..100 {
+            let delay = policy.backoff(1);
+            assert!(delay <= Duration::from_millis(1000) && delay >= Duration::from_millis(500));
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let mut settings = SubscriberSettings::default();
+        settings.retry.jitter = 1.5;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("subscriber.retry.jitter"), "{err}");
+        settings.retry.jitter = 0.1;
+        settings.max_in_flight = 0;
+        let err = settings.validate().unwrap_err().to_string();
+        assert!(err.contains("subscriber.max_in_flight"), "{err}");
+    }
+}
