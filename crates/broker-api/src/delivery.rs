@@ -1,5 +1,6 @@
 //! Incoming messages: payload, metadata and the handle that acknowledges them.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -59,7 +60,7 @@ pub struct Metadata {
     /// The message id; absent when another program published without one.
     pub message_id: Option<MessageId>,
     /// The payload's MIME type, when known.
-    pub content_type: Option<String>,
+    pub content_type: Option<Cow<'static, str>>,
     /// When the message was published, when the broker says.
     pub publish_time: Option<SystemTime>,
     /// Which delivery this is, starting at 1, when the broker counts.

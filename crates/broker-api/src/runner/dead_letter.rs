@@ -110,7 +110,7 @@ impl DeadLetters {
         );
         message.key = metadata.key.clone();
         message.headers = metadata.headers.clone();
-        message.content_type = metadata.content_type.clone().map(Into::into);
+        message.content_type = metadata.content_type.clone();
         message.headers.insert(
             dead_letter_headers::REASON,
             shorten(reason, MAX_REASON_BYTES),

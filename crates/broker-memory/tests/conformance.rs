@@ -1,0 +1,43 @@
+//! The conformance suite against the in-memory backend.
+
+use async_trait::async_trait;
+use broker_api::{Broker, Result};
+use broker_memory::{MemoryBackend, MemoryConfig, MemoryInstance};
+use broker_testkit::Harness;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Every test gets its own instance; its connections share it.
+struct Memory {
+    instance: Arc<MemoryInstance>,
+}
+
+#[async_trait]
+impl Harness for Memory {
+    async fn connect(&self) -> Result<Broker> {
+        Ok(Broker::new(MemoryBackend::with_instance(
+            self.instance.clone(),
+            &MemoryConfig::default(),
+            Default::default(),
+        )))
+    }
+
+    fn quiet_period(&self) -> Duration {
+        Duration::from_millis(300)
+    }
+}
+
+fn harness() -> Option<Memory> {
+    Some(Memory {
+        instance: Arc::new(MemoryInstance::new()),
+    })
+}
+
+broker_testkit::conformance_suite!(harness());
+
+#[tokio::test]
+async fn restart_case_is_skipped_without_a_restart_hook() {
+    // The memory backend has no broker process to restart: the case must say it skipped,
+    // after checking that the subscription works up to the restart point.
+    broker_testkit::cases::broker_restart_loses_nothing(&harness().unwrap()).await;
+}

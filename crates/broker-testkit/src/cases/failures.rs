@@ -1,0 +1,262 @@
+//! Failures: handler errors are retried, poison and undecodable messages are dead-lettered with
+//! their reason, and nothing is ever skipped silently.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use broker_api::runner::dead_letter_headers as dlq;
+use broker_api::{naming, ErrorKind, HandlerError, Received, RetryPolicy, Topic};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::{connect, distinct_values, publish_texts, sorted, text_topic};
+use crate::support::{fast_retry, fresh_topic, Inbox};
+use crate::Harness;
+
+/// A handler that fails twice for one message is called again until it succeeds; the message
+/// is handled once, nothing is dead-lettered.
+pub async fn handler_error_is_retried(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let topic = text_topic(&fresh_topic(&broker, "retry", &["g"]).await);
+    let sent = publish_texts(&broker.publisher(&topic), "r", 5).await;
+    let attempts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
+    let inbox = Inbox::new();
+    let handler = {
+        let attempts = attempts.clone();
+        let inbox = inbox.clone();
+        move |message: Received<String>| {
+            let attempts = attempts.clone();
+            let inbox = inbox.clone();
+            async move {
+                let attempt = {
+                    let mut attempts = attempts.lock().unwrap_or_else(|e| e.into_inner());
+                    let n = attempts.entry(message.value.clone()).or_insert(0);
+                    *n += 1;
+                    *n
+                };
+                if message.value == "r-2" && attempt <= 2 {
+                    return Err(HandlerError::from(format!("flaky failure {attempt}")));
+                }
+                inbox.push(message);
+                Ok(())
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&topic, "g")
+        .retry(fast_retry(5))
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    let received = inbox.wait_for(5, harness.patience()).await;
+    assert_eq!(distinct_values(&received), sorted(sent));
+    let attempts = attempts.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(attempts.get("r-2"), Some(&3), "attempts: {attempts:?}");
+    running.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+/// A message that always fails ends in `<topic>.<group>.dlq` with the reason, the topic, the
+/// group and the attempts, while the others flow.
+pub async fn poison_message_dead_lettered(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let name = fresh_topic(&broker, "poison", &["g"]).await;
+    let topic = text_topic(&name);
+    let publisher = broker.publisher(&topic);
+    publish_texts(&publisher, "before", 10).await;
+    let poison = publisher
+        .message(&"poison".to_owned())
+        .expect("encode")
+        .with_header("origin", "test");
+    let poison_id = poison.id.clone();
+    publisher.publish_message(poison).await.expect("publish");
+    publish_texts(&publisher, "after", 10).await;
+
+    let inbox = Inbox::new();
+    let handler = {
+        let inbox = inbox.clone();
+        move |message: Received<String>| {
+            let inbox = inbox.clone();
+            async move {
+                if message.value == "poison" {
+                    return Err(HandlerError::from("cannot digest poison"));
+                }
+                inbox.push(message);
+                Ok(())
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&topic, "g")
+        .retry(fast_retry(3))
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    inbox.wait_for(20, harness.patience()).await;
+
+    let dead = read_dead_letters(harness, &broker, &name, "g", 1).await;
+    let letter = &dead[0];
+    assert_eq!(letter.value, Bytes::from_static(b"poison"));
+    let headers = &letter.metadata.headers;
+    assert!(
+        headers
+            .get(dlq::REASON)
+            .is_some_and(|r| r.contains("cannot digest poison")),
+        "reason header: {headers:?}"
+    );
+    assert_eq!(headers.get(dlq::TOPIC), Some(name.as_str()));
+    assert_eq!(headers.get(dlq::GROUP), Some("g"));
+    assert_eq!(headers.get(dlq::ATTEMPTS), Some("3"));
+    assert_eq!(headers.get("origin"), Some("test"), "original headers kept");
+    assert_eq!(letter.metadata.message_id.as_ref(), Some(&poison_id));
+    running.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Order {
+    id: u32,
+}
+
+/// A payload the codec cannot decode goes straight to the dead-letter topic, without calling
+/// the handler, and the stream goes on.
+pub async fn undecodable_payload_dead_lettered(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let name = fresh_topic(&broker, "undecodable", &["g"]).await;
+    let orders = Topic::<Order>::json(name.as_str());
+    broker
+        .publisher(&Topic::bytes(name.as_str()))
+        .publish(&Bytes::from_static(b"{not json"))
+        .await
+        .expect("publish garbage");
+    broker
+        .publisher(&orders)
+        .publish(&Order { id: 7 })
+        .await
+        .expect("publish order");
+
+    let inbox = Inbox::new();
+    let running = broker
+        .subscriber(&orders, "g")
+        .retry(fast_retry(3))
+        .at_least_once(inbox.handler())
+        .await
+        .expect("subscribe");
+    let received = inbox.wait_for(1, harness.patience()).await;
+    assert_eq!(received[0].value.id, 7);
+    let dead = read_dead_letters(harness, &broker, &name, "g", 1).await;
+    assert_eq!(dead[0].value, Bytes::from_static(b"{not json"));
+    let reason = dead[0]
+        .metadata
+        .headers
+        .get(dlq::REASON)
+        .unwrap_or_default();
+    assert!(reason.contains("JSON"), "reason: {reason}");
+    assert_eq!(dead[0].metadata.headers.get(dlq::ATTEMPTS), Some("0"));
+    inbox.expect_no_more_than(1, harness.quiet_period()).await;
+    running.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+/// With dead-lettering off, a message that keeps failing stops the subscription with the
+/// error, and is still there for the next subscriber.
+pub async fn dead_letter_off_stops_subscription(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let topic = text_topic(&fresh_topic(&broker, "nodlq", &["g"]).await);
+    publish_texts(&broker.publisher(&topic), "bad", 1).await;
+    let policy = RetryPolicy {
+        dead_letter: false,
+        ..fast_retry(2)
+    };
+    let running = broker
+        .subscriber(&topic, "g")
+        .retry(policy)
+        .at_least_once(|_message: Received<String>| async {
+            Err(HandlerError::from("always failing"))
+        })
+        .await
+        .expect("subscribe");
+    let outcome = tokio::time::timeout(harness.patience(), running.join())
+        .await
+        .expect("the subscription must stop by itself");
+    let err = outcome.expect_err("the subscription must fail");
+    assert_eq!(err.kind(), ErrorKind::Handler, "{err}");
+    assert!(err.to_string().contains("always failing"), "{err}");
+
+    let inbox = Inbox::new();
+    let again = broker
+        .subscriber(&topic, "g")
+        .at_least_once(inbox.handler())
+        .await
+        .expect("subscribe again");
+    let received = inbox.wait_for(1, harness.patience()).await;
+    assert_eq!(
+        received[0].value, "bad-0",
+        "the failed message was not lost"
+    );
+    again.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+/// A nacked delivery comes back (with a higher attempt where the broker counts).
+pub async fn manual_nack_redelivers(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let topic = text_topic(&fresh_topic(&broker, "nack", &["g"]).await);
+    publish_texts(&broker.publisher(&topic), "n", 1).await;
+    let mut stream = broker
+        .subscriber(&topic, "g")
+        .manual()
+        .await
+        .expect("subscribe");
+    let first = next_within(&mut stream, harness.patience()).await;
+    let first_id = first.metadata().message_id.clone();
+    let first_attempt = first.metadata().attempt;
+    first.nack().await.expect("nack");
+    let second = next_within(&mut stream, harness.patience()).await;
+    assert_eq!(second.value().expect("decode"), "n-0");
+    assert_eq!(second.metadata().message_id, first_id);
+    if broker.capabilities().delivery_attempt {
+        assert!(
+            second.metadata().attempt > first_attempt,
+            "attempt {:?} after {:?}",
+            second.metadata().attempt,
+            first_attempt
+        );
+    }
+    second.ack().await.expect("ack");
+    stream.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+async fn next_within<T: 'static>(
+    stream: &mut broker_api::Manual<T>,
+    patience: Duration,
+) -> broker_api::Incoming<T> {
+    tokio::time::timeout(patience, stream.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the stream ended")
+        .expect("a delivery, not an error")
+}
+
+/// Reads `count` dead letters of `group` on `topic` through the dead-letter topic's own group.
+async fn read_dead_letters(
+    harness: &dyn Harness,
+    broker: &broker_api::Broker,
+    topic: &str,
+    group: &str,
+    count: usize,
+) -> Vec<Received<Bytes>> {
+    let dead_topic = Topic::bytes(naming::dead_letter_topic(topic, group));
+    let inbox = Inbox::new();
+    let running = broker
+        .subscriber(&dead_topic, group)
+        .at_least_once(inbox.handler())
+        .await
+        .expect("subscribe to the dead-letter topic");
+    let received = inbox.wait_for(count, harness.patience()).await;
+    running.close().await.expect("close");
+    received
+}

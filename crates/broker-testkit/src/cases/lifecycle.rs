@@ -1,0 +1,308 @@
+//! Lifecycle: closing, cancelling and resubscribing lose nothing; closed handles refuse work;
+//! in-flight limits hold; a broker restart is survived.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_api::{ErrorKind, Received, SubscribeRequest};
+use futures::StreamExt;
+
+use super::{connect, distinct_values, publish_texts, sorted, text_topic};
+use crate::support::{fresh_topic, skip, Inbox};
+use crate::Harness;
+
+/// A subscriber closed mid-stream, then a new one in the same group: every message is handled
+/// by one or the other.
+pub async fn resubscribe_after_close_loses_nothing(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let topic = text_topic(&fresh_topic(&broker, "resubscribe", &["g"]).await);
+    let sent = publish_texts(&broker.publisher(&topic), "m", 100).await;
+    let handled = Inbox::new();
+    let slow = {
+        let handled = handled.clone();
+        move |message: Received<String>| {
+            let handled = handled.clone();
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                handled.push(message);
+                Ok(())
+            }
+        }
+    };
+    let first = broker
+        .subscriber(&topic, "g")
+        .max_in_flight(10)
+        .at_least_once(slow)
+        .await
+        .expect("subscribe");
+    handled.wait_for(30, harness.patience()).await;
+    first.close().await.expect("close mid-stream");
+    let after_close = handled.len();
+    assert!(
+        after_close < 100,
+        "the first subscriber should not have finished"
+    );
+
+    let second = broker
+        .subscriber(&topic, "g")
+        .at_least_once(handled.handler())
+        .await
+        .expect("subscribe again");
+    let received = handled
+        .wait_until(
+            "every message across both subscribers",
+            harness.patience(),
+            |r| distinct_values(r).len() >= 100,
+        )
+        .await;
+    assert_eq!(distinct_values(&received), sorted(sent));
+    second.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+/// At most once: messages already received are not delivered again to the group.
+pub async fn at_most_once_does_not_redeliver(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let topic = text_topic(&fresh_topic(&broker, "atmost", &["g"]).await);
+    let publisher = broker.publisher(&topic);
+    publish_texts(&publisher, "first", 10).await;
+    let mut stream = broker
+        .subscriber(&topic, "g")
+        .max_in_flight(10)
+        .at_most_once()
+        .await
+        .expect("subscribe");
+    for _ in 0..10 {
+        let received = tokio::time::timeout(harness.patience(), stream.next())
+            .await
+            .expect("a message in time")
+            .expect("stream open")
+            .expect("a message");
+        assert!(received.value.starts_with("first-"));
+    }
+    stream.close().await.expect("close");
+    drop(stream);
+
+    let mut again = broker
+        .subscriber(&topic, "g")
+        .at_most_once()
+        .await
+        .expect("subscribe again");
+    tokio::time::sleep(harness.quiet_period()).await;
+    publish_texts(&publisher, "second", 1).await;
+    let next = tokio::time::timeout(harness.patience(), again.next())
+        .await
+        .expect("a message in time")
+        .expect("stream open")
+        .expect("a message");
+    assert_eq!(next.value, "second-0", "an acknowledged message came back");
+    again.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+/// Subscribing and closing at once, three times, then subscribing for real: the group works.
+pub async fn cancel_and_resubscribe(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let topic = text_topic(&fresh_topic(&broker, "cancel", &["g"]).await);
+    for _ in 0..3 {
+        let inbox = Inbox::new();
+        let running = broker
+            .subscriber(&topic, "g")
+            .at_least_once(inbox.handler())
+            .await
+            .expect("subscribe");
+        running.close().await.expect("close at once");
+    }
+    let inbox = Inbox::new();
+    let running = broker
+        .subscriber(&topic, "g")
+        .at_least_once(inbox.handler())
+        .await
+        .expect("subscribe");
+    let sent = publish_texts(&broker.publisher(&topic), "c", 5).await;
+    let received = inbox.wait_for(5, harness.patience()).await;
+    assert_eq!(distinct_values(&received), sorted(sent));
+    running.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+/// Closing subscriptions and the broker from many tasks at once, while messages flow, finishes
+/// (the case guard fails it otherwise).
+pub async fn concurrent_close_does_not_deadlock(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let topic = text_topic(&fresh_topic(&broker, "closing", &["a", "b", "c"]).await);
+    let mut running = Vec::new();
+    for group in ["a", "b", "c"] {
+        let inbox = Inbox::new();
+        running.push(
+            broker
+                .subscriber(&topic, group)
+                .at_least_once(inbox.handler())
+                .await
+                .expect("subscribe"),
+        );
+    }
+    let publisher = broker.publisher(&topic);
+    let flow = tokio::spawn(async move {
+        for i in 0..200 {
+            if publisher.publish(&format!("x-{i}")).await.is_err() {
+                break; // the broker was closed under us: expected
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut closing: Vec<tokio::task::JoinHandle<()>> = running
+        .into_iter()
+        .map(|r| {
+            tokio::spawn(async move {
+                let _ = r.close().await;
+            })
+        })
+        .collect();
+    for _ in 0..2 {
+        let broker = broker.clone();
+        closing.push(tokio::spawn(async move {
+            broker.close().await.expect("close broker");
+        }));
+    }
+    let all = futures::future::join_all(closing);
+    tokio::time::timeout(harness.patience(), all)
+        .await
+        .expect("closing from many tasks at once must finish");
+    tokio::time::timeout(harness.patience(), flow)
+        .await
+        .expect("the publisher must stop")
+        .expect("publisher task");
+}
+
+/// After close, publishing and subscribing fail with a `Closed` error.
+pub async fn publish_after_close_fails(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let topic = text_topic(&fresh_topic(&broker, "afterclose", &["g"]).await);
+    broker.close().await.expect("close");
+    broker.close().await.expect("closing twice is fine");
+    let err = broker
+        .publisher(&topic)
+        .publish(&"late".to_owned())
+        .await
+        .expect_err("publish after close");
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    let err = broker
+        .subscriber(&topic, "g")
+        .manual()
+        .await
+        .expect_err("subscribe after close");
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+}
+
+/// A subscription never holds more unsettled deliveries than `max_in_flight`.
+pub async fn bounded_in_flight(harness: &dyn Harness) {
+    const LIMIT: usize = 5;
+    let broker = connect(harness).await;
+    let name = fresh_topic(&broker, "bounded", &["g"]).await;
+    publish_texts(&broker.publisher(&text_topic(&name)), "b", 50).await;
+    let mut stream = broker
+        .backend()
+        .subscribe(SubscribeRequest::new(&name, "g").max_in_flight(LIMIT))
+        .await
+        .expect("subscribe");
+    let mut held = Vec::new();
+    for _ in 0..LIMIT {
+        let delivery = tokio::time::timeout(harness.patience(), stream.next())
+            .await
+            .expect("a delivery in time")
+            .expect("stream open")
+            .expect("a delivery");
+        held.push(delivery);
+    }
+    let extra = tokio::time::timeout(harness.quiet_period(), stream.next()).await;
+    assert!(
+        extra.is_err(),
+        "a delivery beyond max_in_flight = {LIMIT} arrived"
+    );
+    let first = held.remove(0);
+    first.ack().await.expect("ack");
+    let next = tokio::time::timeout(harness.patience(), stream.next())
+        .await
+        .expect("room was made: a delivery must follow")
+        .expect("stream open")
+        .expect("a delivery");
+    held.push(next);
+    for delivery in held {
+        delivery.ack().await.expect("ack");
+    }
+    stream.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+/// A broker restarted mid-stream: publishing and the running subscription resume by
+/// themselves. Where the broker keeps messages across restarts, every confirmed message is
+/// delivered; where it does not (an emulator), messages published after the restart flow.
+///
+/// Not part of [`conformance_suite!`](crate::conformance_suite): it stops the broker under
+/// every other test, so run it from a test binary of its own.
+pub async fn broker_restart_loses_nothing(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let durable = broker.capabilities().survives_restart;
+    let topic = text_topic(&fresh_topic(&broker, "restart", &["g"]).await);
+    let publisher = broker.publisher(&topic);
+    let inbox = Inbox::new();
+    let running = broker
+        .subscriber(&topic, "g")
+        .at_least_once(inbox.handler())
+        .await
+        .expect("subscribe");
+    let before = publish_texts(&publisher, "before", 50).await;
+    inbox
+        .wait_until("the first messages", harness.patience(), |r| {
+            distinct_values(r).len() >= 10
+        })
+        .await;
+
+    if let Err(reason) = harness.restart().await {
+        skip("broker_restart_loses_nothing", &reason);
+        running.close().await.expect("close");
+        return;
+    }
+
+    // Publishing resumes by itself; retry while the client reconnects, within the patience.
+    let confirmed_after = Arc::new(AtomicUsize::new(0));
+    let mut after = Vec::new();
+    let deadline = tokio::time::Instant::now() + harness.patience() * 2;
+    for i in 0..50 {
+        let value = format!("after-{i}");
+        loop {
+            match publisher.publish(&value).await {
+                Ok(_) => break,
+                Err(e) => {
+                    assert!(
+                        tokio::time::Instant::now() < deadline,
+                        "publishing did not resume after the restart: {e}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+        confirmed_after.fetch_add(1, Ordering::Relaxed);
+        after.push(value);
+    }
+    let mut expected = after.clone();
+    if durable {
+        expected.extend(before);
+    }
+    let expected = sorted(expected);
+    let received = inbox
+        .wait_until(
+            "every confirmed message after the restart",
+            harness.patience() * 2,
+            |r| {
+                let got = distinct_values(r);
+                expected.iter().all(|v| got.binary_search(v).is_ok())
+            },
+        )
+        .await;
+    assert!(distinct_values(&received).len() >= expected.len());
+    running.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}

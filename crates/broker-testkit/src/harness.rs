@@ -1,0 +1,30 @@
+//! What a backend's test file provides to the suite.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use broker_api::{Broker, Result};
+
+/// Connects the suite to the backend under test.
+#[async_trait]
+pub trait Harness: Send + Sync + 'static {
+    /// A new connection to the broker under test. Connections made by one harness see the same
+    /// topics. Subscriber defaults may be anything; cases set what they depend on.
+    async fn connect(&self) -> Result<Broker>;
+
+    /// Stops and starts the broker, keeping its data, for the restart case. `Err` explains why
+    /// this harness cannot.
+    async fn restart(&self) -> std::result::Result<(), String> {
+        Err("this harness cannot restart its broker".to_owned())
+    }
+
+    /// How long to wait for something that should happen.
+    fn patience(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+
+    /// How long to watch for something that should not happen.
+    fn quiet_period(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+}

@@ -1,0 +1,65 @@
+//! Live brokers: where tests find them, and what happens when one is missing.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+/// The variable that turns a missing live broker into a failure instead of a skip.
+pub const REQUIRE_LIVE: &str = "BROKER_REQUIRE_LIVE";
+
+/// Whether live brokers are required (`BROKER_REQUIRE_LIVE=1`, as set by `scripts/test.sh`).
+pub fn required() -> bool {
+    std::env::var(REQUIRE_LIVE).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// The endpoint in environment variable `var` (e.g. `BROKER_TEST_KAFKA`).
+///
+/// When it is unset, the test says it was skipped and gets `None`; with `BROKER_REQUIRE_LIVE=1`
+/// it panics instead, so a missing broker fails the run.
+pub fn require(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(value) if !value.trim().is_empty() => Some(value),
+        _ if required() => panic!(
+            "{var} is not set and {REQUIRE_LIVE}=1: start the broker with scripts/brokers.sh \
+             start and export its endpoint (eval \"$(scripts/brokers.sh env)\")"
+        ),
+        _ => {
+            eprintln!("skipped: {var} is not set (run scripts/brokers.sh start, or set {REQUIRE_LIVE}=1 to fail instead)");
+            None
+        }
+    }
+}
+
+/// The repository root (the directory holding `scripts/brokers.sh`), found from this crate.
+pub fn repository_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .find(|dir| dir.join("scripts").join("brokers.sh").exists())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.."))
+}
+
+/// Runs `scripts/brokers.sh <action> <broker>` and returns its output, or why it failed.
+pub async fn brokers_script(action: &str, broker: &str) -> Result<String, String> {
+    let script = repository_root().join("scripts").join("brokers.sh");
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg(action)
+        .arg(broker)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    if output.status.success() {
+        Ok(text)
+    } else {
+        Err(format!(
+            "{} {action} {broker} failed: {text}",
+            script.display()
+        ))
+    }
+}
