@@ -1,0 +1,377 @@
+//! Acknowledgement bookkeeping of one subscription, shared by its consumer thread, its stream,
+//! its rebalance hooks and every delivery it handed out.
+//!
+//! - An ack marks the offset handled in an [`OffsetTracker`]; the consumer thread stores only
+//!   the contiguous handled prefix of each partition, which librdkafka commits.
+//! - A nack rewinds the partition to its oldest unsettled offset: that message and every later
+//!   one of the partition are delivered again.
+//! - Each partition's deliveries carry the epoch of the assignment (or rewind) they were read
+//!   in; settling a delivery of an older epoch (the partition was revoked, or rewound) does
+//!   nothing: the message is delivered again to whoever owns the partition now.
+//! - Each unsettled delivery holds one of `max_in_flight` slots, given back when it is
+//!   settled or dropped; the consumer thread stops reading while none is free.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::thread::Thread;
+use std::time::Duration;
+
+use broker_api::completion::{self, Completion};
+use broker_api::offsets::OffsetTracker;
+use broker_api::{Acknowledge, Result};
+
+use crate::error::closed;
+
+/// The state of one subscription that outlives any single delivery.
+pub(crate) struct Shared {
+    topic: Arc<str>,
+    group: String,
+    limit: usize,
+    in_flight: AtomicUsize,
+    stop: AtomicBool,
+    /// Set when an ack moved a committable position that is not stored yet.
+    dirty: AtomicBool,
+    state: Mutex<AckState>,
+    consumer_thread: OnceLock<Thread>,
+}
+
+#[derive(Default)]
+struct AckState {
+    tracker: OffsetTracker,
+    epochs: HashMap<i32, u64>,
+    next_epoch: u64,
+    /// Partitions to rewind, with the offset to read again from.
+    rewinds: Vec<(i32, i64)>,
+    closed: bool,
+}
+
+impl AckState {
+    fn new_epoch(&mut self) -> u64 {
+        self.next_epoch += 1;
+        self.next_epoch
+    }
+}
+
+impl Shared {
+    pub(crate) fn new(topic: &str, group: &str, max_in_flight: usize) -> Self {
+        Shared {
+            topic: topic.into(),
+            group: group.to_owned(),
+            limit: max_in_flight.max(1),
+            in_flight: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            dirty: AtomicBool::new(false),
+            state: Mutex::new(AckState::default()),
+            consumer_thread: OnceLock::new(),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, AckState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The subscribed topic.
+    pub(crate) fn topic(&self) -> &Arc<str> {
+        &self.topic
+    }
+
+    /// The consumer group.
+    pub(crate) fn group(&self) -> &str {
+        &self.group
+    }
+
+    // ----- consumer thread side -----
+
+    /// Registers the calling thread as the one to wake when a slot frees or on stop.
+    pub(crate) fn register_consumer_thread(&self) {
+        let _ = self.consumer_thread.set(std::thread::current());
+    }
+
+    fn wake_consumer(&self) {
+        if let Some(thread) = self.consumer_thread.get() {
+            thread.unpark();
+        }
+    }
+
+    /// Asks the consumer thread to commit, leave the group and end the stream.
+    pub(crate) fn stop(&self) {
+        self.stop.store(true, Ordering::Release);
+        self.wake_consumer();
+    }
+
+    /// Whether the subscription is stopping.
+    pub(crate) fn is_stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+
+    /// Whether another delivery may be handed out.
+    pub(crate) fn has_room(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) < self.limit
+    }
+
+    /// Parks the consumer thread until a slot frees, a stop, or `timeout`.
+    pub(crate) fn wait_for_room(&self, timeout: Duration) {
+        if !self.has_room() && !self.is_stopping() {
+            std::thread::park_timeout(timeout);
+        }
+    }
+
+    /// Records that `offset` of `partition` is being handed out and returns the acknowledger
+    /// holding its slot, or `None` when the partition is about to be rewound (the message will
+    /// be read again after the rewind).
+    pub(crate) fn admit(self: &Arc<Self>, partition: i32, offset: i64) -> Option<KafkaAcker> {
+        let epoch = {
+            let mut state = self.state();
+            if state.rewinds.iter().any(|&(p, _)| p == partition) {
+                return None;
+            }
+            let epoch = match state.epochs.get(&partition) {
+                Some(&epoch) => epoch,
+                None => {
+                    let epoch = state.new_epoch();
+                    state.epochs.insert(partition, epoch);
+                    epoch
+                }
+            };
+            state.tracker.delivered(partition, offset);
+            epoch
+        };
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(KafkaAcker {
+            shared: self.clone(),
+            partition,
+            offset,
+            epoch,
+        })
+    }
+
+    /// Partitions were assigned: their deliveries start a new epoch.
+    pub(crate) fn assigned(&self, partitions: &[i32]) {
+        let mut state = self.state();
+        for &partition in partitions {
+            state.tracker.forget(partition);
+            let epoch = state.new_epoch();
+            state.epochs.insert(partition, epoch);
+        }
+    }
+
+    /// Partitions were revoked: returns the positions to commit for them, and forgets them
+    /// (later settlements of their deliveries do nothing).
+    pub(crate) fn revoked(&self, partitions: &[i32]) -> Vec<(i32, i64)> {
+        let mut state = self.state();
+        let mut positions = Vec::new();
+        for &partition in partitions {
+            if let Some(position) = state.tracker.committable(partition) {
+                positions.push((partition, position));
+            }
+            state.tracker.forget(partition);
+            state.epochs.remove(&partition);
+            state.rewinds.retain(|&(p, _)| p != partition);
+        }
+        positions
+    }
+
+    /// The committable positions that moved since the last call, to be stored; empty unless
+    /// an ack moved one.
+    pub(crate) fn take_moved(&self) -> Vec<(i32, i64)> {
+        if !self.dirty.swap(false, Ordering::AcqRel) {
+            return Vec::new();
+        }
+        let mut state = self.state();
+        let moved = state.tracker.uncommitted();
+        for &(partition, position) in &moved {
+            state.tracker.mark_committed(partition, position);
+        }
+        moved
+    }
+
+    /// Rewinds asked for by nacks, to be done by the consumer thread.
+    pub(crate) fn take_rewinds(&self) -> Vec<(i32, i64)> {
+        let mut state = self.state();
+        if state.rewinds.is_empty() {
+            return Vec::new();
+        }
+        std::mem::take(&mut state.rewinds)
+    }
+
+    /// Closes the bookkeeping: returns the position to commit for every partition that had
+    /// deliveries; later settlements fail with `Closed`.
+    pub(crate) fn close(&self) -> Vec<(i32, i64)> {
+        let mut state = self.state();
+        state.closed = true;
+        let mut partitions: Vec<i32> = state.epochs.keys().copied().collect();
+        partitions.sort_unstable();
+        let positions = partitions
+            .into_iter()
+            .filter_map(|p| state.tracker.committable(p).map(|position| (p, position)))
+            .collect();
+        *state = AckState {
+            closed: true,
+            ..AckState::default()
+        };
+        positions
+    }
+
+    // ----- delivery side -----
+
+    fn ack(&self, partition: i32, offset: i64, epoch: u64) -> Result<()> {
+        let mut state = self.state();
+        if state.closed {
+            return Err(closed("ack", "the subscription"));
+        }
+        if state.epochs.get(&partition) != Some(&epoch) {
+            tracing::debug!(topic = %self.topic, group = %self.group, partition, offset,
+                "ack for a partition no longer owned by this member (or rewound); it will be delivered again");
+            return Ok(());
+        }
+        if state.tracker.acked(partition, offset) {
+            self.dirty.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    fn nack(&self, partition: i32, offset: i64, epoch: u64) -> Result<()> {
+        {
+            let mut state = self.state();
+            if state.closed {
+                return Err(closed("nack", "the subscription"));
+            }
+            if state.epochs.get(&partition) != Some(&epoch) {
+                return Ok(());
+            }
+            let from = state
+                .tracker
+                .committable(partition)
+                .map_or(offset, |oldest| oldest.min(offset));
+            state.tracker.forget(partition);
+            let epoch = state.new_epoch();
+            state.epochs.insert(partition, epoch);
+            state.rewinds.push((partition, from));
+        }
+        self.wake_consumer();
+        Ok(())
+    }
+
+    fn release(&self) {
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == self.limit {
+            self.wake_consumer();
+        }
+    }
+}
+
+/// Settles one Kafka delivery; dropping it unsettled gives its slot back and leaves the
+/// offset uncommitted (delivered again after a rebalance or restart).
+pub(crate) struct KafkaAcker {
+    shared: Arc<Shared>,
+    partition: i32,
+    offset: i64,
+    epoch: u64,
+}
+
+impl Acknowledge for KafkaAcker {
+    fn ack(self: Box<Self>) -> Completion<'static, ()> {
+        completion::ready(self.shared.ack(self.partition, self.offset, self.epoch))
+    }
+
+    fn nack(self: Box<Self>) -> Completion<'static, ()> {
+        completion::ready(self.shared.nack(self.partition, self.offset, self.epoch))
+    }
+}
+
+impl Drop for KafkaAcker {
+    fn drop(&mut self) {
+        self.shared.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(acker: KafkaAcker) -> Result<()> {
+        match Box::new(acker).ack() {
+            futures::future::Either::Left(ready) => ready.into_inner(),
+            futures::future::Either::Right(_) => unreachable!(),
+        }
+    }
+
+    fn nack(acker: KafkaAcker) -> Result<()> {
+        match Box::new(acker).nack() {
+            futures::future::Either::Left(ready) => ready.into_inner(),
+            futures::future::Either::Right(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn only_the_handled_prefix_moves() {
+        let shared = Arc::new(Shared::new("t", "g", 10));
+        shared.assigned(&[0]);
+        let a = shared.admit(0, 5).unwrap();
+        let b = shared.admit(0, 6).unwrap();
+        let c = shared.admit(0, 7).unwrap();
+        ack(b).unwrap();
+        assert!(shared.take_moved().is_empty());
+        ack(a).unwrap();
+        assert_eq!(shared.take_moved(), [(0, 7)]);
+        assert_eq!(shared.close(), [(0, 7)]);
+        assert!(ack(c).is_err());
+    }
+
+    #[test]
+    fn slots_bound_deliveries_and_come_back_on_drop() {
+        let shared = Arc::new(Shared::new("t", "g", 2));
+        let a = shared.admit(0, 0).unwrap();
+        let b = shared.admit(0, 1).unwrap();
+        assert!(!shared.has_room());
+        drop(a);
+        assert!(shared.has_room());
+        ack(b).unwrap();
+        assert_eq!(shared.in_flight.load(Ordering::Acquire), 0);
+        // 0 was dropped unsettled: nothing may be committed past it.
+        assert!(shared.take_moved().is_empty());
+    }
+
+    #[test]
+    fn revoked_partitions_ignore_late_acks() {
+        let shared = Arc::new(Shared::new("t", "g", 10));
+        shared.assigned(&[0, 1]);
+        let a = shared.admit(0, 0).unwrap();
+        let b = shared.admit(1, 0).unwrap();
+        ack(b).unwrap();
+        assert_eq!(shared.revoked(&[0, 1]), [(0, 0), (1, 1)]);
+        ack(a).unwrap();
+        assert!(shared.take_moved().is_empty());
+        shared.assigned(&[0]);
+        let again = shared.admit(0, 0).unwrap();
+        ack(again).unwrap();
+        assert_eq!(shared.take_moved(), [(0, 1)]);
+    }
+
+    #[test]
+    fn nack_rewinds_to_the_oldest_unsettled_offset() {
+        let shared = Arc::new(Shared::new("t", "g", 10));
+        shared.assigned(&[0]);
+        let a = shared.admit(0, 3).unwrap();
+        let b = shared.admit(0, 4).unwrap();
+        let c = shared.admit(0, 5).unwrap();
+        ack(a).unwrap();
+        nack(c).unwrap();
+        assert_eq!(shared.take_rewinds(), [(0, 4)]);
+        // b belongs to the old epoch now: its ack is ignored, it comes again.
+        ack(b).unwrap();
+        let again = shared.admit(0, 4).unwrap();
+        ack(again).unwrap();
+        assert_eq!(shared.take_moved(), [(0, 5)]);
+    }
+
+    #[test]
+    fn messages_read_before_a_pending_rewind_are_skipped() {
+        let shared = Arc::new(Shared::new("t", "g", 10));
+        let a = shared.admit(0, 0).unwrap();
+        nack(a).unwrap();
+        assert!(shared.admit(0, 1).is_none());
+        assert_eq!(shared.take_rewinds(), [(0, 0)]);
+        assert!(shared.admit(0, 0).is_some());
+    }
+}

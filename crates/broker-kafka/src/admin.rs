@@ -1,0 +1,194 @@
+//! Topics through Kafka's admin API: create (idempotently), list, delete, look up.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker_api::{Error, ErrorKind, Result};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::metadata::Metadata;
+use rdkafka::types::RDKafkaRespErr;
+
+use crate::config::KafkaConfig;
+use crate::context::ClientLog;
+use crate::error::{from_kafka, BACKEND};
+
+/// What the cluster says about one topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TopicState {
+    /// The topic exists with these partitions, each with a leader.
+    Ready(Vec<i32>),
+    /// The broker does not know the topic.
+    Missing,
+    /// The topic exists but is not usable yet (no leader for some partition, being created).
+    Pending,
+}
+
+/// The admin client and the defaults for topics it creates. Cheap to share behind an `Arc`.
+pub(crate) struct Admin {
+    client: AdminClient<ClientLog>,
+    timeout: Duration,
+    partitions: Option<u32>,
+    replication_factor: Option<u16>,
+}
+
+impl Admin {
+    /// An admin client for `config`; it connects lazily.
+    pub(crate) fn new(config: &KafkaConfig) -> Result<Self> {
+        let client = config
+            .admin_config()
+            .create_with_context(ClientLog::new("admin"))
+            .map_err(|e| crate::config::property_error(&e))?;
+        Ok(Admin {
+            client,
+            timeout: config.connect_timeout,
+            partitions: config.partitions,
+            replication_factor: config.replication_factor,
+        })
+    }
+
+    fn options(&self) -> AdminOptions {
+        AdminOptions::new()
+            .request_timeout(Some(self.timeout))
+            .operation_timeout(Some(self.timeout))
+    }
+
+    /// Creates `name` unless it exists, then waits until the cluster serves it.
+    ///
+    /// `partitions` overrides the configured default; `None` everywhere means the broker's.
+    pub(crate) async fn ensure_topic(
+        self: &Arc<Self>,
+        name: &str,
+        partitions: Option<u32>,
+    ) -> Result<()> {
+        let partitions = partitions
+            .or(self.partitions)
+            .map_or(-1, |p| i32::try_from(p).unwrap_or(i32::MAX));
+        let replication = self.replication_factor.map_or(-1, i32::from);
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
+        let results = self
+            .client
+            .create_topics([&topic], &self.options())
+            .await
+            .map_err(|e| from_kafka("ensure topic", format!("creating topic {name} failed"), e))?;
+        for result in results {
+            match result {
+                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => {
+                    return Err(from_kafka(
+                        "ensure topic",
+                        format!("the broker refused to create topic {topic}"),
+                        KafkaError::AdminOp(code),
+                    ))
+                }
+            }
+        }
+        self.wait_ready(name).await
+    }
+
+    /// Waits until `name` has a leader for every partition (new topics take a moment).
+    async fn wait_ready(self: &Arc<Self>, name: &str) -> Result<()> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match self.topic_state(name).await? {
+                TopicState::Ready(_) => return Ok(()),
+                _ if Instant::now() >= deadline => {
+                    return Err(Error::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "topic {name} was created but has no leader for every partition \
+                             after {}",
+                            humantime::format_duration(self.timeout)
+                        ),
+                    )
+                    .backend(BACKEND)
+                    .operation("ensure topic"))
+                }
+                _ => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// What the cluster says about `name`.
+    pub(crate) async fn topic_state(self: &Arc<Self>, name: &str) -> Result<TopicState> {
+        let admin = self.clone();
+        let topic = name.to_owned();
+        let metadata = self
+            .blocking(move || {
+                admin
+                    .client
+                    .inner()
+                    .fetch_metadata(Some(&topic), admin.timeout)
+            })
+            .await
+            .map_err(|e| from_kafka("look up topic", format!("no metadata for topic {name}"), e))?;
+        Ok(topic_state(&metadata, name))
+    }
+
+    /// Every topic of the cluster but Kafka's internal ones (`__consumer_offsets`, ...).
+    pub(crate) async fn list_topics(self: &Arc<Self>) -> Result<Vec<String>> {
+        let admin = self.clone();
+        let metadata = self
+            .blocking(move || admin.client.inner().fetch_metadata(None, admin.timeout))
+            .await
+            .map_err(|e| from_kafka("list topics", "no cluster metadata".into(), e))?;
+        let mut names: Vec<String> = metadata
+            .topics()
+            .iter()
+            .map(|t| t.name().to_owned())
+            .filter(|name| !name.starts_with("__"))
+            .collect();
+        names.sort_unstable();
+        Ok(names)
+    }
+
+    /// Deletes `name`; a topic that does not exist is a [`ErrorKind::NotFound`] error.
+    pub(crate) async fn delete_topic(&self, name: &str) -> Result<()> {
+        let results = self
+            .client
+            .delete_topics(&[name], &self.options())
+            .await
+            .map_err(|e| from_kafka("delete topic", format!("deleting topic {name} failed"), e))?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                return Err(from_kafka(
+                    "delete topic",
+                    format!("the broker refused to delete topic {topic}"),
+                    KafkaError::AdminOp(code),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a blocking client call off the async threads.
+    async fn blocking<T, F>(&self, call: F) -> std::result::Result<T, KafkaError>
+    where
+        F: FnOnce() -> std::result::Result<T, KafkaError> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::task::spawn_blocking(call)
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+    }
+}
+
+/// Reads one topic's state out of a metadata answer.
+pub(crate) fn topic_state(metadata: &Metadata, name: &str) -> TopicState {
+    let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
+        return TopicState::Missing;
+    };
+    match topic.error() {
+        Some(
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART
+            | RDKafkaRespErr::RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC,
+        ) => TopicState::Missing,
+        Some(_) => TopicState::Pending,
+        None if topic.partitions().is_empty()
+            || topic.partitions().iter().any(|p| p.leader() < 0) =>
+        {
+            TopicState::Pending
+        }
+        None => TopicState::Ready(topic.partitions().iter().map(|p| p.id()).collect()),
+    }
+}

@@ -1,0 +1,419 @@
+//! The `[kafka]` section of `broker.toml` and the librdkafka settings derived from it.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Duration;
+
+use broker_api::{Error, Result, StartFrom};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::KafkaError;
+use rdkafka::ClientConfig;
+use serde::Deserialize;
+
+/// How to reach Kafka and how the clients behave.
+///
+/// Every field has a default, so an empty `[kafka]` section connects to a local broker:
+///
+/// ```toml
+/// [kafka]
+/// bootstrap_servers = "127.0.0.1:9092"
+/// connect_timeout = "10s"
+/// partitions = 3                 # for topics this library creates; broker default when absent
+/// replication_factor = 3         # broker default when absent
+/// properties = { "compression.type" = "lz4", "security.protocol" = "sasl_ssl" }
+/// ```
+///
+/// `properties` are handed to librdkafka as they are (see librdkafka's CONFIGURATION.md) and
+/// override the defaults this adapter sets, listed on [`KafkaConfig::properties`]. A property
+/// librdkafka does not know, or a value it rejects, fails `connect` with a
+/// [`Config`](broker_api::ErrorKind::Config) error naming the property. Values of properties
+/// whose name says they are secret (`*password*`, `*secret*`, `*.key*`, `*token*`,
+/// `sasl.jaas.config`, `*credentials*`) never appear in `Debug`, logs or errors.
+#[derive(Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Comma-separated `host:port` list of brokers to bootstrap from. Default
+    /// `"127.0.0.1:9092"`.
+    pub bootstrap_servers: String,
+    /// librdkafka properties, applied to the producer, every consumer and the admin client
+    /// (librdkafka ignores, with a debug log, the ones meant for another client type). They
+    /// override these defaults of the adapter:
+    ///
+    /// - producer: `acks=all`, `enable.idempotence=true` (no duplicates or reordering from
+    ///   retries), `message.timeout.ms` from [`KafkaConfig::delivery_timeout`],
+    ///   `allow.auto.create.topics=false` (topics are created through the admin API, with the
+    ///   configured partitions, and only when auto-provisioning is on);
+    /// - consumers: `enable.auto.commit=true` with `enable.auto.offset.store=false` (only
+    ///   offsets of handled messages are stored, then committed every
+    ///   `auto.commit.interval.ms`, librdkafka's default 5 s, and synchronously on close and
+    ///   on partition revoke), `auto.offset.reset` from the subscription's start position,
+    ///   `session.timeout.ms=10000` and `heartbeat.interval.ms=1000` (a member that vanished
+    ///   is replaced after 10 s instead of librdkafka's 45 s), `allow.auto.create.topics=false`.
+    pub properties: BTreeMap<String, String>,
+    /// How long `connect` waits for the cluster to answer before it fails with a
+    /// [`Connection`](broker_api::ErrorKind::Connection) error. Also bounds admin requests.
+    /// Default 10 s.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long a published message may take to be confirmed, retries included, before its
+    /// confirmation fails with a [`Timeout`](broker_api::ErrorKind::Timeout) error
+    /// (librdkafka's `message.timeout.ms`; a `properties` entry wins). Transient failures such
+    /// as a broker restart are retried by librdkafka within this time. Default 60 s.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// How long closing waits for pending publishes to be confirmed and for consumers to
+    /// commit and leave their groups. Default 30 s.
+    #[serde(with = "humantime_serde")]
+    pub close_timeout: Duration,
+    /// Partitions of topics this library creates when the topic spec does not say; the
+    /// broker's `num.partitions` when absent. Default: absent.
+    pub partitions: Option<u32>,
+    /// Replication factor of topics this library creates; the broker's
+    /// `default.replication.factor` when absent. Default: absent.
+    pub replication_factor: Option<u16>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092".to_owned(),
+            properties: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(10),
+            delivery_timeout: Duration::from_secs(60),
+            close_timeout: Duration::from_secs(30),
+            partitions: None,
+            replication_factor: None,
+        }
+    }
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let properties: BTreeMap<&str, &str> = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), redact(k, v)))
+            .collect();
+        f.debug_struct("KafkaConfig")
+            .field("bootstrap_servers", &self.bootstrap_servers)
+            .field("properties", &properties)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("delivery_timeout", &self.delivery_timeout)
+            .field("close_timeout", &self.close_timeout)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .finish()
+    }
+}
+
+/// Whether a property's value must never be shown.
+pub(crate) fn is_secret(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    ["password", "secret", "token", "credentials", "jaas"]
+        .iter()
+        .any(|word| name.contains(word))
+        || name.contains(".key")
+}
+
+/// The value to show for a property: itself, or a placeholder when it is secret.
+pub(crate) fn redact<'a>(name: &str, value: &'a str) -> &'a str {
+    if is_secret(name) {
+        "<redacted>"
+    } else {
+        value
+    }
+}
+
+/// The librdkafka property that caps a message's size, and its librdkafka default.
+const MESSAGE_MAX_BYTES: (&str, usize) = ("message.max.bytes", 1_000_000);
+
+/// Room kept, below `message.max.bytes`, for the key, the headers and the record framing when
+/// the largest payload is announced.
+pub(crate) const PAYLOAD_HEADROOM: usize = 1024;
+
+impl KafkaConfig {
+    /// Checks the fields and every property against librdkafka; errors name the key.
+    pub(crate) fn validate(&self) -> Result<()> {
+        if self.bootstrap_servers.trim().is_empty() {
+            return Err(Error::config(
+                "kafka.bootstrap_servers is empty: expected a comma-separated list of host:port, \
+                 e.g. \"127.0.0.1:9092\"",
+            ));
+        }
+        for (name, value) in [
+            ("kafka.connect_timeout", self.connect_timeout),
+            ("kafka.delivery_timeout", self.delivery_timeout),
+            ("kafka.close_timeout", self.close_timeout),
+        ] {
+            if value.is_zero() {
+                return Err(Error::config(format!(
+                    "{name} = 0s: expected a positive duration such as \"10s\""
+                )));
+            }
+        }
+        if self.delivery_timeout > Duration::from_millis(i32::MAX as u64) {
+            return Err(Error::config(format!(
+                "kafka.delivery_timeout = {}: expected at most 24 days",
+                humantime::format_duration(self.delivery_timeout)
+            )));
+        }
+        if self.partitions == Some(0) {
+            return Err(Error::config(
+                "kafka.partitions = 0: expected at least 1, or leave it out for the broker default",
+            ));
+        }
+        if self.replication_factor == Some(0) {
+            return Err(Error::config(
+                "kafka.replication_factor = 0: expected at least 1, or leave it out for the broker \
+                 default",
+            ));
+        }
+        if let Some(value) = self.properties.get(MESSAGE_MAX_BYTES.0) {
+            if value.trim().parse::<usize>().is_err() {
+                return Err(Error::config(format!(
+                    "kafka.properties.\"{}\" = {value:?}: expected a number of bytes",
+                    MESSAGE_MAX_BYTES.0
+                )));
+            }
+        }
+        // librdkafka checks names and values when a configuration is built.
+        self.producer_config()
+            .create_native_config()
+            .map_err(|e| property_error(&e))?;
+        self.consumer_config("validation", StartFrom::Earliest)
+            .create_native_config()
+            .map_err(|e| property_error(&e))?;
+        Ok(())
+    }
+
+    /// The endpoint for humans: the bootstrap servers (they never carry credentials).
+    pub(crate) fn endpoint(&self) -> String {
+        self.bootstrap_servers.clone()
+    }
+
+    /// The largest message librdkafka accepts (`message.max.bytes`).
+    pub(crate) fn message_max_bytes(&self) -> usize {
+        self.properties
+            .get(MESSAGE_MAX_BYTES.0)
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(MESSAGE_MAX_BYTES.1)
+    }
+
+    /// The largest payload accepted: `message.max.bytes` less [`PAYLOAD_HEADROOM`] for the
+    /// key, the headers and the record framing, so that every payload up to it fits.
+    pub(crate) fn max_payload_bytes(&self) -> usize {
+        self.message_max_bytes().saturating_sub(PAYLOAD_HEADROOM)
+    }
+
+    /// The effective `message.timeout.ms` as a duration.
+    pub(crate) fn effective_delivery_timeout(&self) -> Duration {
+        self.properties
+            .get("message.timeout.ms")
+            .and_then(|v| v.trim().parse().ok())
+            .map_or(self.delivery_timeout, Duration::from_millis)
+    }
+
+    fn base_config(&self) -> ClientConfig {
+        let mut config = ClientConfig::new();
+        config
+            .set("bootstrap.servers", self.bootstrap_servers.trim())
+            .set("client.id", "broker-rs")
+            .set_log_level(RDKafkaLogLevel::Info);
+        config
+    }
+
+    fn apply_properties(&self, config: &mut ClientConfig) {
+        for (name, value) in &self.properties {
+            config.set(name, value);
+        }
+    }
+
+    /// The producer's configuration: our defaults, then the user's properties.
+    pub(crate) fn producer_config(&self) -> ClientConfig {
+        let mut config = self.base_config();
+        config
+            .set("acks", "all")
+            .set("enable.idempotence", "true")
+            .set(
+                "message.timeout.ms",
+                self.delivery_timeout.as_millis().to_string(),
+            )
+            .set("allow.auto.create.topics", "false");
+        self.apply_properties(&mut config);
+        config
+    }
+
+    /// A consumer's configuration for `group`: our defaults, then the user's properties, then
+    /// what the subscription itself decides (group and start position).
+    pub(crate) fn consumer_config(&self, group: &str, start_from: StartFrom) -> ClientConfig {
+        let mut config = self.base_config();
+        config
+            .set("enable.auto.commit", "true")
+            .set("session.timeout.ms", "10000")
+            .set("heartbeat.interval.ms", "1000")
+            .set("allow.auto.create.topics", "false");
+        self.apply_properties(&mut config);
+        config
+            .set("group.id", group)
+            .set("enable.auto.offset.store", "false")
+            .set(
+                "auto.offset.reset",
+                match start_from {
+                    StartFrom::Earliest => "earliest",
+                    StartFrom::Latest => "latest",
+                },
+            );
+        config
+    }
+
+    /// The admin client's configuration.
+    pub(crate) fn admin_config(&self) -> ClientConfig {
+        let mut config = self.base_config();
+        // Its metadata requests must not create the topics they look up.
+        config.set("allow.auto.create.topics", "false");
+        self.apply_properties(&mut config);
+        config
+    }
+}
+
+/// A property librdkafka rejected, as a configuration error naming it (without secret values).
+pub(crate) fn property_error(error: &KafkaError) -> Error {
+    match error {
+        KafkaError::ClientConfig(_, description, key, value) => {
+            let text = if is_secret(key) {
+                format!("kafka.properties.\"{key}\" is rejected by librdkafka")
+            } else {
+                format!(
+                    "kafka.properties.\"{key}\" = {value:?} is rejected by librdkafka: {description}"
+                )
+            };
+            Error::config(text).backend("kafka").operation("connect")
+        }
+        other => Error::config(format!("librdkafka rejected the configuration: {other}"))
+            .backend("kafka")
+            .operation("connect"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> std::result::Result<KafkaConfig, String> {
+        serde_json::from_str(text).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_point_at_a_local_broker() {
+        let config = parse("{}").unwrap();
+        assert_eq!(config.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(config.connect_timeout, Duration::from_secs(10));
+        assert_eq!(config.delivery_timeout, Duration::from_secs(60));
+        assert_eq!(config.message_max_bytes(), 1_000_000);
+        assert!(config.validate().is_ok());
+    }
+
+    #[test]
+    fn fields_and_properties_parse() {
+        let config = parse(
+            r#"{"bootstrap_servers": "k1:9092,k2:9092", "connect_timeout": "3s",
+                "partitions": 3, "replication_factor": 2,
+                "properties": {"compression.type": "lz4", "message.max.bytes": "2000000"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.connect_timeout, Duration::from_secs(3));
+        assert_eq!(config.partitions, Some(3));
+        assert_eq!(config.message_max_bytes(), 2_000_000);
+        assert!(config.validate().is_ok());
+        let producer = config.producer_config();
+        assert_eq!(producer.get("compression.type"), Some("lz4"));
+        assert_eq!(producer.get("acks"), Some("all"));
+        assert_eq!(producer.get("bootstrap.servers"), Some("k1:9092,k2:9092"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_durations_are_rejected() {
+        let err = parse(r#"{"bootstrap": "x"}"#).unwrap_err();
+        assert!(err.contains("unknown field `bootstrap`"), "{err}");
+        let err = parse(r#"{"connect_timeout": "soon"}"#).unwrap_err();
+        assert!(err.contains("soon") || err.contains("duration"), "{err}");
+    }
+
+    #[test]
+    fn properties_override_defaults_but_not_the_group() {
+        let mut config = KafkaConfig::default();
+        config
+            .properties
+            .insert("session.timeout.ms".into(), "30000".into());
+        config.properties.insert("group.id".into(), "other".into());
+        config
+            .properties
+            .insert("message.timeout.ms".into(), "5000".into());
+        let consumer = config.consumer_config("billing", StartFrom::Latest);
+        assert_eq!(consumer.get("session.timeout.ms"), Some("30000"));
+        assert_eq!(consumer.get("group.id"), Some("billing"));
+        assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(
+            config.effective_delivery_timeout(),
+            Duration::from_millis(5000)
+        );
+    }
+
+    #[test]
+    fn rejected_properties_are_config_errors_naming_them() {
+        let mut config = KafkaConfig::default();
+        config.properties.insert("no.such.thing".into(), "1".into());
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.kind(), broker_api::ErrorKind::Config);
+        assert!(err.to_string().contains("no.such.thing"), "{err}");
+
+        let mut config = KafkaConfig::default();
+        config.properties.insert("acks".into(), "several".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("acks"), "{err}");
+    }
+
+    #[test]
+    fn secrets_never_show() {
+        let mut config = KafkaConfig::default();
+        config
+            .properties
+            .insert("sasl.password".into(), "hunter2".into());
+        config
+            .properties
+            .insert("ssl.key.password".into(), "hunter3".into());
+        config
+            .properties
+            .insert("compression.type".into(), "zstd".into());
+        let debug = format!("{config:?}");
+        assert!(!debug.contains("hunter"), "{debug}");
+        assert!(debug.contains("zstd"), "{debug}");
+
+        let error = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Invalid value \"hunter2\"".into(),
+            "sasl.password".into(),
+            "hunter2".into(),
+        );
+        let text = property_error(&error).to_string();
+        assert!(!text.contains("hunter2"), "{text}");
+        assert!(text.contains("sasl.password"), "{text}");
+    }
+
+    #[test]
+    fn zero_values_name_their_key() {
+        let config = KafkaConfig {
+            partitions: Some(0),
+            ..KafkaConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.partitions"), "{err}");
+        let config = KafkaConfig {
+            connect_timeout: Duration::ZERO,
+            ..KafkaConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.connect_timeout"), "{err}");
+    }
+}

@@ -1,0 +1,281 @@
+//! One consumer per subscription, driven by its own thread.
+//!
+//! The thread polls librdkafka (which also runs the rebalance callbacks, so a synchronous
+//! commit on revoke never blocks an async runtime), hands deliveries to the subscription's
+//! stream while fewer than `max_in_flight` are unsettled, stores the handled prefix of each
+//! partition (committed by librdkafka every `auto.commit.interval.ms`), rewinds partitions on
+//! nack, and on stop commits synchronously and leaves the group.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use broker_api::{Delivery, Error, ErrorKind, Result, StartFrom};
+use rdkafka::client::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::Message;
+use tokio::sync::{mpsc, watch};
+
+use crate::ack::Shared;
+use crate::context::ClientLog;
+use crate::error::{from_kafka, BACKEND};
+use crate::inbound;
+
+/// How long one poll blocks: bounds how late a stop or a freed slot is noticed.
+const POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How often handled offsets are stored at most (librdkafka commits stored offsets later).
+const STORE_INTERVAL: Duration = Duration::from_millis(100);
+/// Bound of one synchronous seek (nack).
+const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The consumer type of a subscription.
+pub(crate) type KafkaConsumer = BaseConsumer<Hooks>;
+
+/// The callbacks of a subscription's consumer: logs, and commits on rebalance.
+pub(crate) struct Hooks {
+    log: ClientLog,
+    shared: Arc<Shared>,
+}
+
+impl Hooks {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        Hooks {
+            log: ClientLog::new("consumer"),
+            shared,
+        }
+    }
+
+    fn partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements_for_topic(self.shared.topic())
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
+}
+
+impl ClientContext for Hooks {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        self.log.log(level, fac, log_message);
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(&error, reason);
+    }
+}
+
+impl ConsumerContext for Hooks {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let partitions = self.partitions(list);
+                let positions = self.shared.revoked(&partitions);
+                tracing::info!(topic = %self.shared.topic(), group = self.shared.group(), ?partitions,
+                    "partitions revoked; committing what was handled");
+                if consumer.assignment_lost() {
+                    tracing::warn!(topic = %self.shared.topic(), group = self.shared.group(),
+                        "assignment lost (session timed out): unacknowledged messages will be delivered again");
+                    return;
+                }
+                commit(consumer, &self.shared, &positions);
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(error) => {
+                tracing::warn!(topic = %self.shared.topic(), group = self.shared.group(), %error,
+                    "rebalance failed; librdkafka retries");
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let partitions = self.partitions(list);
+            tracing::info!(topic = %self.shared.topic(), group = self.shared.group(), ?partitions,
+                "partitions assigned");
+            self.shared.assigned(&partitions);
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        match result {
+            Ok(()) => tracing::trace!(topic = %self.shared.topic(), group = self.shared.group(),
+                offsets = ?offsets.to_topic_map(), "offsets committed"),
+            Err(error) => tracing::warn!(topic = %self.shared.topic(), group = self.shared.group(),
+                %error, "offset commit failed; it is retried with the next commit"),
+        }
+    }
+}
+
+/// Stores `positions` and commits them synchronously.
+fn commit(consumer: &KafkaConsumer, shared: &Shared, positions: &[(i32, i64)]) {
+    if positions.is_empty() {
+        return;
+    }
+    let Some(list) = position_list(shared.topic(), positions) else {
+        return;
+    };
+    if let Err(error) = consumer.store_offsets(&list) {
+        tracing::debug!(topic = %shared.topic(), %error, "offsets not stored (partitions no longer assigned)");
+    }
+    if let Err(error) = consumer.commit(&list, CommitMode::Sync) {
+        tracing::warn!(topic = %shared.topic(), group = shared.group(), %error, ?positions,
+            "synchronous commit failed; messages after the last commit will be delivered again");
+    }
+}
+
+/// Stores `positions` for librdkafka's next automatic commit.
+fn store(consumer: &KafkaConsumer, shared: &Shared, positions: &[(i32, i64)]) {
+    if positions.is_empty() {
+        return;
+    }
+    if let Some(list) = position_list(shared.topic(), positions) {
+        if let Err(error) = consumer.store_offsets(&list) {
+            tracing::debug!(topic = %shared.topic(), %error,
+                "offsets not stored (partitions no longer assigned); they will be delivered again");
+        }
+    }
+}
+
+fn position_list(topic: &str, positions: &[(i32, i64)]) -> Option<TopicPartitionList> {
+    let mut list = TopicPartitionList::with_capacity(positions.len());
+    for &(partition, offset) in positions {
+        list.add_partition_offset(topic, partition, Offset::Offset(offset))
+            .ok()?;
+    }
+    Some(list)
+}
+
+/// For a new group that starts from the latest message: commits the current end of every
+/// partition that has no committed offset yet, before joining, so that every message
+/// published after `subscribe` returned is delivered (librdkafka would otherwise look the end
+/// up only once partitions are assigned, missing what was published in between). When the
+/// commit is refused (the group has members already), `auto.offset.reset=latest` decides.
+pub(crate) fn start_at_end(consumer: &KafkaConsumer, topic: &str, timeout: Duration) -> Result<()> {
+    let fail = |e: KafkaError| {
+        from_kafka(
+            "subscribe",
+            format!("cannot read the end of topic {topic}"),
+            e,
+        )
+    };
+    let metadata = consumer
+        .fetch_metadata(Some(topic), timeout)
+        .map_err(fail)?;
+    let mut list = TopicPartitionList::new();
+    for t in metadata.topics().iter().filter(|t| t.name() == topic) {
+        for p in t.partitions() {
+            list.add_partition(topic, p.id());
+        }
+    }
+    let committed = consumer.committed_offsets(list, timeout).map_err(fail)?;
+    let mut ends = TopicPartitionList::new();
+    for element in committed.elements_for_topic(topic) {
+        if element.offset() == Offset::Invalid {
+            let (_, high) = consumer
+                .fetch_watermarks(topic, element.partition(), timeout)
+                .map_err(fail)?;
+            ends.add_partition_offset(topic, element.partition(), Offset::Offset(high))
+                .map_err(fail)?;
+        }
+    }
+    if ends.count() > 0 {
+        if let Err(error) = consumer.commit(&ends, CommitMode::Sync) {
+            tracing::debug!(topic, %error, "start position not committed; auto.offset.reset=latest applies");
+        }
+    }
+    Ok(())
+}
+
+/// The start position setting, for logs.
+pub(crate) fn describe(start_from: StartFrom) -> &'static str {
+    match start_from {
+        StartFrom::Earliest => "earliest",
+        StartFrom::Latest => "latest",
+    }
+}
+
+/// The consumer thread: runs until the subscription stops or its stream is dropped.
+pub(crate) fn run(
+    consumer: KafkaConsumer,
+    shared: Arc<Shared>,
+    deliveries: mpsc::UnboundedSender<Result<Delivery>>,
+    done: watch::Sender<bool>,
+) {
+    shared.register_consumer_thread();
+    let topic = shared.topic().clone();
+    let mut last_store = Instant::now();
+    loop {
+        if shared.is_stopping() || deliveries.is_closed() {
+            break;
+        }
+        rewind(&consumer, &shared);
+        if last_store.elapsed() >= STORE_INTERVAL {
+            store(&consumer, &shared, &shared.take_moved());
+            last_store = Instant::now();
+        }
+        if !shared.has_room() {
+            shared.wait_for_room(POLL_INTERVAL);
+            continue;
+        }
+        match consumer.poll(POLL_INTERVAL) {
+            None => {}
+            Some(Ok(record)) => {
+                let Some(acker) = shared.admit(record.partition(), record.offset()) else {
+                    continue;
+                };
+                let delivery = inbound::delivery(&record, &topic, acker);
+                if deliveries.send(Ok(delivery)).is_err() {
+                    break;
+                }
+            }
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                let error = Error::new(
+                    ErrorKind::Other,
+                    format!(
+                        "the consumer of group {} on topic {topic} failed and cannot continue",
+                        shared.group()
+                    ),
+                )
+                .backend(BACKEND)
+                .operation("consume")
+                .source(KafkaError::MessageConsumptionFatal(code));
+                let _ = deliveries.send(Err(error));
+                break;
+            }
+            // Transient: logged by the client context; librdkafka retries by itself.
+            Some(Err(_)) => {}
+        }
+    }
+    finish(consumer, &shared);
+    let _ = done.send(true);
+}
+
+/// Does the rewinds nacks asked for: store the rewind point, seek back to it.
+fn rewind(consumer: &KafkaConsumer, shared: &Shared) {
+    let rewinds = shared.take_rewinds();
+    if rewinds.is_empty() {
+        return;
+    }
+    store(consumer, shared, &rewinds);
+    for (partition, offset) in rewinds {
+        if let Err(error) = consumer.seek(
+            shared.topic(),
+            partition,
+            Offset::Offset(offset),
+            SEEK_TIMEOUT,
+        ) {
+            tracing::warn!(topic = %shared.topic(), partition, offset, %error,
+                "seek after nack failed; the message will be delivered again after the next rebalance");
+        }
+    }
+}
+
+/// Commits what was handled and leaves the group.
+fn finish(consumer: KafkaConsumer, shared: &Shared) {
+    let positions = shared.close();
+    commit(&consumer, shared, &positions);
+    tracing::debug!(topic = %shared.topic(), group = shared.group(), ?positions, "consumer leaving its group");
+    // Dropping the consumer closes it: it leaves the group, running the revoke callback.
+    drop(consumer);
+}

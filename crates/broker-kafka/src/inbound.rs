@@ -1,0 +1,147 @@
+//! Kafka records as [`Delivery`] values: payload, metadata per the wire conventions, acker.
+
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use broker_api::{Delivery, MessageId, Metadata, Position};
+use bytes::Bytes;
+use rdkafka::message::{Headers, Message};
+
+use crate::ack::KafkaAcker;
+use crate::publisher::{CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER};
+
+/// The delivery of `record`, settled through `acker`.
+pub(crate) fn delivery<M: Message>(record: &M, topic: &Arc<str>, acker: KafkaAcker) -> Delivery {
+    let (payload, metadata) = payload_and_metadata(record, topic);
+    Delivery::new(payload, metadata, Box::new(acker))
+}
+
+/// Payload and metadata of `record`: the key and header values as UTF-8 (lossy for binary
+/// values), the `message-id` and `content-type` headers moved to their fields, the record
+/// timestamp as publish time, partition and offset as position. Records written by other
+/// programs without those headers are read all the same.
+pub(crate) fn payload_and_metadata<M: Message>(record: &M, topic: &Arc<str>) -> (Bytes, Metadata) {
+    let payload = record
+        .payload()
+        .map_or_else(Bytes::new, Bytes::copy_from_slice);
+    let mut metadata = Metadata::new(topic.clone());
+    metadata.key = record
+        .key()
+        .map(|key| String::from_utf8_lossy(key).into_owned());
+    if let Some(headers) = record.headers() {
+        for header in headers.iter() {
+            let value = header
+                .value
+                .map_or_else(|| Cow::Borrowed(""), String::from_utf8_lossy);
+            match header.key {
+                MESSAGE_ID_HEADER => metadata.message_id = Some(MessageId::from(&*value)),
+                CONTENT_TYPE_HEADER => metadata.content_type = Some(content_type(value)),
+                name => metadata.headers.insert(name, value.into_owned()),
+            }
+        }
+    }
+    metadata.publish_time = record.timestamp().to_millis().and_then(time_of);
+    metadata.position = Position::Kafka {
+        partition: record.partition(),
+        offset: record.offset(),
+    };
+    (payload, metadata)
+}
+
+/// The content type, without allocating for the ones the library's codecs write.
+fn content_type(value: Cow<'_, str>) -> Cow<'static, str> {
+    const KNOWN: [&str; 3] = [
+        "application/json",
+        "application/octet-stream",
+        "text/plain; charset=utf-8",
+    ];
+    match KNOWN.iter().find(|known| **known == value) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(value.into_owned()),
+    }
+}
+
+fn time_of(millis: i64) -> Option<SystemTime> {
+    let millis = u64::try_from(millis).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_millis(millis))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+
+    #[test]
+    fn wire_headers_become_fields() {
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "message-id",
+                value: Some("id-7"),
+            })
+            .insert(Header {
+                key: "content-type",
+                value: Some("application/json"),
+            })
+            .insert(Header {
+                key: "trace",
+                value: Some("abc"),
+            })
+            .insert(Header {
+                key: "binary",
+                value: Some(&[0xff_u8, b'a'][..]),
+            });
+        let record = OwnedMessage::new(
+            Some(b"{}".to_vec()),
+            Some(b"user-1".to_vec()),
+            "orders".into(),
+            Timestamp::CreateTime(1_700_000_000_123),
+            2,
+            41,
+            Some(headers),
+        );
+        let (payload, metadata) = payload_and_metadata(&record, &Arc::from("orders"));
+        assert_eq!(&payload[..], b"{}");
+        assert_eq!(&*metadata.topic, "orders");
+        assert_eq!(metadata.key.as_deref(), Some("user-1"));
+        assert_eq!(
+            metadata.message_id.as_ref().map(MessageId::as_str),
+            Some("id-7")
+        );
+        assert_eq!(metadata.content_type.as_deref(), Some("application/json"));
+        assert_eq!(metadata.headers.get("trace"), Some("abc"));
+        assert_eq!(metadata.headers.get("binary"), Some("\u{fffd}a"));
+        assert_eq!(metadata.headers.get("message-id"), None);
+        assert_eq!(
+            metadata.publish_time,
+            Some(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123))
+        );
+        assert_eq!(metadata.attempt, None);
+        assert_eq!(
+            metadata.position,
+            Position::Kafka {
+                partition: 2,
+                offset: 41
+            }
+        );
+    }
+
+    #[test]
+    fn foreign_records_without_headers_are_read() {
+        let record = OwnedMessage::new(
+            None,
+            Some(vec![0xfe, 0xff]),
+            "t".into(),
+            Timestamp::NotAvailable,
+            0,
+            0,
+            None,
+        );
+        let (payload, metadata) = payload_and_metadata(&record, &Arc::from("t"));
+        assert!(payload.is_empty());
+        assert_eq!(metadata.message_id, None);
+        assert_eq!(metadata.key.as_deref(), Some("\u{fffd}\u{fffd}"));
+        assert_eq!(metadata.publish_time, None);
+        assert!(metadata.headers.is_empty());
+    }
+}

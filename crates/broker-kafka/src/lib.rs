@@ -1,0 +1,289 @@
+//! Apache Kafka backend of the broker API, over rdkafka (librdkafka).
+//!
+//! Selected by `kind = "kafka"`; configured by the `[kafka]` section ([`KafkaConfig`]).
+//!
+//! # Mapping
+//!
+//! | API | Kafka |
+//! | --- | --- |
+//! | topic | topic (created through the admin API when auto-provisioning is on) |
+//! | group | consumer group (`group.id`) |
+//! | key | record key: same key, same partition, so same-key messages stay in order |
+//! | headers | record headers (UTF-8 values) |
+//! | message id / content type | headers `message-id` / `content-type` |
+//! | publish confirmation | delivery report of an idempotent `acks=all` producer |
+//! | ack | offset marked handled; the contiguous handled prefix of each partition is committed |
+//! | nack | the partition is rewound: that message and the later ones of its partition are delivered again |
+//! | position | partition and offset |
+//!
+//! # Guarantees
+//!
+//! - A confirmation resolves only once every in-sync replica has the message. librdkafka
+//!   retries transient failures (a broker restart) for up to
+//!   [`KafkaConfig::delivery_timeout`], without duplicates or reordering (idempotence).
+//! - Offsets are committed only up to the oldest unacknowledged message of each partition,
+//!   every `auto.commit.interval.ms` (5 s by default), and synchronously when partitions are
+//!   revoked and when a subscription closes. A crash, a dropped delivery or a rebalance means
+//!   redelivery, never loss; acknowledgements of partitions this member no longer owns are
+//!   ignored (the new owner gets those messages again).
+//! - A subscription hands out at most `max_in_flight` unsettled deliveries; its consumer stops
+//!   reading at the limit (librdkafka's own prefetch is bounded by its
+//!   `queued.max.messages.kbytes`).
+//! - A new group reads from the earliest retained message, or, with `StartFrom::Latest`, from
+//!   the end of each partition at the time `subscribe` was called.
+
+mod ack;
+mod admin;
+mod config;
+mod consumer;
+mod context;
+mod error;
+mod inbound;
+mod provision;
+mod publisher;
+mod subscriber;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+
+use async_trait::async_trait;
+use broker_api::completion::{self, Completion};
+use broker_api::{
+    Backend, BoxDeliveryStream, Capabilities, Confirmation, ConnectOptions, Error, ErrorKind,
+    Message, Result, SubscribeRequest, TopicSpec,
+};
+use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::Producer;
+
+pub use config::KafkaConfig;
+
+use crate::admin::Admin;
+use crate::error::{closed, BACKEND};
+use crate::provision::Provisioner;
+use crate::publisher::Publisher;
+
+/// A connection to a Kafka cluster: one producer shared by every publisher, one consumer per
+/// subscription, one admin client.
+///
+/// Made by [`KafkaBackend::connect`]; used through [`broker_api::Broker`]. librdkafka
+/// reconnects by itself: while a broker is away, publishes wait (up to the delivery timeout)
+/// and subscriptions pause, and what happens is logged as warnings under the `librdkafka`
+/// target.
+pub struct KafkaBackend {
+    config: KafkaConfig,
+    publisher: Arc<Publisher>,
+    topics: Arc<Provisioner>,
+    subscriptions: Mutex<Vec<subscriber::Handle>>,
+    closed: AtomicBool,
+    auto_provision: bool,
+}
+
+impl KafkaBackend {
+    /// Connects to the cluster at `config.bootstrap_servers`.
+    ///
+    /// Fails with a [`Config`](ErrorKind::Config) error naming the field or property when the
+    /// configuration is invalid, with a [`Connection`](ErrorKind::Connection) error naming the
+    /// servers when no broker answers within `connect_timeout`, and with a
+    /// [`Rejected`](ErrorKind::Rejected) error when the brokers refuse the credentials.
+    pub async fn connect(config: KafkaConfig, options: ConnectOptions) -> Result<KafkaBackend> {
+        config.validate()?;
+        let publisher = Arc::new(Publisher::new(&config)?);
+        let admin = Arc::new(Admin::new(&config)?);
+        check_reachable(&config, &publisher).await?;
+        tracing::info!(endpoint = %config.endpoint(), auto_provision = options.auto_provision, "connected to Kafka");
+        Ok(KafkaBackend {
+            topics: Arc::new(Provisioner::new(admin, options.auto_provision)),
+            auto_provision: options.auto_provision,
+            config,
+            publisher,
+            subscriptions: Mutex::new(Vec::new()),
+            closed: AtomicBool::new(false),
+        })
+    }
+
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    fn check_open(&self, operation: &'static str) -> Result<()> {
+        if self.is_closed() {
+            Err(closed(operation, "the Kafka backend"))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn send_slow(&self, topic: &str, message: Message) -> Result<Confirmation> {
+        self.topics.prepare(topic, "publish").await?;
+        self.check_open("publish")?;
+        self.publisher.enqueue(topic, message, &self.topics).await
+    }
+}
+
+/// Asks the cluster for its metadata within `connect_timeout`.
+async fn check_reachable(config: &KafkaConfig, publisher: &Arc<Publisher>) -> Result<()> {
+    let timeout = config.connect_timeout;
+    let probe = publisher.clone();
+    let answer = tokio::task::spawn_blocking(move || {
+        probe.producer().client().fetch_metadata(None, timeout)
+    })
+    .await;
+    let error = match answer {
+        Ok(Ok(_)) => return Ok(()),
+        Ok(Err(e)) => e,
+        Err(e) => {
+            return Err(Error::new(ErrorKind::Other, "the connection check failed")
+                .backend(BACKEND)
+                .operation("connect")
+                .source(e))
+        }
+    };
+    let last = publisher.log().last_error();
+    let reason = last
+        .as_ref()
+        .map_or_else(|| error.to_string(), |l| l.text.clone());
+    let refused = last.as_ref().and_then(|l| l.code).is_some_and(|code| {
+        matches!(
+            code,
+            RDKafkaErrorCode::Authentication
+                | RDKafkaErrorCode::SaslAuthenticationFailed
+                | RDKafkaErrorCode::ClusterAuthorizationFailed
+                | RDKafkaErrorCode::SSL
+        )
+    });
+    let err = if refused {
+        Error::new(
+            ErrorKind::Rejected,
+            format!(
+                "the brokers at {} refused the connection (check the credentials and TLS \
+                 settings in kafka.properties): {reason}",
+                config.endpoint()
+            ),
+        )
+        .temporary(false)
+    } else {
+        Error::new(
+            ErrorKind::Connection,
+            format!(
+                "no Kafka broker answered at {} within {}: {reason}",
+                config.endpoint(),
+                humantime::format_duration(timeout)
+            ),
+        )
+    };
+    Err(err.backend(BACKEND).operation("connect").source(error))
+}
+
+#[async_trait]
+impl Backend for KafkaBackend {
+    fn kind(&self) -> &'static str {
+        BACKEND
+    }
+
+    fn endpoint(&self) -> String {
+        self.config.endpoint()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            new_group_reads_history: true,
+            per_key_order: true,
+            members_share_work: true,
+            start_from_latest: true,
+            survives_restart: true,
+            partitions: true,
+            list_topics: true,
+            delete_topic: true,
+            delivery_attempt: false,
+            max_payload_bytes: Some(self.publisher.max_payload_bytes()),
+        }
+    }
+
+    fn send<'a>(&'a self, topic: &'a str, message: Message) -> Completion<'a, Confirmation> {
+        if self.is_closed() {
+            return completion::ready(Err(closed("publish", "the Kafka backend")));
+        }
+        if self.topics.is_ready(topic) {
+            self.publisher.enqueue(topic, message, &self.topics)
+        } else {
+            completion::boxed(self.send_slow(topic, message))
+        }
+    }
+
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<BoxDeliveryStream> {
+        self.check_open("subscribe")?;
+        self.topics.prepare(&request.topic, "subscribe").await?;
+        self.check_open("subscribe")?;
+        let (stream, handle) = subscriber::open(&self.config, &request).await?;
+        let mut subscriptions = self
+            .subscriptions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        subscriptions.retain(|h| !h.is_finished());
+        if self.is_closed() {
+            handle.stop();
+        }
+        subscriptions.push(handle);
+        Ok(stream)
+    }
+
+    async fn ensure_topic(&self, spec: &TopicSpec) -> Result<()> {
+        self.check_open("ensure topic")?;
+        // Kafka groups need no creation: a new group reads the topic from its start.
+        self.topics.ensure(spec).await
+    }
+
+    async fn list_topics(&self) -> Result<Vec<String>> {
+        self.check_open("list topics")?;
+        self.topics.admin().list_topics().await
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_open("delete topic")?;
+        self.topics.forget(name);
+        // Kafka groups are not tied to a topic; their offsets expire with the broker's
+        // offsets.retention.minutes.
+        self.topics.admin().delete_topic(name).await
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let handles = std::mem::take(
+            &mut *self
+                .subscriptions
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for handle in &handles {
+            handle.stop();
+        }
+        let timeout = self.config.close_timeout;
+        let flushed = self.publisher.flush(timeout).await;
+        if let Err(error) = &flushed {
+            tracing::warn!(%error, "pending publishes not confirmed at close; failing them");
+            self.publisher.purge();
+        }
+        let waits = handles.iter().map(|h| h.finished(timeout));
+        let finished = futures::future::join_all(waits).await;
+        let stuck = finished.iter().filter(|&&f| !f).count();
+        if stuck > 0 {
+            tracing::warn!(stuck, timeout = ?timeout,
+                "consumers still leaving their groups after the close timeout; they finish in the background");
+        }
+        tracing::info!(endpoint = %self.config.endpoint(), "Kafka backend closed");
+        flushed
+    }
+}
+
+impl fmt::Debug for KafkaBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaBackend")
+            .field("endpoint", &self.config.endpoint())
+            .field("auto_provision", &self.auto_provision)
+            .field("closed", &self.is_closed())
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,100 @@
+//! Making sure a topic exists before it is first used, once per topic.
+//!
+//! With auto-provisioning on, the first send or subscribe to a topic creates it through the
+//! admin API; with it off, the first use looks the topic up and fails at once with
+//! [`NotFound`](broker_api::ErrorKind::NotFound) when it is missing (instead of librdkafka
+//! waiting for it for `topic.metadata.propagation.max.ms`). Either way the answer is cached, so
+//! the publish hot path pays one read lock and a hash lookup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
+
+use broker_api::{Result, TopicSpec};
+use tokio::sync::OnceCell;
+
+use crate::admin::{Admin, TopicState};
+use crate::error::unknown_topic;
+
+/// Topics known to exist, and the admin client that checks or creates the others.
+pub(crate) struct Provisioner {
+    admin: Arc<Admin>,
+    auto_provision: bool,
+    topics: RwLock<HashMap<Box<str>, Arc<OnceCell<()>>>>,
+}
+
+impl Provisioner {
+    pub(crate) fn new(admin: Arc<Admin>, auto_provision: bool) -> Self {
+        Provisioner {
+            admin,
+            auto_provision,
+            topics: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// The admin client.
+    pub(crate) fn admin(&self) -> &Arc<Admin> {
+        &self.admin
+    }
+
+    /// Whether `topic` is known to exist.
+    pub(crate) fn is_ready(&self, topic: &str) -> bool {
+        self.topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+            .is_some_and(|cell| cell.initialized())
+    }
+
+    fn cell(&self, topic: &str) -> Arc<OnceCell<()>> {
+        if let Some(cell) = self
+            .topics
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(topic)
+        {
+            return cell.clone();
+        }
+        self.topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(topic.into())
+            .or_default()
+            .clone()
+    }
+
+    /// Makes sure `topic` exists before `operation` uses it: creates it when auto-provisioning
+    /// is on, fails with `NotFound` when it is off and the topic is missing. Done once per
+    /// topic; a failure is not cached.
+    pub(crate) async fn prepare(&self, topic: &str, operation: &'static str) -> Result<()> {
+        let cell = self.cell(topic);
+        cell.get_or_try_init(|| async {
+            if self.auto_provision {
+                self.admin.ensure_topic(topic, None).await
+            } else {
+                match self.admin.topic_state(topic).await? {
+                    TopicState::Missing => Err(unknown_topic(operation, topic)),
+                    TopicState::Ready(_) | TopicState::Pending => Ok(()),
+                }
+            }
+        })
+        .await
+        .map(|&()| ())
+    }
+
+    /// Creates the topic of `spec` unless it exists (always asking the broker), and remembers
+    /// it.
+    pub(crate) async fn ensure(&self, spec: &TopicSpec) -> Result<()> {
+        self.admin.ensure_topic(&spec.name, spec.partitions).await?;
+        let cell = self.cell(&spec.name);
+        let _ = cell.set(());
+        Ok(())
+    }
+
+    /// Forgets what is known about `topic` (deleted, or reported unknown by the broker).
+    pub(crate) fn forget(&self, topic: &str) {
+        self.topics
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(topic);
+    }
+}

@@ -1,0 +1,326 @@
+//! Publishing: one idempotent `acks=all` producer shared by every publisher of the backend.
+//!
+//! `send` hands the record to librdkafka synchronously when its queue has room and returns the
+//! delivery report as the confirmation, so any number of messages are in flight with no await
+//! per message. Only when librdkafka reports its queue full does `send` wait (boxed), retrying
+//! until the delivery timeout.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, UNIX_EPOCH};
+
+use broker_api::completion::{self, Completion};
+use broker_api::{Confirmation, Error, ErrorKind, Message, MessageId, Position, Receipt, Result};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::future_producer::DeliveryFuture;
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::Message as _;
+
+use crate::config::KafkaConfig;
+use crate::context::ClientLog;
+use crate::error::{closed, from_kafka, payload_too_large, too_large, BACKEND};
+use crate::provision::Provisioner;
+
+/// Header carrying the message id (wire conventions).
+pub(crate) const MESSAGE_ID_HEADER: &str = "message-id";
+/// Header carrying the content type (wire conventions).
+pub(crate) const CONTENT_TYPE_HEADER: &str = "content-type";
+
+/// The shared producer.
+pub(crate) struct Publisher {
+    producer: FutureProducer<ClientLog>,
+    log: ClientLog,
+    message_max_bytes: usize,
+    max_payload_bytes: usize,
+    queue_wait: Duration,
+}
+
+impl Publisher {
+    /// A producer for `config`; it connects lazily.
+    pub(crate) fn new(config: &KafkaConfig) -> Result<Self> {
+        let log = ClientLog::new("producer");
+        let producer = config
+            .producer_config()
+            .create_with_context(log.clone())
+            .map_err(|e| crate::config::property_error(&e))?;
+        Ok(Publisher {
+            producer,
+            log,
+            message_max_bytes: config.message_max_bytes(),
+            max_payload_bytes: config.max_payload_bytes(),
+            queue_wait: config.effective_delivery_timeout(),
+        })
+    }
+
+    /// The largest payload accepted: `message.max.bytes` less room for key and headers.
+    pub(crate) fn max_payload_bytes(&self) -> usize {
+        self.max_payload_bytes
+    }
+
+    /// The producer's log, for connect diagnostics.
+    pub(crate) fn log(&self) -> &ClientLog {
+        &self.log
+    }
+
+    /// The underlying client, for metadata requests.
+    pub(crate) fn producer(&self) -> &FutureProducer<ClientLog> {
+        &self.producer
+    }
+
+    /// Queues `message` for `topic` (known to exist) and returns its confirmation.
+    pub(crate) fn enqueue<'a>(
+        &'a self,
+        topic: &'a str,
+        message: Message,
+        topics: &Arc<Provisioner>,
+    ) -> Completion<'a, Confirmation> {
+        if message.payload.len() > self.max_payload_bytes {
+            return completion::ready(Err(payload_too_large(
+                topic,
+                message.payload.len(),
+                self.max_payload_bytes,
+                self.message_max_bytes,
+            )));
+        }
+        match self.try_enqueue(topic, &message) {
+            Ok(delivery) => {
+                completion::ready(Ok(confirmation(delivery, message.id, topics.clone())))
+            }
+            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
+                let topics = topics.clone();
+                completion::boxed(self.enqueue_when_room(topic, message, topics))
+            }
+            Err(error) => completion::ready(Err(self.refused(topic, &message, error))),
+        }
+    }
+
+    /// Retries a send that found librdkafka's queue full, until it fits or the delivery
+    /// timeout passed.
+    async fn enqueue_when_room(
+        &self,
+        topic: &str,
+        message: Message,
+        topics: Arc<Provisioner>,
+    ) -> Result<Confirmation> {
+        let deadline = Instant::now() + self.queue_wait;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            tokio::time::sleep(pause).await;
+            match self.try_enqueue(topic, &message) {
+                Ok(delivery) => return Ok(confirmation(delivery, message.id, topics)),
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
+                    if Instant::now() < deadline =>
+                {
+                    pause = (pause * 2).min(Duration::from_millis(50));
+                }
+                Err(error) => return Err(self.refused(topic, &message, error)),
+            }
+        }
+    }
+
+    /// Hands one record to librdkafka.
+    fn try_enqueue(
+        &self,
+        topic: &str,
+        message: &Message,
+    ) -> std::result::Result<DeliveryFuture, KafkaError> {
+        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
+            .payload(&message.payload[..])
+            .headers(wire_headers(message));
+        if let Some(key) = &message.key {
+            record = record.key(key.as_str());
+        }
+        if let Ok(since_epoch) = message.timestamp.duration_since(UNIX_EPOCH) {
+            record = record.timestamp(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX));
+        }
+        self.producer
+            .send_result(record)
+            .map_err(|(error, _)| error)
+    }
+
+    /// The error for a message librdkafka refused to queue.
+    fn refused(&self, topic: &str, message: &Message, error: KafkaError) -> Error {
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                too_large(topic, wire_size(message), self.message_max_bytes, error)
+            }
+            Some(RDKafkaErrorCode::QueueFull) => Error::new(
+                ErrorKind::Timeout,
+                format!(
+                    "the producer queue stayed full for {} (the broker is slow or away); \
+                     message {} to topic {topic} was not sent",
+                    humantime::format_duration(self.queue_wait),
+                    message.id
+                ),
+            )
+            .backend(BACKEND)
+            .operation("publish")
+            .source(error),
+            _ => from_kafka(
+                "publish",
+                format!("message {} to topic {topic} was not sent", message.id),
+                error,
+            ),
+        }
+    }
+
+    /// Waits up to `timeout` for every queued message to be confirmed or to fail.
+    pub(crate) async fn flush(self: &Arc<Self>, timeout: Duration) -> Result<()> {
+        let publisher = self.clone();
+        tokio::task::spawn_blocking(move || publisher.producer.flush(timeout))
+            .await
+            .unwrap_or(Err(KafkaError::Canceled))
+            .map_err(|e| {
+                from_kafka(
+                    "close",
+                    format!(
+                        "pending publishes were not all confirmed within {}",
+                        humantime::format_duration(timeout)
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// Fails every message still queued or in flight (after a flush that timed out).
+    pub(crate) fn purge(&self) {
+        self.producer
+            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+    }
+}
+
+/// The record headers: message id, content type, then the application's headers (entries
+/// named like the first two are left out: the message's own fields win).
+fn wire_headers(message: &Message) -> OwnedHeaders {
+    let mut headers = OwnedHeaders::new_with_capacity(message.headers.len() + 2).insert(Header {
+        key: MESSAGE_ID_HEADER,
+        value: Some(message.id.as_str()),
+    });
+    if let Some(content_type) = &message.content_type {
+        headers = headers.insert(Header {
+            key: CONTENT_TYPE_HEADER,
+            value: Some(content_type.as_ref()),
+        });
+    }
+    for (name, value) in message.headers.iter() {
+        if name != MESSAGE_ID_HEADER && name != CONTENT_TYPE_HEADER {
+            headers = headers.insert(Header {
+                key: name,
+                value: Some(value),
+            });
+        }
+    }
+    headers
+}
+
+/// Payload, key and headers, in bytes: what counts against `message.max.bytes`.
+fn wire_size(message: &Message) -> usize {
+    message.payload.len()
+        + message.key.as_ref().map_or(0, String::len)
+        + MESSAGE_ID_HEADER.len()
+        + message.id.as_str().len()
+        + message
+            .content_type
+            .as_ref()
+            .map_or(0, |c| CONTENT_TYPE_HEADER.len() + c.len())
+        + message
+            .headers
+            .iter()
+            .filter(|(n, _)| *n != MESSAGE_ID_HEADER && *n != CONTENT_TYPE_HEADER)
+            .map(|(n, v)| n.len() + v.len())
+            .sum::<usize>()
+}
+
+/// The confirmation of one queued message: its delivery report as a [`Receipt`].
+fn confirmation(delivery: DeliveryFuture, id: MessageId, topics: Arc<Provisioner>) -> Confirmation {
+    completion::boxed(async move {
+        match delivery.await {
+            Ok(Ok(report)) => Ok(Receipt {
+                message_id: id,
+                position: Position::Kafka {
+                    partition: report.partition,
+                    offset: report.offset,
+                },
+            }),
+            Ok(Err((error, message))) => Err(delivery_failed(&id, &error, &message, &topics)),
+            Err(_canceled) => Err(closed("publish", "the producer")),
+        }
+    })
+}
+
+/// The error of a delivery report that says the message was not stored.
+fn delivery_failed(
+    id: &MessageId,
+    error: &KafkaError,
+    message: &OwnedMessage,
+    topics: &Provisioner,
+) -> Error {
+    let topic = message.topic();
+    match error.rdkafka_error_code() {
+        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+            let size = message.payload().map_or(0, <[u8]>::len)
+                + message.key().map_or(0, <[u8]>::len)
+                + message.headers().map_or(0, |h| {
+                    h.iter()
+                        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                        .sum()
+                });
+            Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "message {id} of {size} bytes (payload, key and headers) to topic {topic} is \
+                     larger than the broker accepts (the topic's max.message.bytes)"
+                ),
+            )
+            .backend(BACKEND)
+            .operation("publish")
+            .source(error.clone())
+        }
+        code => {
+            if matches!(
+                code,
+                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
+            ) {
+                topics.forget(topic);
+            }
+            from_kafka(
+                "publish",
+                format!("message {id} to topic {topic} was not confirmed by the broker"),
+                error.clone(),
+            )
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_carry_id_and_content_type_first() {
+        let message = Message::new("x")
+            .with_id("id-1")
+            .with_content_type("text/plain")
+            .with_header("a", "1")
+            .with_header(MESSAGE_ID_HEADER, "spoofed");
+        let headers = wire_headers(&message);
+        let pairs: Vec<(String, String)> = headers
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("message-id".to_owned(), "id-1".to_owned()),
+                ("content-type".to_owned(), "text/plain".to_owned()),
+                ("a".to_owned(), "1".to_owned()),
+            ]
+        );
+        assert_eq!(wire_size(&message), 1 + 10 + 4 + 12 + 10 + 2);
+    }
+}

@@ -1,0 +1,337 @@
+//! The adapter against librdkafka's built-in mock cluster: no Kafka needed.
+//!
+//! The mock cluster has no CreateTopics API, so topics are created on the mock itself and the
+//! backend runs with auto-provisioning off.
+
+use std::time::{Duration, Instant};
+
+use broker_api::{
+    Backend, Broker, ConnectOptions, Delivery, DeliveryStream, ErrorKind, Message, Position,
+    StartFrom, SubscribeRequest,
+};
+use broker_kafka::{KafkaBackend, KafkaConfig};
+use futures::StreamExt;
+use rdkafka::mocking::MockCluster;
+
+const PATIENCE: Duration = Duration::from_secs(30);
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+fn config(cluster: &MockCluster<'_, impl rdkafka::client::ClientContext>) -> KafkaConfig {
+    KafkaConfig {
+        bootstrap_servers: cluster.bootstrap_servers(),
+        ..KafkaConfig::default()
+    }
+}
+
+async fn connect(cluster: &MockCluster<'_, impl rdkafka::client::ClientContext>) -> KafkaBackend {
+    init_logs();
+    KafkaBackend::connect(
+        config(cluster),
+        ConnectOptions::default().auto_provision(false),
+    )
+    .await
+    .expect("connect to the mock cluster")
+}
+
+async fn next(stream: &mut Box<dyn DeliveryStream>) -> Delivery {
+    tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the stream goes on")
+        .expect("a delivery, not an error")
+}
+
+fn offset(delivery: &Delivery) -> i64 {
+    match delivery.metadata.position {
+        Position::Kafka { offset, .. } => offset,
+        ref other => panic!("not a Kafka position: {other:?}"),
+    }
+}
+
+async fn publish(backend: &KafkaBackend, topic: &str, message: Message) -> broker_api::Receipt {
+    backend
+        .send(topic, message)
+        .await
+        .expect("queued")
+        .await
+        .expect("confirmed")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_keeps_key_headers_id_and_content_type() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("greetings", 1, 1).unwrap();
+    let backend = connect(&cluster).await;
+
+    let message = Message::new("hello")
+        .with_key("user-1")
+        .with_header("trace", "abc")
+        .with_id("id-1")
+        .with_content_type("text/plain; charset=utf-8");
+    let receipt = publish(&backend, "greetings", message).await;
+    assert_eq!(receipt.message_id.as_str(), "id-1");
+    assert_eq!(
+        receipt.position,
+        Position::Kafka {
+            partition: 0,
+            offset: 0
+        }
+    );
+
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("greetings", "g"))
+        .await
+        .unwrap();
+    let delivery = next(&mut stream).await;
+    assert_eq!(&delivery.payload[..], b"hello");
+    let metadata = &delivery.metadata;
+    assert_eq!(&*metadata.topic, "greetings");
+    assert_eq!(metadata.key.as_deref(), Some("user-1"));
+    assert_eq!(metadata.headers.get("trace"), Some("abc"));
+    assert_eq!(metadata.headers.len(), 1);
+    assert_eq!(
+        metadata.message_id.as_ref().map(|id| id.as_str()),
+        Some("id-1")
+    );
+    assert_eq!(
+        metadata.content_type.as_deref(),
+        Some("text/plain; charset=utf-8")
+    );
+    assert!(metadata.publish_time.is_some());
+    assert_eq!(metadata.attempt, None);
+    delivery.ack().await.unwrap();
+    stream.close().await.unwrap();
+    backend.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_the_handled_prefix_is_committed() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("work", 1, 1).unwrap();
+    let backend = connect(&cluster).await;
+    for i in 0..5 {
+        publish(&backend, "work", Message::new(format!("m{i}"))).await;
+    }
+
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("work", "g"))
+        .await
+        .unwrap();
+    let mut deliveries = Vec::new();
+    for _ in 0..5 {
+        deliveries.push(next(&mut stream).await);
+    }
+    // Handled: 0, 1 and 3. Not handled: 2 (dropped) and 4 (never settled).
+    let mut by_offset: Vec<_> = deliveries.into_iter().map(|d| (offset(&d), d)).collect();
+    by_offset.sort_by_key(|(o, _)| *o);
+    let mut it = by_offset.into_iter().map(|(_, d)| d);
+    let (d0, d1, d2, d3, d4) = (
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+    );
+    d0.ack().await.unwrap();
+    d1.ack().await.unwrap();
+    d3.ack().await.unwrap();
+    drop(d2);
+    stream.close().await.unwrap();
+    drop(d4);
+
+    // The next member of the group starts at the first unhandled message.
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("work", "g"))
+        .await
+        .unwrap();
+    let again = next(&mut stream).await;
+    assert_eq!(offset(&again), 2, "{:?}", again.metadata);
+    stream.close().await.unwrap();
+    backend.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nack_delivers_the_message_again() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("retry", 1, 1).unwrap();
+    let backend = connect(&cluster).await;
+    for i in 0..3 {
+        publish(&backend, "retry", Message::new(format!("m{i}"))).await;
+    }
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("retry", "g"))
+        .await
+        .unwrap();
+    let first = next(&mut stream).await;
+    assert_eq!(offset(&first), 0);
+    first.ack().await.unwrap();
+    let second = next(&mut stream).await;
+    assert_eq!(offset(&second), 1);
+    second.nack().await.unwrap();
+    // Offset 1 comes again (2 may come before it, read before the rewind: at least once).
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        assert!(Instant::now() < deadline, "offset 1 was not redelivered");
+        let delivery = next(&mut stream).await;
+        if offset(&delivery) == 1 {
+            assert_eq!(&delivery.payload[..], b"m1");
+            delivery.ack().await.unwrap();
+            break;
+        }
+    }
+    stream.close().await.unwrap();
+    backend.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_in_flight_bounds_unsettled_deliveries() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("bounded", 1, 1).unwrap();
+    let backend = connect(&cluster).await;
+    for i in 0..10 {
+        publish(&backend, "bounded", Message::new(format!("m{i}"))).await;
+    }
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("bounded", "g").max_in_flight(3))
+        .await
+        .unwrap();
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        held.push(next(&mut stream).await);
+    }
+    let more = tokio::time::timeout(Duration::from_millis(700), stream.next()).await;
+    assert!(more.is_err(), "a 4th delivery while 3 are unsettled");
+    held.remove(0).ack().await.unwrap();
+    let fourth = next(&mut stream).await;
+    assert_eq!(offset(&fourth), 3);
+    stream.close().await.unwrap();
+    backend.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_from_latest_skips_history_but_not_what_follows() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("news", 1, 1).unwrap();
+    let backend = connect(&cluster).await;
+    publish(&backend, "news", Message::new("old")).await;
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("news", "late").start_from(StartFrom::Latest))
+        .await
+        .unwrap();
+    publish(&backend, "news", Message::new("new")).await;
+    let delivery = next(&mut stream).await;
+    assert_eq!(&delivery.payload[..], b"new");
+    stream.close().await.unwrap();
+    backend.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_topic_without_auto_provisioning_is_not_found_at_once() {
+    let cluster = MockCluster::new(1).unwrap();
+    let backend = connect(&cluster).await;
+    let started = Instant::now();
+    let err = match backend.send("missing", Message::new("x")).await {
+        Ok(confirmation) => confirmation.await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains("missing"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    let err = backend
+        .subscribe(SubscribeRequest::new("missing", "g"))
+        .await
+        .err()
+        .expect("subscribing to a missing topic fails");
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    backend.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_payload_is_rejected_naming_size_and_limit() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("big", 1, 1).unwrap();
+    let backend = connect(&cluster).await;
+    let limit = backend.capabilities().max_payload_bytes.unwrap();
+    let err = match backend
+        .send("big", Message::new(vec![1u8; limit + 1]))
+        .await
+    {
+        Ok(confirmation) => confirmation.await.unwrap_err(),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&(limit + 1).to_string()), "{text}");
+    assert!(text.contains(&limit.to_string()), "{text}");
+    // The largest announced payload goes through.
+    publish(
+        &backend,
+        "big",
+        Message::new(vec![2u8; limit]).with_key("k"),
+    )
+    .await;
+    backend.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_bootstrap_fails_within_the_connect_timeout() {
+    init_logs();
+    let config = KafkaConfig {
+        bootstrap_servers: "127.0.0.1:1".into(),
+        connect_timeout: Duration::from_secs(2),
+        ..KafkaConfig::default()
+    };
+    let started = Instant::now();
+    let err = KafkaBackend::connect(config, ConnectOptions::default())
+        .await
+        .expect_err("nothing listens on port 1");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+    assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_after_close_fail_as_closed() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("t", 1, 1).unwrap();
+    let backend = connect(&cluster).await;
+    let broker = Broker::new(backend);
+    let mut stream = broker
+        .backend()
+        .subscribe(SubscribeRequest::new("t", "g"))
+        .await
+        .unwrap();
+    broker.close().await.unwrap();
+    // The subscription ends with the backend.
+    let end = tokio::time::timeout(PATIENCE, stream.next()).await.unwrap();
+    assert!(end.is_none());
+    let err = match broker.backend().send("t", Message::new("x")).await {
+        Ok(_) => panic!("send after close"),
+        Err(e) => e,
+    };
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    let err = broker
+        .backend()
+        .subscribe(SubscribeRequest::new("t", "g"))
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+    broker.close().await.unwrap();
+}
