@@ -1,0 +1,226 @@
+//! `broker.toml` and `BROKER__*` variables, layered with the `config` crate.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use broker_api::{naming, Error, Result, SubscriberSettings, TopicSpec};
+use config::{Environment, File, FileFormat};
+use serde::Deserialize;
+
+/// The file read when no other is named, if it exists.
+pub const DEFAULT_CONFIG_FILE: &str = "broker.toml";
+/// The variable that names the configuration file.
+pub const CONFIG_ENV: &str = "BROKER_CONFIG";
+/// The prefix of overriding variables: `BROKER__KIND=kafka`,
+/// `BROKER__KAFKA__BOOTSTRAP_SERVERS=...` (`__` separates the levels).
+pub const ENV_PREFIX: &str = "BROKER";
+
+/// Which backend to connect.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum Kind {
+    /// The in-memory broker inside the process (feature `memory`).
+    #[default]
+    Memory,
+    /// Apache Kafka (feature `kafka`).
+    Kafka,
+    /// RabbitMQ (feature `rabbitmq`).
+    Rabbitmq,
+    /// Google Cloud Pub/Sub or its emulator (feature `pubsub`).
+    Pubsub,
+}
+
+impl Kind {
+    /// The name used in the configuration and as the Cargo feature.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Memory => "memory",
+            Kind::Kafka => "kafka",
+            Kind::Rabbitmq => "rabbitmq",
+            Kind::Pubsub => "pubsub",
+        }
+    }
+}
+
+impl TryFrom<String> for Kind {
+    type Error = String;
+
+    fn try_from(value: String) -> std::result::Result<Self, String> {
+        match value.to_ascii_lowercase().as_str() {
+            "memory" => Ok(Kind::Memory),
+            "kafka" => Ok(Kind::Kafka),
+            "rabbitmq" => Ok(Kind::Rabbitmq),
+            "pubsub" => Ok(Kind::Pubsub),
+            _ => Err(format!(
+                "unknown kind {value:?}: expected one of \"memory\", \"kafka\", \"rabbitmq\", \"pubsub\""
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A topic declared in the configuration, created with its groups at connect.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicConfig {
+    /// Groups created with the topic, so that nothing published before their first subscriber
+    /// is lost on brokers that keep messages only for existing groups.
+    pub groups: Vec<String>,
+    /// Partitions, where the broker has them.
+    pub partitions: Option<u32>,
+}
+
+#[cfg(feature = "memory")]
+type MemorySection = broker_memory::MemoryConfig;
+#[cfg(not(feature = "memory"))]
+type MemorySection = serde::de::IgnoredAny;
+#[cfg(feature = "kafka")]
+type KafkaSection = broker_kafka::KafkaConfig;
+#[cfg(not(feature = "kafka"))]
+type KafkaSection = serde::de::IgnoredAny;
+#[cfg(feature = "rabbitmq")]
+type RabbitMqSection = broker_rabbitmq::RabbitMqConfig;
+#[cfg(not(feature = "rabbitmq"))]
+type RabbitMqSection = serde::de::IgnoredAny;
+#[cfg(feature = "pubsub")]
+type PubSubSection = broker_pubsub::PubSubConfig;
+#[cfg(not(feature = "pubsub"))]
+type PubSubSection = serde::de::IgnoredAny;
+
+/// The whole configuration. Every key is optional; unknown keys are errors.
+///
+/// Sections of backends that were not compiled in are accepted and ignored, so one file can
+/// serve builds with different features.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Which backend to connect: `memory` (default), `kafka`, `rabbitmq`, `pubsub`.
+    pub kind: Kind,
+    /// Create missing topics, groups and dead-letter topics on first use, and the declared
+    /// `[topics.*]` at connect (default true).
+    pub auto_provision: Option<bool>,
+    /// Defaults of every subscriber.
+    pub subscriber: SubscriberSettings,
+    /// The `[memory]` section.
+    pub memory: Option<MemorySection>,
+    /// The `[kafka]` section.
+    pub kafka: Option<KafkaSection>,
+    /// The `[rabbitmq]` section.
+    pub rabbitmq: Option<RabbitMqSection>,
+    /// The `[pubsub]` section.
+    pub pubsub: Option<PubSubSection>,
+    /// Topics and their groups, created at connect.
+    pub topics: BTreeMap<String, TopicConfig>,
+}
+
+impl BrokerConfig {
+    /// Loads `BROKER_CONFIG` if set (it must exist), else `broker.toml` if present, then the
+    /// `BROKER__*` variables over it.
+    pub fn load() -> Result<Self> {
+        match std::env::var_os(CONFIG_ENV) {
+            Some(path) if !path.is_empty() => BrokerConfig::load_from(Some(Path::new(&path))),
+            _ => BrokerConfig::load_from(None),
+        }
+    }
+
+    /// Loads the named file (it must exist), or `broker.toml` if present when `None`, then the
+    /// `BROKER__*` variables over it.
+    pub fn load_from(path: Option<&Path>) -> Result<Self> {
+        let (file, required) = match path {
+            Some(path) => (path.to_path_buf(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG_FILE), false),
+        };
+        if required && !file.is_file() {
+            return Err(Error::config(format!(
+                "configuration file {} does not exist (named by --config or {CONFIG_ENV})",
+                file.display()
+            )));
+        }
+        let builder = config::Config::builder()
+            .add_source(File::from(file.as_path()).format(FileFormat::Toml).required(required))
+            .add_source(environment());
+        let source = if required || file.is_file() {
+            format!("{} and {ENV_PREFIX}__* variables", file.display())
+        } else {
+            format!("{ENV_PREFIX}__* variables")
+        };
+        BrokerConfig::build(builder, &source)
+    }
+
+    /// Parses a TOML text (no file, no environment). For tests and embedded defaults.
+    pub fn from_toml(text: &str) -> Result<Self> {
+        let builder =
+            config::Config::builder().add_source(File::from_str(text, FileFormat::Toml));
+        BrokerConfig::build(builder, "the given TOML")
+    }
+
+    fn build(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+        source: &str,
+    ) -> Result<Self> {
+        let config: BrokerConfig = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|e| {
+                let hint = if e.to_string().contains("expected a duration") {
+                    " (a duration is written like \"250ms\", \"30s\" or \"5m\")"
+                } else {
+                    ""
+                };
+                Error::config(format!("invalid configuration in {source}: {e}{hint}"))
+            })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        self.subscriber.validate()?;
+        for (name, topic) in &self.topics {
+            naming::validate_name("topic", name)
+                .map_err(|e| Error::config(format!("[topics.{name}]: {}", e.message())))?;
+            for group in &topic.groups {
+                naming::validate_name("group", group).map_err(|e| {
+                    Error::config(format!("[topics.{name}] groups: {}", e.message()))
+                })?;
+            }
+            if topic.partitions == Some(0) {
+                return Err(Error::config(format!(
+                    "[topics.{name}] partitions = 0: expected at least 1"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether missing topics and groups are created.
+    pub fn auto_provision(&self) -> bool {
+        self.auto_provision.unwrap_or(true)
+    }
+
+    /// The declared topics as specs for [`Backend::ensure_topic`](broker_api::Backend::ensure_topic).
+    pub fn topic_specs(&self) -> Vec<TopicSpec> {
+        self.topics
+            .iter()
+            .map(|(name, topic)| {
+                let mut spec = TopicSpec::new(name);
+                spec.partitions = topic.partitions;
+                spec.groups = topic.groups.clone();
+                spec
+            })
+            .collect()
+    }
+}
+
+fn environment() -> Environment {
+    Environment::with_prefix(ENV_PREFIX)
+        .prefix_separator("__")
+        .separator("__")
+        .try_parsing(true)
+}

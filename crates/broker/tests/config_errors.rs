@@ -1,0 +1,169 @@
+//! Every configuration mistake is a clear error naming what was wrong.
+
+use std::io::Write;
+
+use broker::{BrokerConfig, ErrorKind, Kind, StartFrom};
+
+fn error_of(toml: &str) -> String {
+    let err = BrokerConfig::from_toml(toml).expect_err("the configuration must be refused");
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    err.to_string()
+}
+
+#[test]
+fn a_full_file_parses() {
+    let config = BrokerConfig::from_toml(
+        r#"
+        kind = "memory"
+        auto_provision = false
+
+        [subscriber]
+        start_from = "latest"
+        max_in_flight = 64
+        retry = { min_backoff = "50ms", max_backoff = "5s", jitter = 0.1, max_attempts = 3, dead_letter = false }
+
+        [memory]
+        instance = "tests"
+
+        [topics.greetings]
+        groups = ["greeting-stats", "audit"]
+        partitions = 3
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.kind, Kind::Memory);
+    assert!(!config.auto_provision());
+    assert_eq!(config.subscriber.start_from, StartFrom::Latest);
+    assert_eq!(config.subscriber.max_in_flight, 64);
+    assert_eq!(config.subscriber.retry.min_backoff.as_millis(), 50);
+    assert!(!config.subscriber.retry.dead_letter);
+    let specs = config.topic_specs();
+    assert_eq!(specs[0].name, "greetings");
+    assert_eq!(specs[0].groups, ["greeting-stats", "audit"]);
+    assert_eq!(specs[0].partitions, Some(3));
+}
+
+#[test]
+fn an_empty_file_means_the_in_memory_default() {
+    let config = BrokerConfig::from_toml("").unwrap();
+    assert_eq!(config.kind, Kind::Memory);
+    assert!(config.auto_provision());
+    assert_eq!(config.subscriber.max_in_flight, 256);
+}
+
+#[test]
+fn unknown_kind_lists_the_accepted_ones() {
+    let err = error_of(r#"kind = "kafak""#);
+    assert!(err.contains("kafak"), "{err}");
+    assert!(err.contains("memory") && err.contains("rabbitmq") && err.contains("pubsub"), "{err}");
+}
+
+#[test]
+fn unknown_top_level_key_is_named() {
+    let err = error_of(r#"kindd = "memory""#);
+    assert!(err.contains("kindd"), "{err}");
+}
+
+#[test]
+fn unknown_nested_key_is_named() {
+    let err = error_of("[subscriber]\nmax_in_flite = 3\n");
+    assert!(err.contains("max_in_flite"), "{err}");
+    let err = error_of("[subscriber.retry]\nmax_atempts = 3\n");
+    assert!(err.contains("max_atempts"), "{err}");
+    let err = error_of("[topics.greetings]\ngroup = [\"a\"]\n");
+    assert!(err.contains("group"), "{err}");
+}
+
+#[test]
+fn malformed_duration_names_the_value() {
+    let err = error_of("[subscriber.retry]\nmin_backoff = \"10 parsecs\"\n");
+    assert!(err.contains("parsecs"), "{err}");
+}
+
+#[test]
+fn malformed_number_names_the_key() {
+    let err = error_of("[subscriber]\nmax_in_flight = \"many\"\n");
+    assert!(err.contains("max_in_flight") || err.contains("many"), "{err}");
+    let err = error_of("[subscriber]\nmax_in_flight = -4\n");
+    assert!(err.contains("max_in_flight") || err.contains("-4"), "{err}");
+}
+
+#[test]
+fn out_of_range_values_name_the_key() {
+    let err = error_of("[subscriber]\nmax_in_flight = 0\n");
+    assert!(err.contains("subscriber.max_in_flight"), "{err}");
+    let err = error_of("[subscriber.retry]\njitter = 2.0\n");
+    assert!(err.contains("subscriber.retry.jitter"), "{err}");
+    let err = error_of("[topics.greetings]\npartitions = 0\n");
+    assert!(err.contains("[topics.greetings] partitions"), "{err}");
+    let err = error_of("[topics.\"bad name\"]\ngroups = []\n");
+    assert!(err.contains("bad name"), "{err}");
+}
+
+#[test]
+fn a_named_file_that_does_not_exist_is_an_error() {
+    let err = BrokerConfig::load_from(Some(std::path::Path::new("/nonexistent/broker.toml")))
+        .expect_err("missing named file");
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("/nonexistent/broker.toml"), "{err}");
+}
+
+#[test]
+fn a_named_file_is_read() {
+    let dir = std::env::temp_dir().join(format!("broker-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("custom.toml");
+    let mut file = std::fs::File::create(&path).unwrap();
+    writeln!(file, "[subscriber]\nmax_in_flight = 7").unwrap();
+    let config = BrokerConfig::load_from(Some(&path)).unwrap();
+    assert_eq!(config.subscriber.max_in_flight, 7);
+    let err = {
+        std::fs::write(&path, "[subscriber\n").unwrap();
+        BrokerConfig::load_from(Some(&path)).expect_err("malformed TOML")
+    };
+    assert!(err.to_string().contains("custom.toml"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[cfg(not(feature = "kafka"))]
+#[tokio::test]
+async fn a_kind_not_compiled_in_names_the_feature() {
+    let config = BrokerConfig::from_toml(r#"kind = "kafka""#).unwrap();
+    let err = broker::connect_with(config).await.expect_err("kafka is not compiled in");
+    assert_eq!(err.kind(), ErrorKind::Unsupported);
+    assert!(err.to_string().contains("`kafka` feature"), "{err}");
+}
+
+#[tokio::test]
+async fn declared_topics_are_created_at_connect() {
+    let config = BrokerConfig::from_toml(
+        r#"
+        [memory]
+        instance = "declared-topics-test"
+        [topics.greetings]
+        groups = ["greeting-stats"]
+        "#,
+    )
+    .unwrap();
+    let broker = broker::connect_with(config).await.unwrap();
+    let topics = broker.backend().list_topics().await.unwrap();
+    assert!(topics.contains(&"greetings".to_owned()), "{topics:?}");
+    broker.close().await.unwrap();
+}
+
+#[test]
+#[ignore = "prints every error text for review"]
+fn print_errors() {
+    for toml in [
+        r#"kind = "kafak""#,
+        r#"kindd = "memory""#,
+        "[subscriber]\nmax_in_flite = 3\n",
+        "[subscriber.retry]\nmin_backoff = \"10 parsecs\"\n",
+        "[subscriber]\nmax_in_flight = \"many\"\n",
+        "[subscriber]\nmax_in_flight = -4\n",
+        "[topics.greetings]\ngroup = [\"a\"]\n",
+        "[subscriber\n",
+    ] {
+        println!("{toml:?}\n  -> {}", BrokerConfig::from_toml(toml).unwrap_err());
+    }
+}

@@ -1,0 +1,32 @@
+//! `BROKER__*` variables override the file. In a test binary of its own: it sets variables.
+
+use broker::{BrokerConfig, ErrorKind, Kind};
+
+#[test]
+fn environment_overrides_file_and_unknown_variables_are_errors() {
+    let dir = std::env::temp_dir().join(format!("broker-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("broker.toml");
+    std::fs::write(&path, "kind = \"memory\"\n[subscriber]\nmax_in_flight = 7\n").unwrap();
+
+    std::env::set_var("BROKER__SUBSCRIBER__MAX_IN_FLIGHT", "9");
+    std::env::set_var("BROKER__KIND", "rabbitmq");
+    let config = BrokerConfig::load_from(Some(&path)).unwrap();
+    assert_eq!(config.subscriber.max_in_flight, 9);
+    assert_eq!(config.kind, Kind::Rabbitmq);
+
+    std::env::set_var("BROKER__SUBSCRIBER__NOPE", "1");
+    let err = BrokerConfig::load_from(Some(&path)).expect_err("unknown variable");
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("nope"), "{err}");
+
+    std::env::set_var("BROKER_CONFIG", &path);
+    std::env::remove_var("BROKER__SUBSCRIBER__NOPE");
+    let config = BrokerConfig::load().unwrap();
+    assert_eq!(config.kind, Kind::Rabbitmq);
+
+    std::env::set_var("BROKER_CONFIG", dir.join("missing.toml"));
+    let err = BrokerConfig::load().expect_err("missing named file");
+    assert!(err.to_string().contains("missing.toml"), "{err}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -1,0 +1,173 @@
+//! Lagom's hello world, as two services that talk only through the broker.
+//!
+//! The greeting service publishes a `GreetingChanged` event, keyed by user, whenever a user
+//! changes their greeting. The stats service subscribes at least once as group
+//! `greeting-stats` and counts the changes per user. Nothing here names a broker:
+//! `broker.toml` / `BROKER__KIND` decide.
+//!
+//! ```text
+//! cargo run -p hello                  # both services in one process, on the in-memory broker
+//! BROKER__KIND=kafka cargo run -p hello --features kafka
+//! cargo run -p hello -- stats         # only the stats service (until Ctrl-C)
+//! cargo run -p hello -- greet         # only the greeting service
+//! ```
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context;
+use broker::{Broker, HandlerResult, Received, Running, Topic, TopicSpec};
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+
+/// A user changed their greeting. Published by the greeting service.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct GreetingChanged {
+    user: String,
+    message: String,
+}
+
+/// The topic both services share: JSON events keyed by user, so one user's changes stay in
+/// order.
+fn greetings() -> Topic<GreetingChanged> {
+    Topic::json("greetings").with_key(|event: &GreetingChanged| event.user.clone())
+}
+
+const STATS_GROUP: &str = "greeting-stats";
+
+/// The greeting service: publishes each change and waits for the broker to confirm it.
+async fn greeting_service(broker: &Broker, changes: &[(&str, &str)]) -> anyhow::Result<()> {
+    let publisher = broker.publisher(&greetings());
+    for (user, message) in changes {
+        let event = GreetingChanged {
+            user: (*user).to_owned(),
+            message: (*message).to_owned(),
+        };
+        let receipt = publisher
+            .publish(&event)
+            .await
+            .with_context(|| format!("publishing the greeting of {user}"))?;
+        println!(
+            "greeting-service: {user} now says {message:?} (message {})",
+            receipt.message_id
+        );
+    }
+    Ok(())
+}
+
+/// What the stats service has counted.
+#[derive(Default)]
+struct Stats {
+    changes_per_user: Mutex<BTreeMap<String, u32>>,
+    counted: Notify,
+}
+
+impl Stats {
+    fn total(&self) -> u32 {
+        self.changes_per_user
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .sum()
+    }
+}
+
+/// The stats service: counts greeting changes per user, at least once.
+async fn stats_service(broker: &Broker, stats: Arc<Stats>) -> anyhow::Result<Running> {
+    // Declaring the group with the topic keeps events published before the first subscriber,
+    // on every broker.
+    broker
+        .ensure_topic(&TopicSpec::new(greetings().name()).group(STATS_GROUP))
+        .await?;
+    let running = broker
+        .subscriber(&greetings(), STATS_GROUP)
+        .at_least_once(move |event: Received<GreetingChanged>| {
+            let stats = stats.clone();
+            async move {
+                let count = {
+                    let mut counts = stats
+                        .changes_per_user
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner());
+                    let count = counts.entry(event.value.user.clone()).or_insert(0);
+                    *count += 1;
+                    *count
+                };
+                println!(
+                    "greeting-stats:   {} changed their greeting {count} time(s), now {:?}",
+                    event.value.user, event.value.message
+                );
+                stats.counted.notify_waiters();
+                HandlerResult::Ok(())
+            }
+        })
+        .await?;
+    Ok(running)
+}
+
+/// Waits until the stats service counted `total` changes, or gives up after `patience`.
+async fn wait_for_total(stats: &Stats, total: u32, patience: Duration) -> anyhow::Result<()> {
+    tokio::time::timeout(patience, async {
+        loop {
+            let counted = stats.counted.notified();
+            if stats.total() >= total {
+                return;
+            }
+            counted.await;
+        }
+    })
+    .await
+    .with_context(|| {
+        format!(
+            "the stats service counted {} of {total} changes in {patience:?}",
+            stats.total()
+        )
+    })
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let mode = std::env::args().nth(1).unwrap_or_else(|| "both".to_owned());
+    let broker = broker::connect().await.context("connecting the broker")?;
+    println!("connected to {} at {}", broker.kind(), broker.endpoint());
+
+    let changes = [
+        ("alice", "Hello"),
+        ("bob", "Hi"),
+        ("alice", "Good morning"),
+        ("carol", "Hey"),
+        ("bob", "Howdy"),
+        ("alice", "Bonjour"),
+    ];
+    match mode.as_str() {
+        "both" => {
+            let stats = Arc::new(Stats::default());
+            let running = stats_service(&broker, stats.clone()).await?;
+            greeting_service(&broker, &changes).await?;
+            wait_for_total(&stats, changes.len() as u32, Duration::from_secs(30)).await?;
+            running.close().await?;
+            let counts = stats
+                .changes_per_user
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone();
+            println!("greeting-stats:   final counts {counts:?}");
+        }
+        "greet" => greeting_service(&broker, &changes).await?,
+        "stats" => {
+            let running = stats_service(&broker, Arc::new(Stats::default())).await?;
+            println!("greeting-stats:   waiting for events; Ctrl-C to stop");
+            tokio::signal::ctrl_c().await?;
+            running.close().await?;
+        }
+        other => anyhow::bail!("unknown mode {other:?}: expected both, greet or stats"),
+    }
+    broker.close().await?;
+    Ok(())
+}

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The full test run, as CI runs it: formatting, lints, every unit and conformance test, the live
+# suites against real Kafka, RabbitMQ and the Pub/Sub emulator (started here, on loopback, by
+# scripts/brokers.sh), and the example on every kind. Live tests run with BROKER_REQUIRE_LIVE=1:
+# a missing broker fails the run instead of being skipped.
+#
+#   scripts/test.sh            # everything
+#   scripts/test.sh --no-live  # no brokers: unit tests, the memory backend, mock clusters
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The brokers whose backends are complete; each gets its live suites and an example run.
+LIVE_BROKERS="${LIVE_BROKERS-}"
+
+live=1
+for arg in "$@"; do
+  case "$arg" in
+    --no-live) live=0 ;;
+    *) echo "usage: scripts/test.sh [--no-live]" >&2; exit 2 ;;
+  esac
+done
+
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/broker-rs/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() {
+  local name="$1"; shift
+  local started=$SECONDS
+  echo "==> $name"
+  "$@"
+  echo "<== $name: $((SECONDS - started)) s"
+}
+
+step "system packages" scripts/install-deps.sh
+step "format" cargo fmt --all -- --check
+step "clippy" cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+if [ -z "$LIVE_BROKERS" ]; then live=0; fi
+
+if [ "$live" -eq 1 ]; then
+  # shellcheck disable=SC2086 # one argument per broker
+  for broker in $LIVE_BROKERS; do step "start $broker" scripts/brokers.sh start "$broker"; done
+  eval "$(scripts/brokers.sh env)"
+  export BROKER_REQUIRE_LIVE=1
+fi
+
+step "build tests" cargo test --workspace --all-features --no-run
+step "unit, memory and mock tests" cargo test --workspace --all-features --exclude integration-tests
+
+if [ "$live" -eq 1 ]; then
+  for broker in $LIVE_BROKERS; do
+    for suite in "$broker" "${broker}_restart"; do
+      if [ -f "integration-tests/tests/$suite.rs" ]; then
+        step "live: $suite" cargo test -p integration-tests --test "$suite"
+      fi
+    done
+  done
+fi
+
+step "example on memory" cargo run -q -p hello
+example_on() {
+  case "$1" in
+    kafka) env BROKER__KIND=kafka BROKER__KAFKA__BOOTSTRAP_SERVERS="$BROKER_TEST_KAFKA" \
+      cargo run -q -p hello --features kafka ;;
+    rabbitmq) env BROKER__KIND=rabbitmq BROKER__RABBITMQ__URI="$BROKER_TEST_RABBITMQ" \
+      cargo run -q -p hello --features rabbitmq ;;
+    pubsub) env BROKER__KIND=pubsub BROKER__PUBSUB__ENDPOINT="$BROKER_TEST_PUBSUB" \
+      cargo run -q -p hello --features pubsub ;;
+  esac
+}
+if [ "$live" -eq 1 ]; then
+  for broker in $LIVE_BROKERS; do step "example on $broker" example_on "$broker"; done
+fi
+echo "all green"
