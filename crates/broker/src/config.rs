@@ -143,7 +143,11 @@ impl BrokerConfig {
             )));
         }
         let builder = config::Config::builder()
-            .add_source(File::from(file.as_path()).format(FileFormat::Toml).required(required))
+            .add_source(
+                File::from(file.as_path())
+                    .format(FileFormat::Toml)
+                    .required(required),
+            )
             .add_source(environment());
         let source = if required || file.is_file() {
             format!("{} and {ENV_PREFIX}__* variables", file.display())
@@ -155,8 +159,7 @@ impl BrokerConfig {
 
     /// Parses a TOML text (no file, no environment). For tests and embedded defaults.
     pub fn from_toml(text: &str) -> Result<Self> {
-        let builder =
-            config::Config::builder().add_source(File::from_str(text, FileFormat::Toml));
+        let builder = config::Config::builder().add_source(File::from_str(text, FileFormat::Toml));
         BrokerConfig::build(builder, "the given TOML")
     }
 
@@ -164,17 +167,18 @@ impl BrokerConfig {
         builder: config::ConfigBuilder<config::builder::DefaultState>,
         source: &str,
     ) -> Result<Self> {
-        let config: BrokerConfig = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|e| {
-                let hint = if e.to_string().contains("expected a duration") {
-                    " (a duration is written like \"250ms\", \"30s\" or \"5m\")"
-                } else {
-                    ""
-                };
-                Error::config(format!("invalid configuration in {source}: {e}{hint}"))
-            })?;
+        let config: BrokerConfig =
+            builder
+                .build()
+                .and_then(|c| c.try_deserialize())
+                .map_err(|e| {
+                    let hint = if e.to_string().contains("expected a duration") {
+                        " (a duration is written like \"250ms\", \"30s\" or \"5m\")"
+                    } else {
+                        ""
+                    };
+                    Error::config(format!("invalid configuration in {source}: {e}{hint}"))
+                })?;
         config.validate()?;
         Ok(config)
     }

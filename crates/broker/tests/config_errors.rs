@@ -55,7 +55,10 @@ fn an_empty_file_means_the_in_memory_default() {
 fn unknown_kind_lists_the_accepted_ones() {
     let err = error_of(r#"kind = "kafak""#);
     assert!(err.contains("kafak"), "{err}");
-    assert!(err.contains("memory") && err.contains("rabbitmq") && err.contains("pubsub"), "{err}");
+    assert!(
+        err.contains("memory") && err.contains("rabbitmq") && err.contains("pubsub"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -83,7 +86,10 @@ fn malformed_duration_names_the_value() {
 #[test]
 fn malformed_number_names_the_key() {
     let err = error_of("[subscriber]\nmax_in_flight = \"many\"\n");
-    assert!(err.contains("max_in_flight") || err.contains("many"), "{err}");
+    assert!(
+        err.contains("max_in_flight") || err.contains("many"),
+        "{err}"
+    );
     let err = error_of("[subscriber]\nmax_in_flight = -4\n");
     assert!(err.contains("max_in_flight") || err.contains("-4"), "{err}");
 }
@@ -105,7 +111,10 @@ fn a_named_file_that_does_not_exist_is_an_error() {
     let err = BrokerConfig::load_from(Some(std::path::Path::new("/nonexistent/broker.toml")))
         .expect_err("missing named file");
     assert_eq!(err.kind(), ErrorKind::Config);
-    assert!(err.to_string().contains("/nonexistent/broker.toml"), "{err}");
+    assert!(
+        err.to_string().contains("/nonexistent/broker.toml"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -129,7 +138,9 @@ fn a_named_file_is_read() {
 #[tokio::test]
 async fn a_kind_not_compiled_in_names_the_feature() {
     let config = BrokerConfig::from_toml(r#"kind = "kafka""#).unwrap();
-    let err = broker::connect_with(config).await.expect_err("kafka is not compiled in");
+    let err = broker::connect_with(config)
+        .await
+        .expect_err("kafka is not compiled in");
     assert_eq!(err.kind(), ErrorKind::Unsupported);
     assert!(err.to_string().contains("`kafka` feature"), "{err}");
 }
@@ -164,6 +175,9 @@ fn print_errors() {
         "[topics.greetings]\ngroup = [\"a\"]\n",
         "[subscriber\n",
     ] {
-        println!("{toml:?}\n  -> {}", BrokerConfig::from_toml(toml).unwrap_err());
+        println!(
+            "{toml:?}\n  -> {}",
+            BrokerConfig::from_toml(toml).unwrap_err()
+        );
     }
 }

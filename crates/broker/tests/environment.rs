@@ -7,7 +7,11 @@ fn environment_overrides_file_and_unknown_variables_are_errors() {
     let dir = std::env::temp_dir().join(format!("broker-env-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("broker.toml");
-    std::fs::write(&path, "kind = \"memory\"\n[subscriber]\nmax_in_flight = 7\n").unwrap();
+    std::fs::write(
+        &path,
+        "kind = \"memory\"\n[subscriber]\nmax_in_flight = 7\n",
+    )
+    .unwrap();
 
     std::env::set_var("BROKER__SUBSCRIBER__MAX_IN_FLIGHT", "9");
     std::env::set_var("BROKER__KIND", "rabbitmq");
