@@ -10,7 +10,8 @@
 #   scripts/brokers.sh clean   [...]                            stop and delete the data
 #   scripts/brokers.sh kafka-run MAIN_CLASS [ARG]...            run a Kafka CLI class, e.g.
 #       org.apache.kafka.tools.TopicCommand --bootstrap-server 127.0.0.1:9092 --list
-#   scripts/brokers.sh rabbitmqctl [ARG]...                     rabbitmqctl against our node
+#   scripts/brokers.sh rabbitmqctl|rabbitmq-diagnostics|rabbitmq-queues [ARG]...
+#                                                               RabbitMQ's CLI against our node
 #
 # The broker defaults to all. Endpoints:
 #   kafka     127.0.0.1:9092 (Apache Kafka from Maven Central, KRaft broker+controller, 9093 controller)
@@ -40,7 +41,8 @@ KAFKA_LOG=$KAFKA_DIR/server.log
 RMQ_DIR=$DATA_DIR/rabbitmq
 RMQ_NODE=rabbit@localhost
 RMQ_BIN=/usr/lib/rabbitmq/bin # Debian's real scripts, not /usr/sbin's wrappers that `su rabbitmq`
-RMQ_PID=$RMQ_DIR/rabbitmq.pid
+RMQ_PID=$RMQ_DIR/rabbitmq.pid          # ours
+RMQ_NODE_PID=$RMQ_DIR/mnesia/node.pid  # RabbitMQ's own, which it deletes when it stops
 
 PUBSUB_DIR=$DATA_DIR/pubsub
 PUBSUB_BIN=/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator
@@ -85,8 +87,13 @@ apt_install() {
   return "$rc"
 }
 
+# ensure_java : a Java 17 or newer (Kafka 4 needs 17), installed from Debian when there is none.
 ensure_java() {
+  local v
   command -v java >/dev/null 2>&1 || apt_install default-jre-headless
+  v=$(java -XshowSettings:properties -version 2>&1 | awk -F' = ' '/java.specification.version/ { print $2 }')
+  [[ ${v%%.*} =~ ^[0-9]+$ && ${v%%.*} -ge 17 ]] ||
+    die "java is version '$v'; Kafka 4 needs 17 or newer (apt-get install openjdk-17-jre-headless, then put it first on PATH)"
 }
 
 # port_open PORT : something accepts TCP connections on 127.0.0.1:PORT.
@@ -95,13 +102,33 @@ port_open() {
   timeout 2 bash -c 'exec 3<>"/dev/tcp/127.0.0.1/$1"' _ "$1" 2>/dev/null
 }
 
-# pid_alive PIDFILE WORD : the pid in PIDFILE runs and its command line contains WORD.
+# proc_alive PID : the process exists and is not a zombie.
+proc_alive() {
+  local state
+  state=$(awk '{ print $3 }' "/proc/$1/stat" 2>/dev/null) || return 1
+  [[ -n $state && $state != Z ]]
+}
+
+# cmdline_has PID TEXT : process PID runs and its command line contains TEXT.
+cmdline_has() {
+  [[ -n $1 ]] && kill -0 "$1" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$2"
+}
+
+# pid_alive PIDFILE TEXT : the pid in PIDFILE runs and its command line contains TEXT.
 pid_alive() {
+  [[ -s $1 ]] && cmdline_has "$(tr -dc '0-9' <"$1")" "$2"
+}
+
+# owned PIDFILE TEXT PORT : our broker's process runs. That is the pid file's, or else (pid file
+# lost or stale) the process listening on PORT whose command line has TEXT, then written to PIDFILE.
+owned() {
   local pid
-  [[ -s $1 ]] || return 1
-  pid=$(tr -dc '0-9' <"$1")
-  [[ -n $pid ]] && kill -0 "$pid" 2>/dev/null || return 1
-  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$2"
+  pid_alive "$1" "$2" && return 0
+  pid=$(listener_pid "$3")
+  cmdline_has "$pid" "$2" || return 1
+  mkdir -p "$(dirname "$1")"
+  echo "$pid" >"$1"
 }
 
 # wait_gone PID SECONDS : wait for a process to exit; 1 when it is still there.
@@ -129,7 +156,8 @@ kill_pidfile() {
 
 # listener_pid PORT : pid of the process listening on 127.0.0.1:PORT (needs ss; empty if none).
 listener_pid() {
-  ss -Hltnp "sport = :$1" 2>/dev/null | grep -o 'pid=[0-9]*' | head -n1 | cut -d= -f2
+  { ss -Hltnp "sport = :$1" 2>/dev/null || true; } |
+    awk 'match($0, /pid=[0-9]+/) { print substr($0, RSTART + 4, RLENGTH - 4); exit }'
 }
 
 # fail_start NAME LOG MESSAGE : report a failed start with the end of the log.
@@ -154,6 +182,15 @@ port_free() {
       die "$name: 127.0.0.1:$port is already taken by another process (pid $(listener_pid "$port")); stop it first"
     fi
   done
+}
+
+# lock : one brokers.sh at a time starts or stops brokers (tests may restart them in parallel).
+# The brokers we launch must not inherit fd 9, or they would hold the lock for good.
+lock() {
+  command -v flock >/dev/null 2>&1 || return 0
+  mkdir -p "$DATA_DIR"
+  exec 9>"$DATA_DIR/.lock"
+  flock -w 600 9 || die "another brokers.sh has held $DATA_DIR/.lock for 10 minutes"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +241,10 @@ num.recovery.threads.per.data.dir=1
 EOF
 }
 
-kafka_up() { pid_alive "$KAFKA_PID" kafka.Kafka && port_open 9092; }
+# Our Kafka JVM runs (found by its pid file, or by its controller port if that file was lost).
+kafka_running() { owned "$KAFKA_PID" "$KAFKA_DIR/server.properties" 9093; }
+
+kafka_up() { kafka_running && port_open 9092; }
 
 kafka_start() {
   local t0 pid i
@@ -213,8 +253,7 @@ kafka_start() {
     echo "kafka: already running (pid $(cat "$KAFKA_PID"), 127.0.0.1:9092) ($(took "$t0"))"
     return 0
   fi
-  if pid_alive "$KAFKA_PID" kafka.Kafka; then kafka_stop_quiet; fi # alive but not answering
-  rm -f "$KAFKA_PID"
+  kafka_stop_quiet # a JVM that runs but does not answer, a stale pid file
   port_free kafka 9092 9093
   ensure_java
   kafka_fetch
@@ -225,13 +264,15 @@ kafka_start() {
     mv "$KAFKA_DIR/cluster.id.tmp" "$KAFKA_DIR/cluster.id"
   fi
   if [[ ! -f $KAFKA_DIR/data/meta.properties ]]; then
+    # --standalone: this node alone is the (dynamic) controller quorum.
     kafka_java -Dbroker.log.level=WARN kafka.tools.StorageTool format --standalone \
       --config "$KAFKA_DIR/server.properties" --cluster-id "$(cat "$KAFKA_DIR/cluster.id")" \
       >"$KAFKA_DIR/format.log" 2>&1 || fail_start kafka "$KAFKA_DIR/format.log" "formatting $KAFKA_DIR/data failed"
   fi
-  [[ -f $KAFKA_LOG ]] && mv -f "$KAFKA_LOG" "$KAFKA_LOG.previous"
+  if [[ -f $KAFKA_LOG ]]; then mv -f "$KAFKA_LOG" "$KAFKA_LOG.previous"; fi
+  # setsid: its own process group, out of reach of the caller's Ctrl-C; exec keeps $! the JVM's pid.
   # shellcheck disable=SC2086 # KAFKA_HEAP_OPTS is a list of JVM flags
-  (cd "$KAFKA_DIR" && exec setsid nohup java ${KAFKA_HEAP_OPTS:--Xmx768m -Xms256m} \
+  (exec 9>&- && cd "$KAFKA_DIR" && exec setsid nohup java ${KAFKA_HEAP_OPTS:--Xmx768m -Xms256m} \
     -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 -Djava.awt.headless=true \
     -Dlog4j2.configurationFile="$SCRIPT_DIR/kafka/log4j2.properties" \
     -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_DIR/server.properties" \
@@ -239,9 +280,9 @@ kafka_start() {
   pid=$!
   echo "$pid" >"$KAFKA_PID"
   for ((i = 0; i < START_TIMEOUT * 5; i++)); do
-    kill -0 "$pid" 2>/dev/null || fail_start kafka "$KAFKA_LOG" "the broker exited during startup"
-    # "Kafka Server started" is logged once the broker has joined the quorum and serves requests.
-    if grep -q 'Kafka Server started' "$KAFKA_LOG" && port_open 9092; then
+    proc_alive "$pid" || fail_start kafka "$KAFKA_LOG" "the broker exited during startup"
+    # Logged once the broker has been unfenced by the controller and its listeners accept requests.
+    if grep -q 'Kafka Server started' "$KAFKA_LOG" 2>/dev/null && port_open 9092; then
       echo "kafka: started Kafka $KAFKA_VERSION (pid $pid, 127.0.0.1:9092, log $KAFKA_LOG) ($(took "$t0"))"
       return 0
     fi
@@ -251,28 +292,32 @@ kafka_start() {
 }
 
 kafka_stop_quiet() {
-  if pid_alive "$KAFKA_PID" kafka.Kafka; then kill_pidfile kafka "$KAFKA_PID"; fi
+  if kafka_running; then kill_pidfile kafka "$KAFKA_PID"; fi
   rm -f "$KAFKA_PID"
 }
 
 kafka_stop() {
   local t0
   t0=$(now_ms)
-  if ! pid_alive "$KAFKA_PID" kafka.Kafka; then
+  if kafka_running; then
+    kafka_stop_quiet
+    echo "kafka: stopped ($(took "$t0"))"
+  else
     rm -f "$KAFKA_PID"
     echo "kafka: not running ($(took "$t0"))"
-    return 0
   fi
-  kafka_stop_quiet
-  echo "kafka: stopped ($(took "$t0"))"
 }
 
 kafka_clean() {
   local t0
   t0=$(now_ms)
+  if [[ ! -e $KAFKA_DIR ]] && ! kafka_running; then
+    echo "kafka: nothing to clean ($(took "$t0"))"
+    return 0
+  fi
   kafka_stop_quiet
   rm -rf "$KAFKA_DIR"
-  echo "kafka: stopped and deleted $KAFKA_DIR ($(took "$t0"))"
+  echo "kafka: stopped, deleted $KAFKA_DIR ($(took "$t0"))"
 }
 
 kafka_status() {
@@ -320,8 +365,8 @@ rmq() {
     RABBITMQ_ENABLED_PLUGINS_FILE="$RMQ_DIR/enabled_plugins" \
     RABBITMQ_MNESIA_BASE="$RMQ_DIR/mnesia" \
     RABBITMQ_LOG_BASE="$RMQ_DIR/log" \
-    RABBITMQ_PID_FILE="$RMQ_PID" \
-    "$RMQ_BIN/$cmd" "$@"
+    RABBITMQ_PID_FILE="$RMQ_NODE_PID" \
+    "$RMQ_BIN/$cmd" "$@" 9>&-
 }
 
 rmq_write_config() {
@@ -340,7 +385,10 @@ management.tcp.port = 15672
 EOF
 }
 
-rmq_up() { pid_alive "$RMQ_PID" beam && port_open 5672; }
+# Our Erlang VM runs (found by our pid file, or by its distribution port if that file was lost).
+rmq_running() { owned "$RMQ_PID" "-home $RMQ_DIR " 25672; }
+
+rmq_up() { rmq_running && port_open 5672; }
 
 rabbitmq_start() {
   local t0 i
@@ -350,17 +398,19 @@ rabbitmq_start() {
     return 0
   fi
   rmq_ensure_installed
-  if pid_alive "$RMQ_PID" beam; then rmq_stop_quiet; fi # alive but not answering
-  rm -f "$RMQ_PID"
+  rmq_stop_quiet # a node that runs but does not answer, a stale pid file
   port_free rabbitmq 5672 15672 25672
   rmq_write_config
+  rm -f "$RMQ_NODE_PID"
   rmq rabbitmq-server -detached </dev/null >"$RMQ_DIR/log/detached.out" 2>&1 ||
     fail_start rabbitmq "$RMQ_DIR/log/detached.out" "rabbitmq-server -detached failed"
+  # The node writes its pid file early in its boot; await_startup then waits for the whole boot.
   for ((i = 0; i < START_TIMEOUT * 5; i++)); do
-    [[ -s $RMQ_PID ]] && break
+    [[ -s $RMQ_NODE_PID ]] && break
     sleep 0.2
   done
-  [[ -s $RMQ_PID ]] || fail_start rabbitmq "$RMQ_DIR/log/$RMQ_NODE.log" "no pid file after ${START_TIMEOUT}s"
+  [[ -s $RMQ_NODE_PID ]] || fail_start rabbitmq "$RMQ_DIR/log/$RMQ_NODE.log" "no pid file after ${START_TIMEOUT}s"
+  cp "$RMQ_NODE_PID" "$RMQ_PID"
   if ! rmq rabbitmqctl -q -n "$RMQ_NODE" await_startup --timeout "$START_TIMEOUT" >"$RMQ_DIR/log/await.out" 2>&1; then
     cat "$RMQ_DIR/log/await.out" >&2
     fail_start rabbitmq "$RMQ_DIR/log/$RMQ_NODE.log" "the node did not finish booting within ${START_TIMEOUT}s"
@@ -374,37 +424,42 @@ rabbitmq_start() {
 }
 
 rmq_version() {
-  dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null | cut -d- -f1 || echo "?"
+  dpkg-query -W -f '${Version}' rabbitmq-server 2>/dev/null | cut -d- -f1
 }
 
 rmq_stop_quiet() {
   local pid
-  pid_alive "$RMQ_PID" beam || { rm -f "$RMQ_PID"; return 0; }
-  pid=$(cat "$RMQ_PID")
-  # `stop PIDFILE` also waits for the Erlang VM to exit.
-  rmq rabbitmqctl -q -n "$RMQ_NODE" stop "$RMQ_PID" >/dev/null 2>&1 || true
-  if ! wait_gone "$pid" 30; then kill_pidfile rabbitmq "$RMQ_PID"; fi
+  if rmq_running; then
+    pid=$(cat "$RMQ_PID")
+    # A clean stop (quorum queues write their state); `stop PIDFILE` waits for the VM to exit.
+    rmq rabbitmqctl -q -n "$RMQ_NODE" stop "$RMQ_PID" >/dev/null 2>&1 || true
+    if ! wait_gone "$pid" 30; then kill_pidfile rabbitmq "$RMQ_PID"; fi
+  fi
   rm -f "$RMQ_PID"
 }
 
 rabbitmq_stop() {
   local t0
   t0=$(now_ms)
-  if ! pid_alive "$RMQ_PID" beam; then
+  if rmq_running; then
+    rmq_stop_quiet
+    echo "rabbitmq: stopped ($(took "$t0"))"
+  else
     rm -f "$RMQ_PID"
     echo "rabbitmq: not running ($(took "$t0"))"
-    return 0
   fi
-  rmq_stop_quiet
-  echo "rabbitmq: stopped ($(took "$t0"))"
 }
 
 rabbitmq_clean() {
   local t0
   t0=$(now_ms)
+  if [[ ! -e $RMQ_DIR ]] && ! rmq_running; then
+    echo "rabbitmq: nothing to clean ($(took "$t0"))"
+    return 0
+  fi
   rmq_stop_quiet
   rm -rf "$RMQ_DIR"
-  echo "rabbitmq: stopped and deleted $RMQ_DIR ($(took "$t0"))"
+  echo "rabbitmq: stopped, deleted $RMQ_DIR ($(took "$t0"))"
 }
 
 rabbitmq_status() {
@@ -413,9 +468,12 @@ rabbitmq_status() {
 
 rabbitmq_env() { rmq_up && echo "export BROKER_TEST_RABBITMQ=amqp://guest:guest@127.0.0.1:5672/%2f"; }
 
-rabbitmqctl_run() {
+# rabbitmq_tool rabbitmqctl|rabbitmq-diagnostics|rabbitmq-queues ARG... : with our node's cookie.
+rabbitmq_tool() {
+  local tool=$1
+  shift
   rmq_ensure_installed
-  rmq rabbitmqctl -n "$RMQ_NODE" "$@"
+  rmq "$tool" -n "$RMQ_NODE" "$@"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -432,7 +490,10 @@ pubsub_ensure_installed() {
 
 pubsub_answers() { [[ $(curl -s -m 2 http://127.0.0.1:8085/ 2>/dev/null) == Ok* ]]; }
 
-pubsub_up() { pid_alive "$PUBSUB_PID" cloud-pubsub-emulator && pubsub_answers; }
+# Our emulator JVM runs (found by its pid file, or by its port if that file was lost).
+pubsub_running() { owned "$PUBSUB_PID" cloud-pubsub-emulator 8085; }
+
+pubsub_up() { pubsub_running && pubsub_answers; }
 
 pubsub_start() {
   local t0 pid i
@@ -441,21 +502,21 @@ pubsub_start() {
     echo "pubsub: already running (pid $(cat "$PUBSUB_PID"), http://127.0.0.1:8085) ($(took "$t0"))"
     return 0
   fi
-  if pid_alive "$PUBSUB_PID" cloud-pubsub-emulator; then pubsub_stop_quiet; fi
-  rm -f "$PUBSUB_PID"
+  pubsub_stop_quiet # a JVM that runs but does not answer, a stale pid file
   port_free pubsub 8085
   command -v curl >/dev/null 2>&1 || apt_install curl
   ensure_java
   pubsub_ensure_installed
   mkdir -p "$PUBSUB_DIR"
-  [[ -f $PUBSUB_LOG ]] && mv -f "$PUBSUB_LOG" "$PUBSUB_LOG.previous"
-  # The launcher execs java, so $! is the JVM (and, through setsid, its process group).
-  (cd "$PUBSUB_DIR" && exec setsid nohup env CLOUD_PUBSUB_EMULATOR_OPTS="-Xmx512m -Xms64m" \
+  if [[ -f $PUBSUB_LOG ]]; then mv -f "$PUBSUB_LOG" "$PUBSUB_LOG.previous"; fi
+  # Not `gcloud beta emulators pubsub start`: its Python wrapper would stand between us and the JVM.
+  # The package's launcher execs java, so $! is the JVM (and, through setsid, its process group).
+  (exec 9>&- && cd "$PUBSUB_DIR" && exec setsid nohup env CLOUD_PUBSUB_EMULATOR_OPTS="-Xmx512m -Xms64m" \
     "$PUBSUB_BIN" --host=127.0.0.1 --port=8085 </dev/null >"$PUBSUB_LOG" 2>&1) &
   pid=$!
   echo "$pid" >"$PUBSUB_PID"
   for ((i = 0; i < START_TIMEOUT * 5; i++)); do
-    kill -0 "$pid" 2>/dev/null || fail_start pubsub "$PUBSUB_LOG" "the emulator exited during startup"
+    proc_alive "$pid" || fail_start pubsub "$PUBSUB_LOG" "the emulator exited during startup"
     if pubsub_answers; then
       echo "pubsub: started the Pub/Sub emulator (pid $pid, http://127.0.0.1:8085, log $PUBSUB_LOG) ($(took "$t0"))"
       return 0
@@ -466,36 +527,32 @@ pubsub_start() {
 }
 
 pubsub_stop_quiet() {
-  local pid
-  if pid_alive "$PUBSUB_PID" cloud-pubsub-emulator; then kill_pidfile pubsub "$PUBSUB_PID"; fi
+  if pubsub_running; then kill_pidfile pubsub "$PUBSUB_PID"; fi
   rm -f "$PUBSUB_PID"
-  # An emulator we lost track of (pid file deleted, started by `gcloud beta emulators pubsub start`
-  # whose wrapper died...) still holding the port: end it if it is the emulator's JVM.
-  pid=$(listener_pid 8085)
-  if [[ -n $pid ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q cloud-pubsub-emulator; then
-    echo "$pid" >"$PUBSUB_PID"
-    kill_pidfile pubsub "$PUBSUB_PID"
-  fi
 }
 
 pubsub_stop() {
   local t0
   t0=$(now_ms)
-  if ! pid_alive "$PUBSUB_PID" cloud-pubsub-emulator && [[ -z $(listener_pid 8085) ]]; then
+  if pubsub_running; then
+    pubsub_stop_quiet
+    echo "pubsub: stopped ($(took "$t0"))"
+  else
     rm -f "$PUBSUB_PID"
     echo "pubsub: not running ($(took "$t0"))"
-    return 0
   fi
-  pubsub_stop_quiet
-  echo "pubsub: stopped ($(took "$t0"))"
 }
 
 pubsub_clean() {
   local t0
   t0=$(now_ms)
+  if [[ ! -e $PUBSUB_DIR ]] && ! pubsub_running; then
+    echo "pubsub: nothing to clean ($(took "$t0"))"
+    return 0
+  fi
   pubsub_stop_quiet
   rm -rf "$PUBSUB_DIR"
-  echo "pubsub: stopped and deleted $PUBSUB_DIR ($(took "$t0"))"
+  echo "pubsub: stopped, deleted $PUBSUB_DIR ($(took "$t0"))"
 }
 
 pubsub_status() {
@@ -531,13 +588,14 @@ main() {
   shift
   case $action in
     kafka-run) kafka_run "$@"; return ;;
-    rabbitmqctl) rabbitmqctl_run "$@"; return ;;
+    rabbitmqctl | rabbitmq-diagnostics | rabbitmq-queues) rabbitmq_tool "$action" "$@"; return ;;
     start | stop | restart | status | env | clean) ;;
     -h | --help | help) usage ;;
     *) echo "brokers.sh: unknown command '$action'" >&2; usage ;;
   esac
   local list b rc=0
   list=$(brokers "$@")
+  case $action in start | stop | restart | clean) lock ;; esac
   for b in $list; do
     case $action in
       start) "${b}_start" ;;
