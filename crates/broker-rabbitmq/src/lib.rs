@@ -1,65 +1,267 @@
-//! RabbitMQ backend of the broker API, over lapin (AMQP 0-9-1).
+//! # broker-rabbitmq
 //!
-//! Not implemented yet: `connect` fails with an `Unsupported` error until the adapter lands.
+//! The RabbitMQ backend of the broker API, over [lapin](https://docs.rs/lapin) (AMQP 0-9-1).
+//! Services do not use it directly: the `broker` facade connects it when the configuration
+//! says `kind = "rabbitmq"`, from the `[rabbitmq]` section ([`RabbitMqConfig`]).
+//!
+//! ## Wire mapping
+//!
+//! What this backend writes, other AMQP programs (the management UI, other languages) read, and
+//! the other way round:
+//!
+//! | library | RabbitMQ |
+//! | --- | --- |
+//! | topic `t` | durable `topic` exchange `t` |
+//! | group `g` | durable queue `t.g` bound to `t` with `#` ([`broker_api::naming::group_resource`]); quorum by default ([`QueueType`]), `x-single-active-consumer: true` |
+//! | key | routing key (no key: `""`, which `#` matches too) |
+//! | headers | AMQP `headers` table, long-string values |
+//! | message id | `message_id` property |
+//! | content type | `content_type` property |
+//! | timestamp / publish time | `timestamp` property (whole seconds) |
+//! | — | `delivery_mode` 2 (persistent) |
+//! | dead letters of `g` on `t` | queue `t.g.dlq` (on exchange `t.g.dlq`) |
+//!
+//! A message another program published without `message_id` is delivered with
+//! `message_id: None`. On delivery, quorum queues' `x-delivery-count` header becomes
+//! [`Metadata::attempt`](broker_api::Metadata) (count + 1); the position is
+//! [`Position::Amqp`](broker_api::Position) (delivery tag, redelivered flag, exchange, routing
+//! key).
+//!
+//! ## Guarantees ([`Capabilities`])
+//!
+//! | capability | value | why |
+//! | --- | --- | --- |
+//! | `new_group_reads_history` | false | a queue only receives messages published after it exists: declare groups with their topic (`[topics.<name>] groups = [...]`), which the facade creates at connect |
+//! | `per_key_order` | true | each group queue has a single active consumer, so one member consumes at a time, in queue order |
+//! | `members_share_work` | false | the other members of a group are standbys that take over when the active one leaves |
+//! | `start_from_latest` | true | a new queue starts empty, so `earliest` and `latest` both mean "from when the group was created"; an existing group resumes where it was |
+//! | `survives_restart` | true | durable exchanges and queues, persistent messages, publisher confirms |
+//! | `delivery_attempt` | quorum queues only | from `x-delivery-count` |
+//! | `partitions`, `list_topics` | false | AMQP has neither (listing would need the management API) |
+//! | `delete_topic` | true | deletes the exchange and the group queues of it this process declared or used; queues other processes made for other groups are left, unbound |
+//! | `max_payload_bytes` | `rabbitmq.max_message_size` (16 MiB) | RabbitMQ closes the channel of a larger publish, so larger payloads are refused before sending |
+//!
+//! ## Publishing
+//!
+//! Publishes go out with publisher confirms on a confirm channel per topic, many in flight: a
+//! send hands the message to lapin and returns its confirmation; it waits only when
+//! `rabbitmq.confirm_window` publishes are unconfirmed. Messages are `mandatory`: one that no
+//! group queue takes (a topic nobody declared a group for) is returned by RabbitMQ and fails
+//! with [`ErrorKind::Rejected`](broker_api::ErrorKind), as does a `basic.nack`. With
+//! auto-provisioning on, the first publish to a topic declares its exchange; with it off, a
+//! missing exchange is [`ErrorKind::NotFound`](broker_api::ErrorKind), checked before the first
+//! publish.
+//!
+//! ## Subscribing
+//!
+//! Each subscription consumes on a channel of its own with `basic.qos(prefetch)` —
+//! `rabbitmq.prefetch`, or the subscription's `max_in_flight` — so at most that many
+//! deliveries are unacknowledged. Acknowledging sends `basic.ack`, rejecting `basic.nack` with
+//! requeue; a delivery dropped unsettled is rejected. Closing the stream closes its channel:
+//! RabbitMQ gives every unacknowledged message back to the queue.
+//!
+//! ## Dead letters
+//!
+//! Dead letters go through the shared runner of `broker-api`, like on every backend: it creates
+//! the topic `<t>.<g>.dlq` with its group `g` (whose queue is `<t>.<g>.dlq`, per
+//! [`group_resource`](broker_api::naming::group_resource)) and publishes there with the reason
+//! headers. RabbitMQ's own dead-letter exchanges are not used, so that retries, reasons and
+//! dead-letter topics work the same on every broker through one code path.
+//!
+//! ## Reconnecting
+//!
+//! A RabbitMQ restart or a dropped connection is survived: a supervisor reconnects with
+//! exponential backoff (`rabbitmq.reconnect`), logging each attempt and why, and declares again
+//! the topology this process declared. Publishers reopen their confirm channels and publish
+//! again what was in flight at the drop (within `rabbitmq.retry_timeout`, else the publish
+//! fails: a message is never reported published without a confirm, and may be stored twice).
+//! Subscriptions consume again by themselves; deliveries received before the drop can no longer
+//! be settled (doing so is a no-op), and RabbitMQ delivers them again.
+//!
+//! ## Limits
+//!
+//! Queue names (`<topic>.<group>`), routing keys, message ids, content types and header names
+//! are AMQP short strings: at most 255 bytes. Connections blocked by a RabbitMQ resource alarm
+//! (memory, disk) hold publishes until the alarm clears. On RabbitMQ 4, quorum queues give up
+//! on a message rejected 20 times (their default delivery limit); the library's runners retry
+//! in process instead of rejecting, so this only concerns manual `nack` loops.
 
-use broker_api::completion::{self, Completion};
+mod config;
+mod error;
+mod link;
+mod metadata;
+mod poll;
+mod publisher;
+mod subscriber;
+mod topology;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use broker_api::completion::Completion;
 use broker_api::{
-    Backend, BoxDeliveryStream, Capabilities, Confirmation, ConnectOptions, Error, Message, Result,
+    Backend, BoxDeliveryStream, Capabilities, Confirmation, ConnectOptions, Message, Result,
     SubscribeRequest, TopicSpec,
 };
-use serde::Deserialize;
+use tokio::time::Instant;
 
-/// The `[rabbitmq]` section of the configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct RabbitMqConfig {}
+pub use config::{QueueType, RabbitMqConfig, ReconnectBackoff, DEFAULT_URI};
 
-/// The rabbitmq backend.
-#[derive(Debug)]
-pub struct RabbitMqBackend {}
+/// The lapin crate this backend is built on, for programs that need raw AMQP next to it
+/// (tests that publish as another program would, benchmarks against the raw client).
+pub use lapin;
+
+use crate::config::Settings;
+use crate::link::Link;
+use crate::publisher::Publisher;
+use crate::subscriber::Subscription;
+use crate::topology::{scratch_channel, Topology};
+
+/// The RabbitMQ backend: one AMQP connection, kept up by a supervisor, shared by every
+/// publisher and subscription of the broker handle.
+pub struct RabbitMqBackend {
+    settings: Arc<Settings>,
+    link: Arc<Link>,
+    topology: Arc<Topology>,
+    publisher: Publisher,
+    closing: AtomicBool,
+}
 
 impl RabbitMqBackend {
-    /// Connects to the broker.
+    /// Connects to the broker of `config`.
+    ///
+    /// Fails with an [`ErrorKind::Config`](broker_api::ErrorKind) error for an invalid
+    /// configuration (naming the key, never the password), with
+    /// [`ErrorKind::Connection`](broker_api::ErrorKind) naming the endpoint when the broker
+    /// cannot be reached within `connect_timeout`, and with
+    /// [`ErrorKind::Rejected`](broker_api::ErrorKind) when it refuses the credentials.
     pub async fn connect(
         config: RabbitMqConfig,
         options: ConnectOptions,
     ) -> Result<RabbitMqBackend> {
-        let _ = (config, options);
-        Err(not_implemented())
+        let settings = Arc::new(config.settings()?);
+        let topology = Arc::new(Topology::new(
+            settings.config.queue_type,
+            options.auto_provision,
+        ));
+        let link = Link::connect(settings.clone(), topology.clone()).await?;
+        tracing::debug!(endpoint = %settings.endpoint, "connected to RabbitMQ");
+        let publisher = Publisher::new(link.clone(), topology.clone(), options.auto_provision);
+        Ok(RabbitMqBackend {
+            settings,
+            link,
+            topology,
+            publisher,
+            closing: AtomicBool::new(false),
+        })
+    }
+
+    fn check_open(&self, operation: &'static str) -> Result<()> {
+        if self.closing.load(Ordering::Acquire) || self.link.is_closed() {
+            return Err(error::closed(operation));
+        }
+        Ok(())
+    }
+
+    fn deadline(&self) -> Instant {
+        Instant::now() + self.settings.config.retry_timeout
     }
 }
 
-fn not_implemented() -> Error {
-    Error::unsupported("the rabbitmq backend is not implemented yet").backend("rabbitmq")
-}
-
-#[async_trait::async_trait]
+#[async_trait]
 impl Backend for RabbitMqBackend {
     fn kind(&self) -> &'static str {
-        "rabbitmq"
+        error::BACKEND
     }
 
     fn endpoint(&self) -> String {
-        String::new()
+        self.settings.endpoint.clone()
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE
+        Capabilities {
+            new_group_reads_history: false,
+            per_key_order: true,
+            // Single active consumer: one member works, the others stand by.
+            members_share_work: false,
+            start_from_latest: true,
+            survives_restart: true,
+            delivery_attempt: self.settings.config.queue_type == QueueType::Quorum,
+            partitions: false,
+            list_topics: false,
+            delete_topic: true,
+            max_payload_bytes: Some(self.settings.config.max_message_size),
+        }
     }
 
-    fn send<'a>(&'a self, _topic: &'a str, _message: Message) -> Completion<'a, Confirmation> {
-        completion::ready(Err(not_implemented()))
+    fn send<'a>(&'a self, topic: &'a str, message: Message) -> Completion<'a, Confirmation> {
+        self.publisher.send(topic, message)
     }
 
-    async fn subscribe(&self, _request: SubscribeRequest) -> Result<BoxDeliveryStream> {
-        Err(not_implemented())
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<BoxDeliveryStream> {
+        self.check_open("subscribe")?;
+        let subscription = Subscription::open(
+            self.link.clone(),
+            self.topology.clone(),
+            &request,
+            self.deadline(),
+        )
+        .await?;
+        Ok(Box::new(subscription))
     }
 
-    async fn ensure_topic(&self, _spec: &TopicSpec) -> Result<()> {
-        Err(not_implemented())
+    async fn ensure_topic(&self, spec: &TopicSpec) -> Result<()> {
+        self.check_open("ensure topic")?;
+        let session = self.link.session(self.deadline()).await?;
+        let channel = scratch_channel(&session.connection).await?;
+        let result = self.topology.ensure_topic(&channel, spec).await;
+        let _ = channel.close(200, "done".into()).await;
+        result.map_err(|e| e.operation("ensure topic"))
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_open("delete topic")?;
+        let session = self.link.session(self.deadline()).await?;
+        let channel = scratch_channel(&session.connection).await?;
+        let result = self.topology.delete_topic(&channel, name).await;
+        let _ = channel.close(200, "done".into()).await;
+        self.publisher.forget(name);
+        result
     }
 
     async fn close(&self) -> Result<()> {
+        if self.closing.swap(true, Ordering::AcqRel) {
+            self.link.closed().await;
+            return Ok(());
+        }
+        let timeout = self.settings.config.close_timeout;
+        if !self.publisher.close(timeout).await {
+            tracing::warn!(
+                endpoint = %self.settings.endpoint,
+                "closing with publishes still unconfirmed after {}; they fail",
+                humantime::format_duration(timeout)
+            );
+        }
+        self.link.close(timeout).await;
         Ok(())
+    }
+}
+
+impl Drop for RabbitMqBackend {
+    fn drop(&mut self) {
+        // Without `close`, the supervisor still stops and closes the connection.
+        self.link.abandon();
+    }
+}
+
+impl fmt::Debug for RabbitMqBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RabbitMqBackend")
+            .field("endpoint", &self.settings.endpoint)
+            .field("queue_type", &self.settings.config.queue_type)
+            .field("closed", &self.link.is_closed())
+            .finish_non_exhaustive()
     }
 }

@@ -1,0 +1,294 @@
+//! The connection to RabbitMQ and the supervisor that keeps it up.
+//!
+//! One AMQP connection carries everything. When it drops (broker restart, network failure,
+//! `rabbitmqctl close_connection`), the supervisor reconnects with exponential backoff, logging
+//! every attempt and its reason, re-declares the topology this process declared, and publishes
+//! the new [`Session`]. Publishers and subscriptions wait for it and reopen their channels on it
+//! by themselves.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_api::{Error, ErrorKind, Result};
+use futures::StreamExt;
+use lapin::{Connection, ConnectionProperties, Event};
+use tokio::sync::{watch, Notify};
+use tokio::time::Instant;
+
+use crate::config::Settings;
+use crate::error::{self, BACKEND};
+use crate::topology::Topology;
+
+/// How often the supervisor checks the connection's state besides listening to its events.
+const HEALTH_CHECK: Duration = Duration::from_secs(1);
+
+/// One established connection. A reconnect makes a new session with a higher generation.
+pub(crate) struct Session {
+    /// Counts connections made by this backend, from 1.
+    pub(crate) generation: u64,
+    /// The AMQP connection.
+    pub(crate) connection: Connection,
+}
+
+impl Session {
+    /// Whether the connection is still open.
+    pub(crate) fn is_open(&self) -> bool {
+        self.connection.status().connected()
+    }
+}
+
+/// Where the link is.
+#[derive(Clone)]
+enum State {
+    /// Connected.
+    Up(Arc<Session>),
+    /// Reconnecting.
+    Down,
+    /// Closed for good by `close`.
+    Closed,
+}
+
+/// The shared handle on the connection: the current session, and the supervisor's inbox.
+pub(crate) struct Link {
+    settings: Arc<Settings>,
+    topology: Arc<Topology>,
+    state: watch::Sender<State>,
+    /// Someone saw the connection fail; the supervisor double-checks.
+    broken: Notify,
+    generations: AtomicU64,
+}
+
+impl Link {
+    /// Connects (failing within `connect_timeout`) and starts the supervisor.
+    pub(crate) async fn connect(
+        settings: Arc<Settings>,
+        topology: Arc<Topology>,
+    ) -> Result<Arc<Link>> {
+        let connection = open_connection(&settings).await?;
+        let session = Arc::new(Session {
+            generation: 1,
+            connection,
+        });
+        let link = Arc::new(Link {
+            settings,
+            topology,
+            state: watch::Sender::new(State::Up(session.clone())),
+            broken: Notify::new(),
+            generations: AtomicU64::new(1),
+        });
+        tokio::spawn(link.clone().supervise(session));
+        Ok(link)
+    }
+
+    /// The checked configuration.
+    pub(crate) fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// Whether `close` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        matches!(*self.state.borrow(), State::Closed)
+    }
+
+    /// Tells the supervisor that an operation saw the connection fail.
+    pub(crate) fn report_broken(&self) {
+        self.broken.notify_one();
+    }
+
+    /// An open session, waiting for the supervisor to reconnect until `deadline`.
+    pub(crate) async fn session(&self, deadline: Instant) -> Result<Arc<Session>> {
+        let mut states = self.state.subscribe();
+        loop {
+            let state = states.borrow_and_update().clone();
+            match state {
+                State::Closed => return Err(error::closed("connect")),
+                State::Up(session) if session.is_open() => return Ok(session),
+                State::Up(_) => self.report_broken(),
+                State::Down => {}
+            }
+            match tokio::time::timeout_at(deadline, states.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(error::closed("connect")),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::Connection,
+                        format!(
+                            "no connection to RabbitMQ at {} (reconnecting)",
+                            self.settings.endpoint
+                        ),
+                    )
+                    .backend(BACKEND)
+                    .operation("connect"))
+                }
+            }
+        }
+    }
+
+    /// Resolves once `close` was called.
+    pub(crate) async fn closed(&self) {
+        let mut states = self.state.subscribe();
+        // An error means the sender is gone, which only happens when the link is dropped.
+        let _ = states
+            .wait_for(|state| matches!(state, State::Closed))
+            .await;
+    }
+
+    /// Stops the supervisor and closes the connection (waiting up to `timeout` for the broker).
+    /// Idempotent.
+    pub(crate) async fn close(&self, timeout: Duration) {
+        let previous = self.state.send_replace(State::Closed);
+        if let State::Up(session) = previous {
+            if session.is_open() {
+                let closing = session.connection.close(200, "closing".into());
+                if let Ok(Err(e)) = tokio::time::timeout(timeout, closing).await {
+                    tracing::debug!(error = %e, "closing the RabbitMQ connection failed");
+                }
+            }
+        }
+    }
+
+    /// Marks the link closed without waiting for the broker (when the backend is dropped).
+    pub(crate) fn abandon(&self) {
+        self.state.send_replace(State::Closed);
+    }
+
+    /// Watches the session, reconnects when it fails, until the link is closed.
+    async fn supervise(self: Arc<Self>, mut session: Arc<Session>) {
+        loop {
+            let Some(reason) = self.watch(&session).await else {
+                // Closed: make sure a connection made while closing does not linger.
+                if session.is_open() {
+                    let _ = session.connection.close(200, "closing".into()).await;
+                }
+                return;
+            };
+            tracing::warn!(
+                endpoint = %self.settings.endpoint,
+                reason,
+                "the connection to RabbitMQ was lost; reconnecting"
+            );
+            self.state.send_if_modified(|state| match state {
+                State::Closed => false,
+                _ => {
+                    *state = State::Down;
+                    true
+                }
+            });
+            match self.reconnect().await {
+                Some(next) => session = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Waits until the session fails (returning why) or the link is closed (`None`).
+    async fn watch(&self, session: &Session) -> Option<String> {
+        let mut events = session.connection.events_listener();
+        let mut health = tokio::time::interval(HEALTH_CHECK);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let closed = self.closed();
+        tokio::pin!(closed);
+        loop {
+            tokio::select! {
+                () = &mut closed => return None,
+                event = events.next() => match event {
+                    // Channel errors are reported here too; only a closed connection matters.
+                    Some(Event::Error(e)) if !session.is_open() => return Some(e.to_string()),
+                    Some(_) => {}
+                    None => return Some("the connection's event stream ended".to_owned()),
+                },
+                () = self.broken.notified() => {}
+                _ = health.tick() => {}
+            }
+            if !session.is_open() {
+                return Some("the connection is no longer open".to_owned());
+            }
+        }
+    }
+
+    /// Connects again with backoff until it works (`Some`) or the link is closed (`None`).
+    async fn reconnect(&self) -> Option<Arc<Session>> {
+        let backoff = &self.settings.config.reconnect;
+        let started = Instant::now();
+        let mut attempt = 0;
+        loop {
+            if self.is_closed() {
+                return None;
+            }
+            attempt += 1;
+            match self.open_session().await {
+                Ok(session) => {
+                    tracing::warn!(
+                        endpoint = %self.settings.endpoint,
+                        attempt,
+                        after = ?started.elapsed(),
+                        connection = session.generation,
+                        "reconnected to RabbitMQ"
+                    );
+                    let published = self.state.send_if_modified(|state| match state {
+                        State::Closed => false,
+                        _ => {
+                            *state = State::Up(session.clone());
+                            true
+                        }
+                    });
+                    if !published {
+                        let _ = session.connection.close(200, "closing".into()).await;
+                        return None;
+                    }
+                    return Some(session);
+                }
+                Err(e) => {
+                    let delay = backoff.delay(attempt);
+                    tracing::warn!(
+                        endpoint = %self.settings.endpoint,
+                        attempt,
+                        error = %e,
+                        retry_in = ?delay,
+                        "reconnecting to RabbitMQ failed"
+                    );
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = self.closed() => return None,
+                    }
+                }
+            }
+        }
+    }
+
+    /// A new connection with the known topology declared on it.
+    async fn open_session(&self) -> Result<Arc<Session>> {
+        let connection = open_connection(&self.settings).await?;
+        if let Err(e) = self.topology.redeclare(&connection).await {
+            let _ = connection.close(200, "closing".into()).await;
+            return Err(e);
+        }
+        let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        Ok(Arc::new(Session {
+            generation,
+            connection,
+        }))
+    }
+}
+
+/// Opens a connection, failing within `connect_timeout` with an error naming the endpoint.
+async fn open_connection(settings: &Settings) -> Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name("broker-rs".into());
+    let timeout = settings.config.connect_timeout;
+    let connect = Connection::connect_uri(settings.uri.clone(), properties);
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(Ok(connection)) => Ok(connection),
+        Ok(Err(e)) => Err(error::connect_failed(&settings.endpoint, e)),
+        Err(_) => Err(Error::new(
+            ErrorKind::Connection,
+            format!(
+                "cannot connect to RabbitMQ at {} within {}",
+                settings.endpoint,
+                humantime::format_duration(timeout)
+            ),
+        )
+        .backend(BACKEND)
+        .operation("connect")),
+    }
+}

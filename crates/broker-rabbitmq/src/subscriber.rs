@@ -1,0 +1,335 @@
+//! Group subscriptions: a consumer on the group's queue, on a channel of its own with
+//! `basic.qos(prefetch)`, as a [`DeliveryStream`] that survives reconnects.
+//!
+//! Acknowledging sends `basic.ack`; rejecting sends `basic.nack` with `requeue`; a delivery
+//! dropped unsettled is rejected the same way. When the channel or the connection fails, the
+//! stream opens a new channel on the current connection (waiting for the supervisor to
+//! reconnect), declares the group again and consumes again, by itself. Deliveries received on
+//! the old channel can no longer be settled: settling them does nothing (RabbitMQ delivers them
+//! again, as it does for everything unacknowledged on a closed channel).
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use broker_api::completion::{self, Completion};
+use broker_api::{Acknowledge, Delivery, DeliveryStream, ErrorKind, Result, SubscribeRequest};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use lapin::{Channel, Consumer};
+use tokio::time::Instant;
+
+use crate::config::ReconnectBackoff;
+use crate::error;
+use crate::link::{Link, Session};
+use crate::metadata::{self, DeliveryFields};
+use crate::poll;
+use crate::topology::{scratch_channel, Topology};
+
+/// How long closing a subscription waits for the broker to close its channel.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a subscription needs to (re)open its consumer.
+struct Group {
+    link: Arc<Link>,
+    topology: Arc<Topology>,
+    topic: Arc<str>,
+    group: String,
+    prefetch: u16,
+    backoff: ReconnectBackoff,
+}
+
+/// A consumer and the channel it lives on.
+struct Active {
+    channel: Arc<Channel>,
+    consumer: Consumer,
+}
+
+enum State {
+    Consuming(Active),
+    Recovering(BoxFuture<'static, Result<Active>>),
+    Ended,
+}
+
+/// One group subscription's deliveries.
+pub(crate) struct Subscription {
+    group: Arc<Group>,
+    state: State,
+}
+
+impl Subscription {
+    /// Declares the group (or checks it, with auto-provisioning off) and starts consuming,
+    /// waiting for a connection until `deadline`.
+    pub(crate) async fn open(
+        link: Arc<Link>,
+        topology: Arc<Topology>,
+        request: &SubscribeRequest,
+        deadline: Instant,
+    ) -> Result<Subscription> {
+        let config = &link.settings().config;
+        let prefetch = config
+            .prefetch
+            .unwrap_or_else(|| u16::try_from(request.max_in_flight.max(1)).unwrap_or(u16::MAX));
+        let group = Arc::new(Group {
+            backoff: config.reconnect.clone(),
+            link,
+            topology,
+            topic: Arc::from(request.topic.as_str()),
+            group: request.group.clone(),
+            prefetch,
+        });
+        let active = group.clone().consume(Some(deadline)).await?;
+        Ok(Subscription {
+            group,
+            state: State::Consuming(active),
+        })
+    }
+
+    fn resubscribe(&mut self) {
+        self.state = State::Recovering(self.group.clone().consume(None).boxed());
+    }
+}
+
+impl Group {
+    /// Opens the consumer, retrying transient failures with backoff, until `give_up` (never
+    /// when `None`). Refusals (missing group with auto-provisioning off, mismatched queue) and
+    /// `close` end it at once.
+    async fn consume(self: Arc<Self>, give_up: Option<Instant>) -> Result<Active> {
+        // "Never" is a deadline far enough away for a wait on the supervisor.
+        let deadline =
+            give_up.unwrap_or_else(|| Instant::now() + Duration::from_secs(365 * 86_400));
+        let mut attempt = 0;
+        loop {
+            let session = self.link.session(deadline).await?;
+            let failure = match self.consume_on(&session).await {
+                Ok(active) => return Ok(active),
+                Err(e) => e,
+            };
+            let fatal = matches!(
+                failure.kind(),
+                ErrorKind::NotFound | ErrorKind::Rejected | ErrorKind::Config | ErrorKind::Closed
+            );
+            if fatal || give_up.is_some_and(|at| Instant::now() >= at) {
+                return Err(failure);
+            }
+            if !session.is_open() {
+                self.link.report_broken();
+            }
+            attempt += 1;
+            let delay = self.backoff.delay(attempt);
+            tracing::warn!(
+                topic = %self.topic,
+                group = %self.group,
+                error = %failure,
+                retry_in = ?delay,
+                "subscribing failed; retrying"
+            );
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.link.closed() => return Err(error::closed("subscribe")),
+            }
+        }
+    }
+
+    async fn consume_on(&self, session: &Session) -> Result<Active> {
+        let channel = scratch_channel(&session.connection).await?;
+        let queue = self
+            .topology
+            .ensure_group(&channel, &self.topic, &self.group)
+            .await
+            .map_err(|e| e.operation("subscribe"))?;
+        channel
+            .basic_qos(self.prefetch, BasicQosOptions { global: false })
+            .await
+            .map_err(|e| error::from_lapin("subscribe", "cannot set the prefetch", e))?;
+        let consumer = channel
+            .basic_consume(
+                queue.clone(),
+                // The broker names the consumer.
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| {
+                error::from_lapin("subscribe", format!("cannot consume from queue {queue}"), e)
+            })?;
+        Ok(Active {
+            channel: Arc::new(channel),
+            consumer,
+        })
+    }
+
+    fn delivery(&self, delivery: lapin::message::Delivery, channel: &Arc<Channel>) -> Delivery {
+        let fields = DeliveryFields {
+            exchange: delivery.exchange.as_str(),
+            routing_key: delivery.routing_key.as_str(),
+            delivery_tag: delivery.delivery_tag,
+            redelivered: delivery.redelivered,
+            properties: &delivery.properties,
+        };
+        let metadata = metadata::metadata(&self.topic, &fields, self.topology.counts_deliveries());
+        let acker = AmqpAcker {
+            channel: channel.clone(),
+            delivery_tag: delivery.delivery_tag,
+            settled: false,
+        };
+        Delivery::new(Bytes::from(delivery.data), metadata, Box::new(acker))
+    }
+}
+
+impl Stream for Subscription {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        loop {
+            match &mut this.state {
+                State::Ended => return Poll::Ready(None),
+                State::Recovering(opening) => match ready!(opening.as_mut().poll(cx)) {
+                    Ok(active) => {
+                        tracing::warn!(topic = %this.group.topic, group = %this.group.group, "subscription resumed");
+                        this.state = State::Consuming(active);
+                    }
+                    Err(e) => {
+                        this.state = State::Ended;
+                        if e.kind() == ErrorKind::Closed || this.group.link.is_closed() {
+                            return Poll::Ready(None);
+                        }
+                        return Poll::Ready(Some(Err(e)));
+                    }
+                },
+                State::Consuming(active) => {
+                    let next = ready!(Pin::new(&mut active.consumer).poll_next(cx));
+                    match next {
+                        Some(Ok(delivery)) => {
+                            return Poll::Ready(Some(Ok(this
+                                .group
+                                .delivery(delivery, &active.channel))))
+                        }
+                        _ if this.group.link.is_closed() => {
+                            this.state = State::Ended;
+                            return Poll::Ready(None);
+                        }
+                        Some(Err(e)) => {
+                            if error::is_connection_loss(&e) {
+                                this.group.link.report_broken();
+                            }
+                            tracing::warn!(
+                                topic = %this.group.topic,
+                                group = %this.group.group,
+                                error = %e,
+                                "the subscription's channel failed; subscribing again"
+                            );
+                            this.resubscribe();
+                        }
+                        None => {
+                            tracing::warn!(
+                                topic = %this.group.topic,
+                                group = %this.group.group,
+                                "RabbitMQ cancelled the consumer (channel closed or queue deleted); \
+                                 subscribing again"
+                            );
+                            this.resubscribe();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl DeliveryStream for Subscription {
+    fn close(&mut self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            if let State::Consuming(active) = std::mem::replace(&mut self.state, State::Ended) {
+                // Closing the channel cancels the consumer and gives every unacknowledged
+                // message back to the queue; acknowledgements queued before it go first.
+                drop(active.consumer);
+                if active.channel.status().connected() {
+                    let closing = active.channel.close(200, "subscription closed".into());
+                    if let Ok(Err(e)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
+                        tracing::debug!(error = %e, "closing the subscription's channel failed");
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
+impl fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("topic", &self.group.topic)
+            .field("group", &self.group.group)
+            .field("prefetch", &self.group.prefetch)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Settles one delivery on the channel it came from.
+struct AmqpAcker {
+    channel: Arc<Channel>,
+    delivery_tag: u64,
+    settled: bool,
+}
+
+impl AmqpAcker {
+    /// Queues `basic.ack` or `basic.nack(requeue)`. On a channel that is gone it does nothing:
+    /// RabbitMQ already gave the message back to the queue.
+    fn settle(&mut self, ack: bool) {
+        self.settled = true;
+        if !self.channel.status().connected() {
+            tracing::debug!(
+                delivery_tag = self.delivery_tag,
+                "the delivery's channel is closed; RabbitMQ delivers the message again"
+            );
+            return;
+        }
+        let failed = if ack {
+            poll::fire(
+                self.channel
+                    .basic_ack(self.delivery_tag, BasicAckOptions::default()),
+            )
+        } else {
+            let requeue = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            poll::fire(self.channel.basic_nack(self.delivery_tag, requeue))
+        };
+        if let Some(Err(e)) = failed {
+            tracing::debug!(
+                delivery_tag = self.delivery_tag,
+                error = %e,
+                "settling a delivery failed; RabbitMQ delivers the message again"
+            );
+        }
+    }
+}
+
+impl Acknowledge for AmqpAcker {
+    fn ack(mut self: Box<Self>) -> Completion<'static, ()> {
+        self.settle(true);
+        completion::ready(Ok(()))
+    }
+
+    fn nack(mut self: Box<Self>) -> Completion<'static, ()> {
+        self.settle(false);
+        completion::ready(Ok(()))
+    }
+}
+
+impl Drop for AmqpAcker {
+    fn drop(&mut self) {
+        if !self.settled {
+            self.settle(false);
+        }
+    }
+}

@@ -1,0 +1,364 @@
+//! Exchanges, group queues and bindings: declared once, cached, declared again after a
+//! reconnect, deleted on request.
+//!
+//! A topic is a durable `topic` exchange named after it. A group is a durable queue
+//! [`group_resource`]`(topic, group)` (`<topic>.<group>`) bound to it with `#`, so that every
+//! routing key (every message key, and the empty key) reaches every group. Group queues are
+//! quorum queues by default (`x-queue-type`) and have `x-single-active-consumer` set, so one
+//! member of a group consumes at a time and same-key messages stay in order.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
+
+use broker_api::naming::group_resource;
+use broker_api::{Error, ErrorKind, Result, TopicSpec};
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Channel, Connection, ExchangeKind};
+
+use crate::config::QueueType;
+use crate::error::{self, BACKEND};
+
+/// The binding key that matches every routing key, the empty one included.
+const EVERY_KEY: &str = "#";
+
+/// What this process knows exists on the broker.
+#[derive(Default)]
+struct Known {
+    /// Exchanges this process declared: declared again after a reconnect.
+    declared_exchanges: HashSet<String>,
+    /// Exchanges found to exist without declaring them (auto-provisioning off).
+    verified_exchanges: HashSet<String>,
+    /// Group queues this process declared, with their topic: declared (and bound) again after
+    /// a reconnect, deleted with their topic.
+    declared_queues: HashMap<String, String>,
+    /// Group queues found to exist, with their topic.
+    verified_queues: HashMap<String, String>,
+}
+
+/// The topology cache and the declarations behind it.
+pub(crate) struct Topology {
+    queue_type: QueueType,
+    auto_provision: bool,
+    known: Mutex<Known>,
+}
+
+impl Topology {
+    /// A cache that declares group queues of `queue_type`; with `auto_provision` off, topics
+    /// and groups are only checked, never created, on first use.
+    pub(crate) fn new(queue_type: QueueType, auto_provision: bool) -> Self {
+        Topology {
+            queue_type,
+            auto_provision,
+            known: Mutex::new(Known::default()),
+        }
+    }
+
+    fn known(&self) -> MutexGuard<'_, Known> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether group queues count deliveries (quorum queues).
+    pub(crate) fn counts_deliveries(&self) -> bool {
+        self.queue_type == QueueType::Quorum
+    }
+
+    /// The queue holding `group`'s messages of `topic`, checked against AMQP's name limit.
+    pub(crate) fn queue_name(topic: &str, group: &str) -> Result<ShortString> {
+        let name = group_resource(topic, group);
+        ShortString::try_new(name.as_str()).map_err(|_| {
+            Error::config(format!(
+                "the queue name {name:?} of group {group:?} on topic {topic:?} is longer than \
+                 AMQP's 255 bytes: use shorter topic or group names"
+            ))
+            .backend(BACKEND)
+        })
+    }
+
+    /// Makes sure the exchange of `topic` exists before publishing to it: declares it with
+    /// auto-provisioning on, checks it (a `NotFound` error when missing) with it off.
+    ///
+    /// `channel` is a scratch channel: a failed check closes it.
+    pub(crate) async fn ensure_exchange(&self, channel: &Channel, topic: &str) -> Result<()> {
+        {
+            let known = self.known();
+            if known.declared_exchanges.contains(topic) || known.verified_exchanges.contains(topic)
+            {
+                return Ok(());
+            }
+        }
+        if self.auto_provision {
+            declare_exchange(channel, topic, false).await?;
+            self.known().declared_exchanges.insert(topic.to_owned());
+        } else {
+            declare_exchange(channel, topic, true).await?;
+            self.known().verified_exchanges.insert(topic.to_owned());
+        }
+        Ok(())
+    }
+
+    /// Makes sure `group`'s queue on `topic` exists before consuming from it: declares the
+    /// exchange, the queue and the binding with auto-provisioning on (idempotent, also when
+    /// cached, since a restarted broker may have lost a queue), checks the queue with it off.
+    pub(crate) async fn ensure_group(
+        &self,
+        channel: &Channel,
+        topic: &str,
+        group: &str,
+    ) -> Result<ShortString> {
+        let queue = Self::queue_name(topic, group)?;
+        if self.auto_provision {
+            self.declare_group(channel, topic, &queue).await?;
+        } else {
+            let options = QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            };
+            channel
+                .queue_declare(queue.clone(), options, FieldTable::default())
+                .await
+                .map_err(|e| {
+                    missing_or(
+                        e,
+                        "group",
+                        &format!("group {group:?} of topic {topic:?} (queue {queue})"),
+                    )
+                })?;
+            self.known()
+                .verified_queues
+                .insert(queue.to_string(), topic.to_owned());
+        }
+        Ok(queue)
+    }
+
+    /// Creates the topic and its groups when they do not exist (always, whatever the
+    /// auto-provisioning setting: this is the explicit way to create them).
+    pub(crate) async fn ensure_topic(&self, channel: &Channel, spec: &TopicSpec) -> Result<()> {
+        let queues = spec
+            .groups
+            .iter()
+            .map(|group| Self::queue_name(&spec.name, group))
+            .collect::<Result<Vec<_>>>()?;
+        declare_exchange(channel, &spec.name, false).await?;
+        self.known().declared_exchanges.insert(spec.name.clone());
+        for queue in &queues {
+            self.declare_group(channel, &spec.name, queue).await?;
+        }
+        Ok(())
+    }
+
+    async fn declare_group(
+        &self,
+        channel: &Channel,
+        topic: &str,
+        queue: &ShortString,
+    ) -> Result<()> {
+        declare_exchange(channel, topic, false).await?;
+        self.known().declared_exchanges.insert(topic.to_owned());
+        self.declare_queue(channel, queue).await?;
+        bind(channel, queue, topic).await?;
+        self.known()
+            .declared_queues
+            .insert(queue.to_string(), topic.to_owned());
+        Ok(())
+    }
+
+    async fn declare_queue(&self, channel: &Channel, queue: &ShortString) -> Result<()> {
+        let mut arguments = FieldTable::default();
+        arguments.insert(
+            "x-queue-type".into(),
+            AMQPValue::LongString(LongString::from(self.queue_type.as_str())),
+        );
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(queue.clone(), options, arguments)
+            .await
+            .map(drop)
+            .map_err(|e| {
+                error::from_lapin(
+                    "declare queue",
+                    format!(
+                        "cannot declare the durable {} queue {queue} (if it exists with other \
+                         arguments, delete it or set rabbitmq.queue_type to match)",
+                        self.queue_type.as_str()
+                    ),
+                    e,
+                )
+            })
+    }
+
+    /// Declares everything this process declared before, on a new connection.
+    pub(crate) async fn redeclare(&self, connection: &Connection) -> Result<()> {
+        let (exchanges, queues) = {
+            let known = self.known();
+            let exchanges: Vec<String> = known.declared_exchanges.iter().cloned().collect();
+            let queues: Vec<(String, String)> = known
+                .declared_queues
+                .iter()
+                .map(|(queue, topic)| (queue.clone(), topic.clone()))
+                .collect();
+            (exchanges, queues)
+        };
+        if exchanges.is_empty() && queues.is_empty() {
+            return Ok(());
+        }
+        // A declaration the broker refuses (a queue changed by someone else) closes the channel
+        // and is logged; it must not keep the connection from coming back.
+        let mut channel = scratch_channel(connection).await?;
+        let mut failures = 0;
+        for exchange in &exchanges {
+            if let Err(e) = declare_exchange(&channel, exchange, false).await {
+                channel = refused(connection, e, &mut failures).await?;
+            }
+        }
+        for (queue, topic) in &queues {
+            let queue = ShortString::from(queue.as_str());
+            let declared = match self.declare_queue(&channel, &queue).await {
+                Ok(()) => bind(&channel, &queue, topic).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = declared {
+                channel = refused(connection, e, &mut failures).await?;
+            }
+        }
+        let _ = channel.close(200, "done".into()).await;
+        tracing::debug!(
+            exchanges = exchanges.len(),
+            queues = queues.len(),
+            "declared the known topology again"
+        );
+        Ok(())
+    }
+
+    /// Deletes the topic's exchange and the group queues of it this process knows (declared or
+    /// used here); queues other processes made for other groups are left (AMQP cannot list
+    /// them), unbound.
+    pub(crate) async fn delete_topic(&self, channel: &Channel, topic: &str) -> Result<()> {
+        let queues: Vec<String> = {
+            let known = self.known();
+            known
+                .declared_queues
+                .iter()
+                .chain(known.verified_queues.iter())
+                .filter(|(_, t)| t.as_str() == topic)
+                .map(|(queue, _)| queue.clone())
+                .collect()
+        };
+        for queue in &queues {
+            channel
+                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+                .await
+                .map_err(|e| {
+                    error::from_lapin("delete topic", format!("cannot delete queue {queue}"), e)
+                })?;
+        }
+        channel
+            .exchange_delete(topic.into(), ExchangeDeleteOptions::default())
+            .await
+            .map_err(|e| {
+                error::from_lapin("delete topic", format!("cannot delete exchange {topic}"), e)
+            })?;
+        self.forget_topic(topic);
+        Ok(())
+    }
+
+    /// Forgets the topic's exchange and queues (deleted, or found missing).
+    pub(crate) fn forget_topic(&self, topic: &str) {
+        let mut known = self.known();
+        known.declared_exchanges.remove(topic);
+        known.verified_exchanges.remove(topic);
+        known.declared_queues.retain(|_, t| t != topic);
+        known.verified_queues.retain(|_, t| t != topic);
+    }
+}
+
+/// After a refused re-declaration: logs it and opens a fresh channel, or gives up when the
+/// connection itself is gone.
+async fn refused(connection: &Connection, e: Error, failures: &mut usize) -> Result<Channel> {
+    if !connection.status().connected() {
+        return Err(e);
+    }
+    *failures += 1;
+    tracing::warn!(error = %e, "declaring the known topology again failed for one resource");
+    scratch_channel(connection).await
+}
+
+/// A short-lived channel for declarations: a failed declaration closes its channel.
+pub(crate) async fn scratch_channel(connection: &Connection) -> Result<Channel> {
+    connection
+        .create_channel()
+        .await
+        .map_err(|e| error::from_lapin("open channel", "cannot open a channel", e))
+}
+
+async fn declare_exchange(channel: &Channel, topic: &str, passive: bool) -> Result<()> {
+    let name = ShortString::try_new(topic).map_err(|_| {
+        Error::config(format!(
+            "topic name {topic:?} is longer than AMQP's 255 bytes"
+        ))
+        .backend(BACKEND)
+    })?;
+    let options = ExchangeDeclareOptions {
+        passive,
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    channel
+        .exchange_declare(name, ExchangeKind::Topic, options, FieldTable::default())
+        .await
+        .map_err(|e| {
+            if passive {
+                missing_or(e, "topic", &format!("topic {topic:?} (exchange {topic})"))
+            } else {
+                error::from_lapin(
+                    "declare exchange",
+                    format!("cannot declare the durable topic exchange {topic}"),
+                    e,
+                )
+            }
+        })
+}
+
+async fn bind(channel: &Channel, queue: &ShortString, topic: &str) -> Result<()> {
+    channel
+        .queue_bind(
+            queue.clone(),
+            topic.into(),
+            EVERY_KEY.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|e| {
+            error::from_lapin(
+                "bind queue",
+                format!("cannot bind queue {queue} to exchange {topic}"),
+                e,
+            )
+        })
+}
+
+/// A `NotFound` error saying auto-provisioning is off, when the broker said 404.
+fn missing_or(e: lapin::Error, what: &str, name: &str) -> Error {
+    if error::kind_of(&e) == ErrorKind::NotFound {
+        Error::new(
+            ErrorKind::NotFound,
+            format!(
+                "the {name} does not exist and auto-provisioning is off: declare the {what} in \
+                 the configuration ([topics.<name>] groups = [...]) or create it"
+            ),
+        )
+        .backend(BACKEND)
+        .operation("check topology")
+        .source(e)
+    } else {
+        error::from_lapin("check topology", format!("cannot check the {name}"), e)
+    }
+}

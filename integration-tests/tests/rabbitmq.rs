@@ -1,0 +1,483 @@
+//! The conformance suite and RabbitMQ's own cases against a real RabbitMQ
+//! (`scripts/brokers.sh start rabbitmq`, then `eval "$(scripts/brokers.sh env)"`), found through
+//! `BROKER_TEST_RABBITMQ`. Skipped when it is unset, failed with `BROKER_REQUIRE_LIVE=1`.
+//!
+//! The cases that disturb the broker (restarting it, dropping every connection) take the broker
+//! for themselves: they wait until the running cases finish, and the others wait for them.
+
+use std::sync::{Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use broker_api::{
+    Backend, Broker, ConnectOptions, ErrorKind, Message, SubscribeRequest, TopicSpec,
+};
+use broker_rabbitmq::lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
+};
+use broker_rabbitmq::lapin::{BasicProperties, Connection, ConnectionProperties};
+use broker_rabbitmq::{RabbitMqBackend, RabbitMqConfig};
+use broker_testkit::support::{fresh_topic, run_case, unique, Inbox};
+use broker_testkit::{cases, live, Harness};
+use futures::StreamExt;
+
+const ENDPOINT_VAR: &str = "BROKER_TEST_RABBITMQ";
+
+/// Connects to the RabbitMQ under test with default settings (quorum queues).
+struct RabbitMq {
+    uri: String,
+    _turn: Turn,
+}
+
+#[async_trait]
+impl Harness for RabbitMq {
+    async fn connect(&self) -> broker_api::Result<Broker> {
+        Ok(Broker::new(backend(&self.uri, true).await?))
+    }
+
+    async fn restart(&self) -> Result<(), String> {
+        live::brokers_script("restart", "rabbitmq").await.map(drop)
+    }
+
+    fn patience(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+async fn backend(uri: &str, auto_provision: bool) -> broker_api::Result<RabbitMqBackend> {
+    let config = RabbitMqConfig {
+        uri: uri.to_owned(),
+        ..RabbitMqConfig::default()
+    };
+    RabbitMqBackend::connect(
+        config,
+        ConnectOptions::default().auto_provision(auto_provision),
+    )
+    .await
+}
+
+/// The harness for an ordinary case (sharing the broker), or `None` to skip.
+fn shared() -> Option<RabbitMq> {
+    let uri = live::require(ENDPOINT_VAR)?;
+    Some(RabbitMq {
+        uri,
+        _turn: Turn::shared(),
+    })
+}
+
+/// The harness for a case that disturbs the broker (alone on it), or `None` to skip.
+fn exclusive() -> Option<RabbitMq> {
+    let uri = live::require(ENDPOINT_VAR)?;
+    Some(RabbitMq {
+        uri,
+        _turn: Turn::exclusive(),
+    })
+}
+
+broker_testkit::conformance_suite!(shared());
+
+/// A RabbitMQ restarted mid-stream: publishing and the subscription resume, nothing confirmed
+/// is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_nothing() {
+    if let Some(harness) = exclusive() {
+        run_case(
+            "broker_restart_loses_nothing",
+            cases::broker_restart_loses_nothing(&harness),
+        )
+        .await;
+    }
+}
+
+/// Every connection dropped by the broker (`rabbitmqctl close_all_connections`): publishes in
+/// flight are published again or fail, never lost once confirmed; the subscription resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_connection_is_survived() {
+    let Some(harness) = exclusive() else { return };
+    run_case("dropped_connection_is_survived", async {
+        let broker = harness.connect().await.expect("connect");
+        let topic = broker_api::Topic::text(fresh_topic(&broker, "dropped", &["g"]).await);
+        let publisher = broker.publisher(&topic);
+        let inbox = Inbox::new();
+        let running = broker
+            .subscriber(&topic, "g")
+            .at_least_once(inbox.handler())
+            .await
+            .expect("subscribe");
+        let mut confirmations = Vec::new();
+        let mut confirmed = Vec::new();
+        for i in 0..400 {
+            if i == 200 {
+                close_all_connections().await;
+            }
+            let value = format!("d-{i}");
+            confirmations.push((value.clone(), publisher.send(&value).await));
+        }
+        for (value, confirmation) in confirmations {
+            let outcome = match confirmation {
+                Ok(pending) => pending.await,
+                Err(e) => Err(e),
+            };
+            match outcome {
+                Ok(_) => confirmed.push(value),
+                Err(e) => assert!(
+                    e.kind() == ErrorKind::Connection || e.kind() == ErrorKind::Timeout,
+                    "a publish failed for another reason than the drop: {e}"
+                ),
+            }
+        }
+        assert!(confirmed.len() >= 200, "only {} confirmed", confirmed.len());
+        let received = inbox
+            .wait_until("every confirmed message", harness.patience(), |r| {
+                let got: std::collections::HashSet<&str> =
+                    r.iter().map(|m| m.value.as_str()).collect();
+                confirmed.iter().all(|v| got.contains(v.as_str()))
+            })
+            .await;
+        assert!(received.len() >= confirmed.len());
+        running.close().await.expect("close");
+        broker.close().await.expect("close broker");
+    })
+    .await;
+}
+
+async fn close_all_connections() {
+    let script = live::repository_root().join("scripts").join("brokers.sh");
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .args([
+            "rabbitmqctl",
+            "close_all_connections",
+            "test: dropped connection",
+        ])
+        .output()
+        .await
+        .expect("run rabbitmqctl");
+    assert!(
+        output.status.success(),
+        "close_all_connections failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A publish no group queue would take (a topic without groups) is an error, not a silent drop;
+/// the publisher keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unroutable_publish_is_an_error() {
+    let Some(harness) = shared() else { return };
+    run_case("unroutable_publish_is_an_error", async {
+        let broker = harness.connect().await.expect("connect");
+        let lonely = broker_api::Topic::text(fresh_topic(&broker, "lonely", &[]).await);
+        let err = broker
+            .publisher(&lonely)
+            .publish(&"nobody listens".to_owned())
+            .await
+            .expect_err("an unroutable publish must fail");
+        assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+        assert!(err.to_string().contains("no group queue is bound"), "{err}");
+        // A topic auto-provisioned by the publish itself has no group either.
+        let fresh = broker_api::Topic::text(unique("never-declared"));
+        let err = broker
+            .publisher(&fresh)
+            .publish(&"x".to_owned())
+            .await
+            .expect_err("an unroutable publish must fail");
+        assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+        // Many in flight, routable and not, on the same connection: each gets its own answer.
+        let routed = broker_api::Topic::text(fresh_topic(&broker, "routed", &["g"]).await);
+        let mut pending = Vec::new();
+        for i in 0..100 {
+            let (topic, ok) = if i % 10 == 0 {
+                (&lonely, false)
+            } else {
+                (&routed, true)
+            };
+            let confirmation = broker
+                .publisher(topic)
+                .send(&format!("m-{i}"))
+                .await
+                .expect("send");
+            pending.push((ok, confirmation));
+        }
+        for (ok, confirmation) in pending {
+            let outcome = confirmation.await;
+            assert_eq!(outcome.is_ok(), ok, "{outcome:?}");
+        }
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+/// A message published by another AMQP program, without `message_id` or any property, is
+/// delivered with `message_id: None`, its routing key as key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn foreign_message_without_id_is_delivered() {
+    let Some(harness) = shared() else { return };
+    run_case("foreign_message_without_id_is_delivered", async {
+        let broker = harness.connect().await.expect("connect");
+        let name = fresh_topic(&broker, "foreign", &["g"]).await;
+
+        let raw = Connection::connect(&harness.uri, ConnectionProperties::default())
+            .await
+            .expect("raw lapin connection");
+        let channel = raw.create_channel().await.expect("channel");
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        let confirm = channel
+            .basic_publish(
+                name.as_str().into(),
+                "order-42".into(),
+                BasicPublishOptions::default(),
+                b"from elsewhere",
+                BasicProperties::default(),
+            )
+            .await
+            .expect("publish")
+            .await
+            .expect("confirm");
+        assert!(confirm.is_ack());
+        raw.close(200, "done".into()).await.expect("close raw");
+
+        let mut stream = broker
+            .subscriber(&broker_api::Topic::text(name.as_str()), "g")
+            .manual()
+            .await
+            .expect("subscribe");
+        let incoming = tokio::time::timeout(harness.patience(), stream.next())
+            .await
+            .expect("a delivery in time")
+            .expect("stream open")
+            .expect("a delivery");
+        assert_eq!(incoming.value().expect("text"), "from elsewhere");
+        let meta = incoming.metadata();
+        assert_eq!(meta.message_id, None);
+        assert_eq!(meta.key.as_deref(), Some("order-42"));
+        assert_eq!(meta.content_type, None);
+        assert_eq!(meta.publish_time, None);
+        assert_eq!(meta.attempt, Some(1));
+        assert_eq!(&*meta.topic, name.as_str());
+        match &meta.position {
+            broker_api::Position::Amqp {
+                exchange,
+                routing_key,
+                redelivered,
+                ..
+            } => {
+                assert_eq!(exchange, &name);
+                assert_eq!(routing_key, "order-42");
+                assert!(!redelivered);
+            }
+            other => panic!("expected an AMQP position, got {other:?}"),
+        }
+        incoming.ack().await.expect("ack");
+        stream.close().await.expect("close");
+        broker.close().await.expect("close broker");
+    })
+    .await;
+}
+
+/// With auto-provisioning off, a missing topic or group is `NotFound`, and the backend keeps
+/// working for topics that exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_topology_is_not_found_without_auto_provisioning() {
+    let Some(harness) = shared() else { return };
+    run_case("missing_topology_is_not_found", async {
+        let provisioning = Broker::new(backend(&harness.uri, true).await.expect("connect"));
+        let existing = fresh_topic(&provisioning, "existing", &["g"]).await;
+        let strict = backend(&harness.uri, false).await.expect("connect");
+
+        let missing = unique("missing");
+        let err = send(&strict, &missing, Message::new("x"))
+            .await
+            .expect_err("publishing to a missing topic");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        let Err(err) = strict
+            .subscribe(SubscribeRequest::new(&existing, "undeclared"))
+            .await
+        else {
+            panic!("subscribing a missing group must fail");
+        };
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+
+        send(&strict, &existing, Message::new("still works"))
+            .await
+            .expect("publishing to an existing topic");
+        let mut stream = strict
+            .subscribe(SubscribeRequest::new(&existing, "g"))
+            .await
+            .expect("subscribe an existing group");
+        let delivery = tokio::time::timeout(harness.patience(), stream.next())
+            .await
+            .expect("in time")
+            .expect("open")
+            .expect("delivery");
+        assert_eq!(&delivery.payload[..], b"still works");
+        delivery.ack().await.expect("ack");
+        stream.close().await.expect("close");
+        strict.close().await.expect("close");
+        provisioning.close().await.expect("close");
+    })
+    .await;
+}
+
+/// An exchange deleted behind the publisher's back: the broker closes the confirm channel; the
+/// publish fails (NotFound without auto-provisioning, unroutable with it, since the group's
+/// binding went with the exchange), and the channel is reopened for the next publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_exchange_closes_only_its_publish() {
+    let Some(harness) = shared() else { return };
+    run_case("deleted_exchange_closes_only_its_publish", async {
+        let provisioning = Broker::new(backend(&harness.uri, true).await.expect("connect"));
+        let doomed = fresh_topic(&provisioning, "doomed", &["g"]).await;
+        let other = fresh_topic(&provisioning, "other", &["g"]).await;
+        for auto_provision in [false, true] {
+            let backend = backend(&harness.uri, auto_provision)
+                .await
+                .expect("connect");
+            send(&backend, &doomed, Message::new("first"))
+                .await
+                .expect("first publish");
+            delete_exchange(&harness.uri, &doomed).await;
+            let err = send(&backend, &doomed, Message::new("second"))
+                .await
+                .expect_err("publishing to a deleted exchange");
+            let expected = if auto_provision {
+                ErrorKind::Rejected
+            } else {
+                ErrorKind::NotFound
+            };
+            assert_eq!(err.kind(), expected, "{err}");
+            send(&backend, &other, Message::new("elsewhere"))
+                .await
+                .expect("another topic still publishes");
+            provisioning
+                .ensure_topic(&TopicSpec::new(&doomed).group("g"))
+                .await
+                .expect("re-create");
+            if !auto_provision {
+                // The strict backend forgot the exchange and checks it again.
+                send(&backend, &doomed, Message::new("third"))
+                    .await
+                    .expect("publishing after it was re-created");
+            }
+            backend.close().await.expect("close");
+        }
+        provisioning.close().await.expect("close");
+    })
+    .await;
+}
+
+async fn send(backend: &RabbitMqBackend, topic: &str, message: Message) -> broker_api::Result<()> {
+    backend.send(topic, message).await?.await.map(drop)
+}
+
+async fn delete_exchange(uri: &str, name: &str) {
+    let raw = Connection::connect(uri, ConnectionProperties::default())
+        .await
+        .expect("raw lapin connection");
+    let channel = raw.create_channel().await.expect("channel");
+    channel
+        .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+        .await
+        .expect("delete exchange");
+    raw.close(200, "done".into()).await.expect("close raw");
+}
+
+/// Connecting to a port nothing listens on fails in bounded time with a `Connection` error
+/// naming the endpoint; wrong credentials fail with a clear error that does not echo the
+/// password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_failures_are_clear() {
+    let Some(harness) = shared() else { return };
+    run_case("connect_failures_are_clear", async {
+        let started = Instant::now();
+        let config = RabbitMqConfig {
+            uri: "amqp://guest:guest@127.0.0.1:1/%2f".to_owned(),
+            connect_timeout: Duration::from_secs(3),
+            ..RabbitMqConfig::default()
+        };
+        let err = RabbitMqBackend::connect(config, ConnectOptions::default())
+            .await
+            .expect_err("nothing listens on port 1");
+        assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+        assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(10));
+
+        let wrong = harness
+            .uri
+            .replacen("guest:guest@", "guest:not-the-password@", 1);
+        let config = RabbitMqConfig {
+            uri: wrong,
+            ..RabbitMqConfig::default()
+        };
+        let err = RabbitMqBackend::connect(config, ConnectOptions::default())
+            .await
+            .expect_err("wrong password");
+        let text = err.to_string();
+        assert!(
+            matches!(err.kind(), ErrorKind::Rejected | ErrorKind::Connection),
+            "{text}"
+        );
+        assert!(
+            !text.contains("not-the-password"),
+            "password leaked: {text}"
+        );
+        assert!(text.contains("127.0.0.1:5672"), "{text}");
+    })
+    .await;
+}
+
+/// Turns on the broker: ordinary cases share it; cases that restart it or drop connections
+/// have it alone. Held for the whole case (the harness owns it).
+struct Turn {
+    exclusive: bool,
+}
+
+struct Turns {
+    sharing: usize,
+    exclusive: bool,
+    exclusive_waiting: usize,
+}
+
+static TURNS: Mutex<Turns> = Mutex::new(Turns {
+    sharing: 0,
+    exclusive: false,
+    exclusive_waiting: 0,
+});
+static TURN_CHANGED: Condvar = Condvar::new();
+
+impl Turn {
+    fn shared() -> Turn {
+        let mut turns = TURNS.lock().unwrap_or_else(|e| e.into_inner());
+        while turns.exclusive || turns.exclusive_waiting > 0 {
+            turns = TURN_CHANGED.wait(turns).unwrap_or_else(|e| e.into_inner());
+        }
+        turns.sharing += 1;
+        Turn { exclusive: false }
+    }
+
+    fn exclusive() -> Turn {
+        let mut turns = TURNS.lock().unwrap_or_else(|e| e.into_inner());
+        turns.exclusive_waiting += 1;
+        while turns.exclusive || turns.sharing > 0 {
+            turns = TURN_CHANGED.wait(turns).unwrap_or_else(|e| e.into_inner());
+        }
+        turns.exclusive_waiting -= 1;
+        turns.exclusive = true;
+        Turn { exclusive: true }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut turns = TURNS.lock().unwrap_or_else(|e| e.into_inner());
+        if self.exclusive {
+            turns.exclusive = false;
+        } else {
+            turns.sharing -= 1;
+        }
+        TURN_CHANGED.notify_all();
+    }
+}
