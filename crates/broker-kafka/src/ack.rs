@@ -105,45 +105,65 @@ impl Shared {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// Whether another delivery may be handed out.
-    pub(crate) fn has_room(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) < self.limit
+    /// How many more deliveries may be handed out now.
+    pub(crate) fn room(&self) -> usize {
+        self.limit
+            .saturating_sub(self.in_flight.load(Ordering::Acquire))
+    }
+
+    /// The room worth waking up for: a quarter of the limit (at least one), so that a full
+    /// subscription refills in batches instead of one delivery per acknowledgement.
+    pub(crate) fn batch_room(&self) -> usize {
+        (self.limit / 4).max(1)
     }
 
     /// Parks the consumer thread until a slot frees, a stop, or `timeout`.
     pub(crate) fn wait_for_room(&self, timeout: Duration) {
-        if !self.has_room() && !self.is_stopping() {
+        if self.room() == 0 && !self.is_stopping() {
             std::thread::park_timeout(timeout);
         }
     }
 
-    /// Records that `offset` of `partition` is being handed out and returns the acknowledger
-    /// holding its slot, or `None` when the partition is about to be rewound (the message will
-    /// be read again after the rewind).
-    pub(crate) fn admit(self: &Arc<Self>, partition: i32, offset: i64) -> Option<KafkaAcker> {
-        let epoch = {
+    /// Parks the consumer thread until `batch_room` slots are free, a stop, or `timeout`.
+    pub(crate) fn wait_for_batch_room(&self, timeout: Duration) {
+        if self.room() < self.batch_room() && !self.is_stopping() {
+            std::thread::park_timeout(timeout);
+        }
+    }
+
+    /// Records that these `(partition, offset)` records are being handed out and returns, for
+    /// each, the acknowledger holding its slot, or `None` when its partition is about to be
+    /// rewound (the record will be read again after the rewind).
+    pub(crate) fn admit(self: &Arc<Self>, records: &[(i32, i64)]) -> Vec<Option<KafkaAcker>> {
+        let mut ackers = Vec::with_capacity(records.len());
+        let mut admitted = 0;
+        {
             let mut state = self.state();
-            if state.rewinds.iter().any(|&(p, _)| p == partition) {
-                return None;
-            }
-            let epoch = match state.epochs.get(&partition) {
-                Some(&epoch) => epoch,
-                None => {
-                    let epoch = state.new_epoch();
-                    state.epochs.insert(partition, epoch);
-                    epoch
+            for &(partition, offset) in records {
+                if state.rewinds.iter().any(|&(p, _)| p == partition) {
+                    ackers.push(None);
+                    continue;
                 }
-            };
-            state.tracker.delivered(partition, offset);
-            epoch
-        };
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
-        Some(KafkaAcker {
-            shared: self.clone(),
-            partition,
-            offset,
-            epoch,
-        })
+                let epoch = match state.epochs.get(&partition) {
+                    Some(&epoch) => epoch,
+                    None => {
+                        let epoch = state.new_epoch();
+                        state.epochs.insert(partition, epoch);
+                        epoch
+                    }
+                };
+                state.tracker.delivered(partition, offset);
+                admitted += 1;
+                ackers.push(Some(KafkaAcker {
+                    shared: self.clone(),
+                    partition,
+                    offset,
+                    epoch,
+                }));
+            }
+        }
+        self.in_flight.fetch_add(admitted, Ordering::AcqRel);
+        ackers
     }
 
     /// Partitions were assigned: their deliveries start a new epoch.
@@ -254,7 +274,9 @@ impl Shared {
     }
 
     fn release(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == self.limit {
+        let before = self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Wake the consumer when the first slot frees, and again when a batch's worth did.
+        if before == self.limit || self.limit - before + 1 == self.batch_room() {
             self.wake_consumer();
         }
     }
@@ -289,6 +311,10 @@ impl Drop for KafkaAcker {
 mod tests {
     use super::*;
 
+    fn admit(shared: &Arc<Shared>, partition: i32, offset: i64) -> Option<KafkaAcker> {
+        shared.admit(&[(partition, offset)]).pop().flatten()
+    }
+
     fn ack(acker: KafkaAcker) -> Result<()> {
         match Box::new(acker).ack() {
             futures::future::Either::Left(ready) => ready.into_inner(),
@@ -307,9 +333,9 @@ mod tests {
     fn only_the_handled_prefix_moves() {
         let shared = Arc::new(Shared::new("t", "g", 10));
         shared.assigned(&[0]);
-        let a = shared.admit(0, 5).unwrap();
-        let b = shared.admit(0, 6).unwrap();
-        let c = shared.admit(0, 7).unwrap();
+        let a = admit(&shared, 0, 5).unwrap();
+        let b = admit(&shared, 0, 6).unwrap();
+        let c = admit(&shared, 0, 7).unwrap();
         ack(b).unwrap();
         assert!(shared.take_moved().is_empty());
         ack(a).unwrap();
@@ -321,11 +347,11 @@ mod tests {
     #[test]
     fn slots_bound_deliveries_and_come_back_on_drop() {
         let shared = Arc::new(Shared::new("t", "g", 2));
-        let a = shared.admit(0, 0).unwrap();
-        let b = shared.admit(0, 1).unwrap();
-        assert!(!shared.has_room());
+        let a = admit(&shared, 0, 0).unwrap();
+        let b = admit(&shared, 0, 1).unwrap();
+        assert_eq!(shared.room(), 0);
         drop(a);
-        assert!(shared.has_room());
+        assert_eq!(shared.room(), 1);
         ack(b).unwrap();
         assert_eq!(shared.in_flight.load(Ordering::Acquire), 0);
         // 0 was dropped unsettled: nothing may be committed past it.
@@ -336,14 +362,14 @@ mod tests {
     fn revoked_partitions_ignore_late_acks() {
         let shared = Arc::new(Shared::new("t", "g", 10));
         shared.assigned(&[0, 1]);
-        let a = shared.admit(0, 0).unwrap();
-        let b = shared.admit(1, 0).unwrap();
+        let a = admit(&shared, 0, 0).unwrap();
+        let b = admit(&shared, 1, 0).unwrap();
         ack(b).unwrap();
         assert_eq!(shared.revoked(&[0, 1]), [(0, 0), (1, 1)]);
         ack(a).unwrap();
         assert!(shared.take_moved().is_empty());
         shared.assigned(&[0]);
-        let again = shared.admit(0, 0).unwrap();
+        let again = admit(&shared, 0, 0).unwrap();
         ack(again).unwrap();
         assert_eq!(shared.take_moved(), [(0, 1)]);
     }
@@ -352,15 +378,15 @@ mod tests {
     fn nack_rewinds_to_the_oldest_unsettled_offset() {
         let shared = Arc::new(Shared::new("t", "g", 10));
         shared.assigned(&[0]);
-        let a = shared.admit(0, 3).unwrap();
-        let b = shared.admit(0, 4).unwrap();
-        let c = shared.admit(0, 5).unwrap();
+        let a = admit(&shared, 0, 3).unwrap();
+        let b = admit(&shared, 0, 4).unwrap();
+        let c = admit(&shared, 0, 5).unwrap();
         ack(a).unwrap();
         nack(c).unwrap();
         assert_eq!(shared.take_rewinds(), [(0, 4)]);
         // b belongs to the old epoch now: its ack is ignored, it comes again.
         ack(b).unwrap();
-        let again = shared.admit(0, 4).unwrap();
+        let again = admit(&shared, 0, 4).unwrap();
         ack(again).unwrap();
         assert_eq!(shared.take_moved(), [(0, 5)]);
     }
@@ -368,10 +394,10 @@ mod tests {
     #[test]
     fn messages_read_before_a_pending_rewind_are_skipped() {
         let shared = Arc::new(Shared::new("t", "g", 10));
-        let a = shared.admit(0, 0).unwrap();
+        let a = admit(&shared, 0, 0).unwrap();
         nack(a).unwrap();
-        assert!(shared.admit(0, 1).is_none());
+        assert!(admit(&shared, 0, 1).is_none());
         assert_eq!(shared.take_rewinds(), [(0, 0)]);
-        assert!(shared.admit(0, 0).is_some());
+        assert!(admit(&shared, 0, 0).is_some());
     }
 }

@@ -27,6 +27,9 @@ use crate::inbound;
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often handled offsets are stored at most (librdkafka commits stored offsets later).
 const STORE_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a full subscription waits for a batch's worth of free slots before it reads what
+/// fits.
+const REFILL_DELAY: Duration = Duration::from_millis(1);
 /// Bound of one synchronous seek (nack).
 const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -196,15 +199,20 @@ pub(crate) fn describe(start_from: StartFrom) -> &'static str {
 }
 
 /// The consumer thread: runs until the subscription stops or its stream is dropped.
+///
+/// Records are handed over in batches (what librdkafka has ready, up to the free slots), so
+/// the thread and the stream's task meet once per batch rather than once per record. When the
+/// subscription is full, the thread waits for a quarter of the slots to free, or at most
+/// [`REFILL_DELAY`] after the first one did.
 pub(crate) fn run(
     consumer: KafkaConsumer,
     shared: Arc<Shared>,
-    deliveries: mpsc::UnboundedSender<Result<Delivery>>,
+    deliveries: mpsc::UnboundedSender<Vec<Result<Delivery>>>,
     done: watch::Sender<bool>,
 ) {
     shared.register_consumer_thread();
-    let topic = shared.topic().clone();
     let mut last_store = Instant::now();
+    let mut was_full = false;
     loop {
         if shared.is_stopping() || deliveries.is_closed() {
             break;
@@ -214,41 +222,77 @@ pub(crate) fn run(
             store(&consumer, &shared, &shared.take_moved());
             last_store = Instant::now();
         }
-        if !shared.has_room() {
+        let room = shared.room();
+        if room == 0 {
+            was_full = true;
             shared.wait_for_room(POLL_INTERVAL);
             continue;
         }
-        match consumer.poll(POLL_INTERVAL) {
-            None => {}
-            Some(Ok(record)) => {
-                let Some(acker) = shared.admit(record.partition(), record.offset()) else {
-                    continue;
-                };
-                let delivery = inbound::delivery(&record, &topic, acker);
-                if deliveries.send(Ok(delivery)).is_err() {
-                    break;
-                }
-            }
-            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                let error = Error::new(
-                    ErrorKind::Other,
-                    format!(
-                        "the consumer of group {} on topic {topic} failed and cannot continue",
-                        shared.group()
-                    ),
-                )
-                .backend(BACKEND)
-                .operation("consume")
-                .source(KafkaError::MessageConsumptionFatal(code));
-                let _ = deliveries.send(Err(error));
+        if was_full {
+            was_full = false;
+            shared.wait_for_batch_room(REFILL_DELAY);
+            continue;
+        }
+        let batch = match read_batch(&consumer, &shared, room) {
+            Ok(batch) => batch,
+            Err(error) => {
+                let _ = deliveries.send(vec![Err(error)]);
                 break;
             }
-            // Transient: logged by the client context; librdkafka retries by itself.
-            Some(Err(_)) => {}
+        };
+        if !batch.is_empty() && deliveries.send(batch).is_err() {
+            break;
         }
     }
     finish(consumer, &shared);
     let _ = done.send(true);
+}
+
+/// Reads up to `room` records: waits up to [`POLL_INTERVAL`] for the first, then takes what
+/// librdkafka already has. Fails only when the consumer cannot continue.
+fn read_batch(
+    consumer: &KafkaConsumer,
+    shared: &Arc<Shared>,
+    room: usize,
+) -> Result<Vec<Result<Delivery>>> {
+    let mut records = Vec::new();
+    let mut timeout = POLL_INTERVAL;
+    while records.len() < room {
+        match consumer.poll(timeout) {
+            None => break,
+            Some(Ok(record)) => records.push(record),
+            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
+                return Err(Error::new(
+                    ErrorKind::Other,
+                    format!(
+                        "the consumer of group {} on topic {} failed and cannot continue",
+                        shared.group(),
+                        shared.topic()
+                    ),
+                )
+                .backend(BACKEND)
+                .operation("consume")
+                .source(KafkaError::MessageConsumptionFatal(code)));
+            }
+            // Transient: logged by the client context; librdkafka retries by itself.
+            Some(Err(_)) => {}
+        }
+        timeout = Duration::ZERO;
+    }
+    if records.is_empty() {
+        return Ok(Vec::new());
+    }
+    let positions: Vec<(i32, i64)> = records
+        .iter()
+        .map(|r| (r.partition(), r.offset()))
+        .collect();
+    let ackers = shared.admit(&positions);
+    let topic = shared.topic();
+    Ok(records
+        .iter()
+        .zip(ackers)
+        .filter_map(|(record, acker)| acker.map(|a| Ok(inbound::delivery(record, topic, a))))
+        .collect())
 }
 
 /// Does the rewinds nacks asked for: store the rewind point, seek back to it.

@@ -57,6 +57,8 @@ use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::Producer;
 
 pub use config::KafkaConfig;
+/// The client crate this backend is built on, for tools and tests that need raw Kafka access.
+pub use rdkafka;
 
 use crate::admin::Admin;
 use crate::error::{closed, BACKEND};

@@ -109,6 +109,7 @@ pub(crate) async fn open(
     };
     let stream = KafkaStream {
         receiver,
+        batch: Vec::new().into_iter(),
         shared,
         done,
         close_timeout: config.close_timeout,
@@ -122,7 +123,8 @@ pub(crate) async fn open(
 /// Ends when it is closed, when the backend is closed, or after yielding an error the
 /// consumer cannot recover from. Dropping it closes the subscription in the background.
 struct KafkaStream {
-    receiver: mpsc::UnboundedReceiver<Result<Delivery>>,
+    receiver: mpsc::UnboundedReceiver<Vec<Result<Delivery>>>,
+    batch: std::vec::IntoIter<Result<Delivery>>,
     shared: Arc<Shared>,
     done: watch::Receiver<bool>,
     close_timeout: Duration,
@@ -133,10 +135,19 @@ impl Stream for KafkaStream {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        if self.closed || self.shared.is_stopping() {
-            return Poll::Ready(None);
+        loop {
+            if self.closed || self.shared.is_stopping() {
+                return Poll::Ready(None);
+            }
+            if let Some(delivery) = self.batch.next() {
+                return Poll::Ready(Some(delivery));
+            }
+            match self.receiver.poll_recv(cx) {
+                Poll::Ready(Some(batch)) => self.batch = batch.into_iter(),
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
         }
-        self.receiver.poll_recv(cx)
     }
 }
 
@@ -148,6 +159,7 @@ impl DeliveryStream for KafkaStream {
                 self.shared.stop();
                 self.receiver.close();
                 // Fetched but not handed out: delivered again to the group.
+                self.batch = Vec::new().into_iter();
                 while self.receiver.try_recv().is_ok() {}
             }
             if !wait_done(self.done.clone(), self.close_timeout).await {

@@ -1,0 +1,302 @@
+//! The conformance suite and Kafka's own cases against a real Kafka
+//! (`scripts/brokers.sh start kafka`, then `eval "$(scripts/brokers.sh env)"`), found through
+//! `BROKER_TEST_KAFKA`. Skipped when it is unset, failed with `BROKER_REQUIRE_LIVE=1`.
+//!
+//! The restart case takes the broker for itself: it waits until the running cases finish, and
+//! the cases started after it wait for it.
+
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use broker_api::{
+    Backend, Broker, ConnectOptions, ErrorKind, Message, Position, SubscribeRequest, TopicSpec,
+};
+use broker_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
+use broker_kafka::rdkafka::ClientConfig;
+use broker_kafka::{KafkaBackend, KafkaConfig};
+use broker_testkit::support::{run_case, unique};
+use broker_testkit::{cases, live, Harness};
+use futures::StreamExt;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+const ENDPOINT_VAR: &str = "BROKER_TEST_KAFKA";
+
+/// Connects to the Kafka under test with default settings.
+struct Kafka {
+    bootstrap_servers: String,
+    _turn: Turn,
+}
+
+#[async_trait]
+impl Harness for Kafka {
+    async fn connect(&self) -> broker_api::Result<Broker> {
+        Ok(Broker::new(backend(&self.bootstrap_servers, true).await?))
+    }
+
+    async fn restart(&self) -> Result<(), String> {
+        live::brokers_script("restart", "kafka").await.map(drop)
+    }
+
+    fn patience(&self) -> Duration {
+        Duration::from_secs(60)
+    }
+}
+
+async fn backend(
+    bootstrap_servers: &str,
+    auto_provision: bool,
+) -> broker_api::Result<KafkaBackend> {
+    let config = KafkaConfig {
+        bootstrap_servers: bootstrap_servers.to_owned(),
+        ..KafkaConfig::default()
+    };
+    KafkaBackend::connect(
+        config,
+        ConnectOptions::default().auto_provision(auto_provision),
+    )
+    .await
+}
+
+/// Who may use the broker: every ordinary case together, or the restart case alone.
+static TURNS: RwLock<()> = RwLock::const_new(());
+
+enum Turn {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+/// The harness for an ordinary case (sharing the broker), or `None` to skip.
+async fn shared() -> Option<Kafka> {
+    let bootstrap_servers = live::require(ENDPOINT_VAR)?;
+    Some(Kafka {
+        bootstrap_servers,
+        _turn: Turn::Shared(TURNS.read().await),
+    })
+}
+
+/// The harness for a case that disturbs the broker (alone on it), or `None` to skip.
+async fn exclusive() -> Option<Kafka> {
+    let bootstrap_servers = live::require(ENDPOINT_VAR)?;
+    Some(Kafka {
+        bootstrap_servers,
+        _turn: Turn::Exclusive(TURNS.write().await),
+    })
+}
+
+broker_testkit::conformance_suite!(shared().await);
+
+/// Kafka restarted mid-stream (down for the time `brokers.sh restart` takes): publishing and the
+/// subscription resume by themselves, nothing confirmed is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_nothing() {
+    if let Some(harness) = exclusive().await {
+        run_case(
+            "broker_restart_loses_nothing",
+            cases::broker_restart_loses_nothing(&harness),
+        )
+        .await;
+    }
+}
+
+/// With auto-provisioning off, a missing topic is `NotFound` at once, for publish and
+/// subscribe, and is not created behind the user's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_topic_is_not_found_quickly_without_auto_provisioning() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("unknown_topic_is_not_found", async {
+        let backend = backend(&harness.bootstrap_servers, false).await.unwrap();
+        let topic = unique("missing");
+        let started = Instant::now();
+        let err = match backend.send(&topic, Message::new("x")).await {
+            Ok(confirmation) => confirmation.await.expect_err("publish to a missing topic"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(err.to_string().contains(&topic), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let err = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .err()
+            .expect("subscribe to a missing topic");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(!backend.list_topics().await.unwrap().contains(&topic));
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
+/// Topics are created with the requested partitions, listed and deleted; keys spread over the
+/// partitions and the receipt says where each message went.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_created_listed_and_deleted_with_partitions() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("topics_with_partitions", async {
+        let backend = backend(&harness.bootstrap_servers, true).await.unwrap();
+        let topic = unique("parts");
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).partitions(4))
+            .await
+            .unwrap();
+        // Idempotent.
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).partitions(4))
+            .await
+            .unwrap();
+        assert!(backend.list_topics().await.unwrap().contains(&topic));
+        let mut partitions = std::collections::BTreeSet::new();
+        for i in 0..40 {
+            let receipt = backend
+                .send(&topic, Message::new("x").with_key(format!("key-{i}")))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            match receipt.position {
+                Position::Kafka { partition, offset } => {
+                    assert!((0..4).contains(&partition) && offset >= 0);
+                    partitions.insert(partition);
+                }
+                other => panic!("not a Kafka position: {other:?}"),
+            }
+        }
+        assert!(partitions.len() > 1, "40 keys all went to {partitions:?}");
+        backend.delete_topic(&topic).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while backend.list_topics().await.unwrap().contains(&topic) {
+            assert!(Instant::now() < deadline, "topic {topic} still listed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
+/// A record written by another program (no `message-id` or `content-type` header, a binary
+/// header value) is delivered, with what it has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_from_other_programs_are_delivered() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("foreign_records", async {
+        let backend = backend(&harness.bootstrap_servers, true).await.unwrap();
+        let topic = unique("foreign");
+        backend.ensure_topic(&TopicSpec::new(&topic)).await.unwrap();
+        let producer: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &harness.bootstrap_servers)
+            .create()
+            .unwrap();
+        let headers = broker_kafka::rdkafka::message::OwnedHeaders::new().insert(
+            broker_kafka::rdkafka::message::Header {
+                key: "origin",
+                value: Some(&b"kcat\xff"[..]),
+            },
+        );
+        producer
+            .send(
+                FutureRecord::<str, str>::to(&topic)
+                    .key("k1")
+                    .payload("from elsewhere")
+                    .headers(headers),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)
+            .unwrap();
+        let mut stream = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        let delivery = tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .expect("delivered in time")
+            .unwrap()
+            .unwrap();
+        assert_eq!(&delivery.payload[..], b"from elsewhere");
+        assert_eq!(delivery.metadata.key.as_deref(), Some("k1"));
+        assert_eq!(delivery.metadata.message_id, None);
+        assert_eq!(delivery.metadata.content_type, None);
+        assert_eq!(
+            delivery.metadata.headers.get("origin"),
+            Some("kcat\u{fffd}")
+        );
+        assert!(delivery.metadata.publish_time.is_some());
+        delivery.ack().await.unwrap();
+        stream.close().await.unwrap();
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
+/// Two members of one group on a 4-partition topic: when one leaves mid-stream with deliveries
+/// unacknowledged, the other gets them; everything acknowledged is committed and nothing is
+/// lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_leaving_mid_stream_loses_nothing() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("member_leaves", async {
+        let backend = backend(&harness.bootstrap_servers, true).await.unwrap();
+        let topic = unique("leave");
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).partitions(4))
+            .await
+            .unwrap();
+        let total = 200;
+        let mut confirmations = Vec::new();
+        for i in 0..total {
+            let message = Message::new(format!("m{i}")).with_key(format!("k{}", i % 16));
+            confirmations.push(backend.send(&topic, message).await.unwrap());
+        }
+        futures::future::try_join_all(confirmations).await.unwrap();
+
+        // The first member takes some messages, acknowledges half, then leaves.
+        let mut first = backend
+            .subscribe(SubscribeRequest::new(&topic, "g").max_in_flight(20))
+            .await
+            .unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..20 {
+            let delivery = tokio::time::timeout(Duration::from_secs(60), first.next())
+                .await
+                .expect("delivered in time")
+                .unwrap()
+                .unwrap();
+            if i % 2 == 0 {
+                seen.insert(String::from_utf8(delivery.payload.to_vec()).unwrap());
+                delivery.ack().await.unwrap();
+            }
+        }
+        first.close().await.unwrap();
+
+        // The second member gets everything that was not acknowledged.
+        let mut second = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.len() < total {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let delivery = tokio::time::timeout(left, second.next())
+                .await
+                .unwrap_or_else(|_| panic!("only {} of {total} messages arrived", seen.len()))
+                .unwrap()
+                .unwrap();
+            seen.insert(String::from_utf8(delivery.payload.to_vec()).unwrap());
+            delivery.ack().await.unwrap();
+        }
+        second.close().await.unwrap();
+        backend.close().await.unwrap();
+    })
+    .await;
+}
