@@ -142,22 +142,7 @@ async fn dropped_connection_is_survived() {
 }
 
 async fn close_all_connections() {
-    let script = live::repository_root().join("scripts").join("brokers.sh");
-    let output = tokio::process::Command::new("bash")
-        .arg(&script)
-        .args([
-            "rabbitmqctl",
-            "close_all_connections",
-            "test: dropped connection",
-        ])
-        .output()
-        .await
-        .expect("run rabbitmqctl");
-    assert!(
-        output.status.success(),
-        "close_all_connections failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    rabbitmqctl(&["close_all_connections", "test: dropped connection"]).await;
 }
 
 /// A publish no group queue would take (a topic without groups) is an error, not a silent drop;
@@ -367,6 +352,70 @@ async fn deleted_exchange_closes_only_its_publish() {
         provisioning.close().await.expect("close");
     })
     .await;
+}
+
+/// A broker whose `max_message_size` is below the client's limit closes the confirm channel of
+/// a larger publish: that publish fails as `Rejected`, the channel is reopened, and the topic
+/// keeps working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_size_limit_fails_only_that_publish() {
+    let Some(harness) = exclusive() else { return };
+    run_case("broker_size_limit_fails_only_that_publish", async {
+        let broker = harness.connect().await.expect("connect");
+        let name = fresh_topic(&broker, "sizes", &["g"]).await;
+        // New channels read the limit when they open; the topic's channel opens below.
+        rabbitmqctl(&[
+            "eval",
+            "application:set_env(rabbit, max_message_size, 1048576).",
+        ])
+        .await;
+        let outcome = async {
+            let backend = broker.backend();
+            let big = backend
+                .send(&name, Message::new(vec![1u8; 2 * 1024 * 1024]))
+                .await
+                .expect("handed over")
+                .await;
+            let small = backend
+                .send(&name, Message::new("small"))
+                .await
+                .expect("handed over")
+                .await;
+            (big, small)
+        }
+        .await;
+        rabbitmqctl(&[
+            "eval",
+            "application:set_env(rabbit, max_message_size, 134217728).",
+        ])
+        .await;
+        let (big, small) = outcome;
+        let err = big.expect_err("the broker refuses 2 MiB over its 1 MiB limit");
+        assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+        assert!(
+            err.to_string().contains("larger than the broker accepts"),
+            "{err}"
+        );
+        small.expect("the next publish goes through on a new channel");
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+async fn rabbitmqctl(args: &[&str]) {
+    let script = live::repository_root().join("scripts").join("brokers.sh");
+    let output = tokio::process::Command::new("bash")
+        .arg(&script)
+        .arg("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .expect("run rabbitmqctl");
+    assert!(
+        output.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
 
 async fn send(backend: &RabbitMqBackend, topic: &str, message: Message) -> broker_api::Result<()> {

@@ -1,6 +1,6 @@
 //! Throughput smoke run: this adapter against raw lapin on the same broker, same topology
 //! (a topic exchange with one quorum queue bound with `#`), same confirm window, same prefetch,
-//! interleaved rounds (raw, ours, raw, ours...), median of each.
+//! interleaved in every round, median of the rounds. A smoke run for humans, not a timed test.
 //!
 //! ```text
 //! scripts/brokers.sh start rabbitmq
@@ -9,7 +9,10 @@
 //!
 //! Uses `BROKER_TEST_RABBITMQ` (default: the local broker). Publishing: messages of 100 bytes,
 //! persistent, with a message id and timestamp on both sides, `mandatory`, with publisher
-//! confirms and a window of 1024 unconfirmed. Consuming: prefetch 256, one ack per message.
+//! confirms and a window of 1024 unconfirmed; raw lapin both awaiting each `basic_publish`
+//! (the usual loop) and keeping the publish futures in flight (`raw-pipelined`). Consuming a
+//! prefilled queue: prefetch 256, one ack per message; raw lapin both awaiting each ack and
+//! not (`raw-unawaited-ack`).
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -58,46 +61,67 @@ async fn main() -> AnyResult<()> {
     let payload = vec![b'x'; PAYLOAD];
 
     println!("{messages} messages of {PAYLOAD} bytes, {rounds} rounds, window {WINDOW}, prefetch {PREFETCH}");
-    let (mut raw_pub, mut our_pub, mut raw_con, mut our_con) = (vec![], vec![], vec![], vec![]);
+    // Columns: publish raw, raw-pipelined, ours; consume raw, raw-unawaited-ack, ours.
+    let mut samples: [Vec<f64>; 6] = Default::default();
     for round in 1..=rounds {
-        admin
-            .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
-            .await?;
-        let r = rate(
-            messages,
-            publish_raw(&raw_publish, &topic, &payload, messages).await?,
-        );
-        let c = rate(messages, consume_raw(&raw, &queue, messages).await?);
-        admin
-            .queue_purge(queue.as_str().into(), QueuePurgeOptions::default())
-            .await?;
-        let o = rate(
-            messages,
-            publish_ours(&ours, &topic, &payload, messages).await?,
-        );
-        let d = rate(messages, consume_ours(&ours, &topic, messages).await?);
+        let mut rates = [0.0; 6];
+        for (variant, slot) in rates[..3].iter_mut().enumerate() {
+            purge(&admin, &queue).await?;
+            let took = match variant {
+                0 => publish_raw(&raw_publish, &topic, &payload, messages, false).await?,
+                1 => publish_raw(&raw_publish, &topic, &payload, messages, true).await?,
+                _ => publish_ours(&ours, &topic, &payload, messages).await?,
+            };
+            *slot = rate(messages, took);
+        }
+        for variant in 0..3 {
+            purge(&admin, &queue).await?;
+            publish_ours(&ours, &topic, &payload, messages).await?;
+            let took = match variant {
+                0 => consume_raw(&raw, &queue, messages, false).await?,
+                1 => consume_raw(&raw, &queue, messages, true).await?,
+                _ => consume_ours(&ours, &topic, messages).await?,
+            };
+            rates[3 + variant] = rate(messages, took);
+        }
         println!(
-            "round {round}: publish raw {r:>8.0}/s ours {o:>8.0}/s | consume raw {c:>8.0}/s ours {d:>8.0}/s"
+            "round {round}: publish raw {:.0}/s raw-pipelined {:.0}/s ours {:.0}/s | consume raw \
+             {:.0}/s raw-unawaited-ack {:.0}/s ours {:.0}/s",
+            rates[0], rates[1], rates[2], rates[3], rates[4], rates[5]
         );
-        raw_pub.push(r);
-        our_pub.push(o);
-        raw_con.push(c);
-        our_con.push(d);
+        for (sample, rate) in samples.iter_mut().zip(rates) {
+            sample.push(rate);
+        }
     }
-    let (rp, op, rc, oc) = (
-        median(raw_pub),
-        median(our_pub),
-        median(raw_con),
-        median(our_con),
+    let m: Vec<f64> = samples.into_iter().map(median).collect();
+    println!(
+        "median publish: raw {:.0}/s, raw-pipelined {:.0}/s, ours {:.0}/s = {:.1}% of raw, \
+         {:.1}% of raw-pipelined",
+        m[0],
+        m[1],
+        m[2],
+        100.0 * m[2] / m[0],
+        100.0 * m[2] / m[1]
     );
     println!(
-        "median: publish raw {rp:.0}/s ours {op:.0}/s = {:.1}% | consume raw {rc:.0}/s ours {oc:.0}/s = {:.1}%",
-        100.0 * op / rp,
-        100.0 * oc / rc
+        "median consume: raw {:.0}/s, raw-unawaited-ack {:.0}/s, ours {:.0}/s = {:.1}% of raw, \
+         {:.1}% of raw-unawaited-ack",
+        m[3],
+        m[4],
+        m[5],
+        100.0 * m[5] / m[3],
+        100.0 * m[5] / m[4]
     );
     ours.delete_topic(&topic).await?;
     ours.close().await?;
     raw.close(200, "done".into()).await?;
+    Ok(())
+}
+
+async fn purge(admin: &Channel, queue: &str) -> AnyResult<()> {
+    admin
+        .queue_purge(queue.into(), QueuePurgeOptions::default())
+        .await?;
     Ok(())
 }
 
@@ -111,13 +135,18 @@ fn median(mut values: Vec<f64>) -> f64 {
 }
 
 /// Raw lapin with the same wire content as the adapter: persistent, message id, timestamp,
-/// mandatory, confirms awaited in a window.
+/// mandatory, confirms awaited in a window. `pipelined` keeps the publish futures themselves in
+/// flight (not awaiting each frame write) instead of awaiting each `basic_publish`.
 async fn publish_raw(
     channel: &Channel,
     exchange: &str,
     payload: &[u8],
     messages: usize,
+    pipelined: bool,
 ) -> AnyResult<Duration> {
+    if pipelined {
+        return publish_raw_pipelined(channel, exchange, payload, messages).await;
+    }
     let started = Instant::now();
     let mut pending = VecDeque::with_capacity(WINDOW);
     for _ in 0..messages {
@@ -155,6 +184,53 @@ async fn publish_raw(
     Ok(started.elapsed())
 }
 
+async fn publish_raw_pipelined(
+    channel: &Channel,
+    exchange: &str,
+    payload: &[u8],
+    messages: usize,
+) -> AnyResult<Duration> {
+    let started = Instant::now();
+    let mut pending = futures::stream::FuturesOrdered::new();
+    for _ in 0..messages {
+        if pending.len() == WINDOW {
+            let confirmed: broker_rabbitmq::lapin::Result<broker_rabbitmq::lapin::Confirmation> =
+                pending.next().await.ok_or("no pending publish")?;
+            assert!(confirmed?.is_ack());
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_message_id(ShortString::from(MessageId::random().as_str()))
+            .with_timestamp(
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)?
+                    .as_secs(),
+            );
+        let channel = channel.clone();
+        let exchange = ShortString::from(exchange);
+        let payload = payload.to_vec();
+        pending.push_back(async move {
+            channel
+                .basic_publish(
+                    exchange,
+                    "".into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        immediate: false,
+                    },
+                    &payload,
+                    properties,
+                )
+                .await?
+                .await
+        });
+    }
+    while let Some(confirmed) = pending.next().await {
+        assert!(confirmed?.is_ack());
+    }
+    Ok(started.elapsed())
+}
+
 async fn publish_ours(
     backend: &RabbitMqBackend,
     topic: &str,
@@ -179,7 +255,14 @@ async fn publish_ours(
     Ok(started.elapsed())
 }
 
-async fn consume_raw(connection: &Connection, queue: &str, messages: usize) -> AnyResult<Duration> {
+/// A raw lapin consumer acknowledging each delivery; `unawaited` hands each ack to a
+/// background set instead of awaiting its write.
+async fn consume_raw(
+    connection: &Connection,
+    queue: &str,
+    messages: usize,
+    unawaited: bool,
+) -> AnyResult<Duration> {
     let channel = connection.create_channel().await?;
     channel
         .basic_qos(PREFETCH as u16, BasicQosOptions { global: false })
@@ -193,9 +276,20 @@ async fn consume_raw(connection: &Connection, queue: &str, messages: usize) -> A
             FieldTable::default(),
         )
         .await?;
+    let mut acks = futures::stream::FuturesUnordered::new();
     for _ in 0..messages {
         let delivery = consumer.next().await.ok_or("consumer ended")??;
-        delivery.ack(BasicAckOptions::default()).await?;
+        if unawaited {
+            acks.push(async move { delivery.ack(BasicAckOptions::default()).await });
+            while let Some(Some(done)) = futures::FutureExt::now_or_never(acks.next()) {
+                done?;
+            }
+        } else {
+            delivery.ack(BasicAckOptions::default()).await?;
+        }
+    }
+    while let Some(done) = acks.next().await {
+        done?;
     }
     let took = started.elapsed();
     channel.close(200, "done".into()).await?;

@@ -24,7 +24,7 @@ const BROKER_MAX_MESSAGE_SIZE: usize = 512 * 1024 * 1024;
 /// queue_type = "quorum"        # quorum | classic
 /// confirm_window = 1024
 /// connect_timeout = "10s"
-/// reconnect = { min_backoff = "100ms", max_backoff = "10s" }
+/// reconnect = { min_backoff = "100ms", max_backoff = "5s" }
 /// ```
 ///
 /// `Debug` never shows the password of the URI.
@@ -130,7 +130,7 @@ pub struct ReconnectBackoff {
     /// The delay before the second attempt (the first is immediate). Default: 100ms.
     #[serde(with = "humantime_serde")]
     pub min_backoff: Duration,
-    /// The longest delay between two attempts. Default: 10s.
+    /// The longest delay between two attempts. Default: 5s.
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
 }
@@ -139,7 +139,7 @@ impl Default for ReconnectBackoff {
     fn default() -> Self {
         ReconnectBackoff {
             min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
+            max_backoff: Duration::from_secs(5),
         }
     }
 }

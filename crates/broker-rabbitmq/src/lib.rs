@@ -81,7 +81,10 @@
 //! ## Limits
 //!
 //! Queue names (`<topic>.<group>`), routing keys, message ids, content types and header names
-//! are AMQP short strings: at most 255 bytes. Connections blocked by a RabbitMQ resource alarm
+//! are AMQP short strings: at most 255 bytes. Each topic published to holds one channel of the
+//! connection (RabbitMQ allows 2047 by default). A publish retried after a connection drop can
+//! land after messages sent later, so per-key order holds between reconnects, not across one
+//! where a publish of that key was in flight. Connections blocked by a RabbitMQ resource alarm
 //! (memory, disk) hold publishes until the alarm clears. On RabbitMQ 4, quorum queues give up
 //! on a message rejected 20 times (their default delivery limit); the library's runners retry
 //! in process instead of rejecting, so this only concerns manual `nack` loops.
