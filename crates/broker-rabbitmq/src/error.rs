@@ -115,6 +115,23 @@ pub(crate) fn connect_failed(endpoint: &str, error: lapin::Error) -> Error {
     .source(error)
 }
 
+/// Runs `future` until `deadline`; a [`ErrorKind::Timeout`] error for `operation` after it.
+/// Guards the broker round trips that a half-working broker could leave unanswered.
+pub(crate) async fn within<T>(
+    deadline: tokio::time::Instant,
+    operation: &'static str,
+    future: impl std::future::Future<Output = broker_api::Result<T>>,
+) -> broker_api::Result<T> {
+    match tokio::time::timeout_at(deadline, future).await {
+        Ok(result) => result,
+        Err(_) => Err(
+            Error::new(ErrorKind::Timeout, "RabbitMQ did not answer in time")
+                .backend(BACKEND)
+                .operation(operation),
+        ),
+    }
+}
+
 /// The error for an operation attempted after `close`.
 pub(crate) fn closed(operation: &'static str) -> Error {
     Error::closed("the RabbitMQ backend is closed")

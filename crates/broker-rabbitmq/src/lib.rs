@@ -217,19 +217,28 @@ impl Backend for RabbitMqBackend {
 
     async fn ensure_topic(&self, spec: &TopicSpec) -> Result<()> {
         self.check_open("ensure topic")?;
-        let session = self.link.session(self.deadline()).await?;
-        let channel = scratch_channel(&session.connection).await?;
-        let result = self.topology.ensure_topic(&channel, spec).await;
-        let _ = channel.close(200, "done".into()).await;
-        result.map_err(|e| e.operation("ensure topic"))
+        let deadline = self.deadline();
+        let declaring = async {
+            let session = self.link.session(deadline).await?;
+            let channel = scratch_channel(&session.connection).await?;
+            let result = self.topology.ensure_topic(&channel, spec).await;
+            drop(channel);
+            result
+        };
+        error::within(deadline, "ensure topic", declaring)
+            .await
+            .map_err(|e| e.operation("ensure topic"))
     }
 
     async fn delete_topic(&self, name: &str) -> Result<()> {
         self.check_open("delete topic")?;
-        let session = self.link.session(self.deadline()).await?;
-        let channel = scratch_channel(&session.connection).await?;
-        let result = self.topology.delete_topic(&channel, name).await;
-        let _ = channel.close(200, "done".into()).await;
+        let deadline = self.deadline();
+        let deleting = async {
+            let session = self.link.session(deadline).await?;
+            let channel = scratch_channel(&session.connection).await?;
+            self.topology.delete_topic(&channel, name).await
+        };
+        let result = error::within(deadline, "delete topic", deleting).await;
         self.publisher.forget(name);
         result
     }

@@ -260,7 +260,9 @@ impl Link {
     /// A new connection with the known topology declared on it.
     async fn open_session(&self) -> Result<Arc<Session>> {
         let connection = open_connection(&self.settings).await?;
-        if let Err(e) = self.topology.redeclare(&connection).await {
+        let deadline = Instant::now() + self.settings.config.connect_timeout;
+        let redeclared = error::within(deadline, "connect", self.topology.redeclare(&connection));
+        if let Err(e) = redeclared.await {
             let _ = connection.close(200, "closing".into()).await;
             return Err(e);
         }

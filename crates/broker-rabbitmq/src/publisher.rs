@@ -175,7 +175,7 @@ impl Shared {
         permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Confirmation> {
         let deadline = Instant::now() + self.retry_timeout;
-        let route = self.route_or_open(topic, deadline).await?;
+        let route = error::within(deadline, "publish", self.route_or_open(topic, deadline)).await?;
         let permit = match permit {
             Some(permit) => permit,
             None => self
@@ -245,7 +245,8 @@ impl Route {
                 return Ok(open);
             }
             let session = shared.link.session(deadline).await?;
-            match open_confirm_channel(&session.connection).await {
+            let opening = open_confirm_channel(&session.connection);
+            match error::within(deadline, "publish", opening).await {
                 Ok(channel) => {
                     let open = Arc::new(ConfirmChannel {
                         channel,
@@ -453,7 +454,8 @@ impl Pending {
                 self.shared.forget(exchange);
                 if self.shared.auto_provision {
                     let deadline = Instant::now() + self.shared.retry_timeout;
-                    return self.shared.route_or_open(exchange, deadline).await.err();
+                    let reopening = self.shared.route_or_open(exchange, deadline);
+                    return error::within(deadline, "publish", reopening).await.err();
                 }
                 Some(
                     Error::new(

@@ -83,7 +83,8 @@ impl Subscription {
             group: request.group.clone(),
             prefetch,
         });
-        let active = group.clone().consume(Some(deadline)).await?;
+        let opening = group.clone().consume(Some(deadline));
+        let active = error::within(deadline, "subscribe", opening).await?;
         Ok(Subscription {
             group,
             state: State::Consuming(active),
@@ -106,7 +107,10 @@ impl Group {
         let mut attempt = 0;
         loop {
             let session = self.link.session(deadline).await?;
-            let failure = match self.consume_on(&session).await {
+            // A broker that stops answering mid-way is retried like one that refused.
+            let answer_by = Instant::now() + self.link.settings().config.connect_timeout;
+            let opening = error::within(answer_by, "subscribe", self.consume_on(&session));
+            let failure = match opening.await {
                 Ok(active) => return Ok(active),
                 Err(e) => e,
             };
