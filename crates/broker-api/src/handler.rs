@@ -3,9 +3,6 @@
 use std::fmt;
 use std::future::Future;
 
-use futures::future::BoxFuture;
-use futures::FutureExt;
-
 use crate::delivery::Metadata;
 use crate::error::BoxError;
 
@@ -89,8 +86,11 @@ pub type HandlerResult = Result<(), HandlerError>;
 /// });
 /// ```
 pub trait Handler<T>: Send + Sync + 'static {
+    /// The future of one call.
+    type Future: Future<Output = HandlerResult> + Send + 'static;
+
     /// Handles `message`. Called again for the same message after a failure.
-    fn call(&self, message: Received<T>) -> BoxFuture<'static, HandlerResult>;
+    fn call(&self, message: Received<T>) -> Self::Future;
 }
 
 impl<T, F, Fut> Handler<T> for F
@@ -98,7 +98,9 @@ where
     F: Fn(Received<T>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = HandlerResult> + Send + 'static,
 {
-    fn call(&self, message: Received<T>) -> BoxFuture<'static, HandlerResult> {
-        self(message).boxed()
+    type Future = Fut;
+
+    fn call(&self, message: Received<T>) -> Fut {
+        self(message)
     }
 }

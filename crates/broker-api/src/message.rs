@@ -10,46 +10,94 @@ use bytes::Bytes;
 /// A message id: unique per message, kept across redeliveries, generated when absent.
 ///
 /// On the wire it is the `message-id` header (Kafka), the `message_id` property (RabbitMQ) or the
-/// `message-id` attribute (Pub/Sub). Cloning is cheap.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct MessageId(Arc<str>);
+/// `message-id` attribute (Pub/Sub). Ids of up to 40 bytes (generated UUIDs among them) are kept
+/// inline, so making and cloning one does not allocate.
+#[derive(Clone)]
+pub struct MessageId(Repr);
+
+const INLINE_ID: usize = 40;
+
+#[derive(Clone)]
+enum Repr {
+    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Shared(Arc<str>),
+}
 
 impl MessageId {
-    /// A new random id (UUID v4, hyphenated).
+    /// A new random id (UUID v4, hyphenated, lower case).
     pub fn random() -> Self {
         let mut buffer = uuid::Uuid::encode_buffer();
-        MessageId(Arc::from(
-            &*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer),
-        ))
+        MessageId::from(&*uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buffer))
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        match &self.0 {
+            // Only ever built from a `&str`, so the bytes are UTF-8 and this cannot fail.
+            Repr::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
+            }
+            Repr::Shared(text) => text,
+        }
     }
 }
 
 impl From<&str> for MessageId {
     fn from(value: &str) -> Self {
-        MessageId(Arc::from(value))
+        if value.len() <= INLINE_ID {
+            let mut bytes = [0; INLINE_ID];
+            bytes[..value.len()].copy_from_slice(value.as_bytes());
+            MessageId(Repr::Inline {
+                len: value.len() as u8,
+                bytes,
+            })
+        } else {
+            MessageId(Repr::Shared(Arc::from(value)))
+        }
     }
 }
 
 impl From<String> for MessageId {
     fn from(value: String) -> Self {
-        MessageId(Arc::from(value))
+        MessageId::from(value.as_str())
+    }
+}
+
+impl PartialEq for MessageId {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for MessageId {}
+
+impl std::hash::Hash for MessageId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for MessageId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for MessageId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
     }
 }
 
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
 impl fmt::Debug for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
@@ -211,5 +259,16 @@ mod tests {
         let b = Message::new("x");
         assert_ne!(a.id, b.id);
         assert_eq!(a.id.as_str().len(), 36);
+    }
+
+    #[test]
+    fn ids_compare_by_text_whatever_their_length() {
+        let short = MessageId::from("id-1");
+        let long = MessageId::from("x".repeat(100));
+        assert_eq!(short, MessageId::from(String::from("id-1")));
+        assert_eq!(long.as_str().len(), 100);
+        assert_eq!(long, MessageId::from("x".repeat(100).as_str()));
+        assert_ne!(short, long);
+        assert_eq!(format!("{short}"), "id-1");
     }
 }

@@ -2,14 +2,18 @@
 //! earlier message with the same key, which must be delivered again.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 
-use crate::topic::Record;
+use crate::log::Log;
 
 /// Shared by every member of one group on one topic.
 #[derive(Debug)]
 pub(crate) struct Group {
     state: Mutex<GroupState>,
+    /// The number of entries in `GroupState::nacks`, readable without the lock: an unkeyed
+    /// message that was never nacked is acknowledged without touching the group.
+    nacked: AtomicUsize,
 }
 
 #[derive(Debug, Default)]
@@ -27,7 +31,7 @@ struct GroupState {
 
 /// A message handed to a member, with its delivery attempt.
 pub(crate) struct Handout {
-    pub(crate) record: Arc<Record>,
+    pub(crate) offset: u64,
     pub(crate) attempt: u32,
 }
 
@@ -38,49 +42,55 @@ impl Group {
                 next: start,
                 ..GroupState::default()
             }),
+            nacked: AtomicUsize::new(0),
         }
     }
 
     /// Hands out up to `max` messages: first those ready again, then new ones in log order,
     /// skipping (and parking) messages whose key already has a message out.
-    pub(crate) fn take(&self, records: &[Arc<Record>], max: usize, out: &mut Vec<Handout>) {
+    pub(crate) fn take(&self, log: &Log, max: usize, out: &mut Vec<Handout>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *state;
         while out.len() < max {
             let offset = if let Some(offset) = state.ready.pop_front() {
                 offset
-            } else if let Some(record) = records.get(state.next as usize) {
+            } else if let Some(record) = log.get(state.next) {
+                let offset = state.next;
                 state.next += 1;
                 if let Some(key) = &record.key {
                     if let Some(waiting) = state.busy_keys.get_mut(key) {
-                        waiting.push_back(record.offset);
+                        waiting.push_back(offset);
                         continue;
                     }
                     state.busy_keys.insert(key.clone(), VecDeque::new());
                 }
-                record.offset
+                offset
             } else {
                 break;
             };
-            let Some(record) = records.get(offset as usize) else {
-                continue;
-            };
             let attempt = state.nacks.get(&offset).map_or(1, |nacks| nacks + 1);
-            out.push(Handout {
-                record: record.clone(),
-                attempt,
-            });
+            out.push(Handout { offset, attempt });
         }
+    }
+
+    /// Whether a [`Group::take`] could hand out or park something: messages are ready again,
+    /// or the topic (of `len` records) has some this group has not looked at.
+    pub(crate) fn may_have_work(&self, len: u64) -> bool {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        !state.ready.is_empty() || state.next < len
     }
 
     /// The message was handled: frees its key for the next message with it. Returns whether a
     /// message became ready.
-    pub(crate) fn ack(&self, record: &Record) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        if !state.nacks.is_empty() {
-            state.nacks.remove(&record.offset);
+    pub(crate) fn ack(&self, offset: u64, key: Option<&str>) -> bool {
+        if key.is_none() && self.nacked.load(Ordering::SeqCst) == 0 {
+            return false;
         }
-        let Some(key) = &record.key else {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if state.nacks.remove(&offset).is_some() {
+            self.nacked.fetch_sub(1, Ordering::SeqCst);
+        }
+        let Some(key) = key else {
             return false;
         };
         let next = state.busy_keys.get_mut(key).and_then(VecDeque::pop_front);
@@ -97,9 +107,13 @@ impl Group {
     }
 
     /// The message must be delivered again, before anything else (its key stays reserved).
-    pub(crate) fn nack(&self, record: &Record) {
+    pub(crate) fn nack(&self, offset: u64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        *state.nacks.entry(record.offset).or_insert(0) += 1;
-        state.ready.push_front(record.offset);
+        let nacks = state.nacks.entry(offset).or_insert(0);
+        if *nacks == 0 {
+            self.nacked.fetch_add(1, Ordering::SeqCst);
+        }
+        *nacks += 1;
+        state.ready.push_front(offset);
     }
 }

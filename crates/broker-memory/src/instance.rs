@@ -1,7 +1,7 @@
 //! An in-memory broker instance: the topics that connections to it share.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::topic::Topic;
 
@@ -9,7 +9,7 @@ use crate::topic::Topic;
 #[derive(Debug, Default)]
 pub struct MemoryInstance {
     name: String,
-    topics: Mutex<HashMap<String, Arc<Topic>>>,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
 }
 
 impl MemoryInstance {
@@ -17,7 +17,7 @@ impl MemoryInstance {
     pub fn new() -> Self {
         MemoryInstance {
             name: "private".to_owned(),
-            topics: Mutex::new(HashMap::new()),
+            topics: RwLock::new(HashMap::new()),
         }
     }
 
@@ -33,7 +33,7 @@ impl MemoryInstance {
             .or_insert_with(|| {
                 Arc::new(MemoryInstance {
                     name: name.to_owned(),
-                    topics: Mutex::new(HashMap::new()),
+                    topics: RwLock::new(HashMap::new()),
                 })
             })
             .clone()
@@ -46,21 +46,25 @@ impl MemoryInstance {
 
     /// The topic called `name`; created when missing if `create`.
     pub(crate) fn topic(&self, name: &str, create: bool) -> Option<Arc<Topic>> {
-        let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(topic) = topics.get(name) {
-            return Some(topic.clone());
+        {
+            let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
+            if let Some(topic) = topics.get(name) {
+                return Some(topic.clone());
+            }
         }
         if !create {
             return None;
         }
-        let topic = Arc::new(Topic::new(name));
-        topics.insert(name.to_owned(), topic.clone());
-        Some(topic)
+        let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
+        let topic = topics
+            .entry(name.to_owned())
+            .or_insert_with(|| Arc::new(Topic::new(name)));
+        Some(topic.clone())
     }
 
     /// The names of all topics, sorted.
     pub(crate) fn topic_names(&self) -> Vec<String> {
-        let topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
         let mut names: Vec<_> = topics.keys().cloned().collect();
         names.sort();
         names
@@ -70,7 +74,7 @@ impl MemoryInstance {
     pub(crate) fn delete(&self, name: &str) -> bool {
         let removed = self
             .topics
-            .lock()
+            .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
         match removed {

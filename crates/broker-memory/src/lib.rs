@@ -29,6 +29,7 @@
 
 mod group;
 mod instance;
+mod log;
 mod subscription;
 mod topic;
 

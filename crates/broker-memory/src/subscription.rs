@@ -4,16 +4,18 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use broker_api::completion::{self, Completion};
 use broker_api::{Acknowledge, Delivery, DeliveryStream, Metadata, Position, Result};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
 use tokio::sync::Notify;
+use tokio_util::sync::ReusableBoxFuture;
 
 use crate::group::{Group, Handout};
-use crate::topic::{Record, Topic};
+use crate::log::Record;
+use crate::topic::Topic;
 
 /// Most deliveries taken from the group under one lock.
 const BATCH: usize = 64;
@@ -44,7 +46,7 @@ impl Member {
     /// Stops intake: the stream ends at its next poll.
     pub(crate) fn stop(&self) {
         self.stopped.store(true, Ordering::SeqCst);
-        self.topic.changed.notify_waiters();
+        self.topic.wake_all();
         self.room.notify_one();
     }
 
@@ -52,43 +54,57 @@ impl Member {
         self.stopped.load(Ordering::SeqCst) || self.topic.is_deleted()
     }
 
-    /// Waits for the next deliveries this member may hold; `None` once stopped.
-    async fn next_batch(self: Arc<Self>) -> Option<Vec<Delivery>> {
-        loop {
-            let changed = self.topic.changed.notified();
-            let room_freed = self.room.notified();
-            tokio::pin!(changed, room_freed);
-            changed.as_mut().enable();
-            room_freed.as_mut().enable();
-            if self.is_stopped() {
-                return None;
-            }
-            let room = self
-                .max_in_flight
-                .saturating_sub(self.in_flight.load(Ordering::SeqCst));
-            if room == 0 {
-                room_freed.await;
-                continue;
-            }
-            let mut handouts = Vec::new();
-            self.topic.with_records(|records| {
-                self.group.take(records, room.min(BATCH), &mut handouts);
-            });
-            if handouts.is_empty() {
-                changed.await;
-                continue;
-            }
-            self.in_flight.fetch_add(handouts.len(), Ordering::SeqCst);
-            return Some(
-                handouts
-                    .into_iter()
-                    .map(|handout| self.delivery(handout))
-                    .collect(),
-            );
+    /// How many more deliveries this member may hold.
+    fn room(&self) -> usize {
+        self.max_in_flight
+            .saturating_sub(self.in_flight.load(Ordering::SeqCst))
+    }
+
+    /// Waits until the member may have work: room was freed, or the group may have messages to
+    /// hand out, or the member stopped. Wakes spuriously at most once per change.
+    async fn wait(self: Arc<Self>) {
+        let changed = self.topic.changed();
+        let room_freed = self.room.notified();
+        tokio::pin!(changed, room_freed);
+        changed.as_mut().enable();
+        room_freed.as_mut().enable();
+        if self.is_stopped() {
+            return;
+        }
+        if self.room() == 0 {
+            room_freed.await;
+            return;
+        }
+        let _waiting = self.topic.wait_for_change();
+        let may_have_work = self
+            .topic
+            .with_log(|log| self.group.may_have_work(log.len()));
+        if !may_have_work {
+            changed.await;
         }
     }
 
-    fn delivery(self: &Arc<Self>, Handout { record, attempt }: Handout) -> Delivery {
+    /// Takes up to `room` deliveries from the group into `out`; returns how many.
+    fn take(
+        self: &Arc<Self>,
+        room: usize,
+        scratch: &mut Vec<Handout>,
+        out: &mut VecDeque<Delivery>,
+    ) -> usize {
+        self.topic.with_log(|log| {
+            self.group.take(log, room.min(BATCH), scratch);
+            let taken = scratch.len();
+            self.in_flight.fetch_add(taken, Ordering::SeqCst);
+            for Handout { offset, attempt } in scratch.drain(..) {
+                if let Some(record) = log.get(offset) {
+                    out.push_back(self.delivery(offset, record, attempt));
+                }
+            }
+            taken
+        })
+    }
+
+    fn delivery(self: &Arc<Self>, offset: u64, record: &Record, attempt: u32) -> Delivery {
         let metadata = Metadata {
             topic: self.topic.name.clone(),
             key: record.key.clone(),
@@ -97,17 +113,15 @@ impl Member {
             content_type: record.content_type.clone(),
             publish_time: Some(record.timestamp),
             attempt: Some(attempt),
-            position: Position::Memory {
-                offset: record.offset,
-            },
+            position: Position::Memory { offset },
         };
-        let payload = record.payload.clone();
         Delivery::new(
-            payload,
+            record.payload.clone(),
             metadata,
             Box::new(MemoryAcker {
                 member: self.clone(),
-                record,
+                offset,
+                keyed: record.key.is_some(),
                 settled: false,
             }),
         )
@@ -123,7 +137,8 @@ impl Member {
 /// Settles one delivery with its group. Dropped unsettled, it nacks.
 struct MemoryAcker {
     member: Arc<Member>,
-    record: Arc<Record>,
+    offset: u64,
+    keyed: bool,
     settled: bool,
 }
 
@@ -132,12 +147,21 @@ impl MemoryAcker {
         self.settled = true;
         let member = &self.member;
         if handled {
-            if member.group.ack(&self.record) {
-                member.topic.changed.notify_waiters();
+            let freed_key = if self.keyed {
+                let offset = self.offset;
+                member.topic.with_log(|log| {
+                    let key = log.get(offset).and_then(|r| r.key.as_deref());
+                    member.group.ack(offset, key)
+                })
+            } else {
+                member.group.ack(self.offset, None)
+            };
+            if freed_key {
+                member.topic.wake();
             }
         } else {
-            member.group.nack(&self.record);
-            member.topic.changed.notify_waiters();
+            member.group.nack(self.offset);
+            member.topic.wake();
         }
         member.release();
     }
@@ -164,18 +188,26 @@ impl Drop for MemoryAcker {
 }
 
 /// The deliveries of one member, in the order the group hands them out.
+///
+/// Messages already in the topic are taken without waiting or allocating a future; only when
+/// there is nothing to take does the stream park on a reusable wait future.
 pub(crate) struct MemoryStream {
     member: Arc<Member>,
     buffered: VecDeque<Delivery>,
-    fetching: Option<BoxFuture<'static, Option<Vec<Delivery>>>>,
+    handouts: Vec<Handout>,
+    waiting: ReusableBoxFuture<'static, ()>,
+    is_waiting: bool,
 }
 
 impl MemoryStream {
     pub(crate) fn new(member: Arc<Member>) -> Self {
+        let waiting = ReusableBoxFuture::new(member.clone().wait());
         MemoryStream {
             member,
             buffered: VecDeque::new(),
-            fetching: None,
+            handouts: Vec::new(),
+            waiting,
+            is_waiting: false,
         }
     }
 }
@@ -184,24 +216,30 @@ impl Stream for MemoryStream {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
         loop {
-            if let Some(delivery) = self.buffered.pop_front() {
+            if let Some(delivery) = this.buffered.pop_front() {
                 return Poll::Ready(Some(Ok(delivery)));
             }
-            let member = self.member.clone();
-            let fetching = self
-                .fetching
-                .get_or_insert_with(|| member.next_batch().boxed());
-            match fetching.poll_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(batch) => {
-                    self.fetching = None;
-                    match batch {
-                        Some(batch) => self.buffered.extend(batch),
-                        None => return Poll::Ready(None),
-                    }
-                }
+            if this.member.is_stopped() {
+                return Poll::Ready(None);
             }
+            if this.is_waiting {
+                ready!(this.waiting.poll(cx));
+                this.is_waiting = false;
+                continue;
+            }
+            let room = this.member.room();
+            if room > 0
+                && this
+                    .member
+                    .take(room, &mut this.handouts, &mut this.buffered)
+                    > 0
+            {
+                continue;
+            }
+            this.waiting.set(this.member.clone().wait());
+            this.is_waiting = true;
         }
     }
 }
@@ -209,7 +247,7 @@ impl Stream for MemoryStream {
 impl DeliveryStream for MemoryStream {
     fn close(&mut self) -> BoxFuture<'_, Result<()>> {
         self.member.stop();
-        self.fetching = None;
+        self.is_waiting = false;
         self.buffered.clear(); // dropped unsettled: delivered again to the group
         futures::future::ready(Ok(())).boxed()
     }

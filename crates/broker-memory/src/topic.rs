@@ -1,48 +1,46 @@
 //! A topic: an append-only log of records that every group reads at its own pace.
 
-use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::SystemTime;
 
-use broker_api::{Headers, Message, MessageId, StartFrom};
-use bytes::Bytes;
+use broker_api::{Message, StartFrom};
 use tokio::sync::Notify;
 
 use crate::group::Group;
-
-/// One published message, shared by every group that reads it.
-#[derive(Debug)]
-pub(crate) struct Record {
-    pub(crate) offset: u64,
-    pub(crate) payload: Bytes,
-    pub(crate) key: Option<String>,
-    pub(crate) headers: Headers,
-    pub(crate) id: MessageId,
-    pub(crate) content_type: Option<Cow<'static, str>>,
-    pub(crate) timestamp: SystemTime,
-}
+use crate::log::Log;
 
 /// A topic and its groups.
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) name: Arc<str>,
-    records: RwLock<Vec<Arc<Record>>>,
+    log: RwLock<Log>,
     groups: Mutex<HashMap<String, Arc<Group>>>,
     /// Woken when records are appended, when a group makes a message eligible again, and when
     /// readers must stop (close, delete).
-    pub(crate) changed: Notify,
+    changed: Notify,
+    /// Readers about to wait on `changed`; appends skip the wake-up when there are none.
+    readers_waiting: AtomicUsize,
     deleted: AtomicBool,
+}
+
+/// Counts a reader as waiting while it lives.
+pub(crate) struct WaitingReader<'a>(&'a AtomicUsize);
+
+impl Drop for WaitingReader<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl Topic {
     pub(crate) fn new(name: &str) -> Self {
         Topic {
             name: name.into(),
-            records: RwLock::new(Vec::new()),
+            log: RwLock::new(Log::default()),
             groups: Mutex::new(HashMap::new()),
             changed: Notify::new(),
+            readers_waiting: AtomicUsize::new(0),
             deleted: AtomicBool::new(false),
         }
     }
@@ -50,6 +48,30 @@ impl Topic {
     /// Marks the topic deleted and wakes its readers, which then stop.
     pub(crate) fn delete(&self) {
         self.deleted.store(true, Ordering::SeqCst);
+        self.wake_all();
+    }
+
+    /// A future that completes at the next change; enable it before checking for work.
+    pub(crate) fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
+    }
+
+    /// Marks the caller as waiting for a change until the guard drops. Check for work again
+    /// after taking it: a change made before it may not have woken anyone.
+    pub(crate) fn wait_for_change(&self) -> WaitingReader<'_> {
+        self.readers_waiting.fetch_add(1, Ordering::SeqCst);
+        WaitingReader(&self.readers_waiting)
+    }
+
+    /// Wakes the readers waiting for a change, if any.
+    pub(crate) fn wake(&self) {
+        if self.readers_waiting.load(Ordering::SeqCst) > 0 {
+            self.changed.notify_waiters();
+        }
+    }
+
+    /// Wakes every reader, waiting or about to (close and delete).
+    pub(crate) fn wake_all(&self) {
         self.changed.notify_waiters();
     }
 
@@ -60,33 +82,24 @@ impl Topic {
 
     /// Appends a message and returns its offset.
     pub(crate) fn append(&self, message: Message) -> u64 {
-        let offset = {
-            let mut records = self.records.write().unwrap_or_else(|e| e.into_inner());
-            let offset = records.len() as u64;
-            records.push(Arc::new(Record {
-                offset,
-                payload: message.payload,
-                key: message.key,
-                headers: message.headers,
-                id: message.id,
-                content_type: message.content_type,
-                timestamp: message.timestamp,
-            }));
-            offset
-        };
-        self.changed.notify_waiters();
+        let offset = self
+            .log
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .append(message);
+        self.wake();
         offset
     }
 
-    /// Runs `read` over the records.
-    pub(crate) fn with_records<R>(&self, read: impl FnOnce(&[Arc<Record>]) -> R) -> R {
-        let records = self.records.read().unwrap_or_else(|e| e.into_inner());
-        read(&records)
+    /// Runs `read` over the log.
+    pub(crate) fn with_log<R>(&self, read: impl FnOnce(&Log) -> R) -> R {
+        let log = self.log.read().unwrap_or_else(|e| e.into_inner());
+        read(&log)
     }
 
     /// The number of records.
     pub(crate) fn len(&self) -> u64 {
-        self.with_records(|records| records.len() as u64)
+        self.with_log(Log::len)
     }
 
     /// The group named `name`, created if new, starting at the beginning or at the end.

@@ -1,8 +1,11 @@
 //! `at_least_once`: acknowledge a message only after its handler succeeded.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
+use std::task::Poll;
 
+use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::task::JoinHandle;
@@ -92,6 +95,61 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         handler: Arc<H>,
         stop: CancellationToken,
     ) -> Result<()> {
+        let outcome = if self.settings.concurrency <= 1 {
+            self.run_sequential(&mut stream, &*handler, &stop).await
+        } else {
+            self.clone()
+                .run_concurrent(&mut stream, handler, &stop)
+                .await
+        };
+        tracing::debug!(topic = self.topic.name(), group = %self.group, "subscription stopping");
+        let closed = stream.close().await;
+        outcome.and(closed)
+    }
+
+    /// One message at a time, in delivery order (the default, as in Lagom).
+    async fn run_sequential<H: Handler<T>>(
+        &self,
+        stream: &mut BoxDeliveryStream,
+        handler: &H,
+        stop: &CancellationToken,
+    ) -> Result<()> {
+        loop {
+            let delivery = tokio::select! {
+                biased;
+                () = stop.cancelled() => return Ok(()),
+                item = stream.next() => match item {
+                    Some(Ok(delivery)) => delivery,
+                    Some(Err(e)) => return Err(e),
+                    None => return Ok(()),
+                },
+            };
+            let handling = self.handle(delivery, handler, stop);
+            tokio::pin!(handling);
+            // Most handlers finish at their first poll: no need to watch for close then.
+            if let Poll::Ready(result) = futures::poll!(&mut handling) {
+                result?;
+                continue;
+            }
+            tokio::select! {
+                biased;
+                result = &mut handling => result?,
+                () = stop.cancelled() => {
+                    // Closing: let the running handler finish, within the shutdown timeout.
+                    self.finish_within_timeout(async { handling.await.map(drop) }).await?;
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// Up to `concurrency` messages at a time; same-key messages wait for each other.
+    async fn run_concurrent<H: Handler<T>>(
+        self: Arc<Self>,
+        stream: &mut BoxDeliveryStream,
+        handler: Arc<H>,
+        stop: &CancellationToken,
+    ) -> Result<()> {
         // Cancelled on close or on a fatal error: handlers waiting to retry give up their message.
         let abandon = stop.child_token();
         let mut running = FuturesUnordered::new();
@@ -138,36 +196,42 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             }
         }
 
-        // Intake is closed. Let running handlers finish, within the shutdown timeout.
+        // Intake is closed; messages waiting behind their key were not started and are
+        // delivered again later. Let running handlers finish, within the shutdown timeout.
         if outcome.is_err() {
             abandon.cancel();
         }
-        let waiting = lanes.waiting();
-        drop(lanes); // not started: delivered again later
+        drop(lanes);
         let drain = async {
+            let mut first_error = Ok(());
             while let Some(Finished { result, .. }) = running.next().await {
                 if let Err(e) = result {
-                    if outcome.is_ok() {
-                        outcome = Err(e);
-                    }
                     abandon.cancel();
+                    if first_error.is_ok() {
+                        first_error = Err(e);
+                    }
                 }
             }
+            first_error
         };
-        if tokio::time::timeout(self.settings.shutdown_timeout, drain)
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                topic = self.topic.name(),
-                group = %self.group,
-                "handlers still running after the shutdown timeout; their messages will be delivered again"
-            );
+        let drained = self.finish_within_timeout(drain).await;
+        outcome.and(drained)
+    }
+
+    /// Waits for running handlers up to the shutdown timeout; after it they are abandoned and
+    /// their messages delivered again later.
+    async fn finish_within_timeout(&self, running: impl Future<Output = Result<()>>) -> Result<()> {
+        match tokio::time::timeout(self.settings.shutdown_timeout, running).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(
+                    topic = self.topic.name(),
+                    group = %self.group,
+                    "handlers still running after the shutdown timeout; their messages will be delivered again"
+                );
+                Ok(())
+            }
         }
-        tracing::debug!(topic = self.topic.name(), group = %self.group, waiting, "subscription stopping");
-        drop(running);
-        let closed = stream.close().await;
-        outcome.and(closed)
     }
 
     /// Handles one delivery to the end: acknowledged, dead-lettered, abandoned (delivered again
@@ -183,7 +247,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         loop {
             let value = match self.topic.decode(&delivery.payload) {
                 Ok(value) => value,
-                Err(e) => return self.give_up(delivery, &e.to_string(), attempt).await,
+                Err(e) => return self.give_up(delivery, e.to_string(), attempt).await,
             };
             attempt += 1;
             let received = Received {
@@ -204,7 +268,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 Err(panic) => HandlerError::permanent(panic_message(panic)),
             };
             if failure.is_permanent() || attempt >= retry.max_attempts {
-                return self.give_up(delivery, &failure.to_string(), attempt).await;
+                return self.give_up(delivery, failure.to_string(), attempt).await;
             }
             let delay = retry.backoff(attempt);
             tracing::debug!(
@@ -220,7 +284,18 @@ impl<T: Send + 'static> AtLeastOnce<T> {
 
     /// Dead-letters and acknowledges the delivery, or, with dead-lettering off, stops the
     /// subscription without acknowledging it.
-    async fn give_up(&self, delivery: Delivery, reason: &str, attempts: u32) -> Result<()> {
+    ///
+    /// Boxed: it is rare, and its future is large; the hot path stays small.
+    fn give_up(
+        &self,
+        delivery: Delivery,
+        reason: String,
+        attempts: u32,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.give_up_now(delivery, reason, attempts))
+    }
+
+    async fn give_up_now(&self, delivery: Delivery, reason: String, attempts: u32) -> Result<()> {
         let id = delivery
             .metadata
             .message_id
@@ -240,7 +315,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         tracing::warn!(topic = self.topic.name(), group = %self.group, message_id = %id, attempts, reason, "dead-lettering message");
         let (payload, metadata, acker) = delivery.into_parts();
         self.dead_letters
-            .publish(payload, &metadata, reason, attempts)
+            .publish(payload, &metadata, &reason, attempts)
             .await
             .map_err(|e| {
                 Error::new(

@@ -37,9 +37,4 @@ impl KeyLanes {
         }
         next
     }
-
-    /// How many deliveries are waiting.
-    pub(crate) fn waiting(&self) -> usize {
-        self.busy.values().map(VecDeque::len).sum()
-    }
 }

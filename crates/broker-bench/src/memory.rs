@@ -1,0 +1,300 @@
+//! In-memory: the memory backend against tokio's channels, 100-byte payloads.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use broker_api::{Broker, HandlerResult, Message, Received, Topic, TopicSpec};
+use broker_memory::MemoryBackend;
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use tokio::sync::{broadcast, mpsc, Notify};
+
+use crate::report::{Sample, Scenario};
+
+/// The memory scenarios with `messages` per round (default one million).
+pub fn scenarios(messages: Option<usize>) -> Vec<Box<dyn Scenario>> {
+    let messages = messages.unwrap_or(1_000_000);
+    vec![
+        Box::new(OneToOne {
+            messages,
+            size: 100,
+            at_least_once: true,
+        }),
+        Box::new(OneToOne {
+            messages,
+            size: 100,
+            at_least_once: false,
+        }),
+        Box::new(FanOut {
+            messages: messages / 4,
+            size: 100,
+            readers: 4,
+        }),
+    ]
+}
+
+/// One publisher, one subscriber.
+struct OneToOne {
+    messages: usize,
+    size: usize,
+    at_least_once: bool,
+}
+
+impl Scenario for OneToOne {
+    fn name(&self) -> String {
+        let mode = if self.at_least_once {
+            "at_least_once"
+        } else {
+            "at_most_once"
+        };
+        format!("memory 1->1 {} B, {mode}", self.size)
+    }
+
+    fn raw_side(&self) -> &'static str {
+        "tokio mpsc (unbounded)"
+    }
+
+    fn goal(&self) -> f64 {
+        0.5
+    }
+
+    fn raw(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
+        async move {
+            let payload = Bytes::from(vec![1u8; self.size]);
+            let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
+            let n = self.messages;
+            let start = Instant::now();
+            let consumer = tokio::spawn(async move {
+                let mut bytes = 0;
+                for _ in 0..n {
+                    match rx.recv().await {
+                        Some(payload) => bytes += payload.len(),
+                        None => break,
+                    }
+                }
+                bytes
+            });
+            for _ in 0..n {
+                tx.send(payload.clone())?;
+            }
+            let bytes = consumer.await?;
+            Ok(Sample {
+                messages: n,
+                bytes,
+                elapsed: start.elapsed(),
+            })
+        }
+        .boxed()
+    }
+
+    fn ours(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
+        async move {
+            let payload = Bytes::from(vec![1u8; self.size]);
+            let broker = Broker::new(MemoryBackend::new());
+            let topic = Topic::bytes("bench");
+            broker
+                .ensure_topic(&TopicSpec::new("bench").group("g"))
+                .await?;
+            let n = self.messages;
+            let subscriber = broker.subscriber(&topic, "g").max_in_flight(1024);
+            let publisher = broker.publisher(&topic);
+            let sample = if self.at_least_once {
+                let counted = Counter::new(n);
+                let running = subscriber.at_least_once(counted.handler()).await?;
+                let start = Instant::now();
+                for _ in 0..n {
+                    publisher
+                        .publish_message(Message::new(payload.clone()))
+                        .await?;
+                }
+                counted.wait().await;
+                let elapsed = start.elapsed();
+                running.close().await?;
+                Sample {
+                    messages: n,
+                    bytes: counted.bytes(),
+                    elapsed,
+                }
+            } else {
+                let mut stream = subscriber.at_most_once().await?;
+                let start = Instant::now();
+                let consumer = tokio::spawn(async move {
+                    let mut bytes = 0;
+                    for _ in 0..n {
+                        match stream.next().await {
+                            Some(Ok(received)) => bytes += received.value.len(),
+                            _ => break,
+                        }
+                    }
+                    bytes
+                });
+                for _ in 0..n {
+                    publisher
+                        .publish_message(Message::new(payload.clone()))
+                        .await?;
+                }
+                let bytes = consumer.await?;
+                Sample {
+                    messages: n,
+                    bytes,
+                    elapsed: start.elapsed(),
+                }
+            };
+            broker.close().await?;
+            Ok(sample)
+        }
+        .boxed()
+    }
+}
+
+/// One publisher, several groups each reading everything.
+struct FanOut {
+    messages: usize,
+    size: usize,
+    readers: usize,
+}
+
+impl Scenario for FanOut {
+    fn name(&self) -> String {
+        format!(
+            "memory 1->{} {} B, at_least_once (msg/s published and read by all)",
+            self.readers, self.size
+        )
+    }
+
+    fn raw_side(&self) -> &'static str {
+        "tokio broadcast"
+    }
+
+    fn goal(&self) -> f64 {
+        0.5
+    }
+
+    fn raw(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
+        async move {
+            let payload = Bytes::from(vec![1u8; self.size]);
+            let n = self.messages;
+            let (tx, _) = broadcast::channel::<Bytes>(n.max(1));
+            let readers: Vec<_> = (0..self.readers)
+                .map(|_| {
+                    let mut rx = tx.subscribe();
+                    tokio::spawn(async move {
+                        let mut bytes = 0;
+                        for _ in 0..n {
+                            match rx.recv().await {
+                                Ok(payload) => bytes += payload.len(),
+                                Err(_) => break,
+                            }
+                        }
+                        bytes
+                    })
+                })
+                .collect();
+            let start = Instant::now();
+            for _ in 0..n {
+                tx.send(payload.clone())?;
+            }
+            let mut bytes = 0;
+            for reader in readers {
+                bytes += reader.await?;
+            }
+            Ok(Sample {
+                messages: n,
+                bytes: bytes / self.readers,
+                elapsed: start.elapsed(),
+            })
+        }
+        .boxed()
+    }
+
+    fn ours(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
+        async move {
+            let payload = Bytes::from(vec![1u8; self.size]);
+            let broker = Broker::new(MemoryBackend::new());
+            let topic = Topic::bytes("fanout");
+            let n = self.messages;
+            let mut running = Vec::new();
+            let mut counters = Vec::new();
+            for reader in 0..self.readers {
+                let counter = Counter::new(n);
+                running.push(
+                    broker
+                        .subscriber(&topic, format!("g{reader}"))
+                        .max_in_flight(1024)
+                        .at_least_once(counter.handler())
+                        .await?,
+                );
+                counters.push(counter);
+            }
+            let publisher = broker.publisher(&topic);
+            let start = Instant::now();
+            for _ in 0..n {
+                publisher
+                    .publish_message(Message::new(payload.clone()))
+                    .await?;
+            }
+            for counter in &counters {
+                counter.wait().await;
+            }
+            let elapsed = start.elapsed();
+            for r in running {
+                r.close().await?;
+            }
+            broker.close().await?;
+            Ok(Sample {
+                messages: n,
+                bytes: counters[0].bytes(),
+                elapsed,
+            })
+        }
+        .boxed()
+    }
+}
+
+/// Counts what a handler receives and says when `target` arrived.
+#[derive(Clone)]
+struct Counter {
+    target: usize,
+    seen: Arc<AtomicUsize>,
+    bytes: Arc<AtomicUsize>,
+    done: Arc<Notify>,
+}
+
+impl Counter {
+    fn new(target: usize) -> Self {
+        Counter {
+            target,
+            seen: Arc::default(),
+            bytes: Arc::default(),
+            done: Arc::default(),
+        }
+    }
+
+    fn handler(
+        &self,
+    ) -> impl Fn(Received<Bytes>) -> futures::future::Ready<HandlerResult> + Send + Sync + 'static
+    {
+        let counter = self.clone();
+        move |message| {
+            counter
+                .bytes
+                .fetch_add(message.value.len(), Ordering::Relaxed);
+            if counter.seen.fetch_add(1, Ordering::Relaxed) + 1 == counter.target {
+                counter.done.notify_one();
+            }
+            futures::future::ready(Ok(()))
+        }
+    }
+
+    async fn wait(&self) {
+        if self.seen.load(Ordering::Relaxed) < self.target {
+            self.done.notified().await;
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+}
