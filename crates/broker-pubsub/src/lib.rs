@@ -1,62 +1,430 @@
-//! Google Cloud Pub/Sub backend of the broker API, over Google's official google-cloud-pubsub client.
+//! Google Cloud Pub/Sub backend of the broker API, over Google's official
+//! [`google-cloud-pubsub`](https://crates.io/crates/google-cloud-pubsub) client (the
+//! googleapis/google-cloud-rust SDK). It works against Google Cloud and against the Pub/Sub
+//! emulator.
 //!
-//! Not implemented yet: `connect` fails with an `Unsupported` error until the adapter lands.
+//! # Mapping
+//!
+//! | broker | Pub/Sub |
+//! | --- | --- |
+//! | topic `t` | topic `projects/<project>/topics/t` |
+//! | group `g` of topic `t` | subscription `projects/<project>/subscriptions/t.g` ([`broker_api::naming::group_resource`]: the dead-letter topic `t.g.dlq` read by `g` uses the subscription `t.g.dlq`) |
+//! | key | ordering key |
+//! | headers | attributes |
+//! | message id | attribute `message-id` |
+//! | content type | attribute `content-type` |
+//!
+//! Subscriptions are created with message ordering enabled: messages with the same ordering key
+//! are delivered in publish order; ordering only concerns messages that have a key, the others
+//! are delivered in any order. A message without a `message-id` attribute (published by another
+//! program) is still delivered, with no message id.
+//!
+//! # Provisioning and retention
+//!
+//! A subscription keeps only the messages published after it was created. A group's
+//! subscription is created when the group first subscribes, and for the groups declared with
+//! the topic ([`Backend::ensure_topic`] with [`TopicSpec::group`], `[topics.<name>] groups` in
+//! the configuration): declare groups that must not miss early messages. So a new group sees
+//! only what is published after it exists, whether it asks for the earliest or the latest
+//! message (capabilities `new_group_reads_history = false`, `start_from_latest = true`).
+//! With auto-provisioning on (the default) topics are created when first published to or
+//! subscribed; with it off, a missing topic or subscription is an
+//! [`ErrorKind::NotFound`](broker_api::ErrorKind::NotFound) error.
+//!
+//! # Publishing
+//!
+//! Messages go through the client's batching publisher (one per topic, batches of
+//! `batch_max_messages` / `batch_max_bytes` / `batch_max_delay`), many in flight; the publish
+//! response is the confirmation. A message over 10 MB (payload, key and attributes together)
+//! is rejected before sending. When a message with an ordering key fails, the error is
+//! reported to that publish and the key is resumed, so later messages with that key are sent.
+//! Temporary failures are retried within `publish_timeout`; a topic the service lost (the
+//! emulator restarted) is re-created, with the subscriptions this backend knows, and the
+//! message published again. While a key recovers from a failure, its messages published
+//! meanwhile may be re-sent in a different order.
+//!
+//! # Subscribing
+//!
+//! A subscription is the client's streaming pull: at most `max_in_flight` deliveries are
+//! unsettled (the rest wait at the service), and the client extends the leases of the messages
+//! being handled (`ack_deadline`, up to `max_lease`). Acknowledging acknowledges; rejecting
+//! (or dropping a delivery unsettled) sets its deadline to zero so the service delivers it
+//! again at once. A streaming pull that fails is reopened by itself; a subscription the service
+//! lost is re-created (with auto-provisioning). Deliveries carry the Pub/Sub message id and
+//! ordering key as [`Position::PubSub`](broker_api::Position::PubSub), the publish time, and
+//! the delivery attempt when the service counts it (it only does for subscriptions with a
+//! dead-letter policy, which this backend does not set, so it is usually absent).
+//!
+//! # Dead letters
+//!
+//! Dead letters go through the shared runner of `broker-api`, like on every backend: the
+//! topic `t.g.dlq` with its subscription `t.g.dlq`. Pub/Sub's own dead-letter policy is not
+//! used, so all backends share one code path and one naming.
+//!
+//! # Restarts
+//!
+//! Google Cloud keeps topics, subscriptions and unacknowledged messages. The emulator keeps
+//! nothing across a restart: the backend recovers by itself (publishes retry and re-create
+//! the topic and its known subscriptions, subscriptions re-create themselves and reopen
+//! their streaming pull), but messages not yet acknowledged before the restart are gone
+//! (capability `survives_restart = false` on the emulator).
+//!
+//! # Credentials
+//!
+//! With `endpoint` set (the emulator) requests carry no credentials; without it the client
+//! uses Application Default Credentials, or the service-account key in `credentials_file`.
+//! The client does not read `PUBSUB_EMULATOR_HOST`. The Google Cloud path is covered by unit
+//! tests of the options it builds ([`PubSubConfig::client_options`]), not by live tests.
 
+mod admin;
+mod config;
+mod error;
+mod mapping;
+mod publisher;
+mod stream;
+mod subscriber;
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
 use broker_api::completion::{self, Completion};
+use broker_api::naming::group_resource;
 use broker_api::{
-    Backend, BoxDeliveryStream, Capabilities, Confirmation, ConnectOptions, Error, Message, Result,
-    SubscribeRequest, TopicSpec,
+    Backend, BoxDeliveryStream, Capabilities, Confirmation, ConnectOptions, Error, ErrorKind,
+    Message, Result, SubscribeRequest, TopicSpec,
 };
-use serde::Deserialize;
+use google_cloud_auth::credentials::Credentials;
+use google_cloud_gax::exponential_backoff::ExponentialBackoffBuilder;
+use google_cloud_gax::retry_policy::RetryPolicyExt;
+use google_cloud_pubsub::client::{BasePublisher, Subscriber, SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::retry_policy::RetryableErrors;
 
-/// The `[pubsub]` section of the configuration.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct PubSubConfig {}
+pub use config::{ClientOptions, CredentialsChoice, PubSubConfig, DEFAULT_PROJECT};
+pub use mapping::{CONTENT_TYPE_ATTRIBUTE, MESSAGE_ID_ATTRIBUTE};
+pub use publisher::{MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES};
 
-/// The pubsub backend.
-#[derive(Debug)]
-pub struct PubSubBackend {}
+use admin::Admin;
+use error::{builder_error, closed, BACKEND};
+use publisher::{Batching, Publishers};
+use subscriber::{EmulatorClients, LeaseSettings, Subscriptions};
+
+/// The Pub/Sub backend: publishers, subscriptions and topic administration over one set of
+/// client connections. Cheap to share; safe to use from many tasks.
+pub struct PubSubBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    project: String,
+    endpoint: String,
+    emulator: bool,
+    admin: Arc<Admin>,
+    publishers: Arc<Publishers>,
+    subscriptions: Arc<Subscriptions>,
+    closed: AtomicBool,
+    close_timeout: Duration,
+}
 
 impl PubSubBackend {
-    /// Connects to the broker.
+    /// Builds the clients and checks that the service answers, within `connect_timeout`.
+    ///
+    /// Fails with [`ErrorKind::Config`] for invalid settings or missing credentials,
+    /// [`ErrorKind::Connection`] naming the endpoint when the service cannot be reached in
+    /// time, and [`ErrorKind::Rejected`] when it refuses the credentials.
     pub async fn connect(config: PubSubConfig, options: ConnectOptions) -> Result<PubSubBackend> {
-        let _ = (config, options);
-        Err(not_implemented())
+        config.validate()?;
+        let endpoint = config.display_endpoint();
+        let client_options = config.client_options();
+        let credentials = credentials(&client_options.credentials)?;
+        let emulator = match (
+            &client_options.credentials,
+            &client_options.endpoint,
+            &credentials,
+        ) {
+            (CredentialsChoice::Anonymous, Some(url), Some(credentials)) => Some(EmulatorClients {
+                endpoint: url.clone(),
+                credentials: credentials.clone(),
+            }),
+            _ => None,
+        };
+        let admin_retry = || RetryableErrors.with_time_limit(config.admin_timeout);
+        let publish_retry = RetryableErrors.with_time_limit(config.publish_timeout);
+        let backoff = || {
+            ExponentialBackoffBuilder::new()
+                .with_initial_delay(Duration::from_millis(100))
+                .with_maximum_delay(Duration::from_secs(2))
+                .with_scaling(2.0)
+                .clamp()
+        };
+
+        let mut topics = TopicAdmin::builder()
+            .with_retry_policy(admin_retry())
+            .with_backoff_policy(backoff());
+        let mut subscriptions = SubscriptionAdmin::builder()
+            .with_retry_policy(admin_retry())
+            .with_backoff_policy(backoff());
+        let mut base_publisher = BasePublisher::builder()
+            .with_retry_policy(publish_retry)
+            .with_backoff_policy(backoff());
+        let mut subscriber = Subscriber::builder();
+        if let Some(url) = &client_options.endpoint {
+            topics = topics.with_endpoint(url);
+            subscriptions = subscriptions.with_endpoint(url);
+            base_publisher = base_publisher.with_endpoint(url);
+            subscriber = subscriber.with_endpoint(url);
+        }
+        if let Some(credentials) = credentials {
+            topics = topics.with_credentials(credentials.clone());
+            subscriptions = subscriptions.with_credentials(credentials.clone());
+            base_publisher = base_publisher.with_credentials(credentials.clone());
+            subscriber = subscriber.with_credentials(credentials);
+        }
+        let build = async {
+            Ok::<_, google_cloud_gax::client_builder::Error>((
+                topics.build().await?,
+                subscriptions.build().await?,
+                base_publisher.build().await?,
+                subscriber.build().await?,
+            ))
+        };
+        let (topics, subscriptions, base_publisher, subscriber) =
+            match tokio::time::timeout(config.connect_timeout, build).await {
+                Ok(Ok(clients)) => clients,
+                Ok(Err(e)) => return Err(builder_error(e, &endpoint)),
+                Err(_) => return Err(unreachable(&endpoint, config.connect_timeout, None)),
+            };
+
+        let admin = Arc::new(Admin::new(
+            &config.project,
+            topics,
+            subscriptions,
+            options.auto_provision,
+        ));
+        if let Err(e) = admin.probe(config.connect_timeout).await {
+            return Err(match e.kind() {
+                ErrorKind::Connection | ErrorKind::Timeout => {
+                    unreachable(&endpoint, config.connect_timeout, Some(e))
+                }
+                _ => Error::new(
+                    e.kind(),
+                    format!("Pub/Sub at {endpoint} refused the connection check"),
+                )
+                .backend(BACKEND)
+                .operation("connect")
+                .source(e),
+            });
+        }
+        let publishers = Arc::new(Publishers::new(
+            base_publisher,
+            Arc::clone(&admin),
+            Batching {
+                max_messages: config.batch_max_messages,
+                max_bytes: config.batch_max_bytes,
+                max_delay: config.batch_max_delay,
+            },
+            config.publish_timeout,
+        ));
+        tracing::debug!(%endpoint, project = %config.project, "connected to Pub/Sub");
+        Ok(PubSubBackend {
+            inner: Arc::new(Inner {
+                project: config.project.clone(),
+                endpoint,
+                emulator: client_options.credentials == CredentialsChoice::Anonymous,
+                publishers,
+                subscriptions: Arc::new(Subscriptions::new(
+                    subscriber,
+                    emulator,
+                    Arc::clone(&admin),
+                    LeaseSettings {
+                        max_outstanding_bytes: config.max_outstanding_bytes,
+                        ack_deadline: config.ack_deadline,
+                        max_lease: config.max_lease,
+                    },
+                )),
+                admin,
+                closed: AtomicBool::new(false),
+                close_timeout: config.publish_timeout,
+            }),
+        })
+    }
+
+    /// The Google Cloud project this backend works in.
+    pub fn project(&self) -> &str {
+        &self.inner.project
+    }
+
+    fn check_open(&self, operation: &'static str) -> Result<()> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            Err(closed(operation))
+        } else {
+            Ok(())
+        }
     }
 }
 
-fn not_implemented() -> Error {
-    Error::unsupported("the pubsub backend is not implemented yet").backend("pubsub")
+/// The credentials handed to the clients; `None` lets them load Application Default
+/// Credentials themselves.
+fn credentials(choice: &CredentialsChoice) -> Result<Option<Credentials>> {
+    match choice {
+        CredentialsChoice::Anonymous => Ok(Some(
+            google_cloud_auth::credentials::anonymous::Builder::new().build(),
+        )),
+        CredentialsChoice::ApplicationDefault => google_cloud_auth::credentials::Builder::default()
+            .build()
+            .map(Some)
+            .map_err(|e| {
+                Error::config(
+                    "no usable Application Default Credentials: set \
+                         GOOGLE_APPLICATION_CREDENTIALS, run `gcloud auth application-default \
+                         login`, set pubsub.credentials_file, or set pubsub.endpoint to use the \
+                         emulator",
+                )
+                .backend(BACKEND)
+                .operation("connect")
+                .source(e)
+            }),
+        CredentialsChoice::ServiceAccountFile(path) => {
+            let shown = path.display();
+            let text = std::fs::read(path).map_err(|e| {
+                Error::config(format!("pubsub.credentials_file: cannot read {shown}"))
+                    .backend(BACKEND)
+                    .operation("connect")
+                    .source(e)
+            })?;
+            let key: serde_json::Value = serde_json::from_slice(&text).map_err(|_| {
+                Error::config(format!(
+                    "pubsub.credentials_file: {shown} is not a JSON service-account key"
+                ))
+                .backend(BACKEND)
+                .operation("connect")
+            })?;
+            google_cloud_auth::credentials::service_account::Builder::new(key)
+                .build()
+                .map(Some)
+                .map_err(|_| {
+                    Error::config(format!(
+                        "pubsub.credentials_file: {shown} is not a valid service-account key"
+                    ))
+                    .backend(BACKEND)
+                    .operation("connect")
+                })
+        }
+    }
 }
 
-#[async_trait::async_trait]
+fn unreachable(endpoint: &str, timeout: Duration, source: Option<Error>) -> Error {
+    let error = Error::new(
+        ErrorKind::Connection,
+        format!(
+            "cannot reach Pub/Sub at {endpoint} within {}",
+            humantime::format_duration(timeout)
+        ),
+    )
+    .backend(BACKEND)
+    .operation("connect");
+    match source {
+        Some(source) => error.source(source),
+        None => error,
+    }
+}
+
+impl fmt::Debug for PubSubBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PubSubBackend")
+            .field("endpoint", &self.inner.endpoint)
+            .field("project", &self.inner.project)
+            .field("closed", &self.inner.closed.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
 impl Backend for PubSubBackend {
     fn kind(&self) -> &'static str {
-        "pubsub"
+        BACKEND
     }
 
     fn endpoint(&self) -> String {
-        String::new()
+        self.inner.endpoint.clone()
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE
+        Capabilities {
+            new_group_reads_history: false,
+            per_key_order: true,
+            members_share_work: true,
+            start_from_latest: true,
+            survives_restart: !self.inner.emulator,
+            delivery_attempt: false,
+            partitions: false,
+            list_topics: true,
+            delete_topic: true,
+            max_payload_bytes: Some(MAX_PAYLOAD_BYTES),
+        }
     }
 
-    fn send<'a>(&'a self, _topic: &'a str, _message: Message) -> Completion<'a, Confirmation> {
-        completion::ready(Err(not_implemented()))
+    fn send<'a>(&'a self, topic: &'a str, message: Message) -> Completion<'a, Confirmation> {
+        if self.inner.closed.load(Ordering::Acquire) {
+            return completion::ready(Err(closed("publish")));
+        }
+        self.inner.publishers.send(topic, message)
     }
 
-    async fn subscribe(&self, _request: SubscribeRequest) -> Result<BoxDeliveryStream> {
-        Err(not_implemented())
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<BoxDeliveryStream> {
+        self.check_open("subscribe")?;
+        let subscription = group_resource(&request.topic, &request.group);
+        self.inner
+            .admin
+            .ensure_subscription(&request.topic, &subscription)
+            .await?;
+        self.check_open("subscribe")?;
+        let stream = self
+            .inner
+            .subscriptions
+            .subscribe(&request.topic, subscription, request.max_in_flight)
+            .await?;
+        Ok(Box::new(stream))
     }
 
-    async fn ensure_topic(&self, _spec: &TopicSpec) -> Result<()> {
-        Err(not_implemented())
+    async fn ensure_topic(&self, spec: &TopicSpec) -> Result<()> {
+        self.check_open("ensure topic")?;
+        self.inner.admin.ensure_topic(&spec.name).await?;
+        for group in &spec.groups {
+            let subscription = group_resource(&spec.name, group);
+            self.inner
+                .admin
+                .ensure_subscription(&spec.name, &subscription)
+                .await?;
+        }
+        self.inner.publishers.mark_provisioned(&spec.name);
+        Ok(())
+    }
+
+    async fn list_topics(&self) -> Result<Vec<String>> {
+        self.check_open("list topics")?;
+        self.inner.admin.list_topics().await
+    }
+
+    async fn delete_topic(&self, name: &str) -> Result<()> {
+        self.check_open("delete topic")?;
+        self.inner.publishers.forget(name);
+        self.inner.admin.delete_topic(name).await
     }
 
     async fn close(&self) -> Result<()> {
-        Ok(())
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let flushed = self.inner.publishers.close(self.inner.close_timeout).await;
+        self.inner
+            .subscriptions
+            .close(self.inner.close_timeout)
+            .await;
+        self.inner.admin.forget_all();
+        tracing::debug!(endpoint = %self.inner.endpoint, "closed the Pub/Sub backend");
+        flushed
     }
 }

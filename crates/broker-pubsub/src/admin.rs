@@ -1,0 +1,337 @@
+//! Topics and subscriptions: creating them on first use, re-creating them after the service
+//! lost them (an emulator restart), listing and deleting them.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use broker_api::{Error, ErrorKind, Result};
+use google_cloud_gax::options::RequestOptionsBuilder;
+use google_cloud_gax::retry_policy::RetryPolicyExt;
+use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::retry_policy::RetryableErrors;
+
+use crate::error::{is_already_exists, is_not_found, rpc_error, BACKEND};
+
+/// The administrative clients of one backend and what it knows about its resources.
+#[derive(Debug)]
+pub(crate) struct Admin {
+    /// `projects/<project>`.
+    project_path: String,
+    topics: TopicAdmin,
+    subscriptions: SubscriptionAdmin,
+    auto_provision: bool,
+    /// The subscriptions this backend created or opened, by topic: re-created with the topic
+    /// when the service lost them.
+    known: Mutex<HashMap<String, BTreeSet<String>>>,
+}
+
+impl Admin {
+    pub(crate) fn new(
+        project: &str,
+        topics: TopicAdmin,
+        subscriptions: SubscriptionAdmin,
+        auto_provision: bool,
+    ) -> Self {
+        Admin {
+            project_path: format!("projects/{project}"),
+            topics,
+            subscriptions,
+            auto_provision,
+            known: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether missing topics and subscriptions are created.
+    pub(crate) fn auto_provision(&self) -> bool {
+        self.auto_provision
+    }
+
+    /// `projects/<p>/topics/<topic>`.
+    pub(crate) fn topic_path(&self, topic: &str) -> String {
+        format!("{}/topics/{topic}", self.project_path)
+    }
+
+    /// `projects/<p>/subscriptions/<subscription>`.
+    pub(crate) fn subscription_path(&self, subscription: &str) -> String {
+        format!("{}/subscriptions/{subscription}", self.project_path)
+    }
+
+    /// Answers within `timeout` or fails: the connection check of `connect`.
+    pub(crate) async fn probe(&self, timeout: Duration) -> Result<()> {
+        let request = self
+            .topics
+            .list_topics()
+            .set_project(&self.project_path)
+            .set_page_size(1)
+            .with_attempt_timeout(timeout)
+            .with_retry_policy(RetryableErrors.with_time_limit(timeout))
+            .send();
+        match tokio::time::timeout(timeout, request).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(rpc_error(
+                e,
+                "connect",
+                format!(
+                    "the service did not accept a request for {}",
+                    self.project_path
+                ),
+            )),
+            Err(_) => Err(Error::new(
+                ErrorKind::Connection,
+                format!("no answer within {timeout:?}"),
+            )
+            .backend(BACKEND)
+            .operation("connect")),
+        }
+    }
+
+    /// Makes sure `topic` exists: creates it when auto-provisioning is on, checks it otherwise
+    /// (a missing topic is then a [`ErrorKind::NotFound`] error).
+    pub(crate) async fn ensure_topic(&self, topic: &str) -> Result<()> {
+        if self.auto_provision {
+            self.create_topic(topic).await
+        } else {
+            self.check_topic(topic).await
+        }
+    }
+
+    /// Makes sure the subscription exists on `topic` (and `topic` too), and remembers it so it
+    /// is re-created should the service lose it.
+    pub(crate) async fn ensure_subscription(&self, topic: &str, subscription: &str) -> Result<()> {
+        self.ensure_topic(topic).await?;
+        if self.auto_provision {
+            self.create_subscription(topic, subscription).await?;
+        } else {
+            self.check_subscription(subscription).await?;
+        }
+        self.remember(topic, subscription);
+        Ok(())
+    }
+
+    /// Re-creates `topic` and every subscription this backend knows on it, after the service
+    /// answered that they do not exist (the emulator keeps nothing across restarts).
+    pub(crate) async fn recreate(&self, topic: &str) -> Result<()> {
+        self.create_topic(topic).await?;
+        let subscriptions: Vec<String> = self
+            .known
+            .lock()
+            .map(|known| {
+                known
+                    .get(topic)
+                    .map(|subs| subs.iter().cloned().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        for subscription in subscriptions {
+            self.create_subscription(topic, &subscription).await?;
+        }
+        Ok(())
+    }
+
+    /// Re-creates one subscription (and its topic) that the service lost.
+    pub(crate) async fn recreate_subscription(
+        &self,
+        topic: &str,
+        subscription: &str,
+    ) -> Result<()> {
+        self.create_topic(topic).await?;
+        self.create_subscription(topic, subscription).await
+    }
+
+    /// The topic names of the project.
+    pub(crate) async fn list_topics(&self) -> Result<Vec<String>> {
+        let prefix = format!("{}/topics/", self.project_path);
+        let mut names = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .topics
+                .list_topics()
+                .set_project(&self.project_path)
+                .set_page_token(page_token)
+                .send()
+                .await
+                .map_err(|e| {
+                    rpc_error(
+                        e,
+                        "list topics",
+                        format!("cannot list the topics of {}", self.project_path),
+                    )
+                })?;
+            names.extend(page.topics.into_iter().map(|topic| {
+                topic
+                    .name
+                    .strip_prefix(&prefix)
+                    .map_or_else(|| topic.name.clone(), str::to_owned)
+            }));
+            if page.next_page_token.is_empty() {
+                return Ok(names);
+            }
+            page_token = page.next_page_token;
+        }
+    }
+
+    /// Deletes the subscriptions of `topic`, then the topic. A topic that does not exist is a
+    /// [`ErrorKind::NotFound`] error.
+    pub(crate) async fn delete_topic(&self, topic: &str) -> Result<()> {
+        let topic_path = self.topic_path(topic);
+        let mut subscriptions = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = self
+                .topics
+                .list_topic_subscriptions()
+                .set_topic(&topic_path)
+                .set_page_token(page_token)
+                .send()
+                .await
+                .map_err(|e| {
+                    rpc_error(
+                        e,
+                        "delete topic",
+                        format!("cannot list the subscriptions of topic {topic}"),
+                    )
+                })?;
+            subscriptions.extend(page.subscriptions);
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            page_token = page.next_page_token;
+        }
+        for subscription in subscriptions {
+            match self
+                .subscriptions
+                .delete_subscription()
+                .set_subscription(&subscription)
+                .send()
+                .await
+            {
+                Ok(()) => {}
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => {
+                    return Err(rpc_error(
+                        e,
+                        "delete topic",
+                        format!("cannot delete subscription {subscription} of topic {topic}"),
+                    ))
+                }
+            }
+        }
+        if let Ok(mut known) = self.known.lock() {
+            known.remove(topic);
+        }
+        self.topics
+            .delete_topic()
+            .set_topic(&topic_path)
+            .send()
+            .await
+            .map_err(|e| rpc_error(e, "delete topic", format!("cannot delete topic {topic}")))
+    }
+
+    /// Forgets everything remembered (at close).
+    pub(crate) fn forget_all(&self) {
+        if let Ok(mut known) = self.known.lock() {
+            known.clear();
+        }
+    }
+
+    async fn create_topic(&self, topic: &str) -> Result<()> {
+        match self
+            .topics
+            .create_topic()
+            .set_name(self.topic_path(topic))
+            .send()
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(topic, "created topic");
+                Ok(())
+            }
+            Err(e) if is_already_exists(&e) => Ok(()),
+            Err(e) => Err(rpc_error(
+                e,
+                "create topic",
+                format!("cannot create topic {topic}"),
+            )),
+        }
+    }
+
+    async fn check_topic(&self, topic: &str) -> Result<()> {
+        match self
+            .topics
+            .get_topic()
+            .set_topic(self.topic_path(topic))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("topic {topic} does not exist and auto-provisioning is off"),
+            )
+            .backend(BACKEND)
+            .operation("check topic")),
+            Err(e) => Err(rpc_error(
+                e,
+                "check topic",
+                format!("cannot look up topic {topic}"),
+            )),
+        }
+    }
+
+    async fn create_subscription(&self, topic: &str, subscription: &str) -> Result<()> {
+        match self
+            .subscriptions
+            .create_subscription()
+            .set_name(self.subscription_path(subscription))
+            .set_topic(self.topic_path(topic))
+            .set_enable_message_ordering(true)
+            .send()
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(topic, subscription, "created subscription");
+                Ok(())
+            }
+            Err(e) if is_already_exists(&e) => Ok(()),
+            Err(e) => Err(rpc_error(
+                e,
+                "create subscription",
+                format!("cannot create subscription {subscription} on topic {topic}"),
+            )),
+        }
+    }
+
+    async fn check_subscription(&self, subscription: &str) -> Result<()> {
+        match self
+            .subscriptions
+            .get_subscription()
+            .set_subscription(self.subscription_path(subscription))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if is_not_found(&e) => Err(Error::new(
+                ErrorKind::NotFound,
+                format!("subscription {subscription} does not exist and auto-provisioning is off"),
+            )
+            .backend(BACKEND)
+            .operation("check subscription")),
+            Err(e) => Err(rpc_error(
+                e,
+                "check subscription",
+                format!("cannot look up subscription {subscription}"),
+            )),
+        }
+    }
+
+    fn remember(&self, topic: &str, subscription: &str) {
+        if let Ok(mut known) = self.known.lock() {
+            known
+                .entry(topic.to_owned())
+                .or_default()
+                .insert(subscription.to_owned());
+        }
+    }
+}

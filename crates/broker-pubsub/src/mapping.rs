@@ -1,0 +1,205 @@
+//! The wire conventions: how a [`Message`] becomes a Pub/Sub message and a received Pub/Sub
+//! message becomes [`Metadata`].
+//!
+//! | broker | Pub/Sub |
+//! | --- | --- |
+//! | payload | `data` |
+//! | key | ordering key (empty means none) |
+//! | headers | attributes |
+//! | message id | attribute `message-id` |
+//! | content type | attribute `content-type` |
+//!
+//! A received message without a `message-id` attribute (published by another program) is
+//! delivered with no message id.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use broker_api::{Headers, Message, MessageId, Metadata, Position};
+use bytes::Bytes;
+use google_cloud_pubsub::model::Message as PubsubMessage;
+
+/// The attribute that carries the message id.
+pub const MESSAGE_ID_ATTRIBUTE: &str = "message-id";
+/// The attribute that carries the content type.
+pub const CONTENT_TYPE_ATTRIBUTE: &str = "content-type";
+
+/// The size the service counts for `message`: data, ordering key and every attribute name and
+/// value, the id and content type included.
+pub(crate) fn message_size(message: &Message) -> usize {
+    let headers: usize = message
+        .headers
+        .iter()
+        .map(|(name, value)| name.len() + value.len())
+        .sum();
+    let content_type = message
+        .content_type
+        .as_ref()
+        .map_or(0, |ct| CONTENT_TYPE_ATTRIBUTE.len() + ct.len());
+    message.payload.len()
+        + message.key.as_ref().map_or(0, String::len)
+        + headers
+        + MESSAGE_ID_ATTRIBUTE.len()
+        + message.id.as_str().len()
+        + content_type
+}
+
+/// The Pub/Sub message published for `message`.
+pub(crate) fn to_pubsub(message: &Message) -> PubsubMessage {
+    let extra = 1 + usize::from(message.content_type.is_some());
+    let mut attributes = HashMap::with_capacity(message.headers.len() + extra);
+    for (name, value) in message.headers.iter() {
+        attributes.insert(name.to_owned(), value.to_owned());
+    }
+    attributes.insert(
+        MESSAGE_ID_ATTRIBUTE.to_owned(),
+        message.id.as_str().to_owned(),
+    );
+    if let Some(content_type) = &message.content_type {
+        attributes.insert(CONTENT_TYPE_ATTRIBUTE.to_owned(), content_type.to_string());
+    }
+    let mut out = PubsubMessage::new();
+    out.data = message.payload.clone();
+    out.attributes = attributes;
+    if let Some(key) = &message.key {
+        out.ordering_key.clone_from(key);
+    }
+    out
+}
+
+/// Payload and metadata of a received message of `topic`.
+pub(crate) fn from_pubsub(
+    topic: &Arc<str>,
+    message: PubsubMessage,
+    delivery_attempt: Option<i32>,
+) -> (Bytes, Metadata) {
+    let PubsubMessage {
+        data,
+        attributes,
+        message_id,
+        publish_time,
+        ordering_key,
+        ..
+    } = message;
+    let mut metadata = Metadata::new(Arc::clone(topic));
+    let mut headers = Headers::new();
+    for (name, value) in attributes {
+        match name.as_str() {
+            MESSAGE_ID_ATTRIBUTE => metadata.message_id = Some(MessageId::from(value)),
+            CONTENT_TYPE_ATTRIBUTE => metadata.content_type = Some(Cow::Owned(value)),
+            _ => headers.insert(name, value),
+        }
+    }
+    metadata.headers = headers;
+    let ordering_key = (!ordering_key.is_empty()).then_some(ordering_key);
+    metadata.key.clone_from(&ordering_key);
+    metadata.publish_time = publish_time.and_then(|time| SystemTime::try_from(time).ok());
+    metadata.attempt = delivery_attempt
+        .filter(|attempt| *attempt > 0)
+        .and_then(|attempt| u32::try_from(attempt).ok());
+    metadata.position = Position::PubSub {
+        message_id,
+        ordering_key,
+    };
+    (data, metadata)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outgoing_messages_follow_the_wire_conventions() {
+        let message = Message::new("hello")
+            .with_key("customer-7")
+            .with_header("trace", "abc")
+            .with_id("id-1")
+            .with_content_type("text/plain");
+        let out = to_pubsub(&message);
+        assert_eq!(out.data, Bytes::from("hello"));
+        assert_eq!(out.ordering_key, "customer-7");
+        assert_eq!(out.attributes.get("trace").map(String::as_str), Some("abc"));
+        assert_eq!(
+            out.attributes.get("message-id").map(String::as_str),
+            Some("id-1")
+        );
+        assert_eq!(
+            out.attributes.get("content-type").map(String::as_str),
+            Some("text/plain")
+        );
+        assert_eq!(out.attributes.len(), 3);
+        assert_eq!(
+            message_size(&message),
+            5 + 10 + 8 + 10 + 4 + 12 + 10,
+            "data + key + header + message-id + content-type"
+        );
+    }
+
+    #[test]
+    fn messages_without_key_or_content_type() {
+        let out = to_pubsub(&Message::new(Bytes::new()).with_id("x"));
+        assert!(out.ordering_key.is_empty());
+        assert!(out.data.is_empty());
+        assert_eq!(out.attributes.len(), 1);
+    }
+
+    #[test]
+    fn incoming_messages_fill_the_metadata() {
+        let topic: Arc<str> = Arc::from("orders");
+        let publish_time = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+        let mut message = PubsubMessage::new()
+            .set_data("payload")
+            .set_message_id("server-42")
+            .set_ordering_key("k")
+            .set_publish_time(google_cloud_wkt::Timestamp::try_from(publish_time).unwrap());
+        message.attributes = [
+            ("message-id", "id-1"),
+            ("content-type", "application/json"),
+            ("trace", "abc"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let (payload, metadata) = from_pubsub(&topic, message, Some(3));
+        assert_eq!(payload, Bytes::from("payload"));
+        assert_eq!(&*metadata.topic, "orders");
+        assert_eq!(metadata.key.as_deref(), Some("k"));
+        assert_eq!(metadata.message_id, Some(MessageId::from("id-1")));
+        assert_eq!(metadata.content_type.as_deref(), Some("application/json"));
+        assert_eq!(
+            metadata.headers.iter().collect::<Vec<_>>(),
+            [("trace", "abc")]
+        );
+        assert_eq!(metadata.publish_time, Some(publish_time));
+        assert_eq!(metadata.attempt, Some(3));
+        assert_eq!(
+            metadata.position,
+            Position::PubSub {
+                message_id: "server-42".into(),
+                ordering_key: Some("k".into())
+            }
+        );
+    }
+
+    #[test]
+    fn foreign_messages_without_id_are_delivered() {
+        let topic: Arc<str> = Arc::from("orders");
+        let message = PubsubMessage::new()
+            .set_data("x")
+            .set_message_id("server-1");
+        let (_, metadata) = from_pubsub(&topic, message, None);
+        assert_eq!(metadata.message_id, None);
+        assert_eq!(metadata.key, None);
+        assert_eq!(metadata.attempt, None);
+        assert!(metadata.headers.is_empty());
+        assert_eq!(
+            metadata.position,
+            Position::PubSub {
+                message_id: "server-1".into(),
+                ordering_key: None
+            }
+        );
+    }
+}

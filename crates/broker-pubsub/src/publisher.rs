@@ -1,0 +1,338 @@
+//! Publishing through the client's batching publisher, one per topic, many messages in flight.
+//!
+//! `send` hands the message to the topic's publisher and returns the publish-response future
+//! as the confirmation: nothing is awaited per message. The first message to a topic first
+//! makes sure the topic exists (created with auto-provisioning, looked up without), once.
+//!
+//! A confirmation that fails is retried within `publish_timeout` when retrying can help: the
+//! client already retries unreachable-service errors inside that budget; a topic that vanished
+//! (the emulator restarted) is re-created with the subscriptions this backend knows, then the
+//! message is published again; a message held back because an earlier one of its ordering key
+//! failed is published again once the key is resumed. After a failure with an ordering key the
+//! key is always resumed, so later messages with that key are not refused forever.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use broker_api::completion::{self, Completion};
+use broker_api::{Confirmation, Error, ErrorKind, Message, Position, Receipt, Result};
+use google_cloud_pubsub::client::{BasePublisher, Publisher};
+use google_cloud_pubsub::error::PublishError;
+use google_cloud_pubsub::publisher::PublishFuture;
+use tokio::sync::{Mutex, OnceCell};
+use tokio::time::Instant;
+
+use crate::admin::Admin;
+use crate::error::{classify, closed, is_not_found, publish_error, BACKEND};
+use crate::mapping::{message_size, to_pubsub};
+
+/// The largest message the service accepts: data, ordering key and attributes together
+/// (Pub/Sub's documented 10 MB message and publish request limit).
+pub const MAX_MESSAGE_BYTES: usize = 10_000_000;
+
+/// Room kept for the key and attributes below [`MAX_MESSAGE_BYTES`].
+const ATTRIBUTE_ALLOWANCE: usize = 16 * 1024;
+
+/// The largest payload accepted: [`MAX_MESSAGE_BYTES`] less room for the key and attributes.
+/// Larger payloads, and messages over [`MAX_MESSAGE_BYTES`] altogether, are rejected before
+/// they are sent.
+pub const MAX_PAYLOAD_BYTES: usize = MAX_MESSAGE_BYTES - ATTRIBUTE_ALLOWANCE;
+
+/// Batching of the per-topic publishers.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Batching {
+    pub(crate) max_messages: u32,
+    pub(crate) max_bytes: u32,
+    pub(crate) max_delay: Duration,
+}
+
+/// The publishers of one backend, one per topic, sharing one connection.
+#[derive(Debug)]
+pub(crate) struct Publishers {
+    base: BasePublisher,
+    admin: Arc<Admin>,
+    batching: Batching,
+    publish_timeout: Duration,
+    topics: RwLock<HashMap<Arc<str>, Arc<TopicPublisher>>>,
+    closed: AtomicBool,
+}
+
+/// The publisher of one topic.
+#[derive(Debug)]
+struct TopicPublisher {
+    name: Arc<str>,
+    client: Publisher,
+    /// Set once the topic is known to exist.
+    provisioned: OnceCell<()>,
+    /// When the topic was last re-created after the service lost it, so that a burst of
+    /// failed confirmations re-creates it once.
+    recreated_at: Mutex<Option<Instant>>,
+}
+
+impl Publishers {
+    pub(crate) fn new(
+        base: BasePublisher,
+        admin: Arc<Admin>,
+        batching: Batching,
+        publish_timeout: Duration,
+    ) -> Self {
+        Publishers {
+            base,
+            admin,
+            batching,
+            publish_timeout,
+            topics: RwLock::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Queues `message` for `topic` and returns its confirmation (see the module docs).
+    pub(crate) fn send<'a>(
+        self: &Arc<Self>,
+        topic: &'a str,
+        message: Message,
+    ) -> Completion<'a, Confirmation> {
+        if self.closed.load(Ordering::Acquire) {
+            return completion::ready(Err(closed("publish")));
+        }
+        if let Err(e) = check_size(topic, &message) {
+            return completion::ready(Err(e));
+        }
+        let publisher = self.topic(topic);
+        if publisher.provisioned.initialized() {
+            return completion::ready(Ok(self.publish(publisher, message)));
+        }
+        let this = Arc::clone(self);
+        completion::boxed(async move {
+            publisher
+                .provisioned
+                .get_or_try_init(|| this.admin.ensure_topic(topic))
+                .await?;
+            Ok(this.publish(publisher, message))
+        })
+    }
+
+    /// Records that `topic` exists, so the first message skips the check.
+    pub(crate) fn mark_provisioned(&self, topic: &str) {
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let _ = self.topic(topic).provisioned.set(());
+    }
+
+    /// Drops the publisher of a deleted topic: the next message provisions the topic again.
+    pub(crate) fn forget(&self, topic: &str) {
+        if let Ok(mut topics) = self.topics.write() {
+            topics.remove(topic);
+        }
+    }
+
+    /// Refuses new messages, then waits (up to `timeout`) until every queued message was
+    /// sent and answered.
+    pub(crate) async fn close(&self, timeout: Duration) -> Result<()> {
+        self.closed.store(true, Ordering::Release);
+        let publishers: Vec<Arc<TopicPublisher>> = match self.topics.write() {
+            Ok(mut topics) => topics.drain().map(|(_, publisher)| publisher).collect(),
+            Err(_) => Vec::new(),
+        };
+        let flush = futures::future::join_all(publishers.iter().map(|p| p.client.flush()));
+        if tokio::time::timeout(timeout, flush).await.is_err() {
+            tracing::warn!(
+                ?timeout,
+                "pending publishes were not all answered before the close timeout"
+            );
+            return Err(Error::new(
+                ErrorKind::Timeout,
+                format!("pending publishes were not all answered within {timeout:?}"),
+            )
+            .backend(BACKEND)
+            .operation("close"));
+        }
+        Ok(())
+    }
+
+    fn topic(&self, topic: &str) -> Arc<TopicPublisher> {
+        if let Ok(topics) = self.topics.read() {
+            if let Some(publisher) = topics.get(topic) {
+                return Arc::clone(publisher);
+            }
+        }
+        let mut topics = match self.topics.write() {
+            Ok(topics) => topics,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let publisher = topics.entry(Arc::from(topic)).or_insert_with_key(|name| {
+            let client = self
+                .base
+                .publisher(self.admin.topic_path(name))
+                .set_message_count_threshold(self.batching.max_messages)
+                .set_byte_threshold(self.batching.max_bytes)
+                .set_delay_threshold(self.batching.max_delay)
+                .build();
+            Arc::new(TopicPublisher {
+                name: Arc::clone(name),
+                client,
+                provisioned: OnceCell::new(),
+                recreated_at: Mutex::new(None),
+            })
+        });
+        Arc::clone(publisher)
+    }
+
+    fn publish(self: &Arc<Self>, publisher: Arc<TopicPublisher>, message: Message) -> Confirmation {
+        let response = publisher.client.publish(to_pubsub(&message));
+        let this = Arc::clone(self);
+        completion::boxed(this.confirm(publisher, message, response))
+    }
+
+    /// Waits for the publish response, retrying within `publish_timeout` what can be retried.
+    async fn confirm(
+        self: Arc<Self>,
+        publisher: Arc<TopicPublisher>,
+        message: Message,
+        mut response: PublishFuture,
+    ) -> Result<Receipt> {
+        let mut deadline = None;
+        let mut attempt = 0u32;
+        loop {
+            let err = match response.await {
+                Ok(server_id) => {
+                    let Message { id, key, .. } = message;
+                    return Ok(Receipt {
+                        message_id: id,
+                        position: Position::PubSub {
+                            message_id: server_id,
+                            ordering_key: key.filter(|k| !k.is_empty()),
+                        },
+                    });
+                }
+                Err(err) => err,
+            };
+            let key = message.key.as_deref().filter(|k| !k.is_empty());
+            if let Some(key) = key {
+                // The client pauses a key after a failure; resume it so later messages with
+                // this key are sent again (and this one, when it is retried).
+                publisher.client.resume_publish(key);
+            }
+            let failed_at = Instant::now();
+            let deadline = *deadline.get_or_insert(failed_at + self.publish_timeout);
+            let action = match &err {
+                PublishError::Rpc(e) if is_not_found(e) && self.admin.auto_provision() => {
+                    Retry::Recreate
+                }
+                PublishError::Rpc(e) if classify(e).1 => Retry::Again,
+                PublishError::OrderingKeyPaused => Retry::Again,
+                _ => Retry::No,
+            };
+            if action == Retry::No || failed_at >= deadline || self.closed.load(Ordering::Acquire) {
+                return Err(publish_error(err, &publisher.name));
+            }
+            attempt += 1;
+            if action == Retry::Recreate {
+                tracing::warn!(
+                    topic = %publisher.name, attempt,
+                    "topic not found while publishing (the service lost it?); re-creating it and its known subscriptions"
+                );
+                if let Err(e) = self.recreate(&publisher, failed_at).await {
+                    if !e.is_temporary() {
+                        return Err(e);
+                    }
+                    tracing::warn!(topic = %publisher.name, error = %e, "re-creating the topic failed; retrying");
+                }
+            } else {
+                tracing::debug!(topic = %publisher.name, attempt, error = %err, "publish failed; sending again");
+            }
+            let pause = backoff(attempt).min(deadline.saturating_duration_since(Instant::now()));
+            tokio::time::sleep(pause).await;
+            response = publisher.client.publish(to_pubsub(&message));
+        }
+    }
+
+    /// Re-creates the topic and its known subscriptions, once per burst of failures: a failure
+    /// observed before the last re-creation finished needs no new one.
+    async fn recreate(&self, publisher: &TopicPublisher, failed_at: Instant) -> Result<()> {
+        let mut recreated_at = publisher.recreated_at.lock().await;
+        if recreated_at.is_some_and(|at| at >= failed_at) {
+            return Ok(());
+        }
+        self.admin.recreate(&publisher.name).await?;
+        *recreated_at = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// Rejects a message the service would refuse for its size, naming size and limit.
+fn check_size(topic: &str, message: &Message) -> Result<()> {
+    let payload = message.payload.len();
+    let total = message_size(message);
+    let refused = if payload > MAX_PAYLOAD_BYTES {
+        Some(format!(
+            "the payload of message {} for topic {topic} is {payload} bytes; this backend \
+             accepts at most {MAX_PAYLOAD_BYTES} bytes (Pub/Sub's {MAX_MESSAGE_BYTES}-byte \
+             limit less room for the key and attributes)",
+            message.id
+        ))
+    } else if total > MAX_MESSAGE_BYTES {
+        Some(format!(
+            "message {} for topic {topic} is {total} bytes with its key and attributes; \
+             Pub/Sub accepts at most {MAX_MESSAGE_BYTES} bytes",
+            message.id
+        ))
+    } else {
+        None
+    };
+    match refused {
+        Some(text) => Err(Error::new(ErrorKind::Rejected, text)
+            .backend(BACKEND)
+            .operation("publish")),
+        None => Ok(()),
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Retry {
+    No,
+    Again,
+    Recreate,
+}
+
+/// The pause before publishing a failed message again: 50 ms doubling up to 800 ms.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_millis(50u64 << attempt.min(5).saturating_sub(1)).min(Duration::from_secs(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_messages_are_rejected_naming_size_and_limit() {
+        let fits = Message::new(vec![0u8; MAX_PAYLOAD_BYTES]).with_header("h", "v");
+        check_size("big", &fits).unwrap();
+        let err = check_size("big", &Message::new(vec![0u8; MAX_PAYLOAD_BYTES + 1])).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Rejected);
+        let text = err.to_string();
+        assert!(
+            text.contains(&(MAX_PAYLOAD_BYTES + 1).to_string()),
+            "{text}"
+        );
+        assert!(text.contains(&MAX_PAYLOAD_BYTES.to_string()), "{text}");
+        let headers = Message::new(vec![0u8; MAX_PAYLOAD_BYTES])
+            .with_header("big", "x".repeat(ATTRIBUTE_ALLOWANCE));
+        let err = check_size("big", &headers).unwrap_err();
+        assert!(
+            err.to_string().contains("with its key and attributes"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_caps() {
+        assert_eq!(backoff(1), Duration::from_millis(50));
+        assert_eq!(backoff(2), Duration::from_millis(100));
+        assert_eq!(backoff(5), Duration::from_millis(800));
+        assert_eq!(backoff(50), Duration::from_millis(800));
+    }
+}

@@ -1,0 +1,195 @@
+//! The consumer side of a subscription: the [`DeliveryStream`] handed to the runners, the sink
+//! the pulling task fills, and the acknowledgement handle of each delivery.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use broker_api::completion::{self, Completion};
+use broker_api::{Acknowledge, Delivery, DeliveryStream, Error, ErrorKind, Result};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
+use google_cloud_pubsub::model::Message as PubsubMessage;
+use google_cloud_pubsub::subscriber::handler::Handler;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::BACKEND;
+use crate::mapping::from_pubsub;
+
+/// How long closing a subscription waits for its pulling task to send the last
+/// acknowledgements.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a pulling task puts the deliveries of one [`SubscriptionStream`].
+pub(crate) struct Sink {
+    topic: Arc<str>,
+    sender: mpsc::Sender<Result<Delivery>>,
+    permits: Arc<Semaphore>,
+    stop: CancellationToken,
+}
+
+/// A message handed back by a sink whose consumer stopped.
+pub(crate) type Returned = (PubsubMessage, Handler);
+
+impl Sink {
+    /// A sink and its stream for a subscription of `topic` holding at most `max_in_flight`
+    /// unsettled deliveries; `stop` ends both.
+    pub(crate) fn new(
+        topic: Arc<str>,
+        max_in_flight: usize,
+        stop: CancellationToken,
+    ) -> (Arc<Sink>, SubscriptionStream) {
+        let limit = max_in_flight.max(1);
+        let (sender, receiver) = mpsc::channel(limit);
+        let sink = Arc::new(Sink {
+            topic,
+            sender,
+            permits: Arc::new(Semaphore::new(limit)),
+            stop: stop.clone(),
+        });
+        let stream = SubscriptionStream {
+            receiver,
+            stop,
+            task: None,
+        };
+        (sink, stream)
+    }
+
+    /// Whether the consumer still takes deliveries.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.stop.is_cancelled() && !self.sender.is_closed()
+    }
+
+    /// Resolves when the consumer stops.
+    pub(crate) async fn stopped(&self) {
+        tokio::select! {
+            () = self.stop.cancelled() => {}
+            () = self.sender.closed() => {}
+        }
+    }
+
+    /// Hands a message to the consumer once it has room (fewer than `max_in_flight`
+    /// unsettled deliveries), or hands it back when the consumer stops first.
+    pub(crate) async fn offer(&self, message: PubsubMessage, handler: Handler) -> Option<Returned> {
+        let permit = tokio::select! {
+            biased;
+            () = self.stopped() => return Some((message, handler)),
+            permit = Arc::clone(&self.permits).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Some((message, handler)),
+            },
+        };
+        let attempt = handler.delivery_attempt();
+        let (payload, metadata) = from_pubsub(&self.topic, message, attempt);
+        let acker = Box::new(PubSubAcker {
+            handler: Some(handler),
+            _permit: permit,
+        });
+        // Never waits: the channel holds as many deliveries as there are permits. A delivery
+        // the consumer no longer takes is dropped, which rejects it.
+        let _ = self
+            .sender
+            .send(Ok(Delivery::new(payload, metadata, acker)))
+            .await;
+        None
+    }
+
+    /// Ends the consumer's stream with `error`.
+    pub(crate) async fn fail(&self, error: Error) {
+        let _ = self.sender.send(Err(error)).await;
+    }
+}
+
+/// The deliveries of one subscription.
+///
+/// Ends when it is closed, when the backend is closed, or after yielding the error that made
+/// the subscription fail for good.
+pub(crate) struct SubscriptionStream {
+    receiver: mpsc::Receiver<Result<Delivery>>,
+    stop: CancellationToken,
+    /// The task that pulls for this stream alone, awaited on close so that acknowledgements
+    /// already given are sent.
+    task: Option<JoinHandle<()>>,
+}
+
+impl SubscriptionStream {
+    /// Awaits `task` when the stream is closed.
+    pub(crate) fn owning(mut self, task: JoinHandle<()>) -> Self {
+        self.task = Some(task);
+        self
+    }
+}
+
+impl Stream for SubscriptionStream {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        if self.stop.is_cancelled() {
+            self.receiver.close();
+            return Poll::Ready(None);
+        }
+        self.receiver.poll_recv(cx)
+    }
+}
+
+impl DeliveryStream for SubscriptionStream {
+    fn close(&mut self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            self.stop.cancel();
+            self.receiver.close();
+            // Deliveries still queued are rejected now, so they are delivered again at once.
+            while self.receiver.try_recv().is_ok() {}
+            if let Some(task) = self.task.take() {
+                match tokio::time::timeout(CLOSE_TIMEOUT, task).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        return Err(Error::new(ErrorKind::Other, "the subscription task failed")
+                            .backend(BACKEND)
+                            .operation("close subscription")
+                            .source(e))
+                    }
+                    Err(_) => tracing::warn!(
+                        "the subscription did not finish its last acknowledgements within {CLOSE_TIMEOUT:?}"
+                    ),
+                }
+            }
+            Ok(())
+        }
+        .boxed()
+    }
+}
+
+impl Drop for SubscriptionStream {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Settles one message through the client's handler and frees its in-flight permit.
+/// Dropping it unsettled rejects the message (the client's handler does so on drop).
+struct PubSubAcker {
+    handler: Option<Handler>,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Acknowledge for PubSubAcker {
+    /// Hands the acknowledgement to the client, which sends it within about 100 ms (batched).
+    fn ack(mut self: Box<Self>) -> Completion<'static, ()> {
+        if let Some(handler) = self.handler.take() {
+            handler.ack();
+        }
+        completion::ready(Ok(()))
+    }
+
+    /// Sets the message's acknowledgement deadline to zero, so the service delivers it again
+    /// at once.
+    fn nack(mut self: Box<Self>) -> Completion<'static, ()> {
+        if let Some(handler) = self.handler.take() {
+            handler.nack();
+        }
+        completion::ready(Ok(()))
+    }
+}

@@ -1,0 +1,419 @@
+//! Subscriptions: the client's streaming pull, with lease extension, flow control and
+//! reconnection, feeding a [`SubscriptionStream`].
+//!
+//! A task per streaming pull takes messages from the client's message stream and offers each
+//! to the consumer's [`Sink`], which holds at most `max_in_flight` unsettled deliveries (a
+//! delivery keeps a permit until it is acknowledged, rejected or dropped). The service is asked
+//! for no more than that (`max_outstanding_messages`; the emulator ignores it) and the client
+//! extends the leases of the messages it holds.
+//!
+//! When the streaming pull fails for good — the subscription vanished because the emulator
+//! restarted, or the service refused the stream — the task re-creates the subscription (with
+//! auto-provisioning) and opens a new streaming pull, with backoff, logging why.
+//!
+//! # The emulator and cancelled streaming pulls
+//!
+//! The Pub/Sub emulator (0.8.x) never notices that a client cancelled a streaming pull: it keeps
+//! the stream registered and goes on routing messages to it — unkeyed messages until their
+//! acknowledgement deadline passes, messages whose ordering key hashes to that stream for good.
+//! So against the emulator (an `endpoint` with anonymous credentials) a closed subscription
+//! does not cancel its streaming pull: the pull stays open, idle, on a connection of its own,
+//! and the next subscription of the same group on this backend takes it over, with the
+//! messages it already received. Idle pulls are cancelled when the backend closes. Against
+//! Google Cloud a closed subscription cancels its streaming pull, and the client rejects the
+//! messages it held so the service delivers them again at once.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use broker_api::Result;
+use google_cloud_auth::credentials::Credentials;
+use google_cloud_pubsub::client::Subscriber;
+use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::admin::Admin;
+use crate::error::{builder_error, classify, closed, is_not_found, rpc_error};
+use crate::stream::{Sink, SubscriptionStream};
+
+/// How long stopping a streaming pull waits for the client to send the last
+/// acknowledgements and rejections.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Lease and flow-control settings of every subscription of a backend.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LeaseSettings {
+    pub(crate) max_outstanding_bytes: i64,
+    pub(crate) ack_deadline: Duration,
+    pub(crate) max_lease: Duration,
+}
+
+/// How to build a client of its own for each streaming pull on the emulator.
+pub(crate) struct EmulatorClients {
+    pub(crate) endpoint: String,
+    pub(crate) credentials: Credentials,
+}
+
+/// The subscriptions of one backend.
+pub(crate) struct Subscriptions {
+    shared: Subscriber,
+    emulator: Option<EmulatorClients>,
+    admin: Arc<Admin>,
+    lease: LeaseSettings,
+    /// Cancelled when the backend closes.
+    shutdown: CancellationToken,
+    /// On the emulator: every pull task by subscription path, so an idle one can be reused.
+    pulls: Mutex<Registry>,
+    tasks: TaskTracker,
+}
+
+#[derive(Default)]
+struct Registry {
+    closed: bool,
+    pulls: HashMap<String, Vec<Arc<Pull>>>,
+}
+
+/// One streaming pull's link to the consumer it currently feeds.
+struct Pull {
+    sink: Mutex<Option<Arc<Sink>>>,
+    attached: Notify,
+}
+
+impl Pull {
+    fn new(sink: Arc<Sink>) -> Arc<Pull> {
+        Arc::new(Pull {
+            sink: Mutex::new(Some(sink)),
+            attached: Notify::new(),
+        })
+    }
+
+    /// The consumer this pull feeds, while it takes deliveries.
+    fn open_sink(&self) -> Option<Arc<Sink>> {
+        self.sink
+            .lock()
+            .ok()
+            .and_then(|sink| sink.as_ref().filter(|s| s.is_open()).cloned())
+    }
+
+    /// Feeds `sink` from now on, if this pull has no open consumer.
+    fn try_attach(&self, sink: &Arc<Sink>) -> bool {
+        let Ok(mut slot) = self.sink.lock() else {
+            return false;
+        };
+        if slot.as_ref().is_some_and(|s| s.is_open()) {
+            return false;
+        }
+        *slot = Some(Arc::clone(sink));
+        drop(slot);
+        self.attached.notify_one();
+        true
+    }
+}
+
+/// What one pull task needs to know about its subscription.
+struct Target {
+    topic: Arc<str>,
+    subscription: String,
+    path: String,
+    max_in_flight: usize,
+}
+
+impl Subscriptions {
+    pub(crate) fn new(
+        shared: Subscriber,
+        emulator: Option<EmulatorClients>,
+        admin: Arc<Admin>,
+        lease: LeaseSettings,
+    ) -> Self {
+        Subscriptions {
+            shared,
+            emulator,
+            admin,
+            lease,
+            shutdown: CancellationToken::new(),
+            pulls: Mutex::new(Registry::default()),
+            tasks: TaskTracker::new(),
+        }
+    }
+
+    /// Starts delivering `subscription` (of `topic`) to a new stream.
+    pub(crate) async fn subscribe(
+        self: &Arc<Self>,
+        topic: &str,
+        subscription: String,
+        max_in_flight: usize,
+    ) -> Result<SubscriptionStream> {
+        let target = Target {
+            topic: Arc::from(topic),
+            path: self.admin.subscription_path(&subscription),
+            subscription,
+            max_in_flight,
+        };
+        let (sink, stream) = Sink::new(
+            Arc::clone(&target.topic),
+            max_in_flight,
+            self.shutdown.child_token(),
+        );
+        let Some(emulator) = &self.emulator else {
+            let pull = Pull::new(sink);
+            let client = self.shared.clone();
+            let task = self
+                .tasks
+                .spawn(Arc::clone(self).run(pull, client, target, false));
+            return Ok(stream.owning(task));
+        };
+        if self.reuse_idle_pull(&target.path, &sink)? {
+            return Ok(stream);
+        }
+        let client = Subscriber::builder()
+            .with_endpoint(&emulator.endpoint)
+            .with_credentials(emulator.credentials.clone())
+            .build()
+            .await
+            .map_err(|e| builder_error(e, &emulator.endpoint))?;
+        let pull = Pull::new(sink);
+        {
+            let mut registry = self.pulls.lock().map_err(|_| closed("subscribe"))?;
+            if registry.closed {
+                return Err(closed("subscribe"));
+            }
+            registry
+                .pulls
+                .entry(target.path.clone())
+                .or_default()
+                .push(Arc::clone(&pull));
+        }
+        self.tasks
+            .spawn(Arc::clone(self).run(pull, client, target, true));
+        Ok(stream)
+    }
+
+    /// Attaches `sink` to an idle pull of the subscription, if there is one.
+    fn reuse_idle_pull(&self, path: &str, sink: &Arc<Sink>) -> Result<bool> {
+        let registry = self.pulls.lock().map_err(|_| closed("subscribe"))?;
+        if registry.closed {
+            return Err(closed("subscribe"));
+        }
+        Ok(registry
+            .pulls
+            .get(path)
+            .is_some_and(|pulls| pulls.iter().any(|pull| pull.try_attach(sink))))
+    }
+
+    /// Stops every subscription and waits (up to `timeout`) until their streaming pulls are
+    /// cancelled and their last acknowledgements sent.
+    pub(crate) async fn close(&self, timeout: Duration) {
+        if let Ok(mut registry) = self.pulls.lock() {
+            registry.closed = true;
+        }
+        self.shutdown.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(timeout, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(?timeout, "subscriptions did not stop in time");
+        }
+    }
+
+    fn open(&self, client: &Subscriber, target: &Target) -> MessageStream {
+        client
+            .subscribe(&target.path)
+            .set_max_outstanding_messages(i64::try_from(target.max_in_flight).unwrap_or(i64::MAX))
+            .set_max_outstanding_bytes(self.lease.max_outstanding_bytes)
+            .set_max_lease_extension(self.lease.ack_deadline)
+            .set_max_lease(self.lease.max_lease)
+            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+            .build()
+    }
+
+    /// The pull task: feeds the consumers of `pull` until the backend closes, the subscription
+    /// fails for good, or — when `keep_idle` is false — its consumer stops.
+    async fn run(
+        self: Arc<Self>,
+        pull: Arc<Pull>,
+        client: Subscriber,
+        target: Target,
+        keep_idle: bool,
+    ) {
+        let mut stream = self.open(&client, &target);
+        let mut failures = 0u32;
+        let fatal = loop {
+            let Some(sink) = pull.open_sink() else {
+                if !keep_idle {
+                    break None;
+                }
+                tokio::select! {
+                    () = pull.attached.notified() => continue,
+                    () = self.shutdown.cancelled() => break None,
+                }
+            };
+            // Against the emulator a pending `next` is never dropped before the backend
+            // closes: dropping it could cancel a stream being opened (see the module docs).
+            let next = if keep_idle {
+                tokio::select! {
+                    biased;
+                    () = self.shutdown.cancelled() => break None,
+                    next = stream.next() => next,
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    () = sink.stopped() => break None,
+                    next = stream.next() => next,
+                }
+            };
+            drop(sink);
+            match next {
+                Some(Ok((mut message, mut handler))) => {
+                    failures = 0;
+                    // Offer it to the current consumer, or to the next one when it stops first.
+                    loop {
+                        let Some(sink) = pull.open_sink() else {
+                            handler.nack();
+                            break;
+                        };
+                        match sink.offer(message, handler).await {
+                            None => break,
+                            Some(returned) => (message, handler) = returned,
+                        }
+                    }
+                }
+                Some(Err(err)) => {
+                    failures += 1;
+                    if let Err(e) = self.recover(err, &target, failures).await {
+                        break Some(e);
+                    }
+                    if self.pause(failures).await {
+                        break None;
+                    }
+                    stream = self.open(&client, &target);
+                }
+                None => {
+                    if self.shutdown.is_cancelled() {
+                        break None;
+                    }
+                    failures += 1;
+                    tracing::warn!(subscription = %target.subscription, "streaming pull ended; reopening it");
+                    if self.pause(failures).await {
+                        break None;
+                    }
+                    stream = self.open(&client, &target);
+                }
+            }
+        };
+        if keep_idle {
+            if let Ok(mut registry) = self.pulls.lock() {
+                if let Some(pulls) = registry.pulls.get_mut(&target.path) {
+                    pulls.retain(|p| !Arc::ptr_eq(p, &pull));
+                }
+            }
+        }
+        if let Some(error) = fatal {
+            if let Some(sink) = pull.open_sink() {
+                sink.fail(error).await;
+            }
+        }
+        shut_down(stream).await;
+    }
+
+    /// Waits before reopening a streaming pull; true when the backend closed meanwhile.
+    async fn pause(&self, failures: u32) -> bool {
+        tokio::select! {
+            () = self.shutdown.cancelled() => true,
+            () = tokio::time::sleep(backoff(failures)) => false,
+        }
+    }
+
+    /// Decides what a failed streaming pull means: re-create a lost subscription, reopen after
+    /// a temporary failure, or give up with the error.
+    async fn recover(
+        &self,
+        err: google_cloud_pubsub::Error,
+        target: &Target,
+        failures: u32,
+    ) -> Result<()> {
+        let subscription = &target.subscription;
+        if is_not_found(&err) {
+            if !self.admin.auto_provision() {
+                return Err(rpc_error(
+                    err,
+                    "subscribe",
+                    format!(
+                        "subscription {subscription} does not exist any more and \
+                         auto-provisioning is off"
+                    ),
+                ));
+            }
+            tracing::warn!(
+                topic = %target.topic, %subscription, error = %err,
+                "subscription not found (the service lost it?); re-creating it"
+            );
+            return match self
+                .admin
+                .recreate_subscription(&target.topic, subscription)
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) if e.is_temporary() => {
+                    tracing::warn!(%subscription, error = %e, attempt = failures, "re-creating the subscription failed; retrying");
+                    Ok(())
+                }
+                Err(e) => Err(e),
+            };
+        }
+        let (_, temporary) = classify(&err);
+        if temporary {
+            tracing::warn!(%subscription, error = %err, attempt = failures, "streaming pull failed; reopening it");
+            Ok(())
+        } else {
+            Err(rpc_error(
+                err,
+                "subscribe",
+                format!("streaming pull of subscription {subscription} failed"),
+            ))
+        }
+    }
+}
+
+/// Stops a streaming pull: acknowledgements already given are sent, the messages it still
+/// holds are rejected.
+async fn shut_down(stream: MessageStream) {
+    let token = stream.shutdown_token();
+    if tokio::time::timeout(SHUTDOWN_TIMEOUT, token.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("the client did not finish its last acknowledgements in time");
+    }
+    drop(stream);
+}
+
+/// The pause before reopening a failed streaming pull: 100 ms doubling up to 3.2 s.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64 << failures.clamp(1, 6).saturating_sub(1))
+}
+
+impl std::fmt::Debug for Subscriptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriptions")
+            .field("emulator", &self.emulator.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reopen_backoff_grows_and_caps() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(1), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(400));
+        assert_eq!(backoff(60), Duration::from_millis(3200));
+    }
+}
