@@ -2,6 +2,8 @@
 //! (`scripts/brokers.sh start rabbitmq`, then `eval "$(scripts/brokers.sh env)"`), found through
 //! `BROKER_TEST_RABBITMQ`. Skipped when it is unset, failed with `BROKER_REQUIRE_LIVE=1`.
 //!
+//! `BROKER_TEST_RABBITMQ_QUEUE_TYPE=classic` runs them on classic queues (quorum by default).
+//!
 //! The cases that disturb the broker (restarting it, dropping every connection) take the broker
 //! for themselves: they wait until the running cases finish, and the others wait for them.
 
@@ -16,7 +18,7 @@ use broker_rabbitmq::lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions,
 };
 use broker_rabbitmq::lapin::{BasicProperties, Connection, ConnectionProperties};
-use broker_rabbitmq::{RabbitMqBackend, RabbitMqConfig};
+use broker_rabbitmq::{QueueType, RabbitMqBackend, RabbitMqConfig};
 use broker_testkit::support::{fresh_topic, run_case, unique, Inbox};
 use broker_testkit::{cases, live, Harness};
 use futures::StreamExt;
@@ -44,9 +46,17 @@ impl Harness for RabbitMq {
     }
 }
 
+/// Set to `classic` to run everything on classic queues instead of quorum queues.
+const QUEUE_TYPE_VAR: &str = "BROKER_TEST_RABBITMQ_QUEUE_TYPE";
+
 async fn backend(uri: &str, auto_provision: bool) -> broker_api::Result<RabbitMqBackend> {
+    let queue_type = match std::env::var(QUEUE_TYPE_VAR).as_deref() {
+        Ok("classic") => QueueType::Classic,
+        _ => QueueType::Quorum,
+    };
     let config = RabbitMqConfig {
         uri: uri.to_owned(),
+        queue_type,
         ..RabbitMqConfig::default()
     };
     RabbitMqBackend::connect(
