@@ -28,10 +28,19 @@ async fn main() -> anyhow::Result<()> {
     let rounds: usize = args.next().map_or(Ok(3), |a| a.parse())?;
     let bootstrap =
         std::env::var("BROKER_TEST_KAFKA").unwrap_or_else(|_| "127.0.0.1:9092".to_owned());
-    let config = KafkaConfig {
+    let mut config = KafkaConfig {
         bootstrap_servers: bootstrap.clone(),
         ..KafkaConfig::default()
     };
+    // THROUGHPUT_PROPS="name=value,name=value" adds librdkafka properties to the adapter.
+    for pair in std::env::var("THROUGHPUT_PROPS")
+        .unwrap_or_default()
+        .split(',')
+    {
+        if let Some((name, value)) = pair.split_once('=') {
+            config.properties.insert(name.into(), value.into());
+        }
+    }
     let backend = KafkaBackend::connect(config, ConnectOptions::default()).await?;
     let raw: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &bootstrap)
@@ -39,68 +48,134 @@ async fn main() -> anyhow::Result<()> {
         .set("enable.idempotence", "true")
         .create()?;
     let run = std::process::id();
+    // THROUGHPUT_ONLY=publish or =consume runs one half (for profiling).
+    let only = std::env::var("THROUGHPUT_ONLY").ok();
 
     for size in [100usize, 1024] {
         let topic = format!("throughput-{run}-{size}");
         backend.ensure_topic(&TopicSpec::new(&topic)).await?;
         let payload = vec![b'x'; size];
-        let (mut raw_rates, mut raw_id_rates, mut our_rates) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..rounds {
-            let took = raw_publish(&raw, &topic, &payload, messages, false).await?;
-            raw_rates.push(rate(messages, took));
-            let took = raw_publish(&raw, &topic, &payload, messages, true).await?;
-            raw_id_rates.push(rate(messages, took));
-            let took = our_publish(&backend, &topic, &payload, messages).await?;
-            our_rates.push(rate(messages, took));
+        let mut publish = [Sample::default(), Sample::default(), Sample::default()];
+        if only.as_deref() == Some("consume") {
+            // Fill the topic as the publish rounds would, then only measure consuming.
+            for _ in 0..rounds * 3 {
+                raw_publish(&raw, &topic, &payload, messages, true).await?;
+            }
         }
-        report(
-            &format!("publish {size} B"),
-            &mut raw_rates,
-            &mut our_rates.clone(),
-        );
-        report(
-            &format!("vs raw + id {size} B"),
-            &mut raw_id_rates,
-            &mut our_rates,
-        );
+        for _ in 0..rounds {
+            if only.as_deref() == Some("consume") {
+                break;
+            }
+            publish[0].add(
+                messages,
+                measured(raw_publish(&raw, &topic, &payload, messages, false)).await?,
+            );
+            publish[1].add(
+                messages,
+                measured(raw_publish(&raw, &topic, &payload, messages, true)).await?,
+            );
+            publish[2].add(
+                messages,
+                measured(our_publish(&backend, &topic, &payload, messages)).await?,
+            );
+        }
+        let [raw_plain, raw_id, ours] = &mut publish;
+        if only.as_deref() != Some("consume") {
+            report(&format!("publish {size} B"), raw_plain, ours);
+            report(&format!("vs raw + id {size} B"), raw_id, ours);
+        }
+        if only.as_deref() == Some("publish") {
+            backend.delete_topic(&topic).await?;
+            continue;
+        }
 
-        let (mut raw_rates, mut our_rates) = (Vec::new(), Vec::new());
+        let mut consume = [Sample::default(), Sample::default()];
         let total = messages * rounds * 3;
         for round in 0..rounds {
             let group = format!("raw-{run}-{size}-{round}");
-            let took = tokio::task::spawn_blocking({
-                let (bootstrap, topic) = (bootstrap.clone(), topic.clone());
-                move || raw_consume(&bootstrap, &topic, &group, total)
-            })
-            .await??;
-            raw_rates.push(rate(total, took));
-            let group = format!("ours-{run}-{size}-{round}");
-            our_rates.push(rate(
+            let (bootstrap, raw_topic) = (bootstrap.clone(), topic.clone());
+            consume[0].add(
                 total,
-                our_consume(&backend, &topic, &group, total).await?,
-            ));
+                measured(async move {
+                    tokio::task::spawn_blocking(move || {
+                        raw_consume(&bootstrap, &raw_topic, &group, total)
+                    })
+                    .await?
+                })
+                .await?,
+            );
+            let group = format!("ours-{run}-{size}-{round}");
+            consume[1].add(
+                total,
+                measured(our_consume(&backend, &topic, &group, total)).await?,
+            );
         }
-        report(&format!("consume {size} B"), &mut raw_rates, &mut our_rates);
+        let [raw_loop, ours] = &mut consume;
+        report(&format!("consume {size} B"), raw_loop, ours);
         backend.delete_topic(&topic).await?;
     }
     backend.close().await?;
     Ok(())
 }
 
-fn rate(messages: usize, took: Duration) -> f64 {
-    messages as f64 / took.as_secs_f64()
+/// CPU time (user + system) this process used so far, from `/proc/self/stat` (Linux; zero
+/// elsewhere). With other work on the machine, CPU per message is steadier than wall time.
+fn cpu_time() -> Duration {
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return Duration::ZERO;
+    };
+    // Fields after the command name (which ends with ')'): utime and stime are 12th and 13th.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    Duration::from_millis(ticks * 10)
 }
 
-fn median(rates: &mut [f64]) -> f64 {
-    rates.sort_by(f64::total_cmp);
-    rates[rates.len() / 2]
+/// Runs `work` and returns its wall time and the CPU time the process used meanwhile.
+async fn measured<F: std::future::Future<Output = anyhow::Result<Duration>>>(
+    work: F,
+) -> anyhow::Result<(Duration, Duration)> {
+    let cpu = cpu_time();
+    let took = work.await?;
+    Ok((took, cpu_time().saturating_sub(cpu)))
 }
 
-fn report(what: &str, raw: &mut [f64], ours: &mut [f64]) {
-    let (raw, ours) = (median(raw), median(ours));
+/// Rates and CPU use of one variant over the rounds.
+#[derive(Default)]
+struct Sample {
+    rates: Vec<f64>,
+    cpu: Duration,
+    messages: usize,
+}
+
+impl Sample {
+    fn add(&mut self, messages: usize, (took, cpu): (Duration, Duration)) {
+        self.rates.push(messages as f64 / took.as_secs_f64());
+        self.cpu += cpu;
+        self.messages += messages;
+    }
+
+    fn median(&mut self) -> f64 {
+        self.rates.sort_by(f64::total_cmp);
+        self.rates[self.rates.len() / 2]
+    }
+
+    fn cpu_per_message_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.messages as f64
+    }
+}
+
+fn report(what: &str, raw: &mut Sample, ours: &mut Sample) {
+    let (raw_rate, our_rate) = (raw.median(), ours.median());
     println!(
-        "{what:>16}: raw {raw:>10.0} msg/s, adapter {ours:>10.0} msg/s, ratio {:.1}%",
-        100.0 * ours / raw
+        "{what:>20}: raw {raw_rate:>9.0} msg/s {:>5.2} us CPU/msg | adapter {our_rate:>9.0} msg/s \
+         {:>5.2} us CPU/msg | ratio {:.1}%",
+        raw.cpu_per_message_us(),
+        ours.cpu_per_message_us(),
+        100.0 * our_rate / raw_rate
     );
 }
 
@@ -171,6 +246,8 @@ fn raw_consume(
         .set("group.id", group)
         .set("auto.offset.reset", "earliest")
         .set("enable.auto.offset.store", "false")
+        // As the adapter does: a consumer faster than the fetcher is not left waiting 1 s.
+        .set("fetch.queue.backoff.ms", "10")
         .create()?;
     consumer.subscribe(&[topic])?;
     let mut started = None;

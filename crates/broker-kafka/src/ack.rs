@@ -9,13 +9,14 @@
 //!   in; settling a delivery of an older epoch (the partition was revoked, or rewound) does
 //!   nothing: the message is delivered again to whoever owns the partition now.
 //! - Each unsettled delivery holds one of `max_in_flight` slots, given back when it is
-//!   settled or dropped; the consumer thread stops reading while none is free.
+//!   settled or dropped; the subscription stops reading while none is free.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
-use std::thread::Thread;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::Waker;
+
+use futures::task::AtomicWaker;
 
 use broker_api::completion::{self, Completion};
 use broker_api::offsets::OffsetTracker;
@@ -33,7 +34,8 @@ pub(crate) struct Shared {
     /// Set when an ack moved a committable position that is not stored yet.
     dirty: AtomicBool,
     state: Mutex<AckState>,
-    consumer_thread: OnceLock<Thread>,
+    /// The task reading the subscription: woken when a slot frees, on new records, on stop.
+    reader: AtomicWaker,
 }
 
 #[derive(Default)]
@@ -63,7 +65,7 @@ impl Shared {
             stop: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             state: Mutex::new(AckState::default()),
-            consumer_thread: OnceLock::new(),
+            reader: AtomicWaker::new(),
         }
     }
 
@@ -81,23 +83,22 @@ impl Shared {
         &self.group
     }
 
-    // ----- consumer thread side -----
+    // ----- reader side -----
 
-    /// Registers the calling thread as the one to wake when a slot frees or on stop.
-    pub(crate) fn register_consumer_thread(&self) {
-        let _ = self.consumer_thread.set(std::thread::current());
+    /// Registers the task to wake when a slot frees, records arrive, or on stop.
+    pub(crate) fn register_reader(&self, waker: &Waker) {
+        self.reader.register(waker);
     }
 
-    fn wake_consumer(&self) {
-        if let Some(thread) = self.consumer_thread.get() {
-            thread.unpark();
-        }
+    /// Wakes the reading task.
+    pub(crate) fn wake_reader(&self) {
+        self.reader.wake();
     }
 
-    /// Asks the consumer thread to commit, leave the group and end the stream.
+    /// Stops the subscription: its stream ends.
     pub(crate) fn stop(&self) {
         self.stop.store(true, Ordering::Release);
-        self.wake_consumer();
+        self.wake_reader();
     }
 
     /// Whether the subscription is stopping.
@@ -109,26 +110,6 @@ impl Shared {
     pub(crate) fn room(&self) -> usize {
         self.limit
             .saturating_sub(self.in_flight.load(Ordering::Acquire))
-    }
-
-    /// The room worth waking up for: a quarter of the limit (at least one), so that a full
-    /// subscription refills in batches instead of one delivery per acknowledgement.
-    pub(crate) fn batch_room(&self) -> usize {
-        (self.limit / 4).max(1)
-    }
-
-    /// Parks the consumer thread until a slot frees, a stop, or `timeout`.
-    pub(crate) fn wait_for_room(&self, timeout: Duration) {
-        if self.room() == 0 && !self.is_stopping() {
-            std::thread::park_timeout(timeout);
-        }
-    }
-
-    /// Parks the consumer thread until `batch_room` slots are free, a stop, or `timeout`.
-    pub(crate) fn wait_for_batch_room(&self, timeout: Duration) {
-        if self.room() < self.batch_room() && !self.is_stopping() {
-            std::thread::park_timeout(timeout);
-        }
     }
 
     /// Records that these `(partition, offset)` records are being handed out and returns, for
@@ -269,15 +250,13 @@ impl Shared {
             state.epochs.insert(partition, epoch);
             state.rewinds.push((partition, from));
         }
-        self.wake_consumer();
+        self.wake_reader();
         Ok(())
     }
 
     fn release(&self) {
-        let before = self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        // Wake the consumer when the first slot frees, and again when a batch's worth did.
-        if before == self.limit || self.limit - before + 1 == self.batch_room() {
-            self.wake_consumer();
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == self.limit {
+            self.wake_reader();
         }
     }
 }

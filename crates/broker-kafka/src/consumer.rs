@@ -1,13 +1,14 @@
-//! One consumer per subscription, driven by its own thread.
+//! One consumer per subscription, polled by the subscription's stream.
 //!
-//! The thread polls librdkafka (which also runs the rebalance callbacks, so a synchronous
-//! commit on revoke never blocks an async runtime), hands deliveries to the subscription's
-//! stream while fewer than `max_in_flight` are unsettled, stores the handled prefix of each
-//! partition (committed by librdkafka every `auto.commit.interval.ms`), rewinds partitions on
-//! nack, and on stop commits synchronously and leaves the group.
+//! The stream polls librdkafka without blocking (which also runs the rebalance callbacks:
+//! offsets of revoked partitions are committed there, asynchronously, and librdkafka finishes
+//! those commits before the group rebalances), reads while fewer than `max_in_flight`
+//! deliveries are unsettled, stores the handled prefix of each partition (committed by
+//! librdkafka every `auto.commit.interval.ms`) and rewinds partitions on nack. Closing commits
+//! synchronously and leaves the group on a thread of its own.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use broker_api::{Delivery, Error, ErrorKind, Result, StartFrom};
 use rdkafka::client::ClientContext;
@@ -16,22 +17,14 @@ use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Reb
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::Message;
-use tokio::sync::{mpsc, watch};
 
 use crate::ack::Shared;
 use crate::context::ClientLog;
 use crate::error::{from_kafka, BACKEND};
 use crate::inbound;
 
-/// How long one poll blocks: bounds how late a stop or a freed slot is noticed.
-const POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How often handled offsets are stored at most (librdkafka commits stored offsets later).
-const STORE_INTERVAL: Duration = Duration::from_millis(100);
-/// How long a full subscription waits for a batch's worth of free slots before it reads what
-/// fits.
-const REFILL_DELAY: Duration = Duration::from_millis(1);
-/// Bound of one synchronous seek (nack).
-const SEEK_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const STORE_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The consumer type of a subscription.
 pub(crate) type KafkaConsumer = BaseConsumer<Hooks>;
@@ -81,7 +74,7 @@ impl ConsumerContext for Hooks {
                         "assignment lost (session timed out): unacknowledged messages will be delivered again");
                     return;
                 }
-                commit(consumer, &self.shared, &positions);
+                commit(consumer, &self.shared, &positions, CommitMode::Async);
             }
             Rebalance::Assign(_) => {}
             Rebalance::Error(error) => {
@@ -110,8 +103,8 @@ impl ConsumerContext for Hooks {
     }
 }
 
-/// Stores `positions` and commits them synchronously.
-fn commit(consumer: &KafkaConsumer, shared: &Shared, positions: &[(i32, i64)]) {
+/// Stores `positions` and commits them.
+fn commit(consumer: &KafkaConsumer, shared: &Shared, positions: &[(i32, i64)], mode: CommitMode) {
     if positions.is_empty() {
         return;
     }
@@ -121,14 +114,14 @@ fn commit(consumer: &KafkaConsumer, shared: &Shared, positions: &[(i32, i64)]) {
     if let Err(error) = consumer.store_offsets(&list) {
         tracing::debug!(topic = %shared.topic(), %error, "offsets not stored (partitions no longer assigned)");
     }
-    if let Err(error) = consumer.commit(&list, CommitMode::Sync) {
+    if let Err(error) = consumer.commit(&list, mode) {
         tracing::warn!(topic = %shared.topic(), group = shared.group(), %error, ?positions,
-            "synchronous commit failed; messages after the last commit will be delivered again");
+            "commit failed; messages after the last commit will be delivered again");
     }
 }
 
 /// Stores `positions` for librdkafka's next automatic commit.
-fn store(consumer: &KafkaConsumer, shared: &Shared, positions: &[(i32, i64)]) {
+pub(crate) fn store(consumer: &KafkaConsumer, shared: &Shared, positions: &[(i32, i64)]) {
     if positions.is_empty() {
         return;
     }
@@ -198,69 +191,24 @@ pub(crate) fn describe(start_from: StartFrom) -> &'static str {
     }
 }
 
-/// The consumer thread: runs until the subscription stops or its stream is dropped.
-///
-/// Records are handed over in batches (what librdkafka has ready, up to the free slots), so
-/// the thread and the stream's task meet once per batch rather than once per record. When the
-/// subscription is full, the thread waits for a quarter of the slots to free, or at most
-/// [`REFILL_DELAY`] after the first one did.
-pub(crate) fn run(
-    consumer: KafkaConsumer,
-    shared: Arc<Shared>,
-    deliveries: mpsc::UnboundedSender<Vec<Result<Delivery>>>,
-    done: watch::Sender<bool>,
-) {
-    shared.register_consumer_thread();
-    let mut last_store = Instant::now();
-    let mut was_full = false;
-    loop {
-        if shared.is_stopping() || deliveries.is_closed() {
-            break;
-        }
-        rewind(&consumer, &shared);
-        if last_store.elapsed() >= STORE_INTERVAL {
-            store(&consumer, &shared, &shared.take_moved());
-            last_store = Instant::now();
-        }
-        let room = shared.room();
-        if room == 0 {
-            was_full = true;
-            shared.wait_for_room(POLL_INTERVAL);
-            continue;
-        }
-        if was_full {
-            was_full = false;
-            shared.wait_for_batch_room(REFILL_DELAY);
-            continue;
-        }
-        let batch = match read_batch(&consumer, &shared, room) {
-            Ok(batch) => batch,
-            Err(error) => {
-                let _ = deliveries.send(vec![Err(error)]);
-                break;
-            }
-        };
-        if !batch.is_empty() && deliveries.send(batch).is_err() {
-            break;
-        }
-    }
-    finish(consumer, &shared);
-    let _ = done.send(true);
-}
-
-/// Reads up to `room` records: waits up to [`POLL_INTERVAL`] for the first, then takes what
-/// librdkafka already has. Fails only when the consumer cannot continue.
-fn read_batch(
+/// Reads what librdkafka has ready, up to `room` records, without blocking, as deliveries.
+/// Returns an empty batch when nothing is ready; fails only when the consumer cannot continue.
+pub(crate) fn read_ready(
     consumer: &KafkaConsumer,
     shared: &Arc<Shared>,
     room: usize,
 ) -> Result<Vec<Result<Delivery>>> {
     let mut records = Vec::new();
-    let mut timeout = POLL_INTERVAL;
-    while records.len() < room {
-        match consumer.poll(timeout) {
-            None => break,
-            Some(Ok(record)) => records.push(record),
+    // A poll that served an event (rebalance, commit result) also returns nothing: only two
+    // empty polls in a row say that the queue is empty.
+    let mut empty_polls = 0;
+    while records.len() < room && empty_polls < 2 {
+        match consumer.poll(Duration::ZERO) {
+            None => empty_polls += 1,
+            Some(Ok(record)) => {
+                empty_polls = 0;
+                records.push(record);
+            }
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                 return Err(Error::new(
                     ErrorKind::Other,
@@ -275,9 +223,8 @@ fn read_batch(
                 .source(KafkaError::MessageConsumptionFatal(code)));
             }
             // Transient: logged by the client context; librdkafka retries by itself.
-            Some(Err(_)) => {}
+            Some(Err(_)) => empty_polls = 0,
         }
-        timeout = Duration::ZERO;
     }
     if records.is_empty() {
         return Ok(Vec::new());
@@ -295,8 +242,9 @@ fn read_batch(
         .collect())
 }
 
-/// Does the rewinds nacks asked for: store the rewind point, seek back to it.
-fn rewind(consumer: &KafkaConsumer, shared: &Shared) {
+/// Does the rewinds nacks asked for: store the rewind point, seek back to it (without
+/// waiting: records read before the seek are dropped by librdkafka).
+pub(crate) fn rewind(consumer: &KafkaConsumer, shared: &Shared) {
     let rewinds = shared.take_rewinds();
     if rewinds.is_empty() {
         return;
@@ -307,7 +255,7 @@ fn rewind(consumer: &KafkaConsumer, shared: &Shared) {
             shared.topic(),
             partition,
             Offset::Offset(offset),
-            SEEK_TIMEOUT,
+            Duration::ZERO,
         ) {
             tracing::warn!(topic = %shared.topic(), partition, offset, %error,
                 "seek after nack failed; the message will be delivered again after the next rebalance");
@@ -315,10 +263,11 @@ fn rewind(consumer: &KafkaConsumer, shared: &Shared) {
     }
 }
 
-/// Commits what was handled and leaves the group.
-fn finish(consumer: KafkaConsumer, shared: &Shared) {
+/// Commits what was handled, synchronously, and leaves the group. Blocks: call it on a
+/// thread of its own.
+pub(crate) fn finish(consumer: KafkaConsumer, shared: &Shared) {
     let positions = shared.close();
-    commit(&consumer, shared, &positions);
+    commit(&consumer, shared, &positions, CommitMode::Sync);
     tracing::debug!(topic = %shared.topic(), group = shared.group(), ?positions, "consumer leaving its group");
     // Dropping the consumer closes it: it leaves the group, running the revoke callback.
     drop(consumer);

@@ -76,7 +76,7 @@ pub struct KafkaBackend {
     config: KafkaConfig,
     publisher: Arc<Publisher>,
     topics: Arc<Provisioner>,
-    subscriptions: Mutex<Vec<subscriber::Handle>>,
+    subscriptions: Mutex<Vec<Arc<subscriber::Subscription>>>,
     closed: AtomicBool,
     auto_provision: bool,
 }
@@ -217,16 +217,16 @@ impl Backend for KafkaBackend {
         self.check_open("subscribe")?;
         self.topics.prepare(&request.topic, "subscribe").await?;
         self.check_open("subscribe")?;
-        let (stream, handle) = subscriber::open(&self.config, &request).await?;
+        let (stream, subscription) = subscriber::open(&self.config, &request).await?;
         let mut subscriptions = self
             .subscriptions
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        subscriptions.retain(|h| !h.is_finished());
+        subscriptions.retain(|s| !s.is_finished());
         if self.is_closed() {
-            handle.stop();
+            subscription.close();
         }
-        subscriptions.push(handle);
+        subscriptions.push(subscription);
         Ok(stream)
     }
 
@@ -253,14 +253,14 @@ impl Backend for KafkaBackend {
         if self.closed.swap(true, Ordering::AcqRel) {
             return Ok(());
         }
-        let handles = std::mem::take(
+        let subscriptions = std::mem::take(
             &mut *self
                 .subscriptions
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner),
         );
-        for handle in &handles {
-            handle.stop();
+        for subscription in &subscriptions {
+            subscription.close();
         }
         let timeout = self.config.close_timeout;
         let flushed = self.publisher.flush(timeout).await;
@@ -268,7 +268,7 @@ impl Backend for KafkaBackend {
             tracing::warn!(%error, "pending publishes not confirmed at close; failing them");
             self.publisher.purge();
         }
-        let waits = handles.iter().map(|h| h.finished(timeout));
+        let waits = subscriptions.iter().map(|s| s.closed(timeout));
         let finished = futures::future::join_all(waits).await;
         let stuck = finished.iter().filter(|&&f| !f).count();
         if stuck > 0 {

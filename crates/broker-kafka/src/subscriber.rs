@@ -1,9 +1,10 @@
-//! Subscriptions: a consumer in the group, its thread, and the stream of its deliveries.
+//! Subscriptions: a consumer in the group and the stream that reads it.
 
+use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use broker_api::{
     BoxDeliveryStream, Delivery, DeliveryStream, Error, ErrorKind, Result, StartFrom,
@@ -12,64 +13,90 @@ use broker_api::{
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
 use rdkafka::consumer::Consumer;
-use rdkafka::error::KafkaError;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 use crate::ack::Shared;
 use crate::config::KafkaConfig;
-use crate::consumer::{self, Hooks, KafkaConsumer};
+use crate::consumer::{self, Hooks, KafkaConsumer, STORE_INTERVAL};
 use crate::error::{from_kafka, BACKEND};
 
-/// What the backend keeps of a subscription to close it.
-pub(crate) struct Handle {
-    shared: std::sync::Weak<Shared>,
-    done: watch::Receiver<bool>,
+/// How long an idle stream sleeps at most before it looks again by itself: bounds how late
+/// handled offsets are stored while nothing arrives.
+const IDLE_CHECK: Duration = Duration::from_millis(100);
+/// How soon a stream that just ran dry looks again by itself. librdkafka's wake-up when records
+/// arrive is not always delivered, so a stream that was busy re-checks soon, backing off to
+/// [`IDLE_CHECK`] while it stays idle.
+const FIRST_IDLE_CHECK: Duration = Duration::from_millis(1);
+
+/// One subscription's consumer, and its closing.
+///
+/// The consumer sits behind a mutex only so that closing can take it away from the stream:
+/// the stream holds the lock while it polls (without blocking), closing takes the consumer to a
+/// thread of its own, commits and leaves the group there.
+pub(crate) struct Subscription {
+    consumer: Mutex<Option<KafkaConsumer>>,
+    shared: Arc<Shared>,
+    closed: watch::Sender<bool>,
 }
 
-impl Handle {
-    /// Whether the subscription's consumer is gone.
-    pub(crate) fn is_finished(&self) -> bool {
-        *self.done.borrow() || self.shared.strong_count() == 0
+impl Subscription {
+    fn consumer(&self) -> MutexGuard<'_, Option<KafkaConsumer>> {
+        self.consumer.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Asks the subscription to stop; its stream ends.
-    pub(crate) fn stop(&self) {
-        if let Some(shared) = self.shared.upgrade() {
-            shared.stop();
+    /// Whether the consumer has left its group.
+    pub(crate) fn is_finished(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    /// Stops the stream and starts leaving the group (once), on a thread of its own: the
+    /// handled prefix is committed synchronously, then the consumer closes.
+    pub(crate) fn close(&self) {
+        self.shared.stop();
+        let Some(consumer) = self.consumer().take() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let closed = self.closed.clone();
+        let spawned = std::thread::Builder::new()
+            .name("kafka-close".into())
+            .spawn(move || {
+                consumer::finish(consumer, &shared);
+                closed.send_replace(true);
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(%error, "cannot start a thread to close the consumer");
         }
     }
 
-    /// Waits until the consumer has committed and left its group, or `timeout` passed.
-    /// Returns whether it finished.
-    pub(crate) async fn finished(&self, timeout: Duration) -> bool {
-        wait_done(self.done.clone(), timeout).await
+    /// Waits until the consumer has left its group, or `timeout` passed; says which.
+    pub(crate) async fn closed(&self, timeout: Duration) -> bool {
+        let mut closed = self.closed.subscribe();
+        let result = tokio::time::timeout(timeout, closed.wait_for(|&done| done)).await;
+        matches!(result, Ok(Ok(_)))
     }
-}
-
-async fn wait_done(mut done: watch::Receiver<bool>, timeout: Duration) -> bool {
-    // A dropped sender means the thread ended too.
-    let wait = async { done.wait_for(|&finished| finished).await.map(|_| ()) };
-    !matches!(tokio::time::timeout(timeout, wait).await, Err(_elapsed))
 }
 
 /// Opens a subscription for `request` (its topic is known to exist).
 pub(crate) async fn open(
     config: &KafkaConfig,
     request: &SubscribeRequest,
-) -> Result<(BoxDeliveryStream, Handle)> {
+) -> Result<(BoxDeliveryStream, Arc<Subscription>)> {
     let shared = Arc::new(Shared::new(
         &request.topic,
         &request.group,
         request.max_in_flight,
     ));
-    let consumer: KafkaConsumer = config
+    let mut consumer: KafkaConsumer = config
         .consumer_config(&request.group, request.start_from)
         .create_with_context(Hooks::new(shared.clone()))
         .map_err(|e| crate::config::property_error(&e).operation("subscribe"))?;
+    let waker_shared = shared.clone();
+    consumer.set_nonempty_callback(move || waker_shared.wake_reader());
     let topic = request.topic.clone();
     let start_from = request.start_from;
     let timeout = config.connect_timeout;
-    // Joining and looking up offsets block: keep them off the async threads.
+    // Looking up offsets blocks: keep it off the async threads.
     let consumer = tokio::task::spawn_blocking(move || -> Result<KafkaConsumer> {
         if start_from == StartFrom::Latest {
             consumer::start_at_end(&consumer, &topic, timeout)?;
@@ -81,72 +108,111 @@ pub(crate) async fn open(
     })
     .await
     .map_err(|e| {
-        from_kafka(
-            "subscribe",
-            format!("subscribing to {} failed: {e}", request.topic),
-            KafkaError::Canceled,
+        Error::new(
+            ErrorKind::Other,
+            format!("subscribing to {} failed", request.topic),
         )
+        .backend(BACKEND)
+        .operation("subscribe")
+        .source(e)
     })??;
-
-    let (deliveries, receiver) = mpsc::unbounded_channel();
-    let (done_sender, done) = watch::channel(false);
-    let thread_shared = shared.clone();
-    std::thread::Builder::new()
-        .name("kafka-consumer".into())
-        .spawn(move || consumer::run(consumer, thread_shared, deliveries, done_sender))
-        .map_err(|e| {
-            Error::new(ErrorKind::Other, "cannot start the consumer thread")
-                .backend(BACKEND)
-                .operation("subscribe")
-                .source(e)
-        })?;
     tracing::debug!(topic = %request.topic, group = %request.group,
         start_from = consumer::describe(start_from), max_in_flight = request.max_in_flight,
         "subscribed");
-    let handle = Handle {
-        shared: Arc::downgrade(&shared),
-        done: done.clone(),
-    };
+    let subscription = Arc::new(Subscription {
+        consumer: Mutex::new(Some(consumer)),
+        shared: shared.clone(),
+        closed: watch::Sender::new(false),
+    });
     let stream = KafkaStream {
-        receiver,
-        batch: Vec::new().into_iter(),
+        subscription: subscription.clone(),
         shared,
-        done,
+        batch: Vec::new().into_iter(),
+        idle: Box::pin(tokio::time::sleep(IDLE_CHECK)),
+        idle_delay: FIRST_IDLE_CHECK,
+        last_store: Instant::now(),
         close_timeout: config.close_timeout,
-        closed: false,
+        ended: false,
     };
-    Ok((Box::new(stream), handle))
+    Ok((Box::new(stream), subscription))
 }
 
 /// The deliveries of one subscription.
 ///
-/// Ends when it is closed, when the backend is closed, or after yielding an error the
-/// consumer cannot recover from. Dropping it closes the subscription in the background.
+/// Reads the consumer when polled, in batches of what librdkafka has ready. Ends when it is
+/// closed, when the backend is closed, or after yielding an error the consumer cannot recover
+/// from. Dropping it closes the subscription in the background.
 struct KafkaStream {
-    receiver: mpsc::UnboundedReceiver<Vec<Result<Delivery>>>,
-    batch: std::vec::IntoIter<Result<Delivery>>,
+    subscription: Arc<Subscription>,
     shared: Arc<Shared>,
-    done: watch::Receiver<bool>,
+    batch: std::vec::IntoIter<Result<Delivery>>,
+    idle: Pin<Box<tokio::time::Sleep>>,
+    idle_delay: Duration,
+    last_store: Instant,
     close_timeout: Duration,
-    closed: bool,
+    ended: bool,
+}
+
+impl KafkaStream {
+    /// Housekeeping and one non-blocking read of the consumer.
+    fn read(&mut self, room: usize) -> Option<Result<Vec<Result<Delivery>>>> {
+        let guard = self.subscription.consumer();
+        let consumer = guard.as_ref()?;
+        consumer::rewind(consumer, &self.shared);
+        if self.last_store.elapsed() >= STORE_INTERVAL {
+            consumer::store(consumer, &self.shared, &self.shared.take_moved());
+            self.last_store = Instant::now();
+        }
+        if room == 0 {
+            return Some(Ok(Vec::new()));
+        }
+        Some(consumer::read_ready(consumer, &self.shared, room))
+    }
 }
 
 impl Stream for KafkaStream {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let mut registered = false;
         loop {
-            if self.closed || self.shared.is_stopping() {
+            if this.ended || this.shared.is_stopping() {
                 return Poll::Ready(None);
             }
-            if let Some(delivery) = self.batch.next() {
+            if let Some(delivery) = this.batch.next() {
                 return Poll::Ready(Some(delivery));
             }
-            match self.receiver.poll_recv(cx) {
-                Poll::Ready(Some(batch)) => self.batch = batch.into_iter(),
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Pending => return Poll::Pending,
+            let room = this.shared.room();
+            match this.read(room) {
+                None => return Poll::Ready(None),
+                Some(Err(error)) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(error)));
+                }
+                Some(Ok(batch)) if !batch.is_empty() => {
+                    this.idle_delay = FIRST_IDLE_CHECK;
+                    this.batch = batch.into_iter();
+                    continue;
+                }
+                Some(Ok(_)) => {}
             }
+            if registered {
+                // Nothing ready after registering: librdkafka wakes us when records arrive, an
+                // acknowledgement when a slot frees; the idle timer stores offsets meanwhile.
+                this.idle
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + this.idle_delay);
+                this.idle_delay = (this.idle_delay * 2).min(IDLE_CHECK);
+                if this.idle.as_mut().poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                registered = false;
+                continue;
+            }
+            // Register, then look once more: a record or a slot may have come in between.
+            this.shared.register_reader(cx.waker());
+            registered = true;
         }
     }
 }
@@ -154,15 +220,11 @@ impl Stream for KafkaStream {
 impl DeliveryStream for KafkaStream {
     fn close(&mut self) -> BoxFuture<'_, Result<()>> {
         async move {
-            if !self.closed {
-                self.closed = true;
-                self.shared.stop();
-                self.receiver.close();
-                // Fetched but not handed out: delivered again to the group.
-                self.batch = Vec::new().into_iter();
-                while self.receiver.try_recv().is_ok() {}
-            }
-            if !wait_done(self.done.clone(), self.close_timeout).await {
+            self.ended = true;
+            // Read but not handed out: delivered again to the group.
+            self.batch = Vec::new().into_iter();
+            self.subscription.close();
+            if !self.subscription.closed(self.close_timeout).await {
                 tracing::warn!(topic = %self.shared.topic(), group = self.shared.group(),
                     timeout = ?self.close_timeout,
                     "the consumer did not leave its group in time; it goes on closing in the background");
@@ -175,6 +237,7 @@ impl DeliveryStream for KafkaStream {
 
 impl Drop for KafkaStream {
     fn drop(&mut self) {
-        self.shared.stop();
+        self.batch = Vec::new().into_iter();
+        self.subscription.close();
     }
 }
