@@ -1,0 +1,295 @@
+//! `brokerctl bench`: P publishers send N messages of S bytes, many in flight each, while one
+//! at-least-once subscription (started first) consumes them; then throughput and end-to-end
+//! latency are printed.
+//!
+//! Each message carries its send time (nanoseconds since the run started) in its first 8 bytes,
+//! or in the `bench-sent-ns` header when the payload is shorter.
+
+mod progress;
+mod stats;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::Context as _;
+use broker::{Broker, ErrorKind, HandlerResult, Publisher, Received, Topic, TopicSpec};
+use bytes::{Bytes, BytesMut};
+use futures::stream::FuturesUnordered;
+use futures::StreamExt as _;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use self::progress::{Counters, Progress};
+use self::stats::{latency_line, throughput_line, Latencies};
+use crate::cli::BenchArgs;
+
+/// The header holding the send time when the payload is shorter than 8 bytes.
+const SENT_HEADER: &str = "bench-sent-ns";
+
+/// What the consumer records.
+struct Consumed {
+    started: Instant,
+    total: u64,
+    counters: Arc<Counters>,
+    latencies: Mutex<Vec<u64>>,
+    all_arrived: CancellationToken,
+    last_at: Mutex<Option<Instant>>,
+}
+
+impl Consumed {
+    fn record(&self, message: &Received<Bytes>) {
+        let now = Instant::now();
+        let now_ns = nanos_since(self.started, now);
+        if let Some(sent) = sent_ns(message) {
+            self.latencies
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(now_ns.saturating_sub(sent));
+        }
+        let consumed = self.counters.consumed.fetch_add(1, Ordering::AcqRel) + 1;
+        if consumed == self.total {
+            *self.last_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
+            self.all_arrived.cancel();
+        }
+    }
+}
+
+/// Runs the benchmark and prints its figures.
+pub async fn run(broker: &Broker, args: BenchArgs) -> anyhow::Result<()> {
+    let fresh = args.topic.is_none();
+    let topic_name = args.topic.clone().unwrap_or_else(|| {
+        format!(
+            "brokerctl-bench-{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        )
+    });
+    // Declared with its group first, so brokers that keep messages only for existing groups
+    // keep every one.
+    broker
+        .ensure_topic(&TopicSpec::new(&topic_name).group(&args.group))
+        .await
+        .with_context(|| format!("cannot create topic {topic_name}"))?;
+    let result = measure(broker, &args, &topic_name).await;
+    if fresh {
+        match broker.backend().delete_topic(&topic_name).await {
+            Err(e) if e.kind() != ErrorKind::Unsupported => {
+                eprintln!("bench: the topic {topic_name} was not deleted: {e}");
+            }
+            _ => {}
+        }
+    }
+    result
+}
+
+async fn measure(broker: &Broker, args: &BenchArgs, topic_name: &str) -> anyhow::Result<()> {
+    let topic = Topic::bytes(topic_name);
+    let started = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let consumed = Arc::new(Consumed {
+        started,
+        total: args.messages,
+        counters: counters.clone(),
+        latencies: Mutex::new(Vec::with_capacity(
+            usize::try_from(args.messages).unwrap_or(0).min(10_000_000),
+        )),
+        all_arrived: CancellationToken::new(),
+        last_at: Mutex::new(None),
+    });
+    let mut subscriber = broker.subscriber(&topic, args.group.as_str());
+    if let Some(concurrency) = args.concurrency {
+        subscriber = subscriber.concurrency(concurrency);
+    }
+    let recorder = consumed.clone();
+    let running = subscriber
+        .at_least_once(move |message: Received<Bytes>| {
+            recorder.record(&message);
+            async { HandlerResult::Ok(()) }
+        })
+        .await
+        .context("cannot subscribe")?;
+
+    eprintln!(
+        "bench: {} messages of {} bytes to {topic_name} on {} ({}), {} publisher(s) with {} in \
+         flight each, group {}",
+        args.messages,
+        args.size,
+        broker.kind(),
+        broker.endpoint(),
+        args.publishers,
+        args.in_flight,
+        args.group
+    );
+    let progress = Progress::start(counters.clone(), args.messages);
+    let publish_started = Instant::now();
+    let published = publish_all(broker.publisher(&topic), args, started, counters.clone()).await;
+    let publish_elapsed = publish_started.elapsed();
+    let arrived = match &published {
+        Ok(()) => tokio::time::timeout(
+            args.timeout.saturating_sub(publish_elapsed),
+            consumed.all_arrived.cancelled(),
+        )
+        .await
+        .is_ok(),
+        Err(_) => false,
+    };
+    progress.finish().await;
+    let closed = running.close().await;
+    published?;
+    closed.context("the bench subscription failed")?;
+
+    let total_consumed = counters.consumed.load(Ordering::Acquire);
+    println!(
+        "{}",
+        throughput_line("published:", args.messages, args.size, publish_elapsed)
+    );
+    let last_at = *consumed.last_at.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(last_at) = last_at {
+        println!(
+            "{}",
+            throughput_line(
+                "consumed:",
+                args.messages,
+                args.size,
+                last_at.duration_since(publish_started)
+            )
+        );
+    }
+    let mut latencies =
+        std::mem::take(&mut *consumed.latencies.lock().unwrap_or_else(|e| e.into_inner()));
+    if let Some(latencies) = Latencies::of(&mut latencies) {
+        println!("{}", latency_line(&latencies));
+    }
+    if total_consumed > args.messages {
+        println!(
+            "redelivered: {} (at least once)",
+            total_consumed - args.messages
+        );
+    }
+    if !arrived {
+        anyhow::bail!(
+            "timed out after {}: {} of {} messages arrived",
+            humantime::format_duration(args.timeout),
+            total_consumed.min(args.messages),
+            args.messages
+        );
+    }
+    Ok(())
+}
+
+/// Runs the publishers, each sending its share with up to `in_flight` confirmations pending.
+async fn publish_all(
+    publisher: Publisher<Bytes>,
+    args: &BenchArgs,
+    started: Instant,
+    counters: Arc<Counters>,
+) -> anyhow::Result<()> {
+    let template = payload_template(args.size);
+    let publishers = u64::from(args.publishers);
+    let mut tasks: JoinSet<broker::Result<()>> = JoinSet::new();
+    for index in 0..publishers {
+        let share = args.messages / publishers + u64::from(index < args.messages % publishers);
+        let publisher = publisher.clone();
+        let template = template.clone();
+        let counters = counters.clone();
+        let in_flight = args.in_flight as usize;
+        tasks.spawn(async move {
+            let mut pending = FuturesUnordered::new();
+            for _ in 0..share {
+                let message = publisher.message(&stamped(&template, started))?;
+                let message = if template.len() < 8 {
+                    message.with_header(
+                        SENT_HEADER,
+                        nanos_since(started, Instant::now()).to_string(),
+                    )
+                } else {
+                    message
+                };
+                let confirmation = publisher.send_message(message).await?;
+                pending.push(confirmation);
+                while pending.len() >= in_flight {
+                    if let Some(receipt) = pending.next().await {
+                        receipt?;
+                        counters.published.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            while let Some(receipt) = pending.next().await {
+                receipt?;
+                counters.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(())
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        joined
+            .context("a publisher task failed")?
+            .context("publishing failed")?;
+    }
+    Ok(())
+}
+
+/// `size` bytes of a fixed pseudo-random pattern (so compression does not flatter the figures).
+fn payload_template(size: usize) -> Bytes {
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state.to_le_bytes()[0]
+        })
+        .collect::<Vec<u8>>()
+        .into()
+}
+
+/// The template with the current time in its first 8 bytes (when it has 8).
+fn stamped(template: &Bytes, started: Instant) -> Bytes {
+    if template.len() < 8 {
+        return template.clone();
+    }
+    let mut payload = BytesMut::from(&template[..]);
+    payload[..8].copy_from_slice(&nanos_since(started, Instant::now()).to_le_bytes());
+    payload.freeze()
+}
+
+/// The send time a message carries.
+fn sent_ns(message: &Received<Bytes>) -> Option<u64> {
+    match message.value.get(..8) {
+        Some(bytes) => bytes.try_into().ok().map(u64::from_le_bytes),
+        None => message.metadata.headers.get(SENT_HEADER)?.parse().ok(),
+    }
+}
+
+fn nanos_since(started: Instant, now: Instant) -> u64 {
+    u64::try_from(now.duration_since(started).as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use broker::Metadata;
+    use std::time::Duration;
+
+    #[test]
+    fn the_send_time_travels_in_the_payload_or_a_header() {
+        let started = Instant::now() - Duration::from_secs(1);
+        let long = stamped(&payload_template(100), started);
+        assert_eq!(long.len(), 100);
+        let received = Received {
+            value: long,
+            metadata: Metadata::new("t".into()),
+        };
+        let sent = sent_ns(&received).unwrap();
+        assert!(sent >= 1_000_000_000, "{sent}");
+
+        let mut metadata = Metadata::new("t".into());
+        metadata.headers.insert(SENT_HEADER, "42");
+        let short = Received {
+            value: stamped(&payload_template(3), started),
+            metadata,
+        };
+        assert_eq!(short.value.len(), 3);
+        assert_eq!(sent_ns(&short), Some(42));
+    }
+}
