@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The brokers whose backends are complete; each gets its live suites and an example run.
-LIVE_BROKERS="${LIVE_BROKERS-}"
+LIVE_BROKERS="${LIVE_BROKERS-kafka rabbitmq}"
 
 live=1
 for arg in "$@"; do
@@ -58,18 +58,23 @@ if [ "$live" -eq 1 ]; then
   done
 fi
 
-step "example on memory" cargo run -q -p hello
-example_on() {
-  case "$1" in
-    kafka) env BROKER__KIND=kafka BROKER__KAFKA__BOOTSTRAP_SERVERS="$BROKER_TEST_KAFKA" \
-      cargo run -q -p hello --features kafka ;;
-    rabbitmq) env BROKER__KIND=rabbitmq BROKER__RABBITMQ__URI="$BROKER_TEST_RABBITMQ" \
-      cargo run -q -p hello --features rabbitmq ;;
-    pubsub) env BROKER__KIND=pubsub BROKER__PUBSUB__ENDPOINT="$BROKER_TEST_PUBSUB" \
-      cargo run -q -p hello --features pubsub ;;
+# The examples run on every kind by configuration alone: the kind and its endpoint.
+examples_on() {
+  local broker="$1" kind_env=()
+  case "$broker" in
+    memory) kind_env=() ;;
+    kafka) kind_env=(BROKER__KIND=kafka BROKER__KAFKA__BOOTSTRAP_SERVERS="$BROKER_TEST_KAFKA") ;;
+    rabbitmq) kind_env=(BROKER__KIND=rabbitmq BROKER__RABBITMQ__URI="$BROKER_TEST_RABBITMQ") ;;
+    pubsub) kind_env=(BROKER__KIND=pubsub BROKER__PUBSUB__ENDPOINT="$BROKER_TEST_PUBSUB") ;;
   esac
+  local features=()
+  if [ "$broker" != memory ]; then features=(--features "$broker"); fi
+  for example in hello dead-letters; do
+    env "${kind_env[@]}" cargo run -q -p "$example" "${features[@]}"
+  done
 }
+step "examples on memory" examples_on memory
 if [ "$live" -eq 1 ]; then
-  for broker in $LIVE_BROKERS; do step "example on $broker" example_on "$broker"; done
+  for broker in $LIVE_BROKERS; do step "examples on $broker" examples_on "$broker"; done
 fi
 echo "all green"
