@@ -11,7 +11,6 @@
 //! - Each unsettled delivery holds one of `max_in_flight` slots, given back when it is
 //!   settled or dropped; the subscription stops reading while none is free.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
@@ -41,11 +40,40 @@ pub(crate) struct Shared {
 #[derive(Default)]
 struct AckState {
     tracker: OffsetTracker,
-    epochs: HashMap<i32, u64>,
+    epochs: Epochs,
     next_epoch: u64,
     /// Partitions to rewind, with the offset to read again from.
     rewinds: Vec<(i32, i64)>,
     closed: bool,
+}
+
+/// The current epoch of each partition: a short list (a member owns a few partitions), faster
+/// than a hash map on the per-delivery path.
+#[derive(Default)]
+struct Epochs(Vec<(i32, u64)>);
+
+impl Epochs {
+    fn get(&self, partition: i32) -> Option<u64> {
+        self.0
+            .iter()
+            .find(|(p, _)| *p == partition)
+            .map(|&(_, epoch)| epoch)
+    }
+
+    fn insert(&mut self, partition: i32, epoch: u64) {
+        match self.0.iter_mut().find(|(p, _)| *p == partition) {
+            Some(entry) => entry.1 = epoch,
+            None => self.0.push((partition, epoch)),
+        }
+    }
+
+    fn remove(&mut self, partition: i32) {
+        self.0.retain(|(p, _)| *p != partition);
+    }
+
+    fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
+        self.0.iter().map(|&(p, _)| p)
+    }
 }
 
 impl AckState {
@@ -115,18 +143,21 @@ impl Shared {
     /// Records that these `(partition, offset)` records are being handed out and returns, for
     /// each, the acknowledger holding its slot, or `None` when its partition is about to be
     /// rewound (the record will be read again after the rewind).
-    pub(crate) fn admit(self: &Arc<Self>, records: &[(i32, i64)]) -> Vec<Option<KafkaAcker>> {
+    pub(crate) fn admit(
+        self: &Arc<Self>,
+        records: impl ExactSizeIterator<Item = (i32, i64)>,
+    ) -> Vec<Option<KafkaAcker>> {
         let mut ackers = Vec::with_capacity(records.len());
         let mut admitted = 0;
         {
             let mut state = self.state();
-            for &(partition, offset) in records {
+            for (partition, offset) in records {
                 if state.rewinds.iter().any(|&(p, _)| p == partition) {
                     ackers.push(None);
                     continue;
                 }
-                let epoch = match state.epochs.get(&partition) {
-                    Some(&epoch) => epoch,
+                let epoch = match state.epochs.get(partition) {
+                    Some(epoch) => epoch,
                     None => {
                         let epoch = state.new_epoch();
                         state.epochs.insert(partition, epoch);
@@ -167,7 +198,7 @@ impl Shared {
                 positions.push((partition, position));
             }
             state.tracker.forget(partition);
-            state.epochs.remove(&partition);
+            state.epochs.remove(partition);
             state.rewinds.retain(|&(p, _)| p != partition);
         }
         positions
@@ -201,7 +232,7 @@ impl Shared {
     pub(crate) fn close(&self) -> Vec<(i32, i64)> {
         let mut state = self.state();
         state.closed = true;
-        let mut partitions: Vec<i32> = state.epochs.keys().copied().collect();
+        let mut partitions: Vec<i32> = state.epochs.partitions().collect();
         partitions.sort_unstable();
         let positions = partitions
             .into_iter()
@@ -221,7 +252,7 @@ impl Shared {
         if state.closed {
             return Err(closed("ack", "the subscription"));
         }
-        if state.epochs.get(&partition) != Some(&epoch) {
+        if state.epochs.get(partition) != Some(epoch) {
             tracing::debug!(topic = %self.topic, group = %self.group, partition, offset,
                 "ack for a partition no longer owned by this member (or rewound); it will be delivered again");
             return Ok(());
@@ -238,7 +269,7 @@ impl Shared {
             if state.closed {
                 return Err(closed("nack", "the subscription"));
             }
-            if state.epochs.get(&partition) != Some(&epoch) {
+            if state.epochs.get(partition) != Some(epoch) {
                 return Ok(());
             }
             let from = state
@@ -291,7 +322,10 @@ mod tests {
     use super::*;
 
     fn admit(shared: &Arc<Shared>, partition: i32, offset: i64) -> Option<KafkaAcker> {
-        shared.admit(&[(partition, offset)]).pop().flatten()
+        shared
+            .admit([(partition, offset)].into_iter())
+            .pop()
+            .flatten()
     }
 
     fn ack(acker: KafkaAcker) -> Result<()> {

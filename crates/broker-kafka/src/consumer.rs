@@ -7,6 +7,7 @@
 //! librdkafka every `auto.commit.interval.ms`) and rewinds partitions on nack. Closing commits
 //! synchronously and leaves the group on a thread of its own.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,18 +192,25 @@ pub(crate) fn describe(start_from: StartFrom) -> &'static str {
     }
 }
 
-/// Reads what librdkafka has ready, up to `room` records, without blocking, as deliveries.
-/// Returns an empty batch when nothing is ready; fails only when the consumer cannot continue.
+/// The most records read in one go: bounds the batch buffer (a delivery is a few hundred
+/// bytes) and the time between two looks at a stop or a rewind.
+const MAX_BATCH: usize = 64;
+
+/// Reads what librdkafka has ready, up to `room` records (and [`MAX_BATCH`]), without
+/// blocking, and appends them to `out` as deliveries. Returns how many were read (zero when
+/// nothing is ready); fails only when the consumer cannot continue.
 pub(crate) fn read_ready(
     consumer: &KafkaConsumer,
     shared: &Arc<Shared>,
     room: usize,
-) -> Result<Vec<Result<Delivery>>> {
-    let mut records = Vec::new();
+    out: &mut VecDeque<Result<Delivery>>,
+) -> Result<usize> {
+    let limit = room.min(MAX_BATCH);
+    let mut records = Vec::with_capacity(limit);
     // A poll that served an event (rebalance, commit result) also returns nothing: only two
     // empty polls in a row say that the queue is empty.
     let mut empty_polls = 0;
-    while records.len() < room && empty_polls < 2 {
+    while records.len() < limit && empty_polls < 2 {
         match consumer.poll(Duration::ZERO) {
             None => empty_polls += 1,
             Some(Ok(record)) => {
@@ -227,19 +235,18 @@ pub(crate) fn read_ready(
         }
     }
     if records.is_empty() {
-        return Ok(Vec::new());
+        return Ok(0);
     }
-    let positions: Vec<(i32, i64)> = records
-        .iter()
-        .map(|r| (r.partition(), r.offset()))
-        .collect();
-    let ackers = shared.admit(&positions);
+    let ackers = shared.admit(records.iter().map(|r| (r.partition(), r.offset())));
     let topic = shared.topic();
-    Ok(records
-        .iter()
-        .zip(ackers)
-        .filter_map(|(record, acker)| acker.map(|a| Ok(inbound::delivery(record, topic, a))))
-        .collect())
+    let before = out.len();
+    out.extend(
+        records
+            .iter()
+            .zip(ackers)
+            .filter_map(|(record, acker)| acker.map(|a| Ok(inbound::delivery(record, topic, a)))),
+    );
+    Ok(out.len() - before)
 }
 
 /// Does the rewinds nacks asked for: store the rewind point, seek back to it (without

@@ -1,5 +1,6 @@
 //! Subscriptions: a consumer in the group and the stream that reads it.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -127,7 +128,7 @@ pub(crate) async fn open(
     let stream = KafkaStream {
         subscription: subscription.clone(),
         shared,
-        batch: Vec::new().into_iter(),
+        batch: VecDeque::new(),
         idle: Box::pin(tokio::time::sleep(IDLE_CHECK)),
         idle_delay: FIRST_IDLE_CHECK,
         last_store: Instant::now(),
@@ -145,7 +146,7 @@ pub(crate) async fn open(
 struct KafkaStream {
     subscription: Arc<Subscription>,
     shared: Arc<Shared>,
-    batch: std::vec::IntoIter<Result<Delivery>>,
+    batch: VecDeque<Result<Delivery>>,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_delay: Duration,
     last_store: Instant,
@@ -155,7 +156,7 @@ struct KafkaStream {
 
 impl KafkaStream {
     /// Housekeeping and one non-blocking read of the consumer.
-    fn read(&mut self, room: usize) -> Option<Result<Vec<Result<Delivery>>>> {
+    fn read(&mut self, room: usize) -> Option<Result<usize>> {
         let guard = self.subscription.consumer();
         let consumer = guard.as_ref()?;
         consumer::rewind(consumer, &self.shared);
@@ -164,9 +165,14 @@ impl KafkaStream {
             self.last_store = Instant::now();
         }
         if room == 0 {
-            return Some(Ok(Vec::new()));
+            return Some(Ok(0));
         }
-        Some(consumer::read_ready(consumer, &self.shared, room))
+        Some(consumer::read_ready(
+            consumer,
+            &self.shared,
+            room,
+            &mut self.batch,
+        ))
     }
 }
 
@@ -180,7 +186,7 @@ impl Stream for KafkaStream {
             if this.ended || this.shared.is_stopping() {
                 return Poll::Ready(None);
             }
-            if let Some(delivery) = this.batch.next() {
+            if let Some(delivery) = this.batch.pop_front() {
                 return Poll::Ready(Some(delivery));
             }
             let room = this.shared.room();
@@ -190,9 +196,8 @@ impl Stream for KafkaStream {
                     this.ended = true;
                     return Poll::Ready(Some(Err(error)));
                 }
-                Some(Ok(batch)) if !batch.is_empty() => {
+                Some(Ok(read)) if read > 0 => {
                     this.idle_delay = FIRST_IDLE_CHECK;
-                    this.batch = batch.into_iter();
                     continue;
                 }
                 Some(Ok(_)) => {}
@@ -222,7 +227,7 @@ impl DeliveryStream for KafkaStream {
         async move {
             self.ended = true;
             // Read but not handed out: delivered again to the group.
-            self.batch = Vec::new().into_iter();
+            self.batch.clear();
             self.subscription.close();
             if !self.subscription.closed(self.close_timeout).await {
                 tracing::warn!(topic = %self.shared.topic(), group = self.shared.group(),
@@ -237,7 +242,7 @@ impl DeliveryStream for KafkaStream {
 
 impl Drop for KafkaStream {
     fn drop(&mut self) {
-        self.batch = Vec::new().into_iter();
+        self.batch.clear();
         self.subscription.close();
     }
 }
