@@ -5,6 +5,7 @@
 //! last error is kept so that a failed `connect` can say why.
 
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -17,11 +18,24 @@ pub(crate) struct LastError {
     pub(crate) text: String,
 }
 
+/// How often the same error is logged as a warning at most; repeats in between are logged at
+/// debug level and counted (librdkafka reports "all brokers down" on every reconnect attempt).
+const REPEAT_WARNING_EVERY: Duration = Duration::from_secs(10);
+
 /// Logs and errors of one client (producer, admin client or one consumer).
 #[derive(Debug, Clone)]
 pub(crate) struct ClientLog {
     role: &'static str,
     last_error: Arc<Mutex<Option<LastError>>>,
+    warned: Arc<Mutex<Vec<Warned>>>,
+}
+
+/// The error last logged as a warning, when, and how many repeats were not.
+#[derive(Debug)]
+struct Warned {
+    code: Option<RDKafkaErrorCode>,
+    at: Instant,
+    repeats: u32,
 }
 
 impl ClientLog {
@@ -30,6 +44,7 @@ impl ClientLog {
         ClientLog {
             role,
             last_error: Arc::new(Mutex::new(None)),
+            warned: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -69,8 +84,11 @@ impl ClientLog {
             || error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal);
         if fatal {
             tracing::error!(target: "librdkafka", role = self.role, %error, reason, "fatal client error");
+        } else if let Some(repeats) = self.should_warn(error.rdkafka_error_code()) {
+            tracing::warn!(target: "librdkafka", role = self.role, %error, reason, repeats,
+                "client error (librdkafka retries by itself; `repeats` identical errors since the last warning were logged at debug level)");
         } else {
-            tracing::warn!(target: "librdkafka", role = self.role, %error, reason, "client error; librdkafka retries by itself");
+            tracing::debug!(target: "librdkafka", role = self.role, %error, reason, "client error, repeated");
         }
         *self
             .last_error
@@ -86,6 +104,35 @@ impl ClientLog {
     }
 }
 
+impl ClientLog {
+    /// Whether an error with `code` is to be logged as a warning now; if so, how many
+    /// repeats were logged at debug level since the last warning.
+    fn should_warn(&self, code: Option<RDKafkaErrorCode>) -> Option<u32> {
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = Instant::now();
+        match warned.iter_mut().find(|w| w.code == code) {
+            Some(last) if now.duration_since(last.at) < REPEAT_WARNING_EVERY => {
+                last.repeats += 1;
+                None
+            }
+            Some(last) => {
+                let repeats = last.repeats;
+                last.at = now;
+                last.repeats = 0;
+                Some(repeats)
+            }
+            None => {
+                warned.push(Warned {
+                    code,
+                    at: now,
+                    repeats: 0,
+                });
+                Some(0)
+            }
+        }
+    }
+}
+
 impl ClientContext for ClientLog {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         ClientLog::log(self, level, fac, log_message);
@@ -93,5 +140,23 @@ impl ClientContext for ClientLog {
 
     fn error(&self, error: KafkaError, reason: &str) {
         ClientLog::error(self, &error, reason);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn repeated_errors_warn_once_per_period() {
+        let log = ClientLog::new("test");
+        let down = Some(RDKafkaErrorCode::AllBrokersDown);
+        assert_eq!(log.should_warn(down), Some(0));
+        assert_eq!(log.should_warn(down), None);
+        assert_eq!(log.should_warn(down), None);
+        let refused = Some(RDKafkaErrorCode::BrokerTransportFailure);
+        assert_eq!(log.should_warn(refused), Some(0));
+        assert_eq!(log.should_warn(down), None);
+        assert_eq!(log.should_warn(refused), None);
     }
 }
