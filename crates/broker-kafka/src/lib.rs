@@ -13,7 +13,7 @@
 //! | message id / content type | headers `message-id` / `content-type` |
 //! | publish confirmation | delivery report of an idempotent `acks=all` producer |
 //! | ack | offset marked handled; the contiguous handled prefix of each partition is committed |
-//! | nack | the partition is rewound: that message and the later ones of its partition are delivered again |
+//! | nack | the partition is rewound to its oldest unsettled message (the nacked one, or an earlier one still being handled): that message and every later one of the partition are delivered again |
 //! | position | partition and offset |
 //!
 //! # Guarantees
@@ -29,6 +29,11 @@
 //! - A subscription hands out at most `max_in_flight` unsettled deliveries; its consumer stops
 //!   reading at the limit (librdkafka's own prefetch is bounded by its
 //!   `queued.max.messages.kbytes`).
+//! - A subscription's consumer is driven by reading its stream (no extra thread, no hand-off):
+//!   rebalances are served while the stream is read. A member whose stream is not read for
+//!   longer than `max.poll.interval.ms` (5 minutes by default) is taken out of the group by
+//!   librdkafka; its unacknowledged messages go to the other members, and it rejoins when read
+//!   again.
 //! - A new group reads from the earliest retained message, or, with `StartFrom::Latest`, from
 //!   the end of each partition at the time `subscribe` was called.
 
