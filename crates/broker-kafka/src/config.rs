@@ -405,6 +405,27 @@ mod tests {
     }
 
     #[test]
+    fn librdkafka_is_built_with_tls_sasl_and_every_codec() {
+        let native = KafkaConfig::default()
+            .producer_config()
+            .create_native_config()
+            .unwrap();
+        let features = native.get("builtin.features").unwrap();
+        for feature in [
+            "ssl",
+            "sasl_plain",
+            "sasl_scram",
+            "sasl_oauthbearer",
+            "gzip",
+            "snappy",
+            "lz4",
+            "zstd",
+        ] {
+            assert!(features.contains(feature), "{feature} missing: {features}");
+        }
+    }
+
+    #[test]
     fn zero_values_name_their_key() {
         let config = KafkaConfig {
             partitions: Some(0),
