@@ -300,3 +300,52 @@ async fn a_member_leaving_mid_stream_loses_nothing() {
     })
     .await;
 }
+
+/// A message the broker refuses for its size (the topic's `max.message.bytes` is below the
+/// client's limit) is `Rejected`, quickly, and the next message goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_side_size_limit_is_rejected() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("broker_side_size_limit", async {
+        use broker_kafka::rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+        use broker_kafka::rdkafka::client::DefaultClientContext;
+
+        let topic = unique("small");
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", &harness.bootstrap_servers)
+            .create()
+            .unwrap();
+        let spec =
+            NewTopic::new(&topic, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "2000");
+        for result in admin
+            .create_topics([&spec], &AdminOptions::new())
+            .await
+            .unwrap()
+        {
+            result.unwrap();
+        }
+        let backend = backend(&harness.bootstrap_servers, true).await.unwrap();
+        let started = Instant::now();
+        let err = match backend.send(&topic, Message::new(vec![7u8; 10_000])).await {
+            Ok(confirmation) => confirmation.await.expect_err("over the topic's limit"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+        assert!(err.to_string().contains("max.message.bytes"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        backend
+            .send(&topic, Message::new("small"))
+            .await
+            .unwrap()
+            .await
+            .expect("a small message after the refusal");
+        backend.close().await.unwrap();
+    })
+    .await;
+}
