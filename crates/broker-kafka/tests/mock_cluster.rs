@@ -335,3 +335,38 @@ async fn calls_after_close_fail_as_closed() {
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
     broker.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_producer_queue_makes_send_wait_not_fail() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("burst", 1, 1).unwrap();
+    init_logs();
+    let mut config = config(&cluster);
+    config
+        .properties
+        .insert("queue.buffering.max.messages".into(), "10".into());
+    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
+        .await
+        .unwrap();
+    let mut confirmations = Vec::new();
+    let mut waited = 0;
+    for i in 0..200 {
+        // Without waiting for confirmations: librdkafka's queue (10) fills up, send waits.
+        let send = backend.send("burst", Message::new(format!("m{i}")));
+        if matches!(send, futures::future::Either::Right(_)) {
+            waited += 1;
+        }
+        confirmations.push(send.await.unwrap());
+    }
+    assert!(waited > 0, "the queue never filled up");
+    let receipts = futures::future::try_join_all(confirmations).await.unwrap();
+    let offsets: Vec<i64> = receipts
+        .iter()
+        .map(|r| match r.position {
+            Position::Kafka { offset, .. } => offset,
+            ref other => panic!("not a Kafka position: {other:?}"),
+        })
+        .collect();
+    assert_eq!(offsets, (0..200).collect::<Vec<i64>>(), "in send order");
+    backend.close().await.unwrap();
+}
