@@ -124,19 +124,39 @@ impl Admin {
             })
             .unwrap_or_default();
         for subscription in subscriptions {
-            self.create_subscription(topic, &subscription).await?;
+            self.repair_subscription(topic, &subscription).await?;
         }
         Ok(())
     }
 
-    /// Re-creates one subscription (and its topic) that the service lost.
+    /// Re-creates one subscription (and its topic) that the service lost. When the topic
+    /// vanishes again in between, it is created once more.
     pub(crate) async fn recreate_subscription(
         &self,
         topic: &str,
         subscription: &str,
     ) -> Result<()> {
         self.create_topic(topic).await?;
-        self.create_subscription(topic, subscription).await
+        match self.repair_subscription(topic, subscription).await {
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                self.create_topic(topic).await?;
+                self.repair_subscription(topic, subscription).await
+            }
+            other => other,
+        }
+    }
+
+    /// Whether this backend still knows `subscription` of `topic` (it forgets the
+    /// subscriptions of the topics it deletes).
+    pub(crate) fn knows(&self, topic: &str, subscription: &str) -> bool {
+        self.known
+            .lock()
+            .map(|known| {
+                known
+                    .get(topic)
+                    .is_some_and(|subs| subs.contains(subscription))
+            })
+            .unwrap_or(false)
     }
 
     /// The topic names of the project.
@@ -280,7 +300,75 @@ impl Admin {
         }
     }
 
+    /// Creates the subscription; one that exists already is kept, unless `repair` is set and
+    /// it is bound to another topic (a topic deleted and created again leaves its old
+    /// subscriptions detached): then it is replaced.
     async fn create_subscription(&self, topic: &str, subscription: &str) -> Result<()> {
+        self.create_subscription_with(topic, subscription, false)
+            .await
+    }
+
+    async fn repair_subscription(&self, topic: &str, subscription: &str) -> Result<()> {
+        self.create_subscription_with(topic, subscription, true)
+            .await
+    }
+
+    async fn create_subscription_with(
+        &self,
+        topic: &str,
+        subscription: &str,
+        repair: bool,
+    ) -> Result<()> {
+        let created = self.try_create_subscription(topic, subscription).await?;
+        if created || !repair {
+            return Ok(());
+        }
+        let path = self.subscription_path(subscription);
+        let existing = self
+            .subscriptions
+            .get_subscription()
+            .set_subscription(&path)
+            .send()
+            .await;
+        match existing {
+            Ok(found) if found.topic == self.topic_path(topic) => return Ok(()),
+            Ok(found) => tracing::warn!(
+                subscription, expected = topic, bound = %found.topic,
+                "subscription is bound to another topic (its topic was deleted); replacing it"
+            ),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(rpc_error(
+                    e,
+                    "create subscription",
+                    format!("cannot look up subscription {subscription}"),
+                ))
+            }
+        }
+        match self
+            .subscriptions
+            .delete_subscription()
+            .set_subscription(&path)
+            .send()
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => {
+                return Err(rpc_error(
+                    e,
+                    "create subscription",
+                    format!("cannot replace subscription {subscription}"),
+                ))
+            }
+        }
+        self.try_create_subscription(topic, subscription)
+            .await
+            .map(drop)
+    }
+
+    /// Creates the subscription; `false` when it existed already.
+    async fn try_create_subscription(&self, topic: &str, subscription: &str) -> Result<bool> {
         match self
             .subscriptions
             .create_subscription()
@@ -292,9 +380,9 @@ impl Admin {
         {
             Ok(_) => {
                 tracing::debug!(topic, subscription, "created subscription");
-                Ok(())
+                Ok(true)
             }
-            Err(e) if is_already_exists(&e) => Ok(()),
+            Err(e) if is_already_exists(&e) => Ok(false),
             Err(e) => Err(rpc_error(
                 e,
                 "create subscription",

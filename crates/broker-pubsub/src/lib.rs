@@ -103,6 +103,12 @@ use google_cloud_pubsub::client::{BasePublisher, Subscriber, SubscriptionAdmin, 
 use google_cloud_pubsub::retry_policy::RetryableErrors;
 
 pub use config::{ClientOptions, CredentialsChoice, PubSubConfig, DEFAULT_PROJECT};
+/// The Google Cloud authentication crate the clients use, for callers that build their own
+/// clients next to this backend (tests, tools).
+pub use google_cloud_auth;
+/// The Pub/Sub client crate this backend is built on, for callers that need the raw client
+/// next to this backend (tests, benchmarks, tools).
+pub use google_cloud_pubsub;
 pub use mapping::{CONTENT_TYPE_ATTRIBUTE, MESSAGE_ID_ATTRIBUTE};
 pub use publisher::{MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES};
 

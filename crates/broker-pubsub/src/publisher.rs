@@ -20,7 +20,6 @@ use broker_api::completion::{self, Completion};
 use broker_api::{Confirmation, Error, ErrorKind, Message, Position, Receipt, Result};
 use google_cloud_pubsub::client::{BasePublisher, Publisher};
 use google_cloud_pubsub::error::PublishError;
-use google_cloud_pubsub::publisher::PublishFuture;
 use tokio::sync::{Mutex, OnceCell};
 use tokio::time::Instant;
 
@@ -184,32 +183,27 @@ impl Publishers {
     fn publish(self: &Arc<Self>, publisher: Arc<TopicPublisher>, message: Message) -> Confirmation {
         let response = publisher.client.publish(to_pubsub(&message));
         let this = Arc::clone(self);
-        completion::boxed(this.confirm(publisher, message, response))
+        // The confirmation of every message in flight lives until its answer: keep it small
+        // and box the rarely needed retry state separately.
+        completion::boxed(async move {
+            match response.await {
+                Ok(server_id) => Ok(receipt(message, server_id)),
+                Err(err) => Box::pin(this.retry(publisher, message, err)).await,
+            }
+        })
     }
 
-    /// Waits for the publish response, retrying within `publish_timeout` what can be retried.
-    async fn confirm(
+    /// Publishes a failed message again within `publish_timeout` when retrying can help.
+    async fn retry(
         self: Arc<Self>,
         publisher: Arc<TopicPublisher>,
         message: Message,
-        mut response: PublishFuture,
+        first: PublishError,
     ) -> Result<Receipt> {
-        let mut deadline = None;
+        let deadline = Instant::now() + self.publish_timeout;
         let mut attempt = 0u32;
+        let mut err = first;
         loop {
-            let err = match response.await {
-                Ok(server_id) => {
-                    let Message { id, key, .. } = message;
-                    return Ok(Receipt {
-                        message_id: id,
-                        position: Position::PubSub {
-                            message_id: server_id,
-                            ordering_key: key.filter(|k| !k.is_empty()),
-                        },
-                    });
-                }
-                Err(err) => err,
-            };
             let key = message.key.as_deref().filter(|k| !k.is_empty());
             if let Some(key) = key {
                 // The client pauses a key after a failure; resume it so later messages with
@@ -217,7 +211,6 @@ impl Publishers {
                 publisher.client.resume_publish(key);
             }
             let failed_at = Instant::now();
-            let deadline = *deadline.get_or_insert(failed_at + self.publish_timeout);
             let action = match &err {
                 PublishError::Rpc(e) if is_not_found(e) && self.admin.auto_provision() => {
                     Retry::Recreate
@@ -246,7 +239,10 @@ impl Publishers {
             }
             let pause = backoff(attempt).min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
-            response = publisher.client.publish(to_pubsub(&message));
+            match publisher.client.publish(to_pubsub(&message)).await {
+                Ok(server_id) => return Ok(receipt(message, server_id)),
+                Err(next) => err = next,
+            }
         }
     }
 
@@ -260,6 +256,18 @@ impl Publishers {
         self.admin.recreate(&publisher.name).await?;
         *recreated_at = Some(Instant::now());
         Ok(())
+    }
+}
+
+/// The receipt of a confirmed message.
+fn receipt(message: Message, server_id: String) -> Receipt {
+    let Message { id, key, .. } = message;
+    Receipt {
+        message_id: id,
+        position: Position::PubSub {
+            message_id: server_id,
+            ordering_key: key.filter(|k| !k.is_empty()),
+        },
     }
 }
 

@@ -27,7 +27,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use broker_api::Result;
+use broker_api::{ErrorKind, Result};
 use google_cloud_auth::credentials::Credentials;
 use google_cloud_pubsub::client::Subscriber;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
@@ -348,6 +348,13 @@ impl Subscriptions {
                     ),
                 ));
             }
+            if !self.admin.knows(&target.topic, subscription) {
+                return Err(rpc_error(
+                    err,
+                    "subscribe",
+                    format!("subscription {subscription} was deleted with its topic"),
+                ));
+            }
             tracing::warn!(
                 topic = %target.topic, %subscription, error = %err,
                 "subscription not found (the service lost it?); re-creating it"
@@ -358,7 +365,7 @@ impl Subscriptions {
                 .await
             {
                 Ok(()) => Ok(()),
-                Err(e) if e.is_temporary() => {
+                Err(e) if e.is_temporary() || e.kind() == ErrorKind::NotFound => {
                     tracing::warn!(%subscription, error = %e, attempt = failures, "re-creating the subscription failed; retrying");
                     Ok(())
                 }

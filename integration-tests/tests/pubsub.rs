@@ -1,0 +1,466 @@
+//! The conformance suite and Pub/Sub's own cases against the Pub/Sub emulator
+//! (`scripts/brokers.sh start pubsub`, then `eval "$(scripts/brokers.sh env)"`), found through
+//! `BROKER_TEST_PUBSUB` (e.g. `http://127.0.0.1:8085`). Skipped when it is unset, failed with
+//! `BROKER_REQUIRE_LIVE=1`.
+//!
+//! The restart case takes the emulator for itself: it waits until the running cases finish, and
+//! the cases started after it wait for it. The emulator keeps nothing across a restart, so that
+//! case checks that the backend recovers and that messages published after the restart flow.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use broker_api::{
+    Backend, Broker, ConnectOptions, ErrorKind, Message, Position, SubscribeRequest, TopicSpec,
+};
+use broker_pubsub::google_cloud_auth::credentials::anonymous::Builder as Anonymous;
+use broker_pubsub::google_cloud_pubsub::client::{Publisher, SubscriptionAdmin, TopicAdmin};
+use broker_pubsub::google_cloud_pubsub::model::Message as PubsubMessage;
+use broker_pubsub::{PubSubBackend, PubSubConfig};
+use broker_testkit::support::{run_case, unique};
+use broker_testkit::{cases, live, Harness};
+use futures::StreamExt;
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+const ENDPOINT_VAR: &str = "BROKER_TEST_PUBSUB";
+const PROJECT: &str = "broker-tests";
+
+/// Connects to the emulator under test with short timeouts.
+struct PubSub {
+    endpoint: String,
+    _turn: Turn,
+}
+
+#[async_trait]
+impl Harness for PubSub {
+    async fn connect(&self) -> broker_api::Result<Broker> {
+        Ok(Broker::new(backend(&self.endpoint, true).await?))
+    }
+
+    async fn restart(&self) -> Result<(), String> {
+        live::brokers_script("restart", "pubsub").await.map(drop)
+    }
+
+    fn patience(&self) -> Duration {
+        Duration::from_secs(30)
+    }
+}
+
+fn config(endpoint: &str) -> PubSubConfig {
+    PubSubConfig {
+        project: PROJECT.to_owned(),
+        endpoint: Some(endpoint.to_owned()),
+        connect_timeout: Duration::from_secs(5),
+        publish_timeout: Duration::from_secs(30),
+        admin_timeout: Duration::from_secs(10),
+        ..PubSubConfig::default()
+    }
+}
+
+async fn backend(endpoint: &str, auto_provision: bool) -> broker_api::Result<PubSubBackend> {
+    PubSubBackend::connect(
+        config(endpoint),
+        ConnectOptions::default().auto_provision(auto_provision),
+    )
+    .await
+}
+
+/// Who may use the emulator: every ordinary case together, or the restart case alone.
+static TURNS: RwLock<()> = RwLock::const_new(());
+
+enum Turn {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
+}
+
+/// The harness for an ordinary case (sharing the emulator), or `None` to skip.
+async fn shared() -> Option<PubSub> {
+    let endpoint = live::require(ENDPOINT_VAR)?;
+    Some(PubSub {
+        endpoint,
+        _turn: Turn::Shared(TURNS.read().await),
+    })
+}
+
+/// The harness for a case that restarts the emulator (alone on it), or `None` to skip.
+async fn exclusive() -> Option<PubSub> {
+    let endpoint = live::require(ENDPOINT_VAR)?;
+    Some(PubSub {
+        endpoint,
+        _turn: Turn::Exclusive(TURNS.write().await),
+    })
+}
+
+broker_testkit::conformance_suite!(shared().await);
+
+/// The emulator restarted mid-stream (it comes back empty): publishing re-creates the topic and
+/// its subscriptions, the running subscription reopens its streaming pull, and messages
+/// published after the restart flow.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_loses_nothing() {
+    if let Some(harness) = exclusive().await {
+        run_case(
+            "broker_restart_loses_nothing",
+            cases::broker_restart_loses_nothing(&harness),
+        )
+        .await;
+    }
+}
+
+async fn topic_admin(endpoint: &str) -> TopicAdmin {
+    TopicAdmin::builder()
+        .with_endpoint(endpoint)
+        .with_credentials(Anonymous::new().build())
+        .build()
+        .await
+        .expect("topic admin client")
+}
+
+async fn subscription_admin(endpoint: &str) -> SubscriptionAdmin {
+    SubscriptionAdmin::builder()
+        .with_endpoint(endpoint)
+        .with_credentials(Anonymous::new().build())
+        .build()
+        .await
+        .expect("subscription admin client")
+}
+
+/// Waits for the next delivery of `stream`, failing after `patience`.
+async fn next_delivery(
+    stream: &mut broker_api::BoxDeliveryStream,
+    patience: Duration,
+) -> broker_api::Delivery {
+    tokio::time::timeout(patience, stream.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the stream is open")
+        .expect("a delivery")
+}
+
+/// A message published by another program without a `message-id` attribute is delivered, with
+/// its attributes as headers; what this backend publishes carries the wire attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_attributes_and_foreign_messages() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("wire_attributes_and_foreign_messages", async {
+        let backend = backend(&harness.endpoint, true).await.unwrap();
+        let topic = unique("wire");
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).group("g"))
+            .await
+            .unwrap();
+        let raw = Publisher::builder(format!("projects/{PROJECT}/topics/{topic}"))
+            .with_endpoint(&harness.endpoint)
+            .with_credentials(Anonymous::new().build())
+            .build()
+            .await
+            .unwrap();
+        let mut foreign = PubsubMessage::new().set_data("from elsewhere");
+        foreign.attributes = HashMap::from([("origin".to_owned(), "gcloud".to_owned())]);
+        raw.publish(foreign).await.expect("raw publish");
+        let receipt = backend
+            .send(
+                &topic,
+                Message::new("ours")
+                    .with_key("k1")
+                    .with_id("id-42")
+                    .with_content_type("text/plain")
+                    .with_header("h", "v"),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let Position::PubSub {
+            message_id: server_id,
+            ordering_key,
+        } = &receipt.position
+        else {
+            panic!("expected a Pub/Sub position: {receipt:?}");
+        };
+        assert!(!server_id.is_empty());
+        assert_eq!(ordering_key.as_deref(), Some("k1"));
+
+        let mut stream = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        let mut seen = HashMap::new();
+        for _ in 0..2 {
+            let delivery = next_delivery(&mut stream, harness.patience()).await;
+            let text = String::from_utf8(delivery.payload.to_vec()).unwrap();
+            seen.insert(text, delivery.metadata.clone());
+            delivery.ack().await.unwrap();
+        }
+        let foreign = &seen["from elsewhere"];
+        assert_eq!(foreign.message_id, None);
+        assert_eq!(foreign.key, None);
+        assert_eq!(foreign.headers.get("origin"), Some("gcloud"));
+        assert!(foreign.publish_time.is_some());
+        let ours = &seen["ours"];
+        assert_eq!(
+            ours.message_id.as_ref().map(|id| id.as_str()),
+            Some("id-42")
+        );
+        assert_eq!(ours.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(ours.key.as_deref(), Some("k1"));
+        assert_eq!(ours.headers.get("h"), Some("v"));
+        assert_eq!(ours.headers.len(), 1, "{:?}", ours.headers);
+        assert_eq!(
+            ours.position,
+            Position::PubSub {
+                message_id: server_id.clone(),
+                ordering_key: Some("k1".to_owned())
+            }
+        );
+        stream.close().await.unwrap();
+        backend.delete_topic(&topic).await.unwrap();
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
+/// With auto-provisioning off, a missing topic or subscription is `NotFound` and nothing is
+/// created; a failed publish with an ordering key does not wedge the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_topic_is_not_found_without_auto_provisioning() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("unknown_topic_is_not_found", async {
+        let backend = backend(&harness.endpoint, false).await.unwrap();
+        let topic = unique("missing");
+        let started = Instant::now();
+        let err = match backend.send(&topic, Message::new("x").with_key("k")).await {
+            Ok(confirmation) => confirmation.await.expect_err("publish to a missing topic"),
+            Err(e) => e,
+        };
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(err.to_string().contains(&topic), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+        let err = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .err()
+            .expect("subscribe to a missing topic");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        assert!(!backend.list_topics().await.unwrap().contains(&topic));
+
+        // Created by someone else: publishing with the same key now works.
+        topic_admin(&harness.endpoint)
+            .await
+            .create_topic()
+            .set_name(format!("projects/{PROJECT}/topics/{topic}"))
+            .send()
+            .await
+            .unwrap();
+        backend
+            .send(&topic, Message::new("y").with_key("k"))
+            .await
+            .unwrap()
+            .await
+            .expect("the key is not wedged by the earlier failure");
+        let err = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .err()
+            .expect("subscribe to a missing subscription");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        backend.close().await.unwrap();
+        backend_cleanup(&harness.endpoint, &topic).await;
+    })
+    .await;
+}
+
+async fn backend_cleanup(endpoint: &str, topic: &str) {
+    let backend = backend(endpoint, true).await.expect("connect");
+    backend.delete_topic(topic).await.expect("delete topic");
+    backend.close().await.expect("close");
+}
+
+/// Topics are listed and deleted together with their subscriptions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_are_listed_and_deleted_with_their_subscriptions() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("topics_are_listed_and_deleted", async {
+        let backend = backend(&harness.endpoint, true).await.unwrap();
+        let topic = unique("listed");
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).group("a").group("b"))
+            .await
+            .unwrap();
+        assert!(backend.list_topics().await.unwrap().contains(&topic));
+        backend.delete_topic(&topic).await.unwrap();
+        assert!(!backend.list_topics().await.unwrap().contains(&topic));
+        let subscriptions = subscription_admin(&harness.endpoint).await;
+        for group in ["a", "b"] {
+            let err = subscriptions
+                .get_subscription()
+                .set_subscription(format!("projects/{PROJECT}/subscriptions/{topic}.{group}"))
+                .send()
+                .await
+                .expect_err("the subscription was deleted with its topic");
+            assert!(
+                err.to_string().contains("NOT_FOUND") || err.status().is_some(),
+                "{err}"
+            );
+        }
+        let err = backend
+            .delete_topic(&topic)
+            .await
+            .expect_err("deleted twice");
+        assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+        // Publishing again provisions the topic again.
+        backend
+            .send(&topic, Message::new("again"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        backend.delete_topic(&topic).await.unwrap();
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
+/// The topic and subscription vanish under a running subscription (what an emulator restart
+/// does): publishing re-creates them and the subscription reopens its streaming pull.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_topic_and_subscription_are_recreated() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("vanished_topic_and_subscription", async {
+        let backend = backend(&harness.endpoint, true).await.unwrap();
+        let topic = unique("vanish");
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).group("g"))
+            .await
+            .unwrap();
+        let mut stream = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        backend
+            .send(&topic, Message::new("before"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let delivery = next_delivery(&mut stream, harness.patience()).await;
+        delivery.ack().await.unwrap();
+
+        let subscriptions = subscription_admin(&harness.endpoint).await;
+        subscriptions
+            .delete_subscription()
+            .set_subscription(format!("projects/{PROJECT}/subscriptions/{topic}.g"))
+            .send()
+            .await
+            .unwrap();
+        topic_admin(&harness.endpoint)
+            .await
+            .delete_topic()
+            .set_topic(format!("projects/{PROJECT}/topics/{topic}"))
+            .send()
+            .await
+            .unwrap();
+
+        // The publish finds the topic gone, re-creates it and the known subscription.
+        backend
+            .send(&topic, Message::new("after"))
+            .await
+            .unwrap()
+            .await
+            .expect("publish after the topic vanished");
+        let delivery = next_delivery(&mut stream, harness.patience()).await;
+        assert_eq!(&delivery.payload[..], b"after");
+        delivery.ack().await.unwrap();
+        stream.close().await.unwrap();
+        backend.delete_topic(&topic).await.unwrap();
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
+/// Closing a subscription and subscribing again in the same group, with keyed messages, loses
+/// nothing and delays nothing (the emulator would otherwise keep routing keys to the closed
+/// streaming pull).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resubscribing_with_keys_delivers_at_once() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("resubscribing_with_keys", async {
+        let backend = backend(&harness.endpoint, true).await.unwrap();
+        let topic = unique("rekey");
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).group("g"))
+            .await
+            .unwrap();
+        for _ in 0..3 {
+            let mut stream = backend
+                .subscribe(SubscribeRequest::new(&topic, "g"))
+                .await
+                .unwrap();
+            stream.close().await.unwrap();
+        }
+        let mut stream = backend
+            .subscribe(SubscribeRequest::new(&topic, "g").max_in_flight(64))
+            .await
+            .unwrap();
+        let mut confirmations = Vec::new();
+        for i in 0..40 {
+            let message = Message::new(format!("k-{i}")).with_key(format!("key-{}", i % 10));
+            confirmations.push(backend.send(&topic, message).await.unwrap());
+        }
+        futures::future::try_join_all(confirmations).await.unwrap();
+        let started = Instant::now();
+        let mut got = std::collections::BTreeSet::new();
+        while got.len() < 40 {
+            let delivery = next_delivery(&mut stream, Duration::from_secs(10)).await;
+            got.insert(String::from_utf8(delivery.payload.to_vec()).unwrap());
+            delivery.ack().await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        stream.close().await.unwrap();
+        backend.delete_topic(&topic).await.unwrap();
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
+/// An unreachable endpoint fails `connect` within the connect timeout, naming the endpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_endpoint_fails_connect_quickly() {
+    run_case("unreachable_endpoint", async {
+        let started = Instant::now();
+        let config = PubSubConfig {
+            connect_timeout: Duration::from_secs(2),
+            ..config("http://127.0.0.1:9")
+        };
+        let err = PubSubBackend::connect(config, ConnectOptions::default())
+            .await
+            .expect_err("nothing listens on port 9");
+        assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+        assert!(err.to_string().contains("http://127.0.0.1:9"), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    })
+    .await;
+}
