@@ -52,7 +52,7 @@ if [ "$live" -eq 1 ]; then
   for broker in $LIVE_BROKERS; do
     for suite in "$broker" "${broker}_restart"; do
       if [ -f "integration-tests/tests/$suite.rs" ]; then
-        step "live: $suite" cargo test -p integration-tests --test "$suite"
+        step "live: $suite" cargo test --all-features -p integration-tests --test "$suite"
       fi
     done
   done
