@@ -442,6 +442,83 @@ async fn resubscribing_with_keys_delivers_at_once() {
     .await;
 }
 
+/// Two backends (two processes, say) in one group: the second one joining does not stop the
+/// first, and together they receive everything; a third backend subscribing after both
+/// closed still gets new messages at once (the emulator's abandoned streaming pulls of the
+/// closed backends are reclaimed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_in_separate_backends_share_a_group() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("members_in_separate_backends", async {
+        let first = backend(&harness.endpoint, true).await.unwrap();
+        let second = backend(&harness.endpoint, true).await.unwrap();
+        let topic = unique("members");
+        first
+            .ensure_topic(&TopicSpec::new(&topic).group("g"))
+            .await
+            .unwrap();
+        let mut a = first
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        let mut b = second
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        let mut confirmations = Vec::new();
+        for i in 0..40 {
+            let message = Message::new(format!("m-{i}")).with_key(format!("key-{}", i % 8));
+            confirmations.push(first.send(&topic, message).await.unwrap());
+        }
+        futures::future::try_join_all(confirmations).await.unwrap();
+        let mut got = std::collections::BTreeSet::new();
+        let deadline = Instant::now() + harness.patience();
+        while got.len() < 40 {
+            assert!(Instant::now() < deadline, "got {} of 40", got.len());
+            let next = tokio::select! {
+                next = a.next() => next,
+                next = b.next() => next,
+                () = tokio::time::sleep(Duration::from_millis(200)) => continue,
+            };
+            let delivery = next.expect("open").expect("a delivery");
+            got.insert(String::from_utf8(delivery.payload.to_vec()).unwrap());
+            delivery.ack().await.unwrap();
+        }
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+        first.close().await.unwrap();
+        second.close().await.unwrap();
+
+        let third = backend(&harness.endpoint, true).await.unwrap();
+        let mut c = third
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        let mut confirmations = Vec::new();
+        for i in 0..20 {
+            let message = Message::new(format!("n-{i}")).with_key(format!("key-{i}"));
+            confirmations.push(third.send(&topic, message).await.unwrap());
+        }
+        futures::future::try_join_all(confirmations).await.unwrap();
+        let started = Instant::now();
+        for _ in 0..20 {
+            let delivery = next_delivery(&mut c, Duration::from_secs(10)).await;
+            delivery.ack().await.unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        c.close().await.unwrap();
+        third.delete_topic(&topic).await.unwrap();
+        third.close().await.unwrap();
+    })
+    .await;
+}
+
 /// An unreachable endpoint fails `connect` within the connect timeout, naming the endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_endpoint_fails_connect_quickly() {

@@ -1,7 +1,7 @@
 //! Topics and subscriptions: creating them on first use, re-creating them after the service
 //! lost them (an emulator restart), listing and deleting them.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -9,9 +9,18 @@ use broker_api::{Error, ErrorKind, Result};
 use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::model::PushConfig;
 use google_cloud_pubsub::retry_policy::RetryableErrors;
 
 use crate::error::{is_already_exists, is_not_found, rpc_error, BACKEND};
+
+/// How long a subscription is switched to push delivery to end the emulator's abandoned
+/// streaming pulls: the emulator checks each pull every 50 ms.
+pub(crate) const RECLAIM_WINDOW: Duration = Duration::from_millis(150);
+
+/// Where the emulator tries to push during [`RECLAIM_WINDOW`]: a loopback port nothing
+/// listens on (the discard port), so pushes fail and the messages stay for pulling.
+const RECLAIM_PUSH_ENDPOINT: &str = "http://127.0.0.1:9/";
 
 /// The administrative clients of one backend and what it knows about its resources.
 #[derive(Debug)]
@@ -24,6 +33,8 @@ pub(crate) struct Admin {
     /// The subscriptions this backend created or opened, by topic: re-created with the topic
     /// when the service lost them.
     known: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// The subscriptions this backend created (rather than found).
+    created: Mutex<HashSet<String>>,
 }
 
 impl Admin {
@@ -39,6 +50,7 @@ impl Admin {
             subscriptions,
             auto_provision,
             known: Mutex::new(HashMap::new()),
+            created: Mutex::new(HashSet::new()),
         }
     }
 
@@ -249,6 +261,42 @@ impl Admin {
             .map_err(|e| rpc_error(e, "delete topic", format!("cannot delete topic {topic}")))
     }
 
+    /// Ends every streaming pull the emulator still keeps for `subscription`, including those
+    /// of processes gone long ago (see `subscriber` on why the emulator keeps them): the
+    /// subscription is switched to push delivery for [`RECLAIM_WINDOW`], which makes the
+    /// emulator end its streaming pulls, then back to pull delivery. Messages keep waiting in
+    /// the subscription. Emulator only: Google Cloud releases cancelled streaming pulls itself.
+    pub(crate) async fn reclaim_streaming_pulls(&self, subscription: &str) -> Result<()> {
+        let path = self.subscription_path(subscription);
+        let set = |push: PushConfig| {
+            self.subscriptions
+                .modify_push_config()
+                .set_subscription(&path)
+                .set_push_config(push)
+                .send()
+        };
+        let failed = |e| {
+            rpc_error(
+                e,
+                "subscribe",
+                format!("cannot reclaim the streaming pulls of subscription {subscription}"),
+            )
+        };
+        set(PushConfig::new().set_push_endpoint(RECLAIM_PUSH_ENDPOINT))
+            .await
+            .map_err(failed)?;
+        tokio::time::sleep(RECLAIM_WINDOW).await;
+        set(PushConfig::new()).await.map_err(failed)
+    }
+
+    /// Whether this backend created `subscription` itself (so no other process used it yet).
+    pub(crate) fn created(&self, subscription: &str) -> bool {
+        self.created
+            .lock()
+            .map(|created| created.contains(subscription))
+            .unwrap_or(false)
+    }
+
     /// Forgets everything remembered (at close).
     pub(crate) fn forget_all(&self) {
         if let Ok(mut known) = self.known.lock() {
@@ -380,6 +428,9 @@ impl Admin {
         {
             Ok(_) => {
                 tracing::debug!(topic, subscription, "created subscription");
+                if let Ok(mut created) = self.created.lock() {
+                    created.insert(subscription.to_owned());
+                }
                 Ok(true)
             }
             Err(e) if is_already_exists(&e) => Ok(false),

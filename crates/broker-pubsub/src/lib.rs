@@ -29,7 +29,7 @@
 //! message (capabilities `new_group_reads_history = false`, `start_from_latest = true`).
 //! With auto-provisioning on (the default) topics are created when first published to or
 //! subscribed; with it off, a missing topic or subscription is an
-//! [`ErrorKind::NotFound`](broker_api::ErrorKind::NotFound) error.
+//! [`ErrorKind::NotFound`] error.
 //!
 //! # Publishing
 //!
@@ -61,13 +61,35 @@
 //! topic `t.g.dlq` with its subscription `t.g.dlq`. Pub/Sub's own dead-letter policy is not
 //! used, so all backends share one code path and one naming.
 //!
+//! # The emulator's streaming pulls
+//!
+//! The Pub/Sub emulator (0.8.x, as packaged in `google-cloud-cli-pubsub-emulator`) never
+//! releases a streaming pull that the client cancels or whose connection closes: it goes on
+//! routing messages to it — unkeyed messages until their acknowledgement deadline passes,
+//! messages whose ordering key hashes to it for good — so the next subscriber of the group
+//! would miss them. Against the emulator (an `endpoint` with anonymous credentials) this
+//! backend therefore:
+//!
+//! - keeps the streaming pull of a closed subscription open and idle, and hands it to the next
+//!   subscription of the same group on this backend;
+//! - when it closes, and before its first pull of a subscription it did not create itself
+//!   (one an earlier process used), ends the emulator's left-over pulls of the subscription:
+//!   it switches the subscription to push delivery to an unreachable loopback address for
+//!   150 ms, which makes the emulator end every streaming pull of it, then back to pull. Live
+//!   pulls of other processes in the group are ended too and reopen by themselves (this
+//!   backend's within 100 ms); messages waiting in the subscription at that moment stay there,
+//!   but the first message of a key may then come after later ones.
+//!
+//! None of this happens against Google Cloud, which releases cancelled streaming pulls.
+//!
 //! # Restarts
 //!
 //! Google Cloud keeps topics, subscriptions and unacknowledged messages. The emulator keeps
 //! nothing across a restart: the backend recovers by itself (publishes retry and re-create
 //! the topic and its known subscriptions, subscriptions re-create themselves and reopen
 //! their streaming pull), but messages not yet acknowledged before the restart are gone
-//! (capability `survives_restart = false` on the emulator).
+//! (capability `survives_restart = false` on the emulator). A subscription resumes when the
+//! client's reconnection backoff next retries, within about 30 s of the emulator's return.
 //!
 //! # Credentials
 //!
@@ -432,5 +454,64 @@ impl Backend for PubSubBackend {
         self.inner.admin.forget_all();
         tracing::debug!(endpoint = %self.inner.endpoint, "closed the Pub/Sub backend");
         flushed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_emulator_gets_anonymous_credentials() {
+        let credentials = credentials(&CredentialsChoice::Anonymous).unwrap();
+        assert!(credentials.is_some());
+    }
+
+    #[test]
+    fn bad_key_files_are_config_errors_that_show_no_content() {
+        let dir = std::env::temp_dir().join(format!("broker-pubsub-keys-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let missing = dir.join("missing.json");
+        let err = credentials(&CredentialsChoice::ServiceAccountFile(missing.clone())).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("cannot read"), "{err}");
+        assert!(
+            err.to_string().contains(&*missing.to_string_lossy()),
+            "{err}"
+        );
+
+        let not_json = dir.join("not-json.json");
+        std::fs::write(&not_json, "secret-material").unwrap();
+        let err = credentials(&CredentialsChoice::ServiceAccountFile(not_json)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.to_string().contains("not a JSON service-account key"),
+            "{err}"
+        );
+        assert!(!format!("{err:?}").contains("secret-material"), "{err:?}");
+
+        let not_a_key = dir.join("not-a-key.json");
+        std::fs::write(&not_a_key, r#"{"private_key": "secret-material"}"#).unwrap();
+        let err = credentials(&CredentialsChoice::ServiceAccountFile(not_a_key)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(
+            err.to_string().contains("not a valid service-account key"),
+            "{err}"
+        );
+        assert!(!format!("{err:?}").contains("secret-material"), "{err:?}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[tokio::test]
+    async fn invalid_configuration_fails_before_any_connection() {
+        let config = PubSubConfig {
+            endpoint: Some("127.0.0.1:8085".into()),
+            ..PubSubConfig::default()
+        };
+        let err = PubSubBackend::connect(config, ConnectOptions::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Config);
+        assert!(err.to_string().contains("pubsub.endpoint"), "{err}");
     }
 }

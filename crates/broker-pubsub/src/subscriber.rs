@@ -23,7 +23,7 @@
 //! Google Cloud a closed subscription cancels its streaming pull, and the client rejects the
 //! messages it held so the service delivers them again at once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -36,8 +36,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
-use crate::error::{builder_error, classify, closed, is_not_found, rpc_error};
+use crate::error::{builder_error, classify, closed, is_not_found, rpc_error, status_code};
 use crate::stream::{Sink, SubscriptionStream};
+use google_cloud_gax::error::rpc::Code;
 
 /// How long stopping a streaming pull waits for the client to send the last
 /// acknowledgements and rejections.
@@ -74,6 +75,8 @@ pub(crate) struct Subscriptions {
 struct Registry {
     closed: bool,
     pulls: HashMap<String, Vec<Arc<Pull>>>,
+    /// The subscriptions this backend opened streaming pulls of.
+    pulled: HashSet<String>,
 }
 
 /// One streaming pull's link to the consumer it currently feeds.
@@ -168,6 +171,16 @@ impl Subscriptions {
         if self.reuse_idle_pull(&target.path, &sink)? {
             return Ok(stream);
         }
+        // Pulls abandoned by earlier processes would keep taking this group's messages.
+        if self.first_pull_of(&target.subscription)? && !self.admin.created(&target.subscription) {
+            if let Err(e) = self
+                .admin
+                .reclaim_streaming_pulls(&target.subscription)
+                .await
+            {
+                tracing::warn!(subscription = %target.subscription, error = %e, "could not reclaim the emulator's abandoned streaming pulls; some messages may be delayed");
+            }
+        }
         let client = Subscriber::builder()
             .with_endpoint(&emulator.endpoint)
             .with_credentials(emulator.credentials.clone())
@@ -203,18 +216,38 @@ impl Subscriptions {
             .is_some_and(|pulls| pulls.iter().any(|pull| pull.try_attach(sink))))
     }
 
+    /// Whether this backend opens its first streaming pull of the subscription.
+    fn first_pull_of(&self, subscription: &str) -> Result<bool> {
+        let mut registry = self.pulls.lock().map_err(|_| closed("subscribe"))?;
+        Ok(registry.pulled.insert(subscription.to_owned()))
+    }
+
     /// Stops every subscription and waits (up to `timeout`) until their streaming pulls are
-    /// cancelled and their last acknowledgements sent.
+    /// cancelled and their last acknowledgements sent. On the emulator, the pulls it keeps
+    /// after their cancellation are then reclaimed, so they take no messages from the next
+    /// subscriber of their groups.
     pub(crate) async fn close(&self, timeout: Duration) {
-        if let Ok(mut registry) = self.pulls.lock() {
-            registry.closed = true;
-        }
+        let pulled = match self.pulls.lock() {
+            Ok(mut registry) => {
+                registry.closed = true;
+                std::mem::take(&mut registry.pulled)
+            }
+            Err(_) => HashSet::new(),
+        };
         self.shutdown.cancel();
         self.tasks.close();
-        if tokio::time::timeout(timeout, self.tasks.wait())
-            .await
-            .is_err()
-        {
+        let stopped = async {
+            self.tasks.wait().await;
+            if self.emulator.is_some() {
+                let reclaims = pulled.iter().map(|subscription| async move {
+                    if let Err(e) = self.admin.reclaim_streaming_pulls(subscription).await {
+                        tracing::debug!(%subscription, error = %e, "could not reclaim the streaming pulls of a closed subscription");
+                    }
+                });
+                futures::future::join_all(reclaims).await;
+            }
+        };
+        if tokio::time::timeout(timeout, stopped).await.is_err() {
             tracing::warn!(?timeout, "subscriptions did not stop in time");
         }
     }
@@ -373,7 +406,11 @@ impl Subscriptions {
             };
         }
         let (_, temporary) = classify(&err);
-        if temporary {
+        // The emulator ends streaming pulls with FAILED_PRECONDITION while another backend
+        // reclaims the subscription's abandoned pulls (see the module docs): reopen.
+        let reclaimed =
+            self.emulator.is_some() && status_code(&err) == Some(Code::FailedPrecondition);
+        if temporary || reclaimed {
             tracing::warn!(%subscription, error = %err, attempt = failures, "streaming pull failed; reopening it");
             Ok(())
         } else {
