@@ -3,6 +3,10 @@
 //! `BROKER_TEST_PUBSUB` (e.g. `http://127.0.0.1:8085`). Skipped when it is unset, failed with
 //! `BROKER_REQUIRE_LIVE=1`.
 //!
+//! `BROKER_TEST_PUBSUB_WORKAROUNDS=off` runs them with the emulator workarounds off, i.e. with
+//! the code path used against Google Cloud (cases that close and reopen a group's
+//! subscription then suffer from the emulator keeping cancelled streaming pulls).
+//!
 //! The restart case takes the emulator for itself: it waits until the running cases finish, and
 //! the cases started after it wait for it. The emulator keeps nothing across a restart, so that
 //! case checks that the backend recovers and that messages published after the restart flow.
@@ -25,6 +29,8 @@ use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const ENDPOINT_VAR: &str = "BROKER_TEST_PUBSUB";
 const PROJECT: &str = "broker-tests";
+/// `off` turns the emulator workarounds off (the Google Cloud code path).
+const WORKAROUNDS_VAR: &str = "BROKER_TEST_PUBSUB_WORKAROUNDS";
 
 /// Connects to the emulator under test with short timeouts.
 struct PubSub {
@@ -54,6 +60,9 @@ fn config(endpoint: &str) -> PubSubConfig {
         connect_timeout: Duration::from_secs(5),
         publish_timeout: Duration::from_secs(30),
         admin_timeout: Duration::from_secs(10),
+        emulator_workarounds: std::env::var(WORKAROUNDS_VAR)
+            .ok()
+            .map(|value| value != "off"),
         ..PubSubConfig::default()
     }
 }

@@ -75,6 +75,12 @@ pub struct PubSubConfig {
     /// service may deliver it again. Default 1 h.
     #[serde(with = "humantime_serde")]
     pub max_lease: Duration,
+    /// Whether to work around the emulator's streaming pulls that outlive their cancellation
+    /// (reuse of closed pulls, reclaiming abandoned ones; see the crate docs). Default: absent,
+    /// meaning on exactly when the credentials are anonymous (`endpoint` set without
+    /// `credentials_file`). Turn it off on an emulator shared with other programs that must
+    /// not see their streaming pulls ended.
+    pub emulator_workarounds: Option<bool>,
 }
 
 /// Default project id.
@@ -95,6 +101,7 @@ impl Default for PubSubConfig {
             max_outstanding_bytes: 100 * 1024 * 1024,
             ack_deadline: Duration::from_secs(60),
             max_lease: Duration::from_secs(3600),
+            emulator_workarounds: None,
         }
     }
 }
@@ -117,6 +124,7 @@ impl fmt::Debug for PubSubConfig {
             .field("max_outstanding_bytes", &self.max_outstanding_bytes)
             .field("ack_deadline", &self.ack_deadline)
             .field("max_lease", &self.max_lease)
+            .field("emulator_workarounds", &self.emulator_workarounds)
             .finish()
     }
 }
@@ -242,6 +250,12 @@ impl PubSubConfig {
         }
     }
 
+    /// Whether the emulator workarounds are on (see [`PubSubConfig::emulator_workarounds`]).
+    pub fn uses_emulator_workarounds(&self) -> bool {
+        self.emulator_workarounds
+            .unwrap_or(self.client_options().credentials == CredentialsChoice::Anonymous)
+    }
+
     /// Where the clients connect, for humans and error texts: the endpoint without any
     /// user information, or Google Cloud's endpoint.
     pub fn display_endpoint(&self) -> String {
@@ -313,6 +327,7 @@ mod tests {
             max_outstanding_bytes = 1048576
             ack_deadline = "30s"
             max_lease = "10m"
+            emulator_workarounds = true
             "#,
         )
         .unwrap();
@@ -365,6 +380,10 @@ mod tests {
             }
         );
         assert_eq!(config.display_endpoint(), "http://127.0.0.1:8085");
+        assert!(config.uses_emulator_workarounds());
+        let config =
+            parse("endpoint = \"http://127.0.0.1:8085\"\nemulator_workarounds = false").unwrap();
+        assert!(!config.uses_emulator_workarounds());
     }
 
     #[test]
@@ -378,6 +397,7 @@ mod tests {
             }
         );
         assert_eq!(config.display_endpoint(), GOOGLE_CLOUD_ENDPOINT);
+        assert!(!config.uses_emulator_workarounds());
     }
 
     #[test]

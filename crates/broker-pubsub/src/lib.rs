@@ -81,6 +81,7 @@
 //!   but the first message of a key may then come after later ones.
 //!
 //! None of this happens against Google Cloud, which releases cancelled streaming pulls.
+//! `emulator_workarounds = false` turns it off on the emulator too.
 //!
 //! # Restarts
 //!
@@ -167,15 +168,13 @@ impl PubSubBackend {
         let endpoint = config.display_endpoint();
         let client_options = config.client_options();
         let credentials = credentials(&client_options.credentials)?;
-        let emulator = match (
-            &client_options.credentials,
-            &client_options.endpoint,
-            &credentials,
-        ) {
-            (CredentialsChoice::Anonymous, Some(url), Some(credentials)) => Some(EmulatorClients {
-                endpoint: url.clone(),
-                credentials: credentials.clone(),
-            }),
+        let emulator = match (&client_options.endpoint, &credentials) {
+            (Some(url), Some(credentials)) if config.uses_emulator_workarounds() => {
+                Some(EmulatorClients {
+                    endpoint: url.clone(),
+                    credentials: credentials.clone(),
+                })
+            }
             _ => None,
         };
         let admin_retry = || RetryableErrors.with_time_limit(config.admin_timeout);
