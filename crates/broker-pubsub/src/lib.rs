@@ -101,6 +101,7 @@
 
 mod admin;
 mod config;
+mod credentials;
 mod error;
 mod mapping;
 mod publisher;
@@ -119,7 +120,6 @@ use broker_api::{
     Backend, BoxDeliveryStream, Capabilities, Confirmation, ConnectOptions, Error, ErrorKind,
     Message, Result, SubscribeRequest, TopicSpec,
 };
-use google_cloud_auth::credentials::Credentials;
 use google_cloud_gax::exponential_backoff::ExponentialBackoffBuilder;
 use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_pubsub::client::{BasePublisher, Subscriber, SubscriptionAdmin, TopicAdmin};
@@ -136,6 +136,7 @@ pub use mapping::{CONTENT_TYPE_ATTRIBUTE, MESSAGE_ID_ATTRIBUTE};
 pub use publisher::{MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES};
 
 use admin::Admin;
+use credentials::credentials;
 use error::{builder_error, closed, BACKEND};
 use publisher::{Batching, Publishers};
 use subscriber::{EmulatorClients, LeaseSettings, Subscriptions};
@@ -292,56 +293,6 @@ impl PubSubBackend {
     }
 }
 
-/// The credentials handed to the clients; `None` lets them load Application Default
-/// Credentials themselves.
-fn credentials(choice: &CredentialsChoice) -> Result<Option<Credentials>> {
-    match choice {
-        CredentialsChoice::Anonymous => Ok(Some(
-            google_cloud_auth::credentials::anonymous::Builder::new().build(),
-        )),
-        CredentialsChoice::ApplicationDefault => google_cloud_auth::credentials::Builder::default()
-            .build()
-            .map(Some)
-            .map_err(|e| {
-                Error::config(
-                    "no usable Application Default Credentials: set \
-                         GOOGLE_APPLICATION_CREDENTIALS, run `gcloud auth application-default \
-                         login`, set pubsub.credentials_file, or set pubsub.endpoint to use the \
-                         emulator",
-                )
-                .backend(BACKEND)
-                .operation("connect")
-                .source(e)
-            }),
-        CredentialsChoice::ServiceAccountFile(path) => {
-            let shown = path.display();
-            let text = std::fs::read(path).map_err(|e| {
-                Error::config(format!("pubsub.credentials_file: cannot read {shown}"))
-                    .backend(BACKEND)
-                    .operation("connect")
-                    .source(e)
-            })?;
-            let key: serde_json::Value = serde_json::from_slice(&text).map_err(|_| {
-                Error::config(format!(
-                    "pubsub.credentials_file: {shown} is not a JSON service-account key"
-                ))
-                .backend(BACKEND)
-                .operation("connect")
-            })?;
-            google_cloud_auth::credentials::service_account::Builder::new(key)
-                .build()
-                .map(Some)
-                .map_err(|_| {
-                    Error::config(format!(
-                        "pubsub.credentials_file: {shown} is not a valid service-account key"
-                    ))
-                    .backend(BACKEND)
-                    .operation("connect")
-                })
-        }
-    }
-}
-
 fn unreachable(endpoint: &str, timeout: Duration, source: Option<Error>) -> Error {
     let error = Error::new(
         ErrorKind::Connection,
@@ -459,47 +410,6 @@ impl Backend for PubSubBackend {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_emulator_gets_anonymous_credentials() {
-        let credentials = credentials(&CredentialsChoice::Anonymous).unwrap();
-        assert!(credentials.is_some());
-    }
-
-    #[test]
-    fn bad_key_files_are_config_errors_that_show_no_content() {
-        let dir = std::env::temp_dir().join(format!("broker-pubsub-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let missing = dir.join("missing.json");
-        let err = credentials(&CredentialsChoice::ServiceAccountFile(missing.clone())).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Config);
-        assert!(err.to_string().contains("cannot read"), "{err}");
-        assert!(
-            err.to_string().contains(&*missing.to_string_lossy()),
-            "{err}"
-        );
-
-        let not_json = dir.join("not-json.json");
-        std::fs::write(&not_json, "secret-material").unwrap();
-        let err = credentials(&CredentialsChoice::ServiceAccountFile(not_json)).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Config);
-        assert!(
-            err.to_string().contains("not a JSON service-account key"),
-            "{err}"
-        );
-        assert!(!format!("{err:?}").contains("secret-material"), "{err:?}");
-
-        let not_a_key = dir.join("not-a-key.json");
-        std::fs::write(&not_a_key, r#"{"private_key": "secret-material"}"#).unwrap();
-        let err = credentials(&CredentialsChoice::ServiceAccountFile(not_a_key)).unwrap_err();
-        assert_eq!(err.kind(), ErrorKind::Config);
-        assert!(
-            err.to_string().contains("not a valid service-account key"),
-            "{err}"
-        );
-        assert!(!format!("{err:?}").contains("secret-material"), "{err:?}");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
 
     #[tokio::test]
     async fn invalid_configuration_fails_before_any_connection() {
