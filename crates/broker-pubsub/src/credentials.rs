@@ -6,8 +6,9 @@ use google_cloud_auth::credentials::Credentials;
 use crate::config::CredentialsChoice;
 use crate::error::BACKEND;
 
-/// The credentials handed to the clients; `None` lets them load Application Default
-/// Credentials themselves.
+/// The credentials handed to the clients: anonymous for the emulator, the service-account key
+/// of `credentials_file`, or Application Default Credentials (loaded once, shared by every
+/// client). Errors are configuration errors that name the file, never its content.
 pub(crate) fn credentials(choice: &CredentialsChoice) -> Result<Option<Credentials>> {
     match choice {
         CredentialsChoice::Anonymous => Ok(Some(
