@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The brokers whose backends are complete; each gets its live suites and an example run.
-LIVE_BROKERS="${LIVE_BROKERS-kafka rabbitmq}"
+LIVE_BROKERS="${LIVE_BROKERS-kafka rabbitmq pubsub}"
 
 live=1
 for arg in "$@"; do
