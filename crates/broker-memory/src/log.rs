@@ -31,7 +31,7 @@ pub(crate) struct Log {
 impl Log {
     /// Appends a message and returns its offset.
     pub(crate) fn append(&mut self, message: Message) -> u64 {
-        if self.len % SEGMENT == 0 {
+        if self.len.is_multiple_of(SEGMENT) {
             self.segments.push(Vec::with_capacity(SEGMENT));
         }
         let record = Record {

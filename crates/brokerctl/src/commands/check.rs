@@ -63,9 +63,9 @@ pub fn capability_rows(capabilities: &Capabilities) -> Vec<(&'static str, String
 fn size_text(bytes: usize) -> String {
     const MIB: usize = 1024 * 1024;
     const KIB: usize = 1024;
-    if bytes >= MIB && bytes % MIB == 0 {
+    if bytes >= MIB && bytes.is_multiple_of(MIB) {
         format!("{} MiB ({bytes} bytes)", bytes / MIB)
-    } else if bytes >= KIB && bytes % KIB == 0 {
+    } else if bytes >= KIB && bytes.is_multiple_of(KIB) {
         format!("{} KiB ({bytes} bytes)", bytes / KIB)
     } else {
         format!("{bytes} bytes")
