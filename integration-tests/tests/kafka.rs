@@ -17,14 +17,13 @@ use broker_kafka::{KafkaBackend, KafkaConfig};
 use broker_testkit::support::{run_case, unique};
 use broker_testkit::{cases, live, Harness};
 use futures::StreamExt;
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const ENDPOINT_VAR: &str = "BROKER_TEST_KAFKA";
 
 /// Connects to the Kafka under test with default settings.
 struct Kafka {
     bootstrap_servers: String,
-    _turn: Turn,
+    _turn: live::Turn,
 }
 
 #[async_trait]
@@ -57,20 +56,12 @@ async fn backend(
     .await
 }
 
-/// Who may use the broker: every ordinary case together, or the restart case alone.
-static TURNS: RwLock<()> = RwLock::const_new(());
-
-enum Turn {
-    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
-    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
-}
-
 /// The harness for an ordinary case (sharing the broker), or `None` to skip.
 async fn shared() -> Option<Kafka> {
     let bootstrap_servers = live::require(ENDPOINT_VAR)?;
     Some(Kafka {
         bootstrap_servers,
-        _turn: Turn::Shared(TURNS.read().await),
+        _turn: live::Turn::shared().await,
     })
 }
 
@@ -79,7 +70,7 @@ async fn exclusive() -> Option<Kafka> {
     let bootstrap_servers = live::require(ENDPOINT_VAR)?;
     Some(Kafka {
         bootstrap_servers,
-        _turn: Turn::Exclusive(TURNS.write().await),
+        _turn: live::Turn::exclusive().await,
     })
 }
 

@@ -25,7 +25,6 @@ use broker_pubsub::{PubSubBackend, PubSubConfig};
 use broker_testkit::support::{run_case, unique};
 use broker_testkit::{cases, live, Harness};
 use futures::StreamExt;
-use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 const ENDPOINT_VAR: &str = "BROKER_TEST_PUBSUB";
 const PROJECT: &str = "broker-tests";
@@ -35,7 +34,7 @@ const WORKAROUNDS_VAR: &str = "BROKER_TEST_PUBSUB_WORKAROUNDS";
 /// Connects to the emulator under test with short timeouts.
 struct PubSub {
     endpoint: String,
-    _turn: Turn,
+    _turn: live::Turn,
 }
 
 #[async_trait]
@@ -75,20 +74,12 @@ async fn backend(endpoint: &str, auto_provision: bool) -> broker_api::Result<Pub
     .await
 }
 
-/// Who may use the emulator: every ordinary case together, or the restart case alone.
-static TURNS: RwLock<()> = RwLock::const_new(());
-
-enum Turn {
-    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
-    Exclusive(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
-}
-
 /// The harness for an ordinary case (sharing the emulator), or `None` to skip.
 async fn shared() -> Option<PubSub> {
     let endpoint = live::require(ENDPOINT_VAR)?;
     Some(PubSub {
         endpoint,
-        _turn: Turn::Shared(TURNS.read().await),
+        _turn: live::Turn::shared().await,
     })
 }
 
@@ -97,7 +88,7 @@ async fn exclusive() -> Option<PubSub> {
     let endpoint = live::require(ENDPOINT_VAR)?;
     Some(PubSub {
         endpoint,
-        _turn: Turn::Exclusive(TURNS.write().await),
+        _turn: live::Turn::exclusive().await,
     })
 }
 

@@ -7,7 +7,6 @@
 //! The cases that disturb the broker (restarting it, dropping every connection) take the broker
 //! for themselves: they wait until the running cases finish, and the others wait for them.
 
-use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -28,7 +27,7 @@ const ENDPOINT_VAR: &str = "BROKER_TEST_RABBITMQ";
 /// Connects to the RabbitMQ under test with default settings (quorum queues).
 struct RabbitMq {
     uri: String,
-    _turn: Turn,
+    _turn: live::Turn,
 }
 
 #[async_trait]
@@ -67,30 +66,30 @@ async fn backend(uri: &str, auto_provision: bool) -> broker_api::Result<RabbitMq
 }
 
 /// The harness for an ordinary case (sharing the broker), or `None` to skip.
-fn shared() -> Option<RabbitMq> {
+async fn shared() -> Option<RabbitMq> {
     let uri = live::require(ENDPOINT_VAR)?;
     Some(RabbitMq {
         uri,
-        _turn: Turn::shared(),
+        _turn: live::Turn::shared().await,
     })
 }
 
 /// The harness for a case that disturbs the broker (alone on it), or `None` to skip.
-fn exclusive() -> Option<RabbitMq> {
+async fn exclusive() -> Option<RabbitMq> {
     let uri = live::require(ENDPOINT_VAR)?;
     Some(RabbitMq {
         uri,
-        _turn: Turn::exclusive(),
+        _turn: live::Turn::exclusive().await,
     })
 }
 
-broker_testkit::conformance_suite!(shared());
+broker_testkit::conformance_suite!(shared().await);
 
 /// A RabbitMQ restarted mid-stream: publishing and the subscription resume, nothing confirmed
 /// is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_restart_loses_nothing() {
-    if let Some(harness) = exclusive() {
+    if let Some(harness) = exclusive().await {
         run_case(
             "broker_restart_loses_nothing",
             cases::broker_restart_loses_nothing(&harness),
@@ -103,7 +102,7 @@ async fn broker_restart_loses_nothing() {
 /// flight are published again or fail, never lost once confirmed; the subscription resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connection_is_survived() {
-    let Some(harness) = exclusive() else { return };
+    let Some(harness) = exclusive().await else { return };
     run_case("dropped_connection_is_survived", async {
         let broker = harness.connect().await.expect("connect");
         let topic = broker_api::Topic::text(fresh_topic(&broker, "dropped", &["g"]).await);
@@ -159,7 +158,7 @@ async fn close_all_connections() {
 /// the publisher keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_publish_is_an_error() {
-    let Some(harness) = shared() else { return };
+    let Some(harness) = shared().await else { return };
     run_case("unroutable_publish_is_an_error", async {
         let broker = harness.connect().await.expect("connect");
         let lonely = broker_api::Topic::text(fresh_topic(&broker, "lonely", &[]).await);
@@ -207,7 +206,7 @@ async fn unroutable_publish_is_an_error() {
 /// delivered with `message_id: None`, its routing key as key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_message_without_id_is_delivered() {
-    let Some(harness) = shared() else { return };
+    let Some(harness) = shared().await else { return };
     run_case("foreign_message_without_id_is_delivered", async {
         let broker = harness.connect().await.expect("connect");
         let name = fresh_topic(&broker, "foreign", &["g"]).await;
@@ -277,7 +276,7 @@ async fn foreign_message_without_id_is_delivered() {
 /// working for topics that exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_topology_is_not_found_without_auto_provisioning() {
-    let Some(harness) = shared() else { return };
+    let Some(harness) = shared().await else { return };
     run_case("missing_topology_is_not_found", async {
         let provisioning = Broker::new(backend(&harness.uri, true).await.expect("connect"));
         let existing = fresh_topic(&provisioning, "existing", &["g"]).await;
@@ -322,7 +321,7 @@ async fn missing_topology_is_not_found_without_auto_provisioning() {
 /// binding went with the exchange), and the channel is reopened for the next publishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_exchange_closes_only_its_publish() {
-    let Some(harness) = shared() else { return };
+    let Some(harness) = shared().await else { return };
     run_case("deleted_exchange_closes_only_its_publish", async {
         let provisioning = Broker::new(backend(&harness.uri, true).await.expect("connect"));
         let doomed = fresh_topic(&provisioning, "doomed", &["g"]).await;
@@ -369,7 +368,7 @@ async fn deleted_exchange_closes_only_its_publish() {
 /// keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_size_limit_fails_only_that_publish() {
-    let Some(harness) = exclusive() else { return };
+    let Some(harness) = exclusive().await else { return };
     run_case("broker_size_limit_fails_only_that_publish", async {
         let broker = harness.connect().await.expect("connect");
         let name = fresh_topic(&broker, "sizes", &["g"]).await;
@@ -449,7 +448,7 @@ async fn delete_exchange(uri: &str, name: &str) {
 /// password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_are_clear() {
-    let Some(harness) = shared() else { return };
+    let Some(harness) = shared().await else { return };
     run_case("connect_failures_are_clear", async {
         let started = Instant::now();
         let config = RabbitMqConfig {
@@ -486,57 +485,4 @@ async fn connect_failures_are_clear() {
         assert!(text.contains("127.0.0.1:5672"), "{text}");
     })
     .await;
-}
-
-/// Turns on the broker: ordinary cases share it; cases that restart it or drop connections
-/// have it alone. Held for the whole case (the harness owns it).
-struct Turn {
-    exclusive: bool,
-}
-
-struct Turns {
-    sharing: usize,
-    exclusive: bool,
-    exclusive_waiting: usize,
-}
-
-static TURNS: Mutex<Turns> = Mutex::new(Turns {
-    sharing: 0,
-    exclusive: false,
-    exclusive_waiting: 0,
-});
-static TURN_CHANGED: Condvar = Condvar::new();
-
-impl Turn {
-    fn shared() -> Turn {
-        let mut turns = TURNS.lock().unwrap_or_else(|e| e.into_inner());
-        while turns.exclusive || turns.exclusive_waiting > 0 {
-            turns = TURN_CHANGED.wait(turns).unwrap_or_else(|e| e.into_inner());
-        }
-        turns.sharing += 1;
-        Turn { exclusive: false }
-    }
-
-    fn exclusive() -> Turn {
-        let mut turns = TURNS.lock().unwrap_or_else(|e| e.into_inner());
-        turns.exclusive_waiting += 1;
-        while turns.exclusive || turns.sharing > 0 {
-            turns = TURN_CHANGED.wait(turns).unwrap_or_else(|e| e.into_inner());
-        }
-        turns.exclusive_waiting -= 1;
-        turns.exclusive = true;
-        Turn { exclusive: true }
-    }
-}
-
-impl Drop for Turn {
-    fn drop(&mut self) {
-        let mut turns = TURNS.lock().unwrap_or_else(|e| e.into_inner());
-        if self.exclusive {
-            turns.exclusive = false;
-        } else {
-            turns.sharing -= 1;
-        }
-        TURN_CHANGED.notify_all();
-    }
 }

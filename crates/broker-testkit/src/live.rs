@@ -63,3 +63,36 @@ pub async fn brokers_script(action: &str, broker: &str) -> Result<String, String
         ))
     }
 }
+
+/// Cases that share the live broker hold a read turn; a case that disturbs it (restarts it,
+/// drops its connections) holds the write turn and so runs alone. The lock is fair: once a
+/// disturbing case waits, later cases wait behind it.
+static TURNS: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// A case's turn on the live broker of its test binary; held for the whole case.
+#[derive(Debug)]
+pub struct Turn {
+    _guard: TurnGuard,
+}
+
+#[derive(Debug)]
+enum TurnGuard {
+    Shared(#[allow(dead_code)] tokio::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] tokio::sync::RwLockWriteGuard<'static, ()>),
+}
+
+impl Turn {
+    /// A turn shared with every other ordinary case.
+    pub async fn shared() -> Turn {
+        Turn {
+            _guard: TurnGuard::Shared(TURNS.read().await),
+        }
+    }
+
+    /// The broker alone: waits until running cases finish; later ones wait for this one.
+    pub async fn exclusive() -> Turn {
+        Turn {
+            _guard: TurnGuard::Exclusive(TURNS.write().await),
+        }
+    }
+}
