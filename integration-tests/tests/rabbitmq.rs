@@ -102,7 +102,9 @@ async fn broker_restart_loses_nothing() {
 /// flight are published again or fail, never lost once confirmed; the subscription resumes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropped_connection_is_survived() {
-    let Some(harness) = exclusive().await else { return };
+    let Some(harness) = exclusive().await else {
+        return;
+    };
     run_case("dropped_connection_is_survived", async {
         let broker = harness.connect().await.expect("connect");
         let topic = broker_api::Topic::text(fresh_topic(&broker, "dropped", &["g"]).await);
@@ -158,7 +160,9 @@ async fn close_all_connections() {
 /// the publisher keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unroutable_publish_is_an_error() {
-    let Some(harness) = shared().await else { return };
+    let Some(harness) = shared().await else {
+        return;
+    };
     run_case("unroutable_publish_is_an_error", async {
         let broker = harness.connect().await.expect("connect");
         let lonely = broker_api::Topic::text(fresh_topic(&broker, "lonely", &[]).await);
@@ -206,7 +210,9 @@ async fn unroutable_publish_is_an_error() {
 /// delivered with `message_id: None`, its routing key as key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn foreign_message_without_id_is_delivered() {
-    let Some(harness) = shared().await else { return };
+    let Some(harness) = shared().await else {
+        return;
+    };
     run_case("foreign_message_without_id_is_delivered", async {
         let broker = harness.connect().await.expect("connect");
         let name = fresh_topic(&broker, "foreign", &["g"]).await;
@@ -276,7 +282,9 @@ async fn foreign_message_without_id_is_delivered() {
 /// working for topics that exist.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_topology_is_not_found_without_auto_provisioning() {
-    let Some(harness) = shared().await else { return };
+    let Some(harness) = shared().await else {
+        return;
+    };
     run_case("missing_topology_is_not_found", async {
         let provisioning = Broker::new(backend(&harness.uri, true).await.expect("connect"));
         let existing = fresh_topic(&provisioning, "existing", &["g"]).await;
@@ -321,7 +329,9 @@ async fn missing_topology_is_not_found_without_auto_provisioning() {
 /// binding went with the exchange), and the channel is reopened for the next publishes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_exchange_closes_only_its_publish() {
-    let Some(harness) = shared().await else { return };
+    let Some(harness) = shared().await else {
+        return;
+    };
     run_case("deleted_exchange_closes_only_its_publish", async {
         let provisioning = Broker::new(backend(&harness.uri, true).await.expect("connect"));
         let doomed = fresh_topic(&provisioning, "doomed", &["g"]).await;
@@ -368,7 +378,9 @@ async fn deleted_exchange_closes_only_its_publish() {
 /// keeps working.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broker_size_limit_fails_only_that_publish() {
-    let Some(harness) = exclusive().await else { return };
+    let Some(harness) = exclusive().await else {
+        return;
+    };
     run_case("broker_size_limit_fails_only_that_publish", async {
         let broker = harness.connect().await.expect("connect");
         let name = fresh_topic(&broker, "sizes", &["g"]).await;
@@ -448,7 +460,9 @@ async fn delete_exchange(uri: &str, name: &str) {
 /// password.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connect_failures_are_clear() {
-    let Some(harness) = shared().await else { return };
+    let Some(harness) = shared().await else {
+        return;
+    };
     run_case("connect_failures_are_clear", async {
         let started = Instant::now();
         let config = RabbitMqConfig {
