@@ -6,8 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use broker_api::completion::{self, Completion};
-use broker_api::{Acknowledge, Delivery, DeliveryStream, Metadata, Position, Result};
+use broker_api::{Delivery, DeliveryStream, Metadata, Position, Result, Settle, SettleOnce};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
 use tokio::sync::Notify;
@@ -118,11 +117,10 @@ impl Member {
         Delivery::new(
             record.payload.clone(),
             metadata,
-            Box::new(MemoryAcker {
+            SettleOnce::boxed(MemoryAcker {
                 member: self.clone(),
                 offset,
                 keyed: record.key.is_some(),
-                settled: false,
             }),
         )
     }
@@ -134,17 +132,15 @@ impl Member {
     }
 }
 
-/// Settles one delivery with its group. Dropped unsettled, it nacks.
+/// Settles one delivery with its group.
 struct MemoryAcker {
     member: Arc<Member>,
     offset: u64,
     keyed: bool,
-    settled: bool,
 }
 
-impl MemoryAcker {
+impl Settle for MemoryAcker {
     fn settle(&mut self, handled: bool) {
-        self.settled = true;
         let member = &self.member;
         if handled {
             let freed_key = if self.keyed {
@@ -164,26 +160,6 @@ impl MemoryAcker {
             member.topic.wake();
         }
         member.release();
-    }
-}
-
-impl Acknowledge for MemoryAcker {
-    fn ack(mut self: Box<Self>) -> Completion<'static, ()> {
-        self.settle(true);
-        completion::ready(Ok(()))
-    }
-
-    fn nack(mut self: Box<Self>) -> Completion<'static, ()> {
-        self.settle(false);
-        completion::ready(Ok(()))
-    }
-}
-
-impl Drop for MemoryAcker {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.settle(false);
-        }
     }
 }
 
