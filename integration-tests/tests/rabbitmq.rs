@@ -206,6 +206,41 @@ async fn unroutable_publish_is_an_error() {
     .await;
 }
 
+/// More messages than the confirm window, all sent before any confirmation is awaited (as
+/// `publish_batch` does): the window's slots come back as the broker confirms, so sending
+/// never waits for a confirmation nobody polls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_beyond_the_confirm_window_before_awaiting_any() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case(
+        "sends_beyond_the_confirm_window_before_awaiting_any",
+        async {
+            let config = RabbitMqConfig {
+                uri: harness.uri.clone(),
+                confirm_window: 8,
+                ..RabbitMqConfig::default()
+            };
+            let backend = RabbitMqBackend::connect(config, ConnectOptions::default())
+                .await
+                .expect("connect");
+            let broker = Broker::new(backend);
+            let topic = broker_api::Topic::text(fresh_topic(&broker, "window", &["g"]).await);
+            let values: Vec<String> = (0..200).map(|i| format!("m-{i}")).collect();
+            let publisher = broker.publisher(&topic);
+            let publishing = publisher.publish_batch(&values);
+            let receipts = tokio::time::timeout(Duration::from_secs(30), publishing)
+                .await
+                .expect("a batch larger than the confirm window must not wait forever")
+                .expect("publish batch");
+            assert_eq!(receipts.len(), values.len());
+            broker.close().await.expect("close");
+        },
+    )
+    .await;
+}
+
 /// A message published by another AMQP program, without `message_id` or any property, is
 /// delivered with `message_id: None`, its routing key as key.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

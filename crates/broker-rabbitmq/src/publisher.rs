@@ -3,7 +3,10 @@
 //! Each topic gets its own confirm channel (so a broker-side channel error, such as a publish
 //! to an exchange deleted behind our back, only touches that topic). A send checks the message,
 //! takes a slot in the confirm window (waiting only when `confirm_window` publishes are
-//! unconfirmed), hands the frames to lapin and returns the confirmation future. Messages are
+//! unconfirmed), hands the frames to lapin and returns the confirmation future. The rest of the
+//! publish (waiting for the confirm, publishing again after a dropped channel) is driven by the
+//! backend's confirm task ([`crate::confirms`]), which frees the window slot when the broker
+//! answered, whether or not the caller polls its confirmation. Messages are
 //! published with `mandatory`: a message no group queue takes comes back (`basic.return`) and
 //! fails its publish, as does a `basic.nack`. A publish whose channel or connection dropped
 //! before its confirm arrived is published again on the next channel within
@@ -24,6 +27,7 @@ use lapin::{BasicProperties, Channel};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use crate::confirms::Confirms;
 use crate::error::{self, reply_code, BACKEND};
 use crate::link::Link;
 use crate::metadata;
@@ -43,6 +47,9 @@ pub(crate) struct Publisher {
 
 struct Shared {
     link: Arc<Link>,
+    /// The task that drives publishes to their confirm; absent outside a Tokio runtime, where
+    /// the caller's confirmation drives its publish.
+    confirms: Option<Confirms>,
     topology: Arc<Topology>,
     auto_provision: bool,
     window: Arc<Semaphore>,
@@ -81,6 +88,9 @@ impl Publisher {
             .unwrap_or(u32::MAX)
             .min(Semaphore::MAX_PERMITS as u32);
         let shared = Shared {
+            confirms: tokio::runtime::Handle::try_current()
+                .ok()
+                .map(|runtime| Confirms::start(&runtime)),
             window: Arc::new(Semaphore::new(window_size as usize)),
             window_size,
             max_payload: config.max_message_size,
@@ -286,14 +296,22 @@ struct Pending {
 }
 
 impl Pending {
-    /// Queues the first attempt's frames now and returns the confirmation.
+    /// Queues the first attempt's frames now (so publishes keep their call order) and returns
+    /// the confirmation; the confirm task drives the rest.
     fn start(
         self,
         prepared: Prepared,
         channel: Arc<ConfirmChannel>,
         permit: OwnedSemaphorePermit,
     ) -> Confirmation {
-        poll::start(Box::pin(self.run(prepared, channel, permit)))
+        let shared = self.shared.clone();
+        match poll::start(Box::pin(self.run(prepared, channel, permit))) {
+            futures::future::Either::Right(pending) => match &shared.confirms {
+                Some(confirms) => confirms.watch(pending),
+                None => futures::future::Either::Right(pending),
+            },
+            done => done,
+        }
     }
 
     /// Holds its `_slot` in the confirm window until it is settled.
