@@ -238,14 +238,14 @@ pub(crate) fn read_ready(
         return Ok(0);
     }
     let ackers = shared.admit(records.iter().map(|r| (r.partition(), r.offset())));
+    let payloads = inbound::payloads(&records);
     let topic = shared.topic();
     let before = out.len();
-    out.extend(
-        records
-            .iter()
-            .zip(ackers)
-            .filter_map(|(record, acker)| acker.map(|a| Ok(inbound::delivery(record, topic, a)))),
-    );
+    out.extend(records.iter().zip(payloads).zip(ackers).filter_map(
+        |((record, payload), acker)| {
+            acker.map(|a| Ok(inbound::delivery(record, payload, topic, a)))
+        },
+    ));
     Ok(out.len() - before)
 }
 

@@ -5,35 +5,78 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use broker_api::{Delivery, MessageId, Metadata, Position};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use rdkafka::message::{Headers, Message};
 
 use crate::ack::KafkaAcker;
 use crate::publisher::{CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER};
 
-/// The delivery of `record`, settled through `acker`.
-pub(crate) fn delivery<M: Message>(record: &M, topic: &Arc<str>, acker: KafkaAcker) -> Delivery {
-    let (payload, metadata) = payload_and_metadata(record, topic);
-    Delivery::new(payload, metadata, Box::new(acker))
+/// Payloads up to this size are copied into one buffer per read batch and handed out as slices
+/// of it (one allocation per batch instead of one or two per message); larger ones get a
+/// buffer of their own, so that a small delivery never keeps a large one's memory alive.
+const SHARED_PAYLOAD_MAX: usize = 16 * 1024;
+
+/// The payloads of `records`, in order: small ones sliced from one shared buffer.
+pub(crate) fn payloads<M: Message>(records: &[M]) -> Vec<Bytes> {
+    let shared_len: usize = records
+        .iter()
+        .filter_map(|r| r.payload().map(<[u8]>::len))
+        .filter(|&len| len <= SHARED_PAYLOAD_MAX)
+        .sum();
+    let mut buffer = BytesMut::with_capacity(shared_len);
+    let mut ranges = Vec::with_capacity(records.len());
+    for record in records {
+        let payload = record.payload().unwrap_or_default();
+        if payload.len() <= SHARED_PAYLOAD_MAX {
+            let start = buffer.len();
+            buffer.extend_from_slice(payload);
+            ranges.push(Ok(start..buffer.len()));
+        } else {
+            ranges.push(Err(Bytes::copy_from_slice(payload)));
+        }
+    }
+    let shared = buffer.freeze();
+    ranges
+        .into_iter()
+        .map(|range| match range {
+            Ok(range) if range.is_empty() => Bytes::new(),
+            Ok(range) => shared.slice(range),
+            Err(own) => own,
+        })
+        .collect()
 }
 
-/// Payload and metadata of `record`: the key and header values as UTF-8 (lossy for binary
-/// values), the `message-id` and `content-type` headers moved to their fields, the record
-/// timestamp as publish time, partition and offset as position. Records written by other
-/// programs without those headers are read all the same.
-pub(crate) fn payload_and_metadata<M: Message>(record: &M, topic: &Arc<str>) -> (Bytes, Metadata) {
+/// The delivery of `record` with its `payload`, settled through `acker`.
+pub(crate) fn delivery<M: Message>(
+    record: &M,
+    payload: Bytes,
+    topic: &Arc<str>,
+    acker: KafkaAcker,
+) -> Delivery {
+    Delivery::new(payload, metadata(record, topic), Box::new(acker))
+}
+
+/// Payload and metadata of `record`, the payload copied on its own.
+#[cfg(test)]
+fn payload_and_metadata<M: Message>(record: &M, topic: &Arc<str>) -> (Bytes, Metadata) {
     let payload = record
         .payload()
         .map_or_else(Bytes::new, Bytes::copy_from_slice);
+    (payload, metadata(record, topic))
+}
+
+/// The metadata of `record`: the key and header values as UTF-8 (lossy for binary values),
+/// the `message-id` and `content-type` headers moved to their fields, the record timestamp as
+/// publish time, partition and offset as position. Records written by other programs without
+/// those headers are read all the same.
+pub(crate) fn metadata<M: Message>(record: &M, topic: &Arc<str>) -> Metadata {
     let mut metadata = Metadata::new(topic.clone());
     metadata.key = record
         .key()
         .map(|key| String::from_utf8_lossy(key).into_owned());
     if let Some(headers) = record.headers() {
         for header in headers.iter() {
-            let value = header
-                .value
-                .map_or_else(|| Cow::Borrowed(""), String::from_utf8_lossy);
+            let value = header.value.map_or(Cow::Borrowed(""), text);
             match header.key {
                 MESSAGE_ID_HEADER => metadata.message_id = Some(MessageId::from(&*value)),
                 CONTENT_TYPE_HEADER => metadata.content_type = Some(content_type(value)),
@@ -46,7 +89,16 @@ pub(crate) fn payload_and_metadata<M: Message>(record: &M, topic: &Arc<str>) -> 
         partition: record.partition(),
         offset: record.offset(),
     };
-    (payload, metadata)
+    metadata
+}
+
+/// A header value as text: borrowed when it is UTF-8 (checked the fast way), replaced
+/// characters otherwise.
+fn text(value: &[u8]) -> Cow<'_, str> {
+    match std::str::from_utf8(value) {
+        Ok(text) => Cow::Borrowed(text),
+        Err(_) => String::from_utf8_lossy(value),
+    }
 }
 
 /// The content type, without allocating for the ones the library's codecs write.
@@ -124,6 +176,34 @@ mod tests {
                 offset: 41
             }
         );
+    }
+
+    #[test]
+    fn small_payloads_share_a_buffer_large_ones_do_not() {
+        let record = |payload: Option<Vec<u8>>| {
+            OwnedMessage::new(
+                payload,
+                None,
+                "t".into(),
+                Timestamp::NotAvailable,
+                0,
+                0,
+                None,
+            )
+        };
+        let large = vec![7u8; SHARED_PAYLOAD_MAX + 1];
+        let records = [
+            record(Some(b"one".to_vec())),
+            record(None),
+            record(Some(large.clone())),
+            record(Some(b"three".to_vec())),
+        ];
+        let payloads = payloads(&records);
+        assert_eq!(payloads.len(), 4);
+        assert_eq!(&payloads[0][..], b"one");
+        assert!(payloads[1].is_empty());
+        assert_eq!(payloads[2][..], large[..]);
+        assert_eq!(&payloads[3][..], b"three");
     }
 
     #[test]

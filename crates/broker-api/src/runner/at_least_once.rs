@@ -115,14 +115,23 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         stop: &CancellationToken,
     ) -> Result<()> {
         loop {
-            let delivery = tokio::select! {
-                biased;
-                () = stop.cancelled() => return Ok(()),
-                item = stream.next() => match item {
-                    Some(Ok(delivery)) => delivery,
-                    Some(Err(e)) => return Err(e),
-                    None => return Ok(()),
+            // A delivery that is ready is taken without arming the close signal (a registration
+            // per message); only an empty stream waits for both.
+            if stop.is_cancelled() {
+                return Ok(());
+            }
+            let item = match futures::poll!(stream.next()) {
+                Poll::Ready(item) => item,
+                Poll::Pending => tokio::select! {
+                    biased;
+                    () = stop.cancelled() => return Ok(()),
+                    item = stream.next() => item,
                 },
+            };
+            let delivery = match item {
+                Some(Ok(delivery)) => delivery,
+                Some(Err(e)) => return Err(e),
+                None => return Ok(()),
             };
             let handling = self.handle(delivery, handler, stop);
             tokio::pin!(handling);
