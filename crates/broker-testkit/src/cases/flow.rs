@@ -99,7 +99,7 @@ pub async fn concurrent_publishers_lose_nothing(harness: &dyn Harness) {
         .expect("subscribe");
     let received = inbox
         .wait_until("every message", harness.patience(), |r| {
-            distinct_values(r).len() >= PUBLISHERS * EACH
+            r.len() >= PUBLISHERS * EACH && distinct_values(r).len() >= PUBLISHERS * EACH
         })
         .await;
     let expected: Vec<String> = sorted(
@@ -139,11 +139,13 @@ pub async fn topics_are_isolated(harness: &dyn Harness) {
     broker.close().await.expect("close broker");
 }
 
-/// `publish_batch` confirms every message, in order, with distinct ids, and all arrive.
+/// `publish_batch` confirms every message, in order, with distinct ids, and all arrive — also a
+/// batch larger than a client's window of unconfirmed publishes.
 pub async fn batch_publish(harness: &dyn Harness) {
+    const BATCH: usize = 3000;
     let broker = connect(harness).await;
     let topic = text_topic(&fresh_topic(&broker, "batch", &["g"]).await);
-    let values: Vec<String> = (0..100).map(|i| format!("batch-{i}")).collect();
+    let values: Vec<String> = (0..BATCH).map(|i| format!("batch-{i}")).collect();
     let receipts = broker
         .publisher(&topic)
         .publish_batch(&values)
@@ -163,7 +165,7 @@ pub async fn batch_publish(harness: &dyn Harness) {
         .expect("subscribe");
     let received = inbox
         .wait_until("the batch", harness.patience(), |r| {
-            distinct_values(r).len() >= 100
+            r.len() >= BATCH && distinct_values(r).len() >= BATCH
         })
         .await;
     assert_eq!(distinct_values(&received), sorted(values));
