@@ -14,8 +14,9 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
-use broker_api::completion::{self, Completion};
-use broker_api::{Acknowledge, Delivery, DeliveryStream, ErrorKind, Result, SubscribeRequest};
+use broker_api::{
+    Delivery, DeliveryStream, ErrorKind, Result, Settle, SettleOnce, SubscribeRequest,
+};
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
@@ -181,9 +182,12 @@ impl Group {
         let acker = AmqpAcker {
             channel: channel.clone(),
             delivery_tag: delivery.delivery_tag,
-            settled: false,
         };
-        Delivery::new(Bytes::from(delivery.data), metadata, Box::new(acker))
+        Delivery::new(
+            Bytes::from(delivery.data),
+            metadata,
+            SettleOnce::boxed(acker),
+        )
     }
 }
 
@@ -277,18 +281,16 @@ impl fmt::Debug for Subscription {
     }
 }
 
-/// Settles one delivery on the channel it came from.
+/// Settles one delivery on the channel it came from; dropped unsettled, it requeues it.
 struct AmqpAcker {
     channel: Arc<Channel>,
     delivery_tag: u64,
-    settled: bool,
 }
 
-impl AmqpAcker {
+impl Settle for AmqpAcker {
     /// Queues `basic.ack` or `basic.nack(requeue)`. On a channel that is gone it does nothing:
     /// RabbitMQ already gave the message back to the queue.
     fn settle(&mut self, ack: bool) {
-        self.settled = true;
         if !self.channel.status().connected() {
             tracing::debug!(
                 delivery_tag = self.delivery_tag,
@@ -314,26 +316,6 @@ impl AmqpAcker {
                 error = %e,
                 "settling a delivery failed; RabbitMQ delivers the message again"
             );
-        }
-    }
-}
-
-impl Acknowledge for AmqpAcker {
-    fn ack(mut self: Box<Self>) -> Completion<'static, ()> {
-        self.settle(true);
-        completion::ready(Ok(()))
-    }
-
-    fn nack(mut self: Box<Self>) -> Completion<'static, ()> {
-        self.settle(false);
-        completion::ready(Ok(()))
-    }
-}
-
-impl Drop for AmqpAcker {
-    fn drop(&mut self) {
-        if !self.settled {
-            self.settle(false);
         }
     }
 }
