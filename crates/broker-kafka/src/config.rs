@@ -48,9 +48,12 @@ pub struct KafkaConfig {
     ///   `auto.commit.interval.ms`, librdkafka's default 5 s, and synchronously on close and
     ///   on partition revoke), `auto.offset.reset` from the subscription's start position,
     ///   `session.timeout.ms=10000` and `heartbeat.interval.ms=1000` (a member that vanished
-    ///   is replaced after 10 s instead of librdkafka's 45 s), `fetch.queue.backoff.ms=10`
-    ///   (when its prefetch queue was full, librdkafka fetches again after 10 ms rather than
-    ///   1 s: a fast consumer is not left waiting), `allow.auto.create.topics=false`.
+    ///   is replaced after 10 s instead of librdkafka's 45 s), a prefetch bounded in
+    ///   proportion to the subscription's `max_in_flight` (`queued.min.messages`,
+    ///   `queued.max.messages.kbytes`; see [`prefetch`]) with `fetch.queue.backoff.ms=1`
+    ///   (when its prefetch queue is full, librdkafka looks again after 1 ms rather than 1 s:
+    ///   a fast consumer drains a small prefetch in a few milliseconds and is not left
+    ///   waiting), `allow.auto.create.topics=false`.
     pub properties: BTreeMap<String, String>,
     /// How long `connect` waits for the cluster to answer before it fails with a
     /// [`Connection`](broker_api::ErrorKind::Connection) error. Also bounds admin requests.
@@ -133,6 +136,37 @@ const MESSAGE_MAX_BYTES: (&str, usize) = ("message.max.bytes", 1_000_000);
 /// the largest payload is announced.
 pub(crate) const PAYLOAD_HEADROOM: usize = 1024;
 
+/// Messages librdkafka keeps prefetched per unsettled delivery a subscription may hold.
+pub const PREFETCH_MESSAGES_PER_IN_FLIGHT: usize = 16;
+/// Bytes librdkafka keeps prefetched per unsettled delivery a subscription may hold.
+pub const PREFETCH_BYTES_PER_IN_FLIGHT: usize = 16 * 1024;
+/// The smallest prefetch in bytes: one default fetch (`fetch.message.max.bytes`, 1 MiB).
+const MIN_PREFETCH_BYTES: usize = 1024 * 1024;
+
+/// The prefetch bound of a subscription's consumer, in proportion to its `max_in_flight`:
+/// `queued.min.messages` = [`PREFETCH_MESSAGES_PER_IN_FLIGHT`] × `max_in_flight` and
+/// `queued.max.messages.kbytes` = [`PREFETCH_BYTES_PER_IN_FLIGHT`] × `max_in_flight` (at least
+/// 1 MiB). librdkafka's own defaults (100 000 messages, 64 MiB) would let a subscription's
+/// memory grow with the backlog up to 64 MiB whatever its `max_in_flight`; with these, 256 in
+/// flight keep at most 4096 messages or 4 MiB prefetched (plus the fetch in progress, up to
+/// `fetch.message.max.bytes`). Both are librdkafka properties: [`KafkaConfig::properties`]
+/// overrides them.
+pub fn prefetch(max_in_flight: usize) -> [(&'static str, String); 2] {
+    let in_flight = max_in_flight.max(1);
+    let messages = in_flight.saturating_mul(PREFETCH_MESSAGES_PER_IN_FLIGHT);
+    let bytes = in_flight
+        .saturating_mul(PREFETCH_BYTES_PER_IN_FLIGHT)
+        .max(MIN_PREFETCH_BYTES);
+    [
+        // librdkafka's upper limits: 10 000 000 messages, 2 097 151 KiB.
+        ("queued.min.messages", messages.min(10_000_000).to_string()),
+        (
+            "queued.max.messages.kbytes",
+            (bytes / 1024).min(2_097_151).to_string(),
+        ),
+    ]
+}
+
 impl KafkaConfig {
     /// Checks the fields and every property against librdkafka; errors name the key.
     pub(crate) fn validate(&self) -> Result<()> {
@@ -182,7 +216,7 @@ impl KafkaConfig {
         self.producer_config()
             .create_native_config()
             .map_err(|e| property_error(&e))?;
-        self.consumer_config("validation", StartFrom::Earliest)
+        self.consumer_client_config("validation", StartFrom::Earliest, 256)
             .create_native_config()
             .map_err(|e| property_error(&e))?;
         Ok(())
@@ -245,16 +279,28 @@ impl KafkaConfig {
         config
     }
 
-    /// A consumer's configuration for `group`: our defaults, then the user's properties, then
-    /// what the subscription itself decides (group and start position).
-    pub(crate) fn consumer_config(&self, group: &str, start_from: StartFrom) -> ClientConfig {
+    /// The librdkafka configuration of a subscription's consumer for `group`, reading at most
+    /// `max_in_flight` unsettled messages: the adapter's defaults (including the prefetch
+    /// bound of [`prefetch`]), then [`KafkaConfig::properties`], then what the subscription
+    /// itself decides (group, start position, offsets stored only once handled).
+    ///
+    /// For tools and benchmarks that need a raw consumer configured like the adapter's.
+    pub fn consumer_client_config(
+        &self,
+        group: &str,
+        start_from: StartFrom,
+        max_in_flight: usize,
+    ) -> ClientConfig {
         let mut config = self.base_config();
         config
             .set("enable.auto.commit", "true")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
-            .set("fetch.queue.backoff.ms", "10")
+            .set("fetch.queue.backoff.ms", "1")
             .set("allow.auto.create.topics", "false");
+        for (name, value) in prefetch(max_in_flight) {
+            config.set(name, value);
+        }
         self.apply_properties(&mut config);
         config
             .set("group.id", group)
@@ -352,7 +398,7 @@ mod tests {
         config
             .properties
             .insert("message.timeout.ms".into(), "5000".into());
-        let consumer = config.consumer_config("billing", StartFrom::Latest);
+        let consumer = config.consumer_client_config("billing", StartFrom::Latest, 256);
         assert_eq!(consumer.get("session.timeout.ms"), Some("30000"));
         assert_eq!(consumer.get("group.id"), Some("billing"));
         assert_eq!(consumer.get("auto.offset.reset"), Some("latest"));
@@ -361,6 +407,24 @@ mod tests {
             config.effective_delivery_timeout(),
             Duration::from_millis(5000)
         );
+    }
+
+    #[test]
+    fn prefetch_follows_max_in_flight_unless_overridden() {
+        let config = KafkaConfig::default();
+        let consumer = config.consumer_client_config("g", StartFrom::Earliest, 256);
+        assert_eq!(consumer.get("queued.min.messages"), Some("4096"));
+        assert_eq!(consumer.get("queued.max.messages.kbytes"), Some("4096"));
+        let small = config.consumer_client_config("g", StartFrom::Earliest, 1);
+        assert_eq!(small.get("queued.min.messages"), Some("16"));
+        assert_eq!(small.get("queued.max.messages.kbytes"), Some("1024"));
+        let mut config = KafkaConfig::default();
+        config
+            .properties
+            .insert("queued.max.messages.kbytes".into(), "65536".into());
+        let consumer = config.consumer_client_config("g", StartFrom::Earliest, 256);
+        assert_eq!(consumer.get("queued.max.messages.kbytes"), Some("65536"));
+        assert!(config.validate().is_ok());
     }
 
     #[test]

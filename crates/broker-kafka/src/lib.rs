@@ -27,8 +27,9 @@
 //!   redelivery, never loss; acknowledgements of partitions this member no longer owns are
 //!   ignored (the new owner gets those messages again).
 //! - A subscription hands out at most `max_in_flight` unsettled deliveries; its consumer stops
-//!   reading at the limit (librdkafka's own prefetch is bounded by its
-//!   `queued.max.messages.kbytes`).
+//!   reading at the limit, and librdkafka's prefetch is bounded in proportion to it
+//!   ([`prefetch`]: 16 messages and 16 KiB per in-flight delivery, at least 1 MiB), so a
+//!   subscription's memory follows `max_in_flight`, not the backlog.
 //! - A subscription's consumer is driven by reading its stream (no extra thread, no hand-off):
 //!   rebalances are served while the stream is read. A member whose stream is not read for
 //!   longer than `max.poll.interval.ms` (5 minutes by default) is taken out of the group by
@@ -42,6 +43,7 @@ mod admin;
 mod config;
 mod consumer;
 mod context;
+mod delivery;
 mod error;
 mod inbound;
 mod provision;
@@ -61,7 +63,9 @@ use broker_api::{
 use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::producer::Producer;
 
-pub use config::KafkaConfig;
+pub use config::{
+    prefetch, KafkaConfig, PREFETCH_BYTES_PER_IN_FLIGHT, PREFETCH_MESSAGES_PER_IN_FLIGHT,
+};
 /// The client crate this backend is built on, for tools and tests that need raw Kafka access.
 pub use rdkafka;
 

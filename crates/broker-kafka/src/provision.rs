@@ -7,6 +7,7 @@
 //! the publish hot path pays one read lock and a hash lookup.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use broker_api::{Result, TopicSpec};
@@ -19,7 +20,34 @@ use crate::error::unknown_topic;
 pub(crate) struct Provisioner {
     admin: Arc<Admin>,
     auto_provision: bool,
-    topics: RwLock<HashMap<Box<str>, Arc<OnceCell<()>>>>,
+    topics: RwLock<Topics>,
+}
+
+/// Each topic's provisioning, done once.
+type Topics = HashMap<Box<str>, Arc<OnceCell<()>>, BuildHasherDefault<Fnv>>;
+
+/// FNV-1a, for the per-publish lookup of a topic name: a few times cheaper than the default
+/// SipHash on short keys. The names come from the application, not from untrusted input.
+#[derive(Default)]
+struct Fnv(u64);
+
+impl Hasher for Fnv {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut hash = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &byte in bytes {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(0x0100_0000_01b3);
+        }
+        self.0 = hash;
+    }
 }
 
 impl Provisioner {
@@ -27,7 +55,7 @@ impl Provisioner {
         Provisioner {
             admin,
             auto_provision,
-            topics: RwLock::new(HashMap::new()),
+            topics: RwLock::new(HashMap::default()),
         }
     }
 

@@ -1,8 +1,8 @@
 //! Publishing: one idempotent `acks=all` producer shared by every publisher of the backend.
 //!
 //! `send` hands the record to librdkafka synchronously when its queue has room and returns the
-//! delivery report as the confirmation, so any number of messages are in flight with no await
-//! per message. Only when librdkafka reports its queue full does `send` wait (boxed), retrying
+//! delivery report as the confirmation ([`crate::delivery`]: one shared allocation per message),
+//! so any number of messages are in flight with no await per message. Only when librdkafka reports its queue full does `send` wait (boxed), retrying
 //! until the delivery timeout.
 
 use std::sync::Arc;
@@ -12,13 +12,13 @@ use broker_api::completion::{self, Completion};
 use broker_api::{Confirmation, Error, ErrorKind, Message, MessageId, Position, Receipt, Result};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::future_producer::DeliveryFuture;
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::Message as _;
 
 use crate::config::KafkaConfig;
 use crate::context::ClientLog;
-use crate::error::{closed, from_kafka, payload_too_large, too_large, BACKEND};
+use crate::delivery::{Deliveries, Report, Reported};
+use crate::error::{from_kafka, payload_too_large, too_large, BACKEND};
 use crate::provision::Provisioner;
 
 /// Header carrying the message id (wire conventions).
@@ -28,7 +28,7 @@ pub(crate) const CONTENT_TYPE_HEADER: &str = "content-type";
 
 /// The shared producer.
 pub(crate) struct Publisher {
-    producer: FutureProducer<ClientLog>,
+    producer: ThreadedProducer<Deliveries>,
     log: ClientLog,
     message_max_bytes: usize,
     max_payload_bytes: usize,
@@ -41,7 +41,7 @@ impl Publisher {
         let log = ClientLog::new("producer");
         let producer = config
             .producer_config()
-            .create_with_context(log.clone())
+            .create_with_context(Deliveries::new(log.clone()))
             .map_err(|e| crate::config::property_error(&e))?;
         Ok(Publisher {
             producer,
@@ -63,7 +63,7 @@ impl Publisher {
     }
 
     /// The underlying client, for metadata requests.
-    pub(crate) fn producer(&self) -> &FutureProducer<ClientLog> {
+    pub(crate) fn producer(&self) -> &ThreadedProducer<Deliveries> {
         &self.producer
     }
 
@@ -123,10 +123,12 @@ impl Publisher {
         &self,
         topic: &str,
         message: &Message,
-    ) -> std::result::Result<DeliveryFuture, KafkaError> {
-        let mut record: FutureRecord<'_, str, [u8]> = FutureRecord::to(topic)
-            .payload(&message.payload[..])
-            .headers(wire_headers(message));
+    ) -> std::result::Result<Arc<Report>, KafkaError> {
+        let report = Arc::new(Report::default());
+        let mut record: BaseRecord<'_, str, [u8], Arc<Report>> =
+            BaseRecord::with_opaque_to(topic, report.clone())
+                .payload(&message.payload[..])
+                .headers(wire_headers(message));
         if let Some(key) = &message.key {
             record = record.key(key.as_str());
         }
@@ -134,7 +136,8 @@ impl Publisher {
             record = record.timestamp(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX));
         }
         self.producer
-            .send_result(record)
+            .send(record)
+            .map(|()| report)
             .map_err(|(error, _)| error)
     }
 
@@ -232,18 +235,14 @@ fn wire_size(message: &Message) -> usize {
 }
 
 /// The confirmation of one queued message: its delivery report as a [`Receipt`].
-fn confirmation(delivery: DeliveryFuture, id: MessageId, topics: Arc<Provisioner>) -> Confirmation {
+fn confirmation(report: Arc<Report>, id: MessageId, topics: Arc<Provisioner>) -> Confirmation {
     completion::boxed(async move {
-        match delivery.await {
-            Ok(Ok(report)) => Ok(Receipt {
+        match Reported(report).await {
+            Ok((partition, offset)) => Ok(Receipt {
                 message_id: id,
-                position: Position::Kafka {
-                    partition: report.partition,
-                    offset: report.offset,
-                },
+                position: Position::Kafka { partition, offset },
             }),
-            Ok(Err((error, message))) => Err(delivery_failed(&id, &error, &message, &topics)),
-            Err(_canceled) => Err(closed("publish", "the producer")),
+            Err((error, message)) => Err(delivery_failed(&id, &error, &message, &topics)),
         }
     })
 }

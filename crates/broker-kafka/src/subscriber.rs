@@ -89,7 +89,7 @@ pub(crate) async fn open(
         request.max_in_flight,
     ));
     let mut consumer: KafkaConsumer = config
-        .consumer_config(&request.group, request.start_from)
+        .consumer_client_config(&request.group, request.start_from, request.max_in_flight)
         .create_with_context(Hooks::new(shared.clone()))
         .map_err(|e| crate::config::property_error(&e).operation("subscribe"))?;
     let waker_shared = shared.clone();
