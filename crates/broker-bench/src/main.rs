@@ -1,18 +1,32 @@
 //! Benchmarks the broker API against the raw clients it wraps, on the same broker, in the same
 //! run: each round runs the raw side then ours (interleaved, so drift hits both), and the table
-//! reports the median rate of each side over the rounds, their ratio and its spread.
+//! reports the median rate of each side over the rounds, their ratio and its spread, the client
+//! CPU per message, and publish-to-handler latency where it applies. The `footprint` group
+//! measures a subscription's peak memory over a large backlog with a slow handler.
 //!
 //! ```text
-//! cargo run --release -p broker-bench -- --rounds 5 memory
-//! cargo run --release -p broker-bench -- --json target/bench.json all
+//! scripts/brokers.sh start all
+//! cargo run --release -p broker-bench -- all
+//! cargo run --release -p broker-bench -- --rounds 9 --json target/bench.json kafka rabbitmq
+//! cargo run --release -p broker-bench -- --profile ours --only "kafka publish 100" kafka
 //! ```
+//!
+//! Brokers are found through `BROKER_TEST_KAFKA`, `BROKER_TEST_RABBITMQ` and
+//! `BROKER_TEST_PUBSUB`, with the local defaults of `scripts/brokers.sh`.
 
+mod common;
+mod kafka;
 mod memory;
+mod peak;
+mod pubsub;
+mod rabbitmq;
 mod report;
+
+use std::sync::Arc;
 
 use clap::Parser;
 
-use report::{Report, Scenario};
+use report::{Report, Scenario, Side};
 
 /// Command line.
 #[derive(Debug, Parser)]
@@ -30,48 +44,91 @@ struct Args {
     /// Only run scenarios whose name contains this text.
     #[arg(long)]
     only: Option<String>,
-    /// Run one side only, without ratios (for profilers: `--profile ours`).
-    #[arg(long, value_parser = ["raw", "ours"])]
+    /// Run one side once, without ratios (for profilers: `--profile ours`).
+    #[arg(long, value_parser = ["raw", "ours", "bare"])]
     profile: Option<String>,
-    /// Scenario groups to run: memory, all.
+    /// Internal: measure one footprint in this process (run by the `footprint` group).
+    #[arg(long, hide = true)]
+    footprint_child: Option<String>,
+    /// Scenario groups to run: memory, kafka, rabbitmq, pubsub, footprint, all.
     #[arg(default_values_t = ["memory".to_owned()])]
     groups: Vec<String>,
 }
 
+const GROUPS: [&str; 5] = ["memory", "kafka", "rabbitmq", "pubsub", "footprint"];
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let mut scenarios: Vec<Box<dyn Scenario>> = Vec::new();
+    if let Some(spec) = &args.footprint_child {
+        return runtime.block_on(peak::child(spec));
+    }
+    let mut groups: Vec<&str> = Vec::new();
     for group in &args.groups {
         match group.as_str() {
-            "memory" | "all" => scenarios.extend(memory::scenarios(args.messages)),
-            other => anyhow::bail!("unknown scenario group {other:?}: expected memory or all"),
+            "all" => groups.extend(GROUPS),
+            known if GROUPS.contains(&known) => groups.push(known),
+            other => anyhow::bail!(
+                "unknown scenario group {other:?}: expected one of {} or all",
+                GROUPS.join(", ")
+            ),
         }
+    }
+    groups.dedup();
+    let mut report = Report::new(machine_description());
+    let mut scenarios: Vec<Box<dyn Scenario>> = Vec::new();
+    for group in &groups {
+        eprintln!("connecting {group}");
+        let more = match *group {
+            "memory" => memory::scenarios(args.messages),
+            "kafka" => runtime.block_on(kafka::scenarios(args.messages))?,
+            "rabbitmq" => runtime.block_on(rabbitmq::scenarios(args.messages))?,
+            "pubsub" => runtime.block_on(pubsub::scenarios(args.messages))?,
+            _ => Vec::new(),
+        };
+        scenarios.extend(more);
     }
     if let Some(only) = &args.only {
         scenarios.retain(|s| s.name().contains(only.as_str()));
     }
+    // Rounds run as tasks on the runtime's workers, as a service's code would.
+    let scenarios: Vec<Arc<dyn Scenario>> = scenarios.into_iter().map(Arc::from).collect();
     if let Some(side) = &args.profile {
+        let side = match side.as_str() {
+            "raw" => Side::Raw,
+            "bare" => Side::Bare,
+            _ => Side::Ours,
+        };
         for scenario in &scenarios {
-            let sample = runtime.block_on(async {
-                if side == "raw" {
-                    scenario.raw().await
-                } else {
-                    scenario.ours().await
-                }
-            })?;
-            println!("{} ({side}): {:.0} msg/s", scenario.name(), sample.rate());
+            let task = scenario.clone();
+            let run = async move { report::run_side(&*task, side).await };
+            if let Some(sample) = runtime.block_on(runtime.spawn(run))?? {
+                println!("{} ({side:?}): {:.0} msg/s", scenario.name(), sample.rate());
+            }
         }
         return Ok(());
     }
-    let mut report = Report::new(machine_description());
     for scenario in &scenarios {
         eprintln!("running {} ({} rounds)", scenario.name(), args.rounds);
-        let result = runtime.block_on(report::run(scenario.as_ref(), args.rounds))?;
-        report.push(result);
+        let task = scenario.clone();
+        let rounds = args.rounds;
+        let run = async move { report::run(&*task, rounds).await };
+        report.push(runtime.block_on(runtime.spawn(run))??);
+    }
+    if groups.contains(&"footprint") {
+        for footprint in runtime.block_on(peak::run())? {
+            report.push_footprint(footprint);
+        }
     }
     println!("{}", report.table());
     if let Some(path) = &args.json {
@@ -81,6 +138,7 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Cores, CPU model and the load when the run started (the machine may be shared).
 fn machine_description() -> String {
     let cpus = std::thread::available_parallelism().map_or(0, usize::from);
     let model = std::fs::read_to_string("/proc/cpuinfo")
@@ -92,5 +150,9 @@ fn machine_description() -> String {
                 .map(|m| m.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".to_owned());
-    format!("{cpus} cores, {model}")
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".to_owned());
+    format!("{cpus} cores, {model}, load average {load} at start")
 }

@@ -84,6 +84,8 @@ impl Scenario for OneToOne {
                 messages: n,
                 bytes,
                 elapsed: start.elapsed(),
+                latency: None,
+                cpu: None,
             })
         }
         .boxed()
@@ -116,6 +118,8 @@ impl Scenario for OneToOne {
                     messages: n,
                     bytes: counted.bytes(),
                     elapsed,
+                    latency: None,
+                    cpu: None,
                 }
             } else {
                 let mut stream = subscriber.at_most_once().await?;
@@ -140,6 +144,8 @@ impl Scenario for OneToOne {
                     messages: n,
                     bytes,
                     elapsed: start.elapsed(),
+                    latency: None,
+                    cpu: None,
                 }
             };
             broker.close().await?;
@@ -200,11 +206,7 @@ impl Scenario for FanOut {
             for reader in readers {
                 bytes += reader.await?;
             }
-            Ok(Sample {
-                messages: n,
-                bytes: bytes / self.readers,
-                elapsed: start.elapsed(),
-            })
+            Ok(Sample::new(n, bytes / self.readers, start.elapsed()))
         }
         .boxed()
     }
@@ -247,6 +249,8 @@ impl Scenario for FanOut {
                 messages: n,
                 bytes: counters[0].bytes(),
                 elapsed,
+                latency: None,
+                cpu: None,
             })
         }
         .boxed()

@@ -5,6 +5,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Serialize;
 
+use crate::common::cpu_time;
+
 /// One side of one round: how many messages went through in how long.
 #[derive(Debug, Clone, Copy)]
 pub struct Sample {
@@ -14,17 +16,66 @@ pub struct Sample {
     pub bytes: usize,
     /// Wall time of the round.
     pub elapsed: Duration,
+    /// End-to-end latency (publish to handler), where the scenario measures it.
+    pub latency: Option<Latency>,
+    /// The client CPU (every thread of this process) used within `elapsed`, when the scenario
+    /// measured it; otherwise the whole round's is counted.
+    pub cpu: Option<Duration>,
 }
 
 impl Sample {
+    /// A sample without latency.
+    pub fn new(messages: usize, bytes: usize, elapsed: Duration) -> Self {
+        Sample {
+            messages,
+            bytes,
+            elapsed,
+            latency: None,
+            cpu: None,
+        }
+    }
+
     /// Messages per second.
     pub fn rate(&self) -> f64 {
         self.messages as f64 / self.elapsed.as_secs_f64()
     }
 }
 
+/// Percentiles of one round's end-to-end latencies.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    /// Median.
+    pub p50: Duration,
+    /// 99th percentile.
+    pub p99: Duration,
+}
+
+impl Latency {
+    /// The percentiles of `nanos` (reordered); `None` when empty.
+    pub fn of(nanos: &mut [u64]) -> Option<Latency> {
+        if nanos.is_empty() {
+            return None;
+        }
+        nanos.sort_unstable();
+        let at = |q: f64| {
+            let index = ((nanos.len() as f64 - 1.0) * q).round() as usize;
+            Duration::from_nanos(nanos[index.min(nanos.len() - 1)])
+        };
+        Some(Latency {
+            p50: at(0.50),
+            p99: at(0.99),
+        })
+    }
+}
+
+/// A round's sample and the client CPU it used (every thread of this process).
+struct Measured {
+    sample: Sample,
+    cpu: Duration,
+}
+
 /// A benchmark with a raw side and our side, measured alike.
-pub trait Scenario {
+pub trait Scenario: Send + Sync {
     /// A short name, e.g. `memory 1->1 100 B`.
     fn name(&self) -> String;
     /// What the raw side is.
@@ -35,6 +86,68 @@ pub trait Scenario {
     fn raw(&self) -> BoxFuture<'_, anyhow::Result<Sample>>;
     /// One round through the library.
     fn ours(&self) -> BoxFuture<'_, anyhow::Result<Sample>>;
+    /// One round of the raw client with bare records (payload only, no id or content-type
+    /// header), when the scenario has such a second baseline.
+    fn bare(&self) -> Option<BoxFuture<'_, anyhow::Result<Sample>>> {
+        None
+    }
+}
+
+/// Which side of a scenario to run alone (for profilers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The raw client with records equivalent to ours.
+    Raw,
+    /// The library.
+    Ours,
+    /// The raw client with bare records.
+    Bare,
+}
+
+/// Runs one side of `scenario` once.
+pub async fn run_side(scenario: &dyn Scenario, side: Side) -> anyhow::Result<Option<Sample>> {
+    Ok(match side {
+        Side::Raw => Some(scenario.raw().await?),
+        Side::Ours => Some(scenario.ours().await?),
+        Side::Bare => match scenario.bare() {
+            Some(bare) => Some(bare.await?),
+            None => None,
+        },
+    })
+}
+
+/// How often a failed round is tried again: the brokers are shared, and other programs' fault
+/// tests drop connections and restart brokers now and then.
+const ATTEMPTS: usize = 3;
+/// How long one side of one round may take.
+const ROUND_LIMIT: Duration = Duration::from_secs(180);
+
+async fn measured<'a>(
+    mut round: impl FnMut() -> BoxFuture<'a, anyhow::Result<Sample>>,
+) -> anyhow::Result<Measured> {
+    let mut attempt = 1;
+    loop {
+        let before = cpu_time();
+        let outcome = match tokio::time::timeout(ROUND_LIMIT, round()).await {
+            Ok(outcome) => outcome,
+            Err(_) => Err(anyhow::anyhow!(
+                "the round took longer than {ROUND_LIMIT:?}"
+            )),
+        };
+        match outcome {
+            Ok(sample) => {
+                let cpu = sample
+                    .cpu
+                    .unwrap_or_else(|| cpu_time().saturating_sub(before));
+                return Ok(Measured { sample, cpu });
+            }
+            Err(error) if attempt < ATTEMPTS => {
+                eprintln!("  round failed, trying again: {error:#}");
+                attempt += 1;
+            }
+            Err(error) => return Err(error),
+        }
+    }
 }
 
 /// The medians of one scenario.
@@ -49,38 +162,122 @@ pub struct ScenarioResult {
     ratio: f64,
     ratio_min: f64,
     ratio_max: f64,
+    bare_rate: Option<f64>,
+    bare_ratio: Option<f64>,
+    bare_ratio_min: Option<f64>,
+    bare_ratio_max: Option<f64>,
+    raw_cpu_us_per_msg: f64,
+    our_cpu_us_per_msg: f64,
+    raw_p50_us: Option<f64>,
+    raw_p99_us: Option<f64>,
+    our_p50_us: Option<f64>,
+    our_p99_us: Option<f64>,
     goal: f64,
+}
+
+impl ScenarioResult {
+    /// Whether the median ratio reaches the goal.
+    pub fn meets_goal(&self) -> bool {
+        self.ratio >= self.goal
+    }
 }
 
 /// Runs `rounds` interleaved rounds (after one warm-up of each side) and takes medians.
 pub async fn run(scenario: &dyn Scenario, rounds: usize) -> anyhow::Result<ScenarioResult> {
-    scenario.raw().await?;
-    scenario.ours().await?;
+    measured(|| scenario.raw()).await?;
+    measured(|| scenario.ours()).await?;
+    if scenario.bare().is_some() {
+        measured(|| scenario.bare().unwrap_or_else(|| unreachable_round())).await?;
+    }
     let mut raw = Vec::new();
     let mut ours = Vec::new();
-    for _ in 0..rounds.max(1) {
-        raw.push(scenario.raw().await?);
-        ours.push(scenario.ours().await?);
+    let mut bare = Vec::new();
+    for round in 0..rounds.max(1) {
+        let r = measured(|| scenario.raw()).await?;
+        let o = measured(|| scenario.ours()).await?;
+        let b = match scenario.bare() {
+            Some(_) => {
+                Some(measured(|| scenario.bare().unwrap_or_else(|| unreachable_round())).await?)
+            }
+            None => None,
+        };
+        eprintln!(
+            "  round {}: raw {:.0} msg/s, ours {:.0} msg/s ({:.2}){}",
+            round + 1,
+            r.sample.rate(),
+            o.sample.rate(),
+            o.sample.rate() / r.sample.rate(),
+            b.as_ref().map_or(String::new(), |b| format!(
+                ", bare raw {:.0} msg/s",
+                b.sample.rate()
+            )),
+        );
+        raw.push(r);
+        ours.push(o);
+        bare.extend(b);
     }
-    let ratios: Vec<f64> = raw
-        .iter()
-        .zip(&ours)
-        .map(|(r, o)| o.rate() / r.rate())
-        .collect();
-    let our_rate = median(ours.iter().map(Sample::rate).collect());
-    let bytes_per_message = ours[0].bytes as f64 / ours[0].messages.max(1) as f64;
+    let ratios = ratios_of(&ours, &raw);
+    let bare_ratios = (!bare.is_empty()).then(|| ratios_of(&ours, &bare));
+    let our_rate = median(ours.iter().map(|m| m.sample.rate()).collect());
+    let first = &ours[0].sample;
+    let bytes_per_message = first.bytes as f64 / first.messages.max(1) as f64;
+    let latency = |side: &[Measured], pick: fn(&Latency) -> Duration| {
+        let values: Vec<f64> = side
+            .iter()
+            .filter_map(|m| m.sample.latency.as_ref())
+            .map(|l| pick(l).as_secs_f64() * 1e6)
+            .collect();
+        (!values.is_empty()).then(|| median(values))
+    };
     Ok(ScenarioResult {
         name: scenario.name(),
         raw_side: scenario.raw_side(),
         rounds: rounds.max(1),
-        raw_rate: median(raw.iter().map(Sample::rate).collect()),
+        raw_rate: median(raw.iter().map(|m| m.sample.rate()).collect()),
         our_rate,
         our_mb_per_s: our_rate * bytes_per_message / 1e6,
         ratio: median(ratios.clone()),
-        ratio_min: ratios.iter().copied().fold(f64::INFINITY, f64::min),
-        ratio_max: ratios.iter().copied().fold(0.0, f64::max),
+        ratio_min: min(&ratios),
+        ratio_max: max(&ratios),
+        bare_rate: (!bare.is_empty())
+            .then(|| median(bare.iter().map(|m| m.sample.rate()).collect())),
+        bare_ratio: bare_ratios.as_ref().map(|r| median(r.clone())),
+        bare_ratio_min: bare_ratios.as_ref().map(|r| min(r)),
+        bare_ratio_max: bare_ratios.as_ref().map(|r| max(r)),
+        raw_cpu_us_per_msg: cpu_per_message(&raw),
+        our_cpu_us_per_msg: cpu_per_message(&ours),
+        raw_p50_us: latency(&raw, |l| l.p50),
+        raw_p99_us: latency(&raw, |l| l.p99),
+        our_p50_us: latency(&ours, |l| l.p50),
+        our_p99_us: latency(&ours, |l| l.p99),
         goal: scenario.goal(),
     })
+}
+
+/// A round that fails: for a scenario whose `bare` stopped offering one.
+fn unreachable_round<'a>() -> BoxFuture<'a, anyhow::Result<Sample>> {
+    Box::pin(async { anyhow::bail!("no bare round") })
+}
+
+fn ratios_of(ours: &[Measured], base: &[Measured]) -> Vec<f64> {
+    base.iter()
+        .zip(ours)
+        .map(|(b, o)| o.sample.rate() / b.sample.rate())
+        .collect()
+}
+
+fn cpu_per_message(side: &[Measured]) -> f64 {
+    let cpu: f64 = side.iter().map(|m| m.cpu.as_secs_f64()).sum();
+    let messages: usize = side.iter().map(|m| m.sample.messages).sum();
+    cpu * 1e6 / messages.max(1) as f64
+}
+
+fn min(values: &[f64]) -> f64 {
+    values.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn max(values: &[f64]) -> f64 {
+    values.iter().copied().fold(0.0, f64::max)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -101,6 +298,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 pub struct Report {
     machine: String,
     scenarios: Vec<ScenarioResult>,
+    footprints: Vec<crate::peak::Footprint>,
 }
 
 impl Report {
@@ -109,6 +307,7 @@ impl Report {
         Report {
             machine,
             scenarios: Vec::new(),
+            footprints: Vec::new(),
         }
     }
 
@@ -117,27 +316,71 @@ impl Report {
         self.scenarios.push(result);
     }
 
-    /// A Markdown table.
+    /// Adds a memory footprint measurement.
+    pub fn push_footprint(&mut self, footprint: crate::peak::Footprint) {
+        self.footprints.push(footprint);
+    }
+
+    /// Markdown tables: throughput and latency, then memory footprints.
     pub fn table(&self) -> String {
-        let mut out = format!(
-            "machine: {}\n\n| scenario | raw side | raw msg/s | ours msg/s | ours MB/s | ours/raw (min..max) | goal |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n",
-            self.machine
-        );
+        let mut out = format!("machine: {}\n", self.machine);
+        if !self.scenarios.is_empty() {
+            out.push_str(
+                "\n| scenario | raw side | raw msg/s | ours msg/s | ours MB/s | ours/raw (min..max) | ours/bare raw (min..max) | goal | client CPU µs/msg raw / ours | p50 / p99 latency raw | p50 / p99 latency ours |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+            );
+        }
         for s in &self.scenarios {
-            out.push_str(&format!(
-                "| {} | {} | {:.0} | {:.0} | {:.1} | {:.2} ({:.2}..{:.2}) {} | {:.2} |\n",
-                s.name,
-                s.raw_side,
-                s.raw_rate,
-                s.our_rate,
-                s.our_mb_per_s,
-                s.ratio,
-                s.ratio_min,
-                s.ratio_max,
-                if s.ratio >= s.goal { "ok" } else { "BELOW" },
-                s.goal
-            ));
+            out.push_str(&s.row());
+        }
+        if !self.footprints.is_empty() {
+            out.push('\n');
+            out.push_str(&crate::peak::table(&self.footprints));
         }
         out
+    }
+}
+
+impl ScenarioResult {
+    fn row(&self) -> String {
+        let s = self;
+        let bare = match (s.bare_ratio, s.bare_ratio_min, s.bare_ratio_max) {
+            (Some(r), Some(lo), Some(hi)) => format!("{r:.2} ({lo:.2}..{hi:.2})"),
+            _ => "–".to_owned(),
+        };
+        format!(
+            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.2} ({:.2}..{:.2}) {} | {} | {:.2} | {:.2} / {:.2} | {} | {} |\n",
+            s.name,
+            s.raw_side,
+            s.raw_rate,
+            s.our_rate,
+            s.our_mb_per_s,
+            s.ratio,
+            s.ratio_min,
+            s.ratio_max,
+            if s.meets_goal() { "ok" } else { "BELOW" },
+            bare,
+            s.goal,
+            s.raw_cpu_us_per_msg,
+            s.our_cpu_us_per_msg,
+            latency(s.raw_p50_us, s.raw_p99_us),
+            latency(s.our_p50_us, s.our_p99_us),
+        )
+    }
+}
+
+fn latency(p50: Option<f64>, p99: Option<f64>) -> String {
+    match (p50, p99) {
+        (Some(p50), Some(p99)) => format!("{} / {}", micros(p50), micros(p99)),
+        _ => "–".to_owned(),
+    }
+}
+
+fn micros(us: f64) -> String {
+    if us >= 10_000.0 {
+        format!("{:.0} ms", us / 1000.0)
+    } else if us >= 1000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
     }
 }

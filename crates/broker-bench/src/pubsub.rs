@@ -1,0 +1,325 @@
+//! Pub/Sub: the adapter against the raw `google-cloud-pubsub` client on the same emulator
+//! (`BROKER_TEST_PUBSUB`, default `http://127.0.0.1:8085`), every round on a fresh topic with one
+//! subscription, deleted afterwards.
+//!
+//! - Publish: `Publisher::send` of every message, 100 000 confirmations pending at most, against the
+//!   client's batching `Publisher` with the adapter's batching (100 messages / 1 MB / 10 ms),
+//!   every message in flight. Raw messages carry the attributes ours carry (`message-id`,
+//!   `content-type`); bare raw messages none.
+//! - Consume: a backlog drained by `at_least_once` (`max_in_flight` 256) against the client's
+//!   streaming pull with the adapter's flow control (256 messages, 100 MiB, same leases),
+//!   acknowledging each message; then stamped messages at a steady pace measure
+//!   publish-to-handler latency. The emulator hands out messages slowly (about 100 per stream
+//!   every 50 ms), so consuming measures the emulator as much as the clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use broker_api::{Broker, ConnectOptions, MessageId, Received, Topic, TopicSpec};
+use broker_pubsub::google_cloud_auth::credentials::anonymous::Builder as Anonymous;
+use broker_pubsub::google_cloud_pubsub::client::{BasePublisher, Publisher, Subscriber};
+use broker_pubsub::google_cloud_pubsub::model::Message as PubsubMessage;
+use broker_pubsub::google_cloud_pubsub::subscriber::ShutdownBehavior;
+use broker_pubsub::{PubSubBackend, PubSubConfig};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use crate::common::{endpoint, fresh_name, paced, plain_payload, send_all, Tally, Window};
+use crate::report::{Sample, Scenario};
+
+const GROUP: &str = "bench";
+const IN_FLIGHT: usize = 256;
+const LATENCY_MESSAGES: usize = 500;
+const LATENCY_RATE: usize = 1_000;
+const ROUND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The Pub/Sub scenarios: `messages` published per round (default 50 000), a tenth of them
+/// consumed.
+pub async fn scenarios(messages: Option<usize>) -> anyhow::Result<Vec<Box<dyn Scenario>>> {
+    let bench = Arc::new(Bench::connect().await?);
+    let messages = messages.unwrap_or(50_000);
+    Ok(vec![
+        Box::new(Publish {
+            bench: bench.clone(),
+            messages,
+            size: 100,
+        }),
+        Box::new(Consume {
+            bench,
+            messages: (messages / 10).max(1),
+            size: 100,
+        }),
+    ])
+}
+
+struct Bench {
+    config: PubSubConfig,
+    broker: Broker,
+    base: BasePublisher,
+    subscriber: Subscriber,
+}
+
+impl Bench {
+    async fn connect() -> anyhow::Result<Bench> {
+        let url = endpoint("BROKER_TEST_PUBSUB", "http://127.0.0.1:8085");
+        let config = PubSubConfig {
+            endpoint: Some(url.clone()),
+            ..PubSubConfig::default()
+        };
+        let backend = PubSubBackend::connect(config.clone(), ConnectOptions::default())
+            .await
+            .context("no Pub/Sub emulator (scripts/brokers.sh start pubsub)")?;
+        let base = BasePublisher::builder()
+            .with_endpoint(&url)
+            .with_credentials(Anonymous::new().build())
+            .build()
+            .await?;
+        let subscriber = Subscriber::builder()
+            .with_endpoint(&url)
+            .with_credentials(Anonymous::new().build())
+            .build()
+            .await?;
+        Ok(Bench {
+            config,
+            broker: Broker::new(backend),
+            base,
+            subscriber,
+        })
+    }
+
+    /// A fresh topic with its group's subscription.
+    async fn topic(&self, what: &str) -> anyhow::Result<String> {
+        let name = fresh_name(what);
+        self.broker
+            .ensure_topic(&TopicSpec::new(&name).group(GROUP))
+            .await?;
+        Ok(name)
+    }
+
+    async fn delete(&self, topic: &str) -> anyhow::Result<()> {
+        self.broker.backend().delete_topic(topic).await?;
+        Ok(())
+    }
+
+    /// A raw publisher of `topic` with the adapter's batching.
+    fn publisher(&self, topic: &str) -> Publisher {
+        self.base
+            .publisher(format!("projects/{}/topics/{topic}", self.config.project))
+            .set_message_count_threshold(self.config.batch_max_messages)
+            .set_byte_threshold(self.config.batch_max_bytes)
+            .set_delay_threshold(self.config.batch_max_delay)
+            .build()
+    }
+}
+
+/// A raw message: with the attributes ours carry unless `bare`.
+fn message(payload: Bytes, bare: bool) -> PubsubMessage {
+    let mut message = PubsubMessage::new().set_data(payload);
+    if !bare {
+        message
+            .attributes
+            .insert("message-id".to_owned(), MessageId::random().to_string());
+        message.attributes.insert(
+            "content-type".to_owned(),
+            "application/octet-stream".to_owned(),
+        );
+    }
+    message
+}
+
+/// Publishes `count` raw messages, all in flight, and waits for every response.
+async fn raw_publish(
+    publisher: &Publisher,
+    payload: &Bytes,
+    count: usize,
+    bare: bool,
+) -> anyhow::Result<Sample> {
+    let window = Window::start();
+    let pending: Vec<_> = (0..count)
+        .map(|_| publisher.publish(message(payload.clone(), bare)))
+        .collect();
+    for response in pending {
+        response.await?;
+    }
+    Ok(window.sample(count, payload.len()))
+}
+
+/// Publish throughput.
+struct Publish {
+    bench: Arc<Bench>,
+    messages: usize,
+    size: usize,
+}
+
+impl Publish {
+    async fn raw_round(&self, bare: bool) -> anyhow::Result<Sample> {
+        let topic = self.bench.topic("ppub").await?;
+        let publisher = self.bench.publisher(&topic);
+        let sample = raw_publish(&publisher, &plain_payload(self.size), self.messages, bare).await;
+        self.bench.delete(&topic).await?;
+        sample
+    }
+}
+
+impl Scenario for Publish {
+    fn name(&self) -> String {
+        format!("pubsub publish {} B (emulator)", self.size)
+    }
+
+    fn raw_side(&self) -> &'static str {
+        "google-cloud-pubsub Publisher, same batching"
+    }
+
+    fn goal(&self) -> f64 {
+        0.95
+    }
+
+    fn raw(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
+        self.raw_round(false).boxed()
+    }
+
+    fn bare(&self) -> Option<BoxFuture<'_, anyhow::Result<Sample>>> {
+        Some(self.raw_round(true).boxed())
+    }
+
+    fn ours(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
+        async move {
+            let name = self.bench.topic("ppub").await?;
+            let payload = plain_payload(self.size);
+            let publisher = self.bench.broker.publisher(&Topic::bytes(name.as_str()));
+            let window = Window::start();
+            send_all(&publisher, &payload, self.messages).await?;
+            let sample = window.sample(self.messages, self.size);
+            self.bench.delete(&name).await?;
+            Ok(sample)
+        }
+        .boxed()
+    }
+}
+
+/// Consume throughput with acks, and end-to-end latency.
+struct Consume {
+    bench: Arc<Bench>,
+    messages: usize,
+    size: usize,
+}
+
+impl Consume {
+    async fn prepare(&self, bare: bool) -> anyhow::Result<(String, Publisher)> {
+        let topic = self.bench.topic("psub").await?;
+        let publisher = self.bench.publisher(&topic);
+        raw_publish(&publisher, &plain_payload(self.size), self.messages, bare).await?;
+        Ok((topic, publisher))
+    }
+
+    /// Once the backlog is drained, publishes the stamped messages and waits for them.
+    async fn measure_latency(
+        &self,
+        publisher: &Publisher,
+        tally: &Tally,
+        bare: bool,
+    ) -> anyhow::Result<()> {
+        tally.drained(ROUND_TIMEOUT).await?;
+        paced(LATENCY_MESSAGES, self.size, LATENCY_RATE, |payload| {
+            // The client queues the message at once; its response is not awaited.
+            drop(publisher.publish(message(payload, bare)));
+            Ok(())
+        })
+        .await?;
+        tally.done(ROUND_TIMEOUT).await
+    }
+
+    async fn raw_round(&self, bare: bool) -> anyhow::Result<Sample> {
+        let (topic, publisher) = self.prepare(bare).await?;
+        let tally = Arc::new(Tally::new(self.messages, self.messages + LATENCY_MESSAGES));
+        let config = &self.bench.config;
+        let mut stream = self
+            .bench
+            .subscriber
+            .subscribe(format!(
+                "projects/{}/subscriptions/{topic}.{GROUP}",
+                config.project
+            ))
+            .set_max_outstanding_messages(IN_FLIGHT as i64)
+            .set_max_outstanding_bytes(config.max_outstanding_bytes)
+            .set_max_lease_extension(config.ack_deadline)
+            .set_max_lease(config.max_lease)
+            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+            .build();
+        let shutdown = stream.shutdown_token();
+        let reading = {
+            let tally = tally.clone();
+            let total = self.messages + LATENCY_MESSAGES;
+            tokio::spawn(async move {
+                while tally.seen() < total {
+                    let Some(next) = stream.next().await else {
+                        anyhow::bail!("the stream ended");
+                    };
+                    let (message, handler) = next?;
+                    tally.record(&message.data);
+                    handler.ack();
+                }
+                Ok(())
+            })
+        };
+        let measured = self.measure_latency(&publisher, &tally, bare).await;
+        if measured.is_err() {
+            reading.abort();
+        }
+        let read = reading.await;
+        shutdown.shutdown().await;
+        self.bench.delete(&topic).await?;
+        measured?;
+        read??;
+        tally.sample()
+    }
+}
+
+impl Scenario for Consume {
+    fn name(&self) -> String {
+        format!("pubsub consume {} B, acks (emulator)", self.size)
+    }
+
+    fn raw_side(&self) -> &'static str {
+        "google-cloud-pubsub streaming pull, same flow control"
+    }
+
+    fn goal(&self) -> f64 {
+        0.95
+    }
+
+    fn raw(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
+        self.raw_round(false).boxed()
+    }
+
+    fn bare(&self) -> Option<BoxFuture<'_, anyhow::Result<Sample>>> {
+        Some(self.raw_round(true).boxed())
+    }
+
+    fn ours(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
+        async move {
+            let (topic, publisher) = self.prepare(false).await?;
+            let tally = Arc::new(Tally::new(self.messages, self.messages + LATENCY_MESSAGES));
+            let handler_tally = tally.clone();
+            let running = self
+                .bench
+                .broker
+                .subscriber(&Topic::bytes(topic.as_str()), GROUP)
+                .max_in_flight(IN_FLIGHT)
+                .at_least_once(move |message: Received<Bytes>| {
+                    handler_tally.record(&message.value);
+                    futures::future::ready(Ok(()))
+                })
+                .await?;
+            let measured = self.measure_latency(&publisher, &tally, false).await;
+            let closed = running.close().await;
+            self.bench.delete(&topic).await?;
+            measured?;
+            closed?;
+            tally.sample()
+        }
+        .boxed()
+    }
+}
