@@ -123,13 +123,27 @@ fn main() -> anyhow::Result<()> {
         let task = scenario.clone();
         let rounds = args.rounds;
         let run = async move { report::run(&*task, rounds).await };
-        report.push(runtime.block_on(runtime.spawn(run))??);
-    }
-    if groups.contains(&"footprint") {
-        for footprint in runtime.block_on(peak::run())? {
-            report.push_footprint(footprint);
+        // One scenario failing (a broker gone) does not lose the others' figures.
+        match runtime.block_on(runtime.spawn(run))? {
+            Ok(result) => report.push(result),
+            Err(error) => {
+                eprintln!("{} failed: {error:#}", scenario.name());
+                report.push_failure(scenario.name(), format!("{error:#}"));
+            }
         }
     }
+    if groups.contains(&"footprint") {
+        match runtime.block_on(peak::run()) {
+            Ok(footprints) => footprints
+                .into_iter()
+                .for_each(|footprint| report.push_footprint(footprint)),
+            Err(error) => {
+                eprintln!("footprint failed: {error:#}");
+                report.push_failure("footprint".to_owned(), format!("{error:#}"));
+            }
+        }
+    }
+    report.note_machine(&format!("{} at end", load_average()));
     println!("{}", report.table());
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
@@ -150,9 +164,14 @@ fn machine_description() -> String {
                 .map(|m| m.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".to_owned());
+    format!("{cpus} cores, {model}, {} at start", load_average())
+}
+
+/// The 1-minute load average, as `/proc/loadavg` says.
+fn load_average() -> String {
     let load = std::fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|l| l.split_whitespace().next().map(str::to_owned))
         .unwrap_or_else(|| "?".to_owned());
-    format!("{cpus} cores, {model}, load average {load} at start")
+    format!("load average {load}")
 }

@@ -299,6 +299,14 @@ pub struct Report {
     machine: String,
     scenarios: Vec<ScenarioResult>,
     footprints: Vec<crate::peak::Footprint>,
+    failures: Vec<Failure>,
+}
+
+/// A scenario that could not be measured, and why.
+#[derive(Debug, Serialize)]
+struct Failure {
+    name: String,
+    error: String,
 }
 
 impl Report {
@@ -308,7 +316,19 @@ impl Report {
             machine,
             scenarios: Vec::new(),
             footprints: Vec::new(),
+            failures: Vec::new(),
         }
+    }
+
+    /// Adds `note` to the machine description.
+    pub fn note_machine(&mut self, note: &str) {
+        self.machine.push_str(", ");
+        self.machine.push_str(note);
+    }
+
+    /// Records a scenario that failed.
+    pub fn push_failure(&mut self, name: String, error: String) {
+        self.failures.push(Failure { name, error });
     }
 
     /// Adds a result.
@@ -335,6 +355,10 @@ impl Report {
         if !self.footprints.is_empty() {
             out.push('\n');
             out.push_str(&crate::peak::table(&self.footprints));
+        }
+        for failure in &self.failures {
+            let first_line = failure.error.lines().next().unwrap_or_default();
+            out.push_str(&format!("\nFAILED {}: {first_line}\n", failure.name));
         }
         out
     }
