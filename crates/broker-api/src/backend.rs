@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::capabilities::Capabilities;
 use crate::completion::Completion;
+use crate::confirmation::Confirmation;
 use crate::delivery::{Delivery, Position};
 use crate::error::{Error, Result};
 use crate::message::{Message, MessageId};
@@ -26,9 +27,6 @@ pub struct Receipt {
     /// Where the broker stored it, when it says (Kafka partition/offset, memory offset).
     pub position: Position,
 }
-
-/// Resolves when the broker has confirmed (or refused) one sent message.
-pub type Confirmation = Completion<'static, Receipt>;
 
 /// Where a new group starts reading.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]

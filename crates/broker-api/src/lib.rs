@@ -14,6 +14,7 @@ pub mod backend;
 pub mod capabilities;
 pub mod codec;
 pub mod completion;
+pub mod confirmation;
 pub mod delivery;
 pub mod error;
 pub mod handler;
@@ -29,12 +30,13 @@ mod subscriber;
 mod topic;
 
 pub use backend::{
-    Backend, BoxDeliveryStream, Confirmation, ConnectOptions, DeliveryStream, Receipt,
-    SharedBackend, StartFrom, SubscribeRequest, TopicSpec,
+    Backend, BoxDeliveryStream, ConnectOptions, DeliveryStream, Receipt, SharedBackend, StartFrom,
+    SubscribeRequest, TopicSpec,
 };
 pub use broker::Broker;
 pub use capabilities::Capabilities;
 pub use codec::{Codec, Json, Raw, Text};
+pub use confirmation::{Confirmation, PendingReceipt, ReceiptSlot};
 pub use delivery::{Acknowledge, Delivery, Metadata, Position, Settle, SettleOnce};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use handler::{Handler, HandlerError, HandlerResult, Received};

@@ -4,7 +4,8 @@ use std::fmt;
 
 use futures::future::try_join_all;
 
-use crate::backend::{Confirmation, Receipt, SharedBackend};
+use crate::backend::{Receipt, SharedBackend};
+use crate::confirmation::Confirmation;
 use crate::error::Result;
 use crate::message::Message;
 use crate::naming::validate_name;

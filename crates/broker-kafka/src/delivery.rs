@@ -1,78 +1,118 @@
 //! Delivery reports as confirmations, with one shared allocation per message.
 //!
-//! The producer is a `ThreadedProducer` whose delivery callback fills in the message's
-//! [`Report`] (handed to librdkafka as the message's opaque) and wakes whoever waits for it.
-//! rdkafka's `FutureProducer` pays a oneshot channel and a boxed sender per message for the
-//! same; this pays one `Arc`.
+//! The producer is a `ThreadedProducer` whose delivery callback turns the report into the
+//! message's receipt (or error) and fills it into the message's [`Report`], handed to
+//! librdkafka as the message's opaque and to the publisher as its [`Confirmation`]. rdkafka's
+//! `FutureProducer` pays a oneshot channel and a boxed sender per message for the same; this
+//! pays one `Arc`.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
-use futures::task::AtomicWaker;
+use broker_api::{
+    Confirmation, Error, ErrorKind, MessageId, PendingReceipt, Position, Receipt, ReceiptSlot,
+    Result,
+};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::error::KafkaError;
-use rdkafka::message::OwnedMessage;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::Message as _;
 
 use crate::context::ClientLog;
-
-/// What the broker said about one message: where it was stored, or why not.
-pub(crate) type Outcome = Result<(i32, i64), (KafkaError, OwnedMessage)>;
+use crate::error::{from_kafka, BACKEND};
+use crate::provision::Provisioner;
 
 /// One message's delivery report, once it arrives.
-#[derive(Default)]
 pub(crate) struct Report {
-    outcome: Mutex<Option<Outcome>>,
-    waker: AtomicWaker,
+    id: MessageId,
+    slot: ReceiptSlot,
 }
 
 impl Report {
-    fn complete(&self, outcome: Outcome) {
-        *self.outcome.lock().unwrap_or_else(PoisonError::into_inner) = Some(outcome);
-        self.waker.wake();
+    /// The report of message `id`, to be handed to librdkafka with the message.
+    pub(crate) fn new(id: MessageId) -> Arc<Report> {
+        Arc::new(Report {
+            id,
+            slot: ReceiptSlot::default(),
+        })
+    }
+
+    /// The confirmation that resolves with this report.
+    pub(crate) fn confirmation(self: Arc<Self>) -> Confirmation {
+        Confirmation::shared(self)
     }
 }
 
-/// Resolves with the report of one message.
-pub(crate) struct Reported(pub(crate) Arc<Report>);
-
-impl Future for Reported {
-    type Output = Outcome;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Outcome> {
-        let report = &self.0;
-        if let Some(outcome) = report.take() {
-            return Poll::Ready(outcome);
-        }
-        report.waker.register(cx.waker());
-        match report.take() {
-            Some(outcome) => Poll::Ready(outcome),
-            None => Poll::Pending,
-        }
-    }
-}
-
-impl Report {
-    fn take(&self) -> Option<Outcome> {
-        self.outcome
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
+impl PendingReceipt for Report {
+    fn poll_receipt(&self, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
+        self.slot.poll_receipt(cx)
     }
 }
 
 /// The producer's callbacks: logs, and delivery reports into each message's [`Report`].
 pub(crate) struct Deliveries {
     log: ClientLog,
+    /// Told when the broker reports a topic unknown (deleted behind our back), so that the
+    /// next publish provisions it again.
+    topics: OnceLock<Weak<Provisioner>>,
 }
 
 impl Deliveries {
     pub(crate) fn new(log: ClientLog) -> Self {
-        Deliveries { log }
+        Deliveries {
+            log,
+            topics: OnceLock::new(),
+        }
+    }
+
+    /// Tells `topics` about topics the broker reports unknown.
+    pub(crate) fn attach(&self, topics: &Arc<Provisioner>) {
+        let _ = self.topics.set(Arc::downgrade(topics));
+    }
+
+    /// The error of a delivery report that says the message was not stored.
+    fn failed(&self, id: &MessageId, error: &KafkaError, message: &BorrowedMessage<'_>) -> Error {
+        let topic = message.topic();
+        match error.rdkafka_error_code() {
+            Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
+                let size = message.payload().map_or(0, <[u8]>::len)
+                    + message.key().map_or(0, <[u8]>::len)
+                    + message.headers().map_or(0, |h| {
+                        h.iter()
+                            .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
+                            .sum()
+                    });
+                Error::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "message {id} of {size} bytes (payload, key and headers) to topic {topic} \
+                         is larger than the broker accepts (the topic's max.message.bytes)"
+                    ),
+                )
+                .backend(BACKEND)
+                .operation("publish")
+                .source(error.clone())
+            }
+            code => {
+                if matches!(
+                    code,
+                    Some(
+                        RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
+                    )
+                ) {
+                    if let Some(topics) = self.topics.get().and_then(Weak::upgrade) {
+                        topics.forget(topic);
+                    }
+                }
+                from_kafka(
+                    "publish",
+                    format!("message {id} to topic {topic} was not confirmed by the broker"),
+                    error.clone(),
+                )
+            }
+        }
     }
 }
 
@@ -90,9 +130,15 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = Arc<Report>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, report: Arc<Report>) {
-        report.complete(match result {
-            Ok(message) => Ok((message.partition(), message.offset())),
-            Err((error, message)) => Err((error.clone(), message.detach())),
+        report.slot.fill(match result {
+            Ok(message) => Ok(Receipt {
+                message_id: report.id.clone(),
+                position: Position::Kafka {
+                    partition: message.partition(),
+                    offset: message.offset(),
+                },
+            }),
+            Err((error, message)) => Err(self.failed(&report.id, error, message)),
         });
     }
 }
@@ -103,11 +149,27 @@ mod tests {
     use futures::FutureExt;
 
     #[test]
-    fn a_report_wakes_its_waiter_once_filled_in() {
-        let report = Arc::new(Report::default());
-        let mut waiting = Reported(report.clone());
+    fn a_report_resolves_its_confirmation_once_filled_in() {
+        let report = Report::new(MessageId::from("m-1"));
+        let mut waiting = report.clone().confirmation();
         assert!((&mut waiting).now_or_never().is_none());
-        report.complete(Ok((2, 41)));
-        assert_eq!(waiting.now_or_never().map(|o| o.ok()), Some(Some((2, 41))));
+        report.slot.fill(Ok(Receipt {
+            message_id: report.id.clone(),
+            position: Position::Kafka {
+                partition: 2,
+                offset: 41,
+            },
+        }));
+        let receipt = waiting.now_or_never().and_then(Result::ok);
+        assert_eq!(
+            receipt.map(|r| (r.message_id, r.position)),
+            Some((
+                MessageId::from("m-1"),
+                Position::Kafka {
+                    partition: 2,
+                    offset: 41
+                }
+            ))
+        );
     }
 }

@@ -103,8 +103,10 @@ impl KafkaBackend {
         let admin = Arc::new(Admin::new(&config)?);
         check_reachable(&config, &publisher).await?;
         tracing::info!(endpoint = %config.endpoint(), auto_provision = options.auto_provision, "connected to Kafka");
+        let topics = Arc::new(Provisioner::new(admin, options.auto_provision));
+        publisher.attach(&topics);
         Ok(KafkaBackend {
-            topics: Arc::new(Provisioner::new(admin, options.auto_provision)),
+            topics,
             auto_provision: options.auto_provision,
             config,
             publisher,
@@ -128,7 +130,7 @@ impl KafkaBackend {
     async fn send_slow(&self, topic: &str, message: Message) -> Result<Confirmation> {
         self.topics.prepare(topic, "publish").await?;
         self.check_open("publish")?;
-        self.publisher.enqueue(topic, message, &self.topics).await
+        self.publisher.enqueue(topic, message).await
     }
 }
 
@@ -216,7 +218,7 @@ impl Backend for KafkaBackend {
             return completion::ready(Err(closed("publish", "the Kafka backend")));
         }
         if self.topics.is_ready(topic) {
-            self.publisher.enqueue(topic, message, &self.topics)
+            self.publisher.enqueue(topic, message)
         } else {
             completion::boxed(self.send_slow(topic, message))
         }

@@ -2,22 +2,21 @@
 //!
 //! `send` hands the record to librdkafka synchronously when its queue has room and returns the
 //! delivery report as the confirmation ([`crate::delivery`]: one shared allocation per message),
-//! so any number of messages are in flight with no await per message. Only when librdkafka reports its queue full does `send` wait (boxed), retrying
-//! until the delivery timeout.
+//! so any number of messages are in flight with no await per message. Only when librdkafka
+//! reports its queue full does `send` wait (boxed), retrying until the delivery timeout.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use broker_api::completion::{self, Completion};
-use broker_api::{Confirmation, Error, ErrorKind, Message, MessageId, Position, Receipt, Result};
+use broker_api::{Confirmation, Error, ErrorKind, Message, Result};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::Message as _;
 
 use crate::config::KafkaConfig;
 use crate::context::ClientLog;
-use crate::delivery::{Deliveries, Report, Reported};
+use crate::delivery::{Deliveries, Report};
 use crate::error::{from_kafka, payload_too_large, too_large, BACKEND};
 use crate::provision::Provisioner;
 
@@ -62,6 +61,11 @@ impl Publisher {
         &self.log
     }
 
+    /// Tells `topics` when the broker reports a topic unknown.
+    pub(crate) fn attach(&self, topics: &Arc<Provisioner>) {
+        self.producer.context().attach(topics);
+    }
+
     /// The underlying client, for metadata requests.
     pub(crate) fn producer(&self) -> &ThreadedProducer<Deliveries> {
         &self.producer
@@ -72,7 +76,6 @@ impl Publisher {
         &'a self,
         topic: &'a str,
         message: Message,
-        topics: &Arc<Provisioner>,
     ) -> Completion<'a, Confirmation> {
         if message.payload.len() > self.max_payload_bytes {
             return completion::ready(Err(payload_too_large(
@@ -83,12 +86,9 @@ impl Publisher {
             )));
         }
         match self.try_enqueue(topic, &message) {
-            Ok(delivery) => {
-                completion::ready(Ok(confirmation(delivery, message.id, topics.clone())))
-            }
+            Ok(report) => completion::ready(Ok(report.confirmation())),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
-                let topics = topics.clone();
-                completion::boxed(self.enqueue_when_room(topic, message, topics))
+                completion::boxed(self.enqueue_when_room(topic, message))
             }
             Err(error) => completion::ready(Err(self.refused(topic, &message, error))),
         }
@@ -96,18 +96,13 @@ impl Publisher {
 
     /// Retries a send that found librdkafka's queue full, until it fits or the delivery
     /// timeout passed.
-    async fn enqueue_when_room(
-        &self,
-        topic: &str,
-        message: Message,
-        topics: Arc<Provisioner>,
-    ) -> Result<Confirmation> {
+    async fn enqueue_when_room(&self, topic: &str, message: Message) -> Result<Confirmation> {
         let deadline = Instant::now() + self.queue_wait;
         let mut pause = Duration::from_millis(1);
         loop {
             tokio::time::sleep(pause).await;
             match self.try_enqueue(topic, &message) {
-                Ok(delivery) => return Ok(confirmation(delivery, message.id, topics)),
+                Ok(report) => return Ok(report.confirmation()),
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
                     if Instant::now() < deadline =>
                 {
@@ -124,7 +119,7 @@ impl Publisher {
         topic: &str,
         message: &Message,
     ) -> std::result::Result<Arc<Report>, KafkaError> {
-        let report = Arc::new(Report::default());
+        let report = Report::new(message.id.clone());
         let mut record: BaseRecord<'_, str, [u8], Arc<Report>> =
             BaseRecord::with_opaque_to(topic, report.clone())
                 .payload(&message.payload[..])
@@ -234,66 +229,10 @@ fn wire_size(message: &Message) -> usize {
             .sum::<usize>()
 }
 
-/// The confirmation of one queued message: its delivery report as a [`Receipt`].
-fn confirmation(report: Arc<Report>, id: MessageId, topics: Arc<Provisioner>) -> Confirmation {
-    completion::boxed(async move {
-        match Reported(report).await {
-            Ok((partition, offset)) => Ok(Receipt {
-                message_id: id,
-                position: Position::Kafka { partition, offset },
-            }),
-            Err((error, message)) => Err(delivery_failed(&id, &error, &message, &topics)),
-        }
-    })
-}
-
-/// The error of a delivery report that says the message was not stored.
-fn delivery_failed(
-    id: &MessageId,
-    error: &KafkaError,
-    message: &OwnedMessage,
-    topics: &Provisioner,
-) -> Error {
-    let topic = message.topic();
-    match error.rdkafka_error_code() {
-        Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
-            let size = message.payload().map_or(0, <[u8]>::len)
-                + message.key().map_or(0, <[u8]>::len)
-                + message.headers().map_or(0, |h| {
-                    h.iter()
-                        .map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len))
-                        .sum()
-                });
-            Error::new(
-                ErrorKind::Rejected,
-                format!(
-                    "message {id} of {size} bytes (payload, key and headers) to topic {topic} is \
-                     larger than the broker accepts (the topic's max.message.bytes)"
-                ),
-            )
-            .backend(BACKEND)
-            .operation("publish")
-            .source(error.clone())
-        }
-        code => {
-            if matches!(
-                code,
-                Some(RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic)
-            ) {
-                topics.forget(topic);
-            }
-            from_kafka(
-                "publish",
-                format!("message {id} to topic {topic} was not confirmed by the broker"),
-                error.clone(),
-            )
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rdkafka::message::Headers as _;
 
     #[test]
     fn headers_carry_id_and_content_type_first() {

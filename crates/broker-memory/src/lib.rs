@@ -157,7 +157,7 @@ impl MemoryBackend {
         let topic = self.topic(topic, "publish")?;
         let message_id = message.id.clone();
         let offset = topic.append(message);
-        Ok(completion::ready(Ok(Receipt {
+        Ok(Confirmation::ready(Ok(Receipt {
             message_id,
             position: Position::Memory { offset },
         })))

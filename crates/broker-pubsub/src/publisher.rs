@@ -185,7 +185,7 @@ impl Publishers {
         let this = Arc::clone(self);
         // The confirmation of every message in flight lives until its answer: keep it small
         // and box the rarely needed retry state separately.
-        completion::boxed(async move {
+        Confirmation::boxed(async move {
             match response.await {
                 Ok(server_id) => Ok(receipt(message, server_id)),
                 Err(err) => Box::pin(this.retry(publisher, message, err)).await,

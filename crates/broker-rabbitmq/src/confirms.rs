@@ -7,20 +7,43 @@
 //! the result. Without it, a caller that sends more than `confirm_window` messages before
 //! awaiting any would wait forever for a window slot held by a confirmation it has not polled.
 
-use broker_api::completion::{self, Completion};
-use broker_api::{Error, ErrorKind, Receipt, Result};
+use std::sync::Arc;
+
+use broker_api::{Confirmation, Error, ErrorKind, Receipt, ReceiptSlot, Result};
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::error::BACKEND;
 
 /// A publish in progress and where its outcome goes.
-type Job = (
-    BoxFuture<'static, Result<Receipt>>,
-    oneshot::Sender<Result<Receipt>>,
-);
+type Job = (BoxFuture<'static, Result<Receipt>>, Outcome);
+
+/// Where a publish's outcome goes; dropped unfilled (the task ended at shutdown), it fails
+/// the confirmation instead of leaving it waiting forever.
+struct Outcome(Option<Arc<ReceiptSlot>>);
+
+impl Outcome {
+    fn fill(mut self, result: Result<Receipt>) {
+        if let Some(slot) = self.0.take() {
+            slot.fill(result);
+        }
+    }
+}
+
+impl Drop for Outcome {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            slot.fill(Err(Error::new(
+                ErrorKind::Closed,
+                "the publish was abandoned at shutdown",
+            )
+            .backend(BACKEND)
+            .operation("publish")));
+        }
+    }
+}
 
 /// The handle of the confirm task.
 pub(crate) struct Confirms {
@@ -36,24 +59,17 @@ impl Confirms {
     }
 
     /// Hands `publish` to the task and returns its confirmation.
-    pub(crate) fn watch(
-        &self,
-        publish: BoxFuture<'static, Result<Receipt>>,
-    ) -> Completion<'static, Receipt> {
-        let (outcome, result) = oneshot::channel();
-        if let Err(mpsc::error::SendError((publish, _))) = self.jobs.send((publish, outcome)) {
+    pub(crate) fn watch(&self, publish: BoxFuture<'static, Result<Receipt>>) -> Confirmation {
+        let slot = Arc::new(ReceiptSlot::default());
+        let outcome = Outcome(Some(slot.clone()));
+        if let Err(mpsc::error::SendError((publish, mut outcome))) =
+            self.jobs.send((publish, outcome))
+        {
             // The task is gone (the runtime is shutting down): the caller drives it.
-            return completion::boxed(publish);
+            outcome.0 = None;
+            return Confirmation::boxed(publish);
         }
-        completion::boxed(async move {
-            result.await.unwrap_or_else(|_| {
-                Err(
-                    Error::new(ErrorKind::Closed, "the publish was abandoned at shutdown")
-                        .backend(BACKEND)
-                        .operation("publish"),
-                )
-            })
-        })
+        Confirmation::shared(slot)
     }
 }
 
@@ -71,10 +87,7 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Job>) {
     }
 }
 
-async fn finish(
-    publish: BoxFuture<'static, Result<Receipt>>,
-    outcome: oneshot::Sender<Result<Receipt>>,
-) {
+async fn finish(publish: BoxFuture<'static, Result<Receipt>>, outcome: Outcome) {
     // The caller may have dropped its confirmation: the publish completes all the same.
-    let _ = outcome.send(publish.await);
+    outcome.fill(publish.await);
 }

@@ -308,9 +308,9 @@ impl Pending {
         match poll::start(Box::pin(self.run(prepared, channel, permit))) {
             futures::future::Either::Right(pending) => match &shared.confirms {
                 Some(confirms) => confirms.watch(pending),
-                None => futures::future::Either::Right(pending),
+                None => Confirmation::from(futures::future::Either::Right(pending)),
             },
-            done => done,
+            done => Confirmation::from(done),
         }
     }
 

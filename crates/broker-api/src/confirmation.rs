@@ -1,0 +1,170 @@
+//! [`Confirmation`]: the future of one sent message's broker confirmation.
+//!
+//! Publishing keeps thousands of confirmations pending, so their representation is on the hot
+//! path: a backend that already knows the answer returns it [ready](Confirmation::ready); one
+//! whose client reports into a per-message slot it allocates anyway (Kafka's delivery report)
+//! hands that slot over [shared](Confirmation::shared), with no further allocation; anything
+//! else is [boxed](Confirmation::boxed). [`ReceiptSlot`] is such a slot, for a client callback
+//! or task to fill in.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use futures::future::{BoxFuture, Either};
+use futures::task::AtomicWaker;
+use futures::FutureExt;
+
+use crate::backend::Receipt;
+use crate::completion::Completion;
+use crate::error::Result;
+
+/// A confirmation a backend's client fills in, shared between the client and the waiter.
+pub trait PendingReceipt: Send + Sync {
+    /// The broker's answer once it arrived; registers `cx`'s waker to be woken by it until then.
+    fn poll_receipt(&self, cx: &mut Context<'_>) -> Poll<Result<Receipt>>;
+}
+
+/// The answer for one message, filled in once by whoever hears from the broker and taken by
+/// the [`Confirmation`] that waits for it.
+#[derive(Default)]
+pub struct ReceiptSlot {
+    result: Mutex<Option<Result<Receipt>>>,
+    waker: AtomicWaker,
+}
+
+impl ReceiptSlot {
+    /// Stores the broker's answer and wakes the waiter. Only the first answer counts.
+    pub fn fill(&self, result: Result<Receipt>) {
+        {
+            let mut slot = self.result.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.is_some() {
+                return;
+            }
+            *slot = Some(result);
+        }
+        self.waker.wake();
+    }
+
+    fn take(&self) -> Option<Result<Receipt>> {
+        self.result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl PendingReceipt for ReceiptSlot {
+    fn poll_receipt(&self, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
+        if let Some(result) = self.take() {
+            return Poll::Ready(result);
+        }
+        self.waker.register(cx.waker());
+        self.take().map_or(Poll::Pending, Poll::Ready)
+    }
+}
+
+/// Resolves when the broker has confirmed (or refused) one sent message.
+///
+/// Dropping it does not cancel the publish: the message may still be stored.
+#[must_use = "a confirmation says whether the broker stored the message"]
+pub struct Confirmation(State);
+
+enum State {
+    Ready(Option<Result<Receipt>>),
+    Shared(Arc<dyn PendingReceipt>),
+    Boxed(BoxFuture<'static, Result<Receipt>>),
+}
+
+impl Confirmation {
+    /// A confirmation whose answer is known.
+    pub fn ready(result: Result<Receipt>) -> Self {
+        Confirmation(State::Ready(Some(result)))
+    }
+
+    /// A confirmation that waits for `pending` to be filled in.
+    pub fn shared(pending: Arc<dyn PendingReceipt>) -> Self {
+        Confirmation(State::Shared(pending))
+    }
+
+    /// A confirmation that waits for `future`.
+    pub fn boxed(future: impl Future<Output = Result<Receipt>> + Send + 'static) -> Self {
+        Confirmation(State::Boxed(future.boxed()))
+    }
+}
+
+impl From<Completion<'static, Receipt>> for Confirmation {
+    fn from(completion: Completion<'static, Receipt>) -> Self {
+        match completion {
+            Either::Left(ready) => Confirmation::ready(ready.into_inner()),
+            Either::Right(future) => Confirmation(State::Boxed(future)),
+        }
+    }
+}
+
+impl Future for Confirmation {
+    type Output = Result<Receipt>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.0 {
+            State::Ready(result) => Poll::Ready(
+                result
+                    .take()
+                    .expect("a Confirmation must not be polled after it completed"),
+            ),
+            State::Shared(pending) => pending.poll_receipt(cx),
+            State::Boxed(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl fmt::Debug for Confirmation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.0 {
+            State::Ready(Some(result)) => {
+                return f.debug_tuple("Confirmation").field(result).finish()
+            }
+            State::Ready(None) => "completed",
+            State::Shared(_) | State::Boxed(_) => "pending",
+        };
+        f.debug_tuple("Confirmation").field(&state).finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::Position;
+    use crate::message::MessageId;
+
+    fn receipt() -> Receipt {
+        Receipt {
+            message_id: MessageId::from("m"),
+            position: Position::Memory { offset: 7 },
+        }
+    }
+
+    #[test]
+    fn each_form_resolves_to_its_receipt() {
+        assert_eq!(
+            Confirmation::ready(Ok(receipt()))
+                .now_or_never()
+                .map(Result::ok),
+            Some(Some(receipt()))
+        );
+        assert_eq!(
+            Confirmation::boxed(async { Ok(receipt()) })
+                .now_or_never()
+                .map(Result::ok),
+            Some(Some(receipt()))
+        );
+        let slot = Arc::new(ReceiptSlot::default());
+        let mut shared = Confirmation::shared(slot.clone());
+        assert!((&mut shared).now_or_never().is_none());
+        slot.fill(Ok(receipt()));
+        slot.fill(Err(crate::Error::new(crate::ErrorKind::Other, "late")));
+        assert_eq!(shared.now_or_never().map(Result::ok), Some(Some(receipt())));
+    }
+}
