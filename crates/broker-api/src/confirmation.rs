@@ -38,14 +38,24 @@ pub struct ReceiptSlot {
 impl ReceiptSlot {
     /// Stores the broker's answer and wakes the waiter. Only the first answer counts.
     pub fn fill(&self, result: Result<Receipt>) {
-        {
-            let mut slot = self.result.lock().unwrap_or_else(PoisonError::into_inner);
-            if slot.is_some() {
-                return;
-            }
-            *slot = Some(result);
+        if let Some(waker) = self.store(result) {
+            waker.wake();
         }
-        self.waker.wake();
+    }
+
+    /// Stores the broker's answer and returns the waiter's waker, if one waits, without waking
+    /// it: a client thread that holds its own `Arc` of the slot drops it first, then wakes, so
+    /// that the last reference (and the free) stays with the waiter, usually on the thread that
+    /// allocated the slot; a free on another thread contends for the allocator's lock.
+    #[must_use = "the waiter sleeps until the returned waker is woken"]
+    pub fn store(&self, result: Result<Receipt>) -> Option<std::task::Waker> {
+        let mut slot = self.result.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_some() {
+            return None;
+        }
+        *slot = Some(result);
+        drop(slot);
+        self.waker.take()
     }
 
     fn take(&self) -> Option<Result<Receipt>> {

@@ -2,7 +2,7 @@
 //! (`BROKER_TEST_PUBSUB`, default `http://127.0.0.1:8085`), every round on a fresh topic with one
 //! subscription, deleted afterwards.
 //!
-//! - Publish: `Publisher::send` of every message, 100 000 confirmations pending at most, against the
+//! - Publish: `Publisher::send` of every message, 10 000 confirmations pending at most, against the
 //!   client's batching `Publisher` with the adapter's batching (100 messages / 1 MB / 10 ms),
 //!   every message in flight. Raw messages carry the attributes ours carry (`message-id`,
 //!   `content-type`); bare raw messages none.

@@ -2,7 +2,7 @@
 //! the local node as guest), every round on a fresh topic exchange with one group queue (the
 //! adapter's topology: durable quorum queue bound with `#`), deleted afterwards.
 //!
-//! - Publish with confirms: `Publisher::send` of every message, 100 000 confirmations pending
+//! - Publish with confirms: `Publisher::send` of every message, 10 000 confirmations pending
 //!   at most (the adapter's own confirm window is 1024), against raw lapin keeping 1024 publishes
 //!   in flight, pipelined (each `basic_publish` future polled alongside the others, not awaited
 //!   one by one). Both publish persistent, `mandatory` messages; the raw messages carry what ours

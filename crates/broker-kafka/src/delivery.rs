@@ -130,7 +130,7 @@ impl ProducerContext for Deliveries {
     type DeliveryOpaque = Arc<Report>;
 
     fn delivery(&self, result: &DeliveryResult<'_>, report: Arc<Report>) {
-        report.slot.fill(match result {
+        let waiter = report.slot.store(match result {
             Ok(message) => Ok(Receipt {
                 message_id: report.id.clone(),
                 position: Position::Kafka {
@@ -140,6 +140,11 @@ impl ProducerContext for Deliveries {
             }),
             Err((error, message)) => Err(self.failed(&report.id, error, message)),
         });
+        // Let go of the report before waking its waiter, which then frees it on its own thread.
+        drop(report);
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
     }
 }
 
