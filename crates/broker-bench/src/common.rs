@@ -209,7 +209,10 @@ pub async fn send_all(
     let mut pending = std::collections::VecDeque::with_capacity(CONFIRM_WINDOW);
     for _ in 0..count {
         if pending.len() == CONFIRM_WINDOW {
-            if let Some(oldest) = pending.pop_front() {
+            // Waits for the older half, then sends a burst, as the raw sides do when their
+            // client's queue is full (rather than one send per confirmation, in lockstep with
+            // the client's delivery thread).
+            for oldest in pending.drain(..CONFIRM_WINDOW / 2) {
                 let oldest: broker_api::Confirmation = oldest;
                 oldest.await?;
             }
