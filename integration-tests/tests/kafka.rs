@@ -15,7 +15,7 @@ use broker_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use broker_kafka::rdkafka::ClientConfig;
 use broker_kafka::{KafkaBackend, KafkaConfig};
 use broker_testkit::support::{run_case, unique};
-use broker_testkit::{cases, live, Harness};
+use broker_testkit::{live, Harness};
 use futures::StreamExt;
 
 const ENDPOINT_VAR: &str = "BROKER_TEST_KAFKA";
@@ -76,18 +76,9 @@ async fn exclusive() -> Option<Kafka> {
 
 broker_testkit::conformance_suite!(shared().await);
 
-/// Kafka restarted mid-stream (down for the time `brokers.sh restart` takes): publishing and the
-/// subscription resume by themselves, nothing confirmed is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_loses_nothing() {
-    if let Some(harness) = exclusive().await {
-        run_case(
-            "broker_restart_loses_nothing",
-            cases::broker_restart_loses_nothing(&harness),
-        )
-        .await;
-    }
-}
+// Kafka restarted mid-stream (down for the time `brokers.sh restart` takes): publishing and the
+// subscription resume by themselves, nothing confirmed is lost.
+broker_testkit::conformance_suite!(@cases exclusive().await; broker_restart_loses_nothing);
 
 /// With auto-provisioning off, a missing topic is `NotFound` at once, for publish and
 /// subscribe, and is not created behind the user's back.

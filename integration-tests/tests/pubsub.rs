@@ -23,7 +23,7 @@ use broker_pubsub::google_cloud_pubsub::client::{Publisher, SubscriptionAdmin, T
 use broker_pubsub::google_cloud_pubsub::model::Message as PubsubMessage;
 use broker_pubsub::{PubSubBackend, PubSubConfig};
 use broker_testkit::support::{run_case, unique};
-use broker_testkit::{cases, live, Harness};
+use broker_testkit::{live, Harness};
 use futures::StreamExt;
 
 const ENDPOINT_VAR: &str = "BROKER_TEST_PUBSUB";
@@ -94,19 +94,10 @@ async fn exclusive() -> Option<PubSub> {
 
 broker_testkit::conformance_suite!(shared().await);
 
-/// The emulator restarted mid-stream (it comes back empty): publishing re-creates the topic and
-/// its subscriptions, the running subscription reopens its streaming pull, and messages
-/// published after the restart flow.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_loses_nothing() {
-    if let Some(harness) = exclusive().await {
-        run_case(
-            "broker_restart_loses_nothing",
-            cases::broker_restart_loses_nothing(&harness),
-        )
-        .await;
-    }
-}
+// The emulator restarted mid-stream (it comes back empty): publishing re-creates the topic and
+// its subscriptions, the running subscription reopens its streaming pull, and messages
+// published after the restart flow.
+broker_testkit::conformance_suite!(@cases exclusive().await; broker_restart_loses_nothing);
 
 async fn topic_admin(endpoint: &str) -> TopicAdmin {
     TopicAdmin::builder()

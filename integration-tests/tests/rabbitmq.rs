@@ -19,7 +19,7 @@ use broker_rabbitmq::lapin::options::{
 use broker_rabbitmq::lapin::{BasicProperties, Connection, ConnectionProperties};
 use broker_rabbitmq::{QueueType, RabbitMqBackend, RabbitMqConfig};
 use broker_testkit::support::{fresh_topic, run_case, unique, Inbox};
-use broker_testkit::{cases, live, Harness};
+use broker_testkit::{live, Harness};
 use futures::StreamExt;
 
 const ENDPOINT_VAR: &str = "BROKER_TEST_RABBITMQ";
@@ -85,18 +85,9 @@ async fn exclusive() -> Option<RabbitMq> {
 
 broker_testkit::conformance_suite!(shared().await);
 
-/// A RabbitMQ restarted mid-stream: publishing and the subscription resume, nothing confirmed
-/// is lost.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn broker_restart_loses_nothing() {
-    if let Some(harness) = exclusive().await {
-        run_case(
-            "broker_restart_loses_nothing",
-            cases::broker_restart_loses_nothing(&harness),
-        )
-        .await;
-    }
-}
+// A RabbitMQ restarted mid-stream: publishing and the subscription resume, nothing confirmed
+// is lost.
+broker_testkit::conformance_suite!(@cases exclusive().await; broker_restart_loses_nothing);
 
 /// Every connection dropped by the broker (`rabbitmqctl close_all_connections`): publishes in
 /// flight are published again or fail, never lost once confirmed; the subscription resumes.

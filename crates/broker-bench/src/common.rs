@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tokio::sync::Notify;
 
-use crate::report::Latency;
+use crate::report::{Latency, Sample};
 
 /// The broker address from `variable`, or the local default `scripts/brokers.sh` starts.
 pub fn endpoint(variable: &str, default: &str) -> String {
@@ -199,13 +199,17 @@ impl Window {
 /// Kafka side keeps up to librdkafka's 100 000 queued messages in flight.
 pub const CONFIRM_WINDOW: usize = 10_000;
 
-/// Sends `count` copies of `payload` through our publisher, [`CONFIRM_WINDOW`] confirmations
-/// pending at most, and waits for every one.
-pub async fn send_all(
-    publisher: &broker_api::Publisher<Bytes>,
-    payload: &Bytes,
+/// One publishing round through the library: `count` payloads of `size` bytes to `topic`,
+/// [`CONFIRM_WINDOW`] confirmations pending at most, every one awaited.
+pub async fn publish_round(
+    broker: &broker_api::Broker,
+    topic: &str,
+    size: usize,
     count: usize,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Sample> {
+    let payload = plain_payload(size);
+    let publisher = broker.publisher(&broker_api::Topic::bytes(topic));
+    let window = Window::start();
     let mut pending = std::collections::VecDeque::with_capacity(CONFIRM_WINDOW);
     for _ in 0..count {
         if pending.len() == CONFIRM_WINDOW {
@@ -217,12 +221,12 @@ pub async fn send_all(
                 oldest.await?;
             }
         }
-        pending.push_back(publisher.send(payload).await?);
+        pending.push_back(publisher.send(&payload).await?);
     }
     for confirmation in pending {
         confirmation.await?;
     }
-    Ok(())
+    Ok(window.sample(count, size))
 }
 
 /// Publishes `count` stamped payloads of `size` bytes through `send`, paced at about

@@ -60,7 +60,11 @@ impl Scenario for OneToOne {
         0.5
     }
 
-    fn raw(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
+    fn has_bare(&self) -> bool {
+        false
+    }
+
+    fn raw(&self, _bare: bool) -> BoxFuture<'_, anyhow::Result<Sample>> {
         async move {
             let payload = Bytes::from(vec![1u8; self.size]);
             let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
@@ -178,7 +182,11 @@ impl Scenario for FanOut {
         0.5
     }
 
-    fn raw(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
+    fn has_bare(&self) -> bool {
+        false
+    }
+
+    fn raw(&self, _bare: bool) -> BoxFuture<'_, anyhow::Result<Sample>> {
         async move {
             let payload = Bytes::from(vec![1u8; self.size]);
             let n = self.messages;

@@ -22,7 +22,7 @@ use broker_rabbitmq::{RabbitMqBackend, RabbitMqConfig};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{endpoint, fresh_name, plain_payload, reset_peak, rss_kib, send_all};
+use crate::common::{endpoint, fresh_name, plain_payload, publish_round, reset_peak, rss_kib};
 
 /// How long the slow handler runs.
 const RUN: Duration = Duration::from_secs(10);
@@ -93,12 +93,7 @@ async fn rabbitmq() -> anyhow::Result<Vec<Footprint>> {
     }
     broker.ensure_topic(&spec).await?;
     eprintln!("footprint: filling RabbitMQ queues with {BACKLOG} messages");
-    send_all(
-        &broker.publisher(&Topic::bytes(topic.as_str())),
-        &plain_payload(SIZE),
-        BACKLOG,
-    )
-    .await?;
+    publish_round(&broker, &topic, SIZE, BACKLOG).await?;
     let mut results = Vec::new();
     for in_flight in in_flights {
         eprintln!("footprint: rabbitmq, backlog {BACKLOG}, max_in_flight {in_flight}");

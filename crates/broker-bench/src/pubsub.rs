@@ -26,7 +26,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::common::{endpoint, fresh_name, paced, plain_payload, send_all, Tally, Window};
+use crate::common::{endpoint, fresh_name, paced, plain_payload, publish_round, Tally, Window};
 use crate::report::{Sample, Scenario};
 
 const GROUP: &str = "bench";
@@ -180,24 +180,16 @@ impl Scenario for Publish {
         0.95
     }
 
-    fn raw(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
-        self.raw_round(false).boxed()
-    }
-
-    fn bare(&self) -> Option<BoxFuture<'_, anyhow::Result<Sample>>> {
-        Some(self.raw_round(true).boxed())
+    fn raw(&self, bare: bool) -> BoxFuture<'_, anyhow::Result<Sample>> {
+        self.raw_round(bare).boxed()
     }
 
     fn ours(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
         async move {
             let name = self.bench.topic("ppub", false).await?;
-            let payload = plain_payload(self.size);
-            let publisher = self.bench.broker.publisher(&Topic::bytes(name.as_str()));
-            let window = Window::start();
-            send_all(&publisher, &payload, self.messages).await?;
-            let sample = window.sample(self.messages, self.size);
+            let sample = publish_round(&self.bench.broker, &name, self.size, self.messages).await;
             self.bench.delete(&name).await?;
-            Ok(sample)
+            sample
         }
         .boxed()
     }
@@ -294,12 +286,8 @@ impl Scenario for Consume {
         0.95
     }
 
-    fn raw(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
-        self.raw_round(false).boxed()
-    }
-
-    fn bare(&self) -> Option<BoxFuture<'_, anyhow::Result<Sample>>> {
-        Some(self.raw_round(true).boxed())
+    fn raw(&self, bare: bool) -> BoxFuture<'_, anyhow::Result<Sample>> {
+        self.raw_round(bare).boxed()
     }
 
     fn ours(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {

@@ -56,7 +56,8 @@ pub const CASES: &[&str] = &[
 
 /// Generates one `#[tokio::test]` per conformance case for the harness expression (of type
 /// `Option<impl Harness>`; `None` skips). Each case fails after a 3-minute guard instead of
-/// hanging.
+/// hanging. `conformance_suite!(@cases harness; case, ...)` generates only the cases named,
+/// e.g. `broker_restart_loses_nothing` with a harness that has the broker to itself.
 #[macro_export]
 macro_rules! conformance_suite {
     ($harness:expr) => {
