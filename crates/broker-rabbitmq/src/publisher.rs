@@ -320,58 +320,72 @@ impl Pending {
     async fn run(
         self,
         prepared: Prepared,
-        mut channel: Arc<ConfirmChannel>,
+        channel: Arc<ConfirmChannel>,
         _slot: OwnedSemaphorePermit,
     ) -> Result<Receipt> {
-        let mut attempt = Some(prepared);
-        let mut deadline = None;
-        loop {
-            let Prepared {
+        let failure = match self.publish_once(&channel, prepared).await {
+            Ok(confirmed) => return self.settle(confirmed),
+            Err(failure) => failure,
+        };
+        // Rare, and boxed: the future of every publish in flight stays the size of one attempt.
+        Box::pin(self.republish(failure, channel)).await
+    }
+
+    /// Publishes on `channel` and waits for the broker's confirm.
+    async fn publish_once(
+        &self,
+        channel: &ConfirmChannel,
+        prepared: Prepared,
+    ) -> lapin::Result<lapin::Confirmation> {
+        let Prepared {
+            routing_key,
+            properties,
+        } = prepared;
+        channel
+            .channel
+            .basic_publish(
+                ShortString::from(&*self.route.exchange),
                 routing_key,
+                BasicPublishOptions {
+                    mandatory: true,
+                    immediate: false,
+                },
+                &self.message.payload,
                 properties,
-            } = match attempt.take() {
-                Some(first) => first,
-                None => prepare(&self.message)?,
-            };
-            let published = channel
-                .channel
-                .basic_publish(
-                    ShortString::from(&*self.route.exchange),
-                    routing_key,
-                    BasicPublishOptions {
-                        mandatory: true,
-                        immediate: false,
-                    },
-                    &self.message.payload,
-                    properties,
-                )
-                .await;
-            let confirmed = match published {
-                Ok(confirm) => confirm.await,
-                Err(e) => Err(e),
-            };
-            let failure = match confirmed {
-                Ok(lapin::Confirmation::Ack(returned)) => return self.acked(returned),
-                Ok(lapin::Confirmation::Nack(_)) => return Err(self.nacked()),
-                Ok(lapin::Confirmation::NotRequested) => {
-                    return Err(Error::new(
-                        ErrorKind::Other,
-                        "the channel did not have publisher confirms enabled",
-                    )
-                    .backend(BACKEND)
-                    .operation("publish"))
-                }
-                Err(failure) => failure,
-            };
-            // The channel or the connection went away before the confirm.
+            )
+            .await?
+            .await
+    }
+
+    /// The receipt or error of a confirm.
+    fn settle(&self, confirmed: lapin::Confirmation) -> Result<Receipt> {
+        match confirmed {
+            lapin::Confirmation::Ack(returned) => self.acked(returned),
+            lapin::Confirmation::Nack(_) => Err(self.nacked()),
+            lapin::Confirmation::NotRequested => Err(Error::new(
+                ErrorKind::Other,
+                "the channel did not have publisher confirms enabled",
+            )
+            .backend(BACKEND)
+            .operation("publish")),
+        }
+    }
+
+    /// The channel or the connection went away before the confirm: publishes again on a new
+    /// channel, until confirmed, refused, or `retry_timeout` after the first failure.
+    async fn republish(
+        &self,
+        mut failure: lapin::Error,
+        mut channel: Arc<ConfirmChannel>,
+    ) -> Result<Receipt> {
+        let deadline = Instant::now() + self.shared.retry_timeout;
+        loop {
             if let Some(own) = self.own_fault(&failure).await {
                 return Err(own);
             }
             if self.shared.link.is_closed() {
                 return Err(error::closed("publish"));
             }
-            let deadline =
-                *deadline.get_or_insert_with(|| Instant::now() + self.shared.retry_timeout);
             if Instant::now() >= deadline {
                 return Err(error::from_lapin(
                     "publish",
@@ -397,6 +411,10 @@ impl Pending {
                 .route
                 .channel(&self.shared, Some(channel.serial), deadline)
                 .await?;
+            match self.publish_once(&channel, prepare(&self.message)?).await {
+                Ok(confirmed) => return self.settle(confirmed),
+                Err(again) => failure = again,
+            }
         }
     }
 
