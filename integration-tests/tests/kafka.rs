@@ -22,14 +22,13 @@ const ENDPOINT_VAR: &str = "BROKER_TEST_KAFKA";
 
 /// Connects to the Kafka under test with default settings.
 struct Kafka {
-    bootstrap_servers: String,
-    _turn: live::Turn,
+    live: live::Endpoint,
 }
 
 #[async_trait]
 impl Harness for Kafka {
     async fn connect(&self) -> broker_api::Result<Broker> {
-        Ok(Broker::new(backend(&self.bootstrap_servers, true).await?))
+        Ok(Broker::new(backend(&self.live.address, true).await?))
     }
 
     async fn restart(&self) -> Result<(), String> {
@@ -58,20 +57,16 @@ async fn backend(
 
 /// The harness for an ordinary case (sharing the broker), or `None` to skip.
 async fn shared() -> Option<Kafka> {
-    let bootstrap_servers = live::require(ENDPOINT_VAR)?;
-    Some(Kafka {
-        bootstrap_servers,
-        _turn: live::Turn::shared().await,
-    })
+    live::Endpoint::shared(ENDPOINT_VAR)
+        .await
+        .map(|live| Kafka { live })
 }
 
 /// The harness for a case that disturbs the broker (alone on it), or `None` to skip.
 async fn exclusive() -> Option<Kafka> {
-    let bootstrap_servers = live::require(ENDPOINT_VAR)?;
-    Some(Kafka {
-        bootstrap_servers,
-        _turn: live::Turn::exclusive().await,
-    })
+    live::Endpoint::exclusive(ENDPOINT_VAR)
+        .await
+        .map(|live| Kafka { live })
 }
 
 broker_testkit::conformance_suite!(shared().await);
@@ -88,7 +83,7 @@ async fn unknown_topic_is_not_found_quickly_without_auto_provisioning() {
         return;
     };
     run_case("unknown_topic_is_not_found", async {
-        let backend = backend(&harness.bootstrap_servers, false).await.unwrap();
+        let backend = backend(&harness.live.address, false).await.unwrap();
         let topic = unique("missing");
         let started = Instant::now();
         let err = match backend.send(&topic, Message::new("x")).await {
@@ -122,7 +117,7 @@ async fn topics_are_created_listed_and_deleted_with_partitions() {
         return;
     };
     run_case("topics_with_partitions", async {
-        let backend = backend(&harness.bootstrap_servers, true).await.unwrap();
+        let backend = backend(&harness.live.address, true).await.unwrap();
         let topic = unique("parts");
         backend
             .ensure_topic(&TopicSpec::new(&topic).partitions(4))
@@ -170,11 +165,11 @@ async fn records_from_other_programs_are_delivered() {
         return;
     };
     run_case("foreign_records", async {
-        let backend = backend(&harness.bootstrap_servers, true).await.unwrap();
+        let backend = backend(&harness.live.address, true).await.unwrap();
         let topic = unique("foreign");
         backend.ensure_topic(&TopicSpec::new(&topic)).await.unwrap();
         let producer: FutureProducer = ClientConfig::new()
-            .set("bootstrap.servers", &harness.bootstrap_servers)
+            .set("bootstrap.servers", &harness.live.address)
             .create()
             .unwrap();
         let headers = broker_kafka::rdkafka::message::OwnedHeaders::new().insert(
@@ -228,7 +223,7 @@ async fn a_member_leaving_mid_stream_loses_nothing() {
         return;
     };
     run_case("member_leaves", async {
-        let backend = backend(&harness.bootstrap_servers, true).await.unwrap();
+        let backend = backend(&harness.live.address, true).await.unwrap();
         let topic = unique("leave");
         backend
             .ensure_topic(&TopicSpec::new(&topic).partitions(4))
@@ -296,7 +291,7 @@ async fn broker_side_size_limit_is_rejected() {
 
         let topic = unique("small");
         let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
-            .set("bootstrap.servers", &harness.bootstrap_servers)
+            .set("bootstrap.servers", &harness.live.address)
             .create()
             .unwrap();
         let spec =
@@ -308,7 +303,7 @@ async fn broker_side_size_limit_is_rejected() {
         {
             result.unwrap();
         }
-        let backend = backend(&harness.bootstrap_servers, true).await.unwrap();
+        let backend = backend(&harness.live.address, true).await.unwrap();
         let started = Instant::now();
         let err = match backend.send(&topic, Message::new(vec![7u8; 10_000])).await {
             Ok(confirmation) => confirmation.await.expect_err("over the topic's limit"),

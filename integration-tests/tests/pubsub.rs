@@ -33,14 +33,13 @@ const WORKAROUNDS_VAR: &str = "BROKER_TEST_PUBSUB_WORKAROUNDS";
 
 /// Connects to the emulator under test with short timeouts.
 struct PubSub {
-    endpoint: String,
-    _turn: live::Turn,
+    live: live::Endpoint,
 }
 
 #[async_trait]
 impl Harness for PubSub {
     async fn connect(&self) -> broker_api::Result<Broker> {
-        Ok(Broker::new(backend(&self.endpoint, true).await?))
+        Ok(Broker::new(backend(&self.live.address, true).await?))
     }
 
     async fn restart(&self) -> Result<(), String> {
@@ -76,20 +75,16 @@ async fn backend(endpoint: &str, auto_provision: bool) -> broker_api::Result<Pub
 
 /// The harness for an ordinary case (sharing the emulator), or `None` to skip.
 async fn shared() -> Option<PubSub> {
-    let endpoint = live::require(ENDPOINT_VAR)?;
-    Some(PubSub {
-        endpoint,
-        _turn: live::Turn::shared().await,
-    })
+    live::Endpoint::shared(ENDPOINT_VAR)
+        .await
+        .map(|live| PubSub { live })
 }
 
 /// The harness for a case that restarts the emulator (alone on it), or `None` to skip.
 async fn exclusive() -> Option<PubSub> {
-    let endpoint = live::require(ENDPOINT_VAR)?;
-    Some(PubSub {
-        endpoint,
-        _turn: live::Turn::exclusive().await,
-    })
+    live::Endpoint::exclusive(ENDPOINT_VAR)
+        .await
+        .map(|live| PubSub { live })
 }
 
 broker_testkit::conformance_suite!(shared().await);
@@ -137,14 +132,14 @@ async fn wire_attributes_and_foreign_messages() {
         return;
     };
     run_case("wire_attributes_and_foreign_messages", async {
-        let backend = backend(&harness.endpoint, true).await.unwrap();
+        let backend = backend(&harness.live.address, true).await.unwrap();
         let topic = unique("wire");
         backend
             .ensure_topic(&TopicSpec::new(&topic).group("g"))
             .await
             .unwrap();
         let raw = Publisher::builder(format!("projects/{PROJECT}/topics/{topic}"))
-            .with_endpoint(&harness.endpoint)
+            .with_endpoint(&harness.live.address)
             .with_credentials(Anonymous::new().build())
             .build()
             .await
@@ -222,7 +217,7 @@ async fn unknown_topic_is_not_found_without_auto_provisioning() {
         return;
     };
     run_case("unknown_topic_is_not_found", async {
-        let backend = backend(&harness.endpoint, false).await.unwrap();
+        let backend = backend(&harness.live.address, false).await.unwrap();
         let topic = unique("missing");
         let started = Instant::now();
         let err = match backend.send(&topic, Message::new("x").with_key("k")).await {
@@ -245,7 +240,7 @@ async fn unknown_topic_is_not_found_without_auto_provisioning() {
         assert!(!backend.list_topics().await.unwrap().contains(&topic));
 
         // Created by someone else: publishing with the same key now works.
-        topic_admin(&harness.endpoint)
+        topic_admin(&harness.live.address)
             .await
             .create_topic()
             .set_name(format!("projects/{PROJECT}/topics/{topic}"))
@@ -265,7 +260,7 @@ async fn unknown_topic_is_not_found_without_auto_provisioning() {
             .expect("subscribe to a missing subscription");
         assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
         backend.close().await.unwrap();
-        backend_cleanup(&harness.endpoint, &topic).await;
+        backend_cleanup(&harness.live.address, &topic).await;
     })
     .await;
 }
@@ -283,7 +278,7 @@ async fn topics_are_listed_and_deleted_with_their_subscriptions() {
         return;
     };
     run_case("topics_are_listed_and_deleted", async {
-        let backend = backend(&harness.endpoint, true).await.unwrap();
+        let backend = backend(&harness.live.address, true).await.unwrap();
         let topic = unique("listed");
         backend
             .ensure_topic(&TopicSpec::new(&topic).group("a").group("b"))
@@ -292,7 +287,7 @@ async fn topics_are_listed_and_deleted_with_their_subscriptions() {
         assert!(backend.list_topics().await.unwrap().contains(&topic));
         backend.delete_topic(&topic).await.unwrap();
         assert!(!backend.list_topics().await.unwrap().contains(&topic));
-        let subscriptions = subscription_admin(&harness.endpoint).await;
+        let subscriptions = subscription_admin(&harness.live.address).await;
         for group in ["a", "b"] {
             let err = subscriptions
                 .get_subscription()
@@ -331,7 +326,7 @@ async fn vanished_topic_and_subscription_are_recreated() {
         return;
     };
     run_case("vanished_topic_and_subscription", async {
-        let backend = backend(&harness.endpoint, true).await.unwrap();
+        let backend = backend(&harness.live.address, true).await.unwrap();
         let topic = unique("vanish");
         backend
             .ensure_topic(&TopicSpec::new(&topic).group("g"))
@@ -350,14 +345,14 @@ async fn vanished_topic_and_subscription_are_recreated() {
         let delivery = next_delivery(&mut stream, harness.patience()).await;
         delivery.ack().await.unwrap();
 
-        let subscriptions = subscription_admin(&harness.endpoint).await;
+        let subscriptions = subscription_admin(&harness.live.address).await;
         subscriptions
             .delete_subscription()
             .set_subscription(format!("projects/{PROJECT}/subscriptions/{topic}.g"))
             .send()
             .await
             .unwrap();
-        topic_admin(&harness.endpoint)
+        topic_admin(&harness.live.address)
             .await
             .delete_topic()
             .set_topic(format!("projects/{PROJECT}/topics/{topic}"))
@@ -391,7 +386,7 @@ async fn resubscribing_with_keys_delivers_at_once() {
         return;
     };
     run_case("resubscribing_with_keys", async {
-        let backend = backend(&harness.endpoint, true).await.unwrap();
+        let backend = backend(&harness.live.address, true).await.unwrap();
         let topic = unique("rekey");
         backend
             .ensure_topic(&TopicSpec::new(&topic).group("g"))
@@ -443,8 +438,8 @@ async fn members_in_separate_backends_share_a_group() {
         return;
     };
     run_case("members_in_separate_backends", async {
-        let first = backend(&harness.endpoint, true).await.unwrap();
-        let second = backend(&harness.endpoint, true).await.unwrap();
+        let first = backend(&harness.live.address, true).await.unwrap();
+        let second = backend(&harness.live.address, true).await.unwrap();
         let topic = unique("members");
         first
             .ensure_topic(&TopicSpec::new(&topic).group("g"))
@@ -482,7 +477,7 @@ async fn members_in_separate_backends_share_a_group() {
         first.close().await.unwrap();
         second.close().await.unwrap();
 
-        let third = backend(&harness.endpoint, true).await.unwrap();
+        let third = backend(&harness.live.address, true).await.unwrap();
         let mut c = third
             .subscribe(SubscribeRequest::new(&topic, "g"))
             .await

@@ -26,14 +26,13 @@ const ENDPOINT_VAR: &str = "BROKER_TEST_RABBITMQ";
 
 /// Connects to the RabbitMQ under test with default settings (quorum queues).
 struct RabbitMq {
-    uri: String,
-    _turn: live::Turn,
+    live: live::Endpoint,
 }
 
 #[async_trait]
 impl Harness for RabbitMq {
     async fn connect(&self) -> broker_api::Result<Broker> {
-        Ok(Broker::new(backend(&self.uri, true).await?))
+        Ok(Broker::new(backend(&self.live.address, true).await?))
     }
 
     async fn restart(&self) -> Result<(), String> {
@@ -67,20 +66,16 @@ async fn backend(uri: &str, auto_provision: bool) -> broker_api::Result<RabbitMq
 
 /// The harness for an ordinary case (sharing the broker), or `None` to skip.
 async fn shared() -> Option<RabbitMq> {
-    let uri = live::require(ENDPOINT_VAR)?;
-    Some(RabbitMq {
-        uri,
-        _turn: live::Turn::shared().await,
-    })
+    live::Endpoint::shared(ENDPOINT_VAR)
+        .await
+        .map(|live| RabbitMq { live })
 }
 
 /// The harness for a case that disturbs the broker (alone on it), or `None` to skip.
 async fn exclusive() -> Option<RabbitMq> {
-    let uri = live::require(ENDPOINT_VAR)?;
-    Some(RabbitMq {
-        uri,
-        _turn: live::Turn::exclusive().await,
-    })
+    live::Endpoint::exclusive(ENDPOINT_VAR)
+        .await
+        .map(|live| RabbitMq { live })
 }
 
 broker_testkit::conformance_suite!(shared().await);
@@ -209,7 +204,7 @@ async fn sends_beyond_the_confirm_window_before_awaiting_any() {
         "sends_beyond_the_confirm_window_before_awaiting_any",
         async {
             let config = RabbitMqConfig {
-                uri: harness.uri.clone(),
+                uri: harness.live.address.clone(),
                 confirm_window: 8,
                 ..RabbitMqConfig::default()
             };
@@ -243,7 +238,7 @@ async fn foreign_message_without_id_is_delivered() {
         let broker = harness.connect().await.expect("connect");
         let name = fresh_topic(&broker, "foreign", &["g"]).await;
 
-        let raw = Connection::connect(&harness.uri, ConnectionProperties::default())
+        let raw = Connection::connect(&harness.live.address, ConnectionProperties::default())
             .await
             .expect("raw lapin connection");
         let channel = raw.create_channel().await.expect("channel");
@@ -312,9 +307,12 @@ async fn missing_topology_is_not_found_without_auto_provisioning() {
         return;
     };
     run_case("missing_topology_is_not_found", async {
-        let provisioning = Broker::new(backend(&harness.uri, true).await.expect("connect"));
+        let provisioning =
+            Broker::new(backend(&harness.live.address, true).await.expect("connect"));
         let existing = fresh_topic(&provisioning, "existing", &["g"]).await;
-        let strict = backend(&harness.uri, false).await.expect("connect");
+        let strict = backend(&harness.live.address, false)
+            .await
+            .expect("connect");
 
         let missing = unique("missing");
         let err = send(&strict, &missing, Message::new("x"))
@@ -359,17 +357,18 @@ async fn deleted_exchange_closes_only_its_publish() {
         return;
     };
     run_case("deleted_exchange_closes_only_its_publish", async {
-        let provisioning = Broker::new(backend(&harness.uri, true).await.expect("connect"));
+        let provisioning =
+            Broker::new(backend(&harness.live.address, true).await.expect("connect"));
         let doomed = fresh_topic(&provisioning, "doomed", &["g"]).await;
         let other = fresh_topic(&provisioning, "other", &["g"]).await;
         for auto_provision in [false, true] {
-            let backend = backend(&harness.uri, auto_provision)
+            let backend = backend(&harness.live.address, auto_provision)
                 .await
                 .expect("connect");
             send(&backend, &doomed, Message::new("first"))
                 .await
                 .expect("first publish");
-            delete_exchange(&harness.uri, &doomed).await;
+            delete_exchange(&harness.live.address, &doomed).await;
             let err = send(&backend, &doomed, Message::new("second"))
                 .await
                 .expect_err("publishing to a deleted exchange");
@@ -504,7 +503,8 @@ async fn connect_failures_are_clear() {
         assert!(started.elapsed() < Duration::from_secs(10));
 
         let wrong = harness
-            .uri
+            .live
+            .address
             .replacen("guest:guest@", "guest:not-the-password@", 1);
         let config = RabbitMqConfig {
             uri: wrong,

@@ -96,3 +96,33 @@ impl Turn {
         }
     }
 }
+
+/// A live broker's address with the case's turn on it: what a live test's harness holds.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// The broker's address, as its environment variable gives it.
+    pub address: String,
+    _turn: Turn,
+}
+
+impl Endpoint {
+    /// For an ordinary case: the address in `var` and a turn shared with the other ordinary
+    /// cases, or `None` to skip (see [`require`]).
+    pub async fn shared(var: &str) -> Option<Endpoint> {
+        let address = require(var)?;
+        Some(Endpoint {
+            address,
+            _turn: Turn::shared().await,
+        })
+    }
+
+    /// For a case that disturbs the broker (restarts it, drops its connections): the address
+    /// in `var` and the broker to itself, or `None` to skip.
+    pub async fn exclusive(var: &str) -> Option<Endpoint> {
+        let address = require(var)?;
+        Some(Endpoint {
+            address,
+            _turn: Turn::exclusive().await,
+        })
+    }
+}
