@@ -2,7 +2,7 @@
 //! tally both sides' consumers keep, and the process's CPU time and memory.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -227,6 +227,27 @@ pub async fn publish_round(
         confirmation.await?;
     }
     Ok(window.sample(count, size))
+}
+
+/// Our `at_least_once` subscription of `group` on `topic`, its handler recording every message
+/// in `tally` (as the raw consumers do).
+pub async fn tallied_subscription(
+    broker: &broker_api::Broker,
+    topic: &str,
+    group: impl Into<String>,
+    max_in_flight: usize,
+    tally: &Arc<Tally>,
+) -> anyhow::Result<broker_api::Running> {
+    let tally = tally.clone();
+    let running = broker
+        .subscriber(&broker_api::Topic::bytes(topic), group)
+        .max_in_flight(max_in_flight)
+        .at_least_once(move |message: broker_api::Received<Bytes>| {
+            tally.record(&message.value);
+            futures::future::ready(Ok(()))
+        })
+        .await?;
+    Ok(running)
 }
 
 /// Publishes `count` stamped payloads of `size` bytes through `send`, paced at about

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use broker_api::{Broker, ConnectOptions, MessageId, Received, StartFrom, Topic, TopicSpec};
+use broker_api::{Broker, ConnectOptions, MessageId, StartFrom, TopicSpec};
 use broker_kafka::rdkafka::client::ClientContext;
 use broker_kafka::rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use broker_kafka::rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -30,7 +30,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::common::{endpoint, fresh_name, paced, plain_payload, publish_round, Tally, Window};
+use crate::common::{
+    endpoint, fresh_name, paced, plain_payload, publish_round, tallied_subscription, Tally, Window,
+};
 use crate::report::{Sample, Scenario};
 
 /// Stamped messages per consume round, and their pace.
@@ -387,17 +389,14 @@ impl Scenario for Consume {
         async move {
             let topic = self.prepare(false).await?;
             let tally = Arc::new(Tally::new(self.messages, self.messages + LATENCY_MESSAGES));
-            let handler_tally = tally.clone();
-            let running = self
-                .bench
-                .broker
-                .subscriber(&Topic::bytes(topic.as_str()), fresh_name("g"))
-                .max_in_flight(IN_FLIGHT)
-                .at_least_once(move |message: Received<Bytes>| {
-                    handler_tally.record(&message.value);
-                    futures::future::ready(Ok(()))
-                })
-                .await?;
+            let running = tallied_subscription(
+                &self.bench.broker,
+                &topic,
+                fresh_name("g"),
+                IN_FLIGHT,
+                &tally,
+            )
+            .await?;
             let measured = self.measure_latency(&topic, &tally, false).await;
             let closed = running.close().await;
             self.bench.delete(&topic).await?;

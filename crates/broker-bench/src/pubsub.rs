@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use broker_api::{Broker, ConnectOptions, MessageId, Received, Topic, TopicSpec};
+use broker_api::{Broker, ConnectOptions, MessageId, TopicSpec};
 use broker_pubsub::google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use broker_pubsub::google_cloud_pubsub::client::{BasePublisher, Publisher, Subscriber};
 use broker_pubsub::google_cloud_pubsub::model::Message as PubsubMessage;
@@ -26,7 +26,9 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use crate::common::{endpoint, fresh_name, paced, plain_payload, publish_round, Tally, Window};
+use crate::common::{
+    endpoint, fresh_name, paced, plain_payload, publish_round, tallied_subscription, Tally, Window,
+};
 use crate::report::{Sample, Scenario};
 
 const GROUP: &str = "bench";
@@ -294,17 +296,8 @@ impl Scenario for Consume {
         async move {
             let (topic, publisher) = self.prepare(false).await?;
             let tally = Arc::new(Tally::new(self.messages, self.messages + LATENCY_MESSAGES));
-            let handler_tally = tally.clone();
-            let running = self
-                .bench
-                .broker
-                .subscriber(&Topic::bytes(topic.as_str()), GROUP)
-                .max_in_flight(IN_FLIGHT)
-                .at_least_once(move |message: Received<Bytes>| {
-                    handler_tally.record(&message.value);
-                    futures::future::ready(Ok(()))
-                })
-                .await?;
+            let running =
+                tallied_subscription(&self.bench.broker, &topic, GROUP, IN_FLIGHT, &tally).await?;
             let measured = self.measure_latency(&publisher, &tally, false).await;
             let closed = running.close().await;
             self.bench.delete(&topic).await?;

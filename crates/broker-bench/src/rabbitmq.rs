@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use broker_api::naming::group_resource;
-use broker_api::{Broker, ConnectOptions, MessageId, Received, Topic, TopicSpec};
+use broker_api::{Broker, ConnectOptions, MessageId, TopicSpec};
 use broker_rabbitmq::lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions,
@@ -25,12 +25,13 @@ use broker_rabbitmq::lapin::options::{
 use broker_rabbitmq::lapin::types::{FieldTable, ShortString};
 use broker_rabbitmq::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use broker_rabbitmq::{RabbitMqBackend, RabbitMqConfig};
-use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
-use crate::common::{endpoint, fresh_name, paced, plain_payload, publish_round, Tally, Window};
+use crate::common::{
+    endpoint, fresh_name, paced, plain_payload, publish_round, tallied_subscription, Tally, Window,
+};
 use crate::report::{Sample, Scenario};
 
 /// Publishes in flight at once: the adapter's default confirm window.
@@ -361,17 +362,14 @@ impl Scenario for Consume {
         async move {
             let topic = self.prepare(false).await?;
             let tally = Arc::new(Tally::new(self.messages, self.messages + LATENCY_MESSAGES));
-            let handler_tally = tally.clone();
-            let running = self
-                .bench
-                .broker
-                .subscriber(&Topic::bytes(topic.as_str()), GROUP)
-                .max_in_flight(usize::from(PREFETCH))
-                .at_least_once(move |message: Received<Bytes>| {
-                    handler_tally.record(&message.value);
-                    futures::future::ready(Ok(()))
-                })
-                .await?;
+            let running = tallied_subscription(
+                &self.bench.broker,
+                &topic,
+                GROUP,
+                usize::from(PREFETCH),
+                &tally,
+            )
+            .await?;
             let measured = self.measure_latency(&topic, &tally, false).await;
             let closed = running.close().await;
             self.bench.delete(&topic).await?;
