@@ -319,7 +319,8 @@ async fn topics_are_listed_and_deleted_with_their_subscriptions() {
 }
 
 /// The topic and subscription vanish under a running subscription (what an emulator restart
-/// does): publishing re-creates them and the subscription reopens its streaming pull.
+/// does): publishing re-creates them, the subscription reopens its streaming pull, and
+/// messages published after that flow.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vanished_topic_and_subscription_are_recreated() {
     let Some(harness) = shared().await else {
@@ -360,14 +361,26 @@ async fn vanished_topic_and_subscription_are_recreated() {
             .await
             .unwrap();
 
-        // The publish finds the topic gone, re-creates it and the known subscription.
-        backend
-            .send(&topic, Message::new("after"))
-            .await
-            .unwrap()
-            .await
-            .expect("publish after the topic vanished");
-        let delivery = next_delivery(&mut stream, harness.patience()).await;
+        // A publish that finds the topic gone re-creates it and the known subscription; the
+        // subscription's own pull re-creates both too, concurrently. Pub/Sub keeps a message
+        // only for subscriptions that exist when it is published, so a publish landing between
+        // the two re-creations reaches nobody: publish until one gets through.
+        let deadline = Instant::now() + harness.patience();
+        let delivery = loop {
+            backend
+                .send(&topic, Message::new("after"))
+                .await
+                .unwrap()
+                .await
+                .expect("publish after the topic vanished");
+            match tokio::time::timeout(Duration::from_secs(2), stream.next()).await {
+                Ok(next) => break next.expect("the stream is open").expect("a delivery"),
+                Err(_) => assert!(
+                    Instant::now() < deadline,
+                    "no delivery after the topic and subscription were re-created"
+                ),
+            }
+        };
         assert_eq!(&delivery.payload[..], b"after");
         delivery.ack().await.unwrap();
         stream.close().await.unwrap();
