@@ -2,10 +2,11 @@
 //!
 //! Publishing keeps thousands of confirmations pending, so their representation is on the hot
 //! path: a backend that already knows the answer returns it [ready](Confirmation::ready); one
-//! whose client reports into a per-message slot it allocates anyway (Kafka's delivery report)
-//! hands that slot over [shared](Confirmation::shared), with no further allocation; anything
-//! else is [boxed](Confirmation::boxed). [`ReceiptSlot`] is such a slot, for a client callback
-//! or task to fill in.
+//! whose client reports by key into entries it reuses (Kafka's delivery report) hands out
+//! [keyed](Confirmation::keyed) confirmations, allocating nothing per message; one that fills
+//! a per-message slot hands that slot over [shared](Confirmation::shared); anything else is
+//! [boxed](Confirmation::boxed). [`ReceiptSlot`] is such a slot, for a client callback or task
+//! to fill in.
 
 use std::fmt;
 use std::future::Future;
@@ -25,6 +26,17 @@ use crate::error::Result;
 pub trait PendingReceipt: Send + Sync {
     /// The broker's answer once it arrived; registers `cx`'s waker to be woken by it until then.
     fn poll_receipt(&self, cx: &mut Context<'_>) -> Poll<Result<Receipt>>;
+}
+
+/// Confirmations a client fills in by key, in entries it reuses once their confirmation is
+/// done with them: publishing then allocates nothing per message for its confirmation.
+pub trait ReceiptTable: Send + Sync {
+    /// The answer for `key` once it arrived; registers `cx`'s waker to be woken by it until then.
+    fn poll_receipt(&self, key: usize, cx: &mut Context<'_>) -> Poll<Result<Receipt>>;
+
+    /// The confirmation of `key` is done with it (answered, or dropped unanswered): its entry
+    /// may be reused, and an answer arriving later is ignored.
+    fn release(&self, key: usize);
 }
 
 /// The answer for one message, filled in once by whoever hears from the broker and taken by
@@ -58,6 +70,15 @@ impl ReceiptSlot {
         self.waker.take()
     }
 
+    /// Empties the slot, to be filled in again for another message.
+    pub fn reset(&mut self) {
+        *self
+            .result
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        drop(self.waker.take());
+    }
+
     fn take(&self) -> Option<Result<Receipt>> {
         self.result
             .lock()
@@ -85,6 +106,7 @@ pub struct Confirmation(State);
 enum State {
     Ready(Option<Result<Receipt>>),
     Shared(Arc<dyn PendingReceipt>),
+    Keyed(Arc<dyn ReceiptTable>, usize),
     Boxed(BoxFuture<'static, Result<Receipt>>),
 }
 
@@ -97,6 +119,12 @@ impl Confirmation {
     /// A confirmation that waits for `pending` to be filled in.
     pub fn shared(pending: Arc<dyn PendingReceipt>) -> Self {
         Confirmation(State::Shared(pending))
+    }
+
+    /// A confirmation that waits for entry `key` of `table` to be filled in, and releases it
+    /// when answered or dropped.
+    pub fn keyed(table: Arc<dyn ReceiptTable>, key: usize) -> Self {
+        Confirmation(State::Keyed(table, key))
     }
 
     /// A confirmation that waits for `future`.
@@ -125,7 +153,21 @@ impl Future for Confirmation {
                     .expect("a Confirmation must not be polled after it completed"),
             ),
             State::Shared(pending) => pending.poll_receipt(cx),
+            State::Keyed(table, key) => {
+                let result = std::task::ready!(table.poll_receipt(*key, cx));
+                table.release(*key);
+                self.0 = State::Ready(None);
+                Poll::Ready(result)
+            }
             State::Boxed(future) => future.as_mut().poll(cx),
+        }
+    }
+}
+
+impl Drop for Confirmation {
+    fn drop(&mut self) {
+        if let State::Keyed(table, key) = &self.0 {
+            table.release(*key);
         }
     }
 }
@@ -137,7 +179,7 @@ impl fmt::Debug for Confirmation {
                 return f.debug_tuple("Confirmation").field(result).finish()
             }
             State::Ready(None) => "completed",
-            State::Shared(_) | State::Boxed(_) => "pending",
+            State::Shared(_) | State::Keyed(..) | State::Boxed(_) => "pending",
         };
         f.debug_tuple("Confirmation").field(&state).finish()
     }
@@ -176,5 +218,55 @@ mod tests {
         slot.fill(Ok(receipt()));
         slot.fill(Err(crate::Error::new(crate::ErrorKind::Other, "late")));
         assert_eq!(shared.now_or_never().map(Result::ok), Some(Some(receipt())));
+    }
+
+    /// A table of one entry that counts its releases.
+    #[derive(Default)]
+    struct OneEntry {
+        slot: ReceiptSlot,
+        releases: std::sync::atomic::AtomicUsize,
+    }
+
+    impl ReceiptTable for OneEntry {
+        fn poll_receipt(&self, key: usize, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
+            assert_eq!(key, 3);
+            self.slot.poll_receipt(cx)
+        }
+
+        fn release(&self, key: usize) {
+            assert_eq!(key, 3);
+            self.releases
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_keyed_confirmation_releases_its_entry_once_answered_or_dropped() {
+        let releases = |table: &OneEntry| table.releases.load(std::sync::atomic::Ordering::SeqCst);
+        let table = Arc::new(OneEntry::default());
+        let mut waiting = Confirmation::keyed(table.clone(), 3);
+        assert!((&mut waiting).now_or_never().is_none());
+        assert_eq!(releases(&table), 0);
+        table.slot.fill(Ok(receipt()));
+        assert_eq!(
+            (&mut waiting).now_or_never().map(Result::ok),
+            Some(Some(receipt()))
+        );
+        assert_eq!(releases(&table), 1);
+        drop(waiting);
+        assert_eq!(releases(&table), 1, "answered: released once");
+
+        let table = Arc::new(OneEntry::default());
+        drop(Confirmation::keyed(table.clone(), 3));
+        assert_eq!(releases(&table), 1, "dropped unanswered: released");
+    }
+
+    #[test]
+    fn a_reset_slot_takes_a_new_answer() {
+        let mut slot = ReceiptSlot::default();
+        slot.fill(Err(crate::Error::new(crate::ErrorKind::Other, "first")));
+        slot.reset();
+        slot.fill(Ok(receipt()));
+        assert_eq!(slot.take().map(Result::ok), Some(Some(receipt())));
     }
 }

@@ -1,17 +1,19 @@
-//! Delivery reports as confirmations, with one shared allocation per message.
+//! Delivery reports as confirmations, with no allocation per message.
 //!
 //! The producer is a `ThreadedProducer` whose delivery callback turns the report into the
-//! message's receipt (or error) and fills it into the message's [`Report`], handed to
-//! librdkafka as the message's opaque and to the publisher as its [`Confirmation`]. rdkafka's
-//! `FutureProducer` pays a oneshot channel and a boxed sender per message for the same; this
-//! pays one `Arc`.
+//! message's receipt (or error) and fills it into the message's entry of [`Reports`], a pool of
+//! entries reused from one message to the next. The entry's key is the message's opaque in
+//! librdkafka and its [`Confirmation`]'s key. rdkafka's `FutureProducer` pays a oneshot channel
+//! and a boxed sender per message for the same; a shared slot per message costs an allocation
+//! on the publishing thread freed after librdkafka's thread wrote to it, which contends for the
+//! allocator with librdkafka's own per-message allocations.
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
 use broker_api::{
-    Confirmation, Error, ErrorKind, MessageId, PendingReceipt, Position, Receipt, ReceiptSlot,
-    Result,
+    Confirmation, Error, ErrorKind, MessageId, PendingReceipt as _, Position, Receipt, ReceiptSlot,
+    ReceiptTable, Result,
 };
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -19,41 +21,88 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::Message as _;
+use sharded_slab::{Clear, Pool};
 
 use crate::context::ClientLog;
 use crate::error::{from_kafka, BACKEND};
 use crate::provision::Provisioner;
 
-/// One message's delivery report, once it arrives.
-pub(crate) struct Report {
-    id: MessageId,
-    slot: ReceiptSlot,
+/// The confirmations of the messages a producer has in flight, by key.
+///
+/// The pool keeps as many entries as were ever pending at once (bounded by librdkafka's
+/// `queue.buffering.max.messages`), about 200 bytes each, and reuses them.
+#[derive(Default)]
+pub(crate) struct Reports {
+    entries: Pool<Entry>,
 }
 
-impl Report {
-    /// The report of message `id`, to be handed to librdkafka with the message.
-    pub(crate) fn new(id: MessageId) -> Arc<Report> {
-        Arc::new(Report {
-            id,
-            slot: ReceiptSlot::default(),
-        })
-    }
+/// One message's entry: its id, and the broker's answer once the report arrives.
+#[derive(Default)]
+struct Entry {
+    id: Option<MessageId>,
+    answer: ReceiptSlot,
+}
 
-    /// The confirmation that resolves with this report.
-    pub(crate) fn confirmation(self: Arc<Self>) -> Confirmation {
-        Confirmation::shared(self)
+impl Clear for Entry {
+    fn clear(&mut self) {
+        self.id = None;
+        self.answer.reset();
     }
 }
 
-impl PendingReceipt for Report {
-    fn poll_receipt(&self, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
-        self.slot.poll_receipt(cx)
+impl Reports {
+    /// An entry for message `id`, whose key goes to librdkafka as the message's opaque; `None`
+    /// when the pool cannot grow (a limit no producer reaches before librdkafka's queue is full).
+    pub(crate) fn open(&self, id: &MessageId) -> Option<usize> {
+        self.entries
+            .create_with(|entry| entry.id = Some(id.clone()))
+    }
+
+    /// The confirmation that resolves when entry `key` is filled in.
+    pub(crate) fn confirmation(self: &Arc<Self>, key: usize) -> Confirmation {
+        Confirmation::keyed(self.clone(), key)
+    }
+
+    /// Fills entry `key` in with what `answer` makes of its message id, and wakes its waiter.
+    /// Nothing happens when the confirmation was dropped meanwhile.
+    fn fill(&self, key: usize, answer: impl FnOnce(&MessageId) -> Result<Receipt>) {
+        let Some(entry) = self.entries.get(key) else {
+            return;
+        };
+        let Some(id) = &entry.id else {
+            return;
+        };
+        let waiter = entry.answer.store(answer(id));
+        drop(entry);
+        if let Some(waker) = waiter {
+            waker.wake();
+        }
+    }
+}
+
+impl ReceiptTable for Reports {
+    fn poll_receipt(&self, key: usize, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
+        match self.entries.get(key) {
+            Some(entry) => entry.answer.poll_receipt(cx),
+            // Only a released entry is missing, and a released confirmation is not polled.
+            None => Poll::Ready(Err(Error::new(
+                ErrorKind::Other,
+                "the delivery report of this message was lost",
+            )
+            .backend(BACKEND)
+            .operation("publish"))),
+        }
+    }
+
+    fn release(&self, key: usize) {
+        self.entries.clear(key);
     }
 }
 
 /// The producer's callbacks: logs, and delivery reports into each message's [`Report`].
 pub(crate) struct Deliveries {
     log: ClientLog,
+    reports: Arc<Reports>,
     /// Told when the broker reports a topic unknown (deleted behind our back), so that the
     /// next publish provisions it again.
     topics: OnceLock<Weak<Provisioner>>,
@@ -63,8 +112,14 @@ impl Deliveries {
     pub(crate) fn new(log: ClientLog) -> Self {
         Deliveries {
             log,
+            reports: Arc::default(),
             topics: OnceLock::new(),
         }
+    }
+
+    /// The confirmations of the messages in flight.
+    pub(crate) fn reports(&self) -> &Arc<Reports> {
+        &self.reports
     }
 
     /// Tells `topics` about topics the broker reports unknown.
@@ -127,24 +182,19 @@ impl ClientContext for Deliveries {
 }
 
 impl ProducerContext for Deliveries {
-    type DeliveryOpaque = Arc<Report>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, report: Arc<Report>) {
-        let waiter = report.slot.store(match result {
+    fn delivery(&self, result: &DeliveryResult<'_>, key: usize) {
+        self.reports.fill(key, |id| match result {
             Ok(message) => Ok(Receipt {
-                message_id: report.id.clone(),
+                message_id: id.clone(),
                 position: Position::Kafka {
                     partition: message.partition(),
                     offset: message.offset(),
                 },
             }),
-            Err((error, message)) => Err(self.failed(&report.id, error, message)),
+            Err((error, message)) => Err(self.failed(id, error, message)),
         });
-        // Let go of the report before waking its waiter, which then frees it on its own thread.
-        drop(report);
-        if let Some(waker) = waiter {
-            waker.wake();
-        }
     }
 }
 
@@ -153,18 +203,23 @@ mod tests {
     use super::*;
     use futures::FutureExt;
 
-    #[test]
-    fn a_report_resolves_its_confirmation_once_filled_in() {
-        let report = Report::new(MessageId::from("m-1"));
-        let mut waiting = report.clone().confirmation();
-        assert!((&mut waiting).now_or_never().is_none());
-        report.slot.fill(Ok(Receipt {
-            message_id: report.id.clone(),
+    fn receipt(id: &MessageId) -> Result<Receipt> {
+        Ok(Receipt {
+            message_id: id.clone(),
             position: Position::Kafka {
                 partition: 2,
                 offset: 41,
             },
-        }));
+        })
+    }
+
+    #[test]
+    fn a_report_resolves_its_confirmation_once_filled_in() {
+        let reports = Arc::new(Reports::default());
+        let key = reports.open(&MessageId::from("m-1")).unwrap();
+        let mut waiting = reports.confirmation(key);
+        assert!((&mut waiting).now_or_never().is_none());
+        reports.fill(key, receipt);
         let receipt = waiting.now_or_never().and_then(Result::ok);
         assert_eq!(
             receipt.map(|r| (r.message_id, r.position)),
@@ -176,5 +231,24 @@ mod tests {
                 }
             ))
         );
+    }
+
+    #[test]
+    fn entries_are_reused_and_stale_reports_ignored() {
+        let reports = Arc::new(Reports::default());
+        let first = reports.open(&MessageId::from("m-1")).unwrap();
+        // Dropped before its report: the entry is freed and the late report goes nowhere.
+        drop(reports.confirmation(first));
+        let second = reports.open(&MessageId::from("m-2")).unwrap();
+        assert_ne!(first, second, "a reused entry gets a new generation");
+        reports.fill(first, receipt);
+        let mut waiting = reports.confirmation(second);
+        assert!((&mut waiting).now_or_never().is_none());
+        reports.fill(second, receipt);
+        let id = waiting
+            .now_or_never()
+            .and_then(Result::ok)
+            .map(|r| r.message_id);
+        assert_eq!(id, Some(MessageId::from("m-2")));
     }
 }

@@ -1,7 +1,7 @@
 //! Publishing: one idempotent `acks=all` producer shared by every publisher of the backend.
 //!
 //! `send` hands the record to librdkafka synchronously when its queue has room and returns the
-//! delivery report as the confirmation ([`crate::delivery`]: one shared allocation per message),
+//! delivery report as the confirmation ([`crate::delivery`]: no allocation per message),
 //! so any number of messages are in flight with no await per message. Only when librdkafka
 //! reports its queue full does `send` wait (boxed), retrying until the delivery timeout.
 
@@ -9,14 +9,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use broker_api::completion::{self, Completion};
-use broker_api::{Confirmation, Error, ErrorKind, Message, Result};
+use broker_api::{Confirmation, Error, ErrorKind, Message, ReceiptTable as _, Result};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
 use crate::config::KafkaConfig;
 use crate::context::ClientLog;
-use crate::delivery::{Deliveries, Report};
+use crate::delivery::{Deliveries, Reports};
 use crate::error::{from_kafka, payload_too_large, too_large, BACKEND};
 use crate::provision::Provisioner;
 
@@ -86,7 +86,7 @@ impl Publisher {
             )));
         }
         match self.try_enqueue(topic, &message) {
-            Ok(report) => completion::ready(Ok(report.confirmation())),
+            Ok(key) => completion::ready(Ok(self.reports().confirmation(key))),
             Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
                 completion::boxed(self.enqueue_when_room(topic, message))
             }
@@ -102,7 +102,7 @@ impl Publisher {
         loop {
             tokio::time::sleep(pause).await;
             match self.try_enqueue(topic, &message) {
-                Ok(report) => return Ok(report.confirmation()),
+                Ok(key) => return Ok(self.reports().confirmation(key)),
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
                     if Instant::now() < deadline =>
                 {
@@ -113,17 +113,19 @@ impl Publisher {
         }
     }
 
-    /// Hands one record to librdkafka.
+    /// Hands one record to librdkafka; returns the key of its confirmation.
     fn try_enqueue(
         &self,
         topic: &str,
         message: &Message,
-    ) -> std::result::Result<Arc<Report>, KafkaError> {
-        let report = Report::new(message.id.clone());
-        let mut record: BaseRecord<'_, str, [u8], Arc<Report>> =
-            BaseRecord::with_opaque_to(topic, report.clone())
-                .payload(&message.payload[..])
-                .headers(wire_headers(message));
+    ) -> std::result::Result<usize, KafkaError> {
+        let reports = self.reports();
+        let key = reports
+            .open(&message.id)
+            .ok_or(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))?;
+        let mut record: BaseRecord<'_, str, [u8], usize> = BaseRecord::with_opaque_to(topic, key)
+            .payload(&message.payload[..])
+            .headers(wire_headers(message));
         if let Some(key) = &message.key {
             record = record.key(key.as_str());
         }
@@ -132,8 +134,15 @@ impl Publisher {
         }
         self.producer
             .send(record)
-            .map(|()| report)
-            .map_err(|(error, _)| error)
+            .map(|()| key)
+            .map_err(|(error, _)| {
+                reports.release(key);
+                error
+            })
+    }
+
+    fn reports(&self) -> &Arc<Reports> {
+        self.producer.context().reports()
     }
 
     /// The error for a message librdkafka refused to queue.
