@@ -193,30 +193,29 @@ impl Window {
 }
 
 /// Confirmations a publishing round keeps pending before it awaits the oldest, as a service
-/// publishing at full speed would: enough to keep the broker busy (a Kafka batch is a few
-/// thousand small messages), few enough that they stay in the CPU's cache (with 100 000
-/// pending, Kafka rounds spent half their client CPU on cache and allocator misses). The raw
-/// Kafka side keeps up to librdkafka's 100 000 queued messages in flight.
+/// publishing at full speed would: enough to keep the broker busy, few enough that they stay
+/// in the CPU's cache. (Kafka rounds keep as many as the raw side: [`crate::kafka`].)
 pub const CONFIRM_WINDOW: usize = 10_000;
 
 /// One publishing round through the library: `count` payloads of `size` bytes to `topic`,
-/// [`CONFIRM_WINDOW`] confirmations pending at most, every one awaited.
+/// `pending_max` confirmations pending at most, every one awaited.
 pub async fn publish_round(
     broker: &broker_api::Broker,
     topic: &str,
     size: usize,
     count: usize,
+    pending_max: usize,
 ) -> anyhow::Result<Sample> {
     let payload = plain_payload(size);
     let publisher = broker.publisher(&broker_api::Topic::bytes(topic));
     let window = Window::start();
-    let mut pending = std::collections::VecDeque::with_capacity(CONFIRM_WINDOW);
+    let mut pending = std::collections::VecDeque::with_capacity(pending_max);
     for _ in 0..count {
-        if pending.len() == CONFIRM_WINDOW {
+        if pending.len() == pending_max {
             // Waits for the older half, then sends a burst, as the raw sides do when their
             // client's queue is full (rather than one send per confirmation, in lockstep with
             // the client's delivery thread).
-            for oldest in pending.drain(..CONFIRM_WINDOW / 2) {
+            for oldest in pending.drain(..pending_max / 2) {
                 let oldest: broker_api::Confirmation = oldest;
                 oldest.await?;
             }

@@ -41,6 +41,10 @@ const LATENCY_RATE: usize = 5_000;
 /// Unsettled deliveries of the consume scenario: the default `max_in_flight`, whose prefetch
 /// bound both sides' consumers get.
 const IN_FLIGHT: usize = 256;
+/// Confirmations our publishing rounds keep pending: as many messages as the raw side keeps
+/// queued in librdkafka (`queue.buffering.max.messages`, 100 000 by default), so that both
+/// hand the broker equally large batches.
+const PENDING: usize = 100_000;
 /// How long a round may take before it fails.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -259,7 +263,8 @@ impl Scenario for Publish {
     fn ours(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
         async move {
             let name = self.bench.topic("kpub").await?;
-            let sample = publish_round(&self.bench.broker, &name, self.size, self.messages).await;
+            let sample =
+                publish_round(&self.bench.broker, &name, self.size, self.messages, PENDING).await;
             self.bench.delete(&name).await?;
             sample
         }

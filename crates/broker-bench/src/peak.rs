@@ -22,7 +22,9 @@ use broker_rabbitmq::{RabbitMqBackend, RabbitMqConfig};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::common::{endpoint, fresh_name, plain_payload, publish_round, reset_peak, rss_kib};
+use crate::common::{
+    endpoint, fresh_name, plain_payload, publish_round, reset_peak, rss_kib, CONFIRM_WINDOW,
+};
 
 /// How long the slow handler runs.
 const RUN: Duration = Duration::from_secs(10);
@@ -93,7 +95,7 @@ async fn rabbitmq() -> anyhow::Result<Vec<Footprint>> {
     }
     broker.ensure_topic(&spec).await?;
     eprintln!("footprint: filling RabbitMQ queues with {BACKLOG} messages");
-    publish_round(&broker, &topic, SIZE, BACKLOG).await?;
+    publish_round(&broker, &topic, SIZE, BACKLOG, CONFIRM_WINDOW).await?;
     let mut results = Vec::new();
     for in_flight in in_flights {
         eprintln!("footprint: rabbitmq, backlog {BACKLOG}, max_in_flight {in_flight}");

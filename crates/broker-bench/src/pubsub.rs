@@ -28,6 +28,7 @@ use futures::FutureExt;
 
 use crate::common::{
     endpoint, fresh_name, paced, plain_payload, publish_round, tallied_subscription, Tally, Window,
+    CONFIRM_WINDOW,
 };
 use crate::report::{Sample, Scenario};
 
@@ -189,7 +190,14 @@ impl Scenario for Publish {
     fn ours(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
         async move {
             let name = self.bench.topic("ppub", false).await?;
-            let sample = publish_round(&self.bench.broker, &name, self.size, self.messages).await;
+            let sample = publish_round(
+                &self.bench.broker,
+                &name,
+                self.size,
+                self.messages,
+                CONFIRM_WINDOW,
+            )
+            .await;
             self.bench.delete(&name).await?;
             sample
         }
