@@ -7,8 +7,8 @@
 //! subscription whose handler sleeps 1 ms per message for [`RUN`], and reports the peak
 //! (the kernel's `VmHWM` and a 5 ms sampling of `VmRSS`). On the memory backend the backlog
 //! itself lives in the process and is published before the "before" reading; on Kafka the
-//! parent fills the topic once and each child reads it with a new group; on RabbitMQ the parent
-//! fills one queue per child (200 000 messages: RabbitMQ is slower to fill).
+//! parent fills the topic once and each child reads it with a new group; on RabbitMQ and
+//! Pub/Sub the parent fills one group (queue, subscription) per child.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -18,6 +18,7 @@ use anyhow::Context as _;
 use broker_api::{Broker, ConnectOptions, Received, Topic, TopicSpec};
 use broker_kafka::KafkaBackend;
 use broker_memory::MemoryBackend;
+use broker_pubsub::{PubSubBackend, PubSubConfig};
 use broker_rabbitmq::{RabbitMqBackend, RabbitMqConfig};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -75,35 +76,56 @@ pub async fn run() -> anyhow::Result<Vec<Footprint>> {
         kafka.delete(&topic).await?;
     }
     results.extend(rabbitmq().await?);
+    results.extend(pubsub().await?);
     Ok(results)
 }
 
-/// RabbitMQ: one topic whose group queues each hold the backlog (RabbitMQ keeps messages only
-/// for queues that exist when they are published), one child per group.
-async fn rabbitmq() -> anyhow::Result<Vec<Footprint>> {
-    const BACKLOG: usize = 200_000;
-    let config = RabbitMqConfig {
-        uri: endpoint("BROKER_TEST_RABBITMQ", broker_rabbitmq::DEFAULT_URI),
-        ..RabbitMqConfig::default()
-    };
-    let broker = Broker::new(RabbitMqBackend::connect(config, ConnectOptions::default()).await?);
-    let topic = fresh_name("rpeak");
+/// RabbitMQ and Pub/Sub keep messages only for the groups (queues, subscriptions) that exist
+/// when they are published: one topic with a group per child, each holding the backlog.
+async fn grouped(kind: &str, broker: Broker, backlog: usize) -> anyhow::Result<Vec<Footprint>> {
+    let topic = fresh_name(&format!("{kind}-peak"));
     let in_flights = [256, 4096];
     let mut spec = TopicSpec::new(&topic);
     for in_flight in in_flights {
         spec = spec.group(format!("slow{in_flight}"));
     }
     broker.ensure_topic(&spec).await?;
-    eprintln!("footprint: filling RabbitMQ queues with {BACKLOG} messages");
-    publish_round(&broker, &topic, SIZE, BACKLOG, CONFIRM_WINDOW).await?;
+    eprintln!("footprint: filling the {kind} groups of {topic} with {backlog} messages");
+    publish_round(&broker, &topic, SIZE, backlog, CONFIRM_WINDOW).await?;
     let mut results = Vec::new();
     for in_flight in in_flights {
-        eprintln!("footprint: rabbitmq, backlog {BACKLOG}, max_in_flight {in_flight}");
-        results.push(spawn(&format!("rabbitmq:{BACKLOG}:{in_flight}:{topic}")).await);
+        eprintln!("footprint: {kind}, backlog {backlog}, max_in_flight {in_flight}");
+        results.push(spawn(&format!("{kind}:{backlog}:{in_flight}:{topic}")).await);
     }
     broker.backend().delete_topic(&topic).await?;
     broker.close().await?;
     results.into_iter().collect()
+}
+
+/// RabbitMQ, 200 000 messages per queue (RabbitMQ is slower to fill than Kafka).
+async fn rabbitmq() -> anyhow::Result<Vec<Footprint>> {
+    grouped("rabbitmq", Broker::new(rabbitmq_backend().await?), 200_000).await
+}
+
+/// Pub/Sub, 100 000 messages per subscription (the emulator keeps them in its 512 MiB heap).
+async fn pubsub() -> anyhow::Result<Vec<Footprint>> {
+    grouped("pubsub", Broker::new(pubsub_backend().await?), 100_000).await
+}
+
+async fn rabbitmq_backend() -> broker_api::Result<RabbitMqBackend> {
+    let config = RabbitMqConfig {
+        uri: endpoint("BROKER_TEST_RABBITMQ", broker_rabbitmq::DEFAULT_URI),
+        ..RabbitMqConfig::default()
+    };
+    RabbitMqBackend::connect(config, ConnectOptions::default()).await
+}
+
+async fn pubsub_backend() -> broker_api::Result<PubSubBackend> {
+    let config = PubSubConfig {
+        endpoint: Some(endpoint("BROKER_TEST_PUBSUB", "http://127.0.0.1:8085")),
+        ..PubSubConfig::default()
+    };
+    PubSubBackend::connect(config, ConnectOptions::default()).await
 }
 
 async fn spawn(spec: &str) -> anyhow::Result<Footprint> {
@@ -146,19 +168,13 @@ pub async fn child(spec: &str) -> anyhow::Result<()> {
             let backend = KafkaBackend::connect(config, ConnectOptions::default()).await?;
             (Broker::new(backend), topic.to_owned())
         }
-        "rabbitmq" => {
-            let config = RabbitMqConfig {
-                uri: endpoint("BROKER_TEST_RABBITMQ", broker_rabbitmq::DEFAULT_URI),
-                ..RabbitMqConfig::default()
-            };
-            let backend = RabbitMqBackend::connect(config, ConnectOptions::default()).await?;
-            (Broker::new(backend), topic.to_owned())
-        }
+        "rabbitmq" => (Broker::new(rabbitmq_backend().await?), topic.to_owned()),
+        "pubsub" => (Broker::new(pubsub_backend().await?), topic.to_owned()),
         other => anyhow::bail!("no footprint run for {other}"),
     };
     let group = match backend {
         "memory" => "slow".to_owned(),
-        "rabbitmq" => format!("slow{in_flight}"),
+        "rabbitmq" | "pubsub" => format!("slow{in_flight}"),
         _ => fresh_name("slow"),
     };
     // Let allocator caches settle, then measure from here.
