@@ -241,9 +241,12 @@ pub(crate) fn read_ready(
     let payloads = inbound::payloads(&records);
     let topic = shared.topic();
     let before = out.len();
-    out.extend(records.iter().zip(payloads).zip(ackers).filter_map(
+    // Each record is destroyed right after its delivery is built: librdkafka allocates its
+    // parsed headers on first access and frees them with the record, so one record at a time
+    // reuses the same memory (the allocator's thread cache) instead of a batch's worth.
+    out.extend(records.into_iter().zip(payloads).zip(ackers).filter_map(
         |((record, payload), acker)| {
-            acker.map(|a| Ok(inbound::delivery(record, payload, topic, a)))
+            acker.map(|a| Ok(inbound::delivery(&record, payload, topic, a)))
         },
     ));
     Ok(out.len() - before)
