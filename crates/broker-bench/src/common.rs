@@ -192,37 +192,62 @@ impl Window {
     }
 }
 
-/// Confirmations a publishing round keeps pending before it awaits the oldest, as a service
-/// publishing at full speed would: enough to keep the broker busy, few enough that they stay
-/// in the CPU's cache. (Kafka rounds keep as many as the raw side: [`crate::kafka`].)
-pub const CONFIRM_WINDOW: usize = 10_000;
+/// How many confirmations a publishing round keeps pending, and how it makes room.
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    max: usize,
+    /// How many of the oldest are awaited when `max` are pending.
+    await_when_full: usize,
+}
+
+impl Pending {
+    /// Up to `max` pending; when full, waits for the older half, then sends a burst, as a
+    /// raw side does whose client queues messages and reports deliveries from a thread of its
+    /// own (Kafka): one send per report would run in lockstep with that thread.
+    pub const fn bursts(max: usize) -> Self {
+        Pending {
+            max,
+            await_when_full: max / 2,
+        }
+    }
+
+    /// Up to `max` pending; when full, waits for the oldest and sends one, as a raw loop does
+    /// that keeps a fixed number of publishes in flight (`FuturesUnordered`).
+    pub const fn sliding(max: usize) -> Self {
+        Pending {
+            max,
+            await_when_full: 1,
+        }
+    }
+}
+
+/// The default for publishing rounds: enough to keep the broker busy, few enough that they
+/// stay in the CPU's cache. (Kafka and RabbitMQ rounds use the raw side's bound: see there.)
+pub const CONFIRM_WINDOW: Pending = Pending::bursts(10_000);
 
 /// One publishing round through the library: `count` payloads of `size` bytes to `topic`,
-/// `pending_max` confirmations pending at most, every one awaited.
+/// confirmations kept `pending` as it says, every one awaited.
 pub async fn publish_round(
     broker: &broker_api::Broker,
     topic: &str,
     size: usize,
     count: usize,
-    pending_max: usize,
+    pending: Pending,
 ) -> anyhow::Result<Sample> {
     let payload = plain_payload(size);
     let publisher = broker.publisher(&broker_api::Topic::bytes(topic));
     let window = Window::start();
-    let mut pending = std::collections::VecDeque::with_capacity(pending_max);
+    let mut unconfirmed = std::collections::VecDeque::with_capacity(pending.max);
     for _ in 0..count {
-        if pending.len() == pending_max {
-            // Waits for the older half, then sends a burst, as the raw sides do when their
-            // client's queue is full (rather than one send per confirmation, in lockstep with
-            // the client's delivery thread).
-            for oldest in pending.drain(..pending_max / 2) {
+        if unconfirmed.len() == pending.max {
+            for oldest in unconfirmed.drain(..pending.await_when_full) {
                 let oldest: broker_api::Confirmation = oldest;
                 oldest.await?;
             }
         }
-        pending.push_back(publisher.send(&payload).await?);
+        unconfirmed.push_back(publisher.send(&payload).await?);
     }
-    for confirmation in pending {
+    for confirmation in unconfirmed {
         confirmation.await?;
     }
     Ok(window.sample(count, size))

@@ -31,7 +31,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::common::{
-    endpoint, fresh_name, paced, plain_payload, publish_round, tallied_subscription, Tally, Window,
+    endpoint, fresh_name, paced, plain_payload, publish_round, tallied_subscription, Pending,
+    Tally, Window,
 };
 use crate::report::{Sample, Scenario};
 
@@ -44,7 +45,7 @@ const IN_FLIGHT: usize = 256;
 /// Confirmations our publishing rounds keep pending: as many messages as the raw side keeps
 /// queued in librdkafka (`queue.buffering.max.messages`, 100 000 by default), so that both
 /// hand the broker equally large batches.
-const PENDING: usize = 100_000;
+const PENDING: Pending = Pending::bursts(100_000);
 /// How long a round may take before it fails.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(120);
 

@@ -2,10 +2,10 @@
 //! the local node as guest), every round on a fresh topic exchange with one group queue (the
 //! adapter's topology: durable quorum queue bound with `#`), deleted afterwards.
 //!
-//! - Publish with confirms: `Publisher::send` of every message, 10 000 confirmations pending
-//!   at most (the adapter's own confirm window is 1024), against raw lapin keeping 1024 publishes
-//!   in flight, pipelined (each `basic_publish` future polled alongside the others, not awaited
-//!   one by one). Both publish persistent, `mandatory` messages; the raw messages carry what ours
+//! - Publish with confirms: `Publisher::send` of every message, 1024 confirmations pending
+//!   (the adapter's confirm window), awaiting the oldest before sending the next, against raw
+//!   lapin keeping 1024 publishes in flight, pipelined (each `basic_publish` future polled
+//!   alongside the others, not awaited one by one). Both publish persistent, `mandatory` messages; the raw messages carry what ours
 //!   carry (`message_id`, `content_type`, `timestamp`), bare raw messages none of them.
 //! - Consume with acks: a backlog drained by `at_least_once` (prefetch = `max_in_flight` =
 //!   256, one `basic.ack` per handled message) against a raw lapin consumer with prefetch 256
@@ -30,8 +30,8 @@ use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 
 use crate::common::{
-    endpoint, fresh_name, paced, plain_payload, publish_round, tallied_subscription, Tally, Window,
-    CONFIRM_WINDOW,
+    endpoint, fresh_name, paced, plain_payload, publish_round, tallied_subscription, Pending,
+    Tally, Window,
 };
 use crate::report::{Sample, Scenario};
 
@@ -244,7 +244,7 @@ impl Scenario for Publish {
                 &name,
                 self.size,
                 self.messages,
-                CONFIRM_WINDOW,
+                Pending::sliding(WINDOW),
             )
             .await;
             self.bench.delete(&name).await?;
