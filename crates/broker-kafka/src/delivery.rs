@@ -29,8 +29,8 @@ use crate::provision::Provisioner;
 
 /// The confirmations of the messages a producer has in flight, by key.
 ///
-/// The pool keeps as many entries as were ever pending at once (bounded by librdkafka's
-/// `queue.buffering.max.messages`), about 200 bytes each, and reuses them.
+/// An entry lives from the send until its confirmation is awaited or dropped. The pool keeps
+/// as many entries as were ever alive at once, about 200 bytes each, and reuses them.
 #[derive(Default)]
 pub(crate) struct Reports {
     entries: Pool<Entry>,
@@ -99,7 +99,8 @@ impl ReceiptTable for Reports {
     }
 }
 
-/// The producer's callbacks: logs, and delivery reports into each message's [`Report`].
+/// The producer's callbacks: logs, and delivery reports into each message's entry of
+/// [`Reports`].
 pub(crate) struct Deliveries {
     log: ClientLog,
     reports: Arc<Reports>,
