@@ -8,6 +8,7 @@
 //! on the publishing thread freed after librdkafka's thread wrote to it, which contends for the
 //! allocator with librdkafka's own per-message allocations.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
@@ -29,18 +30,23 @@ use crate::provision::Provisioner;
 
 /// The confirmations of the messages a producer has in flight, by key.
 ///
-/// An entry lives from the send until its confirmation is awaited or dropped. The pool keeps
-/// as many entries as were ever alive at once, about 200 bytes each, and reuses them.
+/// An entry has two owners: librdkafka, until it reports the message, and the confirmation,
+/// until it is awaited or dropped. It is reused only once both let go, so a report always
+/// finds its own message's entry, never a later message's (a key freed before its report
+/// could be handed out again, and an unlucky generation count would then match). The pool
+/// keeps as many entries as were ever alive at once, about 200 bytes each.
 #[derive(Default)]
 pub(crate) struct Reports {
     entries: Pool<Entry>,
 }
 
-/// One message's entry: its id, and the broker's answer once the report arrives.
+/// One message's entry: its id, the broker's answer once the report arrives, and how many of
+/// its two owners still hold it.
 #[derive(Default)]
 struct Entry {
     id: Option<MessageId>,
     answer: ReceiptSlot,
+    owners: AtomicU8,
 }
 
 impl Clear for Entry {
@@ -54,8 +60,16 @@ impl Reports {
     /// An entry for message `id`, whose key goes to librdkafka as the message's opaque; `None`
     /// when the pool cannot grow (a limit no producer reaches before librdkafka's queue is full).
     pub(crate) fn open(&self, id: &MessageId) -> Option<usize> {
-        self.entries
-            .create_with(|entry| entry.id = Some(id.clone()))
+        self.entries.create_with(|entry| {
+            entry.id = Some(id.clone());
+            *entry.owners.get_mut() = 2;
+        })
+    }
+
+    /// Frees entry `key` at once: librdkafka refused its message, so no report will come and
+    /// no confirmation was handed out.
+    pub(crate) fn discard(&self, key: usize) {
+        self.entries.clear(key);
     }
 
     /// The confirmation that resolves when entry `key` is filled in.
@@ -64,18 +78,29 @@ impl Reports {
     }
 
     /// Fills entry `key` in with what `answer` makes of its message id, and wakes its waiter.
-    /// Nothing happens when the confirmation was dropped meanwhile.
     fn fill(&self, key: usize, answer: impl FnOnce(&MessageId) -> Result<Receipt>) {
         let Some(entry) = self.entries.get(key) else {
             return;
         };
-        let Some(id) = &entry.id else {
-            return;
-        };
-        let waiter = entry.answer.store(answer(id));
+        let waiter = entry
+            .id
+            .as_ref()
+            .and_then(|id| entry.answer.store(answer(id)));
         drop(entry);
+        self.let_go(key);
         if let Some(waker) = waiter {
             waker.wake();
+        }
+    }
+
+    /// One owner of entry `key` is done with it; the last one frees it.
+    fn let_go(&self, key: usize) {
+        let last = self
+            .entries
+            .get(key)
+            .is_some_and(|entry| entry.owners.fetch_sub(1, Ordering::AcqRel) == 1);
+        if last {
+            self.entries.clear(key);
         }
     }
 }
@@ -84,7 +109,7 @@ impl ReceiptTable for Reports {
     fn poll_receipt(&self, key: usize, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
         match self.entries.get(key) {
             Some(entry) => entry.answer.poll_receipt(cx),
-            // Only a released entry is missing, and a released confirmation is not polled.
+            // The confirmation owns its entry until it is released, and is not polled after.
             None => Poll::Ready(Err(Error::new(
                 ErrorKind::Other,
                 "the delivery report of this message was lost",
@@ -95,7 +120,7 @@ impl ReceiptTable for Reports {
     }
 
     fn release(&self, key: usize) {
-        self.entries.clear(key);
+        self.let_go(key);
     }
 }
 
@@ -235,14 +260,17 @@ mod tests {
     }
 
     #[test]
-    fn entries_are_reused_and_stale_reports_ignored() {
+    fn an_entry_is_reused_only_once_reported_and_released() {
         let reports = Arc::new(Reports::default());
         let first = reports.open(&MessageId::from("m-1")).unwrap();
-        // Dropped before its report: the entry is freed and the late report goes nowhere.
+        // Dropped before its report: the entry stays librdkafka's until the report comes.
         drop(reports.confirmation(first));
         let second = reports.open(&MessageId::from("m-2")).unwrap();
-        assert_ne!(first, second, "a reused entry gets a new generation");
+        assert_ne!(first, second);
         reports.fill(first, receipt);
+        // Reported and released: free for the next message, under a new key.
+        let third = reports.open(&MessageId::from("m-3")).unwrap();
+        assert_ne!(third, first);
         let mut waiting = reports.confirmation(second);
         assert!((&mut waiting).now_or_never().is_none());
         reports.fill(second, receipt);
@@ -251,5 +279,33 @@ mod tests {
             .and_then(Result::ok)
             .map(|r| r.message_id);
         assert_eq!(id, Some(MessageId::from("m-2")));
+    }
+
+    #[test]
+    fn a_late_report_never_confirms_a_later_message() {
+        // A confirmation dropped before its report: that key must not be handed out again
+        // before the report came, however many messages follow (keys' generations wrap after
+        // a few thousand reuses of an entry).
+        let reports = Arc::new(Reports::default());
+        let late = reports.open(&MessageId::from("late")).unwrap();
+        drop(reports.confirmation(late));
+        for i in 0..20_000 {
+            let key = reports
+                .open(&MessageId::from(format!("m-{i}").as_str()))
+                .unwrap();
+            assert_ne!(
+                key, late,
+                "message {i} got the key of a message still unreported"
+            );
+            drop(reports.confirmation(key));
+            reports.fill(key, receipt);
+        }
+        let next = reports.open(&MessageId::from("next")).unwrap();
+        let mut waiting = reports.confirmation(next);
+        reports.fill(late, receipt);
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "the late report confirmed another message"
+        );
     }
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use broker_api::completion::{self, Completion};
-use broker_api::{Confirmation, Error, ErrorKind, Message, ReceiptTable as _, Result};
+use broker_api::{Confirmation, Error, ErrorKind, Message, Result};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -136,7 +136,7 @@ impl Publisher {
             .send(record)
             .map(|()| key)
             .map_err(|(error, _)| {
-                reports.release(key);
+                reports.discard(key);
                 error
             })
     }
