@@ -34,8 +34,9 @@ pub trait ReceiptTable: Send + Sync {
     /// The answer for `key` once it arrived; registers `cx`'s waker to be woken by it until then.
     fn poll_receipt(&self, key: usize, cx: &mut Context<'_>) -> Poll<Result<Receipt>>;
 
-    /// The confirmation of `key` is done with it (answered, or dropped unanswered): its entry
-    /// may be reused, and an answer arriving later is ignored.
+    /// The confirmation of `key` is done with it (answered, or dropped unanswered). The table
+    /// must not hand `key` out again while an answer for it may still arrive: that answer
+    /// would resolve another message's confirmation.
     fn release(&self, key: usize);
 }
 
