@@ -211,6 +211,15 @@ impl Pending {
         }
     }
 
+    /// Every message pending until all are sent, as a raw side does that publishes everything
+    /// and then awaits every response.
+    pub const fn all() -> Self {
+        Pending {
+            max: usize::MAX,
+            await_when_full: 0,
+        }
+    }
+
     /// Up to `max` pending; when full, waits for the oldest and sends one, as a raw loop does
     /// that keeps a fixed number of publishes in flight (`FuturesUnordered`).
     pub const fn sliding(max: usize) -> Self {
@@ -237,7 +246,7 @@ pub async fn publish_round(
     let payload = plain_payload(size);
     let publisher = broker.publisher(&broker_api::Topic::bytes(topic));
     let window = Window::start();
-    let mut unconfirmed = std::collections::VecDeque::with_capacity(pending.max);
+    let mut unconfirmed = std::collections::VecDeque::with_capacity(pending.max.min(count));
     for _ in 0..count {
         if unconfirmed.len() == pending.max {
             for oldest in unconfirmed.drain(..pending.await_when_full) {
