@@ -230,9 +230,10 @@ impl Pending {
     }
 }
 
-/// The default for publishing rounds: enough to keep the broker busy, few enough that they
-/// stay in the CPU's cache. (Kafka and RabbitMQ rounds use the raw side's bound: see there.)
-pub const CONFIRM_WINDOW: Pending = Pending::bursts(10_000);
+/// For rounds that only fill a backlog: enough to keep the broker busy, few enough that they
+/// stay in the CPU's cache. (Measured rounds keep as many pending as their raw side keeps in
+/// flight: see each broker's scenarios.)
+pub const DEFAULT_PENDING: Pending = Pending::bursts(10_000);
 
 /// One publishing round through the library: `count` payloads of `size` bytes to `topic`,
 /// confirmations kept `pending` as it says, every one awaited.

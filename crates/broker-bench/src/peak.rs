@@ -24,7 +24,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::common::{
-    endpoint, fresh_name, plain_payload, publish_round, reset_peak, rss_kib, CONFIRM_WINDOW,
+    endpoint, fresh_name, plain_payload, publish_round, reset_peak, rss_kib, DEFAULT_PENDING,
 };
 
 /// How long the slow handler runs.
@@ -91,7 +91,7 @@ async fn grouped(kind: &str, broker: Broker, backlog: usize) -> anyhow::Result<V
     }
     broker.ensure_topic(&spec).await?;
     eprintln!("footprint: filling the {kind} groups of {topic} with {backlog} messages");
-    publish_round(&broker, &topic, SIZE, backlog, CONFIRM_WINDOW).await?;
+    publish_round(&broker, &topic, SIZE, backlog, DEFAULT_PENDING).await?;
     let mut results = Vec::new();
     for in_flight in in_flights {
         eprintln!("footprint: {kind}, backlog {backlog}, max_in_flight {in_flight}");
