@@ -1,9 +1,9 @@
 //! Kafka: the adapter against raw rdkafka on the same broker (`BROKER_TEST_KAFKA`, default
 //! `127.0.0.1:9092`), every round on a fresh one-partition topic that is deleted afterwards.
 //!
-//! - Publish: `Publisher::send` of every message, 10 000 confirmations pending at most, against a
-//!   `ThreadedProducer` whose delivery callback counts the reports (no future per message), both
-//!   idempotent with `acks=all`. The raw records carry what ours carry (a `message-id` header
+//! - Publish: `Publisher::send` of every message, 100 000 confirmations pending at most (as many
+//!   as librdkafka queues), against a `ThreadedProducer` whose delivery callback counts the
+//!   reports (no future per message), both idempotent with `acks=all`. The raw records carry what ours carry (a `message-id` header
 //!   with a fresh UUID and a `content-type` header); bare raw records carry the payload only.
 //! - Consume: a backlog drained by `at_least_once` (offsets stored once handled, committed
 //!   periodically) against a `BaseConsumer` loop on a thread of its own storing each offset
