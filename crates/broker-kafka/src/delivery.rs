@@ -86,19 +86,16 @@ impl Reports {
             .id
             .as_ref()
             .and_then(|id| entry.answer.store(answer(id)));
-        drop(entry);
-        self.let_go(key);
+        self.let_go(key, entry);
         if let Some(waker) = waiter {
             waker.wake();
         }
     }
 
-    /// One owner of entry `key` is done with it; the last one frees it.
-    fn let_go(&self, key: usize) {
-        let last = self
-            .entries
-            .get(key)
-            .is_some_and(|entry| entry.owners.fetch_sub(1, Ordering::AcqRel) == 1);
+    /// One owner of `entry` (whose key is `key`) is done with it; the last one frees it.
+    fn let_go(&self, key: usize, entry: sharded_slab::pool::Ref<'_, Entry>) {
+        let last = entry.owners.fetch_sub(1, Ordering::AcqRel) == 1;
+        drop(entry);
         if last {
             self.entries.clear(key);
         }
@@ -120,7 +117,9 @@ impl ReceiptTable for Reports {
     }
 
     fn release(&self, key: usize) {
-        self.let_go(key);
+        if let Some(entry) = self.entries.get(key) {
+            self.let_go(key, entry);
+        }
     }
 }
 
