@@ -22,12 +22,6 @@ use crate::backend::Receipt;
 use crate::completion::Completion;
 use crate::error::Result;
 
-/// A confirmation a backend's client fills in, shared between the client and the waiter.
-pub trait PendingReceipt: Send + Sync {
-    /// The broker's answer once it arrived; registers `cx`'s waker to be woken by it until then.
-    fn poll_receipt(&self, cx: &mut Context<'_>) -> Poll<Result<Receipt>>;
-}
-
 /// Confirmations a client fills in by key, in entries it reuses once their confirmation is
 /// done with them: publishing then allocates nothing per message for its confirmation.
 pub trait ReceiptTable: Send + Sync {
@@ -57,9 +51,7 @@ impl ReceiptSlot {
     }
 
     /// Stores the broker's answer and returns the waiter's waker, if one waits, without waking
-    /// it: a client thread that holds its own `Arc` of the slot drops it first, then wakes, so
-    /// that the last reference (and the free) stays with the waiter, usually on the thread that
-    /// allocated the slot; a free on another thread contends for the allocator's lock.
+    /// it: the caller lets go of whatever holds the slot first, then wakes the waiter.
     #[must_use = "the waiter sleeps until the returned waker is woken"]
     pub fn store(&self, result: Result<Receipt>) -> Option<std::task::Waker> {
         let mut slot = self.result.lock().unwrap_or_else(PoisonError::into_inner);
@@ -80,21 +72,20 @@ impl ReceiptSlot {
         drop(self.waker.take());
     }
 
-    fn take(&self) -> Option<Result<Receipt>> {
-        self.result
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-    }
-}
-
-impl PendingReceipt for ReceiptSlot {
-    fn poll_receipt(&self, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
+    /// The broker's answer once it arrived; registers `cx`'s waker to be woken by it until then.
+    pub fn poll_receipt(&self, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
         if let Some(result) = self.take() {
             return Poll::Ready(result);
         }
         self.waker.register(cx.waker());
         self.take().map_or(Poll::Pending, Poll::Ready)
+    }
+
+    fn take(&self) -> Option<Result<Receipt>> {
+        self.result
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
     }
 }
 
@@ -106,7 +97,7 @@ pub struct Confirmation(State);
 
 enum State {
     Ready(Option<Result<Receipt>>),
-    Shared(Arc<dyn PendingReceipt>),
+    Shared(Arc<ReceiptSlot>),
     Keyed(Arc<dyn ReceiptTable>, usize),
     Boxed(BoxFuture<'static, Result<Receipt>>),
 }
@@ -117,9 +108,9 @@ impl Confirmation {
         Confirmation(State::Ready(Some(result)))
     }
 
-    /// A confirmation that waits for `pending` to be filled in.
-    pub fn shared(pending: Arc<dyn PendingReceipt>) -> Self {
-        Confirmation(State::Shared(pending))
+    /// A confirmation that waits for `slot` to be filled in.
+    pub fn shared(slot: Arc<ReceiptSlot>) -> Self {
+        Confirmation(State::Shared(slot))
     }
 
     /// A confirmation that waits for entry `key` of `table` to be filled in, and releases it
@@ -153,7 +144,7 @@ impl Future for Confirmation {
                     .take()
                     .expect("a Confirmation must not be polled after it completed"),
             ),
-            State::Shared(pending) => pending.poll_receipt(cx),
+            State::Shared(slot) => slot.poll_receipt(cx),
             State::Keyed(table, key) => {
                 let result = std::task::ready!(table.poll_receipt(*key, cx));
                 table.release(*key);

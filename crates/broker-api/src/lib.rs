@@ -36,7 +36,7 @@ pub use backend::{
 pub use broker::Broker;
 pub use capabilities::Capabilities;
 pub use codec::{Codec, Json, Raw, Text};
-pub use confirmation::{Confirmation, PendingReceipt, ReceiptSlot, ReceiptTable};
+pub use confirmation::{Confirmation, ReceiptSlot, ReceiptTable};
 pub use delivery::{Acknowledge, Delivery, Metadata, Position, Settle, SettleOnce};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use handler::{Handler, HandlerError, HandlerResult, Received};

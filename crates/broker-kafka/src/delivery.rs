@@ -13,8 +13,7 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
 use broker_api::{
-    Confirmation, Error, ErrorKind, MessageId, PendingReceipt as _, Position, Receipt, ReceiptSlot,
-    ReceiptTable, Result,
+    Confirmation, Error, ErrorKind, MessageId, Position, Receipt, ReceiptSlot, ReceiptTable, Result,
 };
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
