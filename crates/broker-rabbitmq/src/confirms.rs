@@ -67,7 +67,7 @@ impl Confirms {
         {
             // The task is gone (the runtime is shutting down): the caller drives it.
             outcome.0 = None;
-            return Confirmation::boxed(publish);
+            return Confirmation::from(futures::future::Either::Right(publish));
         }
         Confirmation::shared(slot)
     }

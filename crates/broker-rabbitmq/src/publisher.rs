@@ -307,12 +307,10 @@ impl Pending {
         permit: OwnedSemaphorePermit,
     ) -> Confirmation {
         let shared = self.shared.clone();
-        match poll::start(Box::pin(self.run(prepared, channel, permit))) {
-            futures::future::Either::Right(pending) => match &shared.confirms {
-                Some(confirms) => confirms.watch(pending),
-                None => Confirmation::from(futures::future::Either::Right(pending)),
-            },
-            done => Confirmation::from(done),
+        let started = poll::start(Box::pin(self.run(prepared, channel, permit)));
+        match (started, &shared.confirms) {
+            (futures::future::Either::Right(pending), Some(confirms)) => confirms.watch(pending),
+            (started, _) => Confirmation::from(started),
         }
     }
 
