@@ -194,9 +194,10 @@ pub async fn run(scenario: &dyn Scenario, rounds: usize) -> anyhow::Result<Scena
     for round in 0..rounds.max(1) {
         let r = measured(|| scenario.raw(false)).await?;
         let o = measured(|| scenario.ours()).await?;
-        let b = match scenario.has_bare() {
-            true => Some(measured(|| scenario.raw(true)).await?),
-            false => None,
+        let b = if scenario.has_bare() {
+            Some(measured(|| scenario.raw(true)).await?)
+        } else {
+            None
         };
         eprintln!(
             "  round {}: raw {:.0} msg/s, ours {:.0} msg/s ({:.2}){}",
@@ -251,7 +252,7 @@ pub async fn run(scenario: &dyn Scenario, rounds: usize) -> anyhow::Result<Scena
     })
 }
 
-/// A round that fails: for a scenario whose `bare` stopped offering one.
+/// The ratio ours/base of each round.
 fn ratios_of(ours: &[Measured], base: &[Measured]) -> Vec<f64> {
     base.iter()
         .zip(ours)
