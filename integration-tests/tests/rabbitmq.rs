@@ -280,15 +280,10 @@ async fn foreign_message_without_id_is_delivered() {
         assert_eq!(meta.attempt, Some(1));
         assert_eq!(&*meta.topic, name.as_str());
         match &meta.position {
-            broker_api::Position::Amqp {
-                exchange,
-                routing_key,
-                redelivered,
-                ..
-            } => {
-                assert_eq!(exchange, &name);
-                assert_eq!(routing_key, "order-42");
-                assert!(!redelivered);
+            broker_api::Position::Amqp(amqp) => {
+                assert_eq!(amqp.exchange, name);
+                assert_eq!(amqp.routing_key, "order-42");
+                assert!(!amqp.redelivered);
             }
             other => panic!("expected an AMQP position, got {other:?}"),
         }

@@ -11,6 +11,9 @@ use crate::completion::{self, Completion};
 use crate::message::{Headers, MessageId};
 
 /// Where a delivery sits in the broker, in the broker's own terms.
+///
+/// Sixteen bytes: the variants with text keep it boxed, so that every delivery, metadata and
+/// receipt stays small to move on the per-message paths of the backends that have none.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Position {
@@ -27,25 +30,33 @@ pub enum Position {
         offset: i64,
     },
     /// RabbitMQ (AMQP 0-9-1).
-    Amqp {
-        /// The channel's delivery tag.
-        delivery_tag: u64,
-        /// Whether the broker delivered this message before.
-        redelivered: bool,
-        /// The exchange it was published to.
-        exchange: String,
-        /// The routing key it was published with.
-        routing_key: String,
-    },
+    Amqp(Box<AmqpPosition>),
     /// Google Cloud Pub/Sub.
-    PubSub {
-        /// The server-assigned message id.
-        message_id: String,
-        /// The ordering key, when the message has one.
-        ordering_key: Option<String>,
-    },
+    PubSub(Box<PubSubPosition>),
     /// The backend does not report a position.
     Unknown,
+}
+
+/// Where a RabbitMQ delivery sits: [`Position::Amqp`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AmqpPosition {
+    /// The channel's delivery tag.
+    pub delivery_tag: u64,
+    /// Whether the broker delivered this message before.
+    pub redelivered: bool,
+    /// The exchange it was published to.
+    pub exchange: String,
+    /// The routing key it was published with.
+    pub routing_key: String,
+}
+
+/// Where a Pub/Sub message sits: [`Position::PubSub`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubSubPosition {
+    /// The server-assigned message id.
+    pub message_id: String,
+    /// The ordering key, when the message has one.
+    pub ordering_key: Option<String>,
 }
 
 /// What a consumer knows about a delivered message besides its payload.
@@ -181,5 +192,16 @@ impl fmt::Debug for Delivery {
             .field("metadata", &self.metadata)
             .field("payload_len", &self.payload.len())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn position_stays_small() {
+        // Every delivery, metadata and receipt carries one; the text variants are boxed.
+        assert!(std::mem::size_of::<Position>() <= 16);
     }
 }

@@ -37,7 +37,9 @@ pub use broker::Broker;
 pub use capabilities::Capabilities;
 pub use codec::{Codec, Json, Raw, Text};
 pub use confirmation::{Confirmation, ReceiptSlot, ReceiptTable};
-pub use delivery::{Acknowledge, Delivery, Metadata, Position, Settle, SettleOnce};
+pub use delivery::{
+    Acknowledge, AmqpPosition, Delivery, Metadata, Position, PubSubPosition, Settle, SettleOnce,
+};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use handler::{Handler, HandlerError, HandlerResult, Received};
 pub use message::{Headers, Message, MessageId};

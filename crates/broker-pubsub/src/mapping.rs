@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use broker_api::{Headers, Message, MessageId, Metadata, Position};
+use broker_api::{Headers, Message, MessageId, Metadata, Position, PubSubPosition};
 use bytes::Bytes;
 use google_cloud_pubsub::model::Message as PubsubMessage;
 
@@ -99,10 +99,10 @@ pub(crate) fn from_pubsub(
     metadata.attempt = delivery_attempt
         .filter(|attempt| *attempt > 0)
         .and_then(|attempt| u32::try_from(attempt).ok());
-    metadata.position = Position::PubSub {
+    metadata.position = Position::PubSub(Box::new(PubSubPosition {
         message_id,
         ordering_key,
-    };
+    }));
     (data, metadata)
 }
 
@@ -176,10 +176,10 @@ mod tests {
         assert_eq!(metadata.attempt, Some(3));
         assert_eq!(
             metadata.position,
-            Position::PubSub {
+            Position::PubSub(Box::new(PubSubPosition {
                 message_id: "server-42".into(),
                 ordering_key: Some("k".into())
-            }
+            }))
         );
     }
 
@@ -196,10 +196,10 @@ mod tests {
         assert!(metadata.headers.is_empty());
         assert_eq!(
             metadata.position,
-            Position::PubSub {
+            Position::PubSub(Box::new(PubSubPosition {
                 message_id: "server-1".into(),
                 ordering_key: None
-            }
+            }))
         );
     }
 }

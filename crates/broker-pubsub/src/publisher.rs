@@ -16,7 +16,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use broker_api::completion::{self, Completion};
-use broker_api::{Confirmation, Error, ErrorKind, Message, Position, Receipt, Result};
+use broker_api::{
+    Confirmation, Error, ErrorKind, Message, Position, PubSubPosition, Receipt, Result,
+};
 use google_cloud_pubsub::client::{BasePublisher, Publisher};
 use google_cloud_pubsub::error::PublishError;
 use rustc_hash::FxHashMap;
@@ -265,10 +267,10 @@ fn receipt(message: Message, server_id: String) -> Receipt {
     let Message { id, key, .. } = message;
     Receipt {
         message_id: id,
-        position: Position::PubSub {
+        position: Position::PubSub(Box::new(PubSubPosition {
             message_id: server_id,
             ordering_key: key.filter(|k| !k.is_empty()),
-        },
+        })),
     }
 }
 

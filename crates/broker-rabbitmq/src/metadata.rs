@@ -15,7 +15,9 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use broker_api::{Error, ErrorKind, Headers, Message, MessageId, Metadata, Position, Result};
+use broker_api::{
+    AmqpPosition, Error, ErrorKind, Headers, Message, MessageId, Metadata, Position, Result,
+};
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
 
@@ -142,12 +144,12 @@ pub(crate) fn metadata(
             .timestamp()
             .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds)),
         attempt,
-        position: Position::Amqp {
+        position: Position::Amqp(Box::new(AmqpPosition {
             delivery_tag: fields.delivery_tag,
             redelivered: fields.redelivered,
             exchange: fields.exchange.to_owned(),
             routing_key: fields.routing_key.to_owned(),
-        },
+        })),
     }
 }
 
@@ -239,12 +241,12 @@ mod tests {
         assert_eq!(meta.attempt, Some(1));
         assert_eq!(
             meta.position,
-            Position::Amqp {
+            Position::Amqp(Box::new(AmqpPosition {
                 delivery_tag: 7,
                 redelivered: false,
                 exchange: "orders".into(),
                 routing_key: "user-1".into()
-            }
+            }))
         );
     }
 

@@ -34,21 +34,13 @@ pub fn position_text(position: &Position) -> String {
     match position {
         Position::Memory { offset } => format!("offset={offset}"),
         Position::Kafka { partition, offset } => format!("partition={partition} offset={offset}"),
-        Position::Amqp {
-            delivery_tag,
-            redelivered,
-            exchange,
-            routing_key,
-        } => format!(
-            "delivery-tag={delivery_tag} redelivered={redelivered} exchange={exchange} \
-             routing-key={routing_key}"
+        Position::Amqp(amqp) => format!(
+            "delivery-tag={} redelivered={} exchange={} routing-key={}",
+            amqp.delivery_tag, amqp.redelivered, amqp.exchange, amqp.routing_key
         ),
-        Position::PubSub {
-            message_id,
-            ordering_key,
-        } => match ordering_key {
-            Some(key) => format!("pubsub-id={message_id} ordering-key={key}"),
-            None => format!("pubsub-id={message_id}"),
+        Position::PubSub(pubsub) => match &pubsub.ordering_key {
+            Some(key) => format!("pubsub-id={} ordering-key={key}", pubsub.message_id),
+            None => format!("pubsub-id={}", pubsub.message_id),
         },
         Position::Unknown => String::new(),
         other => format!("{other:?}"),
@@ -63,22 +55,18 @@ pub fn position_json(position: &Position) -> Value {
         Position::Kafka { partition, offset } => {
             json!({ "kind": "kafka", "partition": partition, "offset": offset })
         }
-        Position::Amqp {
-            delivery_tag,
-            redelivered,
-            exchange,
-            routing_key,
-        } => json!({
+        Position::Amqp(amqp) => json!({
             "kind": "amqp",
-            "delivery_tag": delivery_tag,
-            "redelivered": redelivered,
-            "exchange": exchange,
-            "routing_key": routing_key,
+            "delivery_tag": amqp.delivery_tag,
+            "redelivered": amqp.redelivered,
+            "exchange": amqp.exchange,
+            "routing_key": amqp.routing_key,
         }),
-        Position::PubSub {
-            message_id,
-            ordering_key,
-        } => json!({ "kind": "pubsub", "message_id": message_id, "ordering_key": ordering_key }),
+        Position::PubSub(pubsub) => json!({
+            "kind": "pubsub",
+            "message_id": pubsub.message_id,
+            "ordering_key": pubsub.ordering_key,
+        }),
         Position::Unknown => json!({ "kind": "unknown" }),
         other => json!({ "kind": "other", "debug": format!("{other:?}") }),
     }
