@@ -47,16 +47,20 @@ impl Group {
     }
 
     /// Hands out up to `max` messages: first those ready again, then new ones in log order,
-    /// skipping (and parking) messages whose key already has a message out.
+    /// skipping (and parking) messages whose key already has a message out. Each new message
+    /// counts as unsettled in its segment until the group acknowledges it.
     pub(crate) fn take(&self, log: &Log, max: usize, out: &mut Vec<Handout>) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
         let state = &mut *state;
+        // A group that joined while retention dropped the segment it was to start in.
+        state.next = state.next.max(log.first());
         while out.len() < max {
             let offset = if let Some(offset) = state.ready.pop_front() {
                 offset
-            } else if let Some(record) = log.get(state.next) {
+            } else if let Some((record, unsettled)) = log.get(state.next) {
                 let offset = state.next;
                 state.next += 1;
+                unsettled.fetch_add(1, Ordering::SeqCst);
                 if let Some(key) = &record.key {
                     if let Some(waiting) = state.busy_keys.get_mut(key) {
                         waiting.push_back(offset);
@@ -74,10 +78,15 @@ impl Group {
     }
 
     /// Whether a [`Group::take`] could hand out or park something: messages are ready again,
-    /// or the topic (of `len` records) has some this group has not looked at.
-    pub(crate) fn may_have_work(&self, len: u64) -> bool {
+    /// or the topic (whose next record gets offset `end`) has some this group has not looked at.
+    pub(crate) fn may_have_work(&self, end: u64) -> bool {
         let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        !state.ready.is_empty() || state.next < len
+        !state.ready.is_empty() || state.next < end
+    }
+
+    /// The next offset this group has never looked at: it has read every earlier one.
+    pub(crate) fn next(&self) -> u64 {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).next
     }
 
     /// The message was handled: frees its key for the next message with it. Returns whether a

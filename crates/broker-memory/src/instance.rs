@@ -48,21 +48,20 @@ impl MemoryInstance {
         &self.name
     }
 
-    /// The topic called `name`; created when missing if `create`.
-    pub(crate) fn topic(&self, name: &str, create: bool) -> Option<Arc<Topic>> {
+    /// The topic called `name`; created when missing if `create` is `Some`, keeping that many
+    /// messages at least for groups that join later.
+    pub(crate) fn topic(&self, name: &str, create: Option<usize>) -> Option<Arc<Topic>> {
         {
             let topics = self.topics.read().unwrap_or_else(|e| e.into_inner());
             if let Some(topic) = topics.get(name) {
                 return Some(topic.clone());
             }
         }
-        if !create {
-            return None;
-        }
+        let retained = create?;
         let mut topics = self.topics.write().unwrap_or_else(|e| e.into_inner());
         let topic = topics
             .entry(name.to_owned())
-            .or_insert_with(|| Arc::new(Topic::new(name)));
+            .or_insert_with(|| Arc::new(Topic::new(name, retained)));
         Some(topic.clone())
     }
 

@@ -2,11 +2,16 @@
 //!
 //! The in-memory backend: the embedded default of the `broker` facade and the test kit (like
 //! Lagom's `ProducerStub`). It is a real broker inside the process, with the full semantics of
-//! the API: topics keep every message, so a new group starts from the earliest one (or the
-//! latest, when asked); every group gets every message; the members of a group share them;
-//! messages with the same key are handed out one at a time, in publish order, within a group;
-//! a nack (or a delivery dropped unsettled) delivers the message again before later ones of its
-//! key; each subscription holds at most `max_in_flight` unsettled messages.
+//! the API: a new group starts from the earliest message kept (or the latest, when asked);
+//! every group gets every message; the members of a group share them; messages with the same
+//! key are handed out one at a time, in publish order, within a group; a nack (or a delivery
+//! dropped unsettled) delivers the message again before later ones of its key; each
+//! subscription holds at most `max_in_flight` unsettled messages.
+//!
+//! Retention: as messages arrive, a topic drops old ones (4 096 at a time) once every group of
+//! the topic has acknowledged them, never before, and always keeps its latest
+//! [`MemoryConfig::retained_messages`] for groups that join later. Memory follows what the groups still need, not everything ever
+//! published; a group that stops reading keeps everything after its position.
 //!
 //! Connections to the same named instance share topics, so services in one process talk to
 //! each other; [`MemoryBackend::new`] makes a private instance for tests.
@@ -58,6 +63,11 @@ pub struct MemoryConfig {
     pub instance: String,
     /// The largest payload accepted, in bytes (default 16 MiB).
     pub max_payload_bytes: usize,
+    /// How many of its latest messages a topic keeps at least, for groups that join later
+    /// (default 65 536). Older messages are dropped once every group of the topic has
+    /// acknowledged them, never before; a group that joins later starts from the earliest
+    /// message kept. Set by the connection that creates the topic.
+    pub retained_messages: usize,
 }
 
 impl Default for MemoryConfig {
@@ -65,6 +75,7 @@ impl Default for MemoryConfig {
         MemoryConfig {
             instance: "default".to_owned(),
             max_payload_bytes: 16 * 1024 * 1024,
+            retained_messages: 65_536,
         }
     }
 }
@@ -78,6 +89,7 @@ pub struct MemoryBackend {
     instance: Arc<MemoryInstance>,
     options: ConnectOptions,
     max_payload_bytes: usize,
+    retained_messages: usize,
     closed: AtomicBool,
     members: Mutex<Vec<Weak<Member>>>,
 }
@@ -107,6 +119,7 @@ impl MemoryBackend {
             instance,
             options,
             max_payload_bytes: config.max_payload_bytes,
+            retained_messages: config.retained_messages,
             closed: AtomicBool::new(false),
             members: Mutex::new(Vec::new()),
         }
@@ -129,7 +142,12 @@ impl MemoryBackend {
 
     fn topic(&self, name: &str, operation: &'static str) -> Result<Arc<topic::Topic>> {
         self.instance
-            .topic(name, self.options.auto_provision)
+            .topic(
+                name,
+                self.options
+                    .auto_provision
+                    .then_some(self.retained_messages),
+            )
             .ok_or_else(|| {
                 Error::new(
                     ErrorKind::NotFound,
@@ -218,9 +236,12 @@ impl Backend for MemoryBackend {
 
     async fn ensure_topic(&self, spec: &TopicSpec) -> Result<()> {
         self.check_open("ensure topic")?;
-        let topic = self.instance.topic(&spec.name, true).ok_or_else(|| {
-            Error::new(ErrorKind::Other, "topic could not be created").backend(KIND)
-        })?;
+        let topic = self
+            .instance
+            .topic(&spec.name, Some(self.retained_messages))
+            .ok_or_else(|| {
+                Error::new(ErrorKind::Other, "topic could not be created").backend(KIND)
+            })?;
         for group in &spec.groups {
             topic.group(group, broker_api::StartFrom::Earliest);
         }

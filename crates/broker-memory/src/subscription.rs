@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::group::{Group, Handout};
-use crate::log::Record;
+use crate::log::{Record, Unsettled};
 use crate::topic::Topic;
 
 /// Most deliveries taken from the group under one lock.
@@ -77,7 +77,7 @@ impl Member {
         let _waiting = self.topic.wait_for_change();
         let may_have_work = self
             .topic
-            .with_log(|log| self.group.may_have_work(log.len()));
+            .with_log(|log| self.group.may_have_work(log.end()));
         if !may_have_work {
             changed.await;
         }
@@ -95,15 +95,21 @@ impl Member {
             let taken = scratch.len();
             self.in_flight.fetch_add(taken, Ordering::SeqCst);
             for Handout { offset, attempt } in scratch.drain(..) {
-                if let Some(record) = log.get(offset) {
-                    out.push_back(self.delivery(offset, record, attempt));
+                if let Some((record, unsettled)) = log.get(offset) {
+                    out.push_back(self.delivery(offset, record, unsettled, attempt));
                 }
             }
             taken
         })
     }
 
-    fn delivery(self: &Arc<Self>, offset: u64, record: &Record, attempt: u32) -> Delivery {
+    fn delivery(
+        self: &Arc<Self>,
+        offset: u64,
+        record: &Record,
+        unsettled: &Unsettled,
+        attempt: u32,
+    ) -> Delivery {
         let metadata = Metadata {
             topic: self.topic.name.clone(),
             key: record.key.clone(),
@@ -121,6 +127,7 @@ impl Member {
                 member: self.clone(),
                 offset,
                 keyed: record.key.is_some(),
+                unsettled: unsettled.clone(),
             }),
         )
     }
@@ -137,16 +144,19 @@ struct MemoryAcker {
     member: Arc<Member>,
     offset: u64,
     keyed: bool,
+    /// Its segment's count of unacknowledged reads, which an ack lowers.
+    unsettled: Unsettled,
 }
 
 impl Settle for MemoryAcker {
     fn settle(&mut self, handled: bool) {
         let member = &self.member;
         if handled {
+            self.unsettled.fetch_sub(1, Ordering::SeqCst);
             let freed_key = if self.keyed {
                 let offset = self.offset;
                 member.topic.with_log(|log| {
-                    let key = log.get(offset).and_then(|r| r.key.as_deref());
+                    let key = log.get(offset).and_then(|(r, _)| r.key.as_deref());
                     member.group.ack(offset, key)
                 })
             } else {

@@ -34,10 +34,11 @@ impl Drop for WaitingReader<'_> {
 }
 
 impl Topic {
-    pub(crate) fn new(name: &str) -> Self {
+    /// A topic that keeps at least the last `retained` messages for groups that join later.
+    pub(crate) fn new(name: &str, retained: usize) -> Self {
         Topic {
             name: name.into(),
-            log: RwLock::new(Log::default()),
+            log: RwLock::new(Log::new(retained)),
             groups: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             readers_waiting: AtomicUsize::new(0),
@@ -80,15 +81,28 @@ impl Topic {
         self.deleted.load(Ordering::SeqCst)
     }
 
-    /// Appends a message and returns its offset.
+    /// Appends a message and returns its offset; first drops old segments when retention
+    /// allows (see [`Log`]).
     pub(crate) fn append(&self, message: Message) -> u64 {
-        let offset = self
-            .log
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .append(message);
+        let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
+        if log.may_trim() {
+            // The groups' positions are read without the log lock (a group locks the log
+            // before itself); they only grow, so a position read early is a safe bound.
+            drop(log);
+            let read_by_all = self.read_by_all();
+            log = self.log.write().unwrap_or_else(|e| e.into_inner());
+            log.trim(read_by_all);
+        }
+        let offset = log.append(message);
+        drop(log);
         self.wake();
         offset
+    }
+
+    /// The lowest next offset among the groups: every group has read every earlier record.
+    fn read_by_all(&self) -> u64 {
+        let groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        groups.values().map(|g| g.next()).min().unwrap_or(u64::MAX)
     }
 
     /// Runs `read` over the log.
@@ -97,21 +111,16 @@ impl Topic {
         read(&log)
     }
 
-    /// The number of records.
-    pub(crate) fn len(&self) -> u64 {
-        self.with_log(Log::len)
-    }
-
     /// The group named `name`, created if new, starting at the beginning or at the end.
     pub(crate) fn group(&self, name: &str, start_from: StartFrom) -> Arc<Group> {
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(group) = groups.get(name) {
             return group.clone();
         }
-        let start = match start_from {
-            StartFrom::Earliest => 0,
-            StartFrom::Latest => self.len(),
-        };
+        let start = self.with_log(|log| match start_from {
+            StartFrom::Earliest => log.first(),
+            StartFrom::Latest => log.end(),
+        });
         let group = Arc::new(Group::new(start));
         groups.insert(name.to_owned(), group.clone());
         group

@@ -1,0 +1,134 @@
+//! Retention: a topic drops old messages only once every group acknowledged them, and keeps
+//! the latest `retained_messages` for groups that join later.
+
+use std::time::Duration;
+
+use broker_api::{
+    Backend, Delivery, DeliveryStream, Message, Position, SubscribeRequest, TopicSpec,
+};
+use broker_memory::{MemoryBackend, MemoryConfig, MemoryInstance};
+use futures::StreamExt;
+
+/// More than two of the log's segments (4 096 records each), so that one can be dropped.
+const PUBLISHED: u64 = 3 * 4096 + 100;
+const RETAINED: usize = 10;
+
+fn backend() -> MemoryBackend {
+    let config = MemoryConfig {
+        retained_messages: RETAINED,
+        ..MemoryConfig::default()
+    };
+    MemoryBackend::with_instance(MemoryInstance::new().into(), &config, Default::default())
+}
+
+/// Publishes the `round`th batch of [`PUBLISHED`] messages, each payload its offset.
+async fn publish_all(backend: &MemoryBackend, round: u64) {
+    for i in round * PUBLISHED..(round + 1) * PUBLISHED {
+        let confirmation = backend
+            .send("events", Message::new(i.to_string()))
+            .await
+            .expect("send");
+        confirmation.await.expect("confirmed");
+    }
+}
+
+async fn next(stream: &mut Box<dyn DeliveryStream>) -> Delivery {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("a delivery within 5 s")
+        .expect("the stream goes on")
+        .expect("a delivery")
+}
+
+fn offset(delivery: &Delivery) -> u64 {
+    match delivery.metadata.position {
+        Position::Memory { offset } => offset,
+        ref other => panic!("expected a memory position, got {other:?}"),
+    }
+}
+
+/// Reads `count` messages of `group` in order, acknowledging each; returns the first offset.
+async fn drain(backend: &MemoryBackend, group: &str, count: u64) -> u64 {
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("events", group))
+        .await
+        .expect("subscribe");
+    let first = next(&mut stream).await;
+    let start = offset(&first);
+    first.ack().await.expect("ack");
+    for expected in start + 1..start + count {
+        let delivery = next(&mut stream).await;
+        assert_eq!(offset(&delivery), expected);
+        assert_eq!(delivery.payload, expected.to_string());
+        delivery.ack().await.expect("ack");
+    }
+    stream.close().await.expect("close");
+    start
+}
+
+#[tokio::test]
+async fn a_group_that_has_not_read_keeps_every_message() {
+    let backend = backend();
+    backend
+        .ensure_topic(&TopicSpec::new("events").group("fast").group("slow"))
+        .await
+        .expect("topic");
+    publish_all(&backend, 0).await;
+    drain(&backend, "fast", PUBLISHED).await;
+    // More appends after "fast" acknowledged everything: retention looks again, and must
+    // still keep what "slow" has not read.
+    publish_all(&backend, 1).await;
+    assert_eq!(drain(&backend, "slow", 2 * PUBLISHED).await, 0);
+}
+
+#[tokio::test]
+async fn acknowledged_messages_are_dropped_and_a_late_group_starts_at_the_earliest_kept() {
+    let backend = backend();
+    backend
+        .ensure_topic(&TopicSpec::new("events").group("fast"))
+        .await
+        .expect("topic");
+    publish_all(&backend, 0).await;
+    drain(&backend, "fast", PUBLISHED).await;
+    publish_all(&backend, 1).await;
+    let total = 2 * PUBLISHED;
+    let mut late = backend
+        .subscribe(SubscribeRequest::new("events", "late"))
+        .await
+        .expect("subscribe");
+    let first = offset(&next(&mut late).await);
+    assert!(first > 0, "acknowledged segments were dropped");
+    assert!(
+        total - first >= RETAINED as u64,
+        "at least the retained messages are kept (first kept {first} of {total})"
+    );
+    late.close().await.expect("close");
+}
+
+#[tokio::test]
+async fn an_unacknowledged_delivery_keeps_its_segment() {
+    let backend = backend();
+    backend
+        .ensure_topic(&TopicSpec::new("events").group("g"))
+        .await
+        .expect("topic");
+    publish_all(&backend, 0).await;
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("events", "g").max_in_flight(PUBLISHED as usize))
+        .await
+        .expect("subscribe");
+    // The first message is held unsettled while every later one is acknowledged.
+    let held = next(&mut stream).await;
+    assert_eq!(offset(&held), 0);
+    for _ in 1..PUBLISHED {
+        next(&mut stream).await.ack().await.expect("ack");
+    }
+    publish_all(&backend, 1).await;
+    // Rejected now: it must be delivered again, so its segment was kept.
+    held.nack().await.expect("nack");
+    let again = next(&mut stream).await;
+    assert_eq!(offset(&again), 0);
+    assert_eq!(again.payload, "0");
+    again.ack().await.expect("ack");
+    stream.close().await.expect("close");
+}
