@@ -137,8 +137,13 @@ impl From<Completion<'static, Receipt>> for Confirmation {
 impl Future for Confirmation {
     type Output = Result<Receipt>;
 
+    /// A yield point of tokio's cooperative scheduling, like its channels: a task that
+    /// publishes and awaits confirmations that are already answered (the in-memory backend's
+    /// always are) lets the other tasks of its worker run once its budget is spent, instead of
+    /// starving them, its own subscribers included.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match &mut self.0 {
+        let budget = std::task::ready!(tokio::task::coop::poll_proceed(cx));
+        let answer = match &mut self.0 {
             State::Ready(result) => Poll::Ready(
                 result
                     .take()
@@ -152,7 +157,11 @@ impl Future for Confirmation {
                 Poll::Ready(result)
             }
             State::Boxed(future) => future.as_mut().poll(cx),
+        };
+        if answer.is_ready() {
+            budget.made_progress();
         }
+        answer
     }
 }
 

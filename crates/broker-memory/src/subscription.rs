@@ -201,10 +201,15 @@ impl MemoryStream {
 impl Stream for MemoryStream {
     type Item = Result<Delivery>;
 
+    /// A yield point of tokio's cooperative scheduling, like its channels: a subscriber
+    /// reading a backlog lets the other tasks of its worker (publishers among them) run once
+    /// its budget is spent.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let budget = ready!(tokio::task::coop::poll_proceed(cx));
         let this = &mut *self;
         loop {
             if let Some(delivery) = this.buffered.pop_front() {
+                budget.made_progress();
                 return Poll::Ready(Some(Ok(delivery)));
             }
             if this.member.is_stopped() {

@@ -115,6 +115,9 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         stop: &CancellationToken,
     ) -> Result<()> {
         loop {
+            // A backlog and handlers that finish at once would never return to the scheduler:
+            // yield once tokio's task budget is spent, so the worker's other tasks get their turn.
+            tokio::task::coop::consume_budget().await;
             // A delivery that is ready is taken without arming the close signal (a registration
             // per message); only an empty stream waits for both.
             if stop.is_cancelled() {
