@@ -20,6 +20,11 @@ use crate::handler::{Handler, HandlerError, Received};
 use crate::settings::SubscriberSettings;
 use crate::topic::Topic;
 
+/// How many ready deliveries the sequential runner handles before it yields to the scheduler
+/// by itself: rarely enough to cost nothing measurable (a yield takes microseconds), often
+/// enough that a backlog does not hold a worker thread for more than a few milliseconds.
+const YIELD_EVERY: u32 = 1024;
+
 /// A running `at_least_once` subscription.
 ///
 /// Dropping the handle leaves the subscription running until the broker is closed.
@@ -114,17 +119,25 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         handler: &H,
         stop: &CancellationToken,
     ) -> Result<()> {
+        // Deliveries taken in a row without the task returning to the scheduler.
+        let mut without_yielding = 0;
         loop {
-            // A backlog and handlers that finish at once would never return to the scheduler:
-            // yield once tokio's task budget is spent, so the worker's other tasks get their turn.
-            tokio::task::coop::consume_budget().await;
             // A delivery that is ready is taken without arming the close signal (a registration
             // per message); only an empty stream waits for both.
             if stop.is_cancelled() {
                 return Ok(());
             }
             let item = match futures::poll!(stream.next()) {
-                Poll::Ready(item) => item,
+                Poll::Ready(item) => {
+                    // A backlog and handlers that finish at once would never return to the
+                    // scheduler: the worker's other tasks get their turn every so often.
+                    without_yielding += 1;
+                    if without_yielding == YIELD_EVERY {
+                        without_yielding = 0;
+                        tokio::task::yield_now().await;
+                    }
+                    item
+                }
                 Poll::Pending => tokio::select! {
                     biased;
                     () = stop.cancelled() => return Ok(()),
