@@ -1,8 +1,8 @@
-//! Acknowledgement bookkeeping of one subscription, shared by its consumer thread, its stream,
-//! its rebalance hooks and every delivery it handed out.
+//! Acknowledgement bookkeeping of one subscription, shared by its stream (which polls the
+//! consumer), its rebalance hooks and every delivery it handed out.
 //!
-//! - An ack marks the offset handled in an [`OffsetTracker`]; the consumer thread stores only
-//!   the contiguous handled prefix of each partition, which librdkafka commits.
+//! - An ack marks the offset handled in an [`OffsetTracker`]; the stream stores only the
+//!   contiguous handled prefix of each partition, which librdkafka commits.
 //! - A nack rewinds the partition to its oldest unsettled offset: that message and every later
 //!   one of the partition are delivered again.
 //! - Each partition's deliveries carry the epoch of the assignment (or rewind) they were read
@@ -218,7 +218,7 @@ impl Shared {
         moved
     }
 
-    /// Rewinds asked for by nacks, to be done by the consumer thread.
+    /// Rewinds asked for by nacks, to be done by the stream before it reads again.
     pub(crate) fn take_rewinds(&self) -> Vec<(i32, i64)> {
         let mut state = self.state();
         if state.rewinds.is_empty() {
