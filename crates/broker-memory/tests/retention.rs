@@ -13,12 +13,19 @@ use futures::StreamExt;
 const PUBLISHED: u64 = 3 * 4096 + 100;
 const RETAINED: usize = 10;
 
-fn backend() -> MemoryBackend {
+/// A backend retaining [`RETAINED`] messages, with topic `events` declared for `groups`.
+async fn backend(groups: &[&str]) -> MemoryBackend {
     let config = MemoryConfig {
         retained_messages: RETAINED,
         ..MemoryConfig::default()
     };
-    MemoryBackend::with_instance(MemoryInstance::new().into(), &config, Default::default())
+    let backend =
+        MemoryBackend::with_instance(MemoryInstance::new().into(), &config, Default::default());
+    let spec = groups
+        .iter()
+        .fold(TopicSpec::new("events"), |spec, group| spec.group(*group));
+    backend.ensure_topic(&spec).await.expect("topic");
+    backend
 }
 
 /// Publishes the `round`th batch of [`PUBLISHED`] messages, each payload its offset.
@@ -68,11 +75,7 @@ async fn drain(backend: &MemoryBackend, group: &str, count: u64) -> u64 {
 
 #[tokio::test]
 async fn a_group_that_has_not_read_keeps_every_message() {
-    let backend = backend();
-    backend
-        .ensure_topic(&TopicSpec::new("events").group("fast").group("slow"))
-        .await
-        .expect("topic");
+    let backend = backend(&["fast", "slow"]).await;
     publish_all(&backend, 0).await;
     drain(&backend, "fast", PUBLISHED).await;
     // More appends after "fast" acknowledged everything: retention looks again, and must
@@ -83,11 +86,7 @@ async fn a_group_that_has_not_read_keeps_every_message() {
 
 #[tokio::test]
 async fn acknowledged_messages_are_dropped_and_a_late_group_starts_at_the_earliest_kept() {
-    let backend = backend();
-    backend
-        .ensure_topic(&TopicSpec::new("events").group("fast"))
-        .await
-        .expect("topic");
+    let backend = backend(&["fast"]).await;
     publish_all(&backend, 0).await;
     drain(&backend, "fast", PUBLISHED).await;
     publish_all(&backend, 1).await;
@@ -107,11 +106,7 @@ async fn acknowledged_messages_are_dropped_and_a_late_group_starts_at_the_earlie
 
 #[tokio::test]
 async fn an_unacknowledged_delivery_keeps_its_segment() {
-    let backend = backend();
-    backend
-        .ensure_topic(&TopicSpec::new("events").group("g"))
-        .await
-        .expect("topic");
+    let backend = backend(&["g"]).await;
     publish_all(&backend, 0).await;
     let mut stream = backend
         .subscribe(SubscribeRequest::new("events", "g").max_in_flight(PUBLISHED as usize))
