@@ -10,8 +10,9 @@
 //!
 //! Retention: as messages arrive, a topic drops old ones (4 096 at a time) once every group of
 //! the topic has acknowledged them, never before, and always keeps its latest
-//! [`MemoryConfig::retained_messages`] for groups that join later. Memory follows what the groups still need, not everything ever
-//! published; a group that stops reading keeps everything after its position.
+//! [`MemoryConfig::retained_messages`] for groups that join later. Memory follows what the
+//! groups still need, not everything ever published; a group that stops reading keeps
+//! everything after its position.
 //!
 //! Connections to the same named instance share topics, so services in one process talk to
 //! each other; [`MemoryBackend::new`] makes a private instance for tests.
