@@ -22,7 +22,7 @@ use broker_pubsub::google_cloud_auth::credentials::anonymous::Builder as Anonymo
 use broker_pubsub::google_cloud_pubsub::client::{Publisher, SubscriptionAdmin, TopicAdmin};
 use broker_pubsub::google_cloud_pubsub::model::Message as PubsubMessage;
 use broker_pubsub::{PubSubBackend, PubSubConfig};
-use broker_testkit::support::{run_case, unique};
+use broker_testkit::support::{next_within, run_case, unique};
 use broker_testkit::{live, Harness};
 use futures::StreamExt;
 
@@ -112,18 +112,6 @@ async fn subscription_admin(endpoint: &str) -> SubscriptionAdmin {
         .expect("subscription admin client")
 }
 
-/// Waits for the next delivery of `stream`, failing after `patience`.
-async fn next_delivery(
-    stream: &mut broker_api::BoxDeliveryStream,
-    patience: Duration,
-) -> broker_api::Delivery {
-    tokio::time::timeout(patience, stream.next())
-        .await
-        .expect("a delivery in time")
-        .expect("the stream is open")
-        .expect("a delivery")
-}
-
 /// A message published by another program without a `message-id` attribute is delivered, with
 /// its attributes as headers; what this backend publishes carries the wire attributes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -172,7 +160,7 @@ async fn wire_attributes_and_foreign_messages() {
             .unwrap();
         let mut seen = HashMap::new();
         for _ in 0..2 {
-            let delivery = next_delivery(&mut stream, harness.patience()).await;
+            let delivery = next_within(&mut stream, harness.patience()).await;
             let text = String::from_utf8(delivery.payload.to_vec()).unwrap();
             seen.insert(text, delivery.metadata.clone());
             delivery.ack().await.unwrap();
@@ -333,7 +321,7 @@ async fn vanished_topic_and_subscription_are_recreated() {
             .unwrap()
             .await
             .unwrap();
-        let delivery = next_delivery(&mut stream, harness.patience()).await;
+        let delivery = next_within(&mut stream, harness.patience()).await;
         delivery.ack().await.unwrap();
 
         let subscriptions = subscription_admin(&harness.live.address).await;
@@ -415,7 +403,7 @@ async fn resubscribing_with_keys_delivers_at_once() {
         let started = Instant::now();
         let mut got = std::collections::BTreeSet::new();
         while got.len() < 40 {
-            let delivery = next_delivery(&mut stream, Duration::from_secs(10)).await;
+            let delivery = next_within(&mut stream, Duration::from_secs(10)).await;
             got.insert(String::from_utf8(delivery.payload.to_vec()).unwrap());
             delivery.ack().await.unwrap();
         }
@@ -493,7 +481,7 @@ async fn members_in_separate_backends_share_a_group() {
         futures::future::try_join_all(confirmations).await.unwrap();
         let started = Instant::now();
         for _ in 0..20 {
-            let delivery = next_delivery(&mut c, Duration::from_secs(10)).await;
+            let delivery = next_within(&mut c, Duration::from_secs(10)).await;
             delivery.ack().await.unwrap();
         }
         assert!(

@@ -6,10 +6,11 @@
 use std::time::{Duration, Instant};
 
 use broker_api::{
-    Backend, Broker, ConnectOptions, Delivery, DeliveryStream, ErrorKind, Message, Position,
-    StartFrom, SubscribeRequest,
+    Backend, Broker, ConnectOptions, Delivery, ErrorKind, Message, Position, StartFrom,
+    SubscribeRequest,
 };
 use broker_kafka::{KafkaBackend, KafkaConfig};
+use broker_testkit::support::next_within;
 use futures::StreamExt;
 use rdkafka::mocking::MockCluster;
 
@@ -39,14 +40,6 @@ async fn connect(cluster: &MockCluster<'_, impl rdkafka::client::ClientContext>)
     )
     .await
     .expect("connect to the mock cluster")
-}
-
-async fn next(stream: &mut Box<dyn DeliveryStream>) -> Delivery {
-    tokio::time::timeout(PATIENCE, stream.next())
-        .await
-        .expect("a delivery in time")
-        .expect("the stream goes on")
-        .expect("a delivery, not an error")
 }
 
 fn offset(delivery: &Delivery) -> i64 {
@@ -90,7 +83,7 @@ async fn round_trip_keeps_key_headers_id_and_content_type() {
         .subscribe(SubscribeRequest::new("greetings", "g"))
         .await
         .unwrap();
-    let delivery = next(&mut stream).await;
+    let delivery = next_within(&mut stream, PATIENCE).await;
     assert_eq!(&delivery.payload[..], b"hello");
     let metadata = &delivery.metadata;
     assert_eq!(&*metadata.topic, "greetings");
@@ -127,7 +120,7 @@ async fn only_the_handled_prefix_is_committed() {
         .unwrap();
     let mut deliveries = Vec::new();
     for _ in 0..5 {
-        deliveries.push(next(&mut stream).await);
+        deliveries.push(next_within(&mut stream, PATIENCE).await);
     }
     // Handled: 0, 1 and 3. Not handled: 2 (dropped) and 4 (never settled).
     let mut by_offset: Vec<_> = deliveries.into_iter().map(|d| (offset(&d), d)).collect();
@@ -152,7 +145,7 @@ async fn only_the_handled_prefix_is_committed() {
         .subscribe(SubscribeRequest::new("work", "g"))
         .await
         .unwrap();
-    let again = next(&mut stream).await;
+    let again = next_within(&mut stream, PATIENCE).await;
     assert_eq!(offset(&again), 2, "{:?}", again.metadata);
     stream.close().await.unwrap();
     backend.close().await.unwrap();
@@ -170,17 +163,17 @@ async fn nack_delivers_the_message_again() {
         .subscribe(SubscribeRequest::new("retry", "g"))
         .await
         .unwrap();
-    let first = next(&mut stream).await;
+    let first = next_within(&mut stream, PATIENCE).await;
     assert_eq!(offset(&first), 0);
     first.ack().await.unwrap();
-    let second = next(&mut stream).await;
+    let second = next_within(&mut stream, PATIENCE).await;
     assert_eq!(offset(&second), 1);
     second.nack().await.unwrap();
     // Offset 1 comes again (2 may come before it, read before the rewind: at least once).
     let deadline = Instant::now() + PATIENCE;
     loop {
         assert!(Instant::now() < deadline, "offset 1 was not redelivered");
-        let delivery = next(&mut stream).await;
+        let delivery = next_within(&mut stream, PATIENCE).await;
         if offset(&delivery) == 1 {
             assert_eq!(&delivery.payload[..], b"m1");
             delivery.ack().await.unwrap();
@@ -205,12 +198,12 @@ async fn max_in_flight_bounds_unsettled_deliveries() {
         .unwrap();
     let mut held = Vec::new();
     for _ in 0..3 {
-        held.push(next(&mut stream).await);
+        held.push(next_within(&mut stream, PATIENCE).await);
     }
     let more = tokio::time::timeout(Duration::from_millis(700), stream.next()).await;
     assert!(more.is_err(), "a 4th delivery while 3 are unsettled");
     held.remove(0).ack().await.unwrap();
-    let fourth = next(&mut stream).await;
+    let fourth = next_within(&mut stream, PATIENCE).await;
     assert_eq!(offset(&fourth), 3);
     stream.close().await.unwrap();
     backend.close().await.unwrap();
@@ -227,7 +220,7 @@ async fn start_from_latest_skips_history_but_not_what_follows() {
         .await
         .unwrap();
     publish(&backend, "news", Message::new("new")).await;
-    let delivery = next(&mut stream).await;
+    let delivery = next_within(&mut stream, PATIENCE).await;
     assert_eq!(&delivery.payload[..], b"new");
     stream.close().await.unwrap();
     backend.close().await.unwrap();

@@ -3,15 +3,14 @@
 
 use std::time::Duration;
 
-use broker_api::{
-    Backend, Delivery, DeliveryStream, Message, Position, SubscribeRequest, TopicSpec,
-};
+use broker_api::{Backend, Delivery, Message, Position, SubscribeRequest, TopicSpec};
 use broker_memory::{MemoryBackend, MemoryConfig, MemoryInstance};
-use futures::StreamExt;
+use broker_testkit::support::next_within;
 
 /// More than two of the log's segments (4 096 records each), so that one can be dropped.
 const PUBLISHED: u64 = 3 * 4096 + 100;
 const RETAINED: usize = 10;
+const PATIENCE: Duration = Duration::from_secs(5);
 
 /// A backend retaining [`RETAINED`] messages, with topic `events` declared for `groups`.
 async fn backend(groups: &[&str]) -> MemoryBackend {
@@ -39,14 +38,6 @@ async fn publish_all(backend: &MemoryBackend, round: u64) {
     }
 }
 
-async fn next(stream: &mut Box<dyn DeliveryStream>) -> Delivery {
-    tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .expect("a delivery within 5 s")
-        .expect("the stream goes on")
-        .expect("a delivery")
-}
-
 fn offset(delivery: &Delivery) -> u64 {
     match delivery.metadata.position {
         Position::Memory { offset } => offset,
@@ -60,11 +51,11 @@ async fn drain(backend: &MemoryBackend, group: &str, count: u64) -> u64 {
         .subscribe(SubscribeRequest::new("events", group))
         .await
         .expect("subscribe");
-    let first = next(&mut stream).await;
+    let first = next_within(&mut stream, PATIENCE).await;
     let start = offset(&first);
     first.ack().await.expect("ack");
     for expected in start + 1..start + count {
-        let delivery = next(&mut stream).await;
+        let delivery = next_within(&mut stream, PATIENCE).await;
         assert_eq!(offset(&delivery), expected);
         assert_eq!(delivery.payload, expected.to_string());
         delivery.ack().await.expect("ack");
@@ -95,7 +86,7 @@ async fn acknowledged_messages_are_dropped_and_a_late_group_starts_at_the_earlie
         .subscribe(SubscribeRequest::new("events", "late"))
         .await
         .expect("subscribe");
-    let first = offset(&next(&mut late).await);
+    let first = offset(&next_within(&mut late, PATIENCE).await);
     assert!(first > 0, "acknowledged segments were dropped");
     assert!(
         total - first >= RETAINED as u64,
@@ -113,15 +104,19 @@ async fn an_unacknowledged_delivery_keeps_its_segment() {
         .await
         .expect("subscribe");
     // The first message is held unsettled while every later one is acknowledged.
-    let held = next(&mut stream).await;
+    let held = next_within(&mut stream, PATIENCE).await;
     assert_eq!(offset(&held), 0);
     for _ in 1..PUBLISHED {
-        next(&mut stream).await.ack().await.expect("ack");
+        next_within(&mut stream, PATIENCE)
+            .await
+            .ack()
+            .await
+            .expect("ack");
     }
     publish_all(&backend, 1).await;
     // Rejected now: it must be delivered again, so its segment was kept.
     held.nack().await.expect("nack");
-    let again = next(&mut stream).await;
+    let again = next_within(&mut stream, PATIENCE).await;
     assert_eq!(offset(&again), 0);
     assert_eq!(again.payload, "0");
     again.ack().await.expect("ack");

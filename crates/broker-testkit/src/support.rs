@@ -12,6 +12,20 @@ use tokio::sync::Notify;
 /// The longest a single case may run before it is failed as hung.
 pub const CASE_GUARD: Duration = Duration::from_secs(180);
 
+/// The next item of a subscription stream (deliveries, received or incoming messages),
+/// failing the test when none comes within `patience`, the stream ends or yields an error.
+pub async fn next_within<S, T>(stream: &mut S, patience: Duration) -> T
+where
+    S: futures::Stream<Item = broker_api::Result<T>> + Unpin,
+{
+    use futures::StreamExt;
+    tokio::time::timeout(patience, stream.next())
+        .await
+        .expect("a delivery in time")
+        .expect("the stream is open")
+        .expect("a delivery, not an error")
+}
+
 /// Runs one case with logging set up (`RUST_LOG`) and a guard against hangs.
 pub async fn run_case(name: &str, case: impl Future<Output = ()>) {
     static LOGGING: Once = Once::new();

@@ -3,16 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use broker_api::runner::dead_letter_headers as dlq;
 use broker_api::{naming, ErrorKind, HandlerError, Received, RetryPolicy, Topic};
 use bytes::Bytes;
-use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::{connect, distinct_values, publish_texts, sorted, text_topic};
-use crate::support::{fast_retry, fresh_topic, Inbox};
+use crate::support::{fast_retry, fresh_topic, next_within, Inbox};
 use crate::Harness;
 
 /// A handler that fails twice for one message is called again until it succeeds; the message
@@ -228,17 +226,6 @@ pub async fn manual_nack_redelivers(harness: &dyn Harness) {
     second.ack().await.expect("ack");
     stream.close().await.expect("close");
     broker.close().await.expect("close broker");
-}
-
-async fn next_within<T: 'static>(
-    stream: &mut broker_api::Manual<T>,
-    patience: Duration,
-) -> broker_api::Incoming<T> {
-    tokio::time::timeout(patience, stream.next())
-        .await
-        .expect("a delivery in time")
-        .expect("the stream ended")
-        .expect("a delivery, not an error")
 }
 
 /// Reads `count` dead letters of `group` on `topic` through the dead-letter topic's own group.

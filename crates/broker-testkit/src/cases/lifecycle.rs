@@ -7,7 +7,7 @@ use broker_api::{ErrorKind, Received, SubscribeRequest};
 use futures::StreamExt;
 
 use super::{connect, distinct_values, publish_texts, sorted, text_topic};
-use crate::support::{fresh_topic, skip, Inbox};
+use crate::support::{fresh_topic, next_within, skip, Inbox};
 use crate::Harness;
 
 /// A subscriber closed mid-stream, then a new one in the same group: every message is handled
@@ -72,11 +72,7 @@ pub async fn at_most_once_does_not_redeliver(harness: &dyn Harness) {
         .await
         .expect("subscribe");
     for _ in 0..10 {
-        let received = tokio::time::timeout(harness.patience(), stream.next())
-            .await
-            .expect("a message in time")
-            .expect("stream open")
-            .expect("a message");
+        let received = next_within(&mut stream, harness.patience()).await;
         assert!(received.value.starts_with("first-"));
     }
     stream.close().await.expect("close");
@@ -89,11 +85,7 @@ pub async fn at_most_once_does_not_redeliver(harness: &dyn Harness) {
         .expect("subscribe again");
     tokio::time::sleep(harness.quiet_period()).await;
     publish_texts(&publisher, "second", 1).await;
-    let next = tokio::time::timeout(harness.patience(), again.next())
-        .await
-        .expect("a message in time")
-        .expect("stream open")
-        .expect("a message");
+    let next = next_within(&mut again, harness.patience()).await;
     assert_eq!(next.value, "second-0", "an acknowledged message came back");
     again.close().await.expect("close");
     broker.close().await.expect("close broker");
@@ -207,11 +199,7 @@ pub async fn bounded_in_flight(harness: &dyn Harness) {
         .expect("subscribe");
     let mut held = Vec::new();
     for _ in 0..LIMIT {
-        let delivery = tokio::time::timeout(harness.patience(), stream.next())
-            .await
-            .expect("a delivery in time")
-            .expect("stream open")
-            .expect("a delivery");
+        let delivery = next_within(&mut stream, harness.patience()).await;
         held.push(delivery);
     }
     let extra = tokio::time::timeout(harness.quiet_period(), stream.next()).await;
