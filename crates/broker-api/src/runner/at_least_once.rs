@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::dead_letter::DeadLetters;
+use super::fair_share::FairShare;
 use super::key_lanes::KeyLanes;
 use crate::backend::BoxDeliveryStream;
 use crate::delivery::Delivery;
@@ -19,11 +20,6 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{Handler, HandlerError, Received};
 use crate::settings::SubscriberSettings;
 use crate::topic::Topic;
-
-/// How many ready deliveries the sequential runner handles before it yields to the scheduler
-/// by itself: rarely enough to cost nothing measurable (a yield takes microseconds), often
-/// enough that a backlog does not hold a worker thread for more than a few milliseconds.
-const YIELD_EVERY: u32 = 1024;
 
 /// A running `at_least_once` subscription.
 ///
@@ -119,8 +115,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         handler: &H,
         stop: &CancellationToken,
     ) -> Result<()> {
-        // Deliveries taken in a row without the task returning to the scheduler.
-        let mut without_yielding = 0;
+        let mut fair_share = FairShare::default();
         loop {
             // A delivery that is ready is taken without arming the close signal (a registration
             // per message); only an empty stream waits for both.
@@ -129,13 +124,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             }
             let item = match futures::poll!(stream.next()) {
                 Poll::Ready(item) => {
-                    // A backlog and handlers that finish at once would never return to the
-                    // scheduler: the worker's other tasks get their turn every so often.
-                    without_yielding += 1;
-                    if without_yielding == YIELD_EVERY {
-                        without_yielding = 0;
-                        tokio::task::yield_now().await;
-                    }
+                    fair_share.take().await;
                     item
                 }
                 Poll::Pending => tokio::select! {
@@ -180,6 +169,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         let mut running = FuturesUnordered::new();
         let mut lanes = KeyLanes::default();
         let mut outcome = Ok(());
+        let mut fair_share = FairShare::default();
         let start = |delivery: Delivery| {
             let runner = self.clone();
             let handler = handler.clone();
@@ -211,6 +201,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                         if let Some(delivery) = lanes.admit(delivery) {
                             running.push(start(delivery));
                         }
+                        fair_share.take().await;
                     }
                     Some(Err(e)) => {
                         outcome = Err(e);

@@ -8,6 +8,7 @@ use futures::future::{BoxFuture, Either};
 use futures::{FutureExt, Stream};
 
 use super::dead_letter::DeadLetters;
+use super::fair_share::FairShare;
 use crate::backend::BoxDeliveryStream;
 use crate::delivery::{Delivery, Metadata};
 use crate::error::Result;
@@ -28,6 +29,7 @@ pub struct AtMostOnce<T> {
     dead_letters: DeadLetters,
     /// Work on the current delivery that had to wait: its acknowledgement or its dead letter.
     pending: Option<BoxFuture<'static, Settled<T>>>,
+    fair_share: FairShare,
 }
 
 impl<T: Send + 'static> AtMostOnce<T> {
@@ -41,6 +43,7 @@ impl<T: Send + 'static> AtMostOnce<T> {
             topic,
             dead_letters,
             pending: None,
+            fair_share: FairShare::default(),
         }
     }
 
@@ -119,6 +122,7 @@ impl<T: Send + 'static> Stream for AtMostOnce<T> {
                     None => continue,
                 }
             }
+            ready!(self.fair_share.poll_take(cx));
             let delivery = match ready!(Pin::new(&mut self.deliveries).poll_next(cx)) {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => return Poll::Ready(Some(Err(e))),

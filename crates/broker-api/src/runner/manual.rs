@@ -2,11 +2,12 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures::Stream;
 
+use super::fair_share::FairShare;
 use crate::backend::BoxDeliveryStream;
 use crate::completion::Completion;
 use crate::delivery::{Delivery, Metadata};
@@ -20,11 +21,16 @@ use crate::topic::Topic;
 pub struct Manual<T> {
     deliveries: BoxDeliveryStream,
     topic: Topic<T>,
+    fair_share: FairShare,
 }
 
 impl<T> Manual<T> {
     pub(crate) fn new(deliveries: BoxDeliveryStream, topic: Topic<T>) -> Self {
-        Manual { deliveries, topic }
+        Manual {
+            deliveries,
+            topic,
+            fair_share: FairShare::default(),
+        }
     }
 
     /// Stops intake and leaves the group: acknowledged messages are committed, unsettled ones
@@ -38,6 +44,7 @@ impl<T> Stream for Manual<T> {
     type Item = Result<Incoming<T>>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        ready!(self.fair_share.poll_take(cx));
         let topic = self.topic.clone();
         Pin::new(&mut self.deliveries)
             .poll_next(cx)

@@ -3,6 +3,7 @@
 mod at_least_once;
 mod at_most_once;
 mod dead_letter;
+mod fair_share;
 mod key_lanes;
 mod manual;
 
