@@ -7,7 +7,8 @@ use std::time::SystemTime;
 
 use bytes::Bytes;
 
-use crate::completion::{self, Completion};
+use crate::acker::Acker;
+use crate::completion::Completion;
 use crate::message::{Headers, MessageId};
 
 /// Where a delivery sits in the broker, in the broker's own terms.
@@ -96,73 +97,18 @@ impl Metadata {
     }
 }
 
-/// Settles one delivery with the broker. Adapters implement it; users call
-/// [`Delivery::ack`] and [`Delivery::nack`].
-///
-/// A delivery dropped without being settled is never lost: the backend delivers it again, at the
-/// latest to the next subscriber of the group once this subscription is closed.
-pub trait Acknowledge: Send + 'static {
-    /// The message was handled: the broker may forget it for this group.
-    fn ack(self: Box<Self>) -> Completion<'static, ()>;
-    /// The message was not handled: deliver it again as soon as possible.
-    fn nack(self: Box<Self>) -> Completion<'static, ()>;
-}
-
-/// Settles a delivery at once: for backends where acknowledging only records the outcome or
-/// queues a frame. Wrapped in [`SettleOnce`], it becomes an [`Acknowledge`] that rejects the
-/// delivery when it is dropped unsettled.
-pub trait Settle: Send + 'static {
-    /// Records the outcome: `handled` acknowledges; otherwise the message is delivered again.
-    fn settle(&mut self, handled: bool);
-}
-
-/// An [`Acknowledge`] over a [`Settle`]: settles exactly once, as not handled when dropped
-/// unsettled.
-pub struct SettleOnce<S: Settle>(Option<S>);
-
-impl<S: Settle> SettleOnce<S> {
-    /// Boxed, ready for [`Delivery::new`].
-    pub fn boxed(settle: S) -> Box<dyn Acknowledge> {
-        Box::new(SettleOnce(Some(settle)))
-    }
-
-    fn settle(&mut self, handled: bool) {
-        if let Some(mut settle) = self.0.take() {
-            settle.settle(handled);
-        }
-    }
-}
-
-impl<S: Settle> Acknowledge for SettleOnce<S> {
-    fn ack(mut self: Box<Self>) -> Completion<'static, ()> {
-        self.settle(true);
-        completion::ready(Ok(()))
-    }
-
-    fn nack(mut self: Box<Self>) -> Completion<'static, ()> {
-        self.settle(false);
-        completion::ready(Ok(()))
-    }
-}
-
-impl<S: Settle> Drop for SettleOnce<S> {
-    fn drop(&mut self) {
-        self.settle(false);
-    }
-}
-
 /// A message received from a subscription, not yet decoded, with its acknowledgement handle.
 pub struct Delivery {
     /// The payload as published.
     pub payload: Bytes,
     /// Topic, key, headers, ids and the broker position.
     pub metadata: Metadata,
-    acker: Box<dyn Acknowledge>,
+    acker: Acker,
 }
 
 impl Delivery {
     /// A delivery that settles through `acker`.
-    pub fn new(payload: Bytes, metadata: Metadata, acker: Box<dyn Acknowledge>) -> Self {
+    pub fn new(payload: Bytes, metadata: Metadata, acker: Acker) -> Self {
         Delivery {
             payload,
             metadata,
@@ -181,7 +127,7 @@ impl Delivery {
     }
 
     /// Splits the delivery into payload, metadata and acknowledgement handle.
-    pub fn into_parts(self) -> (Bytes, Metadata, Box<dyn Acknowledge>) {
+    pub fn into_parts(self) -> (Bytes, Metadata, Acker) {
         (self.payload, self.metadata, self.acker)
     }
 }

@@ -10,6 +10,7 @@
 //! client; services depend on the `broker` facade crate, which picks the backend from
 //! configuration.
 
+pub mod acker;
 pub mod backend;
 pub mod capabilities;
 pub mod codec;
@@ -29,6 +30,7 @@ mod publisher;
 mod subscriber;
 mod topic;
 
+pub use acker::{AckKey, AckTable, Acker, Acknowledge, Settle, SettleOnce, Settlement};
 pub use backend::{
     Backend, BoxDeliveryStream, ConnectOptions, DeliveryStream, Receipt, SharedBackend, StartFrom,
     SubscribeRequest, TopicSpec,
@@ -37,9 +39,7 @@ pub use broker::Broker;
 pub use capabilities::Capabilities;
 pub use codec::{Codec, Json, Raw, Text};
 pub use confirmation::{Confirmation, ReceiptSlot, ReceiptTable};
-pub use delivery::{
-    Acknowledge, AmqpPosition, Delivery, Metadata, Position, PubSubPosition, Settle, SettleOnce,
-};
+pub use delivery::{AmqpPosition, Delivery, Metadata, Position, PubSubPosition};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use handler::{Handler, HandlerError, HandlerResult, Received};
 pub use message::{Headers, Message, MessageId};

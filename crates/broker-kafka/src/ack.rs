@@ -17,9 +17,8 @@ use std::task::Waker;
 
 use futures::task::AtomicWaker;
 
-use broker_api::completion::{self, Completion};
 use broker_api::offsets::OffsetTracker;
-use broker_api::{Acknowledge, Result};
+use broker_api::{AckKey, AckTable, Acker, Result, Settlement};
 
 use crate::error::closed;
 
@@ -65,6 +64,11 @@ impl Epochs {
             Some(entry) => entry.1 = epoch,
             None => self.0.push((partition, epoch)),
         }
+    }
+
+    /// The partition whose current epoch is `epoch` (epochs are never reused).
+    fn partition_of(&self, epoch: u64) -> Option<i32> {
+        self.0.iter().find(|(_, e)| *e == epoch).map(|&(p, _)| p)
     }
 
     fn remove(&mut self, partition: i32) {
@@ -141,12 +145,12 @@ impl Shared {
     }
 
     /// Records that these `(partition, offset)` records are being handed out and returns, for
-    /// each, the acknowledger holding its slot, or `None` when its partition is about to be
-    /// rewound (the record will be read again after the rewind).
+    /// each, the acker holding its slot, or `None` when its partition is about to be rewound
+    /// (the record will be read again after the rewind).
     pub(crate) fn admit(
         self: &Arc<Self>,
         records: impl ExactSizeIterator<Item = (i32, i64)>,
-    ) -> Vec<Option<KafkaAcker>> {
+    ) -> Vec<Option<Acker>> {
         let mut ackers = Vec::with_capacity(records.len());
         let mut admitted = 0;
         {
@@ -166,12 +170,12 @@ impl Shared {
                 };
                 state.tracker.delivered(partition, offset);
                 admitted += 1;
-                ackers.push(Some(KafkaAcker {
-                    shared: self.clone(),
-                    partition,
-                    offset,
-                    epoch,
-                }));
+                // Epochs name their partition; offsets are never negative.
+                let key = AckKey {
+                    scope: epoch,
+                    offset: offset as u64,
+                };
+                ackers.push(Some(Acker::keyed(self.clone(), key)));
             }
         }
         self.in_flight.fetch_add(admitted, Ordering::AcqRel);
@@ -247,31 +251,31 @@ impl Shared {
 
     // ----- delivery side -----
 
-    fn ack(&self, partition: i32, offset: i64, epoch: u64) -> Result<()> {
+    fn ack(&self, epoch: u64, offset: i64) -> Result<()> {
         let mut state = self.state();
         if state.closed {
             return Err(closed("ack", "the subscription"));
         }
-        if state.epochs.get(partition) != Some(epoch) {
-            tracing::debug!(topic = %self.topic, group = %self.group, partition, offset,
+        let Some(partition) = state.epochs.partition_of(epoch) else {
+            tracing::debug!(topic = %self.topic, group = %self.group, offset,
                 "ack for a partition no longer owned by this member (or rewound); it will be delivered again");
             return Ok(());
-        }
+        };
         if state.tracker.acked(partition, offset) {
             self.dirty.store(true, Ordering::Release);
         }
         Ok(())
     }
 
-    fn nack(&self, partition: i32, offset: i64, epoch: u64) -> Result<()> {
+    fn nack(&self, epoch: u64, offset: i64) -> Result<()> {
         {
             let mut state = self.state();
             if state.closed {
                 return Err(closed("nack", "the subscription"));
             }
-            if state.epochs.get(partition) != Some(epoch) {
+            let Some(partition) = state.epochs.partition_of(epoch) else {
                 return Ok(());
-            }
+            };
             let from = state
                 .tracker
                 .committable(partition)
@@ -285,6 +289,7 @@ impl Shared {
         Ok(())
     }
 
+    /// Gives a settled or dropped delivery's slot back.
     fn release(&self) {
         if self.in_flight.fetch_sub(1, Ordering::AcqRel) == self.limit {
             self.wake_reader();
@@ -292,28 +297,19 @@ impl Shared {
     }
 }
 
-/// Settles one Kafka delivery; dropping it unsettled gives its slot back and leaves the
-/// offset uncommitted (delivered again after a rebalance or restart).
-pub(crate) struct KafkaAcker {
-    shared: Arc<Shared>,
-    partition: i32,
-    offset: i64,
-    epoch: u64,
-}
-
-impl Acknowledge for KafkaAcker {
-    fn ack(self: Box<Self>) -> Completion<'static, ()> {
-        completion::ready(self.shared.ack(self.partition, self.offset, self.epoch))
-    }
-
-    fn nack(self: Box<Self>) -> Completion<'static, ()> {
-        completion::ready(self.shared.nack(self.partition, self.offset, self.epoch))
-    }
-}
-
-impl Drop for KafkaAcker {
-    fn drop(&mut self) {
-        self.shared.release();
+/// Each delivery settles by its key: ack and nack apply to its epoch; dropping it unsettled
+/// gives its slot back and leaves the offset uncommitted (delivered again after a rebalance or
+/// restart).
+impl AckTable for Shared {
+    fn settle(&self, key: AckKey, settlement: Settlement) -> Result<()> {
+        let offset = i64::try_from(key.offset).unwrap_or(i64::MAX);
+        let settled = match settlement {
+            Settlement::Ack => self.ack(key.scope, offset),
+            Settlement::Nack => self.nack(key.scope, offset),
+            Settlement::Dropped => Ok(()),
+        };
+        self.release();
+        settled
     }
 }
 
@@ -321,22 +317,22 @@ impl Drop for KafkaAcker {
 mod tests {
     use super::*;
 
-    fn admit(shared: &Arc<Shared>, partition: i32, offset: i64) -> Option<KafkaAcker> {
+    fn admit(shared: &Arc<Shared>, partition: i32, offset: i64) -> Option<Acker> {
         shared
             .admit([(partition, offset)].into_iter())
             .pop()
             .flatten()
     }
 
-    fn ack(acker: KafkaAcker) -> Result<()> {
-        match Box::new(acker).ack() {
+    fn ack(acker: Acker) -> Result<()> {
+        match acker.ack() {
             futures::future::Either::Left(ready) => ready.into_inner(),
             futures::future::Either::Right(_) => unreachable!(),
         }
     }
 
-    fn nack(acker: KafkaAcker) -> Result<()> {
-        match Box::new(acker).nack() {
+    fn nack(acker: Acker) -> Result<()> {
+        match acker.nack() {
             futures::future::Either::Left(ready) => ready.into_inner(),
             futures::future::Either::Right(_) => unreachable!(),
         }

@@ -4,11 +4,10 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use broker_api::{Delivery, MessageId, Metadata, Position};
+use broker_api::{Acker, Delivery, MessageId, Metadata, Position};
 use bytes::{Bytes, BytesMut};
 use rdkafka::message::{Headers, Message};
 
-use crate::ack::KafkaAcker;
 use crate::publisher::{CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER};
 
 /// Payloads up to this size are copied into one buffer per read batch and handed out as slices
@@ -51,9 +50,9 @@ pub(crate) fn delivery<M: Message>(
     record: &M,
     payload: Bytes,
     topic: &Arc<str>,
-    acker: KafkaAcker,
+    acker: Acker,
 ) -> Delivery {
-    Delivery::new(payload, metadata(record, topic), Box::new(acker))
+    Delivery::new(payload, metadata(record, topic), acker)
 }
 
 /// Payload and metadata of `record`, the payload copied on its own.

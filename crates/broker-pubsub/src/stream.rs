@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use broker_api::completion::{self, Completion};
-use broker_api::{Acknowledge, Delivery, DeliveryStream, Error, ErrorKind, Result};
+use broker_api::{Acker, Acknowledge, Delivery, DeliveryStream, Error, ErrorKind, Result};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
 use google_cloud_pubsub::model::Message as PubsubMessage;
@@ -84,10 +84,10 @@ impl Sink {
         };
         let attempt = handler.delivery_attempt();
         let (payload, metadata) = from_pubsub(&self.topic, message, attempt);
-        let acker = Box::new(PubSubAcker {
+        let acker = Acker::boxed(Box::new(PubSubAcker {
             handler: Some(handler),
             _permit: permit,
-        });
+        }));
         // Never waits: the channel holds as many deliveries as there are permits. A delivery
         // the consumer no longer takes is dropped, which rejects it.
         let _ = self
