@@ -10,7 +10,6 @@
 use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::SystemTime;
 
 use broker_api::{Headers, Message, MessageId};
@@ -30,14 +29,12 @@ pub(crate) struct Record {
     pub(crate) timestamp: SystemTime,
 }
 
-/// How many of a segment's records groups have read and not acknowledged yet, summed over
-/// the groups: a segment is kept while it is above zero.
-pub(crate) type Unsettled = Arc<AtomicUsize>;
-
 #[derive(Debug)]
 struct Segment {
     records: Vec<Record>,
-    unsettled: Unsettled,
+    /// How many of its records groups have read and not acknowledged yet, summed over the
+    /// groups: the segment is kept while it is above zero.
+    unsettled: AtomicUsize,
 }
 
 /// The records of one topic, by offset.
@@ -86,7 +83,7 @@ impl Log {
                 records.push(record);
                 self.segments.push_back(Segment {
                     records,
-                    unsettled: Unsettled::default(),
+                    unsettled: AtomicUsize::new(0),
                 });
             }
         }
@@ -131,7 +128,7 @@ impl Log {
     }
 
     /// The record at `offset`, and the count its segment keeps of unacknowledged reads.
-    pub(crate) fn get(&self, offset: u64) -> Option<(&Record, &Unsettled)> {
+    pub(crate) fn get(&self, offset: u64) -> Option<(&Record, &AtomicUsize)> {
         let index = usize::try_from(offset.checked_sub(self.first)?).ok()?;
         let segment = self.segments.get(index / SEGMENT)?;
         Some((segment.records.get(index % SEGMENT)?, &segment.unsettled))

@@ -6,14 +6,16 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
-use broker_api::{Delivery, DeliveryStream, Metadata, Position, Result, Settle, SettleOnce};
+use broker_api::{
+    AckKey, AckTable, Acker, Delivery, DeliveryStream, Metadata, Position, Result, Settlement,
+};
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
 use tokio::sync::Notify;
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::group::{Group, Handout};
-use crate::log::{Record, Unsettled};
+use crate::log::Record;
 use crate::topic::Topic;
 
 /// Most deliveries taken from the group under one lock. The topic's log stays read-locked
@@ -98,21 +100,15 @@ impl Member {
             let taken = scratch.len();
             self.in_flight.fetch_add(taken, Ordering::SeqCst);
             for Handout { offset, attempt } in scratch.drain(..) {
-                if let Some((record, unsettled)) = log.get(offset) {
-                    out.push_back(self.delivery(offset, record, unsettled, attempt));
+                if let Some((record, _)) = log.get(offset) {
+                    out.push_back(self.delivery(offset, record, attempt));
                 }
             }
             taken
         })
     }
 
-    fn delivery(
-        self: &Arc<Self>,
-        offset: u64,
-        record: &Record,
-        unsettled: &Unsettled,
-        attempt: u32,
-    ) -> Delivery {
+    fn delivery(self: &Arc<Self>, offset: u64, record: &Record, attempt: u32) -> Delivery {
         let metadata = Metadata {
             topic: self.topic.name.clone(),
             key: record.key.clone(),
@@ -123,16 +119,8 @@ impl Member {
             attempt: Some(attempt),
             position: Position::Memory { offset },
         };
-        Delivery::new(
-            record.payload.clone(),
-            metadata,
-            SettleOnce::boxed(MemoryAcker {
-                member: self.clone(),
-                offset,
-                keyed: record.key.is_some(),
-                unsettled: unsettled.clone(),
-            }),
-        )
+        let acker = Acker::keyed(self.clone(), AckKey { scope: 0, offset });
+        Delivery::new(record.payload.clone(), metadata, acker)
     }
 
     fn release(&self) {
@@ -140,39 +128,38 @@ impl Member {
             self.room.notify_one();
         }
     }
-}
 
-/// Settles one delivery with its group.
-struct MemoryAcker {
-    member: Arc<Member>,
-    offset: u64,
-    keyed: bool,
-    /// Its segment's count of unacknowledged reads, which an ack lowers.
-    unsettled: Unsettled,
-}
-
-impl Settle for MemoryAcker {
-    fn settle(&mut self, handled: bool) {
-        let member = &self.member;
-        if handled {
-            self.unsettled.fetch_sub(1, Ordering::SeqCst);
-            let freed_key = if self.keyed {
-                let offset = self.offset;
-                member.topic.with_log(|log| {
-                    let key = log.get(offset).and_then(|(r, _)| r.key.as_deref());
-                    member.group.ack(offset, key)
-                })
-            } else {
-                member.group.ack(self.offset, None)
+    /// The message at `offset` was handled: its segment may be dropped once every group has,
+    /// and its key is free for the next message with it. Returns whether a message became
+    /// ready.
+    fn ack(&self, offset: u64) -> bool {
+        self.topic.with_log(|log| {
+            let Some((record, unsettled)) = log.get(offset) else {
+                return false;
             };
-            if freed_key {
-                member.topic.wake();
+            unsettled.fetch_sub(1, Ordering::SeqCst);
+            self.group.ack(offset, record.key.as_deref())
+        })
+    }
+}
+
+/// Each delivery settles with its group by its offset: the key's `offset`. A delivery that is
+/// handed out holds its segment (counted unsettled), so the record is there when it settles.
+impl AckTable for Member {
+    fn settle(&self, key: AckKey, settlement: Settlement) -> Result<()> {
+        let offset = key.offset;
+        let ready = match settlement {
+            Settlement::Ack => self.ack(offset),
+            Settlement::Nack | Settlement::Dropped => {
+                self.group.nack(offset);
+                true
             }
-        } else {
-            member.group.nack(self.offset);
-            member.topic.wake();
+        };
+        if ready {
+            self.topic.wake();
         }
-        member.release();
+        self.release();
+        Ok(())
     }
 }
 
