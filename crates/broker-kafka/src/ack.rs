@@ -170,7 +170,8 @@ impl Shared {
                 };
                 state.tracker.delivered(partition, offset);
                 admitted += 1;
-                // Epochs name their partition; offsets are never negative.
+                // Epochs name their partition. The offset goes through `as` both ways, which
+                // round-trips every value.
                 let key = AckKey {
                     scope: epoch,
                     offset: offset as u64,
@@ -302,7 +303,7 @@ impl Shared {
 /// restart).
 impl AckTable for Shared {
     fn settle(&self, key: AckKey, settlement: Settlement) -> Result<()> {
-        let offset = i64::try_from(key.offset).unwrap_or(i64::MAX);
+        let offset = key.offset as i64;
         let settled = match settlement {
             Settlement::Ack => self.ack(key.scope, offset),
             Settlement::Nack => self.nack(key.scope, offset),
