@@ -73,14 +73,19 @@ impl fmt::Display for ErrorKind {
 /// operation failed, a message for humans, and the underlying error when there is one. Its
 /// `Display` is one line: `<backend> <operation>: <message>: <source>`. Secrets never appear in
 /// it: adapters redact URIs and passwords before building errors.
-#[derive(Debug, thiserror::Error)]
-pub struct Error {
+///
+/// One pointer wide, as `std::io::Error` is: its parts are boxed, so that every `Result` on
+/// the per-message paths (a confirmation, an acknowledgement) stays small to store and move,
+/// and only a failure pays for the allocation.
+pub struct Error(Box<Parts>);
+
+#[derive(Debug)]
+struct Parts {
     kind: ErrorKind,
     temporary: bool,
     backend: &'static str,
     operation: Cow<'static, str>,
     message: Cow<'static, str>,
-    #[source]
     source: Option<BoxError>,
 }
 
@@ -88,14 +93,14 @@ impl Error {
     /// A new error of `kind` with a message; the backend is "broker" and the operation empty
     /// until set with [`Error::backend`] and [`Error::operation`].
     pub fn new(kind: ErrorKind, message: impl Into<Cow<'static, str>>) -> Self {
-        Error {
+        Error(Box::new(Parts {
             kind,
             temporary: kind.is_temporary_by_default(),
             backend: "broker",
             operation: Cow::Borrowed(""),
             message: message.into(),
             source: None,
-        }
+        }))
     }
 
     /// Shorthand for a [`ErrorKind::Config`] error.
@@ -115,62 +120,78 @@ impl Error {
 
     /// Names the backend that failed ("memory", "kafka", "rabbitmq", "pubsub").
     pub fn backend(mut self, backend: &'static str) -> Self {
-        self.backend = backend;
+        self.0.backend = backend;
         self
     }
 
     /// Names the operation that failed ("publish", "subscribe", "connect", ...).
     pub fn operation(mut self, operation: impl Into<Cow<'static, str>>) -> Self {
-        self.operation = operation.into();
+        self.0.operation = operation.into();
         self
     }
 
     /// Attaches the underlying error.
     pub fn source(mut self, source: impl Into<BoxError>) -> Self {
-        self.source = Some(source.into());
+        self.0.source = Some(source.into());
         self
     }
 
     /// Overrides whether the error is worth retrying.
     pub fn temporary(mut self, temporary: bool) -> Self {
-        self.temporary = temporary;
+        self.0.temporary = temporary;
         self
     }
 
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
-        self.kind
+        self.0.kind
     }
 
     /// Whether retrying the same operation later could succeed.
     pub fn is_temporary(&self) -> bool {
-        self.temporary
+        self.0.temporary
     }
 
     /// The backend that produced the error.
     pub fn backend_name(&self) -> &'static str {
-        self.backend
+        self.0.backend
     }
 
     /// The operation that failed.
     pub fn operation_name(&self) -> &str {
-        &self.operation
+        &self.0.operation
     }
 
     /// The human-readable message, without backend, operation or source.
     pub fn message(&self) -> &str {
-        &self.message
+        &self.0.message
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0
+            .source
+            .as_deref()
+            .map(|source| source as &(dyn std::error::Error + 'static))
     }
 }
 
 impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.backend)?;
-        if !self.operation.is_empty() {
-            write!(f, " {}", self.operation)?;
+        let parts = &*self.0;
+        f.write_str(parts.backend)?;
+        if !parts.operation.is_empty() {
+            write!(f, " {}", parts.operation)?;
         }
-        write!(f, " ({}): {}", self.kind, self.message)?;
-        if let Some(source) = &self.source {
+        write!(f, " ({}): {}", parts.kind, parts.message)?;
+        if let Some(source) = &parts.source {
             write!(f, ": {source}")?;
         }
         Ok(())
@@ -193,6 +214,14 @@ mod tests {
         );
         assert!(!err.is_temporary());
         assert_eq!(err.kind(), ErrorKind::Rejected);
+    }
+
+    #[test]
+    fn an_error_is_one_pointer_and_keeps_its_source() {
+        assert_eq!(std::mem::size_of::<Error>(), std::mem::size_of::<usize>());
+        let err = Error::new(ErrorKind::Other, "outer").source(std::io::Error::other("inner"));
+        let source = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(source.as_deref(), Some("inner"));
     }
 
     #[test]
