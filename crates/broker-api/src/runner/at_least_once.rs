@@ -5,7 +5,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::task::Poll;
 
-use futures::future::BoxFuture;
+use bytes::Bytes;
+use futures::future::{BoxFuture, Either};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use tokio::task::JoinHandle;
@@ -15,7 +16,7 @@ use super::dead_letter::DeadLetters;
 use super::fair_share::FairShare;
 use super::key_lanes::KeyLanes;
 use crate::backend::BoxDeliveryStream;
-use crate::delivery::Delivery;
+use crate::delivery::{Delivery, Metadata};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{Handler, HandlerError, Received};
 use crate::settings::SubscriberSettings;
@@ -61,6 +62,21 @@ pub(crate) struct AtLeastOnce<T> {
     group: String,
     settings: SubscriberSettings,
     dead_letters: DeadLetters,
+}
+
+/// Why an attempt failed.
+enum Failure {
+    /// The payload cannot be decoded: no retry helps.
+    Undecodable(String),
+    /// The handler failed (or panicked).
+    Handler(HandlerError),
+}
+
+impl Failure {
+    /// A handler that panicked: a permanent failure, named by the panic's message.
+    fn panicked(panic: Box<dyn std::any::Any + Send>) -> Self {
+        Failure::Handler(HandlerError::permanent(panic_message(panic)))
+    }
 }
 
 /// What one handled delivery left behind.
@@ -252,66 +268,120 @@ impl<T: Send + 'static> AtLeastOnce<T> {
 
     /// Handles one delivery to the end: acknowledged, dead-lettered, abandoned (delivered again
     /// later) or a fatal error.
-    async fn handle<H: Handler<T>>(
-        &self,
+    ///
+    /// The first attempt runs in this future, retries in a boxed one: this future is built and
+    /// moved for every message, so it holds only what the first attempt needs. Not an
+    /// `async fn`, which would store its arguments twice.
+    #[allow(clippy::manual_async_fn)] // see above: the async block holds the delivery once
+    fn handle<'a, H: Handler<T>>(
+        &'a self,
         delivery: Delivery,
-        handler: &H,
-        abandon: &CancellationToken,
-    ) -> Result<()> {
-        let retry = &self.settings.retry;
-        let mut attempt = 0;
-        loop {
-            let value = match self.topic.decode(&delivery.payload) {
-                Ok(value) => value,
-                Err(e) => return self.give_up(delivery, e.to_string(), attempt).await,
-            };
-            attempt += 1;
-            let received = Received {
-                value,
-                metadata: delivery.metadata.clone(),
-            };
-            let failure = match AssertUnwindSafe(handler.call(received))
-                .catch_unwind()
+        handler: &'a H,
+        abandon: &'a CancellationToken,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        async move {
+            match self
+                .attempt(&delivery.payload, &delivery.metadata, handler)
                 .await
             {
-                Ok(Ok(())) => {
-                    if let Err(e) = delivery.ack().await {
-                        tracing::warn!(error = %e, "acknowledgement failed; the message will be delivered again");
-                    }
-                    return Ok(());
+                Ok(()) => {
+                    acknowledge(delivery).await;
+                    Ok(())
                 }
-                Ok(Err(e)) => e,
-                Err(panic) => HandlerError::permanent(panic_message(panic)),
-            };
-            if failure.is_permanent() || attempt >= retry.max_attempts {
-                return self.give_up(delivery, failure.to_string(), attempt).await;
-            }
-            let delay = retry.backoff(attempt);
-            tracing::debug!(
-                topic = self.topic.name(), group = %self.group, attempt, error = %failure,
-                ?delay, "handler failed, retrying"
-            );
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = abandon.cancelled() => return Ok(()),
+                Err(failure) => self.retry(delivery, handler, abandon, failure).await,
             }
         }
     }
 
-    /// Dead-letters and acknowledges the delivery, or, with dead-lettering off, stops the
-    /// subscription without acknowledging it.
+    /// Decodes the payload and calls the handler once. A panic, in the call or in the future
+    /// it returned, is a permanent failure.
     ///
-    /// Boxed: it is rare, and its future is large; the hot path stays small.
-    fn give_up(
+    /// Decodes and calls before the first poll, so that the future holds only the handler's
+    /// future, not the value and metadata it was built from.
+    fn attempt<H: Handler<T>>(
         &self,
-        delivery: Delivery,
-        reason: String,
-        attempts: u32,
-    ) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.give_up_now(delivery, reason, attempts))
+        payload: &Bytes,
+        metadata: &Metadata,
+        handler: &H,
+    ) -> impl Future<Output = std::result::Result<(), Failure>> + Send + 'static {
+        let called = match self.topic.decode(payload) {
+            Ok(value) => {
+                let received = Received {
+                    value,
+                    metadata: metadata.clone(),
+                };
+                std::panic::catch_unwind(AssertUnwindSafe(|| handler.call(received)))
+                    .map_err(Failure::panicked)
+            }
+            Err(e) => Err(Failure::Undecodable(e.to_string())),
+        };
+        match called {
+            Ok(running) => {
+                Either::Left(AssertUnwindSafe(running).catch_unwind().map(
+                    |outcome| match outcome {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(Failure::Handler(e)),
+                        Err(panic) => Err(Failure::panicked(panic)),
+                    },
+                ))
+            }
+            Err(failure) => Either::Right(futures::future::ready(Err(failure))),
+        }
     }
 
-    async fn give_up_now(&self, delivery: Delivery, reason: String, attempts: u32) -> Result<()> {
+    /// After a failed first attempt: retries with backoff until the handler succeeds, fails
+    /// for good (dead-lettered) or closing abandons the message.
+    ///
+    /// Boxed: it is rare, and its future (timers, the retry state, dead-lettering) is large.
+    fn retry<'a, H: Handler<T>>(
+        &'a self,
+        delivery: Delivery,
+        handler: &'a H,
+        abandon: &'a CancellationToken,
+        first: Failure,
+    ) -> BoxFuture<'a, Result<()>> {
+        Box::pin(async move {
+            let retry = &self.settings.retry;
+            // Handler calls made so far.
+            let mut calls = 0;
+            let mut failure = first;
+            loop {
+                let failure_now = match failure {
+                    Failure::Undecodable(reason) => {
+                        return self.give_up(delivery, reason, calls).await;
+                    }
+                    Failure::Handler(e) => e,
+                };
+                calls += 1;
+                if failure_now.is_permanent() || calls >= retry.max_attempts {
+                    return self.give_up(delivery, failure_now.to_string(), calls).await;
+                }
+                let delay = retry.backoff(calls);
+                tracing::debug!(
+                    topic = self.topic.name(), group = %self.group, attempt = calls,
+                    error = %failure_now, ?delay, "handler failed, retrying"
+                );
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = abandon.cancelled() => return Ok(()),
+                }
+                match self
+                    .attempt(&delivery.payload, &delivery.metadata, handler)
+                    .await
+                {
+                    Ok(()) => {
+                        acknowledge(delivery).await;
+                        return Ok(());
+                    }
+                    Err(again) => failure = again,
+                }
+            }
+        })
+    }
+
+    /// Dead-letters and acknowledges the delivery, or, with dead-lettering off, stops the
+    /// subscription without acknowledging it. Runs within the boxed [`retry`](Self::retry).
+    async fn give_up(&self, delivery: Delivery, reason: String, attempts: u32) -> Result<()> {
         let id = delivery
             .metadata
             .message_id
@@ -348,6 +418,17 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         }
         Ok(())
     }
+}
+
+/// Acknowledges a handled delivery. A failed acknowledgement is logged: the message will be
+/// delivered again, the subscription goes on. The delivery is settled before the first poll:
+/// the future holds only the backend's completion, not the delivery.
+fn acknowledge(delivery: Delivery) -> impl Future<Output = ()> + Send {
+    delivery.ack().map(|acked| {
+        if let Err(e) = acked {
+            tracing::warn!(error = %e, "acknowledgement failed; the message will be delivered again");
+        }
+    })
 }
 
 fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {

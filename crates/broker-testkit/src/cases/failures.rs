@@ -113,6 +113,79 @@ pub async fn poison_message_dead_lettered(harness: &dyn Harness) {
     broker.close().await.expect("close broker");
 }
 
+/// A handler that panics, when called or while its future runs, fails its message for good:
+/// the message is dead-lettered with the panic's message, the subscription goes on with the
+/// next ones.
+pub async fn panicking_handler_dead_lettered(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let name = fresh_topic(&broker, "panic", &["g"]).await;
+    let topic = text_topic(&name);
+    let publisher = broker.publisher(&topic);
+    publish_texts(&publisher, "before", 5).await;
+    publisher
+        .publish(&"panic-in-call".to_owned())
+        .await
+        .expect("publish");
+    publisher
+        .publish(&"panic-in-future".to_owned())
+        .await
+        .expect("publish");
+    publish_texts(&publisher, "after", 5).await;
+
+    let inbox = Inbox::new();
+    let handler = {
+        let inbox = inbox.clone();
+        move |message: Received<String>| {
+            assert!(message.value != "panic-in-call", "boom in the call");
+            let inbox = inbox.clone();
+            async move {
+                assert!(message.value != "panic-in-future", "boom in the future");
+                inbox.push(message);
+                Ok(())
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&topic, "g")
+        .retry(fast_retry(3))
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    let handled = inbox.wait_for(10, harness.patience()).await;
+    assert_eq!(handled.len(), 10, "every other message is handled");
+
+    let dead = read_dead_letters(harness, &broker, &name, "g", 2).await;
+    let mut reasons: Vec<(Bytes, String)> = dead
+        .iter()
+        .map(|letter| {
+            let headers = &letter.metadata.headers;
+            assert_eq!(
+                headers.get(dlq::ATTEMPTS),
+                Some("1"),
+                "a panic is not retried"
+            );
+            let reason = headers.get(dlq::REASON).unwrap_or_default().to_owned();
+            (letter.value.clone(), reason)
+        })
+        .collect();
+    reasons.sort();
+    assert_eq!(reasons[0].0, Bytes::from_static(b"panic-in-call"));
+    assert!(
+        reasons[0].1.contains("panicked") && reasons[0].1.contains("boom in the call"),
+        "reason: {}",
+        reasons[0].1
+    );
+    assert_eq!(reasons[1].0, Bytes::from_static(b"panic-in-future"));
+    assert!(
+        reasons[1].1.contains("boom in the future"),
+        "reason: {}",
+        reasons[1].1
+    );
+    assert!(!running.is_finished(), "the subscription goes on");
+    running.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Order {
     id: u32,

@@ -9,7 +9,8 @@ mod lifecycle;
 
 pub use failures::{
     dead_letter_off_stops_subscription, handler_error_is_retried, manual_nack_redelivers,
-    poison_message_dead_lettered, undecodable_payload_dead_lettered,
+    panicking_handler_dead_lettered, poison_message_dead_lettered,
+    undecodable_payload_dead_lettered,
 };
 pub use flow::{
     batch_publish, concurrent_publishers_lose_nothing, empty_binary_and_large_payloads,
