@@ -80,6 +80,10 @@ impl<T: Send + 'static> Subscriber<T> {
 
     /// Handles every message with `handler`, at least once, until closed.
     ///
+    /// A message is acknowledged only after its handler succeeded. A failed handler is retried
+    /// per the [`RetryPolicy`]; a permanent failure, a panicking handler (when called or while
+    /// its future runs) and an undecodable payload are dead-lettered at once.
+    ///
     /// Resolves once the subscription is open (so messages published afterwards reach it);
     /// the returned [`Running`] handle closes it or waits for it to end.
     pub async fn at_least_once(self, handler: impl Handler<T>) -> Result<Running> {
