@@ -79,7 +79,6 @@ impl fmt::Display for ErrorKind {
 /// and only a failure pays for the allocation.
 pub struct Error(Box<Parts>);
 
-#[derive(Debug)]
 struct Parts {
     kind: ErrorKind,
     temporary: bool,
@@ -168,9 +167,18 @@ impl Error {
     }
 }
 
+/// The same output as before the parts were boxed: `Error { kind: .., .. }`.
 impl fmt::Debug for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&self.0, f)
+        let parts = &*self.0;
+        f.debug_struct("Error")
+            .field("kind", &parts.kind)
+            .field("temporary", &parts.temporary)
+            .field("backend", &parts.backend)
+            .field("operation", &parts.operation)
+            .field("message", &parts.message)
+            .field("source", &parts.source)
+            .finish()
     }
 }
 
