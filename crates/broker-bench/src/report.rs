@@ -149,22 +149,18 @@ async fn measured<'a>(
     }
 }
 
-/// The medians of one scenario.
+/// The medians of one scenario, each with its spread over the rounds.
 #[derive(Debug, Serialize)]
 pub struct ScenarioResult {
     name: String,
     raw_side: &'static str,
     rounds: usize,
-    raw_rate: f64,
-    our_rate: f64,
+    raw_rate: Spread,
+    our_rate: Spread,
     our_mb_per_s: f64,
-    ratio: f64,
-    ratio_min: f64,
-    ratio_max: f64,
-    bare_rate: Option<f64>,
-    bare_ratio: Option<f64>,
-    bare_ratio_min: Option<f64>,
-    bare_ratio_max: Option<f64>,
+    ratio: Spread,
+    bare_rate: Option<Spread>,
+    bare_ratio: Option<Spread>,
     raw_cpu_us_per_msg: f64,
     our_cpu_us_per_msg: f64,
     raw_p50_us: Option<f64>,
@@ -177,7 +173,54 @@ pub struct ScenarioResult {
 impl ScenarioResult {
     /// Whether the median ratio reaches the goal.
     pub fn meets_goal(&self) -> bool {
-        self.ratio >= self.goal
+        self.ratio.median >= self.goal
+    }
+}
+
+/// The median of a figure over the rounds, and its smallest and largest value.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Spread {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Spread {
+    /// The spread of `values` (zeros when there are none).
+    fn of(mut values: Vec<f64>) -> Self {
+        values.sort_by(f64::total_cmp);
+        let n = values.len();
+        let median = match n {
+            0 => 0.0,
+            _ if n % 2 == 1 => values[n / 2],
+            _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+        };
+        Spread {
+            median,
+            min: values.first().copied().unwrap_or_default(),
+            max: values.last().copied().unwrap_or_default(),
+        }
+    }
+
+    /// `0.86 (0.47..1.01)`.
+    fn ratio(&self) -> String {
+        format!("{:.2} ({:.2}..{:.2})", self.median, self.min, self.max)
+    }
+
+    /// `957 k (912..1011)`: a message rate, its extremes in the unit of the median.
+    fn rate(&self) -> String {
+        let (scale, unit, digits) = match self.median {
+            m if m >= 1e6 => (1e6, " M", 2),
+            m if m >= 1e5 => (1e3, " k", 0),
+            m if m >= 1e4 => (1e3, " k", 1),
+            _ => (1.0, "", 0),
+        };
+        format!(
+            "{:.digits$}{unit} ({:.digits$}..{:.digits$})",
+            self.median / scale,
+            self.min / scale,
+            self.max / scale,
+        )
     }
 }
 
@@ -214,9 +257,9 @@ pub async fn run(scenario: &dyn Scenario, rounds: usize) -> anyhow::Result<Scena
         ours.push(o);
         bare.extend(b);
     }
-    let ratios = ratios_of(&ours, &raw);
-    let bare_ratios = (!bare.is_empty()).then(|| ratios_of(&ours, &bare));
-    let our_rate = median(ours.iter().map(|m| m.sample.rate()).collect());
+    let ratio = Spread::of(ratios_of(&ours, &raw));
+    let bare_ratio = (!bare.is_empty()).then(|| Spread::of(ratios_of(&ours, &bare)));
+    let our_rate = Spread::of(rates(&ours));
     let first = &ours[0].sample;
     let bytes_per_message = first.bytes as f64 / first.messages.max(1) as f64;
     let latency = |side: &[Measured], pick: fn(&Latency) -> Duration| {
@@ -225,23 +268,18 @@ pub async fn run(scenario: &dyn Scenario, rounds: usize) -> anyhow::Result<Scena
             .filter_map(|m| m.sample.latency.as_ref())
             .map(|l| pick(l).as_secs_f64() * 1e6)
             .collect();
-        (!values.is_empty()).then(|| median(values))
+        (!values.is_empty()).then(|| Spread::of(values).median)
     };
     Ok(ScenarioResult {
         name: scenario.name(),
         raw_side: scenario.raw_side(),
         rounds: rounds.max(1),
-        raw_rate: median(raw.iter().map(|m| m.sample.rate()).collect()),
+        raw_rate: Spread::of(rates(&raw)),
+        our_mb_per_s: our_rate.median * bytes_per_message / 1e6,
         our_rate,
-        our_mb_per_s: our_rate * bytes_per_message / 1e6,
-        ratio: median(ratios.clone()),
-        ratio_min: min(&ratios),
-        ratio_max: max(&ratios),
-        bare_rate: (!bare.is_empty())
-            .then(|| median(bare.iter().map(|m| m.sample.rate()).collect())),
-        bare_ratio: bare_ratios.as_ref().map(|r| median(r.clone())),
-        bare_ratio_min: bare_ratios.as_ref().map(|r| min(r)),
-        bare_ratio_max: bare_ratios.as_ref().map(|r| max(r)),
+        ratio,
+        bare_rate: (!bare.is_empty()).then(|| Spread::of(rates(&bare))),
+        bare_ratio,
         raw_cpu_us_per_msg: cpu_per_message(&raw),
         our_cpu_us_per_msg: cpu_per_message(&ours),
         raw_p50_us: latency(&raw, |l| l.p50),
@@ -250,6 +288,10 @@ pub async fn run(scenario: &dyn Scenario, rounds: usize) -> anyhow::Result<Scena
         our_p99_us: latency(&ours, |l| l.p99),
         goal: scenario.goal(),
     })
+}
+
+fn rates(side: &[Measured]) -> Vec<f64> {
+    side.iter().map(|m| m.sample.rate()).collect()
 }
 
 /// The ratio ours/base of each round.
@@ -264,27 +306,6 @@ fn cpu_per_message(side: &[Measured]) -> f64 {
     let cpu: f64 = side.iter().map(|m| m.cpu.as_secs_f64()).sum();
     let messages: usize = side.iter().map(|m| m.sample.messages).sum();
     cpu * 1e6 / messages.max(1) as f64
-}
-
-fn min(values: &[f64]) -> f64 {
-    values.iter().copied().fold(f64::INFINITY, f64::min)
-}
-
-fn max(values: &[f64]) -> f64 {
-    values.iter().copied().fold(0.0, f64::max)
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let n = values.len();
-    if n == 0 {
-        return 0.0;
-    }
-    if n % 2 == 1 {
-        values[n / 2]
-    } else {
-        (values[n / 2 - 1] + values[n / 2]) / 2.0
-    }
 }
 
 /// Every scenario's result, and where they were measured.
@@ -340,7 +361,7 @@ impl Report {
         let mut out = format!("machine: {}\n", self.machine);
         if !self.scenarios.is_empty() {
             out.push_str(
-                "\n| scenario | raw side | raw msg/s | ours msg/s | ours MB/s | ours/raw (min..max) | ours/bare raw (min..max) | goal | client CPU µs/msg raw / ours | p50 / p99 latency raw | p50 / p99 latency ours |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+                "\n| scenario | raw side | raw msg/s (min..max) | ours msg/s (min..max) | ours MB/s | ours/raw (min..max) | ours/bare raw (min..max) | goal | client CPU µs/msg raw / ours | p50 / p99 latency raw | p50 / p99 latency ours |\n| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
             );
         }
         for s in &self.scenarios {
@@ -361,22 +382,16 @@ impl Report {
 impl ScenarioResult {
     fn row(&self) -> String {
         let s = self;
-        let bare = match (s.bare_ratio, s.bare_ratio_min, s.bare_ratio_max) {
-            (Some(r), Some(lo), Some(hi)) => format!("{r:.2} ({lo:.2}..{hi:.2})"),
-            _ => "–".to_owned(),
-        };
         format!(
-            "| {} | {} | {:.0} | {:.0} | {:.1} | {:.2} ({:.2}..{:.2}) {} | {} | {:.2} | {:.2} / {:.2} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.1} | {} {} | {} | {:.2} | {:.2} / {:.2} | {} | {} |\n",
             s.name,
             s.raw_side,
-            s.raw_rate,
-            s.our_rate,
+            s.raw_rate.rate(),
+            s.our_rate.rate(),
             s.our_mb_per_s,
-            s.ratio,
-            s.ratio_min,
-            s.ratio_max,
+            s.ratio.ratio(),
             if s.meets_goal() { "ok" } else { "BELOW" },
-            bare,
+            s.bare_ratio.map_or_else(|| "–".to_owned(), |r| r.ratio()),
             s.goal,
             s.raw_cpu_us_per_msg,
             s.our_cpu_us_per_msg,
@@ -400,5 +415,36 @@ fn micros(us: f64) -> String {
         format!("{:.1} ms", us / 1000.0)
     } else {
         format!("{us:.0} µs")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_takes_median_and_extremes() {
+        let odd = Spread::of(vec![3.0, 1.0, 2.0]);
+        assert_eq!((odd.median, odd.min, odd.max), (2.0, 1.0, 3.0));
+        let even = Spread::of(vec![4.0, 1.0, 2.0, 3.0]);
+        assert_eq!((even.median, even.min, even.max), (2.5, 1.0, 4.0));
+        let none = Spread::of(Vec::new());
+        assert_eq!((none.median, none.min, none.max), (0.0, 0.0, 0.0));
+    }
+
+    #[test]
+    fn rates_print_in_the_unit_of_their_median() {
+        let kafka = Spread::of(vec![1_011_857.0, 1_080_764.0, 1_112_254.0]);
+        assert_eq!(kafka.rate(), "1.08 M (1.01..1.11)");
+        let rabbitmq = Spread::of(vec![25_487.0, 30_920.0, 33_409.0]);
+        assert_eq!(rabbitmq.rate(), "30.9 k (25.5..33.4)");
+        let kafka_publish = Spread::of(vec![404_454.0, 182_489.0, 471_755.0]);
+        assert_eq!(kafka_publish.rate(), "404 k (182..472)");
+        let emulator = Spread::of(vec![1_796.0, 1_805.0, 1_871.0]);
+        assert_eq!(emulator.rate(), "1805 (1796..1871)");
+        assert_eq!(
+            Spread::of(vec![0.47, 0.86, 1.01]).ratio(),
+            "0.86 (0.47..1.01)"
+        );
     }
 }
