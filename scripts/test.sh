@@ -50,10 +50,11 @@ step "unit, memory and mock tests" cargo test --workspace --all-features --exclu
 
 if [ "$live" -eq 1 ]; then
   for broker in $LIVE_BROKERS; do
-    for suite in "$broker" "${broker}_restart"; do
-      if [ -f "integration-tests/tests/$suite.rs" ]; then
-        step "live: $suite" cargo test --all-features -p integration-tests --test "$suite"
-      fi
+    # Each broker's suites: <broker>.rs, then any <broker>_<what>.rs (a binary of its own).
+    for file in integration-tests/tests/"$broker".rs integration-tests/tests/"$broker"_*.rs; do
+      [ -f "$file" ] || continue
+      suite=$(basename "$file" .rs)
+      step "live: $suite" cargo test --all-features -p integration-tests --test "$suite"
     done
   done
 fi

@@ -121,7 +121,7 @@ use crate::config::Settings;
 use crate::link::Link;
 use crate::publisher::Publisher;
 use crate::subscriber::Subscription;
-use crate::topology::{scratch_channel, Topology};
+use crate::topology::{close_channel, scratch_channel, Topology};
 
 /// The RabbitMQ backend: one AMQP connection, kept up by a supervisor, shared by every
 /// publisher and subscription of the broker handle.
@@ -223,7 +223,7 @@ impl Backend for RabbitMqBackend {
             let session = self.link.session(deadline).await?;
             let channel = scratch_channel(&session.connection).await?;
             let result = self.topology.ensure_topic(&channel, spec).await;
-            drop(channel);
+            close_channel(&channel).await;
             result
         };
         error::within(deadline, "ensure topic", declaring)
@@ -237,10 +237,12 @@ impl Backend for RabbitMqBackend {
         let deleting = async {
             let session = self.link.session(deadline).await?;
             let channel = scratch_channel(&session.connection).await?;
-            self.topology.delete_topic(&channel, name).await
+            let result = self.topology.delete_topic(&channel, name).await;
+            close_channel(&channel).await;
+            result
         };
         let result = error::within(deadline, "delete topic", deleting).await;
-        self.publisher.forget(name);
+        self.publisher.forget(name).await;
         result
     }
 

@@ -13,7 +13,7 @@ use std::time::Duration;
 use broker_api::{Error, ErrorKind, Result};
 use futures::StreamExt;
 use lapin::{Connection, ConnectionProperties, Event};
-use tokio::sync::{watch, Notify};
+use tokio::sync::{watch, Notify, OnceCell};
 use tokio::time::Instant;
 
 use crate::config::Settings;
@@ -29,12 +29,38 @@ pub(crate) struct Session {
     pub(crate) generation: u64,
     /// The AMQP connection.
     pub(crate) connection: Connection,
+    /// Set once [`Session::close`] finished.
+    closed: OnceCell<()>,
 }
 
 impl Session {
+    fn new(generation: u64, connection: Connection) -> Arc<Session> {
+        Arc::new(Session {
+            generation,
+            connection,
+            closed: OnceCell::new(),
+        })
+    }
+
     /// Whether the connection is still open.
     pub(crate) fn is_open(&self) -> bool {
         self.connection.status().connected()
+    }
+
+    /// Closes the connection once; a concurrent call waits for that close. `Link::close` and
+    /// the supervisor both close the session they hold: two `connection.close` at once make
+    /// lapin fail the connection ("unexpected connection close-ok") instead of closing it.
+    async fn close(&self) {
+        self.closed
+            .get_or_init(|| async {
+                if !self.is_open() {
+                    return;
+                }
+                if let Err(e) = self.connection.close(200, "closing".into()).await {
+                    tracing::debug!(error = %e, "closing the RabbitMQ connection failed");
+                }
+            })
+            .await;
     }
 }
 
@@ -66,10 +92,7 @@ impl Link {
         topology: Arc<Topology>,
     ) -> Result<Arc<Link>> {
         let connection = open_connection(&settings).await?;
-        let session = Arc::new(Session {
-            generation: 1,
-            connection,
-        });
+        let session = Session::new(1, connection);
         let link = Arc::new(Link {
             settings,
             topology,
@@ -139,11 +162,14 @@ impl Link {
     pub(crate) async fn close(&self, timeout: Duration) {
         let previous = self.state.send_replace(State::Closed);
         if let State::Up(session) = previous {
-            if session.is_open() {
-                let closing = session.connection.close(200, "closing".into());
-                if let Ok(Err(e)) = tokio::time::timeout(timeout, closing).await {
-                    tracing::debug!(error = %e, "closing the RabbitMQ connection failed");
-                }
+            if tokio::time::timeout(timeout, session.close())
+                .await
+                .is_err()
+            {
+                tracing::debug!(
+                    ?timeout,
+                    "RabbitMQ did not answer the connection close in time"
+                );
             }
         }
     }
@@ -157,10 +183,8 @@ impl Link {
     async fn supervise(self: Arc<Self>, mut session: Arc<Session>) {
         loop {
             let Some(reason) = self.watch(&session).await else {
-                // Closed: make sure a connection made while closing does not linger.
-                if session.is_open() {
-                    let _ = session.connection.close(200, "closing".into()).await;
-                }
+                // Closed (or the backend dropped without closing): the connection goes too.
+                session.close().await;
                 return;
             };
             tracing::warn!(
@@ -234,7 +258,7 @@ impl Link {
                         }
                     });
                     if !published {
-                        let _ = session.connection.close(200, "closing".into()).await;
+                        session.close().await;
                         return None;
                     }
                     return Some(session);
@@ -267,10 +291,7 @@ impl Link {
             return Err(e);
         }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(Arc::new(Session {
-            generation,
-            connection,
-        }))
+        Ok(Session::new(generation, connection))
     }
 }
 

@@ -228,7 +228,7 @@ impl Topology {
                 channel = refused(connection, e, &mut failures).await?;
             }
         }
-        let _ = channel.close(200, "done".into()).await;
+        close_channel(&channel).await;
         tracing::debug!(
             exchanges = exchanges.len(),
             queues = queues.len(),
@@ -290,12 +290,30 @@ async fn refused(connection: &Connection, e: Error, failures: &mut usize) -> Res
     scratch_channel(connection).await
 }
 
-/// A short-lived channel for declarations: a failed declaration closes its channel.
+/// A short-lived channel for declarations: a failed declaration closes its channel. Close it
+/// with [`close_channel`].
 pub(crate) async fn scratch_channel(connection: &Connection) -> Result<Channel> {
     connection
         .create_channel()
         .await
         .map_err(|e| error::from_lapin("open channel", "cannot open a channel", e))
+}
+
+/// Closes a channel this backend is done with and waits for the broker's answer (unless the
+/// broker closed it already, after a refused declaration for instance).
+///
+/// A lapin channel whose last handle is dropped open closes itself in the background; a
+/// connection close that follows closely (`Broker::close` after declaring or deleting a topic)
+/// races with it, and lapin then fails the whole connection ("invalid channel state: Closing")
+/// instead of closing it. Scratch channels and the confirm channel of a deleted topic are
+/// closed here instead.
+pub(crate) async fn close_channel(channel: &Channel) {
+    if !channel.status().connected() {
+        return;
+    }
+    if let Err(e) = channel.close(200, "done".into()).await {
+        tracing::debug!(error = %e, channel = channel.id(), "closing a channel failed");
+    }
 }
 
 async fn declare_exchange(channel: &Channel, topic: &str, passive: bool) -> Result<()> {

@@ -35,7 +35,7 @@ use crate::confirms::Confirms;
 use crate::error::{self, BACKEND};
 use crate::link::Link;
 use crate::metadata;
-use crate::topology::{scratch_channel, Topology};
+use crate::topology::{close_channel, scratch_channel, Topology};
 
 /// How long to wait before opening a channel again after the broker refused to.
 const REOPEN_PAUSE: Duration = Duration::from_millis(100);
@@ -143,9 +143,14 @@ impl Publisher {
         completion::boxed(shared.clone().send_slowly(topic, message, prepared, permit))
     }
 
-    /// Forgets the topic's channel and exchange, after it was deleted.
-    pub(crate) fn forget(&self, topic: &str) {
-        self.shared.forget(topic);
+    /// Forgets the topic's exchange and closes its confirm channel, after it was deleted.
+    pub(crate) async fn forget(&self, topic: &str) {
+        let Some(route) = self.shared.forget(topic) else {
+            return;
+        };
+        if let Some(open) = route.current() {
+            close_channel(&open.channel).await;
+        }
     }
 
     /// Stops new publishes and waits up to `timeout` for pending confirms. Returns whether
@@ -170,12 +175,15 @@ impl Shared {
             .cloned()
     }
 
-    fn forget(&self, topic: &str) {
-        self.routes
+    /// Forgets the topic's route (returned, for its channel to be closed) and exchange.
+    fn forget(&self, topic: &str) -> Option<Arc<Route>> {
+        let route = self
+            .routes
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(topic);
         self.topology.forget_topic(topic);
+        route
     }
 
     async fn send_slowly(
@@ -213,7 +221,7 @@ impl Shared {
         let session = self.link.session(deadline).await?;
         let channel = scratch_channel(&session.connection).await?;
         let ensured = self.topology.ensure_exchange(&channel, topic).await;
-        drop(channel);
+        close_channel(&channel).await;
         ensured.map_err(|e| e.operation("publish"))?;
         let route = Arc::new(Route {
             exchange: Arc::from(topic),

@@ -211,7 +211,8 @@ impl Pending {
         let names_exchange = text.contains(&format!("exchange '{exchange}'"));
         match amqp.get_id() {
             reply_code::NOT_FOUND if names_exchange => {
-                self.shared.forget(exchange);
+                // The broker closed the channel with this error: there is none to close.
+                drop(self.shared.forget(exchange));
                 if self.shared.auto_provision {
                     let deadline = Instant::now() + self.shared.retry_timeout;
                     let reopening = self.shared.route_or_open(exchange, deadline);
