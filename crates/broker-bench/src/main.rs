@@ -1,8 +1,9 @@
 //! Benchmarks the broker API against the raw clients it wraps, on the same broker, in the same
 //! run: each round runs the raw side then ours (interleaved, so drift hits both), and the table
 //! reports the median rate of each side over the rounds and their ratio, each with its spread
-//! (min..max), the client CPU per message, and publish-to-handler latency where it applies. The `footprint` group
-//! measures a subscription's peak memory over a large backlog with a slow handler.
+//! (min..max), the client CPU per message, and publish-to-handler latency where it applies.
+//! The `footprint` group measures a subscription's peak memory over a large backlog with a
+//! slow handler.
 //!
 //! ```text
 //! scripts/brokers.sh start all

@@ -223,7 +223,7 @@ impl Backend for RabbitMqBackend {
             let session = self.link.session(deadline).await?;
             let channel = scratch_channel(&session.connection).await?;
             let result = self.topology.ensure_topic(&channel, spec).await;
-            close_channel(&channel).await;
+            close_channel(&channel, "done").await;
             result
         };
         error::within(deadline, "ensure topic", declaring)
@@ -238,7 +238,7 @@ impl Backend for RabbitMqBackend {
             let session = self.link.session(deadline).await?;
             let channel = scratch_channel(&session.connection).await?;
             let result = self.topology.delete_topic(&channel, name).await;
-            close_channel(&channel).await;
+            close_channel(&channel, "done").await;
             result
         };
         let result = error::within(deadline, "delete topic", deleting).await;

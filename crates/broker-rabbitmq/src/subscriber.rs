@@ -30,7 +30,7 @@ use crate::error;
 use crate::link::{Link, Session};
 use crate::metadata::{self, DeliveryFields};
 use crate::poll;
-use crate::topology::{scratch_channel, Topology};
+use crate::topology::{close_channel, scratch_channel, Topology};
 
 /// How long closing a subscription waits for the broker to close its channel.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -259,11 +259,11 @@ impl DeliveryStream for Subscription {
                 // Closing the channel cancels the consumer and gives every unacknowledged
                 // message back to the queue; acknowledgements queued before it go first.
                 drop(active.consumer);
-                if active.channel.status().connected() {
-                    let closing = active.channel.close(200, "subscription closed".into());
-                    if let Ok(Err(e)) = tokio::time::timeout(CLOSE_TIMEOUT, closing).await {
-                        tracing::debug!(error = %e, "closing the subscription's channel failed");
-                    }
+                let closing = close_channel(&active.channel, "subscription closed");
+                if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+                    tracing::debug!(
+                        "RabbitMQ did not answer the subscription's channel close in time"
+                    );
                 }
             }
             Ok(())

@@ -228,7 +228,7 @@ impl Topology {
                 channel = refused(connection, e, &mut failures).await?;
             }
         }
-        close_channel(&channel).await;
+        close_channel(&channel, "done").await;
         tracing::debug!(
             exchanges = exchanges.len(),
             queues = queues.len(),
@@ -305,13 +305,13 @@ pub(crate) async fn scratch_channel(connection: &Connection) -> Result<Channel> 
 /// A lapin channel whose last handle is dropped open closes itself in the background; a
 /// connection close that follows closely (`Broker::close` after declaring or deleting a topic)
 /// races with it, and lapin then fails the whole connection ("invalid channel state: Closing")
-/// instead of closing it. Scratch channels and the confirm channel of a deleted topic are
-/// closed here instead.
-pub(crate) async fn close_channel(channel: &Channel) {
+/// instead of closing it. Scratch channels, the confirm channel of a deleted topic and a
+/// closed subscription's channel are closed here instead.
+pub(crate) async fn close_channel(channel: &Channel, reason: &str) {
     if !channel.status().connected() {
         return;
     }
-    if let Err(e) = channel.close(200, "done".into()).await {
+    if let Err(e) = channel.close(200, reason.into()).await {
         tracing::debug!(error = %e, channel = channel.id(), "closing a channel failed");
     }
 }

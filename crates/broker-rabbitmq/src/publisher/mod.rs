@@ -149,7 +149,7 @@ impl Publisher {
             return;
         };
         if let Some(open) = route.current() {
-            close_channel(&open.channel).await;
+            close_channel(&open.channel, "topic deleted").await;
         }
     }
 
@@ -221,7 +221,7 @@ impl Shared {
         let session = self.link.session(deadline).await?;
         let channel = scratch_channel(&session.connection).await?;
         let ensured = self.topology.ensure_exchange(&channel, topic).await;
-        close_channel(&channel).await;
+        close_channel(&channel, "done").await;
         ensured.map_err(|e| e.operation("publish"))?;
         let route = Arc::new(Route {
             exchange: Arc::from(topic),
