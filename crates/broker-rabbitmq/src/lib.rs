@@ -90,7 +90,6 @@
 //! in process instead of rejecting, so this only concerns manual `nack` loops.
 
 mod config;
-mod confirms;
 mod error;
 mod link;
 mod metadata;

@@ -3,16 +3,17 @@
 //! Each topic gets its own confirm channel (so a broker-side channel error, such as a publish
 //! to an exchange deleted behind our back, only touches that topic). A send checks the message,
 //! takes a slot in the confirm window (waiting only when `confirm_window` publishes are
-//! unconfirmed), hands the frames to lapin and returns the confirmation future. The rest of the
-//! publish (waiting for the confirm, publishing again after a dropped channel) is driven by the
-//! backend's confirm task ([`crate::confirms`]), which frees the window slot when the broker
-//! answered, whether or not the caller polls its confirmation. Messages are
+//! unconfirmed) and returns the confirmation future; the publish itself (its frames, the
+//! confirm, publishing again after a dropped channel) runs on the backend's publishing task
+//! ([`driver`]), which frees the window slot when the broker answered, whether or not the
+//! caller polls its confirmation. Messages are
 //! published with `mandatory`: a message no group queue takes comes back (`basic.return`) and
 //! fails its publish, as does a `basic.nack`. A publish whose channel or connection dropped
 //! before its confirm arrived is published again on the next channel within
 //! `retry_timeout` (at least once: the broker may have kept the first copy), or fails. It is
 //! never reported published without a confirm.
 
+mod driver;
 mod orphans;
 mod pending;
 
@@ -29,9 +30,9 @@ use rustc_hash::FxHashMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use self::driver::Driver;
 use self::orphans::Orphans;
-use self::pending::Pending;
-use crate::confirms::Confirms;
+use self::pending::{Pending, Publish};
 use crate::error::{self, BACKEND};
 use crate::link::Link;
 use crate::metadata;
@@ -47,9 +48,9 @@ pub(crate) struct Publisher {
 
 struct Shared {
     link: Arc<Link>,
-    /// The task that drives publishes to their confirm; absent outside a Tokio runtime, where
-    /// the caller's confirmation drives its publish.
-    confirms: Option<Confirms>,
+    /// The task that runs publishes; absent outside a Tokio runtime, where the caller's
+    /// confirmation drives its publish.
+    driver: Option<Driver>,
     topology: Arc<Topology>,
     auto_provision: bool,
     window: Arc<Semaphore>,
@@ -89,9 +90,9 @@ impl Publisher {
             .unwrap_or(u32::MAX)
             .min(Semaphore::MAX_PERMITS as u32);
         let shared = Shared {
-            confirms: tokio::runtime::Handle::try_current()
+            driver: tokio::runtime::Handle::try_current()
                 .ok()
-                .map(|runtime| Confirms::start(&runtime)),
+                .map(|runtime| Driver::start(&runtime)),
             window: Arc::new(Semaphore::new(window_size as usize)),
             window_size,
             max_payload: config.max_message_size,
@@ -130,12 +131,8 @@ impl Publisher {
         if let Some(route) = shared.route(topic) {
             if let Ok(slot) = shared.window.clone().try_acquire_owned() {
                 if let Some(channel) = route.current() {
-                    let pending = Pending {
-                        shared: shared.clone(),
-                        route,
-                        message,
-                    };
-                    return completion::ready(Ok(pending.start(prepared, channel, slot)));
+                    let publish = shared.publish(route, message, prepared, channel, slot);
+                    return completion::ready(Ok(publish));
                 }
                 permit = Some(slot);
             }
@@ -205,12 +202,32 @@ impl Shared {
                 .map_err(|_| error::closed("publish"))?,
         };
         let channel = route.channel(&self, None, deadline).await?;
-        let pending = Pending {
-            shared: self,
-            route,
-            message,
+        Ok(self.publish(route, message, prepared, channel, permit))
+    }
+
+    /// Starts publishing `message` on `channel`, holding window `slot` until it is settled.
+    fn publish(
+        self: &Arc<Self>,
+        route: Arc<Route>,
+        message: Message,
+        prepared: Prepared,
+        channel: Arc<ConfirmChannel>,
+        slot: OwnedSemaphorePermit,
+    ) -> Confirmation {
+        let publish = Publish {
+            pending: Pending {
+                shared: self.clone(),
+                route,
+                message,
+            },
+            prepared,
+            channel,
+            _slot: slot,
         };
-        Ok(pending.start(prepared, channel, permit))
+        match &self.driver {
+            Some(driver) => driver.drive(publish),
+            None => driver::run_in_caller(publish),
+        }
     }
 
     /// The topic's route, checking or declaring its exchange the first time.

@@ -1,9 +1,11 @@
 //! [`Pending`]: the life of one publish, from its frames to the broker's confirm, through
 //! publishing again after a dropped channel.
 
+use std::future::Future;
 use std::sync::Arc;
 
-use broker_api::{Confirmation, Error, ErrorKind, Message, Position, Receipt, Result};
+use broker_api::{Error, ErrorKind, Message, Position, Receipt, Result};
+use futures::TryFutureExt;
 use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
 use lapin::types::ShortString;
@@ -12,7 +14,6 @@ use tokio::time::Instant;
 
 use super::{prepare, ConfirmChannel, Prepared, Route, Shared};
 use crate::error::{self, reply_code, BACKEND};
-use crate::poll;
 
 /// One publish on its way: published, then confirmed, published again after a drop, or failed.
 pub(super) struct Pending {
@@ -21,62 +22,62 @@ pub(super) struct Pending {
     pub(super) message: Message,
 }
 
-impl Pending {
-    /// Queues the first attempt's frames now (so publishes keep their call order) and returns
-    /// the confirmation; the confirm task drives the rest.
-    pub(super) fn start(
-        self,
-        prepared: Prepared,
-        channel: Arc<ConfirmChannel>,
-        permit: OwnedSemaphorePermit,
-    ) -> Confirmation {
-        let shared = self.shared.clone();
-        let started = poll::start(Box::pin(self.run(prepared, channel, permit)));
-        match (started, &shared.confirms) {
-            (futures::future::Either::Right(pending), Some(confirms)) => confirms.watch(pending),
-            (started, _) => Confirmation::from(started),
+/// A publish about to start: its first attempt's frames, the channel they go to, and the
+/// window slot it holds until it is settled.
+pub(super) struct Publish {
+    pub(super) pending: Pending,
+    pub(super) prepared: Prepared,
+    pub(super) channel: Arc<ConfirmChannel>,
+    /// Never read: dropped with the publish, it frees the slot.
+    pub(super) _slot: OwnedSemaphorePermit,
+}
+
+impl Publish {
+    /// Publishes, waits for the confirm, publishes again after a dropped channel; frees the
+    /// window slot when done.
+    ///
+    /// Every publish in flight is one of these futures, so it is kept small: an `async` block
+    /// over `self` (an `async fn` would also copy its argument into a local) that uses the
+    /// fields in place.
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
+    pub(super) fn run(self) -> impl Future<Output = Result<Receipt>> + Send {
+        async move {
+            let failure = match self
+                .pending
+                .publish_once(&self.channel, self.prepared)
+                .await
+            {
+                Ok(confirmed) => return self.pending.settle(confirmed),
+                Err(failure) => failure,
+            };
+            // Rare, and boxed: the future stays the size of one attempt.
+            Box::pin(self.pending.republish(failure, self.channel)).await
         }
     }
+}
 
-    /// Holds its `_slot` in the confirm window until it is settled.
-    async fn run(
-        self,
-        prepared: Prepared,
-        channel: Arc<ConfirmChannel>,
-        _slot: OwnedSemaphorePermit,
-    ) -> Result<Receipt> {
-        let failure = match self.publish_once(&channel, prepared).await {
-            Ok(confirmed) => return self.settle(confirmed),
-            Err(failure) => failure,
-        };
-        // Rare, and boxed: the future of every publish in flight stays the size of one attempt.
-        Box::pin(self.republish(failure, channel)).await
-    }
-
+impl Pending {
     /// Publishes on `channel` and waits for the broker's confirm.
-    async fn publish_once(
-        &self,
-        channel: &ConfirmChannel,
+    ///
+    /// Not an `async fn`: lapin's publish future is created here, taking `prepared`, so that
+    /// the returned future holds the message's properties once, not also as its argument.
+    fn publish_once<'a>(
+        &'a self,
+        channel: &'a ConfirmChannel,
         prepared: Prepared,
-    ) -> lapin::Result<lapin::Confirmation> {
-        let Prepared {
-            routing_key,
-            properties,
-        } = prepared;
-        channel
-            .channel
-            .basic_publish(
-                ShortString::from(&*self.route.exchange),
-                routing_key,
-                BasicPublishOptions {
-                    mandatory: true,
-                    immediate: false,
-                },
-                &self.message.payload,
-                properties,
-            )
-            .await?
-            .await
+    ) -> impl Future<Output = lapin::Result<lapin::Confirmation>> + 'a {
+        let publishing = channel.channel.basic_publish(
+            ShortString::from(&*self.route.exchange),
+            prepared.routing_key,
+            BasicPublishOptions {
+                mandatory: true,
+                immediate: false,
+            },
+            &self.message.payload,
+            prepared.properties,
+        );
+        // A combinator, not an `async` block: awaiting the captured future would copy it.
+        publishing.and_then(|confirm| confirm)
     }
 
     /// The receipt or error of a confirm.
