@@ -131,8 +131,8 @@ impl Publisher {
         if let Some(route) = shared.route(topic) {
             if let Ok(slot) = shared.window.clone().try_acquire_owned() {
                 if let Some(channel) = route.current() {
-                    let publish = shared.publish(route, message, prepared, channel, slot);
-                    return completion::ready(Ok(publish));
+                    let confirmation = shared.publish(route, message, prepared, channel, slot);
+                    return completion::ready(Ok(confirmation));
                 }
                 permit = Some(slot);
             }
