@@ -5,6 +5,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use arrayvec::ArrayString;
 use bytes::Bytes;
 
 /// A message id: unique per message, kept across redeliveries, generated when absent.
@@ -19,7 +20,7 @@ const INLINE_ID: usize = 40;
 
 #[derive(Clone)]
 enum Repr {
-    Inline { len: u8, bytes: [u8; INLINE_ID] },
+    Inline(ArrayString<INLINE_ID>),
     Shared(Arc<str>),
 }
 
@@ -33,10 +34,7 @@ impl MessageId {
     /// The id as text.
     pub fn as_str(&self) -> &str {
         match &self.0 {
-            // Only ever built from a `&str`, so the bytes are UTF-8 and this cannot fail.
-            Repr::Inline { len, bytes } => {
-                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or_default()
-            }
+            Repr::Inline(text) => text,
             Repr::Shared(text) => text,
         }
     }
@@ -44,15 +42,9 @@ impl MessageId {
 
 impl From<&str> for MessageId {
     fn from(value: &str) -> Self {
-        if value.len() <= INLINE_ID {
-            let mut bytes = [0; INLINE_ID];
-            bytes[..value.len()].copy_from_slice(value.as_bytes());
-            MessageId(Repr::Inline {
-                len: value.len() as u8,
-                bytes,
-            })
-        } else {
-            MessageId(Repr::Shared(Arc::from(value)))
+        match ArrayString::from(value) {
+            Ok(inline) => MessageId(Repr::Inline(inline)),
+            Err(_) => MessageId(Repr::Shared(Arc::from(value))),
         }
     }
 }
