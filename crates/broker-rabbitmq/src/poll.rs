@@ -4,7 +4,8 @@
 //! returns (`basic.publish` registers its confirm and queues its frames; `basic.ack` queues its
 //! frame), and only then waits for its IO thread to write them. Polling once therefore hands the
 //! operation over, in call order, without a round trip to the IO thread per message: that is
-//! how publishes and acknowledgements keep many in flight.
+//! how acknowledgements keep many in flight, and how a publish starts when no publishing task
+//! runs it (see `publisher::driver`).
 
 use std::future::Future;
 use std::pin::pin;

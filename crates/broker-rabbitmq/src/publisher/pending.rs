@@ -1,5 +1,5 @@
-//! [`Pending`]: the life of one publish, from its frames to the broker's confirm, through
-//! publishing again after a dropped channel.
+//! [`Publish`] and [`Pending`]: the life of one publish, from its frames to the broker's
+//! confirm, through publishing again after a dropped channel.
 
 use std::future::Future;
 use std::sync::Arc;
