@@ -1,6 +1,7 @@
 //! Typed publishing.
 
 use std::fmt;
+use std::future::Future;
 
 use futures::future::try_join_all;
 
@@ -53,16 +54,26 @@ impl<T: 'static> Publisher<T> {
     }
 
     /// Publishes a prepared message and waits until the broker confirms it.
-    pub async fn publish_message(&self, message: Message) -> Result<Receipt> {
-        self.send_message(message).await?.await
+    //
+    // These two are not `async fn`s, which would store the message in their future twice: it
+    // is moved on every publish.
+    #[allow(clippy::manual_async_fn)]
+    pub fn publish_message(&self, message: Message) -> impl Future<Output = Result<Receipt>> + '_ {
+        async move { self.send_message(message).await?.await }
     }
 
     /// Queues a prepared message in publish order and returns its pending confirmation.
-    pub async fn send_message(&self, message: Message) -> Result<Confirmation> {
-        if !self.name_is_valid {
-            validate_name("topic", self.topic.name())?;
+    #[allow(clippy::manual_async_fn)] // see `publish_message`
+    pub fn send_message(
+        &self,
+        message: Message,
+    ) -> impl Future<Output = Result<Confirmation>> + '_ {
+        async move {
+            if !self.name_is_valid {
+                validate_name("topic", self.topic.name())?;
+            }
+            self.backend.send(self.topic.name(), message).await
         }
-        self.backend.send(self.topic.name(), message).await
     }
 
     /// Publishes every value, all in flight at once, and waits for every confirmation.

@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::DeadLetters;
 use super::fair_share::FairShare;
 use super::key_lanes::KeyLanes;
+use super::stop::Stop;
 use crate::backend::BoxDeliveryStream;
 use crate::delivery::{Delivery, Metadata};
 use crate::error::{Error, ErrorKind, Result};
@@ -27,7 +28,7 @@ use crate::topic::Topic;
 /// Dropping the handle leaves the subscription running until the broker is closed.
 #[derive(Debug)]
 pub struct Running {
-    stop: CancellationToken,
+    stop: Stop,
     task: JoinHandle<Result<()>>,
 }
 
@@ -36,7 +37,7 @@ impl Running {
     /// what they handled and leaves the group. Messages not handled are delivered again to the
     /// group later. Returns the subscription's error if it had already failed.
     pub async fn close(self) -> Result<()> {
-        self.stop.cancel();
+        self.stop.request();
         self.join().await
     }
 
@@ -101,7 +102,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     }
 
     pub(crate) fn start(self, stream: BoxDeliveryStream, handler: impl Handler<T>) -> Running {
-        let stop = CancellationToken::new();
+        let stop = Stop::default();
         let task = tokio::spawn(Arc::new(self).run(stream, Arc::new(handler), stop.clone()));
         Running { stop, task }
     }
@@ -110,7 +111,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         self: Arc<Self>,
         mut stream: BoxDeliveryStream,
         handler: Arc<H>,
-        stop: CancellationToken,
+        stop: Stop,
     ) -> Result<()> {
         let outcome = if self.settings.concurrency <= 1 {
             self.run_sequential(&mut stream, &*handler, &stop).await
@@ -129,13 +130,14 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         &self,
         stream: &mut BoxDeliveryStream,
         handler: &H,
-        stop: &CancellationToken,
+        stop: &Stop,
     ) -> Result<()> {
         let mut fair_share = FairShare::default();
+        let closing = stop.token();
         loop {
             // A delivery that is ready is taken without arming the close signal (a registration
             // per message); only an empty stream waits for both.
-            if stop.is_cancelled() {
+            if stop.is_requested() {
                 return Ok(());
             }
             let item = match futures::poll!(stream.next()) {
@@ -145,7 +147,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 }
                 Poll::Pending => tokio::select! {
                     biased;
-                    () = stop.cancelled() => return Ok(()),
+                    () = closing.cancelled() => return Ok(()),
                     item = stream.next() => item,
                 },
             };
@@ -154,22 +156,27 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 Some(Err(e)) => return Err(e),
                 None => return Ok(()),
             };
-            let handling = self.handle(delivery, handler, stop);
-            tokio::pin!(handling);
+            // The delivery stays in this loop until it is settled; the attempt borrows none of it.
+            let attempt = self.attempt(&delivery.payload, &delivery.metadata, handler);
+            tokio::pin!(attempt);
             // Most handlers finish at their first poll: no need to watch for close then.
-            if let Poll::Ready(result) = futures::poll!(&mut handling) {
-                result?;
-                continue;
-            }
-            tokio::select! {
-                biased;
-                result = &mut handling => result?,
-                () = stop.cancelled() => {
-                    // Closing: let the running handler finish, within the shutdown timeout.
-                    self.finish_within_timeout(async { handling.await.map(drop) }).await?;
-                    return Ok(());
-                }
-            }
+            let outcome = match futures::poll!(&mut attempt) {
+                Poll::Ready(outcome) => outcome,
+                Poll::Pending => tokio::select! {
+                    biased;
+                    outcome = &mut attempt => outcome,
+                    () = closing.cancelled() => {
+                        // Closing: let the running handler finish, within the shutdown timeout.
+                        let finishing = async {
+                            let outcome = attempt.await;
+                            self.conclude(delivery, outcome, handler, closing).await
+                        };
+                        self.finish_within_timeout(finishing).await?;
+                        return Ok(());
+                    }
+                },
+            };
+            self.conclude(delivery, outcome, handler, closing).await?;
         }
     }
 
@@ -178,10 +185,10 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         self: Arc<Self>,
         stream: &mut BoxDeliveryStream,
         handler: Arc<H>,
-        stop: &CancellationToken,
+        stop: &Stop,
     ) -> Result<()> {
         // Cancelled on close or on a fatal error: handlers waiting to retry give up their message.
-        let abandon = stop.child_token();
+        let abandon = stop.token().child_token();
         let mut running = FuturesUnordered::new();
         let mut lanes = KeyLanes::default();
         let mut outcome = Ok(());
@@ -201,7 +208,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             let has_room = running.len() < self.settings.concurrency;
             tokio::select! {
                 biased;
-                () = stop.cancelled() => break,
+                () = stop.token().cancelled() => break,
                 Some(finished) = running.next() => {
                     let Finished { key, result } = finished;
                     if let Err(e) = result {
@@ -280,16 +287,24 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         abandon: &'a CancellationToken,
     ) -> impl Future<Output = Result<()>> + Send + 'a {
         async move {
-            match self
+            let outcome = self
                 .attempt(&delivery.payload, &delivery.metadata, handler)
-                .await
-            {
-                Ok(()) => {
-                    acknowledge(delivery).await;
-                    Ok(())
-                }
-                Err(failure) => self.retry(delivery, handler, abandon, failure).await,
-            }
+                .await;
+            self.conclude(delivery, outcome, handler, abandon).await
+        }
+    }
+
+    /// After an attempt: acknowledges the delivery when it succeeded, retries it otherwise.
+    fn conclude<'a, H: Handler<T>>(
+        &'a self,
+        delivery: Delivery,
+        outcome: std::result::Result<(), Failure>,
+        handler: &'a H,
+        abandon: &'a CancellationToken,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        match outcome {
+            Ok(()) => Either::Left(acknowledge(delivery).map(Ok)),
+            Err(failure) => Either::Right(self.retry(delivery, handler, abandon, failure)),
         }
     }
 

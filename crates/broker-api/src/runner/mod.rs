@@ -6,6 +6,7 @@ mod dead_letter;
 mod fair_share;
 mod key_lanes;
 mod manual;
+mod stop;
 
 pub use at_least_once::Running;
 pub use at_most_once::AtMostOnce;
