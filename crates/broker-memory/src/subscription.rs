@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use broker_api::{
@@ -15,7 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::group::{Group, Handout};
-use crate::log::Record;
+use crate::log::{Log, Record};
 use crate::topic::Topic;
 
 /// Most deliveries taken from the group under one lock. The topic's log stays read-locked
@@ -33,7 +33,17 @@ pub(crate) struct Member {
     in_flight: AtomicUsize,
     room: Notify,
     stopped: AtomicBool,
+    /// Acknowledged deliveries of unkeyed messages, not yet applied to the log and the group:
+    /// applied under the log lock the member takes anyway for its next batch (or before it
+    /// waits, stops or goes away), instead of taking it once per acknowledgement against the
+    /// publishers appending to the log. Deferring them frees no key and readies no message,
+    /// and only delays dropping their segments.
+    deferred_acks: Mutex<Vec<u64>>,
 }
+
+/// [`AckKey::scope`] of a delivery whose message has a key: its acknowledgement frees the key
+/// for the next message with it, at once.
+const KEYED: u64 = 1;
 
 impl Member {
     pub(crate) fn new(topic: Arc<Topic>, group: Arc<Group>, max_in_flight: usize) -> Self {
@@ -44,11 +54,13 @@ impl Member {
             in_flight: AtomicUsize::new(0),
             room: Notify::new(),
             stopped: AtomicBool::new(false),
+            deferred_acks: Mutex::new(Vec::new()),
         }
     }
 
     /// Stops intake: the stream ends at its next poll.
     pub(crate) fn stop(&self) {
+        self.apply_deferred_acks();
         self.stopped.store(true, Ordering::SeqCst);
         self.topic.wake_all();
         self.room.notify_one();
@@ -80,9 +92,10 @@ impl Member {
             return;
         }
         let _waiting = self.topic.wait_for_change();
-        let may_have_work = self
-            .topic
-            .with_log(|log| self.group.may_have_work(log.end()));
+        let may_have_work = self.topic.with_log(|log| {
+            self.apply_deferred(log);
+            self.group.may_have_work(log.end())
+        });
         if !may_have_work {
             changed.await;
         }
@@ -96,6 +109,7 @@ impl Member {
         out: &mut VecDeque<Delivery>,
     ) -> usize {
         self.topic.with_log(|log| {
+            self.apply_deferred(log);
             self.group.take(log, room.min(BATCH), scratch);
             let taken = scratch.len();
             self.in_flight.fetch_add(taken, Ordering::SeqCst);
@@ -119,7 +133,8 @@ impl Member {
             attempt: Some(attempt),
             position: Position::Memory { offset },
         };
-        let acker = Acker::keyed(self.clone(), AckKey { scope: 0, offset });
+        let scope = if record.key.is_some() { KEYED } else { 0 };
+        let acker = Acker::keyed(self.clone(), AckKey { scope, offset });
         Delivery::new(record.payload.clone(), metadata, acker)
     }
 
@@ -132,14 +147,37 @@ impl Member {
     /// The message at `offset` was handled: its segment may be dropped once every group has,
     /// and its key is free for the next message with it. Returns whether a message became
     /// ready.
-    fn ack(&self, offset: u64) -> bool {
-        self.topic.with_log(|log| {
-            let Some((record, unsettled)) = log.get(offset) else {
-                return false;
-            };
-            unsettled.fetch_sub(1, Ordering::SeqCst);
-            self.group.ack(offset, record.key.as_deref())
-        })
+    fn ack(&self, log: &Log, offset: u64) -> bool {
+        let Some((record, unsettled)) = log.get(offset) else {
+            return false;
+        };
+        unsettled.fetch_sub(1, Ordering::SeqCst);
+        self.group.ack(offset, record.key.as_deref())
+    }
+
+    fn deferred_acks(&self) -> MutexGuard<'_, Vec<u64>> {
+        self.deferred_acks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Applies the deferred acknowledgements (see [`Member::deferred_acks`]).
+    fn apply_deferred(&self, log: &Log) {
+        for offset in self.deferred_acks().drain(..) {
+            self.ack(log, offset);
+        }
+    }
+
+    fn apply_deferred_acks(&self) {
+        if !self.deferred_acks().is_empty() {
+            self.topic.with_log(|log| self.apply_deferred(log));
+        }
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.apply_deferred_acks();
     }
 }
 
@@ -149,7 +187,13 @@ impl AckTable for Member {
     fn settle(&self, key: AckKey, settlement: Settlement) -> Result<()> {
         let offset = key.offset;
         let ready = match settlement {
-            Settlement::Ack => self.ack(offset),
+            Settlement::Ack if key.scope == KEYED => {
+                self.topic.with_log(|log| self.ack(log, offset))
+            }
+            Settlement::Ack => {
+                self.deferred_acks().push(offset);
+                false
+            }
             Settlement::Nack | Settlement::Dropped => {
                 self.group.nack(offset);
                 true
