@@ -49,26 +49,37 @@ impl<T: 'static> Publisher<T> {
     }
 
     /// Queues `value` in publish order and returns its pending confirmation.
-    pub async fn send(&self, value: &T) -> Result<Confirmation> {
-        self.send_message(self.topic.message(value)?).await
+    ///
+    /// The value is encoded at once: the returned future does not borrow it.
+    pub fn send(&self, value: &T) -> impl Future<Output = Result<Confirmation>> + '_ {
+        self.hand_over(self.topic.message(value))
     }
 
     /// Publishes a prepared message and waits until the broker confirms it.
-    //
-    // These two are not `async fn`s, which would store the message in their future twice: it
-    // is moved on every publish.
-    #[allow(clippy::manual_async_fn)]
     pub fn publish_message(&self, message: Message) -> impl Future<Output = Result<Receipt>> + '_ {
-        async move { self.send_message(message).await?.await }
+        let handing_over = self.hand_over(Ok(message));
+        async move { handing_over.await?.await }
     }
 
     /// Queues a prepared message in publish order and returns its pending confirmation.
-    #[allow(clippy::manual_async_fn)] // see `publish_message`
     pub fn send_message(
         &self,
         message: Message,
     ) -> impl Future<Output = Result<Confirmation>> + '_ {
+        self.hand_over(Ok(message))
+    }
+
+    /// Hands the message to the backend when first polled.
+    ///
+    /// The publishing methods return this future rather than being `async fn`s, which would
+    /// store the message in their futures once more: it is moved on every publish.
+    #[allow(clippy::manual_async_fn)] // on purpose, see above
+    fn hand_over(
+        &self,
+        message: Result<Message>,
+    ) -> impl Future<Output = Result<Confirmation>> + '_ {
         async move {
+            let message = message?;
             if !self.name_is_valid {
                 validate_name("topic", self.topic.name())?;
             }
