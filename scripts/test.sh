@@ -21,6 +21,9 @@ for arg in "$@"; do
 done
 
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/broker-rs/target}"
+# A shared target directory reused by clones at different paths: incremental state would pile
+# up per path (gigabytes each) and a test run gains nothing from it.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() {
