@@ -274,7 +274,8 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     }
 
     /// Handles one delivery to the end: acknowledged, dead-lettered, abandoned (delivered again
-    /// later) or a fatal error.
+    /// later) or a fatal error. The concurrent runner runs one per message; the sequential one
+    /// runs the same two steps in its own loop.
     ///
     /// The first attempt runs in this future, retries in a boxed one: this future is built and
     /// moved for every message, so it holds only what the first attempt needs. Not an
