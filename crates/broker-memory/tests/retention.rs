@@ -122,3 +122,35 @@ async fn an_unacknowledged_delivery_keeps_its_segment() {
     again.ack().await.expect("ack");
     stream.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn a_subscription_that_keeps_running_lets_acknowledged_segments_go() {
+    use futures::StreamExt;
+
+    let backend = backend(&["fast"]).await;
+    publish_all(&backend, 0).await;
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("events", "fast"))
+        .await
+        .expect("subscribe");
+    for expected in 0..PUBLISHED {
+        let delivery = next_within(&mut stream, PATIENCE).await;
+        assert_eq!(offset(&delivery), expected);
+        delivery.ack().await.expect("ack");
+    }
+    // Nothing more to read: the stream waits, open, with everything acknowledged.
+    let idle = tokio::time::timeout(Duration::from_millis(50), stream.next()).await;
+    assert!(idle.is_err(), "no message is left to deliver");
+    publish_all(&backend, 1).await;
+    let mut late = backend
+        .subscribe(SubscribeRequest::new("events", "late"))
+        .await
+        .expect("subscribe");
+    let first = offset(&next_within(&mut late, PATIENCE).await);
+    assert!(
+        first > 0,
+        "acknowledged segments were dropped while the subscription ran"
+    );
+    late.close().await.expect("close");
+    stream.close().await.expect("close");
+}
