@@ -60,7 +60,7 @@ impl Member {
 
     /// Stops intake: the stream ends at its next poll.
     pub(crate) fn stop(&self) {
-        self.apply_deferred_acks();
+        self.flush_deferred();
         self.stopped.store(true, Ordering::SeqCst);
         self.topic.wake_all();
         self.room.notify_one();
@@ -161,14 +161,15 @@ impl Member {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Applies the deferred acknowledgements (see [`Member::deferred_acks`]).
+    /// Applies the deferred acknowledgements (see the `deferred_acks` field) under `log`'s lock.
     fn apply_deferred(&self, log: &Log) {
         for offset in self.deferred_acks().drain(..) {
             self.ack(log, offset);
         }
     }
 
-    fn apply_deferred_acks(&self) {
+    /// Applies the deferred acknowledgements, taking the log's lock if there are any.
+    fn flush_deferred(&self) {
         if !self.deferred_acks().is_empty() {
             self.topic.with_log(|log| self.apply_deferred(log));
         }
@@ -177,7 +178,7 @@ impl Member {
 
 impl Drop for Member {
     fn drop(&mut self) {
-        self.apply_deferred_acks();
+        self.flush_deferred();
     }
 }
 
