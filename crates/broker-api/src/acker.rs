@@ -119,6 +119,11 @@ impl Acker {
         Acker(Handle::Boxed(acknowledge))
     }
 
+    /// A handle that is settled already: settling or dropping it does nothing.
+    pub(crate) fn settled() -> Self {
+        Acker(Handle::Settled)
+    }
+
     /// Acknowledges the delivery; resolves when the backend has recorded it.
     pub fn ack(self) -> Completion<'static, ()> {
         self.settle(Settlement::Ack)

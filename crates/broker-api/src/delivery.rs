@@ -126,6 +126,12 @@ impl Delivery {
         self.acker.nack()
     }
 
+    /// Takes the acknowledgement handle, leaving one that is settled already: a runner settles
+    /// a delivery it keeps in place without moving all of it.
+    pub(crate) fn take_acker(&mut self) -> Acker {
+        std::mem::replace(&mut self.acker, Acker::settled())
+    }
+
     /// Splits the delivery into payload, metadata and acknowledgement handle.
     pub fn into_parts(self) -> (Bytes, Metadata, Acker) {
         (self.payload, self.metadata, self.acker)

@@ -266,6 +266,21 @@ mod tests {
     }
 
     #[test]
+    fn random_ids_are_uuid_v4_and_differ_across_threads() {
+        let ids = |n| (0..n).map(|_| MessageId::random()).collect::<Vec<_>>();
+        let mut all = ids(1000);
+        let others = std::thread::spawn(move || ids(1000));
+        all.extend(others.join().expect("the other thread made its ids"));
+        for id in &all {
+            let parsed = uuid::Uuid::parse_str(id.as_str()).expect("a hyphenated UUID");
+            assert_eq!(parsed.get_version(), Some(uuid::Version::Random), "{id}");
+            assert_eq!(parsed.hyphenated().to_string(), id.as_str(), "lower case");
+        }
+        let distinct: std::collections::HashSet<_> = all.iter().collect();
+        assert_eq!(distinct.len(), all.len());
+    }
+
+    #[test]
     fn ids_compare_by_text_whatever_their_length() {
         let short = MessageId::from("id-1");
         let long = MessageId::from("x".repeat(100));

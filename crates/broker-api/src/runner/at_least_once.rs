@@ -17,6 +17,7 @@ use super::fair_share::FairShare;
 use super::key_lanes::KeyLanes;
 use super::stop::Stop;
 use crate::backend::BoxDeliveryStream;
+use crate::completion::Completion;
 use crate::delivery::{Delivery, Metadata};
 use crate::error::{Error, ErrorKind, Result};
 use crate::handler::{Handler, HandlerError, Received};
@@ -140,18 +141,18 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             if stop.is_requested() {
                 return Ok(());
             }
+            // Yields before taking the next delivery, not while holding it: a delivery held
+            // across an await is moved into this future's state once more.
+            fair_share.take().await;
             let item = match futures::poll!(stream.next()) {
-                Poll::Ready(item) => {
-                    fair_share.take().await;
-                    item
-                }
+                Poll::Ready(item) => item,
                 Poll::Pending => tokio::select! {
                     biased;
                     () = closing.cancelled() => return Ok(()),
                     item = stream.next() => item,
                 },
             };
-            let delivery = match item {
+            let mut delivery = match item {
                 Some(Ok(delivery)) => delivery,
                 Some(Err(e)) => return Err(e),
                 None => return Ok(()),
@@ -176,7 +177,11 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     }
                 },
             };
-            self.conclude(delivery, outcome, handler, closing).await?;
+            match outcome {
+                // Settled in place: the delivery is not moved again, only its acker.
+                Ok(()) => acknowledged(delivery.take_acker().ack()).await,
+                Err(failure) => self.retry(delivery, handler, closing, failure).await?,
+            }
         }
     }
 
@@ -440,7 +445,12 @@ impl<T: Send + 'static> AtLeastOnce<T> {
 /// delivered again, the subscription goes on. The delivery is settled before the first poll:
 /// the future holds only the backend's completion, not the delivery.
 fn acknowledge(delivery: Delivery) -> impl Future<Output = ()> + Send {
-    delivery.ack().map(|acked| {
+    acknowledged(delivery.ack())
+}
+
+/// Waits for an acknowledgement; a failed one is logged (see [`acknowledge`]).
+fn acknowledged(ack: Completion<'static, ()>) -> impl Future<Output = ()> + Send {
+    ack.map(|acked| {
         if let Err(e) = acked {
             tracing::warn!(error = %e, "acknowledgement failed; the message will be delivered again");
         }
