@@ -25,12 +25,14 @@ use crate::error::Result;
 /// Confirmations a client fills in by key, in entries it reuses once their confirmation is
 /// done with them: publishing then allocates nothing per message for its confirmation.
 pub trait ReceiptTable: Send + Sync {
-    /// The answer for `key` once it arrived; registers `cx`'s waker to be woken by it until then.
+    /// The answer for `key` once it arrived, and then the confirmation is done with `key` (as
+    /// if [`release`](Self::release)d, in the same lookup); registers `cx`'s waker to be woken
+    /// by the answer until then.
     fn poll_receipt(&self, key: usize, cx: &mut Context<'_>) -> Poll<Result<Receipt>>;
 
-    /// The confirmation of `key` is done with it (answered, or dropped unanswered). The table
-    /// must not hand `key` out again while an answer for it may still arrive: that answer
-    /// would resolve another message's confirmation.
+    /// The confirmation of `key` is done with it unanswered (dropped). The table must not hand
+    /// `key` out again while an answer for it may still arrive: that answer would resolve
+    /// another message's confirmation.
     fn release(&self, key: usize);
 }
 
@@ -151,8 +153,8 @@ impl Future for Confirmation {
             ),
             State::Shared(slot) => slot.poll_receipt(cx),
             State::Keyed(table, key) => {
+                // Answered: the table let go of the key already.
                 let result = std::task::ready!(table.poll_receipt(*key, cx));
-                table.release(*key);
                 self.0 = State::Ready(None);
                 Poll::Ready(result)
             }
@@ -230,8 +232,9 @@ mod tests {
 
     impl ReceiptTable for OneEntry {
         fn poll_receipt(&self, key: usize, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
-            assert_eq!(key, 3);
-            self.slot.poll_receipt(cx)
+            let answer = std::task::ready!(self.slot.poll_receipt(cx));
+            self.release(key);
+            Poll::Ready(answer)
         }
 
         fn release(&self, key: usize) {

@@ -104,7 +104,11 @@ impl Reports {
 impl ReceiptTable for Reports {
     fn poll_receipt(&self, key: usize, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
         match self.entries.get(key) {
-            Some(entry) => entry.answer.poll_receipt(cx),
+            Some(entry) => {
+                let answer = std::task::ready!(entry.answer.poll_receipt(cx));
+                self.let_go(key, entry);
+                Poll::Ready(answer)
+            }
             // The confirmation owns its entry until it is released, and is not polled after.
             None => Poll::Ready(Err(Error::new(
                 ErrorKind::Other,

@@ -122,7 +122,7 @@ impl Publisher {
         let reports = self.reports();
         let key = reports
             .open(&message.id)
-            .ok_or(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))?;
+            .ok_or_else(|| KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))?;
         let mut record: BaseRecord<'_, str, [u8], usize> = BaseRecord::with_opaque_to(topic, key)
             .payload(&message.payload[..])
             .headers(wire_headers(message));
