@@ -20,6 +20,16 @@ fn broker(auto_provision: bool) -> Broker {
     ))
 }
 
+/// The first value group `readers` reads from `topic` (from the earliest message kept).
+async fn first_value(broker: &Broker, topic: &Topic<String>) -> String {
+    let mut stream = broker
+        .subscriber(topic, "readers")
+        .at_most_once()
+        .await
+        .expect("subscribed");
+    next_within(&mut stream, PATIENCE).await.value
+}
+
 #[tokio::test]
 async fn a_topic_deleted_and_created_again_receives_the_next_messages() {
     let broker = broker(false);
@@ -46,13 +56,7 @@ async fn a_topic_deleted_and_created_again_receives_the_next_messages() {
         .publish(&"into the new topic".to_owned())
         .await
         .unwrap();
-    let mut stream = broker
-        .subscriber(&topic, "readers")
-        .at_most_once()
-        .await
-        .unwrap();
-    let received = next_within(&mut stream, PATIENCE).await;
-    assert_eq!(received.value, "into the new topic");
+    assert_eq!(first_value(&broker, &topic).await, "into the new topic");
 }
 
 #[tokio::test]
@@ -71,13 +75,7 @@ async fn a_publisher_made_before_its_topic_exists_publishes_once_it_does() {
         .await
         .unwrap();
     publisher.publish(&"in time".to_owned()).await.unwrap();
-    let mut stream = broker
-        .subscriber(&topic, "readers")
-        .at_most_once()
-        .await
-        .unwrap();
-    let received = next_within(&mut stream, PATIENCE).await;
-    assert_eq!(received.value, "in time");
+    assert_eq!(first_value(&broker, &topic).await, "in time");
 }
 
 #[tokio::test]
