@@ -120,7 +120,9 @@ impl Publisher {
         message: &Message,
     ) -> std::result::Result<usize, KafkaError> {
         let reports = self.reports();
-        let key = reports.open(&message.id);
+        let key = reports
+            .open(&message.id)
+            .ok_or_else(|| KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))?;
         let mut record: BaseRecord<'_, str, [u8], usize> = BaseRecord::with_opaque_to(topic, key)
             .payload(&message.payload[..])
             .headers(wire_headers(message));
