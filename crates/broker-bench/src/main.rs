@@ -1,5 +1,6 @@
 //! Benchmarks the broker API against the raw clients it wraps, on the same broker, in the same
-//! run: each round runs the raw side then ours (interleaved, so drift hits both), and the table
+//! run: each round runs the raw side and ours (interleaved, so drift hits both; every other
+//! round ours first, so that neither always inherits the other's leftovers), and the table
 //! reports the median rate of each side over the rounds and their ratio, each with its spread
 //! (min..max), the client CPU per message, and publish-to-handler latency where it applies.
 //! The `footprint` group measures a subscription's peak memory over a large backlog with a
@@ -33,7 +34,7 @@ use report::{Report, Scenario, Side};
 #[derive(Debug, Parser)]
 #[command(about = "Benchmarks of the broker API against the raw clients, as ratios")]
 struct Args {
-    /// Interleaved rounds per scenario (raw, ours, raw, ours, ...); the median is reported.
+    /// Interleaved rounds per scenario (raw then ours, ours then raw, ...); the median is reported.
     #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Messages per round; each scenario has its own default.

@@ -235,16 +235,25 @@ pub async fn run(scenario: &dyn Scenario, rounds: usize) -> anyhow::Result<Scena
     let mut ours = Vec::new();
     let mut bare = Vec::new();
     for round in 0..rounds.max(1) {
-        let r = measured(|| scenario.raw(false)).await?;
-        let o = measured(|| scenario.ours()).await?;
+        // Every other round runs ours first: whatever a side leaves behind on the broker (a
+        // topic being deleted, a log being flushed) weighs on both sides alike.
+        let ours_first = round % 2 == 1;
+        let (r, o) = if ours_first {
+            let o = measured(|| scenario.ours()).await?;
+            (measured(|| scenario.raw(false)).await?, o)
+        } else {
+            let r = measured(|| scenario.raw(false)).await?;
+            (r, measured(|| scenario.ours()).await?)
+        };
         let b = if scenario.has_bare() {
             Some(measured(|| scenario.raw(true)).await?)
         } else {
             None
         };
         eprintln!(
-            "  round {}: raw {:.0} msg/s, ours {:.0} msg/s ({:.2}){}",
+            "  round {}{}: raw {:.0} msg/s, ours {:.0} msg/s ({:.2}){}",
             round + 1,
+            if ours_first { " (ours first)" } else { "" },
             r.sample.rate(),
             o.sample.rate(),
             o.sample.rate() / r.sample.rate(),
