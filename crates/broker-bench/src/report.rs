@@ -240,10 +240,12 @@ pub async fn run(scenario: &dyn Scenario, rounds: usize) -> anyhow::Result<Scena
         let ours_first = round % 2 == 1;
         let (r, o) = if ours_first {
             let o = measured(|| scenario.ours()).await?;
-            (measured(|| scenario.raw(false)).await?, o)
+            let r = measured(|| scenario.raw(false)).await?;
+            (r, o)
         } else {
             let r = measured(|| scenario.raw(false)).await?;
-            (r, measured(|| scenario.ours()).await?)
+            let o = measured(|| scenario.ours()).await?;
+            (r, o)
         };
         let b = if scenario.has_bare() {
             Some(measured(|| scenario.raw(true)).await?)
