@@ -144,43 +144,34 @@ impl Shared {
             .saturating_sub(self.in_flight.load(Ordering::Acquire))
     }
 
-    /// Records that these `(partition, offset)` records are being handed out and returns, for
-    /// each, the acker holding its slot, or `None` when its partition is about to be rewound
-    /// (the record will be read again after the rewind).
-    pub(crate) fn admit(
-        self: &Arc<Self>,
-        records: impl ExactSizeIterator<Item = (i32, i64)>,
-    ) -> Vec<Option<Acker>> {
-        let mut ackers = Vec::with_capacity(records.len());
-        let mut admitted = 0;
-        {
+    /// Records that record `offset` of `partition` is being handed out and returns the acker
+    /// holding its slot, or `None` when its partition is about to be rewound (the record will
+    /// be read again after the rewind).
+    pub(crate) fn admit(self: &Arc<Self>, partition: i32, offset: i64) -> Option<Acker> {
+        let epoch = {
             let mut state = self.state();
-            for (partition, offset) in records {
-                if state.rewinds.iter().any(|&(p, _)| p == partition) {
-                    ackers.push(None);
-                    continue;
-                }
-                let epoch = match state.epochs.get(partition) {
-                    Some(epoch) => epoch,
-                    None => {
-                        let epoch = state.new_epoch();
-                        state.epochs.insert(partition, epoch);
-                        epoch
-                    }
-                };
-                state.tracker.delivered(partition, offset);
-                admitted += 1;
-                // Epochs name their partition. The offset goes through `as` both ways, which
-                // round-trips every value.
-                let key = AckKey {
-                    scope: epoch,
-                    offset: offset as u64,
-                };
-                ackers.push(Some(Acker::keyed(self.clone(), key)));
+            if state.rewinds.iter().any(|&(p, _)| p == partition) {
+                return None;
             }
-        }
-        self.in_flight.fetch_add(admitted, Ordering::AcqRel);
-        ackers
+            let epoch = match state.epochs.get(partition) {
+                Some(epoch) => epoch,
+                None => {
+                    let epoch = state.new_epoch();
+                    state.epochs.insert(partition, epoch);
+                    epoch
+                }
+            };
+            state.tracker.delivered(partition, offset);
+            epoch
+        };
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        // Epochs name their partition. The offset goes through `as` both ways, which
+        // round-trips every value.
+        let key = AckKey {
+            scope: epoch,
+            offset: offset as u64,
+        };
+        Some(Acker::keyed(self.clone(), key))
     }
 
     /// Partitions were assigned: their deliveries start a new epoch.
@@ -318,13 +309,6 @@ impl AckTable for Shared {
 mod tests {
     use super::*;
 
-    fn admit(shared: &Arc<Shared>, partition: i32, offset: i64) -> Option<Acker> {
-        shared
-            .admit([(partition, offset)].into_iter())
-            .pop()
-            .flatten()
-    }
-
     fn ack(acker: Acker) -> Result<()> {
         match acker.ack() {
             futures::future::Either::Left(ready) => ready.into_inner(),
@@ -343,9 +327,9 @@ mod tests {
     fn only_the_handled_prefix_moves() {
         let shared = Arc::new(Shared::new("t", "g", 10));
         shared.assigned(&[0]);
-        let a = admit(&shared, 0, 5).unwrap();
-        let b = admit(&shared, 0, 6).unwrap();
-        let c = admit(&shared, 0, 7).unwrap();
+        let a = shared.admit(0, 5).unwrap();
+        let b = shared.admit(0, 6).unwrap();
+        let c = shared.admit(0, 7).unwrap();
         ack(b).unwrap();
         assert!(shared.take_moved().is_empty());
         ack(a).unwrap();
@@ -357,8 +341,8 @@ mod tests {
     #[test]
     fn slots_bound_deliveries_and_come_back_on_drop() {
         let shared = Arc::new(Shared::new("t", "g", 2));
-        let a = admit(&shared, 0, 0).unwrap();
-        let b = admit(&shared, 0, 1).unwrap();
+        let a = shared.admit(0, 0).unwrap();
+        let b = shared.admit(0, 1).unwrap();
         assert_eq!(shared.room(), 0);
         drop(a);
         assert_eq!(shared.room(), 1);
@@ -372,14 +356,14 @@ mod tests {
     fn revoked_partitions_ignore_late_acks() {
         let shared = Arc::new(Shared::new("t", "g", 10));
         shared.assigned(&[0, 1]);
-        let a = admit(&shared, 0, 0).unwrap();
-        let b = admit(&shared, 1, 0).unwrap();
+        let a = shared.admit(0, 0).unwrap();
+        let b = shared.admit(1, 0).unwrap();
         ack(b).unwrap();
         assert_eq!(shared.revoked(&[0, 1]), [(0, 0), (1, 1)]);
         ack(a).unwrap();
         assert!(shared.take_moved().is_empty());
         shared.assigned(&[0]);
-        let again = admit(&shared, 0, 0).unwrap();
+        let again = shared.admit(0, 0).unwrap();
         ack(again).unwrap();
         assert_eq!(shared.take_moved(), [(0, 1)]);
     }
@@ -388,15 +372,15 @@ mod tests {
     fn nack_rewinds_to_the_oldest_unsettled_offset() {
         let shared = Arc::new(Shared::new("t", "g", 10));
         shared.assigned(&[0]);
-        let a = admit(&shared, 0, 3).unwrap();
-        let b = admit(&shared, 0, 4).unwrap();
-        let c = admit(&shared, 0, 5).unwrap();
+        let a = shared.admit(0, 3).unwrap();
+        let b = shared.admit(0, 4).unwrap();
+        let c = shared.admit(0, 5).unwrap();
         ack(a).unwrap();
         nack(c).unwrap();
         assert_eq!(shared.take_rewinds(), [(0, 4)]);
         // b belongs to the old epoch now: its ack is ignored, it comes again.
         ack(b).unwrap();
-        let again = admit(&shared, 0, 4).unwrap();
+        let again = shared.admit(0, 4).unwrap();
         ack(again).unwrap();
         assert_eq!(shared.take_moved(), [(0, 5)]);
     }
@@ -404,10 +388,10 @@ mod tests {
     #[test]
     fn messages_read_before_a_pending_rewind_are_skipped() {
         let shared = Arc::new(Shared::new("t", "g", 10));
-        let a = admit(&shared, 0, 0).unwrap();
+        let a = shared.admit(0, 0).unwrap();
         nack(a).unwrap();
-        assert!(admit(&shared, 0, 1).is_none());
+        assert!(shared.admit(0, 1).is_none());
         assert_eq!(shared.take_rewinds(), [(0, 0)]);
-        assert!(admit(&shared, 0, 0).is_some());
+        assert!(shared.admit(0, 0).is_some());
     }
 }

@@ -22,7 +22,7 @@ use rdkafka::Message;
 use crate::ack::Shared;
 use crate::context::ClientLog;
 use crate::error::{from_kafka, BACKEND};
-use crate::inbound;
+use crate::inbound::{self, PayloadBuffer};
 
 /// How often handled offsets are stored at most (librdkafka commits stored offsets later).
 pub(crate) const STORE_INTERVAL: Duration = Duration::from_millis(100);
@@ -192,30 +192,43 @@ pub(crate) fn describe(start_from: StartFrom) -> &'static str {
     }
 }
 
-/// The most records read in one go: bounds the batch buffer (a delivery is a few hundred
-/// bytes) and the time between two looks at a stop or a rewind.
+/// The most records read in one go: bounds the time between two looks at a stop or a rewind.
 const MAX_BATCH: usize = 64;
 
 /// Reads what librdkafka has ready, up to `room` records (and [`MAX_BATCH`]), without
-/// blocking, and appends them to `out` as deliveries. Returns how many were read (zero when
-/// nothing is ready); fails only when the consumer cannot continue.
+/// blocking, and appends them to `out` as deliveries, their payloads copied through
+/// `payloads`. Returns how many records were read (zero when nothing is ready; records of a
+/// partition about to be rewound are read but not handed out); fails only when the consumer
+/// cannot continue.
+///
+/// Each record becomes a delivery and is released as soon as it is polled: librdkafka
+/// allocates a record's handle when it is polled and its parsed headers when they are first
+/// read, and frees both with the record, so holding one record at a time reuses the same
+/// memory (the allocator's per-thread cache) where a batch of live records would miss it.
 pub(crate) fn read_ready(
     consumer: &KafkaConsumer,
     shared: &Arc<Shared>,
     room: usize,
+    payloads: &mut PayloadBuffer,
     out: &mut VecDeque<Result<Delivery>>,
 ) -> Result<usize> {
     let limit = room.min(MAX_BATCH);
-    let mut records = Vec::with_capacity(limit);
+    let topic = shared.topic();
+    let mut read = 0;
     // A poll that served an event (rebalance, commit result) also returns nothing: only two
     // empty polls in a row say that the queue is empty.
     let mut empty_polls = 0;
-    while records.len() < limit && empty_polls < 2 {
+    while read < limit && empty_polls < 2 {
         match consumer.poll(Duration::ZERO) {
             None => empty_polls += 1,
             Some(Ok(record)) => {
                 empty_polls = 0;
-                records.push(record);
+                read += 1;
+                if let Some(acker) = shared.admit(record.partition(), record.offset()) {
+                    let payload = payloads.copy(record.payload().unwrap_or_default());
+                    let metadata = inbound::metadata(&record, topic);
+                    out.push_back(Ok(Delivery::new(payload, metadata, acker)));
+                }
             }
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
                 return Err(Error::new(
@@ -234,24 +247,7 @@ pub(crate) fn read_ready(
             Some(Err(_)) => empty_polls = 0,
         }
     }
-    if records.is_empty() {
-        return Ok(0);
-    }
-    let ackers = shared.admit(records.iter().map(|r| (r.partition(), r.offset())));
-    let payloads = inbound::payloads(&records);
-    let topic = shared.topic();
-    let before = out.len();
-    // Each record is destroyed right after its delivery is built: librdkafka allocates its
-    // parsed headers on first access and frees them with the record, so one record at a time
-    // reuses the same memory (the allocator's thread cache) instead of a batch's worth.
-    // A plain loop: each delivery is built straight into the queue, without passing through
-    // the adapters of an iterator chain (a 248-byte value moved at each).
-    for ((record, payload), acker) in records.into_iter().zip(payloads).zip(ackers) {
-        if let Some(acker) = acker {
-            out.push_back(Ok(inbound::delivery(&record, payload, topic, acker)));
-        }
-    }
-    Ok(out.len() - before)
+    Ok(read)
 }
 
 /// Does the rewinds nacks asked for: store the rewind point, seek back to it (without

@@ -1,58 +1,45 @@
-//! Kafka records as [`Delivery`] values: payload, metadata per the wire conventions, acker.
+//! What a delivery takes from a Kafka record: its payload, copied out of librdkafka's memory,
+//! and its metadata per the wire conventions.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use broker_api::{Acker, Delivery, MessageId, Metadata, Position};
+use broker_api::{MessageId, Metadata, Position};
 use bytes::{Bytes, BytesMut};
 use rdkafka::message::{Headers, Message};
 
 use crate::publisher::{CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER};
 
-/// Payloads up to this size are copied into one buffer per read batch and handed out as slices
-/// of it (one allocation per batch instead of one or two per message); larger ones get a
-/// buffer of their own, so that a small delivery never keeps a large one's memory alive.
+/// Payloads up to this size are copied into a shared buffer and handed out as slices of it
+/// (one allocation per [`CHUNK`] instead of one or two per message); larger ones get a buffer of
+/// their own, so that a small delivery never keeps a large one's memory alive.
 const SHARED_PAYLOAD_MAX: usize = 16 * 1024;
+/// The size of one shared payload buffer: a delivery still held keeps at most this much alive.
+const CHUNK: usize = 64 * 1024;
 
-/// The payloads of `records`, in order: small ones sliced from one shared buffer.
-pub(crate) fn payloads<M: Message>(records: &[M]) -> Vec<Bytes> {
-    let shared_len: usize = records
-        .iter()
-        .filter_map(|r| r.payload().map(<[u8]>::len))
-        .filter(|&len| len <= SHARED_PAYLOAD_MAX)
-        .sum();
-    let mut buffer = BytesMut::with_capacity(shared_len);
-    let mut ranges = Vec::with_capacity(records.len());
-    for record in records {
-        let payload = record.payload().unwrap_or_default();
-        if payload.len() <= SHARED_PAYLOAD_MAX {
-            let start = buffer.len();
-            buffer.extend_from_slice(payload);
-            ranges.push(Ok(start..buffer.len()));
-        } else {
-            ranges.push(Err(Bytes::copy_from_slice(payload)));
-        }
-    }
-    let shared = buffer.freeze();
-    ranges
-        .into_iter()
-        .map(|range| match range {
-            Ok(range) if range.is_empty() => Bytes::new(),
-            Ok(range) => shared.slice(range),
-            Err(own) => own,
-        })
-        .collect()
+/// Copies payloads out of librdkafka's records: small ones into the free end of a shared
+/// buffer, a new one started when it is full.
+#[derive(Default)]
+pub(crate) struct PayloadBuffer {
+    free: BytesMut,
 }
 
-/// The delivery of `record` with its `payload`, settled through `acker`.
-pub(crate) fn delivery<M: Message>(
-    record: &M,
-    payload: Bytes,
-    topic: &Arc<str>,
-    acker: Acker,
-) -> Delivery {
-    Delivery::new(payload, metadata(record, topic), acker)
+impl PayloadBuffer {
+    /// An owned copy of `payload`.
+    pub(crate) fn copy(&mut self, payload: &[u8]) -> Bytes {
+        if payload.is_empty() {
+            return Bytes::new();
+        }
+        if payload.len() > SHARED_PAYLOAD_MAX {
+            return Bytes::copy_from_slice(payload);
+        }
+        if self.free.capacity() < payload.len() {
+            self.free = BytesMut::with_capacity(CHUNK);
+        }
+        self.free.extend_from_slice(payload);
+        self.free.split().freeze()
+    }
 }
 
 /// Payload and metadata of `record`, the payload copied on its own.
@@ -179,30 +166,45 @@ mod tests {
 
     #[test]
     fn small_payloads_share_a_buffer_large_ones_do_not() {
-        let record = |payload: Option<Vec<u8>>| {
-            OwnedMessage::new(
-                payload,
-                None,
-                "t".into(),
-                Timestamp::NotAvailable,
-                0,
-                0,
-                None,
-            )
-        };
+        let mut buffer = PayloadBuffer::default();
         let large = vec![7u8; SHARED_PAYLOAD_MAX + 1];
-        let records = [
-            record(Some(b"one".to_vec())),
-            record(None),
-            record(Some(large.clone())),
-            record(Some(b"three".to_vec())),
-        ];
-        let payloads = payloads(&records);
-        assert_eq!(payloads.len(), 4);
-        assert_eq!(&payloads[0][..], b"one");
-        assert!(payloads[1].is_empty());
-        assert_eq!(payloads[2][..], large[..]);
-        assert_eq!(&payloads[3][..], b"three");
+        let one = buffer.copy(b"one");
+        let empty = buffer.copy(b"");
+        let own = buffer.copy(&large);
+        let three = buffer.copy(b"three");
+        assert_eq!(&one[..], b"one");
+        assert!(empty.is_empty());
+        assert_eq!(own[..], large[..]);
+        assert_eq!(&three[..], b"three");
+        let address = |bytes: &Bytes| bytes.as_ptr() as usize;
+        assert_eq!(
+            address(&three),
+            address(&one) + 3,
+            "small payloads are adjacent"
+        );
+        let shared = address(&one)..address(&one) + CHUNK;
+        assert!(
+            !shared.contains(&address(&own)),
+            "a large payload has a buffer of its own"
+        );
+    }
+
+    #[test]
+    fn a_full_buffer_is_replaced_and_earlier_payloads_stay_intact() {
+        let mut buffer = PayloadBuffer::default();
+        let payload = vec![1u8; SHARED_PAYLOAD_MAX];
+        let copies: Vec<Bytes> = (0..CHUNK / SHARED_PAYLOAD_MAX + 2)
+            .map(|i| {
+                let mut payload = payload.clone();
+                payload[0] = i as u8;
+                buffer.copy(&payload)
+            })
+            .collect();
+        for (i, copy) in copies.iter().enumerate() {
+            assert_eq!(copy.len(), SHARED_PAYLOAD_MAX);
+            assert_eq!(copy[0], i as u8);
+            assert!(copy[1..].iter().all(|&b| b == 1));
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::ack::Shared;
 use crate::config::KafkaConfig;
 use crate::consumer::{self, Hooks, KafkaConsumer, STORE_INTERVAL};
 use crate::error::{from_kafka, BACKEND};
+use crate::inbound::PayloadBuffer;
 
 /// How long an idle stream sleeps at most before it looks again by itself: bounds how late
 /// handled offsets are stored while nothing arrives.
@@ -129,6 +130,7 @@ pub(crate) async fn open(
         subscription: subscription.clone(),
         shared,
         batch: VecDeque::new(),
+        payloads: PayloadBuffer::default(),
         idle: Box::pin(tokio::time::sleep(IDLE_CHECK)),
         idle_delay: FIRST_IDLE_CHECK,
         last_store: Instant::now(),
@@ -147,6 +149,7 @@ struct KafkaStream {
     subscription: Arc<Subscription>,
     shared: Arc<Shared>,
     batch: VecDeque<Result<Delivery>>,
+    payloads: PayloadBuffer,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_delay: Duration,
     last_store: Instant,
@@ -171,6 +174,7 @@ impl KafkaStream {
             consumer,
             &self.shared,
             room,
+            &mut self.payloads,
             &mut self.batch,
         ))
     }
