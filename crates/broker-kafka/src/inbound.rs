@@ -12,8 +12,9 @@ use rdkafka::message::{Headers, Message};
 use crate::publisher::{CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER};
 
 /// Payloads up to this size are copied into a shared buffer and handed out as slices of it
-/// (one allocation per [`CHUNK`] instead of one or two per message); larger ones get a buffer of
-/// their own, so that a small delivery never keeps a large one's memory alive.
+/// (two allocations per [`CHUNK`], the buffer and its reference count, instead of one per
+/// message); larger ones get a buffer of their own, so that a small delivery never keeps a
+/// large one's memory alive.
 const SHARED_PAYLOAD_MAX: usize = 16 * 1024;
 /// The size of one shared payload buffer: a delivery still held keeps at most this much alive.
 const CHUNK: usize = 64 * 1024;
