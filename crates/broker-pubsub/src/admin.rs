@@ -326,26 +326,13 @@ impl Admin {
     }
 
     async fn check_topic(&self, topic: &str) -> Result<()> {
-        match self
+        let looked_up = self
             .topics
             .get_topic()
             .set_topic(self.topic_path(topic))
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Err(Error::new(
-                ErrorKind::NotFound,
-                format!("topic {topic} does not exist and auto-provisioning is off"),
-            )
-            .backend(BACKEND)
-            .operation("check topic")),
-            Err(e) => Err(rpc_error(
-                e,
-                "check topic",
-                format!("cannot look up topic {topic}"),
-            )),
-        }
+            .await;
+        must_exist(looked_up, &format!("topic {topic}"), "check topic")
     }
 
     /// Creates the subscription; one that exists already is kept, unless `repair` is set and
@@ -443,26 +430,17 @@ impl Admin {
     }
 
     async fn check_subscription(&self, subscription: &str) -> Result<()> {
-        match self
+        let looked_up = self
             .subscriptions
             .get_subscription()
             .set_subscription(self.subscription_path(subscription))
             .send()
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if is_not_found(&e) => Err(Error::new(
-                ErrorKind::NotFound,
-                format!("subscription {subscription} does not exist and auto-provisioning is off"),
-            )
-            .backend(BACKEND)
-            .operation("check subscription")),
-            Err(e) => Err(rpc_error(
-                e,
-                "check subscription",
-                format!("cannot look up subscription {subscription}"),
-            )),
-        }
+            .await;
+        must_exist(
+            looked_up,
+            &format!("subscription {subscription}"),
+            "check subscription",
+        )
     }
 
     fn remember(&self, topic: &str, subscription: &str) {
@@ -472,5 +450,24 @@ impl Admin {
                 .or_default()
                 .insert(subscription.to_owned());
         }
+    }
+}
+
+/// The outcome of looking up `what` (`topic orders`) with auto-provisioning off: `NotFound`
+/// when the service does not have it.
+fn must_exist<T>(
+    looked_up: std::result::Result<T, google_cloud_gax::error::Error>,
+    what: &str,
+    operation: &'static str,
+) -> Result<()> {
+    match looked_up {
+        Ok(_) => Ok(()),
+        Err(e) if is_not_found(&e) => Err(Error::new(
+            ErrorKind::NotFound,
+            format!("{what} does not exist and auto-provisioning is off"),
+        )
+        .backend(BACKEND)
+        .operation(operation)),
+        Err(e) => Err(rpc_error(e, operation, format!("cannot look up {what}"))),
     }
 }
