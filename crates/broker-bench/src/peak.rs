@@ -81,19 +81,30 @@ pub async fn run() -> anyhow::Result<Vec<Footprint>> {
 }
 
 /// RabbitMQ and Pub/Sub keep messages only for the groups (queues, subscriptions) that exist
-/// when they are published: one topic with a group per child, each holding the backlog.
-async fn grouped(kind: &str, broker: Broker, backlog: usize) -> anyhow::Result<Vec<Footprint>> {
+/// when they are published: one topic with a group per child, filled together. The groups of
+/// the `large` backlog exist from the start; the group of the `small` one joins for the last
+/// `small` messages, so that the same `max_in_flight` is measured over both.
+async fn grouped(
+    kind: &str,
+    broker: Broker,
+    large: usize,
+    small: usize,
+) -> anyhow::Result<Vec<Footprint>> {
     let topic = fresh_name(&format!("{kind}-peak"));
-    let in_flights = [256, 4096];
+    let cases = [(large, 256), (large, 4096), (small, 256)];
     let mut spec = TopicSpec::new(&topic);
-    for in_flight in in_flights {
-        spec = spec.group(format!("slow{in_flight}"));
+    for (_, in_flight) in cases.iter().filter(|(backlog, _)| *backlog == large) {
+        spec = spec.group(group_of(large, *in_flight));
     }
     broker.ensure_topic(&spec).await?;
-    eprintln!("footprint: filling the {kind} groups of {topic} with {backlog} messages");
-    publish_round(&broker, &topic, SIZE, backlog, DEFAULT_PENDING).await?;
+    eprintln!("footprint: filling the {kind} groups of {topic} with {large} and {small} messages");
+    publish_round(&broker, &topic, SIZE, large - small, DEFAULT_PENDING).await?;
+    broker
+        .ensure_topic(&TopicSpec::new(&topic).group(group_of(small, 256)))
+        .await?;
+    publish_round(&broker, &topic, SIZE, small, DEFAULT_PENDING).await?;
     let mut results = Vec::new();
-    for in_flight in in_flights {
+    for (backlog, in_flight) in cases {
         eprintln!("footprint: {kind}, backlog {backlog}, max_in_flight {in_flight}");
         results.push(spawn(&format!("{kind}:{backlog}:{in_flight}:{topic}")).await);
     }
@@ -102,14 +113,22 @@ async fn grouped(kind: &str, broker: Broker, backlog: usize) -> anyhow::Result<V
     results.into_iter().collect()
 }
 
-/// RabbitMQ, 200 000 messages per queue (RabbitMQ is slower to fill than Kafka).
-async fn rabbitmq() -> anyhow::Result<Vec<Footprint>> {
-    grouped("rabbitmq", Broker::new(rabbitmq_backend().await?), 200_000).await
+/// The group a RabbitMQ or Pub/Sub child reads.
+fn group_of(backlog: usize, in_flight: usize) -> String {
+    format!("slow-{backlog}-{in_flight}")
 }
 
-/// Pub/Sub, 100 000 messages per subscription (the emulator keeps them in its 512 MiB heap).
+/// RabbitMQ: the backlogs memory and Kafka are measured over.
+async fn rabbitmq() -> anyhow::Result<Vec<Footprint>> {
+    let broker = Broker::new(rabbitmq_backend().await?);
+    grouped("rabbitmq", broker, 1_000_000, 100_000).await
+}
+
+/// Pub/Sub: 100 000 and 10 000 messages per subscription (the emulator keeps them in its
+/// 512 MiB heap).
 async fn pubsub() -> anyhow::Result<Vec<Footprint>> {
-    grouped("pubsub", Broker::new(pubsub_backend().await?), 100_000).await
+    let broker = Broker::new(pubsub_backend().await?);
+    grouped("pubsub", broker, 100_000, 10_000).await
 }
 
 async fn rabbitmq_backend() -> broker_api::Result<RabbitMqBackend> {
@@ -174,7 +193,7 @@ pub async fn child(spec: &str) -> anyhow::Result<()> {
     };
     let group = match backend {
         "memory" => "slow".to_owned(),
-        "rabbitmq" | "pubsub" => format!("slow{in_flight}"),
+        "rabbitmq" | "pubsub" => group_of(backlog, in_flight),
         _ => fresh_name("slow"),
     };
     // Let allocator caches settle, then measure from here.
