@@ -7,31 +7,18 @@
 //! segment's buffer becomes the next segment, so a topic whose groups keep up reuses the same
 //! memory.
 
-use std::borrow::Cow;
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::SystemTime;
 
-use broker_api::{Headers, Message, MessageId};
-use bytes::Bytes;
+use broker_api::Message;
 
 /// Records per segment.
 const SEGMENT: usize = 4096;
 
-/// One published message, read by every group of its topic.
-#[derive(Debug)]
-pub(crate) struct Record {
-    pub(crate) payload: Bytes,
-    pub(crate) key: Option<String>,
-    pub(crate) headers: Headers,
-    pub(crate) id: MessageId,
-    pub(crate) content_type: Option<Cow<'static, str>>,
-    pub(crate) timestamp: SystemTime,
-}
-
 #[derive(Debug)]
 struct Segment {
-    records: Vec<Record>,
+    /// The published messages, stored as they were handed over.
+    records: Vec<Message>,
     /// How many of its records groups have read and not acknowledged yet, summed over the
     /// groups: the segment is kept while it is above zero.
     unsettled: AtomicUsize,
@@ -48,7 +35,7 @@ pub(crate) struct Log {
     /// Records kept for groups that join later, at least.
     retained: u64,
     /// A dropped segment's buffer, for the next segment.
-    spare: Option<Vec<Record>>,
+    spare: Option<Vec<Message>>,
 }
 
 impl Log {
@@ -65,27 +52,22 @@ impl Log {
 
     /// Appends a message and returns its offset.
     pub(crate) fn append(&mut self, message: Message) -> u64 {
-        let record = Record {
-            payload: message.payload,
-            key: message.key,
-            headers: message.headers,
-            id: message.id,
-            content_type: message.content_type,
-            timestamp: message.timestamp,
-        };
-        match self.segments.back_mut() {
-            Some(segment) if segment.records.len() < SEGMENT => segment.records.push(record),
-            _ => {
-                let mut records = self
-                    .spare
-                    .take()
-                    .unwrap_or_else(|| Vec::with_capacity(SEGMENT));
-                records.push(record);
-                self.segments.push_back(Segment {
-                    records,
-                    unsettled: AtomicUsize::new(0),
-                });
-            }
+        let full = self
+            .segments
+            .back()
+            .is_none_or(|segment| segment.records.len() == SEGMENT);
+        if full {
+            let records = self
+                .spare
+                .take()
+                .unwrap_or_else(|| Vec::with_capacity(SEGMENT));
+            self.segments.push_back(Segment {
+                records,
+                unsettled: AtomicUsize::new(0),
+            });
+        }
+        if let Some(segment) = self.segments.back_mut() {
+            segment.records.push(message);
         }
         self.end += 1;
         self.end - 1
@@ -128,7 +110,7 @@ impl Log {
     }
 
     /// The record at `offset`, and the count its segment keeps of unacknowledged reads.
-    pub(crate) fn get(&self, offset: u64) -> Option<(&Record, &AtomicUsize)> {
+    pub(crate) fn get(&self, offset: u64) -> Option<(&Message, &AtomicUsize)> {
         let index = usize::try_from(offset.checked_sub(self.first)?).ok()?;
         let segment = self.segments.get(index / SEGMENT)?;
         Some((segment.records.get(index % SEGMENT)?, &segment.unsettled))

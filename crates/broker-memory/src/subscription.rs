@@ -7,7 +7,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use broker_api::{
-    AckKey, AckTable, Acker, Delivery, DeliveryStream, Metadata, Position, Result, Settlement,
+    AckKey, AckTable, Acker, Delivery, DeliveryStream, Message, Metadata, Position, Result,
+    Settlement,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
@@ -15,7 +16,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::group::{Group, Handout};
-use crate::log::{Log, Record};
+use crate::log::Log;
 use crate::topic::Topic;
 
 /// Most deliveries taken from the group under one lock. The topic's log stays read-locked
@@ -122,7 +123,7 @@ impl Member {
         })
     }
 
-    fn delivery(self: &Arc<Self>, offset: u64, record: &Record, attempt: u32) -> Delivery {
+    fn delivery(self: &Arc<Self>, offset: u64, record: &Message, attempt: u32) -> Delivery {
         let metadata = Metadata {
             topic: self.topic.name.clone(),
             key: record.key.clone(),
