@@ -1,8 +1,9 @@
-//! A topic: an append-only log of records that every group reads at its own pace.
+//! A topic: an append-only log of records that every group reads at its own pace, and the
+//! inbox publishers append to.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
 use broker_api::{Message, StartFrom};
 use tokio::sync::Notify;
@@ -10,11 +11,24 @@ use tokio::sync::Notify;
 use crate::group::Group;
 use crate::log::Log;
 
+/// Most messages the inbox holds: the publisher that fills it moves them into the log itself,
+/// so that a topic nobody reads keeps to its retention.
+const INBOX: usize = 1024;
+
 /// A topic and its groups.
+///
+/// Publishers append to an inbox, not to the log: readers build their deliveries under the
+/// log's lock, and a publisher waiting for it would wait for a whole batch of them. Readers
+/// move the inbox into the log before they read (and a publisher when the inbox is full).
+///
+/// Locks are taken in this order: the log, the inbox, the groups, a group.
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) name: Arc<str>,
     log: RwLock<Log>,
+    inbox: Mutex<Vec<Message>>,
+    /// The offset the next published message gets: the log's end plus the inbox's length.
+    published: AtomicU64,
     groups: Mutex<HashMap<String, Arc<Group>>>,
     /// Woken when records are appended, when a group makes a message eligible again, and when
     /// readers must stop (close, delete).
@@ -39,6 +53,8 @@ impl Topic {
         Topic {
             name: name.into(),
             log: RwLock::new(Log::new(retained)),
+            inbox: Mutex::new(Vec::new()),
+            published: AtomicU64::new(0),
             groups: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             readers_waiting: AtomicUsize::new(0),
@@ -81,22 +97,38 @@ impl Topic {
         self.deleted.load(Ordering::SeqCst)
     }
 
-    /// Appends a message and returns its offset; first drops old segments when retention
-    /// allows (see [`Log`]).
+    /// Publishes a message and returns its offset: readers see it from their next read.
     pub(crate) fn append(&self, message: Message) -> u64 {
-        let mut log = self.log.write().unwrap_or_else(|e| e.into_inner());
-        if log.may_trim() {
-            // The groups' positions are read without the log lock (a group locks the log
-            // before itself); they only grow, so a position read early is a safe bound.
-            drop(log);
-            let read_by_all = self.read_by_all();
-            log = self.log.write().unwrap_or_else(|e| e.into_inner());
-            log.trim(read_by_all);
+        let (offset, full) = {
+            let mut inbox = self.inbox();
+            inbox.push(message);
+            let offset = self.published.fetch_add(1, Ordering::SeqCst);
+            (offset, inbox.len() >= INBOX)
+        };
+        if full {
+            self.drain_inbox(&mut self.log.write().unwrap_or_else(|e| e.into_inner()));
         }
-        let offset = log.append(message);
-        drop(log);
         self.wake();
         offset
+    }
+
+    fn inbox(&self) -> MutexGuard<'_, Vec<Message>> {
+        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves the inbox into the log, in order; first drops old segments when retention allows
+    /// (see [`Log`]).
+    fn drain_inbox(&self, log: &mut Log) {
+        let mut arrived = std::mem::replace(&mut *self.inbox(), log.take_spare_inbox());
+        let mut read_by_all = None;
+        for message in arrived.drain(..) {
+            if log.may_trim() {
+                let read_by_all = *read_by_all.get_or_insert_with(|| self.read_by_all());
+                log.trim(read_by_all);
+            }
+            log.append(message);
+        }
+        log.keep_spare_inbox(arrived);
     }
 
     /// The lowest next offset among the groups: every group has read every earlier record.
@@ -105,24 +137,63 @@ impl Topic {
         groups.values().map(|g| g.next()).min().unwrap_or(u64::MAX)
     }
 
-    /// Runs `read` over the log.
+    /// Runs `read` over the log, with every message published so far in it.
     pub(crate) fn with_log<R>(&self, read: impl FnOnce(&Log) -> R) -> R {
         let log = self.log.read().unwrap_or_else(|e| e.into_inner());
-        read(&log)
+        if log.end() == self.published.load(Ordering::SeqCst) {
+            return read(&log);
+        }
+        drop(log);
+        self.drain_inbox(&mut self.log.write().unwrap_or_else(|e| e.into_inner()));
+        read(&self.log.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The group named `name`, created if new, starting at the beginning or at the end.
     pub(crate) fn group(&self, name: &str, start_from: StartFrom) -> Arc<Group> {
-        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(group) = groups.get(name) {
-            return group.clone();
-        }
+        // Read before the groups are locked: the log comes first in the lock order.
         let start = self.with_log(|log| match start_from {
             StartFrom::Earliest => log.first(),
             StartFrom::Latest => log.end(),
         });
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(group) = groups.get(name) {
+            return group.clone();
+        }
         let group = Arc::new(Group::new(start));
         groups.insert(name.to_owned(), group.clone());
         group
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn offsets_follow_publication_and_readers_see_every_published_message() {
+        let topic = Topic::new("t", usize::MAX);
+        for i in 0..10u64 {
+            assert_eq!(topic.append(Message::new(i.to_string())), i);
+        }
+        topic.with_log(|log| {
+            assert_eq!(log.end(), 10);
+            assert_eq!(log.get(9).expect("published").0.payload, "9");
+        });
+        assert_eq!(topic.append(Message::new("10")), 10);
+    }
+
+    #[test]
+    fn a_topic_nobody_reads_keeps_to_its_retention() {
+        let retained = 10;
+        let topic = Topic::new("t", retained);
+        let published = 5 * 4096 + 7;
+        for i in 0..published {
+            topic.append(Message::new(i.to_string()));
+        }
+        assert!(topic.inbox().len() < INBOX, "the publisher moved its inbox");
+        let log = topic.log.read().expect("log");
+        assert!(log.first() > 0, "old segments were dropped");
+        assert!(log.end() - log.first() >= retained as u64);
+        assert!(log.end() - log.first() <= 2 * 4096 + INBOX as u64);
     }
 }
