@@ -63,27 +63,50 @@ impl Log {
         self.spare_inbox = buffer;
     }
 
-    /// Appends a message and returns its offset.
-    pub(crate) fn append(&mut self, message: Message) -> u64 {
-        let full = self
-            .segments
-            .back()
-            .is_none_or(|segment| segment.records.len() == SEGMENT);
-        if full {
-            let records = self
-                .spare
-                .take()
-                .unwrap_or_else(|| Vec::with_capacity(SEGMENT));
-            self.segments.push_back(Segment {
-                records,
-                unsettled: AtomicUsize::new(0),
-            });
-        }
-        if let Some(segment) = self.segments.back_mut() {
-            segment.records.push(message);
-        }
-        self.end += 1;
+    /// Appends a message and returns its offset, dropping nothing.
+    #[cfg(test)]
+    fn append(&mut self, message: Message) -> u64 {
+        self.append_all(&mut vec![message], || 0);
         self.end - 1
+    }
+
+    /// Appends `messages` in order, leaving the vector empty; moves them a segment at a time.
+    /// Before it starts a segment, drops the oldest segments retention allows (see
+    /// [`Log::trim`]), asking `read_by_all` for the groups' positions once at most.
+    pub(crate) fn append_all(
+        &mut self,
+        messages: &mut Vec<Message>,
+        read_by_all: impl FnOnce() -> u64,
+    ) {
+        let read_by_all = std::cell::LazyCell::new(read_by_all);
+        while !messages.is_empty() {
+            let last = self.segments.back_mut().map(|segment| &mut segment.records);
+            let Some(records) = last.filter(|records| records.len() < SEGMENT) else {
+                if self.may_trim() {
+                    self.trim(*read_by_all);
+                }
+                self.start_segment();
+                continue;
+            };
+            let moved = (SEGMENT - records.len()).min(messages.len());
+            if moved == messages.len() {
+                records.append(messages);
+            } else {
+                records.extend(messages.drain(..moved));
+            }
+            self.end += moved as u64;
+        }
+    }
+
+    fn start_segment(&mut self) {
+        let records = self
+            .spare
+            .take()
+            .unwrap_or_else(|| Vec::with_capacity(SEGMENT));
+        self.segments.push_back(Segment {
+            records,
+            unsettled: AtomicUsize::new(0),
+        });
     }
 
     /// Whether the next append starts a segment while the oldest one may be dropped: then
@@ -151,6 +174,22 @@ mod tests {
             assert_eq!(log.append(Message::new(i.to_string())), i as u64);
         }
         log
+    }
+
+    #[test]
+    fn appending_many_fills_segment_after_segment_in_order() {
+        let mut log = filled(usize::MAX, 10);
+        let mut messages: Vec<_> = (10..SEGMENT * 2 + 5)
+            .map(|i| Message::new(i.to_string()))
+            .collect();
+        log.append_all(&mut messages, || 0);
+        assert!(messages.is_empty());
+        assert_eq!(log.end(), (SEGMENT * 2 + 5) as u64);
+        assert_eq!(log.segments.len(), 3);
+        for offset in [9, 10, SEGMENT - 1, SEGMENT, SEGMENT * 2 + 4] {
+            let (record, _) = log.get(offset as u64).unwrap();
+            assert_eq!(record.payload, offset.to_string());
+        }
     }
 
     #[test]

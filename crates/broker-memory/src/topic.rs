@@ -120,14 +120,7 @@ impl Topic {
     /// (see [`Log`]).
     fn drain_inbox(&self, log: &mut Log) {
         let mut arrived = std::mem::replace(&mut *self.inbox(), log.take_spare_inbox());
-        let mut read_by_all = None;
-        for message in arrived.drain(..) {
-            if log.may_trim() {
-                let read_by_all = *read_by_all.get_or_insert_with(|| self.read_by_all());
-                log.trim(read_by_all);
-            }
-            log.append(message);
-        }
+        log.append_all(&mut arrived, || self.read_by_all());
         log.keep_spare_inbox(arrived);
     }
 
