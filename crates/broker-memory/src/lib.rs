@@ -34,6 +34,7 @@
 //! ```
 
 mod group;
+mod inbox;
 mod instance;
 mod log;
 mod subscription;

@@ -2,18 +2,15 @@
 //! inbox publishers append to.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use broker_api::{Message, StartFrom};
 use tokio::sync::Notify;
 
 use crate::group::Group;
+use crate::inbox::Inbox;
 use crate::log::Log;
-
-/// Most messages the inbox holds: the publisher that fills it moves them into the log itself,
-/// so that a topic nobody reads keeps to its retention.
-const INBOX: usize = 1024;
 
 /// A topic and its groups.
 ///
@@ -26,9 +23,7 @@ const INBOX: usize = 1024;
 pub(crate) struct Topic {
     pub(crate) name: Arc<str>,
     log: RwLock<Log>,
-    inbox: Mutex<Vec<Message>>,
-    /// The offset the next published message gets: the log's end plus the inbox's length.
-    published: AtomicU64,
+    inbox: Inbox,
     groups: Mutex<HashMap<String, Arc<Group>>>,
     /// Woken when records are appended, when a group makes a message eligible again, and when
     /// readers must stop (close, delete).
@@ -53,8 +48,7 @@ impl Topic {
         Topic {
             name: name.into(),
             log: RwLock::new(Log::new(retained)),
-            inbox: Mutex::new(Vec::new()),
-            published: AtomicU64::new(0),
+            inbox: Inbox::default(),
             groups: Mutex::new(HashMap::new()),
             changed: Notify::new(),
             readers_waiting: AtomicUsize::new(0),
@@ -99,12 +93,7 @@ impl Topic {
 
     /// Publishes a message and returns its offset: readers see it from their next read.
     pub(crate) fn append(&self, message: Message) -> u64 {
-        let (offset, full) = {
-            let mut inbox = self.inbox();
-            inbox.push(message);
-            let offset = self.published.fetch_add(1, Ordering::SeqCst);
-            (offset, inbox.len() >= INBOX)
-        };
+        let (offset, full) = self.inbox.push(message);
         if full {
             self.drain_inbox(&mut self.log.write().unwrap_or_else(|e| e.into_inner()));
         }
@@ -112,14 +101,10 @@ impl Topic {
         offset
     }
 
-    fn inbox(&self) -> MutexGuard<'_, Vec<Message>> {
-        self.inbox.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Moves the inbox into the log, in order; first drops old segments when retention allows
     /// (see [`Log`]).
     fn drain_inbox(&self, log: &mut Log) {
-        let mut arrived = std::mem::replace(&mut *self.inbox(), log.take_spare_inbox());
+        let mut arrived = self.inbox.take(log.take_spare_inbox());
         log.append_all(&mut arrived, || self.read_by_all());
         log.keep_spare_inbox(arrived);
     }
@@ -133,7 +118,7 @@ impl Topic {
     /// Runs `read` over the log, with every message published so far in it.
     pub(crate) fn with_log<R>(&self, read: impl FnOnce(&Log) -> R) -> R {
         let log = self.log.read().unwrap_or_else(|e| e.into_inner());
-        if log.end() == self.published.load(Ordering::SeqCst) {
+        if log.end() == self.inbox.published() {
             return read(&log);
         }
         drop(log);
@@ -183,10 +168,13 @@ mod tests {
         for i in 0..published {
             topic.append(Message::new(i.to_string()));
         }
-        assert!(topic.inbox().len() < INBOX, "the publisher moved its inbox");
+        assert!(
+            topic.inbox.len() < crate::inbox::CAPACITY,
+            "the publisher moved its inbox"
+        );
         let log = topic.log.read().expect("log");
         assert!(log.first() > 0, "old segments were dropped");
         assert!(log.end() - log.first() >= retained as u64);
-        assert!(log.end() - log.first() <= 2 * 4096 + INBOX as u64);
+        assert!(log.end() - log.first() <= 2 * 4096 + crate::inbox::CAPACITY as u64);
     }
 }
