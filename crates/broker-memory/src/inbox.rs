@@ -13,23 +13,40 @@ pub(crate) const CAPACITY: usize = 1024;
 /// The messages published to a topic and not yet moved into its log, in order.
 #[derive(Debug, Default)]
 pub(crate) struct Inbox {
-    messages: Mutex<Vec<Message>>,
+    buffers: Mutex<Buffers>,
     /// The offset the next published message gets: the log's end plus the inbox's length.
     published: AtomicU64,
+}
+
+#[derive(Debug, Default)]
+struct Buffers {
+    /// The messages waiting, oldest first.
+    filling: Vec<Message>,
+    /// The buffer last taken, emptied and given back: the next one to fill, so that an inbox
+    /// moved again and again allocates nothing.
+    spare: Vec<Message>,
 }
 
 impl Inbox {
     /// Adds a message; returns its offset and whether the inbox is full.
     pub(crate) fn push(&self, message: Message) -> (u64, bool) {
-        let mut messages = self.messages();
-        messages.push(message);
+        let mut buffers = self.buffers();
+        buffers.filling.push(message);
         let offset = self.published.fetch_add(1, Ordering::SeqCst);
-        (offset, messages.len() >= CAPACITY)
+        (offset, buffers.filling.len() >= CAPACITY)
     }
 
-    /// Takes every message, in order, leaving `empty` (a buffer to reuse) in their place.
-    pub(crate) fn take(&self, empty: Vec<Message>) -> Vec<Message> {
-        std::mem::replace(&mut *self.messages(), empty)
+    /// Takes every message, in order. Hand the emptied buffer back with
+    /// [`Inbox::give_back`].
+    pub(crate) fn take(&self) -> Vec<Message> {
+        let buffers = &mut *self.buffers();
+        let spare = std::mem::take(&mut buffers.spare);
+        std::mem::replace(&mut buffers.filling, spare)
+    }
+
+    /// Keeps a buffer [`Inbox::take`] returned, once emptied, for the messages after next.
+    pub(crate) fn give_back(&self, emptied: Vec<Message>) {
+        self.buffers().spare = emptied;
     }
 
     /// The offset the next published message gets.
@@ -40,10 +57,10 @@ impl Inbox {
     /// How many messages wait in the inbox.
     #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
-        self.messages().len()
+        self.buffers().filling.len()
     }
 
-    fn messages(&self) -> MutexGuard<'_, Vec<Message>> {
-        self.messages.lock().unwrap_or_else(|e| e.into_inner())
+    fn buffers(&self) -> MutexGuard<'_, Buffers> {
+        self.buffers.lock().unwrap_or_else(|e| e.into_inner())
     }
 }

@@ -36,8 +36,6 @@ pub(crate) struct Log {
     retained: u64,
     /// A dropped segment's buffer, for the next segment.
     spare: Option<Vec<Message>>,
-    /// The topic's inbox buffer last moved into the log, emptied: the inbox's next buffer.
-    spare_inbox: Vec<Message>,
 }
 
 impl Log {
@@ -49,18 +47,7 @@ impl Log {
             end: 0,
             retained: retained as u64,
             spare: None,
-            spare_inbox: Vec::new(),
         }
-    }
-
-    /// An empty buffer for the topic's inbox, with the capacity of one moved in before.
-    pub(crate) fn take_spare_inbox(&mut self) -> Vec<Message> {
-        std::mem::take(&mut self.spare_inbox)
-    }
-
-    /// Keeps an emptied inbox buffer for [`Log::take_spare_inbox`].
-    pub(crate) fn keep_spare_inbox(&mut self, buffer: Vec<Message>) {
-        self.spare_inbox = buffer;
     }
 
     /// Appends a message and returns its offset, dropping nothing.

@@ -104,9 +104,9 @@ impl Topic {
     /// Moves the inbox into the log, in order; first drops old segments when retention allows
     /// (see [`Log`]).
     fn drain_inbox(&self, log: &mut Log) {
-        let mut arrived = self.inbox.take(log.take_spare_inbox());
+        let mut arrived = self.inbox.take();
         log.append_all(&mut arrived, || self.read_by_all());
-        log.keep_spare_inbox(arrived);
+        self.inbox.give_back(arrived);
     }
 
     /// The lowest next offset among the groups: every group has read every earlier record.
