@@ -144,18 +144,20 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             // Yields before taking the next delivery, not while holding it: a delivery held
             // across an await is moved into this future's state once more.
             fair_share.take().await;
-            let item = match futures::poll!(stream.next()) {
-                Poll::Ready(item) => item,
+            // Matched where it is polled: each binding on the way would move it once more.
+            let mut delivery = match futures::poll!(stream.next()) {
+                Poll::Ready(Some(Ok(delivery))) => delivery,
+                Poll::Ready(Some(Err(e))) => return Err(e),
+                Poll::Ready(None) => return Ok(()),
                 Poll::Pending => tokio::select! {
                     biased;
                     () = closing.cancelled() => return Ok(()),
-                    item = stream.next() => item,
+                    item = stream.next() => match item {
+                        Some(Ok(delivery)) => delivery,
+                        Some(Err(e)) => return Err(e),
+                        None => return Ok(()),
+                    },
                 },
-            };
-            let mut delivery = match item {
-                Some(Ok(delivery)) => delivery,
-                Some(Err(e)) => return Err(e),
-                None => return Ok(()),
             };
             // The delivery stays in this loop until it is settled; the attempt borrows none of it.
             let attempt = self.attempt(&delivery.payload, &delivery.metadata, handler);
