@@ -30,6 +30,9 @@ const BATCH: usize = 32;
 #[derive(Debug)]
 pub(crate) struct Member {
     topic: Arc<Topic>,
+    /// The topic's name for this member's deliveries: a copy of its own, so that members
+    /// reading on different cores do not share one reference count per delivery.
+    topic_name: Arc<str>,
     group: Arc<Group>,
     max_in_flight: usize,
     in_flight: AtomicUsize,
@@ -50,6 +53,7 @@ const KEYED: u64 = 1;
 impl Member {
     pub(crate) fn new(topic: Arc<Topic>, group: Arc<Group>, max_in_flight: usize) -> Self {
         Member {
+            topic_name: Arc::from(&*topic.name),
             topic,
             group,
             max_in_flight: max_in_flight.max(1),
@@ -126,7 +130,7 @@ impl Member {
 
     fn delivery(self: &Arc<Self>, offset: u64, record: &Message, attempt: u32) -> Delivery {
         let metadata = Metadata {
-            topic: self.topic.name.clone(),
+            topic: self.topic_name.clone(),
             key: record.key.clone(),
             headers: record.headers.clone(),
             message_id: Some(record.id.clone()),
