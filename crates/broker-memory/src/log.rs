@@ -98,14 +98,14 @@ impl Log {
 
     /// Whether the next append starts a segment while the oldest one may be dropped: then
     /// [`Log::trim`] is worth the groups' positions.
-    pub(crate) fn may_trim(&self) -> bool {
+    fn may_trim(&self) -> bool {
         self.end.is_multiple_of(SEGMENT as u64) && self.droppable_front(self.end).is_some()
     }
 
     /// Drops the oldest segments that every group has read (`read_by_all` is the lowest next
     /// offset among the groups) and acknowledged, as long as enough newer records remain.
     /// One dropped segment's buffer is kept for the next segment. Returns how many it dropped.
-    pub(crate) fn trim(&mut self, read_by_all: u64) -> usize {
+    fn trim(&mut self, read_by_all: u64) -> usize {
         let mut dropped = 0;
         while let Some(front_end) = self.droppable_front(read_by_all) {
             let Some(segment) = self.segments.pop_front() else {

@@ -40,9 +40,8 @@ pub(crate) struct Member {
     stopped: AtomicBool,
     /// Acknowledged deliveries of unkeyed messages, not yet applied to the log and the group:
     /// applied under the log lock the member takes anyway for its next batch (or before it
-    /// waits, stops or goes away), instead of taking it once per acknowledgement against the
-    /// publishers appending to the log. Deferring them frees no key and readies no message,
-    /// and only delays dropping their segments.
+    /// waits, stops or goes away), instead of taking it once per acknowledgement. Deferring
+    /// them frees no key and readies no message, and only delays dropping their segments.
     deferred_acks: Mutex<Vec<u64>>,
 }
 
