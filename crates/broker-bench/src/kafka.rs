@@ -316,12 +316,18 @@ impl Consume {
             let total = self.messages + LATENCY_MESSAGES;
             tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
                 let deadline = Instant::now() + ROUND_TIMEOUT;
-                while tally.seen() < total && Instant::now() < deadline {
-                    if let Some(record) = consumer.poll(Duration::from_millis(100)) {
-                        let record = record?;
-                        tally.record(record.payload().unwrap_or_default());
-                        read_fields(&record);
-                        consumer.store_offset_from_message(&record)?;
+                // The clock is read only when a poll comes back empty: reading it per record
+                // cost the loop ~4 % of its time (perf), which a raw consumer would not pay.
+                while tally.seen() < total {
+                    match consumer.poll(Duration::from_millis(100)) {
+                        Some(record) => {
+                            let record = record?;
+                            tally.record(record.payload().unwrap_or_default());
+                            read_fields(&record);
+                            consumer.store_offset_from_message(&record)?;
+                        }
+                        None if Instant::now() >= deadline => break,
+                        None => {}
                     }
                 }
                 consumer.commit_consumer_state(CommitMode::Sync)?;
