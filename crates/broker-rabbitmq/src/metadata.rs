@@ -140,9 +140,11 @@ pub(crate) fn metadata(
             .content_type()
             .as_ref()
             .map(|content_type| content_type_of(content_type.as_str())),
+        // Set by whoever published: a value past what `SystemTime` holds is left out, not a
+        // panic on every member of the group.
         publish_time: properties
             .timestamp()
-            .map(|seconds| UNIX_EPOCH + Duration::from_secs(seconds)),
+            .and_then(|seconds| UNIX_EPOCH.checked_add(Duration::from_secs(seconds))),
         attempt,
         position: Position::Amqp(Box::new(AmqpPosition {
             delivery_tag: fields.delivery_tag,
@@ -274,6 +276,13 @@ mod tests {
         assert_eq!(meta.publish_time, None);
         assert_eq!(meta.attempt, None, "a classic redelivery has no count");
         assert_eq!(&*meta.topic, "orders");
+    }
+
+    #[test]
+    fn a_timestamp_out_of_range_is_left_out() {
+        let properties = BasicProperties::default().with_timestamp(u64::MAX);
+        let meta = metadata(&Arc::from("orders"), &fields(&properties, false), false);
+        assert_eq!(meta.publish_time, None);
     }
 
     #[test]

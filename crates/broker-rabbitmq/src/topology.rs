@@ -241,6 +241,7 @@ impl Topology {
     /// used here); queues other processes made for other groups are left (AMQP cannot list
     /// them), unbound.
     pub(crate) async fn delete_topic(&self, channel: &Channel, topic: &str) -> Result<()> {
+        let exchange = exchange_name(topic)?;
         let queues: Vec<String> = {
             let known = self.known();
             known
@@ -260,7 +261,7 @@ impl Topology {
                 })?;
         }
         channel
-            .exchange_delete(topic.into(), ExchangeDeleteOptions::default())
+            .exchange_delete(exchange, ExchangeDeleteOptions::default())
             .await
             .map_err(|e| {
                 error::from_lapin("delete topic", format!("cannot delete exchange {topic}"), e)
@@ -316,13 +317,18 @@ pub(crate) async fn close_channel(channel: &Channel, reason: &str) {
     }
 }
 
-async fn declare_exchange(channel: &Channel, topic: &str, passive: bool) -> Result<()> {
-    let name = ShortString::try_new(topic).map_err(|_| {
+/// The exchange of `topic`, checked against AMQP's name limit.
+fn exchange_name(topic: &str) -> Result<ShortString> {
+    ShortString::try_new(topic).map_err(|_| {
         Error::config(format!(
             "topic name {topic:?} is longer than AMQP's 255 bytes"
         ))
         .backend(BACKEND)
-    })?;
+    })
+}
+
+async fn declare_exchange(channel: &Channel, topic: &str, passive: bool) -> Result<()> {
+    let name = exchange_name(topic)?;
     let options = ExchangeDeclareOptions {
         passive,
         durable: true,

@@ -141,37 +141,36 @@ impl Pending {
         }
     }
 
+    /// The receipt of an acked publish, or its error when RabbitMQ returned the message.
+    ///
+    /// lapin pairs each returned message with whichever confirm of the broker's (multiple) ack
+    /// it completes first, so a confirm may carry another publish's returned message and this
+    /// publish's own may come with another confirm. Returned messages that are not this
+    /// publish's are kept for their owner in the route's [`Orphans`](super::orphans::Orphans),
+    /// and every publish looks for its own there. When the owner is settled before the publish
+    /// holding its returned message, the owner is reported confirmed: a race lapin's pairing
+    /// leaves open, within one multiple ack on a channel whose messages stop or start being
+    /// routable (a topic's first group queue bound or its last deleted while publishing).
     fn acked(&self, returned: Option<BasicReturnMessage>) -> Result<Receipt> {
         let id = self.message.id.as_str();
-        match returned {
-            None if !self.route.orphans.claim(id) => Ok(Receipt {
-                message_id: self.message.id.clone(),
-                position: Position::Unknown,
-            }),
-            None => Err(self.unroutable(reply_code::NO_ROUTE, "NO_ROUTE")),
-            Some(returned) => {
-                let own = returned.delivery.exchange.as_str() == &*self.route.exchange
-                    && returned
-                        .delivery
-                        .properties
-                        .message_id()
-                        .as_ref()
-                        .is_some_and(|returned_id| returned_id.as_str() == id);
-                if own {
-                    Err(self.unroutable(returned.reply_code, returned.reply_text.as_str()))
-                } else {
-                    // lapin pairs a returned message with the first confirm of the broker's
-                    // (multiple) ack; it belongs to another publish of this channel.
-                    if let Some(owner) = returned.delivery.properties.message_id() {
-                        self.route.orphans.keep(owner.as_str());
-                    }
-                    Ok(Receipt {
-                        message_id: self.message.id.clone(),
-                        position: Position::Unknown,
-                    })
-                }
+        if let Some(returned) = returned {
+            let owner = returned.delivery.properties.message_id().as_ref();
+            let own = returned.delivery.exchange.as_str() == &*self.route.exchange
+                && owner.is_some_and(|owner| owner.as_str() == id);
+            if own {
+                return Err(self.unroutable(returned.reply_code, returned.reply_text.as_str()));
+            }
+            if let Some(owner) = owner {
+                self.route.orphans.keep(owner.as_str());
             }
         }
+        if self.route.orphans.claim(id) {
+            return Err(self.unroutable(reply_code::NO_ROUTE, "NO_ROUTE"));
+        }
+        Ok(Receipt {
+            message_id: self.message.id.clone(),
+            position: Position::Unknown,
+        })
     }
 
     fn unroutable(&self, code: u16, text: &str) -> Error {
