@@ -4,7 +4,9 @@
 //! - An ack marks the offset handled in an [`OffsetTracker`]; the stream stores only the
 //!   contiguous handled prefix of each partition, which librdkafka commits.
 //! - A nack rewinds the partition to its oldest unsettled offset: that message and every later
-//!   one of the partition are delivered again.
+//!   one of the partition are delivered again. A delivery dropped unsettled while the
+//!   subscription runs is nacked: left unacknowledged, it would hold the partition's commits
+//!   back (and the tracker would grow) until the next rebalance.
 //! - Each partition's deliveries carry the epoch of the assignment (or rewind) they were read
 //!   in; settling a delivery of an older epoch (the partition was revoked, or rewound) does
 //!   nothing: the message is delivered again to whoever owns the partition now.
@@ -84,6 +86,20 @@ impl AckState {
     fn new_epoch(&mut self) -> u64 {
         self.next_epoch += 1;
         self.next_epoch
+    }
+
+    /// The offset to commit for `partition`: its oldest unsettled one, which is the rewind
+    /// point while a rewind is pending (the tracker forgot the partition then).
+    fn committable(&self, partition: i32) -> Option<i64> {
+        let rewind = self
+            .rewinds
+            .iter()
+            .find(|&&(p, _)| p == partition)
+            .map(|&(_, from)| from);
+        match (self.tracker.committable(partition), rewind) {
+            (Some(tracked), Some(rewind)) => Some(tracked.min(rewind)),
+            (tracked, rewind) => tracked.or(rewind),
+        }
     }
 }
 
@@ -190,7 +206,7 @@ impl Shared {
         let mut state = self.state();
         let mut positions = Vec::new();
         for &partition in partitions {
-            if let Some(position) = state.tracker.committable(partition) {
+            if let Some(position) = state.committable(partition) {
                 positions.push((partition, position));
             }
             state.tracker.forget(partition);
@@ -232,7 +248,7 @@ impl Shared {
         partitions.sort_unstable();
         let positions = partitions
             .into_iter()
-            .filter_map(|p| state.tracker.committable(p).map(|position| (p, position)))
+            .filter_map(|p| state.committable(p).map(|position| (p, position)))
             .collect();
         *state = AckState {
             closed: true,
@@ -298,6 +314,8 @@ impl AckTable for Shared {
         let settled = match settlement {
             Settlement::Ack => self.ack(key.scope, offset),
             Settlement::Nack => self.nack(key.scope, offset),
+            Settlement::Dropped if !self.is_stopping() => self.nack(key.scope, offset),
+            // Closing: the position committed at close stays at the oldest unsettled offset.
             Settlement::Dropped => Ok(()),
         };
         self.release();
@@ -348,8 +366,43 @@ mod tests {
         assert_eq!(shared.room(), 1);
         ack(b).unwrap();
         assert_eq!(shared.in_flight.load(Ordering::Acquire), 0);
-        // 0 was dropped unsettled: nothing may be committed past it.
+        // 0 was dropped unsettled: nothing may be committed past it, and it comes again.
         assert!(shared.take_moved().is_empty());
+        assert_eq!(shared.take_rewinds(), [(0, 0)]);
+    }
+
+    #[test]
+    fn a_delivery_dropped_while_running_is_delivered_again() {
+        let shared = Arc::new(Shared::new("t", "g", 10));
+        shared.assigned(&[0]);
+        let a = shared.admit(0, 5).unwrap();
+        let b = shared.admit(0, 6).unwrap();
+        let c = shared.admit(0, 7).unwrap();
+        ack(a).unwrap();
+        drop(b);
+        // Rewound to the dropped message: the partition's commits move on after it is
+        // handled, instead of waiting behind it until the next rebalance.
+        assert_eq!(shared.take_rewinds(), [(0, 6)]);
+        ack(c).unwrap();
+        let again = shared.admit(0, 6).unwrap();
+        ack(again).unwrap();
+        assert_eq!(shared.take_moved(), [(0, 7)]);
+    }
+
+    #[test]
+    fn closing_commits_the_oldest_unsettled_offset() {
+        // A nack (or drop) just before closing: the rewind point is committed.
+        let shared = Arc::new(Shared::new("t", "g", 10));
+        shared.assigned(&[0, 1]);
+        let a = shared.admit(0, 3).unwrap();
+        let b = shared.admit(0, 4).unwrap();
+        let c = shared.admit(1, 8).unwrap();
+        ack(a).unwrap();
+        nack(b).unwrap();
+        // Dropped once closing has begun: no rewind, the position stays at it.
+        shared.stop();
+        drop(c);
+        assert_eq!(shared.close(), [(0, 4), (1, 8)]);
     }
 
     #[test]

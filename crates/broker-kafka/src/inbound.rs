@@ -2,6 +2,7 @@
 //! and its metadata per the wire conventions.
 
 use std::borrow::Cow;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -62,13 +63,10 @@ pub(crate) fn metadata<M: Message>(record: &M, topic: &Arc<str>) -> Metadata {
         .key()
         .map(|key| String::from_utf8_lossy(key).into_owned());
     if let Some(headers) = record.headers() {
-        for header in headers.iter() {
-            let value = header.value.map_or(Cow::Borrowed(""), text);
-            match header.key {
-                MESSAGE_ID_HEADER => metadata.message_id = Some(MessageId::from(&*value)),
-                CONTENT_TYPE_HEADER => metadata.content_type = Some(content_type(value)),
-                name => metadata.headers.insert(name, value.into_owned()),
-            }
+        let unreadable = read_headers(headers, &mut metadata);
+        if unreadable > 0 {
+            tracing::warn!(topic = %topic, partition = record.partition(), offset = record.offset(),
+                unreadable, "headers whose names are not UTF-8 were left out of the metadata");
         }
     }
     metadata.publish_time = record.timestamp().to_millis().and_then(time_of);
@@ -77,6 +75,31 @@ pub(crate) fn metadata<M: Message>(record: &M, topic: &Arc<str>) -> Metadata {
         offset: record.offset(),
     };
     metadata
+}
+
+/// Moves `headers` into `metadata`; returns how many were left out because their names are
+/// not UTF-8.
+///
+/// rdkafka panics reading such a name (`Headers::try_get` unwraps it), and any program may
+/// write one: caught here, so that the record is delivered without that header instead of
+/// panicking the stream of every member that reads it (the default panic hook still prints
+/// it).
+fn read_headers<H: Headers + ?Sized>(headers: &H, metadata: &mut Metadata) -> usize {
+    let mut unreadable = 0;
+    for index in 0..headers.count() {
+        let read = std::panic::catch_unwind(AssertUnwindSafe(|| headers.try_get(index)));
+        let Ok(Some(header)) = read else {
+            unreadable += 1;
+            continue;
+        };
+        let value = header.value.map_or(Cow::Borrowed(""), text);
+        match header.key {
+            MESSAGE_ID_HEADER => metadata.message_id = Some(MessageId::from(&*value)),
+            CONTENT_TYPE_HEADER => metadata.content_type = Some(content_type(value)),
+            name => metadata.headers.insert(name, value.into_owned()),
+        }
+    }
+    unreadable
 }
 
 /// A header value as text: borrowed when it is UTF-8 (checked the fast way), replaced
@@ -206,6 +229,44 @@ mod tests {
             assert_eq!(copy[0], i as u8);
             assert!(copy[1..].iter().all(|&b| b == 1));
         }
+    }
+
+    /// Headers as rdkafka reads them, one of which has a name that is not UTF-8: reading it
+    /// panics as rdkafka's `try_get` does.
+    struct WithUnreadableName;
+
+    impl Headers for WithUnreadableName {
+        fn count(&self) -> usize {
+            3
+        }
+
+        fn try_get(&self, index: usize) -> Option<Header<'_, &[u8]>> {
+            match index {
+                0 => Some(Header {
+                    key: "message-id",
+                    value: Some(b"id-9"),
+                }),
+                // What rdkafka's `CStr::to_str(..).unwrap()` does with the name.
+                1 => panic!("called `Result::unwrap()` on an `Err` value: Utf8Error"),
+                2 => Some(Header {
+                    key: "trace",
+                    value: Some(b"abc"),
+                }),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn a_header_name_that_is_not_utf8_is_left_out() {
+        let mut metadata = Metadata::new(Arc::from("t"));
+        assert_eq!(read_headers(&WithUnreadableName, &mut metadata), 1);
+        assert_eq!(
+            metadata.message_id.as_ref().map(MessageId::as_str),
+            Some("id-9")
+        );
+        assert_eq!(metadata.headers.get("trace"), Some("abc"));
+        assert_eq!(metadata.headers.len(), 1);
     }
 
     #[test]
