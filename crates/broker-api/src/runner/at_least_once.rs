@@ -179,10 +179,24 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     }
                 },
             };
-            match outcome {
+            let failure = match outcome {
                 // Settled in place: the delivery is not moved again, only its acker.
-                Ok(()) => acknowledged(delivery.take_acker().ack()).await,
-                Err(failure) => self.retry(delivery, handler, closing, failure).await?,
+                Ok(()) => {
+                    acknowledged(delivery.take_acker().ack()).await;
+                    continue;
+                }
+                Err(failure) => failure,
+            };
+            // Retries give up their message when closing begins during a backoff; a retry
+            // running then (or dead-lettering) gets the shutdown timeout, as a first attempt.
+            let mut retrying = self.retry(delivery, handler, closing, failure);
+            tokio::select! {
+                biased;
+                retried = &mut retrying => retried?,
+                () = closing.cancelled() => {
+                    self.finish_within_timeout(retrying).await?;
+                    return Ok(());
+                }
             }
         }
     }

@@ -1,0 +1,88 @@
+//! Closing a subscription bounds the handlers it waits for by the shutdown timeout, retries
+//! included, and what they did not finish is delivered again.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use broker_api::{Broker, HandlerError, Received, RetryPolicy, Topic, TopicSpec};
+use broker_memory::MemoryBackend;
+use tokio::sync::Notify;
+
+/// Longer than the shutdown timeout by far: only a close that hangs reaches it.
+const HANG: Duration = Duration::from_secs(20);
+
+/// The handler fails its first call, and its retry never finishes: closing waits for the
+/// retry no longer than the shutdown timeout, and the message comes again to the next
+/// subscriber of the group.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_does_not_wait_for_a_stuck_retry_past_the_shutdown_timeout() {
+    let broker = Broker::new(MemoryBackend::new());
+    let topic = Topic::<String>::text("stuck");
+    broker
+        .ensure_topic(&TopicSpec::new("stuck").group("g"))
+        .await
+        .expect("topic");
+    let calls = Arc::new(AtomicUsize::new(0));
+    let retrying = Arc::new(Notify::new());
+    let handler = {
+        let calls = calls.clone();
+        let retrying = retrying.clone();
+        move |_: Received<String>| {
+            let call = calls.fetch_add(1, Ordering::SeqCst) + 1;
+            let retrying = retrying.clone();
+            async move {
+                if call == 1 {
+                    return Err(HandlerError::from("the first call fails"));
+                }
+                retrying.notify_one();
+                futures::future::pending::<()>().await;
+                Ok(())
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&topic, "g")
+        .retry(RetryPolicy {
+            min_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            ..RetryPolicy::default()
+        })
+        .shutdown_timeout(Duration::from_millis(200))
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    broker
+        .publisher(&topic)
+        .publish(&"m".to_owned())
+        .await
+        .expect("publish");
+    tokio::time::timeout(HANG, retrying.notified())
+        .await
+        .expect("the handler is called again after its failure");
+
+    tokio::time::timeout(HANG, running.close())
+        .await
+        .expect("close returned within the shutdown timeout")
+        .expect("close");
+
+    let again = Arc::new(Notify::new());
+    let resubscribed = {
+        let again = again.clone();
+        move |message: Received<String>| {
+            assert_eq!(message.value, "m");
+            again.notify_one();
+            async { Ok::<(), HandlerError>(()) }
+        }
+    };
+    let running = broker
+        .subscriber(&topic, "g")
+        .at_least_once(resubscribed)
+        .await
+        .expect("subscribe again");
+    tokio::time::timeout(HANG, again.notified())
+        .await
+        .expect("the abandoned message is delivered again");
+    running.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
