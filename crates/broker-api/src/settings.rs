@@ -16,6 +16,7 @@ pub struct SubscriberSettings {
     /// Where a new group starts.
     pub start_from: StartFrom,
     /// The most messages fetched and not yet acknowledged; bounds the subscription's memory.
+    /// From 1 to [`SubscriberSettings::MAX_IN_FLIGHT`].
     pub max_in_flight: usize,
     /// How many handler calls run at once in `at_least_once`; messages with the same key still
     /// run one after another, in order. Defaults to 1 (strictly sequential, like Lagom).
@@ -41,12 +42,19 @@ impl Default for SubscriberSettings {
 }
 
 impl SubscriberSettings {
+    /// The largest `max_in_flight`: a million unsettled messages is past what any broker
+    /// prefetches (RabbitMQ's limit is 65 535), and larger counts overflow the clients'
+    /// flow-control permits.
+    pub const MAX_IN_FLIGHT: usize = 1_000_000;
+
     /// Checks the values; the error names the key and what would be accepted.
     pub fn validate(&self) -> Result<()> {
-        if self.max_in_flight == 0 {
-            return Err(Error::config(
-                "subscriber.max_in_flight = 0: expected a number of messages of at least 1",
-            ));
+        if !(1..=Self::MAX_IN_FLIGHT).contains(&self.max_in_flight) {
+            return Err(Error::config(format!(
+                "subscriber.max_in_flight = {}: expected a number of messages from 1 to {}",
+                self.max_in_flight,
+                Self::MAX_IN_FLIGHT
+            )));
         }
         if self.concurrency == 0 {
             return Err(Error::config(
@@ -166,8 +174,12 @@ mod tests {
         let err = settings.validate().unwrap_err().to_string();
         assert!(err.contains("subscriber.retry.jitter"), "{err}");
         settings.retry.jitter = 0.1;
-        settings.max_in_flight = 0;
-        let err = settings.validate().unwrap_err().to_string();
-        assert!(err.contains("subscriber.max_in_flight"), "{err}");
+        for out_of_range in [0, SubscriberSettings::MAX_IN_FLIGHT + 1, usize::MAX] {
+            settings.max_in_flight = out_of_range;
+            let err = settings.validate().unwrap_err().to_string();
+            assert!(err.contains("subscriber.max_in_flight"), "{err}");
+        }
+        settings.max_in_flight = SubscriberSettings::MAX_IN_FLIGHT;
+        assert!(settings.validate().is_ok());
     }
 }

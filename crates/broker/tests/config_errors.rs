@@ -98,6 +98,8 @@ fn malformed_number_names_the_key() {
 fn out_of_range_values_name_the_key() {
     let err = error_of("[subscriber]\nmax_in_flight = 0\n");
     assert!(err.contains("subscriber.max_in_flight"), "{err}");
+    let err = error_of("[subscriber]\nmax_in_flight = 3000000000000000000\n");
+    assert!(err.contains("from 1 to 1000000"), "{err}");
     let err = error_of("[subscriber.retry]\njitter = 2.0\n");
     assert!(err.contains("subscriber.retry.jitter"), "{err}");
     let err = error_of("[topics.greetings]\npartitions = 0\n");
