@@ -424,7 +424,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             .message_id
             .as_ref()
             .map_or_else(|| "(no id)".to_owned(), ToString::to_string);
-        if !self.settings.retry.dead_letter {
+        if !self.dead_letters.is_enabled() {
             return Err(Error::new(
                 ErrorKind::Handler,
                 format!(

@@ -4,6 +4,8 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use bytes::Bytes;
+
 use futures::future::{BoxFuture, Either};
 use futures::{FutureExt, Stream};
 
@@ -11,7 +13,7 @@ use super::dead_letter::DeadLetters;
 use super::fair_share::FairShare;
 use crate::backend::BoxDeliveryStream;
 use crate::delivery::{Delivery, Metadata};
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::handler::Received;
 use crate::topic::Topic;
 
@@ -22,7 +24,8 @@ type Settled<T> = Option<Result<Received<T>>>;
 ///
 /// A value is never yielded twice; one that was yielded and not handled because the process
 /// stopped is lost (that is the trade). Payloads that cannot be decoded are dead-lettered and
-/// skipped. The stream ends when the subscription or the broker is closed.
+/// skipped; with dead-lettering off, each is yielded as a `Decode` error naming the message,
+/// and the stream goes on. The stream ends when the subscription or the broker is closed.
 pub struct AtMostOnce<T> {
     deliveries: BoxDeliveryStream,
     topic: Topic<T>,
@@ -60,10 +63,7 @@ impl<T: Send + 'static> AtMostOnce<T> {
         match acker.ack() {
             Either::Left(done) => match done.into_inner() {
                 Err(e) => Either::Left(Some(Err(e))),
-                Ok(()) => match self.topic.decode(&payload) {
-                    Ok(value) => Either::Left(Some(Ok(Received { value, metadata }))),
-                    Err(e) => Either::Right(self.dead_letter(payload, metadata, e.to_string())),
-                },
+                Ok(()) => decoded(&self.topic, &self.dead_letters, payload, metadata),
             },
             Either::Right(ack) => {
                 let topic = self.topic.clone();
@@ -73,11 +73,9 @@ impl<T: Send + 'static> AtMostOnce<T> {
                         if let Err(e) = ack.await {
                             return Some(Err(e));
                         }
-                        match topic.decode(&payload) {
-                            Ok(value) => Some(Ok(Received { value, metadata })),
-                            Err(e) => {
-                                dead_letter(dead_letters, payload, metadata, e.to_string()).await
-                            }
+                        match decoded(&topic, &dead_letters, payload, metadata) {
+                            Either::Left(settled) => settled,
+                            Either::Right(dead_lettering) => dead_lettering.await,
                         }
                     }
                     .boxed(),
@@ -85,20 +83,45 @@ impl<T: Send + 'static> AtMostOnce<T> {
             }
         }
     }
+}
 
-    fn dead_letter(
-        &self,
-        payload: bytes::Bytes,
-        metadata: Metadata,
-        reason: String,
-    ) -> BoxFuture<'static, Settled<T>> {
-        dead_letter(self.dead_letters.clone(), payload, metadata, reason).boxed()
+/// An acknowledged delivery's value; or, when its payload cannot be decoded, its dead letter
+/// (nothing to yield), or the decode error when dead-lettering is off.
+fn decoded<T: Send + 'static>(
+    topic: &Topic<T>,
+    dead_letters: &DeadLetters,
+    payload: Bytes,
+    metadata: Metadata,
+) -> Either<Settled<T>, BoxFuture<'static, Settled<T>>> {
+    match topic.decode(&payload) {
+        Ok(value) => Either::Left(Some(Ok(Received { value, metadata }))),
+        Err(e) if !dead_letters.is_enabled() => Either::Left(Some(Err(undecodable(&metadata, e)))),
+        Err(e) => Either::Right(
+            dead_letter(dead_letters.clone(), payload, metadata, e.to_string()).boxed(),
+        ),
     }
+}
+
+/// The error yielded for an undecodable payload with dead-lettering off.
+fn undecodable(metadata: &Metadata, cause: Error) -> Error {
+    let id = metadata
+        .message_id
+        .as_ref()
+        .map_or_else(|| "(no id)".to_owned(), ToString::to_string);
+    Error::new(
+        ErrorKind::Decode,
+        format!(
+            "message {id} on topic {} cannot be decoded and dead-lettering is off; it was \
+             acknowledged (at most once) and is not delivered again",
+            metadata.topic
+        ),
+    )
+    .source(cause)
 }
 
 async fn dead_letter<T>(
     dead_letters: DeadLetters,
-    payload: bytes::Bytes,
+    payload: Bytes,
     metadata: Metadata,
     reason: String,
 ) -> Settled<T> {

@@ -59,6 +59,12 @@ impl DeadLetters {
         &self.topic
     }
 
+    /// Whether messages that cannot be handled go to the dead-letter topic (the retry
+    /// policy's `dead_letter`).
+    pub fn is_enabled(&self) -> bool {
+        self.retry.dead_letter
+    }
+
     /// Publishes the message with the reason headers and waits for the broker's confirmation.
     ///
     /// The dead-letter topic is created on first use, with the group as its reader, so that

@@ -1,0 +1,63 @@
+//! With dead-lettering off, `at_most_once` yields an undecodable payload as an error instead
+//! of writing a dead letter, and goes on with the next message.
+
+use std::time::Duration;
+
+use broker_api::{Broker, ErrorKind, RetryPolicy, Topic, TopicSpec};
+use broker_memory::MemoryBackend;
+use bytes::Bytes;
+use futures::StreamExt;
+
+const PATIENCE: Duration = Duration::from_secs(10);
+
+#[tokio::test]
+async fn at_most_once_yields_undecodable_payloads_as_errors() {
+    let broker = Broker::new(MemoryBackend::new());
+    broker
+        .ensure_topic(&TopicSpec::new("numbers").group("g"))
+        .await
+        .expect("topic");
+    let numbers = Topic::<u32>::json("numbers");
+    broker
+        .publisher(&Topic::bytes("numbers"))
+        .publish(&Bytes::from_static(b"{not json"))
+        .await
+        .expect("publish garbage");
+    broker
+        .publisher(&numbers)
+        .publish(&7)
+        .await
+        .expect("publish");
+
+    let mut stream = broker
+        .subscriber(&numbers, "g")
+        .retry(RetryPolicy {
+            dead_letter: false,
+            ..RetryPolicy::default()
+        })
+        .at_most_once()
+        .await
+        .expect("subscribe");
+    let first = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("an item")
+        .expect("the stream goes on");
+    let err = first.expect_err("the undecodable payload is an error");
+    assert_eq!(err.kind(), ErrorKind::Decode, "{err}");
+    assert!(err.to_string().contains("dead-lettering is off"), "{err}");
+    let second = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("an item")
+        .expect("the stream goes on")
+        .expect("the next message");
+    assert_eq!(second.value, 7);
+    stream.close().await.expect("close");
+
+    // Nothing was written to the dead-letter topic.
+    let dead_letters = broker.backend().list_topics().await.expect("topics");
+    assert!(
+        !dead_letters.iter().any(|name| name.ends_with(".dlq")),
+        "{dead_letters:?}"
+    );
+    broker.close().await.expect("close broker");
+}
