@@ -125,24 +125,15 @@ impl Admin {
     /// answered that they do not exist (the emulator keeps nothing across restarts).
     pub(crate) async fn recreate(&self, topic: &str) -> Result<()> {
         self.create_topic(topic).await?;
-        let subscriptions: Vec<String> = self
-            .known
-            .lock()
-            .map(|known| {
-                known
-                    .get(topic)
-                    .map(|subs| subs.iter().cloned().collect())
-                    .unwrap_or_default()
-            })
-            .unwrap_or_default();
-        for subscription in subscriptions {
-            self.repair_subscription(topic, &subscription).await?;
-        }
-        Ok(())
+        self.repair_known(topic, None).await
     }
 
-    /// Re-creates one subscription (and its topic) that the service lost. When the topic
-    /// vanishes again in between, it is created once more.
+    /// Re-creates one subscription (and its topic) that the service lost, then every other
+    /// subscription this backend knows on the topic: they were lost with it, and once the topic
+    /// exists again publishing succeeds, so nothing else would bring them back before their own
+    /// streaming pulls retry (the client backs off up to a minute), and every message published
+    /// meanwhile would be confirmed to no subscription. When the topic vanishes again in
+    /// between, it is created once more.
     pub(crate) async fn recreate_subscription(
         &self,
         topic: &str,
@@ -155,7 +146,28 @@ impl Admin {
                 self.repair_subscription(topic, subscription).await
             }
             other => other,
+        }?;
+        self.repair_known(topic, Some(subscription)).await
+    }
+
+    /// Re-creates the subscriptions this backend knows on `topic`, but `except`.
+    async fn repair_known(&self, topic: &str, except: Option<&str>) -> Result<()> {
+        let subscriptions: Vec<String> = self
+            .known
+            .lock()
+            .map(|known| {
+                known
+                    .get(topic)
+                    .map(|subs| subs.iter().cloned().collect())
+                    .unwrap_or_default()
+            })
+            .unwrap_or_default();
+        for subscription in subscriptions {
+            if except != Some(subscription.as_str()) {
+                self.repair_subscription(topic, &subscription).await?;
+            }
         }
+        Ok(())
     }
 
     /// Whether this backend still knows `subscription` of `topic` (it forgets the

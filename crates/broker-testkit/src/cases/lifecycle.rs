@@ -223,16 +223,17 @@ pub async fn bounded_in_flight(harness: &dyn Harness) {
 }
 
 /// A broker restarted mid-stream: publishing and the running subscription resume by
-/// themselves. Where the broker keeps messages across restarts, every confirmed message is
-/// delivered; where it does not (an emulator), once messages flow again, every message
-/// confirmed from then on is delivered.
+/// themselves, and a declared group nobody reads meanwhile keeps its messages. Where the broker
+/// keeps messages across restarts, every confirmed message is delivered; where it does not (an
+/// emulator), once messages flow again, every message confirmed from then on is delivered.
 ///
 /// Not part of [`conformance_suite!`](crate::conformance_suite): it stops the broker under
 /// every other test, so run it from a test binary of its own.
 pub async fn broker_restart_loses_nothing(harness: &dyn Harness) {
     let broker = connect(harness).await;
     let durable = broker.capabilities().survives_restart;
-    let topic = text_topic(&fresh_topic(&broker, "restart", &["g"]).await);
+    // `h` is declared and read only after the restart.
+    let topic = text_topic(&fresh_topic(&broker, "restart", &["g", "h"]).await);
     let publisher = broker.publisher(&topic);
     let inbox = Inbox::new();
     let running = broker
@@ -258,7 +259,10 @@ pub async fn broker_restart_loses_nothing(harness: &dyn Harness) {
     if !durable {
         // The broker lost the topic and its groups: the publisher and the subscription each
         // re-create them, and a message published between the topic's and the group's
-        // re-creation reaches nobody. Wait until messages flow again.
+        // re-creation reaches nobody. Let the running subscription find its group gone
+        // first: it must bring back `h` as well, or nothing would before `h` is read (a
+        // publish finds the topic there and succeeds). Then wait until messages flow again.
+        tokio::time::sleep(harness.quiet_period() * 3).await;
         let mut probes = 0;
         while !inbox
             .snapshot()
@@ -309,5 +313,24 @@ pub async fn broker_restart_loses_nothing(harness: &dyn Harness) {
         .await;
     assert!(distinct_values(&received).len() >= expected.len());
     running.close().await.expect("close");
+
+    let later = Inbox::new();
+    let reading_later = broker
+        .subscriber(&topic, "h")
+        .at_least_once(later.handler())
+        .await
+        .expect("subscribe the declared group");
+    let received = later
+        .wait_until(
+            "every confirmed message after the restart, in the group read later",
+            harness.patience(),
+            |r| {
+                let got = distinct_values(r);
+                expected.iter().all(|v| got.binary_search(v).is_ok())
+            },
+        )
+        .await;
+    assert!(distinct_values(&received).len() >= expected.len());
+    reading_later.close().await.expect("close");
     broker.close().await.expect("close broker");
 }
