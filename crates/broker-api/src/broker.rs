@@ -8,6 +8,7 @@ use crate::capabilities::Capabilities;
 use crate::error::Result;
 use crate::naming::validate_name;
 use crate::publisher::Publisher;
+use crate::runner::Registry;
 use crate::settings::SubscriberSettings;
 use crate::subscriber::Subscriber;
 use crate::topic::Topic;
@@ -21,6 +22,8 @@ use crate::topic::Topic;
 pub struct Broker {
     backend: SharedBackend,
     defaults: Arc<SubscriberSettings>,
+    /// The `at_least_once` subscriptions started from this handle and its clones.
+    running: Registry,
 }
 
 impl Broker {
@@ -34,6 +37,7 @@ impl Broker {
         Broker {
             backend,
             defaults: Arc::new(SubscriberSettings::default()),
+            running: Registry::default(),
         }
     }
 
@@ -85,6 +89,7 @@ impl Broker {
             topic.clone(),
             group.into(),
             (*self.defaults).clone(),
+            self.running.clone(),
         )
     }
 
@@ -99,7 +104,13 @@ impl Broker {
 
     /// Stops every subscription, flushes pending publishes and disconnects. Later calls on any
     /// clone fail with [`ErrorKind::Closed`](crate::ErrorKind::Closed).
+    ///
+    /// The `at_least_once` subscriptions started from this handle (or its clones) are closed
+    /// first, as [`Running::close`](crate::Running::close) does: intake stops, running
+    /// handlers finish within their shutdown timeout, and what they handled is acknowledged
+    /// while the backend is still connected. Streams (`at_most_once`, `manual`) end.
     pub async fn close(&self) -> Result<()> {
+        self.running.close_all().await;
         self.backend.close().await
     }
 }

@@ -7,7 +7,7 @@ use crate::backend::{BoxDeliveryStream, SharedBackend, StartFrom, SubscribeReque
 use crate::error::Result;
 use crate::handler::Handler;
 use crate::naming::validate_name;
-use crate::runner::{AtLeastOnce, AtMostOnce, DeadLetters, Manual, Running};
+use crate::runner::{AtLeastOnce, AtMostOnce, DeadLetters, Manual, Registry, Running};
 use crate::settings::{RetryPolicy, SubscriberSettings};
 use crate::topic::Topic;
 
@@ -25,6 +25,8 @@ pub struct Subscriber<T> {
     topic: Topic<T>,
     group: String,
     settings: SubscriberSettings,
+    /// The running subscriptions of the broker handle this came from.
+    registry: Registry,
 }
 
 impl<T: Send + 'static> Subscriber<T> {
@@ -33,12 +35,14 @@ impl<T: Send + 'static> Subscriber<T> {
         topic: Topic<T>,
         group: String,
         settings: SubscriberSettings,
+        registry: Registry,
     ) -> Self {
         Subscriber {
             backend,
             topic,
             group,
             settings,
+            registry,
         }
     }
 
@@ -85,13 +89,17 @@ impl<T: Send + 'static> Subscriber<T> {
     /// its future runs) and an undecodable payload are dead-lettered at once.
     ///
     /// Resolves once the subscription is open (so messages published afterwards reach it);
-    /// the returned [`Running`] handle closes it or waits for it to end.
+    /// the returned [`Running`] handle closes it or waits for it to end. Closing the broker
+    /// closes it too, as [`Running::close`] does, before the backend disconnects.
     pub async fn at_least_once(self, handler: impl Handler<T>) -> Result<Running> {
         let stream = self.open().await?;
         let dead_letters = self.dead_letters();
         Ok(
-            AtLeastOnce::new(self.topic, self.group, self.settings, dead_letters)
-                .start(stream, handler),
+            AtLeastOnce::new(self.topic, self.group, self.settings, dead_letters).start(
+                stream,
+                handler,
+                &self.registry,
+            ),
         )
     }
 

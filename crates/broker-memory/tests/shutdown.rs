@@ -1,12 +1,13 @@
-//! Closing a subscription bounds the handlers it waits for by the shutdown timeout, retries
-//! included, and what they did not finish is delivered again.
+//! Closing a subscription, or the broker, lets running handlers finish within the shutdown
+//! timeout (retries included) and acknowledges what they handled; what they did not finish is
+//! delivered again.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker_api::{Broker, HandlerError, Received, RetryPolicy, Topic, TopicSpec};
-use broker_memory::MemoryBackend;
+use broker_api::{Broker, ConnectOptions, HandlerError, Received, RetryPolicy, Topic, TopicSpec};
+use broker_memory::{MemoryBackend, MemoryConfig, MemoryInstance};
 use tokio::sync::Notify;
 
 /// Longer than the shutdown timeout by far: only a close that hangs reaches it.
@@ -85,4 +86,84 @@ async fn close_does_not_wait_for_a_stuck_retry_past_the_shutdown_timeout() {
         .expect("the abandoned message is delivered again");
     running.close().await.expect("close");
     broker.close().await.expect("close broker");
+}
+
+/// Closing the broker closes its `at_least_once` subscriptions first: a handler running then
+/// finishes and its message is acknowledged before the backend goes away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_the_broker_lets_running_handlers_finish() {
+    let instance = Arc::new(MemoryInstance::new());
+    let connect = || {
+        MemoryBackend::with_instance(
+            instance.clone(),
+            &MemoryConfig::default(),
+            ConnectOptions::default(),
+        )
+    };
+    let broker = Broker::new(connect());
+    let topic = Topic::<String>::text("slow");
+    broker
+        .ensure_topic(&TopicSpec::new("slow").group("g"))
+        .await
+        .expect("topic");
+    let started = Arc::new(Notify::new());
+    let finished = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let started = started.clone();
+        let finished = finished.clone();
+        move |_: Received<String>| {
+            let started = started.clone();
+            let finished = finished.clone();
+            async move {
+                started.notify_one();
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                finished.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), HandlerError>(())
+            }
+        }
+    };
+    let _running = broker
+        .subscriber(&topic, "g")
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    broker
+        .publisher(&topic)
+        .publish(&"m".to_owned())
+        .await
+        .expect("publish");
+    tokio::time::timeout(HANG, started.notified())
+        .await
+        .expect("the handler started");
+
+    tokio::time::timeout(HANG, broker.close())
+        .await
+        .expect("close returned")
+        .expect("close");
+    assert_eq!(
+        finished.load(Ordering::SeqCst),
+        1,
+        "close returned before the running handler finished"
+    );
+
+    // Acknowledged before the backend closed: the group does not get it again.
+    let again = Broker::new(connect());
+    let redelivered = Arc::new(AtomicUsize::new(0));
+    let counter = redelivered.clone();
+    let running = again
+        .subscriber(&topic, "g")
+        .at_least_once(move |_: Received<String>| {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<(), HandlerError>(()) }
+        })
+        .await
+        .expect("subscribe again");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        redelivered.load(Ordering::SeqCst),
+        0,
+        "the message came again"
+    );
+    running.close().await.expect("close");
+    again.close().await.expect("close broker");
 }

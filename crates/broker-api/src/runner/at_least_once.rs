@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::dead_letter::DeadLetters;
 use super::fair_share::FairShare;
 use super::key_lanes::KeyLanes;
+use super::registry::Registry;
 use super::stop::Stop;
 use crate::backend::BoxDeliveryStream;
 use crate::completion::Completion;
@@ -102,9 +103,20 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         }
     }
 
-    pub(crate) fn start(self, stream: BoxDeliveryStream, handler: impl Handler<T>) -> Running {
+    /// Starts the subscription's task; closing the broker handle behind `registry` closes it.
+    pub(crate) fn start(
+        self,
+        stream: BoxDeliveryStream,
+        handler: impl Handler<T>,
+        registry: &Registry,
+    ) -> Running {
         let stop = Stop::default();
-        let task = tokio::spawn(Arc::new(self).run(stream, Arc::new(handler), stop.clone()));
+        let ended = registry.register(stop.clone());
+        let running = Arc::new(self).run(stream, Arc::new(handler), stop.clone());
+        let task = tokio::spawn(async move {
+            let _ended = ended;
+            running.await
+        });
         Running { stop, task }
     }
 

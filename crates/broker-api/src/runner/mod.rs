@@ -6,6 +6,7 @@ mod dead_letter;
 mod fair_share;
 mod key_lanes;
 mod manual;
+mod registry;
 mod stop;
 
 pub use at_least_once::Running;
@@ -14,3 +15,4 @@ pub use dead_letter::{dead_letter_headers, DeadLetters};
 pub use manual::{Incoming, Manual};
 
 pub(crate) use at_least_once::AtLeastOnce;
+pub(crate) use registry::Registry;

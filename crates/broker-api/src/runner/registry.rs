@@ -1,0 +1,92 @@
+//! [`Registry`]: the `at_least_once` subscriptions a broker handle started, so that closing the
+//! broker closes them as [`Running::close`](super::Running::close) does before the backend
+//! goes away.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::future::join_all;
+use tokio_util::sync::CancellationToken;
+
+use super::stop::Stop;
+
+/// The running subscriptions of one broker handle and its clones.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Registry {
+    running: Arc<Mutex<Vec<Entry>>>,
+}
+
+/// One subscription: how to stop it, and the signal that its task ended.
+#[derive(Debug)]
+struct Entry {
+    stop: Stop,
+    ended: CancellationToken,
+}
+
+/// Signals that a subscription's task ended when dropped: at its end, or when it panicked.
+#[derive(Debug)]
+pub(crate) struct Ended(CancellationToken);
+
+impl Drop for Ended {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+impl Registry {
+    /// Registers a subscription stopped by `stop`; its task holds the returned guard.
+    pub(crate) fn register(&self, stop: Stop) -> Ended {
+        let ended = CancellationToken::new();
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.retain(|entry| !entry.ended.is_cancelled());
+        running.push(Entry {
+            stop,
+            ended: ended.clone(),
+        });
+        Ended(ended)
+    }
+
+    /// Stops every registered subscription and waits until their tasks ended: intake stops,
+    /// running handlers finish within each subscription's shutdown timeout and what they
+    /// handled is acknowledged.
+    pub(crate) async fn close_all(&self) {
+        let entries =
+            std::mem::take(&mut *self.running.lock().unwrap_or_else(PoisonError::into_inner));
+        for entry in &entries {
+            entry.stop.request();
+        }
+        join_all(entries.iter().map(|entry| entry.ended.cancelled())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::FutureExt;
+
+    #[test]
+    fn closing_stops_every_subscription_and_waits_for_their_end() {
+        let registry = Registry::default();
+        let (first, second) = (Stop::default(), Stop::default());
+        let first_ended = registry.register(first.clone());
+        let second_ended = registry.register(second.clone());
+        let mut closing = Box::pin(registry.close_all());
+        assert!((&mut closing).now_or_never().is_none());
+        assert!(first.is_requested() && second.is_requested());
+        drop(first_ended);
+        assert!(
+            (&mut closing).now_or_never().is_none(),
+            "one is still running"
+        );
+        drop(second_ended);
+        assert!(closing.now_or_never().is_some());
+    }
+
+    #[test]
+    fn ended_subscriptions_are_forgotten() {
+        let registry = Registry::default();
+        drop(registry.register(Stop::default()));
+        let _running = registry.register(Stop::default());
+        let entries = registry.running.lock().map(|r| r.len()).unwrap_or(0);
+        assert_eq!(entries, 1);
+    }
+}
