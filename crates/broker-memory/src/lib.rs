@@ -176,7 +176,18 @@ impl MemoryBackend {
         }
         let topic = self.topic(topic, "publish")?;
         let message_id = message.id.clone();
-        let offset = topic.append(message);
+        let Some(offset) = topic.append(message) else {
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "topic {} was deleted while message {message_id} was published to it; \
+                     it was not delivered",
+                    topic.name
+                ),
+            )
+            .backend(KIND)
+            .operation("publish"));
+        };
         Ok(Confirmation::ready(Ok(Receipt {
             message_id,
             position: Position::Memory { offset },

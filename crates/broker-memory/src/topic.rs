@@ -92,13 +92,16 @@ impl Topic {
     }
 
     /// Publishes a message and returns its offset: readers see it from their next read.
-    pub(crate) fn append(&self, message: Message) -> u64 {
+    /// `None` when the topic was deleted before the message was in it (a publisher that looked
+    /// the topic up before the delete): nobody reads it any more, and a topic created again
+    /// under its name does not have it.
+    pub(crate) fn append(&self, message: Message) -> Option<u64> {
         let (offset, full) = self.inbox.push(message);
         if full {
             self.drain_inbox(&mut self.log.write().unwrap_or_else(|e| e.into_inner()));
         }
         self.wake();
-        offset
+        (!self.is_deleted()).then_some(offset)
     }
 
     /// Moves the inbox into the log, in order; first drops old segments when retention allows
@@ -151,13 +154,22 @@ mod tests {
     fn offsets_follow_publication_and_readers_see_every_published_message() {
         let topic = Topic::new("t", usize::MAX);
         for i in 0..10u64 {
-            assert_eq!(topic.append(Message::new(i.to_string())), i);
+            assert_eq!(topic.append(Message::new(i.to_string())), Some(i));
         }
         topic.with_log(|log| {
             assert_eq!(log.end(), 10);
             assert_eq!(log.get(9).expect("published").0.payload, "9");
         });
-        assert_eq!(topic.append(Message::new("10")), 10);
+        assert_eq!(topic.append(Message::new("10")), Some(10));
+    }
+
+    #[test]
+    fn a_message_appended_to_a_deleted_topic_is_not_confirmed() {
+        // A publisher that looked the topic up before another deleted it.
+        let topic = Topic::new("t", usize::MAX);
+        assert_eq!(topic.append(Message::new("before")), Some(0));
+        topic.delete();
+        assert_eq!(topic.append(Message::new("after")), None);
     }
 
     #[test]

@@ -50,8 +50,9 @@ impl<T: Send + 'static> AtMostOnce<T> {
         }
     }
 
-    /// Stops intake and leaves the group. Deliveries already fetched but not yielded are
-    /// delivered again to the group.
+    /// Stops intake and leaves the group. Deliveries already fetched but not yet acknowledged
+    /// are delivered again to the group; one whose acknowledgement (or dead letter) was under
+    /// way when closing began is given up, which at most once allows.
     pub async fn close(&mut self) -> Result<()> {
         self.pending = None;
         self.deliveries.close().await
