@@ -53,14 +53,7 @@ async fn close_does_not_wait_for_a_stuck_retry_past_the_shutdown_timeout() {
         .at_least_once(handler)
         .await
         .expect("subscribe");
-    broker
-        .publisher(&topic)
-        .publish(&"m".to_owned())
-        .await
-        .expect("publish");
-    tokio::time::timeout(HANG, retrying.notified())
-        .await
-        .expect("the handler is called again after its failure");
+    publish_and_wait(&broker, &topic, &retrying).await;
 
     tokio::time::timeout(HANG, running.close())
         .await
@@ -127,14 +120,7 @@ async fn closing_the_broker_lets_running_handlers_finish() {
         .at_least_once(handler)
         .await
         .expect("subscribe");
-    broker
-        .publisher(&topic)
-        .publish(&"m".to_owned())
-        .await
-        .expect("publish");
-    tokio::time::timeout(HANG, started.notified())
-        .await
-        .expect("the handler started");
+    publish_and_wait(&broker, &topic, &started).await;
 
     tokio::time::timeout(HANG, broker.close())
         .await
@@ -166,4 +152,17 @@ async fn closing_the_broker_lets_running_handlers_finish() {
     );
     running.close().await.expect("close");
     again.close().await.expect("close broker");
+}
+
+/// Publishes one message, `m`, and waits until the handler says it reached the point the test
+/// is about.
+async fn publish_and_wait(broker: &Broker, topic: &Topic<String>, reached: &Notify) {
+    broker
+        .publisher(topic)
+        .publish(&"m".to_owned())
+        .await
+        .expect("publish");
+    tokio::time::timeout(HANG, reached.notified())
+        .await
+        .expect("the handler got the message");
 }
