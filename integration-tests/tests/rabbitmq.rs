@@ -443,6 +443,50 @@ async fn broker_size_limit_fails_only_that_publish() {
     .await;
 }
 
+/// Properties go in one frame of at most `frame_max` bytes: a message whose headers would
+/// overflow it is refused before it is sent (RabbitMQ would close the whole connection with a
+/// FRAME_ERROR, and every publish again would close the next one), and one that just fits is
+/// published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_larger_than_a_frame_are_refused_before_sending() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("headers_larger_than_a_frame", async {
+        let broker = harness.connect().await.expect("connect");
+        let name = fresh_topic(&broker, "bigheaders", &["g"]).await;
+        // RabbitMQ's default frame_max, which scripts/brokers.sh keeps.
+        const FRAME_MAX: usize = 131_072;
+        // The frame of a message with id `id-1` and one header `big` holds 49 bytes besides
+        // the header's value: frame (8), content header (14), delivery mode and timestamp (9),
+        // the id (1 + 4), the table's length (4), the name (1 + 3), the value's type and
+        // length (1 + 4).
+        let with_header = |size: usize| {
+            Message::new("x")
+                .with_id("id-1")
+                .with_header("big", "v".repeat(size))
+        };
+        let backend = broker.backend();
+        let fits = send(backend.as_ref(), &name, with_header(FRAME_MAX - 49)).await;
+        fits.expect("properties that fill the frame exactly are published");
+        // One byte more is past the protocol's limit (RabbitMQ lets 8 more through); 20 000
+        // more made RabbitMQ close the connection, again at every publish after reconnecting,
+        // for the whole retry_timeout.
+        for over in [1, 20_000] {
+            let err = send(backend.as_ref(), &name, with_header(FRAME_MAX - 49 + over))
+                .await
+                .expect_err("properties over a frame");
+            assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+            assert!(err.to_string().contains("frame_max"), "{err}");
+        }
+        send(backend.as_ref(), &name, Message::new("small"))
+            .await
+            .expect("the connection is still up");
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
 async fn rabbitmqctl(args: &[&str]) {
     let script = live::repository_root().join("scripts").join("brokers.sh");
     let output = tokio::process::Command::new("bash")
@@ -459,7 +503,7 @@ async fn rabbitmqctl(args: &[&str]) {
     );
 }
 
-async fn send(backend: &RabbitMqBackend, topic: &str, message: Message) -> broker_api::Result<()> {
+async fn send(backend: &dyn Backend, topic: &str, message: Message) -> broker_api::Result<()> {
     backend.send(topic, message).await?.await.map(drop)
 }
 

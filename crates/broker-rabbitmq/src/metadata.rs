@@ -74,6 +74,31 @@ pub(crate) fn properties(message: &Message) -> Result<BasicProperties> {
     Ok(properties)
 }
 
+/// The size of the content header frame that carries `message`'s [`properties`]: AMQP sends
+/// them in that one frame, which may not exceed the connection's negotiated `frame_max`.
+pub(crate) fn header_frame_size(message: &Message) -> usize {
+    /// Frame type, channel, size and frame end.
+    const FRAME: usize = 1 + 2 + 4 + 1;
+    /// Class id, weight, body size and property flags.
+    const CONTENT_HEADER: usize = 2 + 2 + 8 + 2;
+    /// Delivery mode and timestamp.
+    const FIXED_PROPERTIES: usize = 1 + 8;
+    let short_string = |text: &str| 1 + text.len();
+    let mut size = FRAME + CONTENT_HEADER + FIXED_PROPERTIES + short_string(message.id.as_str());
+    if let Some(content_type) = &message.content_type {
+        size += short_string(content_type);
+    }
+    if !message.headers.is_empty() {
+        // The table's length, then each name, the value's type and the long string.
+        size += 4 + message
+            .headers
+            .iter()
+            .map(|(name, value)| short_string(name) + 1 + 4 + value.len())
+            .sum::<usize>();
+    }
+    size
+}
+
 fn seconds_since_epoch(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH)
         .map_or(0, |since| since.as_secs())

@@ -74,6 +74,30 @@ struct Route {
 struct ConfirmChannel {
     channel: Channel,
     serial: u64,
+    /// The connection's negotiated largest frame.
+    frame_max: usize,
+}
+
+impl ConfirmChannel {
+    /// Fails a message whose properties do not fit in one frame of this connection: RabbitMQ
+    /// would close the whole connection for it (FRAME_ERROR), and every publish again after the
+    /// reconnect would close the next one.
+    fn check_header_fits(&self, message: &Message) -> Result<()> {
+        let size = metadata::header_frame_size(message);
+        if size <= self.frame_max {
+            return Ok(());
+        }
+        Err(Error::new(
+            ErrorKind::Rejected,
+            format!(
+                "the headers and properties of message {} take {size} bytes; AMQP sends them \
+                 in one frame, of at most {} bytes on this connection (frame_max)",
+                message.id, self.frame_max
+            ),
+        )
+        .backend(BACKEND)
+        .operation("publish"))
+    }
 }
 
 /// A message the broker needs to hand over: what the first attempt publishes.
@@ -131,8 +155,9 @@ impl Publisher {
         if let Some(route) = shared.route(topic) {
             if let Ok(slot) = shared.window.clone().try_acquire_owned() {
                 if let Some(channel) = route.current() {
-                    let confirmation = shared.publish(route, message, prepared, channel, slot);
-                    return completion::ready(Ok(confirmation));
+                    return completion::ready(
+                        shared.publish(route, message, prepared, channel, slot),
+                    );
                 }
                 permit = Some(slot);
             }
@@ -202,7 +227,7 @@ impl Shared {
                 .map_err(|_| error::closed("publish"))?,
         };
         let channel = route.channel(&self, None, deadline).await?;
-        Ok(self.publish(route, message, prepared, channel, permit))
+        self.publish(route, message, prepared, channel, permit)
     }
 
     /// Starts publishing `message` on `channel`, holding window `slot` until it is settled.
@@ -213,7 +238,8 @@ impl Shared {
         prepared: Prepared,
         channel: Arc<ConfirmChannel>,
         slot: OwnedSemaphorePermit,
-    ) -> Confirmation {
+    ) -> Result<Confirmation> {
+        channel.check_header_fits(&message)?;
         let publish = Publish {
             pending: Pending {
                 shared: self.clone(),
@@ -224,10 +250,10 @@ impl Shared {
             channel,
             _slot: slot,
         };
-        match &self.driver {
+        Ok(match &self.driver {
             Some(driver) => driver.drive(publish),
             None => driver::run_in_caller(publish),
-        }
+        })
     }
 
     /// The topic's route, checking or declaring its exchange the first time.
@@ -287,6 +313,7 @@ impl Route {
                     let open = Arc::new(ConfirmChannel {
                         channel,
                         serial: shared.serials.fetch_add(1, Ordering::Relaxed) + 1,
+                        frame_max: session.connection.configuration().frame_max() as usize,
                     });
                     *self.channel.write().unwrap_or_else(|e| e.into_inner()) = Some(open.clone());
                     return Ok(open);

@@ -134,6 +134,7 @@ impl Pending {
                 .route
                 .channel(&self.shared, Some(channel.serial), deadline)
                 .await?;
+            channel.check_header_fits(&self.message)?;
             match self.publish_once(&channel, prepare(&self.message)?).await {
                 Ok(confirmed) => return self.settle(confirmed),
                 Err(again) => failure = again,
