@@ -81,13 +81,18 @@
 //! ## Limits
 //!
 //! Queue names (`<topic>.<group>`), routing keys, message ids, content types and header names
-//! are AMQP short strings: at most 255 bytes. Each topic published to holds one channel of the
+//! are AMQP short strings: at most 255 bytes. A message's properties (headers, id, content
+//! type) travel in one frame of at most the connection's `frame_max` (131 072 bytes by
+//! default); a message whose properties are larger is refused before it is sent. Each topic
+//! published to holds one channel of the
 //! connection (RabbitMQ allows 2047 by default). A publish retried after a connection drop can
 //! land after messages sent later, so per-key order holds between reconnects, not across one
 //! where a publish of that key was in flight. Connections blocked by a RabbitMQ resource alarm
 //! (memory, disk) hold publishes until the alarm clears. On RabbitMQ 4, quorum queues give up
-//! on a message rejected 20 times (their default delivery limit); the library's runners retry
-//! in process instead of rejecting, so this only concerns manual `nack` loops.
+//! on a message rejected 20 times (their default delivery limit), and these queues have no
+//! dead-letter exchange: the library's runners retry in process instead of rejecting, but a
+//! message requeued at every close or restart (a handler that never succeeds with
+//! dead-lettering off, a manual `nack` loop) is dropped by the broker after 20 deliveries.
 
 mod config;
 mod error;
