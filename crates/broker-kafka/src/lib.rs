@@ -25,7 +25,11 @@
 //!   every `auto.commit.interval.ms` (5 s by default), and synchronously when partitions are
 //!   revoked and when a subscription closes. A crash, a dropped delivery or a rebalance means
 //!   redelivery, never loss; acknowledgements of partitions this member no longer owns are
-//!   ignored (the new owner gets those messages again).
+//!   ignored (the new owner gets those messages again). The same applies to `at_most_once`:
+//!   a value is never yielded twice by a running subscription, but after a crash the group gets
+//!   again what was acknowledged since the last commit (up to `auto.commit.interval.ms`).
+//! - Records written by other programs are delivered whatever their headers: a header whose
+//!   name is not UTF-8 (which rdkafka cannot read) is left out of the metadata and logged.
 //! - A subscription hands out at most `max_in_flight` unsettled deliveries; its consumer stops
 //!   reading at the limit, and librdkafka's prefetch is bounded in proportion to it
 //!   ([`prefetch`]: 16 messages and 16 KiB per in-flight delivery, at least 1 MiB), so a
