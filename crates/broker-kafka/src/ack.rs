@@ -239,6 +239,21 @@ impl Shared {
         std::mem::take(&mut state.rewinds)
     }
 
+    /// Puts back the rewind of `partition` to `from` after its seek failed, so that the stream
+    /// tries again before it reads the partition further (its records stay refused until
+    /// then); dropped when the partition was revoked meanwhile (its new owner reads from the
+    /// committed position).
+    pub(crate) fn rewind_again(&self, partition: i32, from: i64) {
+        let mut state = self.state();
+        if state.epochs.get(partition).is_none() {
+            return;
+        }
+        match state.rewinds.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, pending)) => *pending = (*pending).min(from),
+            None => state.rewinds.push((partition, from)),
+        }
+    }
+
     /// Closes the bookkeeping: returns the position to commit for every partition that had
     /// deliveries; later settlements fail with `Closed`.
     pub(crate) fn close(&self) -> Vec<(i32, i64)> {
@@ -436,6 +451,21 @@ mod tests {
         let again = shared.admit(0, 4).unwrap();
         ack(again).unwrap();
         assert_eq!(shared.take_moved(), [(0, 5)]);
+    }
+
+    #[test]
+    fn a_rewind_whose_seek_failed_is_done_again_unless_revoked() {
+        let shared = Arc::new(Shared::new("t", "g", 10));
+        shared.assigned(&[0, 1]);
+        nack(shared.admit(0, 4).unwrap()).unwrap();
+        nack(shared.admit(1, 9).unwrap()).unwrap();
+        assert_eq!(shared.take_rewinds(), [(0, 4), (1, 9)]);
+        // Both seeks failed; partition 1 was revoked before the next read.
+        shared.rewind_again(0, 4);
+        shared.revoked(&[1]);
+        shared.rewind_again(1, 9);
+        assert!(shared.admit(0, 5).is_none(), "read past the rewind point");
+        assert_eq!(shared.take_rewinds(), [(0, 4)]);
     }
 
     #[test]

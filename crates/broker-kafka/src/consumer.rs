@@ -265,8 +265,10 @@ pub(crate) fn rewind(consumer: &KafkaConsumer, shared: &Shared) {
             Offset::Offset(offset),
             Duration::ZERO,
         ) {
+            // Reading on past the nacked messages would let later acks commit past them.
             tracing::warn!(topic = %shared.topic(), partition, offset, %error,
-                "seek after nack failed; the message will be delivered again after the next rebalance");
+                "seek after nack failed; trying again before the partition is read further");
+            shared.rewind_again(partition, offset);
         }
     }
 }
