@@ -5,8 +5,9 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-/// Set once by [`Running::close`](super::Running::close); the runner reads it before taking
-/// each delivery and waits on it only while the stream has nothing ready.
+/// Set once by [`Running::close`](super::Running::close) or by closing the broker; the runner
+/// reads it before taking each delivery and waits on it only while the stream has nothing
+/// ready.
 ///
 /// The flag makes the per-delivery check one atomic load: the token's own check takes a lock.
 #[derive(Debug, Clone, Default)]
