@@ -150,8 +150,8 @@ impl Pending {
     /// publish's are kept for their owner in the route's [`Orphans`](super::orphans::Orphans),
     /// and every publish looks for its own there. When the owner is settled before the publish
     /// holding its returned message, the owner is reported confirmed: a race lapin's pairing
-    /// leaves open, within one multiple ack on a channel whose messages stop or start being
-    /// routable (a topic's first group queue bound or its last deleted while publishing).
+    /// leaves open when one multiple ack covers returned messages (publishing to a topic with
+    /// no group queue, or while its first group queue is bound or its last deleted).
     fn acked(&self, returned: Option<BasicReturnMessage>) -> Result<Receipt> {
         let id = self.message.id.as_str();
         if let Some(returned) = returned {
