@@ -95,6 +95,13 @@ impl Metadata {
             position: Position::Unknown,
         }
     }
+
+    /// The message id as text for errors and logs: `(no id)` when the message has none.
+    pub(crate) fn id_text(&self) -> &str {
+        self.message_id
+            .as_ref()
+            .map_or("(no id)", MessageId::as_str)
+    }
 }
 
 /// A message received from a subscription, not yet decoded, with its acknowledgement handle.

@@ -431,11 +431,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     /// Dead-letters and acknowledges the delivery, or, with dead-lettering off, stops the
     /// subscription without acknowledging it. Runs within the boxed [`retry`](Self::retry).
     async fn give_up(&self, delivery: Delivery, reason: String, attempts: u32) -> Result<()> {
-        let id = delivery
-            .metadata
-            .message_id
-            .as_ref()
-            .map_or_else(|| "(no id)".to_owned(), ToString::to_string);
+        let id = delivery.metadata.id_text().to_owned();
         if !self.dead_letters.is_enabled() {
             return Err(Error::new(
                 ErrorKind::Handler,

@@ -105,10 +105,7 @@ fn decoded<T: Send + 'static>(
 
 /// The error yielded for an undecodable payload with dead-lettering off.
 fn undecodable(metadata: &Metadata, cause: Error) -> Error {
-    let id = metadata
-        .message_id
-        .as_ref()
-        .map_or_else(|| "(no id)".to_owned(), ToString::to_string);
+    let id = metadata.id_text();
     Error::new(
         ErrorKind::Decode,
         format!(
