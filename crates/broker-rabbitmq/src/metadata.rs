@@ -53,6 +53,7 @@ pub(crate) fn routing_key(message: &Message) -> Result<ShortString> {
 }
 
 /// The AMQP properties of `message`: id, content type, timestamp, headers, persistent.
+/// [`header_frame_size`] counts what this writes: change both together.
 pub(crate) fn properties(message: &Message) -> Result<BasicProperties> {
     let mut properties = BasicProperties::default()
         .with_delivery_mode(PERSISTENT)
