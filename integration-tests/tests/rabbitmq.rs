@@ -565,3 +565,124 @@ async fn connect_failures_are_clear() {
     })
     .await;
 }
+
+/// During a resource alarm RabbitMQ stops reading publishes, so their confirms do not come:
+/// the confirm window fills and the next send waits for a slot; closing the backend fails them
+/// all after `close_timeout` (`Closed`: they may or may not be stored) instead of leaving their
+/// callers waiting for ever. The broker takes publishes again after the alarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
+    let Some(harness) = exclusive().await else {
+        return;
+    };
+    run_case("close_during_a_resource_alarm", async {
+        let config = RabbitMqConfig {
+            uri: harness.live.address.clone(),
+            confirm_window: 2,
+            close_timeout: Duration::from_secs(1),
+            ..RabbitMqConfig::default()
+        };
+        let backend = RabbitMqBackend::connect(config, ConnectOptions::default())
+            .await
+            .expect("connect");
+        let broker = Broker::new(backend);
+        let name = fresh_topic(&broker, "alarm", &["g"]).await;
+        let topic = broker_api::Topic::text(name.as_str());
+        let publisher = broker.publisher(&topic);
+        publisher
+            .publish(&"before".to_owned())
+            .await
+            .expect("published before the alarm");
+        // A watermark of 0 sets off the memory alarm at once: RabbitMQ blocks every publisher.
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0"]).await;
+        let alarm = MemoryAlarm;
+        let outcome = async {
+            let mut in_window = Vec::new();
+            for value in ["one", "two"] {
+                let sent = publisher.send(&value.to_owned()).await;
+                in_window.push(sent.expect("handed over: there is room in the window"));
+            }
+            let mut third = Box::pin(publisher.send(&"three".to_owned()));
+            let third_at_once = tokio::time::timeout(Duration::from_millis(500), &mut third)
+                .await
+                .ok();
+            let waits_for_a_slot = third_at_once.is_none();
+            let held = tokio::time::timeout(Duration::from_millis(100), &mut in_window[0])
+                .await
+                .is_err();
+            let started = Instant::now();
+            let closing = tokio::time::timeout(Duration::from_secs(10), broker.close());
+            let (closed, third) = match third_at_once {
+                Some(sent) => (closing.await, Ok(sent)),
+                None => tokio::join!(
+                    closing,
+                    tokio::time::timeout(Duration::from_secs(10), third)
+                ),
+            };
+            let mut settled = Vec::new();
+            for confirmation in in_window {
+                settled.push(tokio::time::timeout(Duration::from_secs(5), confirmation).await);
+            }
+            (
+                waits_for_a_slot,
+                held,
+                closed,
+                third,
+                settled,
+                started.elapsed(),
+            )
+        }
+        .await;
+        drop(alarm);
+        let (waits_for_a_slot, held, closed, third, settled, took) = outcome;
+        assert!(
+            held,
+            "the alarm did not hold the publish: the case tests nothing"
+        );
+        assert!(
+            waits_for_a_slot,
+            "a third send was handed over with a window of two unconfirmed"
+        );
+        closed
+            .expect("close returns within 10 s")
+            .expect("close succeeds");
+        let err = third
+            .expect("the send waiting for a slot ends when the backend closes")
+            .expect_err("no slot freed up");
+        assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+        for confirmation in settled {
+            let err = confirmation
+                .expect("an unconfirmed publish is settled when the backend closes")
+                .expect_err("a publish RabbitMQ never confirmed is not reported published");
+            assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
+            assert!(err.to_string().contains("may or may not"), "{err}");
+        }
+        assert!(took < Duration::from_secs(8), "close took {took:?}");
+        // The broker takes publishes again once the alarm is over.
+        let after = harness.connect().await.expect("connect after the alarm");
+        after
+            .publisher(&topic)
+            .publish(&"after".to_owned())
+            .await
+            .expect("published after the alarm");
+        after.close().await.expect("close");
+    })
+    .await;
+}
+
+/// Ends the memory alarm `set_vm_memory_high_watermark 0` set off, when dropped: also when its
+/// case fails or hangs, so that the cases after it can publish.
+struct MemoryAlarm;
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let script = live::repository_root().join("scripts").join("brokers.sh");
+        let restored = std::process::Command::new("bash")
+            .arg(&script)
+            .args(["rabbitmqctl", "set_vm_memory_high_watermark", "0.4"])
+            .output();
+        if !restored.is_ok_and(|output| output.status.success()) {
+            eprintln!("could not end RabbitMQ's memory alarm: run `scripts/brokers.sh rabbitmqctl set_vm_memory_high_watermark 0.4`");
+        }
+    }
+}

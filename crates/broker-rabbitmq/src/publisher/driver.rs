@@ -11,6 +11,10 @@
 //! A publish is created, run and dropped on this one task, as the raw client's publishing loop
 //! does: no per-message future is boxed on the caller's thread and freed on another, and the
 //! frames of publishes sent together are queued together, for lapin to write at once.
+//!
+//! Closing abandons the task when publishes are still unconfirmed after `close_timeout` (a
+//! resource alarm makes RabbitMQ stop reading publishes): their confirmations fail instead of
+//! waiting for ever.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,7 +22,7 @@ use std::sync::Arc;
 use broker_api::{Confirmation, Error, ErrorKind, Receipt, ReceiptSlot, Result};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 use super::pending::Publish;
 use crate::error::BACKEND;
@@ -30,8 +34,8 @@ const BATCH: usize = 256;
 /// A publish to run and where its outcome goes.
 type Job = (Publish, Outcome);
 
-/// Where a publish's outcome goes; dropped unfilled (the task ended at shutdown), it fails
-/// the confirmation instead of leaving it waiting forever.
+/// Where a publish's outcome goes; dropped unfilled (the task was abandoned at close or ended
+/// with its runtime), it fails the confirmation instead of leaving it waiting for ever.
 struct Outcome(Option<Arc<ReceiptSlot>>);
 
 impl Outcome {
@@ -47,7 +51,9 @@ impl Drop for Outcome {
         if let Some(slot) = self.0.take() {
             slot.fill(Err(Error::new(
                 ErrorKind::Closed,
-                "the publish was abandoned at shutdown",
+                "the backend stopped before RabbitMQ confirmed this publish (closed with it \
+                 unconfirmed after rabbitmq.close_timeout, or its runtime shut down); the \
+                 message may or may not have been stored",
             )
             .backend(BACKEND)
             .operation("publish")));
@@ -58,14 +64,22 @@ impl Drop for Outcome {
 /// The handle of the publishing task.
 pub(super) struct Driver {
     jobs: mpsc::UnboundedSender<Job>,
+    abandon: Arc<Notify>,
 }
 
 impl Driver {
     /// Starts the task on `runtime`.
     pub(super) fn start(runtime: &tokio::runtime::Handle) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
-        runtime.spawn(run(queue));
-        Driver { jobs }
+        let abandon = Arc::new(Notify::new());
+        runtime.spawn(run(queue, abandon.clone()));
+        Driver { jobs, abandon }
+    }
+
+    /// Fails every publish the task holds or is handed from now on, without waiting for
+    /// their confirms.
+    pub(super) fn abandon(&self) {
+        self.abandon.notify_one();
     }
 
     /// Hands `publish` to the task and returns its confirmation.
@@ -90,12 +104,13 @@ pub(super) fn run_in_caller(publish: Publish) -> Confirmation {
     Confirmation::from(poll::start(Box::pin(publish.run())))
 }
 
-async fn run(mut queue: mpsc::UnboundedReceiver<Job>) {
+async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>) {
     let mut pending = FuturesUnordered::new();
     let mut received = Vec::with_capacity(BATCH);
     let mut open = true;
     while open || !pending.is_empty() {
         tokio::select! {
+            () = abandon.notified() => break,
             count = queue.recv_many(&mut received, BATCH), if open => {
                 open = count > 0;
                 if open && count < BATCH {
@@ -109,6 +124,12 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Job>) {
             }
             Some(()) = pending.next() => {}
         }
+    }
+    // Abandoned, or every sender is gone: a publish still pending fails as it is dropped, and
+    // so does any handed over later.
+    drop(pending);
+    while let Some(job) = queue.recv().await {
+        drop(job);
     }
 }
 

@@ -175,7 +175,8 @@ impl Publisher {
         }
     }
 
-    /// Stops new publishes and waits up to `timeout` for pending confirms. Returns whether
+    /// Stops new publishes and waits up to `timeout` for pending confirms; those still
+    /// pending then fail (`Closed`), as do sends waiting for a window slot. Returns whether
     /// every pending publish was settled.
     pub(crate) async fn close(&self, timeout: Duration) -> bool {
         let shared = &self.shared;
@@ -184,6 +185,11 @@ impl Publisher {
             .await
             .is_ok_and(|acquired| acquired.is_ok());
         shared.window.close();
+        if !drained {
+            if let Some(driver) = &shared.driver {
+                driver.abandon();
+            }
+        }
         drained
     }
 }
@@ -248,7 +254,7 @@ impl Shared {
             },
             prepared,
             channel,
-            _slot: slot,
+            slot,
         };
         Ok(match &self.driver {
             Some(driver) => driver.drive(publish),

@@ -28,8 +28,8 @@ pub(super) struct Publish {
     pub(super) pending: Pending,
     pub(super) prepared: Prepared,
     pub(super) channel: Arc<ConfirmChannel>,
-    /// Never read: dropped with the publish, it frees the slot.
-    pub(super) _slot: OwnedSemaphorePermit,
+    /// Held by [`run`](Self::run)'s future until the publish is settled.
+    pub(super) slot: OwnedSemaphorePermit,
 }
 
 impl Publish {
@@ -42,6 +42,9 @@ impl Publish {
     #[allow(clippy::manual_async_fn)] // on purpose, see above
     pub(super) fn run(self) -> impl Future<Output = Result<Receipt>> + Send {
         async move {
+            // Named, so that the block takes the slot: it captures only the fields it uses,
+            // and one it did not would be freed as soon as the future was built.
+            let _slot = self.slot;
             let failure = match self
                 .pending
                 .publish_once(&self.channel, self.prepared)
