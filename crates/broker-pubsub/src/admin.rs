@@ -1,5 +1,11 @@
 //! Topics and subscriptions: creating them on first use, re-creating them after the service
 //! lost them (an emulator restart), listing and deleting them.
+//!
+//! Credentials with least-privilege roles (`roles/pubsub.publisher` or `.subscriber`) may
+//! publish or pull but not list, look up or create topics and subscriptions: a request refused
+//! with `PERMISSION_DENIED` while connecting or provisioning is taken to mean that the resource
+//! is managed elsewhere, and the backend goes on. If it does not exist after all, publishing
+//! and pulling fail with an error saying so and that these credentials may not create it.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -12,7 +18,7 @@ use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::model::PushConfig;
 use google_cloud_pubsub::retry_policy::RetryableErrors;
 
-use crate::error::{is_already_exists, is_not_found, rpc_error, BACKEND};
+use crate::error::{is_already_exists, is_not_found, is_permission_denied, rpc_error, BACKEND};
 
 /// How long a subscription is switched to push delivery to end the emulator's abandoned
 /// streaming pulls: the emulator checks each pull every 50 ms.
@@ -79,30 +85,15 @@ impl Admin {
             .with_attempt_timeout(timeout)
             .with_retry_policy(RetryableErrors.with_time_limit(timeout))
             .send();
-        match tokio::time::timeout(timeout, request).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(rpc_error(
-                e,
-                "connect",
-                format!(
-                    "the service did not accept a request for {}",
-                    self.project_path
-                ),
-            )),
-            Err(_) => Err(Error::new(
-                ErrorKind::Connection,
-                format!("no answer within {timeout:?}"),
-            )
-            .backend(BACKEND)
-            .operation("connect")),
-        }
+        let answer = tokio::time::timeout(timeout, request).await.ok();
+        probe_outcome(answer, &self.project_path, timeout)
     }
 
     /// Makes sure `topic` exists: creates it when auto-provisioning is on, checks it otherwise
     /// (a missing topic is then a [`ErrorKind::NotFound`] error).
     pub(crate) async fn ensure_topic(&self, topic: &str) -> Result<()> {
         if self.auto_provision {
-            self.create_topic(topic).await
+            self.create_topic(topic, false).await
         } else {
             self.check_topic(topic).await
         }
@@ -124,7 +115,7 @@ impl Admin {
     /// Re-creates `topic` and every subscription this backend knows on it, after the service
     /// answered that they do not exist (the emulator keeps nothing across restarts).
     pub(crate) async fn recreate(&self, topic: &str) -> Result<()> {
-        self.create_topic(topic).await?;
+        self.create_topic(topic, true).await?;
         self.repair_known(topic, None).await
     }
 
@@ -139,10 +130,10 @@ impl Admin {
         topic: &str,
         subscription: &str,
     ) -> Result<()> {
-        self.create_topic(topic).await?;
+        self.create_topic(topic, true).await?;
         match self.repair_subscription(topic, subscription).await {
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                self.create_topic(topic).await?;
+                self.create_topic(topic, true).await?;
                 self.repair_subscription(topic, subscription).await
             }
             other => other,
@@ -316,25 +307,27 @@ impl Admin {
         }
     }
 
-    async fn create_topic(&self, topic: &str) -> Result<()> {
-        match self
+    /// Creates `topic`; one that exists is kept. When the credentials may not create it, it is
+    /// taken as existing on first use, and is an error when `repair`ing a lost topic.
+    async fn create_topic(&self, topic: &str, repair: bool) -> Result<()> {
+        let created = self
             .topics
             .create_topic()
             .set_name(self.topic_path(topic))
             .send()
-            .await
-        {
-            Ok(_) => {
-                tracing::debug!(topic, "created topic");
-                Ok(())
+            .await;
+        let failed = |e| rpc_error(e, "create topic", format!("cannot create topic {topic}"));
+        match creation(created).map_err(failed)? {
+            Creation::Created => tracing::debug!(topic, "created topic"),
+            Creation::Existed => {}
+            Creation::NotAllowed(e) if repair => {
+                return Err(not_allowed_again(&format!("topic {topic}"), e))
             }
-            Err(e) if is_already_exists(&e) => Ok(()),
-            Err(e) => Err(rpc_error(
-                e,
-                "create topic",
-                format!("cannot create topic {topic}"),
-            )),
+            Creation::NotAllowed(_) => {
+                tracing::debug!(topic, "not allowed to create topic; taking it as existing");
+            }
         }
+        Ok(())
     }
 
     async fn check_topic(&self, topic: &str) -> Result<()> {
@@ -366,9 +359,24 @@ impl Admin {
         subscription: &str,
         repair: bool,
     ) -> Result<()> {
-        let created = self.try_create_subscription(topic, subscription).await?;
-        if created || !repair {
-            return Ok(());
+        match self.try_create_subscription(topic, subscription).await? {
+            Creation::Created => return Ok(()),
+            Creation::Existed if repair => {}
+            Creation::Existed => return Ok(()),
+            Creation::NotAllowed(e) if repair => {
+                return Err(not_allowed_again(
+                    &format!("subscription {subscription}"),
+                    e,
+                ))
+            }
+            Creation::NotAllowed(_) => {
+                tracing::debug!(
+                    topic,
+                    subscription,
+                    "not allowed to create subscription; taking it as existing"
+                );
+                return Ok(());
+            }
         }
         let path = self.subscription_path(subscription);
         let existing = self
@@ -384,6 +392,8 @@ impl Admin {
                 "subscription is bound to another topic (its topic was deleted); replacing it"
             ),
             Err(e) if is_not_found(&e) => {}
+            // Not allowed to look it up: it cannot be replaced either.
+            Err(e) if is_permission_denied(&e) => return Ok(()),
             Err(e) => {
                 return Err(rpc_error(
                     e,
@@ -409,36 +419,39 @@ impl Admin {
                 ))
             }
         }
-        self.try_create_subscription(topic, subscription)
-            .await
-            .map(drop)
+        match self.try_create_subscription(topic, subscription).await? {
+            Creation::NotAllowed(e) => Err(not_allowed_again(
+                &format!("subscription {subscription}"),
+                e,
+            )),
+            Creation::Created | Creation::Existed => Ok(()),
+        }
     }
 
-    /// Creates the subscription; `false` when it existed already.
-    async fn try_create_subscription(&self, topic: &str, subscription: &str) -> Result<bool> {
-        match self
+    /// Creates the subscription, or says why not.
+    async fn try_create_subscription(&self, topic: &str, subscription: &str) -> Result<Creation> {
+        let created = self
             .subscriptions
             .create_subscription()
             .set_name(self.subscription_path(subscription))
             .set_topic(self.topic_path(topic))
             .set_enable_message_ordering(true)
             .send()
-            .await
-        {
-            Ok(_) => {
-                tracing::debug!(topic, subscription, "created subscription");
-                if let Ok(mut created) = self.created.lock() {
-                    created.insert(subscription.to_owned());
-                }
-                Ok(true)
-            }
-            Err(e) if is_already_exists(&e) => Ok(false),
-            Err(e) => Err(rpc_error(
+            .await;
+        let created = creation(created).map_err(|e| {
+            rpc_error(
                 e,
                 "create subscription",
                 format!("cannot create subscription {subscription} on topic {topic}"),
-            )),
+            )
+        })?;
+        if matches!(created, Creation::Created) {
+            tracing::debug!(topic, subscription, "created subscription");
+            if let Ok(mut created) = self.created.lock() {
+                created.insert(subscription.to_owned());
+            }
         }
+        Ok(created)
     }
 
     async fn check_subscription(&self, subscription: &str) -> Result<()> {
@@ -465,8 +478,67 @@ impl Admin {
     }
 }
 
+/// The outcome of the connection check: any answer from the service but a refusal of the
+/// credentials counts (a caller without `pubsub.topics.list` is still connected); `None` when
+/// there was none within `timeout`.
+fn probe_outcome<T>(
+    answer: Option<std::result::Result<T, google_cloud_gax::error::Error>>,
+    project_path: &str,
+    timeout: Duration,
+) -> Result<()> {
+    match answer {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) if is_permission_denied(&e) => {
+            tracing::debug!(error = %e, "not allowed to list topics; the service answered");
+            Ok(())
+        }
+        Some(Err(e)) => Err(rpc_error(
+            e,
+            "connect",
+            format!("the service did not accept a request for {project_path}"),
+        )),
+        None => Err(Error::new(
+            ErrorKind::Connection,
+            format!("no answer within {timeout:?}"),
+        )
+        .backend(BACKEND)
+        .operation("connect")),
+    }
+}
+
+/// How a request to create a topic or subscription ended, when the backend may go on.
+#[derive(Debug)]
+enum Creation {
+    Created,
+    Existed,
+    /// The credentials may not create it (see the module docs): taken as existing on first
+    /// use, an error when the service lost it.
+    NotAllowed(google_cloud_gax::error::Error),
+}
+
+fn creation<T>(
+    created: std::result::Result<T, google_cloud_gax::error::Error>,
+) -> std::result::Result<Creation, google_cloud_gax::error::Error> {
+    match created {
+        Ok(_) => Ok(Creation::Created),
+        Err(e) if is_already_exists(&e) => Ok(Creation::Existed),
+        Err(e) if is_permission_denied(&e) => Ok(Creation::NotAllowed(e)),
+        Err(e) => Err(e),
+    }
+}
+
+/// `what` (`topic orders`) is gone and the credentials may not create it again.
+fn not_allowed_again(what: &str, denied: google_cloud_gax::error::Error) -> Error {
+    rpc_error(
+        denied,
+        "create",
+        format!("{what} does not exist (any more) and these credentials may not create it"),
+    )
+}
+
 /// The outcome of looking up `what` (`topic orders`) with auto-provisioning off: `NotFound`
-/// when the service does not have it.
+/// when the service does not have it; taken as existing when the credentials may not look it
+/// up (see the module docs).
 fn must_exist<T>(
     looked_up: std::result::Result<T, google_cloud_gax::error::Error>,
     what: &str,
@@ -474,6 +546,10 @@ fn must_exist<T>(
 ) -> Result<()> {
     match looked_up {
         Ok(_) => Ok(()),
+        Err(e) if is_permission_denied(&e) => {
+            tracing::debug!(error = %e, "not allowed to look up {what}; taking it as existing");
+            Ok(())
+        }
         Err(e) if is_not_found(&e) => Err(Error::new(
             ErrorKind::NotFound,
             format!("{what} does not exist and auto-provisioning is off"),
@@ -481,5 +557,58 @@ fn must_exist<T>(
         .backend(BACKEND)
         .operation(operation)),
         Err(e) => Err(rpc_error(e, operation, format!("cannot look up {what}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use google_cloud_gax::error::rpc::{Code, Status};
+
+    use super::*;
+
+    fn refused(code: Code) -> std::result::Result<(), google_cloud_gax::error::Error> {
+        Err(google_cloud_gax::error::Error::service(
+            Status::default().set_code(code).set_message("refused"),
+        ))
+    }
+
+    const TIMEOUT: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_caller_not_allowed_to_list_topics_is_connected() {
+        assert!(probe_outcome(Some(Ok(())), "projects/p", TIMEOUT).is_ok());
+        assert!(
+            probe_outcome(Some(refused(Code::PermissionDenied)), "projects/p", TIMEOUT).is_ok()
+        );
+        let err = probe_outcome(Some(refused(Code::Unauthenticated)), "projects/p", TIMEOUT)
+            .expect_err("credentials the service refuses");
+        assert!(err.to_string().contains("projects/p"), "{err}");
+        let err = probe_outcome::<()>(None, "projects/p", TIMEOUT).expect_err("no answer");
+        assert_eq!(err.kind(), ErrorKind::Connection);
+    }
+
+    #[test]
+    fn creating_what_the_caller_may_not_create_goes_on() {
+        assert!(matches!(creation(Ok(())), Ok(Creation::Created)));
+        assert!(matches!(
+            creation(refused(Code::AlreadyExists)),
+            Ok(Creation::Existed)
+        ));
+        assert!(matches!(
+            creation(refused(Code::PermissionDenied)),
+            Ok(Creation::NotAllowed(_))
+        ));
+        assert!(creation(refused(Code::InvalidArgument)).is_err());
+        assert!(creation(refused(Code::Unauthenticated)).is_err());
+    }
+
+    #[test]
+    fn looking_up_what_the_caller_may_not_see_goes_on() {
+        assert!(must_exist(refused(Code::PermissionDenied), "topic t", "check topic").is_ok());
+        let err =
+            must_exist(refused(Code::NotFound), "topic t", "check topic").expect_err("missing");
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+        assert!(err.to_string().contains("topic t"), "{err}");
+        assert!(must_exist(refused(Code::Unauthenticated), "topic t", "check topic").is_err());
     }
 }

@@ -36,6 +36,13 @@ pub(crate) fn is_not_found(err: &google_cloud_gax::error::Error) -> bool {
     status_code(err) == Some(Code::NotFound)
 }
 
+/// Whether the service authenticated the caller but refused the request for lack of a
+/// permission: least-privilege roles (`roles/pubsub.publisher`, `.subscriber`) may publish or
+/// pull but not list, look up or create topics and subscriptions.
+pub(crate) fn is_permission_denied(err: &google_cloud_gax::error::Error) -> bool {
+    status_code(err) == Some(Code::PermissionDenied)
+}
+
 /// Whether the error says the resource exists already.
 pub(crate) fn is_already_exists(err: &google_cloud_gax::error::Error) -> bool {
     status_code(err) == Some(Code::AlreadyExists)

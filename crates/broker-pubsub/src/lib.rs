@@ -98,6 +98,10 @@
 //! uses Application Default Credentials, or the service-account key in `credentials_file`.
 //! The client does not read `PUBSUB_EMULATOR_HOST`. The Google Cloud path is covered by unit
 //! tests of the options it builds ([`PubSubConfig::client_options`]), not by live tests.
+//! Least-privilege roles work: a service account with `roles/pubsub.publisher` or
+//! `.subscriber` alone connects and publishes or pulls; what it may not list, look up or create
+//! (`PERMISSION_DENIED`) is taken as managed elsewhere, and an error names it if it is missing
+//! after all. The emulator has no IAM: this is covered by unit tests of those decisions.
 
 mod admin;
 mod config;
