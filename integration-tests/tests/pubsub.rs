@@ -368,6 +368,54 @@ async fn vanished_topic_and_subscription_are_recreated() {
     .await;
 }
 
+/// A subscription left in push delivery by another backend's reclaim of the emulator's
+/// streaming pulls that never finished (the process died within its 150 ms window): the
+/// emulator refuses streaming pulls on it with FAILED_PRECONDITION, so the subscriber switches
+/// it back to pull delivery, and the message waiting in it is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_left_in_push_delivery_is_pulled_again() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("subscription_left_in_push_delivery", async {
+        let backend = backend(&harness.live.address, true).await.unwrap();
+        let topic = unique("pushed");
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).group("g"))
+            .await
+            .unwrap();
+        // What a reclaim sets for its window: pushes to the discard port, which fail.
+        subscription_admin(&harness.live.address)
+            .await
+            .modify_push_config()
+            .set_subscription(format!("projects/{PROJECT}/subscriptions/{topic}.g"))
+            .set_push_config(
+                broker_pubsub::google_cloud_pubsub::model::PushConfig::new()
+                    .set_push_endpoint("http://127.0.0.1:9/"),
+            )
+            .send()
+            .await
+            .expect("switch the subscription to push delivery");
+        backend
+            .send(&topic, Message::new("waiting"))
+            .await
+            .unwrap()
+            .await
+            .expect("published");
+        let mut stream = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        let delivery = next_within(&mut stream, harness.patience()).await;
+        assert_eq!(&delivery.payload[..], b"waiting");
+        delivery.ack().await.unwrap();
+        stream.close().await.unwrap();
+        backend.delete_topic(&topic).await.unwrap();
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
 /// Closing a subscription and subscribing again in the same group, with keyed messages, loses
 /// nothing and delays nothing (the emulator would otherwise keep routing keys to the closed
 /// streaming pull).

@@ -270,26 +270,39 @@ impl Admin {
     /// emulator end its streaming pulls, then back to pull delivery. Messages keep waiting in
     /// the subscription. Emulator only: Google Cloud releases cancelled streaming pulls itself.
     pub(crate) async fn reclaim_streaming_pulls(&self, subscription: &str) -> Result<()> {
-        let path = self.subscription_path(subscription);
-        let set = |push: PushConfig| {
-            self.subscriptions
-                .modify_push_config()
-                .set_subscription(&path)
-                .set_push_config(push)
-                .send()
-        };
-        let failed = |e| {
-            rpc_error(
-                e,
-                "subscribe",
-                format!("cannot reclaim the streaming pulls of subscription {subscription}"),
-            )
-        };
-        set(PushConfig::new().set_push_endpoint(RECLAIM_PUSH_ENDPOINT))
+        self.subscriptions
+            .modify_push_config()
+            .set_subscription(self.subscription_path(subscription))
+            .set_push_config(PushConfig::new().set_push_endpoint(RECLAIM_PUSH_ENDPOINT))
+            .send()
             .await
-            .map_err(failed)?;
+            .map_err(|e| {
+                rpc_error(
+                    e,
+                    "subscribe",
+                    format!("cannot reclaim the streaming pulls of subscription {subscription}"),
+                )
+            })?;
         tokio::time::sleep(RECLAIM_WINDOW).await;
-        set(PushConfig::new()).await.map_err(failed)
+        self.restore_pull_delivery(subscription).await
+    }
+
+    /// Switches `subscription` back to pull delivery: the end of a reclaim, or the repair of
+    /// one that never finished.
+    pub(crate) async fn restore_pull_delivery(&self, subscription: &str) -> Result<()> {
+        self.subscriptions
+            .modify_push_config()
+            .set_subscription(self.subscription_path(subscription))
+            .set_push_config(PushConfig::new())
+            .send()
+            .await
+            .map_err(|e| {
+                rpc_error(
+                    e,
+                    "subscribe",
+                    format!("cannot switch subscription {subscription} back to pull delivery"),
+                )
+            })
     }
 
     /// Whether this backend created `subscription` itself (so no other process used it yet).

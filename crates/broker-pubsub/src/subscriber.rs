@@ -44,6 +44,11 @@ use google_cloud_gax::error::rpc::Code;
 /// acknowledgements and rejections.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Streaming pulls refused in a row with FAILED_PRECONDITION on the emulator after which the
+/// subscription is taken as left in push delivery by a reclaim that never finished: with the
+/// pauses between them (100, 200 ms) that is longer than a reclaim's window.
+const RECLAIM_STUCK_AFTER: u32 = 3;
+
 /// Lease and flow-control settings of every subscription of a backend.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct LeaseSettings {
@@ -410,6 +415,14 @@ impl Subscriptions {
         // reclaims the subscription's abandoned pulls (see the module docs): reopen.
         let reclaimed =
             self.emulator.is_some() && status_code(&err) == Some(Code::FailedPrecondition);
+        if reclaimed && failures >= RECLAIM_STUCK_AFTER {
+            // Longer than any reclaim takes: one that never finished (its process died within
+            // its window) left the subscription in push delivery, which refuses every pull.
+            tracing::warn!(%subscription, "subscription still in push delivery; switching it back to pull delivery");
+            if let Err(e) = self.admin.restore_pull_delivery(subscription).await {
+                tracing::warn!(%subscription, error = %e, "could not switch the subscription back to pull delivery");
+            }
+        }
         if temporary || reclaimed {
             tracing::warn!(%subscription, error = %err, attempt = failures, "streaming pull failed; reopening it");
             Ok(())
