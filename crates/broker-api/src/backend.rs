@@ -148,6 +148,14 @@ impl ConnectOptions {
 /// itself and yields an error only when the subscription cannot continue, then ends. It also ends
 /// when the backend is closed.
 pub trait DeliveryStream: Stream<Item = Result<Delivery>> + Send + Unpin + 'static {
+    /// Says that the subscription is closing: it takes no more deliveries and lets those it
+    /// holds finish before [`close`](Self::close). Deliveries dropped unsettled from now on
+    /// are delivered again to the group after the close, as when the stream is closed: a
+    /// backend that rejects a dropped delivery at once must not let that rejection undo the
+    /// acknowledgements of handlers still finishing (Kafka rewinds the whole partition).
+    /// Default: nothing to do.
+    fn stop_intake(&mut self) {}
+
     /// Stops intake and leaves the group: acknowledgements already given are committed,
     /// deliveries not acknowledged are delivered again to the group later. Idempotent.
     fn close(&mut self) -> BoxFuture<'_, Result<()>>;

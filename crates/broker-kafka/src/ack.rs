@@ -421,6 +421,20 @@ mod tests {
     }
 
     #[test]
+    fn a_handler_finishing_after_intake_stopped_is_committed() {
+        // Closing: the runner stops intake, drops a delivery that waited behind its key, then
+        // the running handler of an earlier offset acknowledges.
+        let shared = Arc::new(Shared::new("t", "g", 10));
+        shared.assigned(&[0]);
+        let running = shared.admit(0, 5).unwrap();
+        let waiting = shared.admit(0, 6).unwrap();
+        shared.stop();
+        drop(waiting);
+        ack(running).unwrap();
+        assert_eq!(shared.close(), [(0, 6)]);
+    }
+
+    #[test]
     fn revoked_partitions_ignore_late_acks() {
         let shared = Arc::new(Shared::new("t", "g", 10));
         shared.assigned(&[0, 1]);

@@ -227,6 +227,13 @@ impl Stream for KafkaStream {
 }
 
 impl DeliveryStream for KafkaStream {
+    /// From now on a dropped delivery leaves its partition's position where it is instead of
+    /// rewinding the partition, which would discard the acknowledgements of the handlers
+    /// still finishing.
+    fn stop_intake(&mut self) {
+        self.shared.stop();
+    }
+
     fn close(&mut self) -> BoxFuture<'_, Result<()>> {
         async move {
             self.ended = true;

@@ -270,6 +270,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
 
         // Intake is closed; messages waiting behind their key were not started and are
         // delivered again later. Let running handlers finish, within the shutdown timeout.
+        stream.stop_intake();
         if outcome.is_err() {
             abandon.cancel();
         }

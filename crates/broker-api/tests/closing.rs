@@ -1,0 +1,169 @@
+//! Closing a concurrent `at_least_once` subscription: the stream hears that intake stopped
+//! before the runner drops the deliveries it will not handle (those waiting behind their key),
+//! so that a backend which rewinds on a dropped delivery (Kafka) does not discard the
+//! acknowledgements of the handlers still finishing.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use broker_api::completion::{self, Completion};
+use broker_api::{
+    Backend, BoxDeliveryStream, Broker, Capabilities, Confirmation, Delivery, DeliveryStream,
+    Error, HandlerResult, Message, Metadata, Received, Result, Settle, SettleOnce,
+    SubscribeRequest, Topic, TopicSpec,
+};
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream};
+use tokio::sync::Notify;
+
+/// What the stream and its deliveries saw, in order.
+type Events = Arc<Mutex<Vec<String>>>;
+
+fn record(events: &Events, event: String) {
+    if let Ok(mut events) = events.lock() {
+        events.push(event);
+    }
+}
+
+/// A backend whose one subscription hands out `first` and `second`, both with key `k`.
+#[derive(Debug)]
+struct TwoOfOneKey {
+    events: Events,
+}
+
+#[async_trait]
+impl Backend for TwoOfOneKey {
+    fn kind(&self) -> &'static str {
+        "two-of-one-key"
+    }
+
+    fn endpoint(&self) -> String {
+        "test".to_owned()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
+
+    fn send<'a>(&'a self, _topic: &'a str, _message: Message) -> Completion<'a, Confirmation> {
+        completion::ready(Err(Error::unsupported("this backend only delivers")))
+    }
+
+    async fn subscribe(&self, request: SubscribeRequest) -> Result<BoxDeliveryStream> {
+        Ok(Box::new(Scripted {
+            topic: request.topic.into(),
+            left: vec!["second", "first"],
+            events: self.events.clone(),
+        }))
+    }
+
+    async fn ensure_topic(&self, _spec: &TopicSpec) -> Result<()> {
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+struct Scripted {
+    topic: Arc<str>,
+    left: Vec<&'static str>,
+    events: Events,
+}
+
+impl Stream for Scripted {
+    type Item = Result<Delivery>;
+
+    fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let Some(value) = self.left.pop() else {
+            return Poll::Pending;
+        };
+        let mut metadata = Metadata::new(self.topic.clone());
+        metadata.key = Some("k".to_owned());
+        let acker = SettleOnce::boxed(Recorded {
+            value,
+            events: self.events.clone(),
+        });
+        let payload = Bytes::from_static(value.as_bytes());
+        Poll::Ready(Some(Ok(Delivery::new(payload, metadata, acker))))
+    }
+}
+
+impl DeliveryStream for Scripted {
+    fn stop_intake(&mut self) {
+        record(&self.events, "intake stopped".to_owned());
+    }
+
+    fn close(&mut self) -> BoxFuture<'_, Result<()>> {
+        record(&self.events, "closed".to_owned());
+        async { Ok(()) }.boxed()
+    }
+}
+
+struct Recorded {
+    value: &'static str,
+    events: Events,
+}
+
+impl Settle for Recorded {
+    fn settle(&mut self, handled: bool) {
+        let outcome = if handled { "acked" } else { "rejected" };
+        record(&self.events, format!("{} {outcome}", self.value));
+    }
+}
+
+#[tokio::test]
+async fn intake_stops_before_waiting_deliveries_are_dropped() {
+    let events = Events::default();
+    let broker = Broker::new(TwoOfOneKey {
+        events: events.clone(),
+    });
+    let topic = Topic::<String>::text("orders");
+    let started = Arc::new(Notify::new());
+    let finish = Arc::new(Notify::new());
+    let handler = {
+        let (started, finish) = (started.clone(), finish.clone());
+        move |_: Received<String>| {
+            let (started, finish) = (started.clone(), finish.clone());
+            async move {
+                started.notify_one();
+                finish.notified().await;
+                HandlerResult::Ok(())
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&topic, "g")
+        .concurrency(4)
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    // `first` runs; `second` waits behind it for its key.
+    tokio::time::timeout(Duration::from_secs(5), started.notified())
+        .await
+        .expect("the first message's handler started");
+    let closing = tokio::spawn(running.close());
+    // Let the runner stop intake and drop `second` while `first` still runs.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    finish.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), closing)
+        .await
+        .expect("close returns")
+        .expect("close task")
+        .expect("close succeeds");
+    let seen = events
+        .lock()
+        .map(|events| events.clone())
+        .unwrap_or_default();
+    assert_eq!(
+        seen,
+        ["intake stopped", "second rejected", "first acked", "closed"],
+        "the stream hears that intake stopped before the waiting delivery is dropped, and the \
+         running handler's message is acknowledged"
+    );
+}
