@@ -5,7 +5,8 @@
 //! makes sure the topic exists (created with auto-provisioning, looked up without), once.
 //!
 //! A confirmation that fails is retried within `publish_timeout` when retrying can help: the
-//! client already retries unreachable-service errors inside that budget; a topic that vanished
+//! client retries unreachable-service errors inside that budget itself (they fail the
+//! confirmation when it runs out, not retried again here); a topic that vanished
 //! (the emulator restarted) is re-created with the subscriptions this backend knows, then the
 //! message is published again; a message held back because an earlier one of its ordering key
 //! failed is published again once the key is resumed. After a failure with an ordering key the
@@ -26,7 +27,7 @@ use tokio::sync::{Mutex, OnceCell};
 use tokio::time::Instant;
 
 use crate::admin::Admin;
-use crate::error::{classify, closed, is_not_found, publish_error, BACKEND};
+use crate::error::{closed, is_not_found, publish_error, BACKEND};
 use crate::mapping::{message_size, to_pubsub};
 
 /// The largest message the service accepts: data, ordering key and attributes together
@@ -214,14 +215,7 @@ impl Publishers {
                 publisher.client.resume_publish(key);
             }
             let failed_at = Instant::now();
-            let action = match &err {
-                PublishError::Rpc(e) if is_not_found(e) && self.admin.auto_provision() => {
-                    Retry::Recreate
-                }
-                PublishError::Rpc(e) if classify(e).1 => Retry::Again,
-                PublishError::OrderingKeyPaused => Retry::Again,
-                _ => Retry::No,
-            };
+            let action = retry_action(&err, self.admin.auto_provision());
             if action == Retry::No || failed_at >= deadline || self.closed.load(Ordering::Acquire) {
                 return Err(publish_error(err, &publisher.name));
             }
@@ -242,11 +236,32 @@ impl Publishers {
             }
             let pause = backoff(attempt).min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
-            match publisher.client.publish(to_pubsub(&message)).await {
-                Ok(server_id) => return Ok(receipt(message, server_id)),
-                Err(next) => err = next,
+            // The client would retry this one for a whole `publish_timeout` of its own.
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(remaining, publisher.client.publish(to_pubsub(&message)))
+                .await
+            {
+                Ok(Ok(server_id)) => return Ok(receipt(message, server_id)),
+                Ok(Err(next)) => err = next,
+                Err(_) => return Err(self.timed_out(&message, &publisher.name)),
             }
         }
+    }
+
+    /// A message still unconfirmed when its `publish_timeout` ran out.
+    fn timed_out(&self, message: &Message, topic: &str) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "message {} to topic {topic} was not confirmed within pubsub.publish_timeout \
+                 ({}); it may or may not have been published",
+                message.id,
+                humantime::format_duration(self.publish_timeout)
+            ),
+        )
+        .backend(BACKEND)
+        .operation("publish")
+        .temporary(true)
     }
 
     /// Re-creates the topic and its known subscriptions, once per burst of failures: a failure
@@ -309,6 +324,16 @@ enum Retry {
     Recreate,
 }
 
+/// What a failed publish calls for. Temporary failures (the service unreachable) are not
+/// retried here: the client retried them for the whole `publish_timeout` already.
+fn retry_action(err: &PublishError, auto_provision: bool) -> Retry {
+    match err {
+        PublishError::Rpc(e) if is_not_found(e) && auto_provision => Retry::Recreate,
+        PublishError::OrderingKeyPaused => Retry::Again,
+        _ => Retry::No,
+    }
+}
+
 /// The pause before publishing a failed message again: 50 ms doubling up to 800 ms.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64 << attempt.min(5).saturating_sub(1)).min(Duration::from_secs(1))
@@ -337,6 +362,23 @@ mod tests {
             err.to_string().contains("with its key and attributes"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn only_what_the_client_does_not_retry_is_retried() {
+        let rpc = |code| {
+            PublishError::Rpc(Arc::new(google_cloud_gax::error::Error::service(
+                google_cloud_gax::error::rpc::Status::default().set_code(code),
+            )))
+        };
+        use google_cloud_gax::error::rpc::Code;
+        assert!(retry_action(&rpc(Code::NotFound), true) == Retry::Recreate);
+        assert!(retry_action(&rpc(Code::NotFound), false) == Retry::No);
+        assert!(retry_action(&PublishError::OrderingKeyPaused, false) == Retry::Again);
+        // The client retried these within publish_timeout before they came back.
+        assert!(retry_action(&rpc(Code::Unavailable), true) == Retry::No);
+        assert!(retry_action(&rpc(Code::DeadlineExceeded), true) == Retry::No);
+        assert!(retry_action(&rpc(Code::PermissionDenied), true) == Retry::No);
     }
 
     #[test]
