@@ -82,6 +82,19 @@ impl Default for MemoryConfig {
     }
 }
 
+impl MemoryConfig {
+    /// Checks values that parse but make no sense; the error names the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.max_payload_bytes == 0 {
+            return Err(Error::config(
+                "memory.max_payload_bytes = 0: expected the largest payload accepted, at least 1 \
+                 byte (default 16 MiB)",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// A connection to an in-memory broker instance.
 ///
 /// Closing it ends its subscriptions and makes its later calls fail with

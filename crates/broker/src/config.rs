@@ -186,6 +186,11 @@ impl BrokerConfig {
     /// Checks values that parse but make no sense; the error names the key.
     pub fn validate(&self) -> Result<()> {
         self.subscriber.validate()?;
+        // The other backends check their sections when they connect, which can fail anyway.
+        #[cfg(feature = "memory")]
+        if let Some(memory) = &self.memory {
+            memory.validate()?;
+        }
         for (name, topic) in &self.topics {
             naming::validate_name("topic", name)
                 .map_err(|e| Error::config(format!("[topics.{name}]: {}", e.message())))?;
