@@ -178,6 +178,12 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// What this backend guarantees.
     fn capabilities(&self) -> Capabilities;
 
+    /// Whether it creates missing topics and groups on first use
+    /// ([`ConnectOptions::auto_provision`]). Default: true.
+    fn auto_provision(&self) -> bool {
+        true
+    }
+
     /// Hands `message` to the broker for `topic`, in call order.
     ///
     /// The returned future resolves once the message is queued in the client (it waits when the

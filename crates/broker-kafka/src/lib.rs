@@ -202,6 +202,10 @@ impl Backend for KafkaBackend {
         self.config.endpoint()
     }
 
+    fn auto_provision(&self) -> bool {
+        self.auto_provision
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             new_group_reads_history: true,

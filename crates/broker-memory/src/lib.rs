@@ -224,6 +224,10 @@ impl Backend for MemoryBackend {
         format!("memory://{}", self.instance.name())
     }
 
+    fn auto_provision(&self) -> bool {
+        self.options.auto_provision
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             new_group_reads_history: true,

@@ -333,6 +333,10 @@ impl Backend for PubSubBackend {
         self.inner.endpoint.clone()
     }
 
+    fn auto_provision(&self) -> bool {
+        self.inner.admin.auto_provision()
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             new_group_reads_history: false,

@@ -190,6 +190,10 @@ impl Backend for RabbitMqBackend {
         self.settings.endpoint.clone()
     }
 
+    fn auto_provision(&self) -> bool {
+        self.topology.auto_provision()
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             new_group_reads_history: false,

@@ -67,9 +67,10 @@ impl DeadLetters {
 
     /// Publishes the message with the reason headers and waits for the broker's confirmation.
     ///
-    /// The dead-letter topic is created on first use, with the group as its reader, so that
-    /// dead letters are kept even on brokers that only keep messages for existing groups.
-    /// Temporary failures are retried a few times with backoff.
+    /// With auto-provisioning on, the dead-letter topic is created on first use, with the
+    /// group as its reader, so that dead letters are kept even on brokers that only keep
+    /// messages for existing groups; with it off, a dead-letter topic that was not declared
+    /// fails the publish (`NotFound`). Temporary failures are retried a few times with backoff.
     pub async fn publish(
         &self,
         payload: bytes::Bytes,
@@ -77,12 +78,14 @@ impl DeadLetters {
         reason: &str,
         attempts: u32,
     ) -> Result<()> {
-        self.provisioned
-            .get_or_try_init(|| async {
-                let spec = TopicSpec::new(&*self.topic).group(&*self.group);
-                self.backend.ensure_topic(&spec).await
-            })
-            .await?;
+        if self.backend.auto_provision() {
+            self.provisioned
+                .get_or_try_init(|| async {
+                    let spec = TopicSpec::new(&*self.topic).group(&*self.group);
+                    self.backend.ensure_topic(&spec).await
+                })
+                .await?;
+        }
         let message = self.message(payload, metadata, reason, attempts);
         let mut attempt = 1;
         loop {
