@@ -3,8 +3,10 @@
 //! `send` hands the record to librdkafka synchronously when its queue has room and returns the
 //! delivery report as the confirmation ([`crate::delivery`]: no allocation per message),
 //! so any number of messages are in flight with no await per message. Only when librdkafka
-//! reports its queue full does `send` wait (boxed), retrying until the delivery timeout.
+//! reports its queue full does `send` wait (boxed), retrying until the delivery timeout; sends
+//! made while one waits queue behind it, so that records keep their call order.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -32,6 +34,36 @@ pub(crate) struct Publisher {
     message_max_bytes: usize,
     max_payload_bytes: usize,
     queue_wait: Duration,
+    waiting: WaitingLine,
+}
+
+/// The sends waiting for room in librdkafka's queue, in the order they were made.
+#[derive(Default)]
+struct WaitingLine {
+    /// How many wait: while any does, a new send joins the line instead of overtaking it.
+    len: AtomicUsize,
+    /// Taken in turn (tokio's mutex is fair: first come, first served).
+    turn: tokio::sync::Mutex<()>,
+}
+
+/// A send's place in the [`WaitingLine`], given up when it is done or dropped.
+struct Place<'a>(&'a AtomicUsize);
+
+impl WaitingLine {
+    fn is_empty(&self) -> bool {
+        self.len.load(Ordering::Acquire) == 0
+    }
+
+    fn join(&self) -> Place<'_> {
+        self.len.fetch_add(1, Ordering::AcqRel);
+        Place(&self.len)
+    }
+}
+
+impl Drop for Place<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl Publisher {
@@ -48,6 +80,7 @@ impl Publisher {
             message_max_bytes: config.message_max_bytes(),
             max_payload_bytes: config.max_payload_bytes(),
             queue_wait: config.effective_delivery_timeout(),
+            waiting: WaitingLine::default(),
         })
     }
 
@@ -85,27 +118,36 @@ impl Publisher {
                 self.message_max_bytes,
             )));
         }
-        match self.try_enqueue(topic, &message) {
-            Ok(key) => completion::ready(Ok(self.reports().confirmation(key))),
-            Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {
-                completion::boxed(self.enqueue_when_room(topic, message))
+        if self.waiting.is_empty() {
+            match self.try_enqueue(topic, &message) {
+                Ok(key) => return completion::ready(Ok(self.reports().confirmation(key))),
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {}
+                Err(error) => return completion::ready(Err(self.refused(topic, &message, error))),
             }
-            Err(error) => completion::ready(Err(self.refused(topic, &message, error))),
         }
+        // In line from now, not from its first poll: a send made next queues behind it.
+        let place = self.waiting.join();
+        completion::boxed(self.enqueue_when_room(topic, message, place))
     }
 
-    /// Retries a send that found librdkafka's queue full, until it fits or the delivery
-    /// timeout passed.
-    async fn enqueue_when_room(&self, topic: &str, message: Message) -> Result<Confirmation> {
+    /// Queues a send behind those already waiting for room in librdkafka's queue, then retries
+    /// it until it fits or the delivery timeout passed.
+    async fn enqueue_when_room(
+        &self,
+        topic: &str,
+        message: Message,
+        _place: Place<'_>,
+    ) -> Result<Confirmation> {
         let deadline = Instant::now() + self.queue_wait;
+        let _turn = self.waiting.turn.lock().await;
         let mut pause = Duration::from_millis(1);
         loop {
-            tokio::time::sleep(pause).await;
             match self.try_enqueue(topic, &message) {
                 Ok(key) => return Ok(self.reports().confirmation(key)),
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
                     if Instant::now() < deadline =>
                 {
+                    tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_millis(50));
                 }
                 Err(error) => return Err(self.refused(topic, &message, error)),

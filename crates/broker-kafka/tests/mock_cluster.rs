@@ -329,6 +329,36 @@ async fn calls_after_close_fail_as_closed() {
     broker.close().await.unwrap();
 }
 
+/// Sends made before any is awaited keep their call order when librdkafka's queue is full:
+/// those made while one waits for room queue behind it instead of overtaking it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_waiting_for_queue_room_keep_their_call_order() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("ordered", 1, 1).unwrap();
+    init_logs();
+    let mut config = config(&cluster);
+    config
+        .properties
+        .insert("queue.buffering.max.messages".into(), "10".into());
+    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
+        .await
+        .unwrap();
+    let sends: Vec<_> = (0..200)
+        .map(|i| backend.send("ordered", Message::new(format!("m{i}"))))
+        .collect();
+    let confirmations = futures::future::try_join_all(sends).await.unwrap();
+    let receipts = futures::future::try_join_all(confirmations).await.unwrap();
+    let offsets: Vec<i64> = receipts
+        .iter()
+        .map(|r| match r.position {
+            Position::Kafka { offset, .. } => offset,
+            ref other => panic!("not a Kafka position: {other:?}"),
+        })
+        .collect();
+    assert_eq!(offsets, (0..200).collect::<Vec<i64>>(), "in call order");
+    backend.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_producer_queue_makes_send_wait_not_fail() {
     let cluster = MockCluster::new(1).unwrap();
