@@ -63,11 +63,13 @@ pub struct KafkaConfig {
     /// How long a published message may take to be confirmed, retries included, before its
     /// confirmation fails with a [`Timeout`](broker_api::ErrorKind::Timeout) error
     /// (librdkafka's `message.timeout.ms`; a `properties` entry wins). Transient failures such
-    /// as a broker restart are retried by librdkafka within this time. Default 60 s.
+    /// as a broker restart are retried by librdkafka within this time, counted from when the
+    /// message is in librdkafka's queue: a send that finds the queue full (a long outage)
+    /// first waits up to this long for room, then fails with `Timeout`. Default 60 s.
     #[serde(with = "humantime_serde")]
     pub delivery_timeout: Duration,
     /// How long closing waits for pending publishes to be confirmed and for consumers to
-    /// commit and leave their groups. Default 30 s.
+    /// commit and leave their groups, both at once. Default 30 s.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
     /// Partitions of topics this library creates when the topic spec does not say; the
