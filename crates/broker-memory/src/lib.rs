@@ -4,9 +4,11 @@
 //! Lagom's `ProducerStub`). It is a real broker inside the process, with the full semantics of
 //! the API: a new group starts from the earliest message kept (or the latest, when asked);
 //! every group gets every message; the members of a group share them; messages with the same
-//! key are handed out one at a time, in publish order, within a group; a nack (or a delivery
-//! dropped unsettled) delivers the message again before later ones of its key; each
-//! subscription holds at most `max_in_flight` unsettled messages.
+//! key are handed out one at a time, in publish order, within a group (the next one when the
+//! previous is acknowledged: `at_most_once` acknowledges on receipt, so another member of the
+//! group may take it while the first is still being handled); a nack (or a delivery dropped
+//! unsettled) delivers the message again before later ones of its key; each subscription holds
+//! at most `max_in_flight` unsettled messages.
 //!
 //! Retention: as messages arrive, a topic drops old ones (4 096 at a time) once every group of
 //! the topic has acknowledged them, never before, and always keeps its latest
