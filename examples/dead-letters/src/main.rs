@@ -28,7 +28,7 @@ use anyhow::Context as _;
 
 use crate::orders::{order_service, todays_orders};
 use crate::payments::{payment_service, Ledger};
-use crate::report::print_dead_letters;
+use crate::report::{print_dead_letters, Earlier};
 
 /// How long the example waits for the payment service and for its dead letters.
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -70,7 +70,8 @@ async fn main() -> anyhow::Result<()> {
                 orders.len(),
                 given_up.len()
             );
-            let seen = print_dead_letters(&broker, &given_up, PATIENCE).await?;
+            let seen =
+                print_dead_letters(&broker, &given_up, PATIENCE, Earlier::Acknowledge).await?;
             anyhow::ensure!(
                 given_up.is_subset(&seen),
                 "dead letters missing from the dead-letter topic: {:?}",
@@ -85,7 +86,8 @@ async fn main() -> anyhow::Result<()> {
             payments.close().await?;
         }
         "report" => {
-            print_dead_letters(&broker, &BTreeSet::new(), Duration::from_secs(5)).await?;
+            let patience = Duration::from_secs(5);
+            print_dead_letters(&broker, &BTreeSet::new(), patience, Earlier::Keep).await?;
         }
         other => anyhow::bail!("unknown mode {other:?}: expected all, orders, payments or report"),
     }

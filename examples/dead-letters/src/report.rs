@@ -1,6 +1,8 @@
-//! Reads the payment service's dead letters and prints them with their reasons, leaving them
-//! where they are (unacknowledged) so that `brokerctl consume orders.payments.dlq --group
-//! payments` shows them too.
+//! Reads the payment service's dead letters and prints them with their reasons, leaving those
+//! of this run where they are (unacknowledged) so that `brokerctl consume orders.payments.dlq
+//! --group payments` shows them too. After a run of the services, those of earlier runs are
+//! acknowledged once printed: held as well, they would pile up from run to run until they
+//! filled the subscription's `max_in_flight` and this run's could not be read.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -13,12 +15,22 @@ use futures::StreamExt as _;
 use crate::orders::{orders, OrderPlaced};
 use crate::payments::GROUP;
 
+/// What becomes of the dead letters of earlier runs once printed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Earlier {
+    /// Left in place, as this run's are (the `report` mode, which only shows).
+    Keep,
+    /// Acknowledged, so that they do not pile up (after a run of the services).
+    Acknowledge,
+}
+
 /// Prints the dead letters of the `payments` group until those of `expected` orders were seen
 /// (or `patience` passed), and returns the ids of the orders seen.
 pub async fn print_dead_letters(
     broker: &Broker,
     expected: &BTreeSet<String>,
     patience: Duration,
+    earlier: Earlier,
 ) -> anyhow::Result<BTreeSet<String>> {
     let name = naming::dead_letter_topic(orders().name(), GROUP);
     println!("dead letters in {name} (read as group {GROUP}):");
@@ -37,21 +49,29 @@ pub async fn print_dead_letters(
                 break;
             };
             let letter = letter.with_context(|| format!("reading {name}"))?;
-            match letter.value() {
+            let this_run = match letter.value() {
                 Ok(order) => {
-                    let earlier = if expected.contains(&order.id) {
-                        ""
-                    } else {
-                        " (earlier run)"
-                    };
+                    let this_run = expected.contains(&order.id);
+                    let earlier = if this_run { "" } else { " (earlier run)" };
                     if seen.insert(order.id.clone()) {
                         println!("  order {}{earlier}: {}", order.id, order.amount());
                         print_reason(letter.metadata());
                     }
+                    this_run
                 }
-                Err(e) => println!("  a dead letter that is not an order: {e}"),
+                Err(e) => {
+                    println!("  a dead letter that is not an order: {e}");
+                    false
+                }
+            };
+            if this_run || earlier == Earlier::Keep {
+                held.push(letter);
+            } else {
+                letter
+                    .ack()
+                    .await
+                    .with_context(|| format!("acknowledging an earlier dead letter in {name}"))?;
             }
-            held.push(letter);
         }
         anyhow::Ok(())
     };
