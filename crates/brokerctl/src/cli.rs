@@ -120,14 +120,22 @@ pub struct CreateTopicArgs {
     pub groups: Vec<String>,
 }
 
+/// The largest payload `brokerctl bench` builds.
+const MAX_BENCH_PAYLOAD: u64 = 64 * 1024 * 1024;
+
 /// `brokerctl bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
     /// How many messages to publish.
     #[arg(long, short = 'n', default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub messages: u64,
-    /// The payload size in bytes.
-    #[arg(long, short, default_value_t = 100)]
+    /// The payload size in bytes (at most 64 MiB; the broker's own limit may be lower).
+    #[arg(
+        long,
+        short,
+        default_value_t = 100,
+        value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(0..=MAX_BENCH_PAYLOAD)
+    )]
     pub size: usize,
     /// How many publishers send at once (each keeps many messages in flight).
     #[arg(long, short, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]

@@ -3,8 +3,11 @@
 //! The JSON field names are part of the tool's interface (see the README's brokerctl section);
 //! add fields, never rename them.
 
-use std::fmt::Write as _;
-use std::time::SystemTime;
+use std::fmt::{self, Write as _};
+use std::io::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
 
 use base64::Engine as _;
 use broker::{Metadata, Position, Receipt};
@@ -167,9 +170,23 @@ pub fn message_json(payload: &[u8], metadata: &Metadata) -> Value {
     })
 }
 
-/// A time as RFC 3339 in UTC with milliseconds.
+/// Writes one line to stdout. A closed stdout (`brokerctl ... | head`) is an error, not the
+/// panic `println!` makes of it.
+pub fn print_line(line: impl fmt::Display) -> anyhow::Result<()> {
+    writeln!(std::io::stdout().lock(), "{line}").context("cannot write to stdout")
+}
+
+/// A time as RFC 3339 in UTC with milliseconds; one past the year 9999, which RFC 3339 cannot
+/// write (another program's timestamp), as seconds since the Unix epoch.
 pub fn time_text(time: SystemTime) -> String {
-    humantime::format_rfc3339_millis(time).to_string()
+    let mut text = String::new();
+    if write!(text, "{}", humantime::format_rfc3339_millis(time)).is_ok() {
+        return text;
+    }
+    match time.duration_since(UNIX_EPOCH) {
+        Ok(since) => format!("{} s after the Unix epoch", since.as_secs()),
+        Err(before) => format!("{} s before the Unix epoch", before.duration().as_secs()),
+    }
 }
 
 #[cfg(test)]
@@ -177,6 +194,14 @@ mod tests {
     use super::*;
     use broker::{ErrorKind, Headers, MessageId};
     use std::sync::Arc;
+
+    #[test]
+    fn times_past_the_year_9999_are_written_not_panicked_on() {
+        let far = UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_800);
+        assert_eq!(time_text(far), "253402300800 s after the Unix epoch");
+        let ordinary = UNIX_EPOCH + std::time::Duration::from_millis(1_500);
+        assert_eq!(time_text(ordinary), "1970-01-01T00:00:01.500Z");
+    }
 
     fn metadata() -> Metadata {
         let mut metadata = Metadata::new(Arc::from("orders"));

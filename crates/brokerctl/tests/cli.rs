@@ -4,7 +4,7 @@
 mod support;
 
 use predicates::prelude::*;
-use support::{brokerctl, one_error_line, scratch_dir};
+use support::{brokerctl, brokerctl_process, one_error_line, scratch_dir};
 
 #[test]
 fn check_on_memory_prints_kind_endpoint_and_capabilities() {
@@ -197,6 +197,24 @@ fn topic_operations_the_backend_lacks_are_unsupported_errors() {
     assert!(line.contains("nosuch"), "{line}");
 }
 
+/// `brokerctl publish ... | head -0`: the confirmations cannot be printed, which is one error
+/// line and exit code 1, not a panic (101).
+#[test]
+fn a_closed_stdout_is_one_clear_error_not_a_panic() {
+    let mut child = brokerctl_process()
+        .args(["publish", "orders", "one", "two", "three"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start brokerctl");
+    // Closed before brokerctl has started up, let alone published.
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("brokerctl ends");
+    let line = one_error_line(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{line}");
+    assert!(line.contains("cannot write to stdout"), "{line}");
+}
+
 #[test]
 fn malformed_arguments_are_usage_errors() {
     brokerctl()
@@ -228,6 +246,11 @@ fn malformed_arguments_are_usage_errors() {
         .args(["bench", "--messages", "0"])
         .assert()
         .code(2);
+    brokerctl()
+        .args(["bench", "--size", "100000000000"])
+        .assert()
+        .code(2)
+        .stderr(predicate::str::contains("--size"));
     let assert = brokerctl()
         .args(["publish", "bad/name", "x"])
         .assert()

@@ -3,14 +3,16 @@
 
 use broker::{Broker, Capabilities};
 
+use crate::output::print_line;
+
 /// Prints the kind, the endpoint (the backend leaves credentials out) and the capabilities.
 pub fn run(broker: &Broker) -> anyhow::Result<()> {
-    println!("kind:      {}", broker.kind());
-    println!("endpoint:  {}", broker.endpoint());
-    println!("status:    reachable");
-    println!("capabilities:");
+    print_line(format_args!("kind:      {}", broker.kind()))?;
+    print_line(format_args!("endpoint:  {}", broker.endpoint()))?;
+    print_line("status:    reachable")?;
+    print_line("capabilities:")?;
     for (name, value) in capability_rows(&broker.capabilities()) {
-        println!("  {name:<56} {value}");
+        print_line(format_args!("  {name:<56} {value}"))?;
     }
     Ok(())
 }

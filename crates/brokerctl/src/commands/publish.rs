@@ -38,7 +38,13 @@ pub async fn run(broker: &Broker, args: PublishArgs) -> anyhow::Result<()> {
                 match result {
                     Ok(receipt) => {
                         published += 1;
-                        print_receipt(&receipt, args.format);
+                        // Once stdout is gone (`| head`), the rest are still confirmed, unprinted.
+                        if failure.is_none() {
+                            if let Err(e) = print_receipt(&receipt, args.format) {
+                                failure = Some(e);
+                                reading = false;
+                            }
+                        }
                     }
                     Err(e) => {
                         let e = anyhow::Error::new(e)
@@ -96,10 +102,10 @@ async fn send(
     Ok((id, confirmation))
 }
 
-fn print_receipt(receipt: &Receipt, format: Format) {
+fn print_receipt(receipt: &Receipt, format: Format) -> anyhow::Result<()> {
     match format {
-        Format::Text => println!("{}", output::receipt_text(receipt)),
-        Format::Json => println!("{}", output::receipt_json(receipt)),
+        Format::Text => output::print_line(output::receipt_text(receipt)),
+        Format::Json => output::print_line(output::receipt_json(receipt)),
     }
 }
 

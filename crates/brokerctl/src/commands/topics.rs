@@ -3,6 +3,7 @@
 use broker::{Broker, Error, TopicSpec};
 
 use crate::cli::{CreateTopicArgs, TopicsCommand};
+use crate::output::print_line;
 
 /// Runs one topics subcommand. Operations the backend does not have fail with its
 /// `unsupported` error, which names the broker.
@@ -13,14 +14,14 @@ pub async fn run(broker: &Broker, command: TopicsCommand) -> anyhow::Result<()> 
             let mut topics = broker.backend().list_topics().await?;
             topics.sort();
             for topic in topics {
-                println!("{topic}");
+                print_line(topic)?;
             }
             Ok(())
         }
         TopicsCommand::Delete { name } => {
             broker::naming::validate_name("topic", &name)?;
             broker.backend().delete_topic(&name).await?;
-            println!("deleted topic {name}");
+            print_line(format_args!("deleted topic {name}"))?;
             Ok(())
         }
     }
@@ -45,13 +46,12 @@ async fn create(broker: &Broker, args: CreateTopicArgs) -> anyhow::Result<()> {
     }
     broker.ensure_topic(&spec).await?;
     if args.groups.is_empty() {
-        println!("topic {} is ready", args.name);
+        print_line(format_args!("topic {} is ready", args.name))
     } else {
-        println!(
+        print_line(format_args!(
             "topic {} is ready with groups {}",
             args.name,
             args.groups.join(", ")
-        );
+        ))
     }
-    Ok(())
 }

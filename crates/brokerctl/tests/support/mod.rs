@@ -10,7 +10,14 @@ use assert_cmd::Command;
 /// `brokerctl` run in an empty directory of its own (no `./broker.toml`), without the
 /// caller's `BROKER_CONFIG`, `BROKER__*` or `RUST_LOG`.
 pub fn brokerctl() -> Command {
-    let mut command = Command::cargo_bin("brokerctl").expect("the brokerctl binary is built");
+    let mut command = Command::from_std(brokerctl_process());
+    command.timeout(std::time::Duration::from_secs(120));
+    command
+}
+
+/// [`brokerctl`] as a process to spawn, for a test that handles its pipes itself.
+pub fn brokerctl_process() -> std::process::Command {
+    let mut command = std::process::Command::new(assert_cmd::cargo::cargo_bin("brokerctl"));
     for (name, _) in std::env::vars_os() {
         let name_text = name.to_string_lossy();
         if name_text.starts_with("BROKER__")
@@ -21,7 +28,6 @@ pub fn brokerctl() -> Command {
         }
     }
     command.current_dir(scratch_dir("cwd"));
-    command.timeout(std::time::Duration::from_secs(120));
     command
 }
 
