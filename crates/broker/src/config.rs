@@ -154,13 +154,25 @@ impl BrokerConfig {
         } else {
             format!("{ENV_PREFIX}__* variables")
         };
-        BrokerConfig::build(builder, &source)
+        let config = BrokerConfig::build(builder, &source)?;
+        if file.is_file() {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                Error::config(format!(
+                    "cannot read configuration file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            check_types(&text, &file.display().to_string())?;
+        }
+        Ok(config)
     }
 
     /// Parses a TOML text (no file, no environment). For tests and embedded defaults.
     pub fn from_toml(text: &str) -> Result<Self> {
         let builder = config::Config::builder().add_source(File::from_str(text, FileFormat::Toml));
-        BrokerConfig::build(builder, "the given TOML")
+        let config = BrokerConfig::build(builder, "the given TOML")?;
+        check_types(text, "the given TOML")?;
+        Ok(config)
     }
 
     fn build(
@@ -225,6 +237,28 @@ impl BrokerConfig {
             })
             .collect()
     }
+}
+
+/// Checks a file's values against the configuration's types as TOML writes them, after the
+/// `config` crate accepted it (whose errors name the key): it rounds `max_attempts = 2.5` to 3
+/// and reads `max_in_flight = true` as 1. The error quotes the line.
+fn check_types(text: &str, source: &str) -> Result<()> {
+    let Err(e) = toml::from_str::<BrokerConfig>(text) else {
+        return Ok(());
+    };
+    let line = e
+        .span()
+        .and_then(|span| text.get(..span.start))
+        .map(|before| {
+            let number = before.matches('\n').count() + 1;
+            let written = text.lines().nth(number - 1).unwrap_or_default().trim();
+            format!(" (line {number}: `{written}`)")
+        })
+        .unwrap_or_default();
+    Err(Error::config(format!(
+        "invalid configuration in {source}: {}{line}",
+        e.message()
+    )))
 }
 
 fn environment() -> Environment {

@@ -102,6 +102,10 @@ fn out_of_range_values_name_the_key() {
     assert!(err.contains("from 1 to 1000000"), "{err}");
     let err = error_of("[subscriber.retry]\njitter = 2.0\n");
     assert!(err.contains("subscriber.retry.jitter"), "{err}");
+    let err = error_of("[subscriber.retry]\nmax_attempts = 2.5\n");
+    assert!(err.contains("max_attempts"), "{err}");
+    let err = error_of("[subscriber]\nmax_in_flight = true\n");
+    assert!(err.contains("max_in_flight"), "{err}");
     let err = error_of("[memory]\nmax_payload_bytes = 0\n");
     assert!(err.contains("memory.max_payload_bytes"), "{err}");
     let err = error_of("[topics.greetings]\npartitions = 0\n");
