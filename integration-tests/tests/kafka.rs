@@ -15,7 +15,7 @@ use broker_kafka::rdkafka::producer::{FutureProducer, FutureRecord};
 use broker_kafka::rdkafka::ClientConfig;
 use broker_kafka::{KafkaBackend, KafkaConfig};
 use broker_testkit::support::{run_case, unique};
-use broker_testkit::{live, Harness};
+use broker_testkit::{live, Harness, NoRestart};
 use futures::StreamExt;
 
 const ENDPOINT_VAR: &str = "BROKER_TEST_KAFKA";
@@ -31,8 +31,11 @@ impl Harness for Kafka {
         Ok(Broker::new(backend(&self.live.address, true).await?))
     }
 
-    async fn restart(&self) -> Result<(), String> {
-        live::brokers_script("restart", "kafka").await.map(drop)
+    async fn restart(&self) -> Result<(), NoRestart> {
+        live::brokers_script("restart", "kafka")
+            .await
+            .map(drop)
+            .map_err(NoRestart::Failed)
     }
 
     fn patience(&self) -> Duration {

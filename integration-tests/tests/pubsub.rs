@@ -23,7 +23,7 @@ use broker_pubsub::google_cloud_pubsub::client::{Publisher, SubscriptionAdmin, T
 use broker_pubsub::google_cloud_pubsub::model::Message as PubsubMessage;
 use broker_pubsub::{PubSubBackend, PubSubConfig};
 use broker_testkit::support::{next_within, run_case, unique};
-use broker_testkit::{live, Harness};
+use broker_testkit::{live, Harness, NoRestart};
 use futures::StreamExt;
 
 const ENDPOINT_VAR: &str = "BROKER_TEST_PUBSUB";
@@ -42,8 +42,11 @@ impl Harness for PubSub {
         Ok(Broker::new(backend(&self.live.address, true).await?))
     }
 
-    async fn restart(&self) -> Result<(), String> {
-        live::brokers_script("restart", "pubsub").await.map(drop)
+    async fn restart(&self) -> Result<(), NoRestart> {
+        live::brokers_script("restart", "pubsub")
+            .await
+            .map(drop)
+            .map_err(NoRestart::Failed)
     }
 
     fn patience(&self) -> Duration {

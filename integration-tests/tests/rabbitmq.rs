@@ -19,7 +19,7 @@ use broker_rabbitmq::lapin::options::{
 use broker_rabbitmq::lapin::{BasicProperties, Connection, ConnectionProperties};
 use broker_rabbitmq::{QueueType, RabbitMqBackend, RabbitMqConfig};
 use broker_testkit::support::{fresh_topic, run_case, unique, Inbox};
-use broker_testkit::{live, Harness};
+use broker_testkit::{live, Harness, NoRestart};
 use futures::StreamExt;
 
 const ENDPOINT_VAR: &str = "BROKER_TEST_RABBITMQ";
@@ -35,8 +35,11 @@ impl Harness for RabbitMq {
         Ok(Broker::new(backend(&self.live.address, true).await?))
     }
 
-    async fn restart(&self) -> Result<(), String> {
-        live::brokers_script("restart", "rabbitmq").await.map(drop)
+    async fn restart(&self) -> Result<(), NoRestart> {
+        live::brokers_script("restart", "rabbitmq")
+            .await
+            .map(drop)
+            .map_err(NoRestart::Failed)
     }
 
     fn patience(&self) -> Duration {

@@ -33,6 +33,7 @@ fn record(events: &Events, event: String) {
 #[derive(Debug)]
 struct TwoOfOneKey {
     events: Events,
+    intake_stopped: Arc<Notify>,
 }
 
 #[async_trait]
@@ -58,6 +59,7 @@ impl Backend for TwoOfOneKey {
             topic: request.topic.into(),
             left: vec!["second", "first"],
             events: self.events.clone(),
+            intake_stopped: self.intake_stopped.clone(),
         }))
     }
 
@@ -74,6 +76,7 @@ struct Scripted {
     topic: Arc<str>,
     left: Vec<&'static str>,
     events: Events,
+    intake_stopped: Arc<Notify>,
 }
 
 impl Stream for Scripted {
@@ -97,6 +100,7 @@ impl Stream for Scripted {
 impl DeliveryStream for Scripted {
     fn stop_intake(&mut self) {
         record(&self.events, "intake stopped".to_owned());
+        self.intake_stopped.notify_one();
     }
 
     fn close(&mut self) -> BoxFuture<'_, Result<()>> {
@@ -120,8 +124,10 @@ impl Settle for Recorded {
 #[tokio::test]
 async fn intake_stops_before_waiting_deliveries_are_dropped() {
     let events = Events::default();
+    let intake_stopped = Arc::new(Notify::new());
     let broker = Broker::new(TwoOfOneKey {
         events: events.clone(),
+        intake_stopped: intake_stopped.clone(),
     });
     let topic = Topic::<String>::text("orders");
     let started = Arc::new(Notify::new());
@@ -148,8 +154,9 @@ async fn intake_stops_before_waiting_deliveries_are_dropped() {
         .await
         .expect("the first message's handler started");
     let closing = tokio::spawn(running.close());
-    // Let the runner stop intake and drop `second` while `first` still runs.
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // `first` finishes only once the runner stopped intake (and dropped `second`). Without
+    // the call, the wait times out and `first` finishes anyway: the order below tells.
+    let _ = tokio::time::timeout(Duration::from_secs(2), intake_stopped.notified()).await;
     finish.notify_one();
     tokio::time::timeout(Duration::from_secs(5), closing)
         .await

@@ -371,9 +371,11 @@ async fn a_full_producer_queue_makes_send_wait_not_fail() {
     let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
         .await
         .unwrap();
+    // The first send to a topic looks it up (boxed, like a wait): done before counting.
+    publish(&backend, "burst", Message::new("m0")).await;
     let mut confirmations = Vec::new();
     let mut waited = 0;
-    for i in 0..200 {
+    for i in 1..200 {
         // Without waiting for confirmations: librdkafka's queue (10) fills up, send waits.
         let send = backend.send("burst", Message::new(format!("m{i}")));
         if matches!(send, futures::future::Either::Right(_)) {
@@ -390,6 +392,6 @@ async fn a_full_producer_queue_makes_send_wait_not_fail() {
             ref other => panic!("not a Kafka position: {other:?}"),
         })
         .collect();
-    assert_eq!(offsets, (0..200).collect::<Vec<i64>>(), "in send order");
+    assert_eq!(offsets, (1..200).collect::<Vec<i64>>(), "in send order");
     backend.close().await.unwrap();
 }

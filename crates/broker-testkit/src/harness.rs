@@ -5,6 +5,16 @@ use std::time::Duration;
 use async_trait::async_trait;
 use broker_api::{Broker, Result};
 
+/// Why a harness did not restart its broker.
+#[derive(Debug)]
+pub enum NoRestart {
+    /// The harness has no broker process to restart (the in-memory backend): the restart case
+    /// says it skipped.
+    Unsupported,
+    /// Restarting failed, saying why: the restart case fails.
+    Failed(String),
+}
+
 /// Connects the suite to the backend under test.
 #[async_trait]
 pub trait Harness: Send + Sync + 'static {
@@ -12,10 +22,9 @@ pub trait Harness: Send + Sync + 'static {
     /// topics. Subscriber defaults may be anything; cases set what they depend on.
     async fn connect(&self) -> Result<Broker>;
 
-    /// Stops and starts the broker, keeping its data, for the restart case. `Err` explains why
-    /// this harness cannot.
-    async fn restart(&self) -> std::result::Result<(), String> {
-        Err("this harness cannot restart its broker".to_owned())
+    /// Stops and starts the broker, keeping its data, for the restart case.
+    async fn restart(&self) -> std::result::Result<(), NoRestart> {
+        Err(NoRestart::Unsupported)
     }
 
     /// How long to wait for something that should happen.

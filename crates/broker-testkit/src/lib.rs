@@ -25,7 +25,7 @@ mod harness;
 pub mod live;
 pub mod support;
 
-pub use harness::Harness;
+pub use harness::{Harness, NoRestart};
 
 /// The cases [`conformance_suite!`] runs, in order.
 pub const CASES: &[&str] = &[

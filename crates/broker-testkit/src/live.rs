@@ -23,7 +23,7 @@ pub fn require(var: &str) -> Option<String> {
              start and export its endpoint (eval \"$(scripts/brokers.sh env)\")"
         ),
         _ => {
-            eprintln!("skipped: {var} is not set (run scripts/brokers.sh start, or set {REQUIRE_LIVE}=1 to fail instead)");
+            crate::support::say(&format!("skipped: {var} is not set (run scripts/brokers.sh start, or set {REQUIRE_LIVE}=1 to fail instead)"));
             None
         }
     }

@@ -43,9 +43,16 @@ pub async fn run_case(name: &str, case: impl Future<Output = ()>) {
     }
 }
 
-/// Says that a case was skipped and why (a capability the backend does not promise).
+/// Says that a case was skipped and why (a capability the backend does not promise), on
+/// stderr itself: the test harness would keep `eprintln!`'s text of a passing test to itself.
 pub fn skip(case: &str, reason: &str) {
-    eprintln!("skipped: {case}: {reason}");
+    say(&format!("skipped: {case}: {reason}"));
+}
+
+/// Writes a line to stderr past the test harness's capture.
+pub(crate) fn say(line: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// A name no other test uses: `<prefix>-<random>-<counter>`.

@@ -17,7 +17,8 @@ use crate::Harness;
 /// is handled once, nothing is dead-lettered.
 pub async fn handler_error_is_retried(harness: &dyn Harness) {
     let broker = connect(harness).await;
-    let topic = text_topic(&fresh_topic(&broker, "retry", &["g"]).await);
+    let name = fresh_topic(&broker, "retry", &["g"]).await;
+    let topic = text_topic(&name);
     let sent = publish_texts(&broker.publisher(&topic), "r", 5).await;
     let attempts: Arc<Mutex<HashMap<String, u32>>> = Arc::default();
     let inbox = Inbox::new();
@@ -53,6 +54,8 @@ pub async fn handler_error_is_retried(harness: &dyn Harness) {
     let attempts = attempts.lock().unwrap_or_else(|e| e.into_inner()).clone();
     assert_eq!(attempts.get("r-2"), Some(&3), "attempts: {attempts:?}");
     running.close().await.expect("close");
+    // Had one been dead-lettered, the group would read it from the dead-letter topic.
+    read_dead_letters(harness, &broker, &name, "g", 0).await;
     broker.close().await.expect("close broker");
 }
 
@@ -302,6 +305,7 @@ pub async fn manual_nack_redelivers(harness: &dyn Harness) {
 }
 
 /// Reads `count` dead letters of `group` on `topic` through the dead-letter topic's own group.
+/// The dead letters of `group` on `topic`, as that group reads them: exactly `count`.
 async fn read_dead_letters(
     harness: &dyn Harness,
     broker: &broker_api::Broker,
@@ -316,7 +320,11 @@ async fn read_dead_letters(
         .at_least_once(inbox.handler())
         .await
         .expect("subscribe to the dead-letter topic");
-    let received = inbox.wait_for(count, harness.patience()).await;
+    inbox.wait_for(count, harness.patience()).await;
+    // Exactly `count`: a message dead-lettered more than once would show here.
+    inbox
+        .expect_no_more_than(count, harness.quiet_period())
+        .await;
     running.close().await.expect("close");
-    received
+    inbox.snapshot()
 }

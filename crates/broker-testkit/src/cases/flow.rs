@@ -169,6 +169,20 @@ pub async fn batch_publish(harness: &dyn Harness) {
         })
         .await;
     assert_eq!(distinct_values(&received), sorted(values));
+    // Receipts come in input order: each value arrived with its receipt's id.
+    for message in &received {
+        let index: usize = message
+            .value
+            .strip_prefix("batch-")
+            .and_then(|i| i.parse().ok())
+            .expect("a batch value");
+        assert_eq!(
+            message.metadata.message_id.as_ref(),
+            Some(&receipts[index].message_id),
+            "{} arrived with another receipt's id",
+            message.value
+        );
+    }
     running.close().await.expect("close");
     broker.close().await.expect("close broker");
 }
@@ -228,7 +242,11 @@ pub async fn oversized_payload_rejected(harness: &dyn Harness) {
         .await
         .expect_err("an over-limit payload must be refused");
     assert_eq!(err.kind(), ErrorKind::Rejected, "error: {err}");
-    assert!(!err.to_string().is_empty());
+    let text = err.to_string();
+    assert!(
+        text.contains(&(limit + 1).to_string()) && text.contains(&limit.to_string()),
+        "the error names the size and the limit: {text}"
+    );
 
     publisher
         .publish(&Bytes::from_static(b"small"))
