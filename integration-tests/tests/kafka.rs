@@ -217,9 +217,10 @@ async fn records_from_other_programs_are_delivered() {
     .await;
 }
 
-/// Two members of one group on a 4-partition topic: when one leaves mid-stream with deliveries
-/// unacknowledged, the other gets them; everything acknowledged is committed and nothing is
-/// lost.
+/// Two members of one group on a 4-partition topic, one after the other: when the first leaves
+/// mid-stream with deliveries unacknowledged, the second gets them and everything else;
+/// what the first acknowledged before its first unacknowledged delivery of each partition was
+/// committed and does not come again; nothing is lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_leaving_mid_stream_loses_nothing() {
     let Some(harness) = shared().await else {
@@ -246,18 +247,38 @@ async fn a_member_leaving_mid_stream_loses_nothing() {
             .await
             .unwrap();
         let mut seen = std::collections::BTreeSet::new();
+        // (partition, offset, acknowledged) of what the first member read.
+        let mut first_read = Vec::new();
         for i in 0..20 {
             let delivery = tokio::time::timeout(Duration::from_secs(60), first.next())
                 .await
                 .expect("delivered in time")
                 .unwrap()
                 .unwrap();
+            let (partition, offset) = kafka_position(&delivery);
+            first_read.push((partition, offset, i % 2 == 0));
             if i % 2 == 0 {
                 seen.insert(String::from_utf8(delivery.payload.to_vec()).unwrap());
                 delivery.ack().await.unwrap();
             }
         }
         first.close().await.unwrap();
+        // Each partition is read in offset order: its acknowledged deliveries before its first
+        // unacknowledged one are the prefix close commits.
+        first_read.sort_unstable();
+        let mut committed = std::collections::BTreeSet::new();
+        let mut stopped = std::collections::BTreeSet::new();
+        for (partition, offset, acknowledged) in first_read {
+            if !acknowledged {
+                stopped.insert(partition);
+            } else if !stopped.contains(&partition) {
+                committed.insert((partition, offset));
+            }
+        }
+        assert!(
+            !committed.is_empty(),
+            "the first member committed nothing: the case tests nothing"
+        );
 
         // The second member gets everything that was not acknowledged.
         let mut second = backend
@@ -272,6 +293,11 @@ async fn a_member_leaving_mid_stream_loses_nothing() {
                 .unwrap_or_else(|_| panic!("only {} of {total} messages arrived", seen.len()))
                 .unwrap()
                 .unwrap();
+            let position = kafka_position(&delivery);
+            assert!(
+                !committed.contains(&position),
+                "committed message {position:?} was delivered again"
+            );
             seen.insert(String::from_utf8(delivery.payload.to_vec()).unwrap());
             delivery.ack().await.unwrap();
         }
@@ -279,6 +305,13 @@ async fn a_member_leaving_mid_stream_loses_nothing() {
         backend.close().await.unwrap();
     })
     .await;
+}
+
+fn kafka_position(delivery: &broker_api::Delivery) -> (i32, i64) {
+    match delivery.metadata.position {
+        broker_api::Position::Kafka { partition, offset } => (partition, offset),
+        ref other => panic!("not a Kafka position: {other:?}"),
+    }
 }
 
 /// A message the broker refuses for its size (the topic's `max.message.bytes` is below the

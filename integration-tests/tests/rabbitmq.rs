@@ -127,6 +127,20 @@ async fn dropped_connection_is_survived() {
             }
         }
         assert!(confirmed.len() >= 200, "only {} confirmed", confirmed.len());
+        // Publishing resumes once the connection is back: one sent after the drop goes through
+        // (the ones above may all have failed before the reconnect), and it is delivered.
+        let deadline = Instant::now() + harness.patience();
+        loop {
+            match publisher.publish(&"after-drop".to_owned()).await {
+                Ok(_) => break,
+                Err(e) if Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "not reconnected yet");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("no publish went through after the drop: {e}"),
+            }
+        }
+        confirmed.push("after-drop".to_owned());
         let received = inbox
             .wait_until("every confirmed message", harness.patience(), |r| {
                 let got: std::collections::HashSet<&str> =
@@ -413,6 +427,10 @@ async fn broker_size_limit_fails_only_that_publish() {
             "application:set_env(rabbit, max_message_size, 1048576).",
         ])
         .await;
+        let limit = RestoreWith(&[
+            "eval",
+            "application:set_env(rabbit, max_message_size, 134217728).",
+        ]);
         let outcome = async {
             let backend = broker.backend();
             let big = backend
@@ -428,11 +446,7 @@ async fn broker_size_limit_fails_only_that_publish() {
             (big, small)
         }
         .await;
-        rabbitmqctl(&[
-            "eval",
-            "application:set_env(rabbit, max_message_size, 134217728).",
-        ])
-        .await;
+        drop(limit);
         let (big, small) = outcome;
         let err = big.expect_err("the broker refuses 2 MiB over its 1 MiB limit");
         assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
@@ -598,7 +612,7 @@ async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
             .expect("published before the alarm");
         // A watermark of 0 sets off the memory alarm at once: RabbitMQ blocks every publisher.
         rabbitmqctl(&["set_vm_memory_high_watermark", "0"]).await;
-        let alarm = MemoryAlarm;
+        let alarm = RestoreWith(&["set_vm_memory_high_watermark", "0.4"]);
         let outcome = async {
             let mut in_window = Vec::new();
             for value in ["one", "two"] {
@@ -673,19 +687,23 @@ async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
     .await;
 }
 
-/// Ends the memory alarm `set_vm_memory_high_watermark 0` set off, when dropped: also when its
-/// case fails or hangs, so that the cases after it can publish.
-struct MemoryAlarm;
+/// Runs `rabbitmqctl` with its arguments when dropped: undoes a change to the broker's
+/// settings also when its case fails or hangs, so that the cases after it run on the defaults.
+struct RestoreWith(&'static [&'static str]);
 
-impl Drop for MemoryAlarm {
+impl Drop for RestoreWith {
     fn drop(&mut self) {
         let script = live::repository_root().join("scripts").join("brokers.sh");
         let restored = std::process::Command::new("bash")
             .arg(&script)
-            .args(["rabbitmqctl", "set_vm_memory_high_watermark", "0.4"])
+            .arg("rabbitmqctl")
+            .args(self.0)
             .output();
         if !restored.is_ok_and(|output| output.status.success()) {
-            eprintln!("could not end RabbitMQ's memory alarm: run `scripts/brokers.sh rabbitmqctl set_vm_memory_high_watermark 0.4`");
+            eprintln!(
+                "could not restore RabbitMQ's settings: run `scripts/brokers.sh rabbitmqctl {}`",
+                self.0.join(" ")
+            );
         }
     }
 }
