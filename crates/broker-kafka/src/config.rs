@@ -45,8 +45,8 @@ pub struct KafkaConfig {
     ///   configured partitions, and only when auto-provisioning is on);
     /// - consumers: `enable.auto.commit=true` with `enable.auto.offset.store=false` (only
     ///   offsets of handled messages are stored, then committed every
-    ///   `auto.commit.interval.ms`, librdkafka's default 5 s, and synchronously on close and
-    ///   on partition revoke), `auto.offset.reset` from the subscription's start position,
+    ///   `auto.commit.interval.ms`, librdkafka's default 5 s, synchronously on close, and
+    ///   without waiting on partition revoke), `auto.offset.reset` from the subscription's start position,
     ///   `session.timeout.ms=10000` and `heartbeat.interval.ms=1000` (a member that vanished
     ///   is replaced after 10 s instead of librdkafka's 45 s), a prefetch bounded in
     ///   proportion to the subscription's `max_in_flight` (`queued.min.messages`,

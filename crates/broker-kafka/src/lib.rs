@@ -22,8 +22,10 @@
 //!   retries transient failures (a broker restart) for up to
 //!   [`KafkaConfig::delivery_timeout`], without duplicates or reordering (idempotence).
 //! - Offsets are committed only up to the oldest unacknowledged message of each partition,
-//!   every `auto.commit.interval.ms` (5 s by default), and synchronously when partitions are
-//!   revoked and when a subscription closes. A crash, a dropped delivery or a rebalance means
+//!   every `auto.commit.interval.ms` (5 s by default), when partitions are revoked (sent
+//!   from the rebalance callback without waiting for the answer, which would block the
+//!   reading task: a new owner that fetches its position first gets some messages again) and
+//!   synchronously when a subscription closes. A crash, a dropped delivery or a rebalance means
 //!   redelivery, never loss; acknowledgements of partitions this member no longer owns are
 //!   ignored (the new owner gets those messages again). The same applies to `at_most_once`:
 //!   a value is never yielded twice by a running subscription, but after a crash the group gets
