@@ -37,7 +37,10 @@
 //!   ([`prefetch`]: 16 messages and 16 KiB per in-flight delivery, at least 1 MiB), so a
 //!   subscription's memory follows `max_in_flight`, not the backlog.
 //! - A subscription's consumer is driven by reading its stream (no extra thread, no hand-off):
-//!   rebalances are served while the stream is read. A member whose stream is not read for
+//!   rebalances are served while the stream is read and has a free `max_in_flight` slot (at
+//!   the limit it polls nothing: a rebalance waits for the next acknowledgement, and a
+//!   member whose handlers hold every slot for longer than `max.poll.interval.ms` leaves the
+//!   group as below). A member whose stream is not read for
 //!   longer than `max.poll.interval.ms` (5 minutes by default) is taken out of the group by
 //!   librdkafka; its unacknowledged messages go to the other members, and it rejoins when read
 //!   again.
