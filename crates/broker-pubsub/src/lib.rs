@@ -37,11 +37,13 @@
 //! `batch_max_messages` / `batch_max_bytes` / `batch_max_delay`), many in flight; the publish
 //! response is the confirmation. A message over 10 MB (payload, key and attributes together)
 //! is rejected before sending. When a message with an ordering key fails, the error is
-//! reported to that publish and the key is resumed, so later messages with that key are sent.
-//! Temporary failures are retried within `publish_timeout`; a topic the service lost (the
-//! emulator restarted) is re-created, with the subscriptions this backend knows, and the
-//! message published again. While a key recovers from a failure, its messages published
-//! meanwhile may be re-sent in a different order.
+//! reported to that publish and the key is resumed, so later messages with that key are sent:
+//! the confirmation does that as it is awaited, so a caller that drops its confirmations
+//! unawaited leaves the key paused (the client refuses its later messages) until one of that
+//! key is awaited. The client retries temporary failures within `publish_timeout`; a topic
+//! the service lost (the emulator restarted) is re-created, with the subscriptions this
+//! backend knows, and the message published again. While a key recovers from a failure, its
+//! messages published meanwhile may be re-sent in a different order.
 //!
 //! # Subscribing
 //!
