@@ -49,6 +49,16 @@ fn offset(delivery: &Delivery) -> i64 {
     }
 }
 
+fn receipt_offsets(receipts: &[broker_api::Receipt]) -> Vec<i64> {
+    receipts
+        .iter()
+        .map(|r| match r.position {
+            Position::Kafka { offset, .. } => offset,
+            ref other => panic!("not a Kafka position: {other:?}"),
+        })
+        .collect()
+}
+
 async fn publish(backend: &KafkaBackend, topic: &str, message: Message) -> broker_api::Receipt {
     backend
         .send(topic, message)
@@ -329,32 +339,33 @@ async fn calls_after_close_fail_as_closed() {
     broker.close().await.unwrap();
 }
 
+/// A backend whose producer queue (librdkafka's) holds ten records: it fills up at once.
+async fn connect_with_a_queue_of_ten(
+    cluster: &MockCluster<'_, impl rdkafka::client::ClientContext>,
+) -> KafkaBackend {
+    init_logs();
+    let mut config = config(cluster);
+    config
+        .properties
+        .insert("queue.buffering.max.messages".into(), "10".into());
+    KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
+        .await
+        .expect("connect to the mock cluster")
+}
+
 /// Sends made before any is awaited keep their call order when librdkafka's queue is full:
 /// those made while one waits for room queue behind it instead of overtaking it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sends_waiting_for_queue_room_keep_their_call_order() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("ordered", 1, 1).unwrap();
-    init_logs();
-    let mut config = config(&cluster);
-    config
-        .properties
-        .insert("queue.buffering.max.messages".into(), "10".into());
-    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
-        .await
-        .unwrap();
+    let backend = connect_with_a_queue_of_ten(&cluster).await;
     let sends: Vec<_> = (0..200)
         .map(|i| backend.send("ordered", Message::new(format!("m{i}"))))
         .collect();
     let confirmations = futures::future::try_join_all(sends).await.unwrap();
     let receipts = futures::future::try_join_all(confirmations).await.unwrap();
-    let offsets: Vec<i64> = receipts
-        .iter()
-        .map(|r| match r.position {
-            Position::Kafka { offset, .. } => offset,
-            ref other => panic!("not a Kafka position: {other:?}"),
-        })
-        .collect();
+    let offsets = receipt_offsets(&receipts);
     assert_eq!(offsets, (0..200).collect::<Vec<i64>>(), "in call order");
     backend.close().await.unwrap();
 }
@@ -363,14 +374,7 @@ async fn sends_waiting_for_queue_room_keep_their_call_order() {
 async fn a_full_producer_queue_makes_send_wait_not_fail() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("burst", 1, 1).unwrap();
-    init_logs();
-    let mut config = config(&cluster);
-    config
-        .properties
-        .insert("queue.buffering.max.messages".into(), "10".into());
-    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
-        .await
-        .unwrap();
+    let backend = connect_with_a_queue_of_ten(&cluster).await;
     // The first send to a topic looks it up (boxed, like a wait): done before counting.
     publish(&backend, "burst", Message::new("m0")).await;
     let mut confirmations = Vec::new();
@@ -385,13 +389,7 @@ async fn a_full_producer_queue_makes_send_wait_not_fail() {
     }
     assert!(waited > 0, "the queue never filled up");
     let receipts = futures::future::try_join_all(confirmations).await.unwrap();
-    let offsets: Vec<i64> = receipts
-        .iter()
-        .map(|r| match r.position {
-            Position::Kafka { offset, .. } => offset,
-            ref other => panic!("not a Kafka position: {other:?}"),
-        })
-        .collect();
+    let offsets = receipt_offsets(&receipts);
     assert_eq!(offsets, (1..200).collect::<Vec<i64>>(), "in send order");
     backend.close().await.unwrap();
 }
