@@ -4,7 +4,9 @@
 //! `rabbitmqctl close_connection`), the supervisor reconnects with exponential backoff, logging
 //! every attempt and its reason, re-declares the topology this process declared, and publishes
 //! the new [`Session`]. Publishers and subscriptions wait for it and reopen their channels on it
-//! by themselves.
+//! by themselves. A connection that drops soon after it was made (a broker that accepts and
+//! closes it, a message the client cannot parse that kills it on every delivery) does not
+//! start the backoff over: the next reconnect waits as if the last one had failed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -22,6 +24,14 @@ use crate::topology::Topology;
 
 /// How often the supervisor checks the connection's state besides listening to its events.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
+
+/// A session that lived at least this long dropped for a new reason: reconnecting starts
+/// again without waiting. One that dropped sooner continues the backoff.
+const STABLE_AFTER: Duration = Duration::from_secs(30);
+
+/// How long the supervisor waits for a connection it gives up (closed, or failed while its
+/// topology was declared) to close.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// One established connection. A reconnect makes a new session with a higher generation.
 pub(crate) struct Session {
@@ -181,10 +191,13 @@ impl Link {
 
     /// Watches the session, reconnects when it fails, until the link is closed.
     async fn supervise(self: Arc<Self>, mut session: Arc<Session>) {
+        // Failed attempts behind the current session, when it has not proved stable yet.
+        let mut attempts = 0;
         loop {
+            let up_since = Instant::now();
             let Some(reason) = self.watch(&session).await else {
                 // Closed (or the backend dropped without closing): the connection goes too.
-                session.close().await;
+                close_within(CLOSE_WAIT, session.close()).await;
                 return;
             };
             tracing::warn!(
@@ -199,8 +212,9 @@ impl Link {
                     true
                 }
             });
-            match self.reconnect().await {
-                Some(next) => session = next,
+            let carried = carried_attempts(up_since.elapsed(), attempts);
+            match self.reconnect(carried).await {
+                Some((next, made)) => (session, attempts) = (next, made),
                 None => return,
             }
         }
@@ -231,12 +245,21 @@ impl Link {
         }
     }
 
-    /// Connects again with backoff until it works (`Some`) or the link is closed (`None`).
-    async fn reconnect(&self) -> Option<Arc<Session>> {
+    /// Connects again with backoff until it works (`Some`, with the attempts made counting the
+    /// `carried` ones) or the link is closed (`None`). With attempts carried over, it waits
+    /// before the first one as after a failed attempt.
+    async fn reconnect(&self, carried: u32) -> Option<(Arc<Session>, u32)> {
         let backoff = &self.settings.config.reconnect;
         let started = Instant::now();
-        let mut attempt = 0;
+        let mut attempt = carried;
         loop {
+            // At once the first time, unless failed attempts are carried over.
+            if attempt > 0 {
+                tokio::select! {
+                    () = tokio::time::sleep(backoff.delay(attempt)) => {}
+                    () = self.closed() => return None,
+                }
+            }
             if self.is_closed() {
                 return None;
             }
@@ -258,24 +281,19 @@ impl Link {
                         }
                     });
                     if !published {
-                        session.close().await;
+                        close_within(CLOSE_WAIT, session.close()).await;
                         return None;
                     }
-                    return Some(session);
+                    return Some((session, attempt));
                 }
                 Err(e) => {
-                    let delay = backoff.delay(attempt);
                     tracing::warn!(
                         endpoint = %self.settings.endpoint,
                         attempt,
                         error = %e,
-                        retry_in = ?delay,
+                        retry_in = ?backoff.delay(attempt),
                         "reconnecting to RabbitMQ failed"
                     );
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = self.closed() => return None,
-                    }
                 }
             }
         }
@@ -287,11 +305,34 @@ impl Link {
         let deadline = Instant::now() + self.settings.config.connect_timeout;
         let redeclared = error::within(deadline, "connect", self.topology.redeclare(&connection));
         if let Err(e) = redeclared.await {
-            let _ = connection.close(200, "closing".into()).await;
+            close_within(CLOSE_WAIT, async {
+                if let Err(e) = connection.close(200, "closing".into()).await {
+                    tracing::debug!(error = %e, "closing a connection given up failed");
+                }
+            })
+            .await;
             return Err(e);
         }
         let generation = self.generations.fetch_add(1, Ordering::Relaxed) + 1;
         Ok(Session::new(generation, connection))
+    }
+}
+
+/// The failed attempts a reconnect continues from: none after a session that `lived` long
+/// enough to call stable, else those behind it (`before`).
+fn carried_attempts(lived: Duration, before: u32) -> u32 {
+    if lived >= STABLE_AFTER {
+        0
+    } else {
+        before
+    }
+}
+
+/// Waits for `closing` at most `wait`: a broker that stopped answering does not hold the
+/// supervisor.
+async fn close_within(wait: Duration, closing: impl std::future::Future<Output = ()>) {
+    if tokio::time::timeout(wait, closing).await.is_err() {
+        tracing::debug!(?wait, "RabbitMQ did not answer a connection close in time");
     }
 }
 
@@ -313,5 +354,20 @@ async fn open_connection(settings: &Settings) -> Result<Connection> {
         )
         .backend(BACKEND)
         .operation("connect")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_that_dropped_soon_continues_the_backoff() {
+        assert_eq!(carried_attempts(Duration::from_millis(50), 4), 4);
+        assert_eq!(
+            carried_attempts(STABLE_AFTER - Duration::from_millis(1), 1),
+            1
+        );
+        assert_eq!(carried_attempts(STABLE_AFTER, 7), 0);
     }
 }

@@ -149,9 +149,12 @@ pub(crate) fn metadata(
             }
         }
     }
-    let attempt = match delivery_count {
-        Some(count) => Some(u32::try_from(count).unwrap_or(u32::MAX).saturating_add(1)),
-        None if !fields.redelivered => Some(1),
+    // A first delivery is attempt 1 whatever its headers say: a message shovelled or re-driven
+    // may carry another queue's count. A count that is not a delivery count (negative) says
+    // nothing.
+    let attempt = match delivery_count.and_then(|count| u32::try_from(count).ok()) {
+        _ if !fields.redelivered => Some(1),
+        Some(count) => Some(count.saturating_add(1)),
         None => None,
     };
     Metadata {
@@ -332,6 +335,23 @@ mod tests {
         let meta = metadata(&Arc::from("orders"), &fields(&properties, true), false);
         assert_eq!(meta.attempt, None);
         assert_eq!(meta.headers.get(DELIVERY_COUNT_HEADER), Some("2"));
+    }
+
+    #[test]
+    fn a_carried_or_negative_count_is_not_the_attempt() {
+        let with_count = |count: i64| {
+            let mut table = FieldTable::default();
+            table.insert(DELIVERY_COUNT_HEADER.into(), AMQPValue::LongLongInt(count));
+            BasicProperties::default().with_headers(table)
+        };
+        // A first delivery carrying another queue's count (shovelled, re-driven).
+        let meta = metadata(&Arc::from("orders"), &fields(&with_count(5), false), true);
+        assert_eq!(meta.attempt, Some(1));
+        let meta = metadata(&Arc::from("orders"), &fields(&with_count(-1), false), true);
+        assert_eq!(meta.attempt, Some(1));
+        // Redelivered with a count that is not one: unknown, not u32::MAX.
+        let meta = metadata(&Arc::from("orders"), &fields(&with_count(-1), true), true);
+        assert_eq!(meta.attempt, None);
     }
 
     #[test]
