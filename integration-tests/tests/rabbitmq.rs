@@ -707,3 +707,67 @@ impl Drop for RestoreWith {
         }
     }
 }
+
+/// Closing a concurrent subscription whose handler outlives the shutdown timeout gives its
+/// messages back to the queue in their order: the one running first, then those waiting
+/// behind it for their key, so that the next consumer handles the key in publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_gives_a_key_back_in_order() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("closing_gives_a_key_back_in_order", async {
+        let broker = harness.connect().await.expect("connect");
+        let topic = broker_api::Topic::text(fresh_topic(&broker, "keyback", &["g"]).await);
+        let publisher = broker.publisher(&topic);
+        for value in ["a", "b", "c"] {
+            let message = publisher
+                .message(&value.to_owned())
+                .expect("encode")
+                .with_key("k");
+            publisher.publish_message(message).await.expect("publish");
+        }
+        let started = std::sync::Arc::new(tokio::sync::Notify::new());
+        let running = broker
+            .subscriber(&topic, "g")
+            .concurrency(4)
+            .shutdown_timeout(Duration::from_millis(200))
+            .at_least_once({
+                let started = started.clone();
+                move |message: broker_api::Received<String>| {
+                    let started = started.clone();
+                    async move {
+                        if message.value == "a" {
+                            started.notify_one();
+                            // Longer than the shutdown timeout: abandoned at close.
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                        }
+                        broker_api::HandlerResult::Ok(())
+                    }
+                }
+            })
+            .await
+            .expect("subscribe");
+        tokio::time::timeout(harness.patience(), started.notified())
+            .await
+            .expect("the first message's handler started");
+        running.close().await.expect("close");
+
+        let inbox = Inbox::new();
+        let next = broker
+            .subscriber(&topic, "g")
+            .at_least_once(inbox.handler())
+            .await
+            .expect("subscribe again");
+        let received = inbox.wait_for(3, harness.patience()).await;
+        let order: Vec<&str> = received.iter().map(|m| m.value.as_str()).collect();
+        assert_eq!(
+            order[..3],
+            ["a", "b", "c"],
+            "the key came back out of order"
+        );
+        next.close().await.expect("close");
+        broker.close().await.expect("close broker");
+    })
+    .await;
+}

@@ -7,9 +7,15 @@
 //! reconnect), declares the group again and consumes again, by itself. Deliveries received on
 //! the old channel can no longer be settled: settling them does nothing (RabbitMQ delivers them
 //! again, as it does for everything unacknowledged on a closed channel).
+//!
+//! Once intake stopped (the subscription is closing), rejecting does nothing: closing the
+//! channel gives every unacknowledged message back at once, in its order. Rejected one by one
+//! as the runner drops them (those waiting behind their key first, the one still running
+//! last), a quorum queue would hand them out again in that order, breaking per-key order.
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -43,6 +49,8 @@ struct Group {
     group: String,
     prefetch: u16,
     backoff: ReconnectBackoff,
+    /// Set by `stop_intake`: deliveries are no longer rejected one by one.
+    intake_stopped: Arc<AtomicBool>,
 }
 
 /// A consumer and the channel it lives on.
@@ -83,6 +91,7 @@ impl Subscription {
             topic: Arc::from(request.topic.as_str()),
             group: request.group.clone(),
             prefetch,
+            intake_stopped: Arc::new(AtomicBool::new(false)),
         });
         let opening = group.clone().consume(Some(deadline));
         let active = error::within(deadline, "subscribe", opening).await?;
@@ -182,6 +191,7 @@ impl Group {
         let acker = AmqpAcker {
             channel: channel.clone(),
             delivery_tag: delivery.delivery_tag,
+            intake_stopped: self.intake_stopped.clone(),
         };
         Delivery::new(
             Bytes::from(delivery.data),
@@ -253,6 +263,10 @@ impl Stream for Subscription {
 }
 
 impl DeliveryStream for Subscription {
+    fn stop_intake(&mut self) {
+        self.group.intake_stopped.store(true, Ordering::Release);
+    }
+
     fn close(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             if let State::Consuming(active) = std::mem::replace(&mut self.state, State::Ended) {
@@ -281,10 +295,12 @@ impl fmt::Debug for Subscription {
     }
 }
 
-/// Settles one delivery on the channel it came from; dropped unsettled, it requeues it.
+/// Settles one delivery on the channel it came from; dropped unsettled, it requeues it (unless
+/// intake stopped: the channel's close requeues it, see the module docs).
 struct AmqpAcker {
     channel: Arc<Channel>,
     delivery_tag: u64,
+    intake_stopped: Arc<AtomicBool>,
 }
 
 impl Settle for AmqpAcker {
@@ -295,6 +311,13 @@ impl Settle for AmqpAcker {
             tracing::debug!(
                 delivery_tag = self.delivery_tag,
                 "the delivery's channel is closed; RabbitMQ delivers the message again"
+            );
+            return;
+        }
+        if !ack && self.intake_stopped.load(Ordering::Acquire) {
+            tracing::debug!(
+                delivery_tag = self.delivery_tag,
+                "closing: the channel's close gives the message back, in order"
             );
             return;
         }
