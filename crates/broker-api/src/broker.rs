@@ -109,6 +109,11 @@ impl Broker {
     /// first, as [`Running::close`](crate::Running::close) does: intake stops, running
     /// handlers finish within their shutdown timeout, and what they handled is acknowledged
     /// while the backend is still connected. Streams (`at_most_once`, `manual`) end.
+    ///
+    /// A handler of one of these subscriptions that awaits `close` waits for itself: its
+    /// subscription gives it up after the shutdown timeout, and with it the close. Such a
+    /// handler (a "shut down" command) spawns the close instead:
+    /// `tokio::spawn(async move { broker.close().await })`.
     pub async fn close(&self) -> Result<()> {
         self.running.close_all().await;
         self.backend.close().await
