@@ -330,15 +330,9 @@ impl Admin {
             .send()
             .await;
         let failed = |e| rpc_error(e, "create topic", format!("cannot create topic {topic}"));
-        match creation(created).map_err(failed)? {
-            Creation::Created => tracing::debug!(topic, "created topic"),
-            Creation::Existed => {}
-            Creation::NotAllowed(e) if repair => {
-                return Err(not_allowed_again(&format!("topic {topic}"), e))
-            }
-            Creation::NotAllowed(_) => {
-                tracing::debug!(topic, "not allowed to create topic; taking it as existing");
-            }
+        let created = creation(created).map_err(failed)?;
+        if let Creation::Created = allowed(created, &format!("topic {topic}"), repair)? {
+            tracing::debug!(topic, "created topic");
         }
         Ok(())
     }
@@ -372,24 +366,11 @@ impl Admin {
         subscription: &str,
         repair: bool,
     ) -> Result<()> {
-        match self.try_create_subscription(topic, subscription).await? {
-            Creation::Created => return Ok(()),
-            Creation::Existed if repair => {}
-            Creation::Existed => return Ok(()),
-            Creation::NotAllowed(e) if repair => {
-                return Err(not_allowed_again(
-                    &format!("subscription {subscription}"),
-                    e,
-                ))
-            }
-            Creation::NotAllowed(_) => {
-                tracing::debug!(
-                    topic,
-                    subscription,
-                    "not allowed to create subscription; taking it as existing"
-                );
-                return Ok(());
-            }
+        let created = self
+            .try_create_subscription(topic, subscription, repair)
+            .await?;
+        if matches!(created, Creation::Created) || !repair {
+            return Ok(());
         }
         let path = self.subscription_path(subscription);
         let existing = self
@@ -432,17 +413,19 @@ impl Admin {
                 ))
             }
         }
-        match self.try_create_subscription(topic, subscription).await? {
-            Creation::NotAllowed(e) => Err(not_allowed_again(
-                &format!("subscription {subscription}"),
-                e,
-            )),
-            Creation::Created | Creation::Existed => Ok(()),
-        }
+        self.try_create_subscription(topic, subscription, true)
+            .await
+            .map(drop)
     }
 
-    /// Creates the subscription, or says why not.
-    async fn try_create_subscription(&self, topic: &str, subscription: &str) -> Result<Creation> {
+    /// Creates the subscription, or says that it existed (or may not be created, see
+    /// [`allowed`]).
+    async fn try_create_subscription(
+        &self,
+        topic: &str,
+        subscription: &str,
+        repair: bool,
+    ) -> Result<Creation> {
         let created = self
             .subscriptions
             .create_subscription()
@@ -458,6 +441,7 @@ impl Admin {
                 format!("cannot create subscription {subscription} on topic {topic}"),
             )
         })?;
+        let created = allowed(created, &format!("subscription {subscription}"), repair)?;
         if matches!(created, Creation::Created) {
             tracing::debug!(topic, subscription, "created subscription");
             if let Ok(mut created) = self.created.lock() {
@@ -540,13 +524,22 @@ fn creation<T>(
     }
 }
 
-/// `what` (`topic orders`) is gone and the credentials may not create it again.
-fn not_allowed_again(what: &str, denied: google_cloud_gax::error::Error) -> Error {
-    rpc_error(
-        denied,
-        "create",
-        format!("{what} does not exist (any more) and these credentials may not create it"),
-    )
+/// What a creation the credentials were not allowed means for `what` (`topic orders`): on first
+/// use, that it is managed elsewhere (`Existed`, see the module docs); when `repair`ing what
+/// the service lost, that it is gone and may not be created again (an error).
+fn allowed(created: Creation, what: &str, repair: bool) -> Result<Creation> {
+    match created {
+        Creation::NotAllowed(denied) if repair => Err(rpc_error(
+            denied,
+            "create",
+            format!("{what} does not exist (any more) and these credentials may not create it"),
+        )),
+        Creation::NotAllowed(_) => {
+            tracing::debug!(what, "not allowed to create it; taking it as existing");
+            Ok(Creation::Existed)
+        }
+        other => Ok(other),
+    }
 }
 
 /// The outcome of looking up `what` (`topic orders`) with auto-provisioning off: `NotFound`
