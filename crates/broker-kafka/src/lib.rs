@@ -25,9 +25,11 @@
 //!   every `auto.commit.interval.ms` (5 s by default), when partitions are revoked (sent
 //!   from the rebalance callback without waiting for the answer, which would block the
 //!   reading task: a new owner that fetches its position first gets some messages again) and
-//!   synchronously when a subscription closes. A crash, a dropped delivery or a rebalance means
-//!   redelivery, never loss; acknowledgements of partitions this member no longer owns are
-//!   ignored (the new owner gets those messages again). The same applies to `at_most_once`:
+//!   synchronously when a subscription closes (a final commit the group refuses, as after
+//!   a broker restart took this member out of it, is logged and its messages delivered again:
+//!   close itself succeeds, as Kafka's own consumer does). A crash, a dropped delivery or a
+//!   rebalance means redelivery, never loss; acknowledgements of partitions this member no
+//!   longer owns are ignored (the new owner gets those messages again). The same applies to `at_most_once`:
 //!   a value is never yielded twice by a running subscription, but after a crash the group gets
 //!   again what was acknowledged since the last commit (up to `auto.commit.interval.ms`).
 //! - Records written by other programs are delivered whatever their headers: a header whose

@@ -70,7 +70,8 @@ impl DeadLetters {
     /// With auto-provisioning on, the dead-letter topic is created on first use, with the
     /// group as its reader, so that dead letters are kept even on brokers that only keep
     /// messages for existing groups; with it off, a dead-letter topic that was not declared
-    /// fails the publish (`NotFound`). Temporary failures are retried a few times with backoff.
+    /// fails the publish (`NotFound`). Temporary failures, of the creation as of the publish,
+    /// are retried a few times with backoff.
     pub async fn publish(
         &self,
         payload: bytes::Bytes,
@@ -78,22 +79,10 @@ impl DeadLetters {
         reason: &str,
         attempts: u32,
     ) -> Result<()> {
-        if self.backend.auto_provision() {
-            self.provisioned
-                .get_or_try_init(|| async {
-                    let spec = TopicSpec::new(&*self.topic).group(&*self.group);
-                    self.backend.ensure_topic(&spec).await
-                })
-                .await?;
-        }
         let message = self.message(payload, metadata, reason, attempts);
         let mut attempt = 1;
         loop {
-            let result = match self.backend.send(&self.topic, message.clone()).await {
-                Ok(confirmation) => confirmation.await.map(drop),
-                Err(e) => Err(e),
-            };
-            match result {
+            match self.publish_once(&message).await {
                 Err(e) if e.is_temporary() && attempt < PUBLISH_ATTEMPTS => {
                     tracing::warn!(topic = %self.topic, attempt, error = %e, "dead letter not published yet, retrying");
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
@@ -102,6 +91,23 @@ impl DeadLetters {
                 other => return other,
             }
         }
+    }
+
+    /// Creates the dead-letter topic if that is still to do, then publishes `message` once.
+    async fn publish_once(&self, message: &Message) -> Result<()> {
+        if self.backend.auto_provision() {
+            self.provisioned
+                .get_or_try_init(|| async {
+                    let spec = TopicSpec::new(&*self.topic).group(&*self.group);
+                    self.backend.ensure_topic(&spec).await
+                })
+                .await?;
+        }
+        self.backend
+            .send(&self.topic, message.clone())
+            .await?
+            .await
+            .map(drop)
     }
 
     fn message(
