@@ -18,7 +18,7 @@ use broker_rabbitmq::lapin::options::{
 };
 use broker_rabbitmq::lapin::{BasicProperties, Connection, ConnectionProperties};
 use broker_rabbitmq::{QueueType, RabbitMqBackend, RabbitMqConfig};
-use broker_testkit::support::{fresh_topic, run_case, unique, Inbox};
+use broker_testkit::support::{fresh_topic, next_within, run_case, unique, Inbox};
 use broker_testkit::{live, Harness, NoRestart};
 use futures::StreamExt;
 
@@ -204,6 +204,28 @@ async fn unroutable_publish_is_an_error() {
             let outcome = confirmation.await;
             assert_eq!(outcome.is_ok(), ok, "{outcome:?}");
         }
+        // A burst, every other message unroutable: a returned message may reach lapin's
+        // confirm of another publish (it pairs them with the confirms of a multiple ack in any
+        // order); each publish must still get its own answer.
+        let mut burst = Vec::new();
+        for i in 0..1000 {
+            let topic = if i % 2 == 0 { &lonely } else { &routed };
+            burst.push((
+                i % 2 == 1,
+                broker
+                    .publisher(topic)
+                    .send(&format!("burst-{i}"))
+                    .await
+                    .expect("send"),
+            ));
+        }
+        let mut wrong = 0;
+        for (ok, confirmation) in burst {
+            if confirmation.await.is_ok() != ok {
+                wrong += 1;
+            }
+        }
+        assert_eq!(wrong, 0, "publishes of the burst with the wrong answer");
         broker.close().await.expect("close");
     })
     .await;
@@ -361,8 +383,10 @@ async fn missing_topology_is_not_found_without_auto_provisioning() {
 }
 
 /// An exchange deleted behind the publisher's back: the broker closes the confirm channel; the
-/// publish fails (NotFound without auto-provisioning, unroutable with it, since the group's
-/// binding went with the exchange), and the channel is reopened for the next publishes.
+/// publish fails (NotFound without auto-provisioning, unroutable with it when this process did
+/// not declare the group, since its binding went with the exchange), and the channel is
+/// reopened for the next publishes. A process that declared the group binds it again, and the
+/// publish goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleted_exchange_closes_only_its_publish() {
     let Some(harness) = shared().await else {
@@ -406,6 +430,32 @@ async fn deleted_exchange_closes_only_its_publish() {
             backend.close().await.expect("close");
         }
         provisioning.close().await.expect("close");
+
+        let declaring = backend(&harness.live.address, true).await.expect("connect");
+        let restored = unique("restored");
+        declaring
+            .ensure_topic(&TopicSpec::new(&restored).group("g"))
+            .await
+            .expect("declare");
+        send(&declaring, &restored, Message::new("first"))
+            .await
+            .expect("first publish");
+        delete_exchange(&harness.live.address, &restored).await;
+        send(&declaring, &restored, Message::new("second"))
+            .await
+            .expect("published again once the exchange and its binding were declared again");
+        let mut stream = declaring
+            .subscribe(SubscribeRequest::new(&restored, "g"))
+            .await
+            .expect("subscribe");
+        for expected in ["first", "second"] {
+            let delivery = next_within(&mut stream, harness.patience()).await;
+            assert_eq!(&delivery.payload[..], expected.as_bytes());
+            delivery.ack().await.expect("ack");
+        }
+        stream.close().await.expect("close the stream");
+        declaring.delete_topic(&restored).await.expect("delete");
+        declaring.close().await.expect("close");
     })
     .await;
 }

@@ -97,6 +97,12 @@ impl Topology {
         }
         if self.auto_provision {
             declare_exchange(channel, topic, false).await?;
+            // Declared again after it was deleted behind this process's back: its bindings
+            // went with it; the group queues declared here are bound again.
+            for queue in self.declared_queues_of(topic) {
+                self.declare_queue(channel, &queue).await?;
+                bind(channel, &queue, topic).await?;
+            }
             self.known().declared_exchanges.insert(topic.to_owned());
         } else {
             declare_exchange(channel, topic, true).await?;
@@ -275,7 +281,26 @@ impl Topology {
         Ok(())
     }
 
-    /// Forgets the topic's exchange and queues (deleted, or found missing).
+    /// The group queues of `topic` this process declared.
+    fn declared_queues_of(&self, topic: &str) -> Vec<ShortString> {
+        self.known()
+            .declared_queues
+            .iter()
+            .filter(|(_, t)| t.as_str() == topic)
+            .map(|(queue, _)| ShortString::from(queue.as_str()))
+            .collect()
+    }
+
+    /// The topic's exchange was found missing (deleted behind this process's back): it is
+    /// declared, or checked, again on next use; the group queues declared here are kept, to be
+    /// bound again.
+    pub(crate) fn exchange_lost(&self, topic: &str) {
+        let mut known = self.known();
+        known.declared_exchanges.remove(topic);
+        known.verified_exchanges.remove(topic);
+    }
+
+    /// Forgets the topic's exchange and queues (deleted by this process).
     pub(crate) fn forget_topic(&self, topic: &str) {
         let mut known = self.known();
         known.declared_exchanges.remove(topic);

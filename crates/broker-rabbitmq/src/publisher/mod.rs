@@ -203,15 +203,27 @@ impl Shared {
             .cloned()
     }
 
-    /// Forgets the topic's route (returned, for its channel to be closed) and exchange.
+    /// Forgets the topic's route (returned, for its channel to be closed), exchange and
+    /// queues: the topic was deleted.
     fn forget(&self, topic: &str) -> Option<Arc<Route>> {
-        let route = self
-            .routes
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(topic);
+        let route = self.drop_route(topic);
         self.topology.forget_topic(topic);
         route
+    }
+
+    /// The topic's exchange is gone although this process did not delete it: the next publish
+    /// opens a new route and declares the exchange again (binding the group queues declared
+    /// here) or, with auto-provisioning off, checks it.
+    fn exchange_lost(&self, topic: &str) {
+        self.drop_route(topic);
+        self.topology.exchange_lost(topic);
+    }
+
+    fn drop_route(&self, topic: &str) -> Option<Arc<Route>> {
+        self.routes
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(topic)
     }
 
     async fn send_slowly(

@@ -207,7 +207,8 @@ impl Pending {
     /// The error of this publish when the broker closed the channel because of it (the exchange
     /// is missing and may not be created, publishing to it is not allowed, the message is too
     /// large); `None` when the failure is not this message's fault and it can be published
-    /// again. A deleted exchange is declared again when auto-provisioning is on.
+    /// again. A deleted exchange is declared again when auto-provisioning is on, with the
+    /// bindings of the group queues this process declared, and the message published again.
     async fn own_fault(&self, failure: &lapin::Error) -> Option<Error> {
         let amqp = error::amqp_error(failure)?;
         let text = amqp.get_message().as_str();
@@ -216,7 +217,7 @@ impl Pending {
         match amqp.get_id() {
             reply_code::NOT_FOUND if names_exchange => {
                 // The broker closed the channel with this error: there is none to close.
-                drop(self.shared.forget(exchange));
+                self.shared.exchange_lost(exchange);
                 if self.shared.auto_provision {
                     let deadline = Instant::now() + self.shared.retry_timeout;
                     let reopening = self.shared.route_or_open(exchange, deadline);
