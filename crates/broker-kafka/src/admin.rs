@@ -72,9 +72,14 @@ impl Admin {
             .await
             .map_err(|e| from_kafka("ensure topic", format!("creating topic {name} failed"), e))?;
         for result in results {
-            match result {
-                Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-                Err((topic, code)) => {
+            let (topic, code) = match result {
+                Ok(_) => continue,
+                Err(refused) => refused,
+            };
+            match creation_refusal(code) {
+                Refusal::Exists => {}
+                Refusal::NotAllowed => self.usable_without_creating(name, code).await?,
+                Refusal::Failed => {
                     return Err(from_kafka(
                         "ensure topic",
                         format!("the broker refused to create topic {topic}"),
@@ -84,6 +89,30 @@ impl Admin {
             }
         }
         self.wait_ready(name).await
+    }
+
+    /// After a creation refused as not authorized: Kafka checks the CREATE permission before
+    /// it looks whether the topic exists, so credentials that may use a topic but not create it
+    /// hear "not authorized" for a topic that exists. Fine when it exists; a `NotFound` error
+    /// naming the topic and the permission when it does not.
+    async fn usable_without_creating(
+        self: &Arc<Self>,
+        name: &str,
+        code: RDKafkaErrorCode,
+    ) -> Result<()> {
+        match self.topic_state(name).await? {
+            TopicState::Ready(_) | TopicState::Pending => Ok(()),
+            TopicState::Missing => Err(Error::new(
+                ErrorKind::NotFound,
+                format!(
+                    "topic {name} does not exist and these credentials may not create it \
+                     ({code}): create it beforehand, or grant CREATE on it"
+                ),
+            )
+            .backend(BACKEND)
+            .operation("ensure topic")
+            .source(KafkaError::AdminOp(code))),
+        }
     }
 
     /// Waits until `name` has a leader for every partition (new topics take a moment).
@@ -173,6 +202,26 @@ impl Admin {
     }
 }
 
+/// What a refused topic creation means.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// The topic exists already.
+    Exists,
+    /// These credentials may not create topics; the topic may exist all the same.
+    NotAllowed,
+    /// The creation failed.
+    Failed,
+}
+
+fn creation_refusal(code: RDKafkaErrorCode) -> Refusal {
+    match code {
+        RDKafkaErrorCode::TopicAlreadyExists => Refusal::Exists,
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed => Refusal::NotAllowed,
+        _ => Refusal::Failed,
+    }
+}
+
 /// Reads one topic's state out of a metadata answer.
 pub(crate) fn topic_state(metadata: &Metadata, name: &str) -> TopicState {
     let Some(topic) = metadata.topics().iter().find(|t| t.name() == name) else {
@@ -190,5 +239,32 @@ pub(crate) fn topic_state(metadata: &Metadata, name: &str) -> TopicState {
             TopicState::Pending
         }
         None => TopicState::Ready(topic.partitions().iter().map(|p| p.id()).collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_creation_refused_as_not_authorized_looks_the_topic_up() {
+        // Least-privilege credentials (WRITE and READ, no CREATE) on a topic that exists.
+        for code in [
+            RDKafkaErrorCode::TopicAuthorizationFailed,
+            RDKafkaErrorCode::ClusterAuthorizationFailed,
+        ] {
+            assert_eq!(creation_refusal(code), Refusal::NotAllowed, "{code}");
+        }
+        assert_eq!(
+            creation_refusal(RDKafkaErrorCode::TopicAlreadyExists),
+            Refusal::Exists
+        );
+        for code in [
+            RDKafkaErrorCode::InvalidReplicationFactor,
+            RDKafkaErrorCode::PolicyViolation,
+            RDKafkaErrorCode::InvalidTopic,
+        ] {
+            assert_eq!(creation_refusal(code), Refusal::Failed, "{code}");
+        }
     }
 }

@@ -6,7 +6,7 @@
 //!
 //! | API | Kafka |
 //! | --- | --- |
-//! | topic | topic (created through the admin API when auto-provisioning is on) |
+//! | topic | topic (created through the admin API when auto-provisioning is on; credentials without the CREATE permission use the topics that exist) |
 //! | group | consumer group (`group.id`) |
 //! | key | record key: same key, same partition, so same-key messages stay in order |
 //! | headers | record headers (UTF-8 values) |
