@@ -3,9 +3,11 @@
 use std::fmt;
 use std::sync::Arc;
 
+use tokio::sync::OnceCell;
+
 use crate::backend::{Backend, SharedBackend, TopicSpec};
 use crate::capabilities::Capabilities;
-use crate::error::Result;
+use crate::error::{Error, ErrorKind, Result};
 use crate::naming::validate_name;
 use crate::publisher::Publisher;
 use crate::runner::Registry;
@@ -24,6 +26,9 @@ pub struct Broker {
     defaults: Arc<SubscriberSettings>,
     /// The `at_least_once` subscriptions started from this handle and its clones.
     running: Registry,
+    /// How the first close went, shared by the clones: later and concurrent closes wait for
+    /// it and report it.
+    closed: Arc<OnceCell<std::result::Result<(), (ErrorKind, String)>>>,
 }
 
 impl Broker {
@@ -38,6 +43,7 @@ impl Broker {
             backend,
             defaults: Arc::new(SubscriberSettings::default()),
             running: Registry::default(),
+            closed: Arc::default(),
         }
     }
 
@@ -114,9 +120,35 @@ impl Broker {
     /// subscription gives it up after the shutdown timeout, and with it the close. Such a
     /// handler (a "shut down" command) spawns the close instead:
     /// `tokio::spawn(async move { broker.close().await })`.
+    ///
+    /// Closing again, from this handle or a clone, waits until the first close is done and
+    /// reports how it went: a process that closes from a signal handler and from `main` exits
+    /// only once pending publishes are flushed.
     pub async fn close(&self) -> Result<()> {
-        self.running.close_all().await;
-        self.backend.close().await
+        let mut own = None;
+        let outcome = self
+            .closed
+            .get_or_init(|| async {
+                self.running.close_all().await;
+                let result = self.backend.close().await;
+                let outcome = match &result {
+                    Ok(()) => Ok(()),
+                    Err(e) => Err((e.kind(), e.to_string())),
+                };
+                own = Some(result);
+                outcome
+            })
+            .await;
+        match (own, outcome) {
+            (Some(result), _) => result,
+            (None, Ok(())) => Ok(()),
+            (None, Err((kind, text))) => Err(Error::new(
+                *kind,
+                format!("closing the broker failed (in another call): {text}"),
+            )
+            .backend(self.backend.kind())
+            .operation("close")),
+        }
     }
 }
 

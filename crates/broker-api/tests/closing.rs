@@ -4,6 +4,7 @@
 //! acknowledgements of the handlers still finishing.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -12,7 +13,7 @@ use async_trait::async_trait;
 use broker_api::completion::{self, Completion};
 use broker_api::{
     Backend, BoxDeliveryStream, Broker, Capabilities, Confirmation, Delivery, DeliveryStream,
-    Error, HandlerResult, Message, Metadata, Received, Result, Settle, SettleOnce,
+    Error, ErrorKind, HandlerResult, Message, Metadata, Received, Result, Settle, SettleOnce,
     SubscribeRequest, Topic, TopicSpec,
 };
 use bytes::Bytes;
@@ -172,5 +173,93 @@ async fn intake_stops_before_waiting_deliveries_are_dropped() {
         ["intake stopped", "second rejected", "first acked", "closed"],
         "the stream hears that intake stopped before the waiting delivery is dropped, and the \
          running handler's message is acknowledged"
+    );
+}
+
+/// A backend whose close takes a while and fails; closing it again returns at once, as the
+/// backends' own closes do.
+#[derive(Debug, Default)]
+struct SlowFailingClose {
+    closes: AtomicU32,
+    finished: AtomicBool,
+}
+
+#[async_trait]
+impl Backend for SlowFailingClose {
+    fn kind(&self) -> &'static str {
+        "slow-failing-close"
+    }
+
+    fn endpoint(&self) -> String {
+        "test".to_owned()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
+
+    fn send<'a>(&'a self, _topic: &'a str, _message: Message) -> Completion<'a, Confirmation> {
+        completion::ready(Err(Error::unsupported("this backend only closes")))
+    }
+
+    async fn subscribe(&self, _request: SubscribeRequest) -> Result<BoxDeliveryStream> {
+        Err(Error::unsupported("this backend only closes"))
+    }
+
+    async fn ensure_topic(&self, _spec: &TopicSpec) -> Result<()> {
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        if self.closes.fetch_add(1, Ordering::SeqCst) > 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.finished.store(true, Ordering::SeqCst);
+        Err(Error::new(
+            ErrorKind::Timeout,
+            "2 pending publishes not confirmed",
+        ))
+    }
+}
+
+#[tokio::test]
+async fn a_second_close_waits_for_the_first_and_reports_it() {
+    let backend = Arc::new(SlowFailingClose::default());
+    let broker = Broker::from_shared(backend.clone());
+    let clone = broker.clone();
+    let (first, (second, finished_before_second)) = tokio::join!(broker.close(), async {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = clone.close().await;
+        (second, backend.finished.load(Ordering::SeqCst))
+    });
+    let first = first.expect_err("the first close fails");
+    assert!(
+        first
+            .to_string()
+            .contains("2 pending publishes not confirmed"),
+        "{first}"
+    );
+    assert!(
+        finished_before_second,
+        "the second close returned before the first finished"
+    );
+    let second = second.expect_err("the second close reports the first one's failure");
+    assert_eq!(second.kind(), ErrorKind::Timeout);
+    assert!(
+        second
+            .to_string()
+            .contains("2 pending publishes not confirmed"),
+        "{second}"
+    );
+    let later = broker
+        .close()
+        .await
+        .expect_err("a later close reports it too");
+    assert_eq!(later.kind(), ErrorKind::Timeout);
+    assert_eq!(
+        backend.closes.load(Ordering::SeqCst),
+        1,
+        "the backend is closed once"
     );
 }
