@@ -24,7 +24,7 @@ use rdkafka::Message as _;
 use sharded_slab::{Clear, Pool};
 
 use crate::context::ClientLog;
-use crate::error::{from_kafka, BACKEND};
+use crate::error::{from_kafka, kind_of, BACKEND};
 use crate::provision::Provisioner;
 
 /// The confirmations of the messages a producer has in flight, by key.
@@ -189,13 +189,32 @@ impl Deliveries {
                         topics.forget(topic);
                     }
                 }
+                let fate = fate(code);
                 from_kafka(
                     "publish",
-                    format!("message {id} to topic {topic} was not confirmed by the broker"),
+                    format!("message {id} to topic {topic} was not confirmed by the broker{fate}"),
                     error.clone(),
                 )
             }
         }
+    }
+}
+
+/// What a failed delivery's error code says about the message: one that timed out, lost its
+/// connection or was purged at close may have been written before its answer was lost (a
+/// purged message may have been sent once and queued again for a retry), so sending it again
+/// may store it twice.
+fn fate(code: Option<RDKafkaErrorCode>) -> &'static str {
+    let unknown = code.map(kind_of).is_some_and(|kind| {
+        matches!(
+            kind,
+            ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::Closed
+        )
+    });
+    if unknown {
+        "; it may or may not have been stored"
+    } else {
+        ""
     }
 }
 

@@ -393,3 +393,37 @@ async fn a_full_producer_queue_makes_send_wait_not_fail() {
     assert_eq!(offsets, (1..200).collect::<Vec<i64>>(), "in send order");
     backend.close().await.unwrap();
 }
+
+/// A message whose answer does not come within the delivery timeout may have been written: the
+/// error says so, for a caller deciding whether to send it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timed_out_publish_says_it_may_have_been_stored() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("slow", 1, 1).unwrap();
+    init_logs();
+    let config = KafkaConfig {
+        delivery_timeout: Duration::from_secs(1),
+        ..config(&cluster)
+    };
+    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
+        .await
+        .expect("connect to the mock cluster");
+    publish(&backend, "slow", Message::new("m0")).await;
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(3))
+        .unwrap();
+    let error = backend
+        .send("slow", Message::new("late").with_id("late-1"))
+        .await
+        .expect("queued")
+        .await
+        .expect_err("no answer within the delivery timeout");
+    assert_eq!(error.kind(), ErrorKind::Timeout, "{error}");
+    let text = error.to_string();
+    assert!(
+        text.contains("message late-1 to topic slow was not confirmed by the broker; it may or may not have been stored"),
+        "{text}"
+    );
+    cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    backend.close().await.unwrap();
+}
