@@ -110,7 +110,7 @@ impl Pending {
                 return Err(own);
             }
             if self.shared.link.is_closed() {
-                return Err(error::closed("publish"));
+                return Err(self.unconfirmed(error::closed("publish")));
             }
             if Instant::now() >= deadline {
                 return Err(error::from_lapin(
@@ -136,7 +136,8 @@ impl Pending {
             channel = self
                 .route
                 .channel(&self.shared, Some(channel.serial), deadline)
-                .await?;
+                .await
+                .map_err(|e| self.unconfirmed(e))?;
             channel.check_header_fits(&self.message)?;
             match self.publish_once(&channel, prepare(&self.message)?).await {
                 Ok(confirmed) => return self.settle(confirmed),
@@ -175,6 +176,22 @@ impl Pending {
             message_id: self.message.id.clone(),
             position: Position::Unknown,
         })
+    }
+
+    /// This publish's error when it could not be published again after its first attempt
+    /// (no channel before the deadline, the backend closed): the first may have been stored.
+    fn unconfirmed(&self, cause: Error) -> Error {
+        Error::new(
+            cause.kind(),
+            format!(
+                "message {} was not confirmed by RabbitMQ and could not be published again; it \
+                 may or may not have been stored",
+                self.message.id
+            ),
+        )
+        .backend(BACKEND)
+        .operation("publish")
+        .source(cause)
     }
 
     fn unroutable(&self, code: u16, text: &str) -> Error {
