@@ -134,9 +134,11 @@ pub(crate) fn redact<'a>(name: &str, value: &'a str) -> &'a str {
 /// The librdkafka property that caps a message's size, and its librdkafka default.
 const MESSAGE_MAX_BYTES: (&str, usize) = ("message.max.bytes", 1_000_000);
 
-/// Room kept, below `message.max.bytes`, for the key, the headers and the record framing when
-/// the largest payload is announced.
-pub(crate) const PAYLOAD_HEADROOM: usize = 1024;
+/// Room kept, below `message.max.bytes`, when the largest payload is announced: 1 KiB for the
+/// key, the headers and the record framing, and 2 KiB for the headers a dead letter adds (a
+/// reason of up to 900 bytes, the topic's and the group's names), so that a message that
+/// fails its handler can always be dead-lettered.
+pub(crate) const PAYLOAD_HEADROOM: usize = 3 * 1024;
 
 /// Messages librdkafka keeps prefetched per unsettled delivery a subscription may hold.
 pub const PREFETCH_MESSAGES_PER_IN_FLIGHT: usize = 16;
@@ -237,8 +239,9 @@ impl KafkaConfig {
             .unwrap_or(MESSAGE_MAX_BYTES.1)
     }
 
-    /// The largest payload accepted: `message.max.bytes` less [`PAYLOAD_HEADROOM`] for the
-    /// key, the headers and the record framing, so that every payload up to it fits.
+    /// The largest payload accepted: `message.max.bytes` less [`PAYLOAD_HEADROOM`], so that
+    /// every payload up to it fits, with a key and headers of up to 1 KiB, and so does its
+    /// dead letter.
     pub(crate) fn max_payload_bytes(&self) -> usize {
         self.message_max_bytes().saturating_sub(PAYLOAD_HEADROOM)
     }

@@ -111,7 +111,8 @@ pub(crate) fn payload_too_large(
         ErrorKind::Rejected,
         format!(
             "payload of {size} bytes to topic {topic} is larger than the limit of {limit} bytes \
-             (message.max.bytes = {message_max_bytes}, less {} bytes kept for key and headers)",
+             (message.max.bytes = {message_max_bytes}, less {} bytes kept for key, headers and \
+             a dead letter's headers)",
             message_max_bytes - limit
         ),
     )

@@ -84,7 +84,8 @@ impl Publisher {
         })
     }
 
-    /// The largest payload accepted: `message.max.bytes` less room for key and headers.
+    /// The largest payload accepted: `message.max.bytes` less room for key and headers, and a
+    /// dead letter's headers.
     pub(crate) fn max_payload_bytes(&self) -> usize {
         self.max_payload_bytes
     }

@@ -427,3 +427,50 @@ async fn a_timed_out_publish_says_it_may_have_been_stored() {
     cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
     backend.close().await.unwrap();
 }
+
+/// The largest payload the backend accepts fits in a dead letter too, with the longest reason
+/// and the longest topic and group names: a message that fails its handler is never stuck
+/// because its dead letter is too large to publish.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_largest_payload_can_be_dead_lettered() {
+    let cluster = MockCluster::new(1).unwrap();
+    let topic = format!("big-{}", "t".repeat(196));
+    let group = "g".repeat(200);
+    let dead_letters = format!("{topic}.{group}.dlq");
+    cluster.create_topic(&topic, 1, 1).unwrap();
+    cluster.create_topic(&dead_letters, 1, 1).unwrap();
+    let backend = connect(&cluster).await;
+    let largest = backend
+        .capabilities()
+        .max_payload_bytes
+        .expect("a payload limit");
+    let broker = Broker::new(backend);
+    let bytes = broker_api::Topic::bytes(topic.clone());
+    let message = Message::new(vec![7u8; largest])
+        .with_key("k".repeat(200))
+        .with_header("trace", "t".repeat(200));
+    broker
+        .publisher(&bytes)
+        .publish_message(message)
+        .await
+        .expect("the largest payload is published");
+    let running = broker
+        .subscriber(&bytes, group.clone())
+        .retry(broker_testkit::support::fast_retry(1))
+        .at_least_once(|_: broker_api::Received<bytes::Bytes>| async {
+            Err::<(), _>(broker_api::HandlerError::from("e".repeat(2000)))
+        })
+        .await
+        .unwrap();
+    let mut letters = broker
+        .backend()
+        .subscribe(SubscribeRequest::new(dead_letters.clone(), "reader"))
+        .await
+        .unwrap();
+    let letter = next_within(&mut letters, PATIENCE).await;
+    assert_eq!(letter.payload.len(), largest);
+    letter.ack().await.unwrap();
+    letters.close().await.unwrap();
+    running.close().await.expect("the subscription ran on");
+    broker.close().await.unwrap();
+}
