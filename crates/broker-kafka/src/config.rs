@@ -62,7 +62,8 @@ pub struct KafkaConfig {
     pub connect_timeout: Duration,
     /// How long a published message may take to be confirmed, retries included, before its
     /// confirmation fails with a [`Timeout`](broker_api::ErrorKind::Timeout) error
-    /// (librdkafka's `message.timeout.ms`; a `properties` entry wins). Transient failures such
+    /// (librdkafka's `message.timeout.ms`; a `properties` entry of it or of its alias
+    /// `delivery.timeout.ms` wins, and must not be 0, no limit). Transient failures such
     /// as a broker restart are retried by librdkafka within this time, counted from when the
     /// message is in librdkafka's queue: a send that finds the queue full (a long outage)
     /// first waits up to this long for room, then fails with `Timeout`. Default 60 s.
@@ -133,6 +134,9 @@ pub(crate) fn redact<'a>(name: &str, value: &'a str) -> &'a str {
 
 /// The librdkafka property that caps a message's size, and its librdkafka default.
 const MESSAGE_MAX_BYTES: (&str, usize) = ("message.max.bytes", 1_000_000);
+
+/// librdkafka's names of the delivery timeout, in the order properties are applied.
+const DELIVERY_TIMEOUT_PROPERTIES: [&str; 2] = ["delivery.timeout.ms", "message.timeout.ms"];
 
 /// Room kept, below `message.max.bytes`, when the largest payload is announced: 1 KiB for the
 /// key, the headers and the record framing, and 2 KiB for the headers a dead letter adds (a
@@ -208,6 +212,15 @@ impl KafkaConfig {
                  default",
             ));
         }
+        if let Some((name, value)) = self.delivery_timeout_property() {
+            if value.trim().parse::<u64>().map_or(true, |ms| ms == 0) {
+                return Err(Error::config(format!(
+                    "kafka.properties.\"{name}\" = {value:?}: expected a positive number of \
+                     milliseconds (0, no limit, would leave confirmations pending for ever while \
+                     the cluster is unreachable)"
+                )));
+            }
+        }
         if let Some(value) = self.properties.get(MESSAGE_MAX_BYTES.0) {
             if value.trim().parse::<usize>().is_err() {
                 return Err(Error::config(format!(
@@ -248,10 +261,19 @@ impl KafkaConfig {
 
     /// The effective `message.timeout.ms` as a duration.
     pub(crate) fn effective_delivery_timeout(&self) -> Duration {
-        self.properties
-            .get("message.timeout.ms")
-            .and_then(|v| v.trim().parse().ok())
+        self.delivery_timeout_property()
+            .and_then(|(_, v)| v.trim().parse().ok())
             .map_or(self.delivery_timeout, Duration::from_millis)
+    }
+
+    /// The property that sets librdkafka's delivery timeout, if any, with its value: properties
+    /// are applied in name order, so `message.timeout.ms` wins over its alias
+    /// `delivery.timeout.ms`.
+    fn delivery_timeout_property(&self) -> Option<(&'static str, &str)> {
+        DELIVERY_TIMEOUT_PROPERTIES
+            .into_iter()
+            .rev()
+            .find_map(|name| Some((name, self.properties.get(name)?.as_str())))
     }
 
     fn base_config(&self) -> ClientConfig {
@@ -411,6 +433,34 @@ mod tests {
         assert_eq!(
             config.effective_delivery_timeout(),
             Duration::from_millis(5000)
+        );
+    }
+
+    #[test]
+    fn the_delivery_timeout_follows_either_property_name_and_is_bounded() {
+        let mut config = KafkaConfig::default();
+        config
+            .properties
+            .insert("delivery.timeout.ms".into(), "7000".into());
+        assert_eq!(
+            config.effective_delivery_timeout(),
+            Duration::from_millis(7000)
+        );
+        config
+            .properties
+            .insert("message.timeout.ms".into(), "5000".into());
+        assert_eq!(
+            config.effective_delivery_timeout(),
+            Duration::from_millis(5000),
+            "applied last, message.timeout.ms wins"
+        );
+        config
+            .properties
+            .insert("message.timeout.ms".into(), "0".into());
+        let error = config.validate().expect_err("no limit is refused");
+        assert!(
+            error.to_string().contains("\"message.timeout.ms\" = \"0\""),
+            "{error}"
         );
     }
 
