@@ -647,6 +647,7 @@ async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
             uri: harness.live.address.clone(),
             confirm_window: 2,
             close_timeout: Duration::from_secs(1),
+            retry_timeout: Duration::from_secs(2),
             ..RabbitMqConfig::default()
         };
         let backend = RabbitMqBackend::connect(config, ConnectOptions::default())
@@ -657,6 +658,12 @@ async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
         let topic = broker_api::Topic::text(name.as_str());
         let publisher = broker.publisher(&topic);
         publisher
+            .publish(&"before".to_owned())
+            .await
+            .expect("published before the alarm");
+        let doomed = fresh_topic(&broker, "alarm-doomed", &["g"]).await;
+        broker
+            .publisher(&broker_api::Topic::text(doomed.as_str()))
             .publish(&"before".to_owned())
             .await
             .expect("published before the alarm");
@@ -677,6 +684,15 @@ async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
             let held = tokio::time::timeout(Duration::from_millis(100), &mut in_window[0])
                 .await
                 .is_err();
+            // Deleting a topic: the broker does not read the deletion (it fails after
+            // retry_timeout), nor the closing of the topic's confirm channel.
+            let deleting = Instant::now();
+            let deleted = tokio::time::timeout(
+                Duration::from_secs(20),
+                broker.backend().delete_topic(&doomed),
+            )
+            .await
+            .map(|_| deleting.elapsed());
             let started = Instant::now();
             let closing = tokio::time::timeout(Duration::from_secs(10), broker.close());
             let (closed, third) = match third_at_once {
@@ -693,6 +709,7 @@ async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
             (
                 waits_for_a_slot,
                 held,
+                deleted,
                 closed,
                 third,
                 settled,
@@ -701,7 +718,12 @@ async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
         }
         .await;
         drop(alarm);
-        let (waits_for_a_slot, held, closed, third, settled, took) = outcome;
+        let (waits_for_a_slot, held, deleted, closed, third, settled, took) = outcome;
+        let deleted = deleted.expect("deleting a topic during the alarm returns");
+        assert!(
+            deleted < Duration::from_secs(12),
+            "deleting took {deleted:?}"
+        );
         assert!(
             held,
             "the alarm did not hold the publish: the case tests nothing"

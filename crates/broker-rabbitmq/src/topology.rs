@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
 
 use broker_api::naming::group_resource;
 use broker_api::{Error, ErrorKind, Result, TopicSpec};
@@ -331,7 +332,8 @@ pub(crate) async fn scratch_channel(connection: &Connection) -> Result<Channel> 
 }
 
 /// Closes a channel this backend is done with and waits for the broker's answer (unless the
-/// broker closed it already, after a refused declaration for instance).
+/// broker closed it already, after a refused declaration for instance), for at most
+/// [`CHANNEL_CLOSE_TIMEOUT`].
 ///
 /// A lapin channel whose last handle is dropped open closes itself in the background; a
 /// connection close that follows closely (`Broker::close` after declaring or deleting a topic)
@@ -342,10 +344,22 @@ pub(crate) async fn close_channel(channel: &Channel, reason: &str) {
     if !channel.status().connected() {
         return;
     }
-    if let Err(e) = channel.close(200, reason.into()).await {
-        tracing::debug!(error = %e, channel = channel.id(), "closing a channel failed");
+    match tokio::time::timeout(CHANNEL_CLOSE_TIMEOUT, channel.close(200, reason.into())).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, channel = channel.id(), "closing a channel failed");
+        }
+        Err(_) => tracing::debug!(
+            channel = channel.id(),
+            "the broker did not confirm closing a channel in time (a resource alarm blocks the \
+             connection?); left to close with the connection"
+        ),
     }
 }
+
+/// How long closing a channel waits for the broker's answer: a connection blocked by a
+/// resource alarm is not read by the broker, so the answer only comes once the alarm clears.
+const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The exchange of `topic`, checked against AMQP's name limit.
 fn exchange_name(topic: &str) -> Result<ShortString> {
