@@ -206,6 +206,23 @@ impl Publisher {
             .backend(BACKEND)
             .operation("publish")
             .source(error),
+            Some(RDKafkaErrorCode::Fatal) => {
+                let cause = self.producer.client().fatal_error().map_or_else(
+                    || "no reason given".to_owned(),
+                    |(code, reason)| format!("{code}: {reason}"),
+                );
+                Error::new(
+                    ErrorKind::Rejected,
+                    format!(
+                        "message {} to topic {topic} was not sent: the producer stopped for \
+                         good after a fatal error ({cause}); connect the backend again",
+                        message.id
+                    ),
+                )
+                .backend(BACKEND)
+                .operation("publish")
+                .source(error)
+            }
             _ => from_kafka(
                 "publish",
                 format!("message {} to topic {topic} was not sent", message.id),

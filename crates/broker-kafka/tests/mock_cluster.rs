@@ -13,6 +13,7 @@ use broker_kafka::{KafkaBackend, KafkaConfig};
 use broker_testkit::support::next_within;
 use futures::StreamExt;
 use rdkafka::mocking::MockCluster;
+use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -473,4 +474,38 @@ async fn the_largest_payload_can_be_dead_lettered() {
     letters.close().await.unwrap();
     running.close().await.expect("the subscription ran on");
     broker.close().await.unwrap();
+}
+
+/// After a fatal error librdkafka's idempotent producer sends nothing more (an out-of-order
+/// sequence number the broker reports, for one): every later publish fails saying so, with the
+/// reason, instead of a bare "not sent".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_after_a_fatal_producer_error_say_why() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("fatal", 1, 1).unwrap();
+    let backend = connect(&cluster).await;
+    publish(&backend, "fatal", Message::new("m0")).await;
+    cluster.request_errors(
+        RDKafkaApiKey::Produce,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER],
+    );
+    backend
+        .send("fatal", Message::new("m1"))
+        .await
+        .expect("queued")
+        .await
+        .expect_err("the broker refused the sequence");
+    let later = backend
+        .send("fatal", Message::new("m2").with_id("m2"))
+        .await
+        .expect_err("nothing is sent after a fatal error");
+    let text = later.to_string();
+    assert!(
+        text.contains(
+            "message m2 to topic fatal was not sent: the producer stopped for good \
+             after a fatal error (OutOfOrderSequenceNumber"
+        ),
+        "{text}"
+    );
+    let _ = backend.close().await;
 }
