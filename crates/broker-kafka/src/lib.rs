@@ -94,7 +94,8 @@ use crate::publisher::Publisher;
 /// Made by [`KafkaBackend::connect`]; used through [`broker_api::Broker`]. librdkafka
 /// reconnects by itself: while a broker is away, publishes wait (up to the delivery timeout)
 /// and subscriptions pause, and what happens is logged as warnings under the `librdkafka`
-/// target.
+/// target. The first publish to a topic this backend has not used yet looks the topic up
+/// (or creates it) first, which fails after `connect_timeout` while the cluster is away.
 pub struct KafkaBackend {
     config: KafkaConfig,
     publisher: Arc<Publisher>,
@@ -142,7 +143,10 @@ impl KafkaBackend {
     }
 
     async fn send_slow(&self, topic: &str, message: Message) -> Result<Confirmation> {
-        self.topics.prepare(topic, "publish").await?;
+        self.topics
+            .prepare(topic, "publish")
+            .await
+            .map_err(|e| e.operation("publish"))?;
         self.check_open("publish")?;
         self.publisher.enqueue(topic, message).await
     }

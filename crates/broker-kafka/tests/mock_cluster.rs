@@ -262,6 +262,29 @@ async fn unknown_topic_without_auto_provisioning_is_not_found_at_once() {
     backend.close().await.unwrap();
 }
 
+/// A first publish whose topic cannot be created fails as a publish (the mock cluster has no
+/// CreateTopics API, so every creation fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_creation_on_first_publish_is_a_publish_error() {
+    let cluster = MockCluster::new(1).unwrap();
+    init_logs();
+    let config = KafkaConfig {
+        connect_timeout: Duration::from_secs(2),
+        ..config(&cluster)
+    };
+    let backend = KafkaBackend::connect(config, ConnectOptions::default())
+        .await
+        .expect("connect to the mock cluster");
+    let err = backend
+        .send("never-created", Message::new("x"))
+        .await
+        .err()
+        .expect("the topic cannot be created");
+    assert_eq!(err.operation_name(), "publish", "{err}");
+    assert!(err.to_string().contains("never-created"), "{err}");
+    backend.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_payload_is_rejected_naming_size_and_limit() {
     let cluster = MockCluster::new(1).unwrap();
