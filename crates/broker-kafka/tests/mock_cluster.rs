@@ -278,8 +278,7 @@ async fn a_failed_creation_on_first_publish_is_a_publish_error() {
     let err = backend
         .send("never-created", Message::new("x"))
         .await
-        .err()
-        .expect("the topic cannot be created");
+        .expect_err("the topic cannot be created");
     assert_eq!(err.operation_name(), "publish", "{err}");
     assert!(err.to_string().contains("never-created"), "{err}");
     backend.close().await.unwrap();
