@@ -266,9 +266,19 @@ async fn topics_are_listed_and_deleted_with_their_subscriptions() {
             .await
             .unwrap();
         assert!(backend.list_topics().await.unwrap().contains(&topic));
+        let subscriptions = subscription_admin(&harness.live.address).await;
+        // A declared group keeps its messages however long no member runs: its subscription
+        // never expires (unset, the service deletes it after 31 idle days).
+        let declared = subscriptions
+            .get_subscription()
+            .set_subscription(format!("projects/{PROJECT}/subscriptions/{topic}.a"))
+            .send()
+            .await
+            .expect("the group's subscription");
+        let expiry = declared.expiration_policy.expect("an expiration policy");
+        assert_eq!(expiry.ttl, None, "the subscription expires: {expiry:?}");
         backend.delete_topic(&topic).await.unwrap();
         assert!(!backend.list_topics().await.unwrap().contains(&topic));
-        let subscriptions = subscription_admin(&harness.live.address).await;
         for group in ["a", "b"] {
             let err = subscriptions
                 .get_subscription()

@@ -15,7 +15,7 @@ use broker_api::{Error, ErrorKind, Result};
 use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
-use google_cloud_pubsub::model::PushConfig;
+use google_cloud_pubsub::model::{ExpirationPolicy, PushConfig};
 use google_cloud_pubsub::retry_policy::RetryableErrors;
 
 use crate::error::{is_already_exists, is_not_found, is_permission_denied, rpc_error, BACKEND};
@@ -432,6 +432,9 @@ impl Admin {
             .set_name(self.subscription_path(subscription))
             .set_topic(self.topic_path(topic))
             .set_enable_message_ordering(true)
+            // Unset, the service deletes a subscription after 31 days without a subscriber,
+            // and with it what was published for its group meanwhile; no `ttl` is no expiry.
+            .set_expiration_policy(ExpirationPolicy::new())
             .send()
             .await;
         let created = creation(created).map_err(|e| {

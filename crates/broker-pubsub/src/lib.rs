@@ -27,7 +27,10 @@
 //! the configuration): declare groups that must not miss early messages. So a new group sees
 //! only what is published after it exists, whether it asks for the earliest or the latest
 //! message (capabilities `new_group_reads_history = false`, `start_from_latest = true`).
-//! With auto-provisioning on (the default) topics are created when first published to or
+//! Subscriptions this backend creates never expire (the service's default deletes one after
+//! 31 days without a subscriber, with what was published for its group); the service keeps
+//! a subscription's unacknowledged messages for its message retention duration (7 days by
+//! default). With auto-provisioning on (the default) topics are created when first published to or
 //! subscribed; with it off, a missing topic or subscription is an
 //! [`ErrorKind::NotFound`] error.
 //!
