@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use broker_api::completion::{self, Completion};
 use broker_api::{
     Backend, BoxDeliveryStream, Broker, Capabilities, Confirmation, Delivery, DeliveryStream,
-    Error, ErrorKind, HandlerResult, Message, Metadata, Received, Result, Settle, SettleOnce,
-    SubscribeRequest, Topic, TopicSpec,
+    Error, ErrorKind, HandlerError, HandlerResult, Message, Metadata, Received, Result,
+    RetryPolicy, Settle, SettleOnce, SubscribeRequest, Topic, TopicSpec,
 };
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -30,17 +30,29 @@ fn record(events: &Events, event: String) {
     }
 }
 
-/// A backend whose one subscription hands out `first` and `second`, both with key `k`.
+/// A backend whose one subscription hands out the scripted messages (value and key), in
+/// order, then nothing.
 #[derive(Debug)]
-struct TwoOfOneKey {
+struct ScriptedBackend {
+    script: Vec<(&'static str, Option<&'static str>)>,
     events: Events,
     intake_stopped: Arc<Notify>,
 }
 
+impl ScriptedBackend {
+    fn new(script: &[(&'static str, Option<&'static str>)]) -> Self {
+        ScriptedBackend {
+            script: script.to_vec(),
+            events: Events::default(),
+            intake_stopped: Arc::new(Notify::new()),
+        }
+    }
+}
+
 #[async_trait]
-impl Backend for TwoOfOneKey {
+impl Backend for ScriptedBackend {
     fn kind(&self) -> &'static str {
-        "two-of-one-key"
+        "scripted"
     }
 
     fn endpoint(&self) -> String {
@@ -58,7 +70,7 @@ impl Backend for TwoOfOneKey {
     async fn subscribe(&self, request: SubscribeRequest) -> Result<BoxDeliveryStream> {
         Ok(Box::new(Scripted {
             topic: request.topic.into(),
-            left: vec!["second", "first"],
+            left: self.script.iter().rev().copied().collect(),
             events: self.events.clone(),
             intake_stopped: self.intake_stopped.clone(),
         }))
@@ -75,7 +87,7 @@ impl Backend for TwoOfOneKey {
 
 struct Scripted {
     topic: Arc<str>,
-    left: Vec<&'static str>,
+    left: Vec<(&'static str, Option<&'static str>)>,
     events: Events,
     intake_stopped: Arc<Notify>,
 }
@@ -84,11 +96,11 @@ impl Stream for Scripted {
     type Item = Result<Delivery>;
 
     fn poll_next(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let Some(value) = self.left.pop() else {
+        let Some((value, key)) = self.left.pop() else {
             return Poll::Pending;
         };
         let mut metadata = Metadata::new(self.topic.clone());
-        metadata.key = Some("k".to_owned());
+        metadata.key = key.map(str::to_owned);
         let acker = SettleOnce::boxed(Recorded {
             value,
             events: self.events.clone(),
@@ -124,12 +136,9 @@ impl Settle for Recorded {
 
 #[tokio::test]
 async fn intake_stops_before_waiting_deliveries_are_dropped() {
-    let events = Events::default();
-    let intake_stopped = Arc::new(Notify::new());
-    let broker = Broker::new(TwoOfOneKey {
-        events: events.clone(),
-        intake_stopped: intake_stopped.clone(),
-    });
+    let backend = ScriptedBackend::new(&[("first", Some("k")), ("second", Some("k"))]);
+    let (events, intake_stopped) = (backend.events.clone(), backend.intake_stopped.clone());
+    let broker = Broker::new(backend);
     let topic = Topic::<String>::text("orders");
     let started = Arc::new(Notify::new());
     let finish = Arc::new(Notify::new());
@@ -261,5 +270,126 @@ async fn a_second_close_waits_for_the_first_and_reports_it() {
         backend.closes.load(Ordering::SeqCst),
         1,
         "the backend is closed once"
+    );
+}
+
+fn seen(events: &Events) -> Vec<String> {
+    events
+        .lock()
+        .map(|events| events.clone())
+        .unwrap_or_default()
+}
+
+/// A message that fails for good with dead-lettering off stops the subscription; its delivery
+/// is given back only once intake stopped, so that a handler still finishing keeps its
+/// acknowledgement (Kafka rewinds the partition on a delivery dropped before).
+#[tokio::test]
+async fn a_fatal_failure_gives_its_message_back_after_intake_stopped() {
+    let backend = ScriptedBackend::new(&[("slow", None), ("bad", None)]);
+    let (events, intake_stopped) = (backend.events.clone(), backend.intake_stopped.clone());
+    let broker = Broker::new(backend);
+    let finish = Arc::new(Notify::new());
+    let handler = {
+        let finish = finish.clone();
+        move |message: Received<String>| {
+            let finish = finish.clone();
+            async move {
+                if message.value == "bad" {
+                    return Err(HandlerError::permanent("broken for good"));
+                }
+                finish.notified().await;
+                HandlerResult::Ok(())
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&Topic::<String>::text("orders"), "g")
+        .concurrency(2)
+        .retry(RetryPolicy {
+            dead_letter: false,
+            ..RetryPolicy::default()
+        })
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    let _ = tokio::time::timeout(Duration::from_secs(2), intake_stopped.notified()).await;
+    finish.notify_one();
+    let error = tokio::time::timeout(Duration::from_secs(5), running.join())
+        .await
+        .expect("the subscription ends")
+        .expect_err("the failure stops it");
+    assert!(
+        error.to_string().contains("dead-lettering is off"),
+        "{error}"
+    );
+    assert_eq!(
+        seen(&events),
+        ["intake stopped", "bad rejected", "slow acked", "closed"]
+    );
+}
+
+/// Closing while a message waits out its retry backoff gives it back unsettled, and the next
+/// message of its key does not start, also when the close comes while the runner is
+/// collecting finished handlers (here: another handler closes the broker).
+#[tokio::test]
+async fn an_abandoned_retry_does_not_start_the_next_message_of_its_key() {
+    let backend = ScriptedBackend::new(&[
+        ("first", Some("k")),
+        ("second", Some("k")),
+        ("closer", Some("c")),
+    ]);
+    let events = backend.events.clone();
+    let broker = Broker::new(backend);
+    let (failed, go) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let handler = {
+        let (broker, failed, go) = (broker.clone(), failed.clone(), go.clone());
+        move |message: Received<String>| {
+            let (broker, failed, go) = (broker.clone(), failed.clone(), go.clone());
+            async move {
+                match message.value.as_str() {
+                    "first" => {
+                        failed.notify_one();
+                        Err(HandlerError::from("try again later"))
+                    }
+                    "closer" => {
+                        go.notified().await;
+                        // Requests the stop within this poll, then stays busy.
+                        let _ = broker.close().now_or_never();
+                        std::future::pending::<HandlerResult>().await
+                    }
+                    _ => HandlerResult::Ok(()),
+                }
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&Topic::<String>::text("orders"), "g")
+        .concurrency(4)
+        .shutdown_timeout(Duration::from_millis(200))
+        .retry(RetryPolicy {
+            min_backoff: Duration::from_secs(30),
+            max_backoff: Duration::from_secs(30),
+            ..RetryPolicy::default()
+        })
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    tokio::time::timeout(Duration::from_secs(5), failed.notified())
+        .await
+        .expect("the first message failed once");
+    go.notify_one();
+    tokio::time::timeout(Duration::from_secs(5), running.join())
+        .await
+        .expect("the subscription ends")
+        .expect("closed without error");
+    assert_eq!(
+        seen(&events),
+        [
+            "intake stopped",
+            "second rejected",
+            "first rejected",
+            "closer rejected",
+            "closed"
+        ]
     );
 }

@@ -17,6 +17,7 @@ use super::fair_share::FairShare;
 use super::key_lanes::KeyLanes;
 use super::registry::Registry;
 use super::stop::Stop;
+use crate::acker::Acker;
 use crate::backend::BoxDeliveryStream;
 use crate::completion::Completion;
 use crate::delivery::{Delivery, Metadata};
@@ -82,10 +83,44 @@ impl Failure {
     }
 }
 
+/// How handling one delivery ended: settled (acknowledged, or dead-lettered and
+/// acknowledged), or not.
+type Handled = std::result::Result<(), Unsettled>;
+
+/// A delivery left unsettled: closing abandoned its retries, or it failed for good and could
+/// not be dead-lettered (dead-lettering off, or the dead letter not published), with the error
+/// that stops the subscription.
+///
+/// Its acknowledgement handle comes back to the runner, which drops it (the broker delivers
+/// the message again) only after the stream stopped intake, and never starts the next message
+/// of its key: a backend that rewinds on a dropped delivery (Kafka) would otherwise discard
+/// the acknowledgements of the handlers still finishing, and the key's order would break.
+struct Unsettled {
+    acker: Acker,
+    error: Option<Error>,
+}
+
+impl Unsettled {
+    fn new(delivery: Delivery, error: Option<Error>) -> Self {
+        let (_, _, acker) = delivery.into_parts();
+        Unsettled { acker, error }
+    }
+
+    /// The subscription's outcome once the delivery was given back.
+    fn into_outcome(self) -> Result<()> {
+        self.into_error().map_or(Ok(()), Err)
+    }
+
+    /// Gives the delivery back (drops its handle); returns the error, if any.
+    fn into_error(self) -> Option<Error> {
+        self.error
+    }
+}
+
 /// What one handled delivery left behind.
 struct Finished {
     key: Option<String>,
-    result: Result<()>,
+    handled: Handled,
 }
 
 impl<T: Send + 'static> AtLeastOnce<T> {
@@ -184,10 +219,10 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                         // Closing: let the running handler finish, within the shutdown timeout.
                         let finishing = async {
                             let outcome = attempt.await;
-                            self.conclude(delivery, outcome, handler, closing).await
+                            let handled = self.conclude(delivery, outcome, handler, closing).await;
+                            given_back(stream, handled)
                         };
-                        self.finish_within_timeout(finishing).await?;
-                        return Ok(());
+                        return self.finish_within_timeout(finishing).await;
                     }
                 },
             };
@@ -202,13 +237,17 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             // Retries give up their message when closing begins during a backoff; a retry
             // running then (or dead-lettering) gets the shutdown timeout, as a first attempt.
             let mut retrying = self.retry(delivery, handler, closing, failure);
-            tokio::select! {
+            let retried = tokio::select! {
                 biased;
-                retried = &mut retrying => retried?,
+                retried = &mut retrying => retried,
                 () = closing.cancelled() => {
-                    self.finish_within_timeout(retrying).await?;
-                    return Ok(());
+                    let finishing = async { given_back(stream, retrying.await) };
+                    return self.finish_within_timeout(finishing).await;
                 }
+            };
+            if let Err(unsettled) = retried {
+                stream.stop_intake();
+                return unsettled.into_outcome();
             }
         }
     }
@@ -225,6 +264,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         let mut running = FuturesUnordered::new();
         let mut lanes = KeyLanes::default();
         let mut outcome = Ok(());
+        let mut unsettled = Vec::new();
         let mut fair_share = FairShare::default();
         let start = |delivery: Delivery| {
             let runner = self.clone();
@@ -232,8 +272,8 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             let abandon = abandon.clone();
             async move {
                 let key = delivery.metadata.key.clone();
-                let result = runner.handle(delivery, &*handler, &abandon).await;
-                Finished { key, result }
+                let handled = runner.handle(delivery, &*handler, &abandon).await;
+                Finished { key, handled }
             }
         };
 
@@ -243,9 +283,13 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 biased;
                 () = stop.token().cancelled() => break,
                 Some(finished) = running.next() => {
-                    let Finished { key, result } = finished;
-                    if let Err(e) = result {
-                        outcome = Err(e);
+                    let Finished { key, handled } = finished;
+                    if let Err(left) = handled {
+                        // Abandoned by a close that began meanwhile, or a fatal error: its
+                        // key's next message does not start.
+                        let Unsettled { acker, error } = left;
+                        outcome = error.map_or(Ok(()), Err);
+                        unsettled.push(acker);
                         break;
                     }
                     if let Some(next) = key.and_then(|key| lanes.release(&key)) {
@@ -275,10 +319,11 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             abandon.cancel();
         }
         drop(lanes);
+        drop(unsettled);
         let drain = async {
             let mut first_error = Ok(());
-            while let Some(Finished { result, .. }) = running.next().await {
-                if let Err(e) = result {
+            while let Some(Finished { handled, .. }) = running.next().await {
+                if let Err(Some(e)) = handled.map_err(Unsettled::into_error) {
                     abandon.cancel();
                     if first_error.is_ok() {
                         first_error = Err(e);
@@ -307,9 +352,9 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         }
     }
 
-    /// Handles one delivery to the end: acknowledged, dead-lettered, abandoned (delivered again
-    /// later) or a fatal error. The concurrent runner runs one per message; the sequential one
-    /// runs the same two steps in its own loop.
+    /// Handles one delivery to the end: acknowledged, dead-lettered, or left [`Unsettled`]
+    /// (abandoned at close, or a fatal error). The concurrent runner runs one per message; the
+    /// sequential one runs the same two steps in its own loop.
     ///
     /// The first attempt runs in this future, retries in a boxed one: this future is built and
     /// moved for every message, so it holds only what the first attempt needs. Not an
@@ -320,7 +365,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         delivery: Delivery,
         handler: &'a H,
         abandon: &'a CancellationToken,
-    ) -> impl Future<Output = Result<()>> + Send + 'a {
+    ) -> impl Future<Output = Handled> + Send + 'a {
         async move {
             let outcome = self
                 .attempt(&delivery.payload, &delivery.metadata, handler)
@@ -336,7 +381,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         outcome: std::result::Result<(), Failure>,
         handler: &'a H,
         abandon: &'a CancellationToken,
-    ) -> impl Future<Output = Result<()>> + Send + 'a {
+    ) -> impl Future<Output = Handled> + Send + 'a {
         match outcome {
             Ok(()) => Either::Left(acknowledge(delivery).map(Ok)),
             Err(failure) => Either::Right(self.retry(delivery, handler, abandon, failure)),
@@ -380,7 +425,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     }
 
     /// After a failed first attempt: retries with backoff until the handler succeeds, fails
-    /// for good (dead-lettered) or closing abandons the message.
+    /// for good (dead-lettered) or closing abandons the message (given back unsettled).
     ///
     /// Boxed: it is rare, and its future (timers, the retry state, dead-lettering) is large.
     fn retry<'a, H: Handler<T>>(
@@ -389,7 +434,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         handler: &'a H,
         abandon: &'a CancellationToken,
         first: Failure,
-    ) -> BoxFuture<'a, Result<()>> {
+    ) -> BoxFuture<'a, Handled> {
         Box::pin(async move {
             let retry = &self.settings.retry;
             // Handler calls made so far.
@@ -413,7 +458,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 );
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
-                    () = abandon.cancelled() => return Ok(()),
+                    () = abandon.cancelled() => return Err(Unsettled::new(delivery, None)),
                 }
                 match self
                     .attempt(&delivery.payload, &delivery.metadata, handler)
@@ -429,12 +474,13 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         })
     }
 
-    /// Dead-letters and acknowledges the delivery, or, with dead-lettering off, stops the
-    /// subscription without acknowledging it. Runs within the boxed [`retry`](Self::retry).
-    async fn give_up(&self, delivery: Delivery, reason: String, attempts: u32) -> Result<()> {
+    /// Dead-letters and acknowledges the delivery, or, with dead-lettering off or when the
+    /// dead letter is not published, gives it back unsettled with the error that stops the
+    /// subscription. Runs within the boxed [`retry`](Self::retry).
+    async fn give_up(&self, delivery: Delivery, reason: String, attempts: u32) -> Handled {
         let id = delivery.metadata.id_text().to_owned();
         if !self.dead_letters.is_enabled() {
-            return Err(Error::new(
+            let error = Error::new(
                 ErrorKind::Handler,
                 format!(
                     "message {id} on topic {} for group {} failed after {attempts} attempts and \
@@ -442,28 +488,43 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     self.topic.name(),
                     self.group
                 ),
-            ));
+            );
+            return Err(Unsettled::new(delivery, Some(error)));
         }
         tracing::warn!(topic = self.topic.name(), group = %self.group, message_id = %id, attempts, reason, "dead-lettering message");
         let (payload, metadata, acker) = delivery.into_parts();
-        self.dead_letters
+        if let Err(e) = self
+            .dead_letters
             .publish(payload, &metadata, &reason, attempts)
             .await
-            .map_err(|e| {
-                Error::new(
-                    ErrorKind::Handler,
-                    format!(
-                        "message {id} could not be dead-lettered to {}; it stays unacknowledged",
-                        self.dead_letters.topic()
-                    ),
-                )
-                .source(e)
-            })?;
+        {
+            let error = Error::new(
+                ErrorKind::Handler,
+                format!(
+                    "message {id} could not be dead-lettered to {}; it stays unacknowledged",
+                    self.dead_letters.topic()
+                ),
+            )
+            .source(e);
+            return Err(Unsettled {
+                acker,
+                error: Some(error),
+            });
+        }
         if let Err(e) = acker.ack().await {
             tracing::warn!(error = %e, "acknowledgement of a dead-lettered message failed; it will be delivered again");
         }
         Ok(())
     }
+}
+
+/// The sequential runner's outcome of a delivery handled while closing: one left unsettled is
+/// given back after intake stopped.
+fn given_back(stream: &mut BoxDeliveryStream, handled: Handled) -> Result<()> {
+    handled.or_else(|unsettled| {
+        stream.stop_intake();
+        unsettled.into_outcome()
+    })
 }
 
 /// Acknowledges a handled delivery. A failed acknowledgement is logged: the message will be
