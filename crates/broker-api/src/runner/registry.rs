@@ -12,7 +12,15 @@ use super::stop::Stop;
 /// The running subscriptions of one broker handle and its clones.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct Registry {
-    running: Arc<Mutex<Vec<Entry>>>,
+    state: Arc<Mutex<State>>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    running: Vec<Entry>,
+    /// Set by the first close: a subscription registered later (it was opening while the
+    /// broker closed) is stopped at once.
+    closed: bool,
 }
 
 /// One subscription: how to stop it, and the signal that its task ended.
@@ -33,24 +41,35 @@ impl Drop for Ended {
 }
 
 impl Registry {
-    /// Registers a subscription stopped by `stop`; its task holds the returned guard.
+    /// Registers a subscription stopped by `stop`; its task holds the returned guard. After
+    /// the broker was closed, the subscription is stopped at once.
     pub(crate) fn register(&self, stop: Stop) -> Ended {
         let ended = CancellationToken::new();
-        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
-        running.retain(|entry| !entry.ended.is_cancelled());
-        running.push(Entry {
+        let mut state = self.state();
+        if state.closed {
+            stop.request();
+        }
+        state.running.retain(|entry| !entry.ended.is_cancelled());
+        state.running.push(Entry {
             stop,
             ended: ended.clone(),
         });
         Ended(ended)
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Stops every registered subscription and waits until their tasks ended: intake stops,
     /// running handlers finish within each subscription's shutdown timeout and what they
     /// handled is acknowledged.
     pub(crate) async fn close_all(&self) {
-        let entries =
-            std::mem::take(&mut *self.running.lock().unwrap_or_else(PoisonError::into_inner));
+        let entries = {
+            let mut state = self.state();
+            state.closed = true;
+            std::mem::take(&mut state.running)
+        };
         for entry in &entries {
             entry.stop.request();
         }
@@ -86,7 +105,15 @@ mod tests {
         let registry = Registry::default();
         drop(registry.register(Stop::default()));
         let _running = registry.register(Stop::default());
-        let entries = registry.running.lock().map(|r| r.len()).unwrap_or(0);
-        assert_eq!(entries, 1);
+        assert_eq!(registry.state().running.len(), 1);
+    }
+
+    #[test]
+    fn a_subscription_registered_after_closing_is_stopped_at_once() {
+        let registry = Registry::default();
+        assert!(registry.close_all().now_or_never().is_some());
+        let late = Stop::default();
+        let _running = registry.register(late.clone());
+        assert!(late.is_requested());
     }
 }
