@@ -79,8 +79,11 @@ pub struct RetryPolicy {
     pub jitter: f64,
     /// Handler calls per message, the first included, before it is dead-lettered.
     pub max_attempts: u32,
-    /// Whether exhausted and undecodable messages go to `<topic>.<group>.dlq`. When false, the
-    /// subscription stops with the error instead, and the message is delivered again later.
+    /// Whether exhausted and undecodable messages go to `<topic>.<group>.dlq`. When false, an
+    /// `at_least_once` subscription stops with the error instead, and the message is delivered
+    /// again later; an `at_most_once` stream yields an undecodable message as a `Decode` error
+    /// and goes on (the message was acknowledged: it is not delivered again). `manual`
+    /// streams never dead-letter: what to do is the caller's.
     pub dead_letter: bool,
 }
 
