@@ -93,7 +93,11 @@ impl Member {
             return;
         }
         if self.room() == 0 {
-            room_freed.await;
+            // The topic's change wakes a member that stops (the topic deleted) too.
+            tokio::select! {
+                () = room_freed => {}
+                () = changed => {}
+            }
             return;
         }
         let _waiting = self.topic.wait_for_change();

@@ -166,3 +166,55 @@ async fn publish_and_wait(broker: &Broker, topic: &Topic<String>, reached: &Noti
         .await
         .expect("the handler got the message");
 }
+
+/// Deleting a topic ends its subscriptions' streams, also one that holds every delivery it may
+/// (`max_in_flight`) and so waits for room, not for messages.
+#[tokio::test]
+async fn deleting_a_topic_ends_a_stream_at_its_in_flight_limit() {
+    use broker_api::{Message, SubscribeRequest};
+    use futures::StreamExt;
+
+    let broker = Broker::new(MemoryBackend::new());
+    let backend = broker.backend().clone();
+    broker
+        .ensure_topic(&TopicSpec::new("doomed").group("g"))
+        .await
+        .expect("topic");
+    for value in ["one", "two"] {
+        backend
+            .send("doomed", Message::new(value))
+            .await
+            .expect("queued")
+            .await
+            .expect("published");
+    }
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("doomed", "g").max_in_flight(1))
+        .await
+        .expect("subscribe");
+    let held = stream.next().await;
+    assert!(matches!(held, Some(Ok(_))), "the first delivery");
+    let (deleted, ended) = tokio::join!(
+        async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            backend.delete_topic("doomed").await
+        },
+        async {
+            // Not `timeout`: its deadline polls the stream once more, which then sees the
+            // deletion by itself.
+            tokio::select! {
+                biased;
+                () = tokio::time::sleep(Duration::from_secs(5)) => None,
+                item = stream.next() => Some(item),
+            }
+        }
+    );
+    deleted.expect("deleted");
+    let ended = ended.expect("the stream ended when its topic was deleted");
+    assert!(
+        ended.is_none(),
+        "the stream ends: {:?}",
+        ended.map(|d| d.map(drop))
+    );
+    drop(held);
+}
