@@ -39,7 +39,9 @@
 //! Messages go through the client's batching publisher (one per topic, batches of
 //! `batch_max_messages` / `batch_max_bytes` / `batch_max_delay`), many in flight; the publish
 //! response is the confirmation. A message over 10 MB (payload, key and attributes together)
-//! is rejected before sending. When a message with an ordering key fails, the error is
+//! is rejected before sending, as is one over Pub/Sub's other limits (100 attributes, names
+//! of 256 bytes not starting with `goog`, values of 1024 bytes, keys of 1024 bytes), which the
+//! service would refuse together with every message batched with it. When a message with an ordering key fails, the error is
 //! reported to that publish and the key is resumed, so later messages with that key are sent:
 //! the confirmation does that as it is awaited, so a caller that drops its confirmations
 //! unawaited leaves the key paused (the client refuses its later messages) until one of that

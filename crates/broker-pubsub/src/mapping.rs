@@ -46,6 +46,65 @@ pub(crate) fn message_size(message: &Message) -> usize {
         + content_type
 }
 
+/// Most attributes a message may carry (headers, id and content type): Pub/Sub's limit.
+pub(crate) const MAX_ATTRIBUTES: usize = 100;
+/// Longest attribute name, in bytes: Pub/Sub's limit.
+pub(crate) const MAX_ATTRIBUTE_NAME_BYTES: usize = 256;
+/// Longest attribute value, in bytes: Pub/Sub's limit.
+pub(crate) const MAX_ATTRIBUTE_VALUE_BYTES: usize = 1024;
+/// Longest ordering key, in bytes: Pub/Sub's limit.
+pub(crate) const MAX_ORDERING_KEY_BYTES: usize = 1024;
+
+/// What of `message` breaks Pub/Sub's limits on attributes and ordering keys, if anything. The
+/// service refuses such a message, and with it every message the client batched with it, so
+/// it is refused before it is sent.
+pub(crate) fn over_limits(message: &Message) -> Option<String> {
+    let attributes = message.headers.len() + 1 + usize::from(message.content_type.is_some());
+    if attributes > MAX_ATTRIBUTES {
+        return Some(format!(
+            "it has {attributes} attributes (headers, id and content type); Pub/Sub allows \
+             {MAX_ATTRIBUTES}"
+        ));
+    }
+    if let Some(key) = message
+        .key
+        .as_ref()
+        .filter(|k| k.len() > MAX_ORDERING_KEY_BYTES)
+    {
+        return Some(format!(
+            "its key is {} bytes; Pub/Sub ordering keys are at most {MAX_ORDERING_KEY_BYTES}",
+            key.len()
+        ));
+    }
+    let id = (MESSAGE_ID_ATTRIBUTE, message.id.as_str());
+    let content_type = message
+        .content_type
+        .as_deref()
+        .map(|ct| (CONTENT_TYPE_ATTRIBUTE, ct));
+    for (name, value) in message.headers.iter().chain([id]).chain(content_type) {
+        if name.len() > MAX_ATTRIBUTE_NAME_BYTES {
+            return Some(format!(
+                "a header name is {} bytes; Pub/Sub attribute names are at most \
+                 {MAX_ATTRIBUTE_NAME_BYTES}",
+                name.len()
+            ));
+        }
+        if name.starts_with("goog") {
+            return Some(format!(
+                "header {name:?} starts with \"goog\", which Pub/Sub reserves"
+            ));
+        }
+        if value.len() > MAX_ATTRIBUTE_VALUE_BYTES {
+            return Some(format!(
+                "the value of {name:?} is {} bytes; Pub/Sub attribute values are at most \
+                 {MAX_ATTRIBUTE_VALUE_BYTES}",
+                value.len()
+            ));
+        }
+    }
+    None
+}
+
 /// The Pub/Sub message published for `message`.
 pub(crate) fn to_pubsub(message: &Message) -> PubsubMessage {
     let extra = 1 + usize::from(message.content_type.is_some());
@@ -181,6 +240,43 @@ mod tests {
                 ordering_key: Some("k".into())
             }))
         );
+    }
+
+    #[test]
+    fn messages_over_the_attribute_limits_are_named() {
+        let within = Message::new("x")
+            .with_key("k".repeat(MAX_ORDERING_KEY_BYTES))
+            .with_header("n".repeat(MAX_ATTRIBUTE_NAME_BYTES), "v".repeat(1024))
+            .with_content_type("application/json");
+        assert_eq!(over_limits(&within), None);
+        let refused = |message: Message, expected: &str| {
+            let problem = over_limits(&message).expect("over a limit");
+            assert!(problem.contains(expected), "{problem}");
+        };
+        refused(
+            Message::new("x").with_key("k".repeat(MAX_ORDERING_KEY_BYTES + 1)),
+            "its key is 1025 bytes",
+        );
+        refused(
+            Message::new("x").with_header("baggage", "v".repeat(2048)),
+            "the value of \"baggage\" is 2048 bytes",
+        );
+        refused(
+            Message::new("x").with_header("n".repeat(257), "v"),
+            "a header name is 257 bytes",
+        );
+        refused(
+            Message::new("x").with_header("goog-trace", "v"),
+            "header \"goog-trace\" starts with \"goog\"",
+        );
+        refused(
+            Message::new("x").with_id("i".repeat(1025)),
+            "the value of \"message-id\" is 1025 bytes",
+        );
+        let many = (0..100).fold(Message::new("x"), |m, i| {
+            m.with_header(format!("h{i}"), "v")
+        });
+        refused(many, "it has 101 attributes");
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::time::Instant;
 
 use crate::admin::Admin;
 use crate::error::{closed, is_not_found, publish_error, BACKEND};
-use crate::mapping::{message_size, to_pubsub};
+use crate::mapping::{message_size, over_limits, to_pubsub};
 
 /// The largest message the service accepts: data, ordering key and attributes together
 /// (Pub/Sub's documented 10 MB message and publish request limit).
@@ -100,7 +100,7 @@ impl Publishers {
         if self.closed.load(Ordering::Acquire) {
             return completion::ready(Err(closed("publish")));
         }
-        if let Err(e) = check_size(topic, &message) {
+        if let Err(e) = check_limits(topic, &message) {
             return completion::ready(Err(e));
         }
         let publisher = self.topic(topic);
@@ -289,8 +289,9 @@ fn receipt(message: Message, server_id: String) -> Receipt {
     }
 }
 
-/// Rejects a message the service would refuse for its size, naming size and limit.
-fn check_size(topic: &str, message: &Message) -> Result<()> {
+/// Rejects a message the service would refuse for its size or its attributes, naming what and
+/// the limit.
+fn check_limits(topic: &str, message: &Message) -> Result<()> {
     let payload = message.payload.len();
     let total = message_size(message);
     let refused = if payload > MAX_PAYLOAD_BYTES {
@@ -307,7 +308,12 @@ fn check_size(topic: &str, message: &Message) -> Result<()> {
             message.id
         ))
     } else {
-        None
+        over_limits(message).map(|problem| {
+            format!(
+                "message {} for topic {topic} cannot be published: {problem}",
+                message.id
+            )
+        })
     };
     match refused {
         Some(text) => Err(Error::new(ErrorKind::Rejected, text)
@@ -346,8 +352,8 @@ mod tests {
     #[test]
     fn oversized_messages_are_rejected_naming_size_and_limit() {
         let fits = Message::new(vec![0u8; MAX_PAYLOAD_BYTES]).with_header("h", "v");
-        check_size("big", &fits).unwrap();
-        let err = check_size("big", &Message::new(vec![0u8; MAX_PAYLOAD_BYTES + 1])).unwrap_err();
+        check_limits("big", &fits).unwrap();
+        let err = check_limits("big", &Message::new(vec![0u8; MAX_PAYLOAD_BYTES + 1])).unwrap_err();
         assert_eq!(err.kind(), ErrorKind::Rejected);
         let text = err.to_string();
         assert!(
@@ -357,7 +363,7 @@ mod tests {
         assert!(text.contains(&MAX_PAYLOAD_BYTES.to_string()), "{text}");
         let headers = Message::new(vec![0u8; MAX_PAYLOAD_BYTES])
             .with_header("big", "x".repeat(ATTRIBUTE_ALLOWANCE));
-        let err = check_size("big", &headers).unwrap_err();
+        let err = check_limits("big", &headers).unwrap_err();
         assert!(
             err.to_string().contains("with its key and attributes"),
             "{err}"
