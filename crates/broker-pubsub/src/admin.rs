@@ -130,7 +130,10 @@ impl Admin {
         topic: &str,
         subscription: &str,
     ) -> Result<()> {
-        self.create_topic(topic, true).await?;
+        // The subscription is what the service said it lost: a topic these credentials may not
+        // create is taken as existing here. When it is gone too, creating the subscription
+        // fails NotFound, and the topic is then re-created, or refused naming it, below.
+        self.create_topic(topic, false).await?;
         match self.repair_subscription(topic, subscription).await {
             Err(e) if e.kind() == ErrorKind::NotFound => {
                 self.create_topic(topic, true).await?;
