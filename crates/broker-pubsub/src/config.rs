@@ -48,6 +48,8 @@ pub struct PubSubConfig {
     pub connect_timeout: Duration,
     /// How long a publish may keep retrying temporary failures (the service unreachable, a
     /// topic that vanished and is being re-created) before its confirmation fails. Default 30 s.
+    /// A keyed message queued behind one of its key that failed is sent again once that one
+    /// failed, for up to this long again: its confirmation can take up to twice this.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
     /// How long administrative calls (create, list, delete topics and subscriptions) may keep

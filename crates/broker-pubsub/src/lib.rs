@@ -97,8 +97,8 @@
 //! the topic and its known subscriptions, subscriptions re-create themselves and reopen
 //! their streaming pull), but messages not yet acknowledged before the restart are gone
 //! (capability `survives_restart = false` on the emulator). A subscription resumes when the
-//! client's reconnection backoff next retries: its pause doubles from 100 ms up to a minute,
-//! so after a long outage up to a minute after the emulator's return.
+//! client's reconnection backoff next retries: its pause grows fourfold from 100 ms up to a
+//! minute, so after a long outage up to a minute after the emulator's return.
 //!
 //! # Credentials
 //!
