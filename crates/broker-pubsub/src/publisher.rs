@@ -25,6 +25,7 @@ use google_cloud_pubsub::error::PublishError;
 use rustc_hash::FxHashMap;
 use tokio::sync::{Mutex, OnceCell};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::error::{closed, is_not_found, publish_error, BACKEND};
@@ -60,6 +61,8 @@ pub(crate) struct Publishers {
     /// Looked up on every publish (FxHash: cheap on short names, which are not untrusted input).
     topics: RwLock<FxHashMap<Arc<str>, Arc<TopicPublisher>>>,
     closed: AtomicBool,
+    /// The confirmations publishing a failed message again: closing waits for them too.
+    retries: TaskTracker,
 }
 
 /// The publisher of one topic.
@@ -88,6 +91,7 @@ impl Publishers {
             publish_timeout,
             topics: RwLock::new(FxHashMap::default()),
             closed: AtomicBool::new(false),
+            retries: TaskTracker::new(),
         }
     }
 
@@ -133,15 +137,21 @@ impl Publishers {
     }
 
     /// Refuses new messages, then waits (up to `timeout`) until every queued message was
-    /// sent and answered.
+    /// sent and answered, and every message being published again settled (it stops at its
+    /// next pause, failing `Closed`).
     pub(crate) async fn close(&self, timeout: Duration) -> Result<()> {
         self.closed.store(true, Ordering::Release);
+        self.retries.close();
         let publishers: Vec<Arc<TopicPublisher>> = match self.topics.write() {
             Ok(mut topics) => topics.drain().map(|(_, publisher)| publisher).collect(),
             Err(_) => Vec::new(),
         };
         let flush = futures::future::join_all(publishers.iter().map(|p| p.client.flush()));
-        if tokio::time::timeout(timeout, flush).await.is_err() {
+        let settled = async {
+            flush.await;
+            self.retries.wait().await;
+        };
+        if tokio::time::timeout(timeout, settled).await.is_err() {
             tracing::warn!(
                 ?timeout,
                 "pending publishes were not all answered before the close timeout"
@@ -192,7 +202,10 @@ impl Publishers {
         Confirmation::boxed(async move {
             match response.await {
                 Ok(server_id) => Ok(receipt(message, server_id)),
-                Err(err) => Box::pin(this.retry(publisher, message, err)).await,
+                Err(err) => {
+                    let retries = this.retries.clone();
+                    Box::pin(retries.track_future(this.retry(publisher, message, err))).await
+                }
             }
         })
     }
@@ -236,6 +249,15 @@ impl Publishers {
             }
             let pause = backoff(attempt).min(deadline.saturating_duration_since(Instant::now()));
             tokio::time::sleep(pause).await;
+            if self.closed.load(Ordering::Acquire) {
+                return Err(Error::closed(format!(
+                    "the backend closed while message {} to topic {} was to be published again; \
+                     it was not",
+                    message.id, publisher.name
+                ))
+                .backend(BACKEND)
+                .operation("publish"));
+            }
             // The client would retry this one for a whole `publish_timeout` of its own.
             let remaining = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(remaining, publisher.client.publish(to_pubsub(&message)))
