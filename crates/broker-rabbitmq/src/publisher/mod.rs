@@ -151,18 +151,18 @@ impl Publisher {
             Err(e) => return completion::ready(Err(e)),
         };
         // The fast path: a known topic, room in the window, an open channel.
-        let mut permit = None;
         if let Some(route) = shared.route(topic) {
-            if let Ok(slot) = shared.window.clone().try_acquire_owned() {
-                if let Some(channel) = route.current() {
+            if let Some(channel) = route.current() {
+                if let Ok(slot) = shared.window.clone().try_acquire_owned() {
                     return completion::ready(
                         shared.publish(route, message, prepared, channel, slot),
                     );
                 }
-                permit = Some(slot);
             }
         }
-        completion::boxed(shared.clone().send_slowly(topic, message, prepared, permit))
+        // The slow path takes its window slot when first polled: a send future kept without
+        // being polled holds none, so that closing does not wait for it.
+        completion::boxed(shared.clone().send_slowly(topic, message, prepared))
     }
 
     /// Forgets the topic's exchange and closes its confirm channel, after it was deleted.
@@ -231,19 +231,15 @@ impl Shared {
         topic: &str,
         message: Message,
         prepared: Prepared,
-        permit: Option<OwnedSemaphorePermit>,
     ) -> Result<Confirmation> {
         let deadline = Instant::now() + self.retry_timeout;
         let route = error::within(deadline, "publish", self.route_or_open(topic, deadline)).await?;
-        let permit = match permit {
-            Some(permit) => permit,
-            None => self
-                .window
-                .clone()
-                .acquire_owned()
-                .await
-                .map_err(|_| error::closed("publish"))?,
-        };
+        let permit = self
+            .window
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| error::closed("publish"))?;
         let channel = route.channel(&self, None, deadline).await?;
         self.publish(route, message, prepared, channel, permit)
     }
