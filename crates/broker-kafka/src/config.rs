@@ -135,7 +135,7 @@ pub(crate) fn redact<'a>(name: &str, value: &'a str) -> &'a str {
 /// The librdkafka property that caps a message's size, and its librdkafka default.
 const MESSAGE_MAX_BYTES: (&str, usize) = ("message.max.bytes", 1_000_000);
 
-/// librdkafka's names of the delivery timeout, in the order properties are applied.
+/// librdkafka's names of the delivery timeout, the one that wins last.
 const DELIVERY_TIMEOUT_PROPERTIES: [&str; 2] = ["delivery.timeout.ms", "message.timeout.ms"];
 
 /// Room kept, below `message.max.bytes`, when the largest payload is announced: 1 KiB for the
@@ -212,7 +212,10 @@ impl KafkaConfig {
                  default",
             ));
         }
-        if let Some((name, value)) = self.delivery_timeout_property() {
+        for name in DELIVERY_TIMEOUT_PROPERTIES {
+            let Some(value) = self.properties.get(name) else {
+                continue;
+            };
             if value.trim().parse::<u64>().map_or(true, |ms| ms == 0) {
                 return Err(Error::config(format!(
                     "kafka.properties.\"{name}\" = {value:?}: expected a positive number of \
@@ -266,9 +269,8 @@ impl KafkaConfig {
             .map_or(self.delivery_timeout, Duration::from_millis)
     }
 
-    /// The property that sets librdkafka's delivery timeout, if any, with its value: properties
-    /// are applied in name order, so `message.timeout.ms` wins over its alias
-    /// `delivery.timeout.ms`.
+    /// The property that sets the delivery timeout, if any, with its value: `message.timeout.ms`
+    /// wins over its alias `delivery.timeout.ms` when both are given.
     fn delivery_timeout_property(&self) -> Option<(&'static str, &str)> {
         DELIVERY_TIMEOUT_PROPERTIES
             .into_iter()
@@ -291,18 +293,23 @@ impl KafkaConfig {
         }
     }
 
-    /// The producer's configuration: our defaults, then the user's properties.
+    /// The producer's configuration: our defaults, then the user's properties. The delivery
+    /// timeout is set once, under `message.timeout.ms`, whichever name the properties give it:
+    /// librdkafka takes the properties in no particular order, so two names could disagree.
     pub(crate) fn producer_config(&self) -> ClientConfig {
         let mut config = self.base_config();
         config
             .set("acks", "all")
             .set("enable.idempotence", "true")
-            .set(
-                "message.timeout.ms",
-                self.delivery_timeout.as_millis().to_string(),
-            )
             .set("allow.auto.create.topics", "false");
         self.apply_properties(&mut config);
+        for name in DELIVERY_TIMEOUT_PROPERTIES {
+            config.remove(name);
+        }
+        config.set(
+            "message.timeout.ms",
+            self.effective_delivery_timeout().as_millis().to_string(),
+        );
         config
     }
 
@@ -446,20 +453,29 @@ mod tests {
             config.effective_delivery_timeout(),
             Duration::from_millis(7000)
         );
+        let producer = config.producer_config();
+        assert_eq!(producer.get("message.timeout.ms"), Some("7000"));
+        assert_eq!(producer.get("delivery.timeout.ms"), None, "set once");
         config
             .properties
             .insert("message.timeout.ms".into(), "5000".into());
         assert_eq!(
             config.effective_delivery_timeout(),
             Duration::from_millis(5000),
-            "applied last, message.timeout.ms wins"
+            "message.timeout.ms wins"
+        );
+        assert_eq!(
+            config.producer_config().get("message.timeout.ms"),
+            Some("5000")
         );
         config
             .properties
-            .insert("message.timeout.ms".into(), "0".into());
+            .insert("delivery.timeout.ms".into(), "0".into());
         let error = config.validate().expect_err("no limit is refused");
         assert!(
-            error.to_string().contains("\"message.timeout.ms\" = \"0\""),
+            error
+                .to_string()
+                .contains("\"delivery.timeout.ms\" = \"0\""),
             "{error}"
         );
     }
