@@ -22,6 +22,8 @@ pub(crate) enum TopicState {
     Missing,
     /// The topic exists but is not usable yet (no leader for some partition, being created).
     Pending,
+    /// These credentials may not see the topic (not even DESCRIBE): they cannot use it.
+    Denied,
 }
 
 /// The admin client and the defaults for topics it creates. Cheap to share behind an `Arc`.
@@ -102,6 +104,7 @@ impl Admin {
     ) -> Result<()> {
         match self.topic_state(name).await? {
             TopicState::Ready(_) | TopicState::Pending => Ok(()),
+            TopicState::Denied => Err(denied("ensure topic", name)),
             TopicState::Missing => Err(Error::new(
                 ErrorKind::NotFound,
                 format!(
@@ -121,6 +124,7 @@ impl Admin {
         loop {
             match self.topic_state(name).await? {
                 TopicState::Ready(_) => return Ok(()),
+                TopicState::Denied => return Err(denied("ensure topic", name)),
                 _ if Instant::now() >= deadline => {
                     return Err(Error::new(
                         ErrorKind::Timeout,
@@ -202,6 +206,19 @@ impl Admin {
     }
 }
 
+/// The error for a topic these credentials may not see: they can neither use nor create it.
+pub(crate) fn denied(operation: &'static str, topic: &str) -> Error {
+    Error::new(
+        ErrorKind::Rejected,
+        format!(
+            "these credentials may not use topic {topic} (TOPIC_AUTHORIZATION_FAILED): grant \
+             them access to it (DESCRIBE, and WRITE to publish or READ to subscribe)"
+        ),
+    )
+    .backend(BACKEND)
+    .operation(operation)
+}
+
 /// What a refused topic creation means.
 #[derive(Debug, PartialEq, Eq)]
 enum Refusal {
@@ -232,6 +249,7 @@ pub(crate) fn topic_state(metadata: &Metadata, name: &str) -> TopicState {
             RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART
             | RDKafkaRespErr::RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC,
         ) => TopicState::Missing,
+        Some(RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED) => TopicState::Denied,
         Some(_) => TopicState::Pending,
         None if topic.partitions().is_empty()
             || topic.partitions().iter().any(|p| p.leader() < 0) =>

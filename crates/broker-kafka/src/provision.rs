@@ -12,7 +12,7 @@ use broker_api::{Result, TopicSpec};
 use rustc_hash::FxHashMap;
 use tokio::sync::OnceCell;
 
-use crate::admin::{Admin, TopicState};
+use crate::admin::{denied, Admin, TopicState};
 use crate::error::unknown_topic;
 
 /// Topics known to exist, and the admin client that checks or creates the others.
@@ -78,6 +78,7 @@ impl Provisioner {
             } else {
                 match self.admin.topic_state(topic).await? {
                     TopicState::Missing => Err(unknown_topic(operation, topic)),
+                    TopicState::Denied => Err(denied(operation, topic)),
                     TopicState::Ready(_) | TopicState::Pending => Ok(()),
                 }
             }

@@ -262,6 +262,39 @@ async fn unknown_topic_without_auto_provisioning_is_not_found_at_once() {
     backend.close().await.unwrap();
 }
 
+/// A topic these credentials may not see (its metadata answers TOPIC_AUTHORIZATION_FAILED)
+/// fails at once, naming the permission, instead of being taken as a topic still being
+/// created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_the_credentials_may_not_see_is_refused_at_once() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("secret", 1, 1).unwrap();
+    cluster
+        .topic_error(
+            "secret",
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR_TOPIC_AUTHORIZATION_FAILED,
+        )
+        .unwrap();
+    let backend = connect(&cluster).await;
+    let started = Instant::now();
+    let err = backend
+        .send("secret", Message::new("x"))
+        .await
+        .expect_err("the topic may not be used");
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    assert!(
+        err.to_string()
+            .contains("these credentials may not use topic secret"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    backend.close().await.unwrap();
+}
+
 /// A first publish whose topic cannot be created fails as a publish (the mock cluster has no
 /// CreateTopics API, so every creation fails).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
