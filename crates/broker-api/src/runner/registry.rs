@@ -24,7 +24,7 @@ struct State {
 }
 
 /// One subscription: how to stop it, and the signal that its task ended.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Entry {
     stop: Stop,
     ended: CancellationToken,
@@ -65,10 +65,13 @@ impl Registry {
     /// running handlers finish within each subscription's shutdown timeout and what they
     /// handled is acknowledged.
     pub(crate) async fn close_all(&self) {
+        // Kept registered: a later close (this one cancelled, or a second caller) waits for
+        // them too.
         let entries = {
             let mut state = self.state();
             state.closed = true;
-            std::mem::take(&mut state.running)
+            state.running.retain(|entry| !entry.ended.is_cancelled());
+            state.running.clone()
         };
         for entry in &entries {
             entry.stop.request();
@@ -106,6 +109,20 @@ mod tests {
         drop(registry.register(Stop::default()));
         let _running = registry.register(Stop::default());
         assert_eq!(registry.state().running.len(), 1);
+    }
+
+    #[test]
+    fn a_close_after_a_cancelled_one_still_waits_for_the_subscriptions() {
+        let registry = Registry::default();
+        let ended = registry.register(Stop::default());
+        assert!(registry.close_all().now_or_never().is_none(), "cancelled");
+        let mut again = Box::pin(registry.close_all());
+        assert!(
+            (&mut again).now_or_never().is_none(),
+            "the subscription is still running"
+        );
+        drop(ended);
+        assert!(again.now_or_never().is_some());
     }
 
     #[test]
