@@ -217,10 +217,12 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     outcome = &mut attempt => outcome,
                     () = closing.cancelled() => {
                         // Closing: let the running handler finish, within the shutdown timeout.
+                        // Intake stops first: the delivery may be dropped unsettled.
+                        stream.stop_intake();
                         let finishing = async {
                             let outcome = attempt.await;
                             let handled = self.conclude(delivery, outcome, handler, closing).await;
-                            given_back(stream, handled)
+                            handled.or_else(Unsettled::into_outcome)
                         };
                         return self.finish_within_timeout(finishing).await;
                     }
@@ -241,7 +243,8 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 biased;
                 retried = &mut retrying => retried,
                 () = closing.cancelled() => {
-                    let finishing = async { given_back(stream, retrying.await) };
+                    stream.stop_intake();
+                    let finishing = retrying.map(|handled| handled.or_else(Unsettled::into_outcome));
                     return self.finish_within_timeout(finishing).await;
                 }
             };
@@ -516,15 +519,6 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         }
         Ok(())
     }
-}
-
-/// The sequential runner's outcome of a delivery handled while closing: one left unsettled is
-/// given back after intake stopped.
-fn given_back(stream: &mut BoxDeliveryStream, handled: Handled) -> Result<()> {
-    handled.or_else(|unsettled| {
-        stream.stop_intake();
-        unsettled.into_outcome()
-    })
 }
 
 /// Acknowledges a handled delivery. A failed acknowledgement is logged: the message will be
