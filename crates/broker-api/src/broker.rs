@@ -28,7 +28,7 @@ pub struct Broker {
     running: Registry,
     /// How the first close went, shared by the clones: later and concurrent closes wait for
     /// it and report it.
-    closed: Arc<OnceCell<std::result::Result<(), (ErrorKind, String)>>>,
+    closed: Arc<OnceCell<std::result::Result<(), CloseFailure>>>,
 }
 
 impl Broker {
@@ -133,7 +133,11 @@ impl Broker {
                 let result = self.backend.close().await;
                 let outcome = match &result {
                     Ok(()) => Ok(()),
-                    Err(e) => Err((e.kind(), e.to_string())),
+                    Err(e) => Err(CloseFailure {
+                        kind: e.kind(),
+                        temporary: e.is_temporary(),
+                        text: e.to_string(),
+                    }),
                 };
                 own = Some(result);
                 outcome
@@ -142,14 +146,26 @@ impl Broker {
         match (own, outcome) {
             (Some(result), _) => result,
             (None, Ok(())) => Ok(()),
-            (None, Err((kind, text))) => Err(Error::new(
-                *kind,
-                format!("closing the broker failed (in another call): {text}"),
+            (None, Err(failure)) => Err(Error::new(
+                failure.kind,
+                format!(
+                    "closing the broker failed (in another call): {}",
+                    failure.text
+                ),
             )
+            .temporary(failure.temporary)
             .backend(self.backend.kind())
             .operation("close")),
         }
     }
+}
+
+/// How the first close failed, for the calls that waited for it (an [`Error`] is not `Clone`).
+#[derive(Debug)]
+struct CloseFailure {
+    kind: ErrorKind,
+    temporary: bool,
+    text: String,
 }
 
 impl fmt::Debug for Broker {

@@ -181,6 +181,7 @@ impl Pending {
     /// This publish's error when it could not be published again after its first attempt
     /// (no channel before the deadline, the backend closed): the first may have been stored.
     fn unconfirmed(&self, cause: Error) -> Error {
+        let temporary = cause.is_temporary();
         Error::new(
             cause.kind(),
             format!(
@@ -189,6 +190,7 @@ impl Pending {
                 self.message.id
             ),
         )
+        .temporary(temporary)
         .backend(BACKEND)
         .operation("publish")
         .source(cause)
