@@ -203,8 +203,16 @@ impl Publishers {
             match response.await {
                 Ok(server_id) => Ok(receipt(message, server_id)),
                 Err(err) => {
+                    // A task of its own: it goes on, and closing waits for it, whether or not
+                    // this confirmation is still polled.
                     let retries = this.retries.clone();
-                    Box::pin(retries.track_future(this.retry(publisher, message, err))).await
+                    match retries.spawn(this.retry(publisher, message, err)).await {
+                        Ok(result) => result,
+                        Err(e) => Err(Error::new(ErrorKind::Other, "publishing again failed")
+                            .backend(BACKEND)
+                            .operation("publish")
+                            .source(e)),
+                    }
                 }
             }
         })
