@@ -85,31 +85,27 @@ impl Topology {
     }
 
     /// Makes sure the exchange of `topic` exists before publishing to it: declares it with
-    /// auto-provisioning on, checks it (a `NotFound` error when missing) with it off.
+    /// auto-provisioning on, checks it (a `NotFound` error when missing) with it off. Returns
+    /// whether it declared it now.
     ///
     /// `channel` is a scratch channel: a failed check closes it.
-    pub(crate) async fn ensure_exchange(&self, channel: &Channel, topic: &str) -> Result<()> {
+    pub(crate) async fn ensure_exchange(&self, channel: &Channel, topic: &str) -> Result<bool> {
         {
             let known = self.known();
             if known.declared_exchanges.contains(topic) || known.verified_exchanges.contains(topic)
             {
-                return Ok(());
+                return Ok(false);
             }
         }
         if self.auto_provision {
             declare_exchange(channel, topic, false).await?;
-            // Declared again after it was deleted behind this process's back: its bindings
-            // went with it; the group queues declared here are bound again.
-            for queue in self.declared_queues_of(topic) {
-                self.declare_queue(channel, &queue).await?;
-                bind(channel, &queue, topic).await?;
-            }
             self.known().declared_exchanges.insert(topic.to_owned());
+            Ok(true)
         } else {
             declare_exchange(channel, topic, true).await?;
             self.known().verified_exchanges.insert(topic.to_owned());
+            Ok(false)
         }
-        Ok(())
     }
 
     /// Makes sure `group`'s queue on `topic` exists before consuming from it: declares the
@@ -280,6 +276,34 @@ impl Topology {
             })?;
         self.forget_topic(topic);
         Ok(())
+    }
+
+    /// Binds again the group queues of `topic` this process declared, after its exchange was
+    /// deleted behind this process's back and declared again (the bindings went with it).
+    /// Queues deleted too are forgotten, not created again: someone removed the topic. Best
+    /// effort: a binding that fails is logged.
+    pub(crate) async fn rebind(&self, connection: &Connection, topic: &str) {
+        let queues = self.declared_queues_of(topic);
+        if queues.is_empty() {
+            return;
+        }
+        let Ok(mut channel) = scratch_channel(connection).await else {
+            return;
+        };
+        let mut failures = 0;
+        for queue in queues {
+            let Err(e) = bind(&channel, &queue, topic).await else {
+                continue;
+            };
+            tracing::warn!(%queue, topic, error = %e,
+                "group queue not bound again to its re-declared exchange (deleted too?); forgetting it");
+            self.known().declared_queues.remove(queue.as_str());
+            match refused(connection, e, &mut failures).await {
+                Ok(fresh) => channel = fresh,
+                Err(_) => return,
+            }
+        }
+        close_channel(&channel, "done").await;
     }
 
     /// The group queues of `topic` this process declared.

@@ -212,8 +212,8 @@ impl Shared {
     }
 
     /// The topic's exchange is gone although this process did not delete it: the next publish
-    /// opens a new route and declares the exchange again (binding the group queues declared
-    /// here) or, with auto-provisioning off, checks it.
+    /// opens a new route and declares the exchange again (binding again the group queues
+    /// declared here that still exist) or, with auto-provisioning off, checks it.
     fn exchange_lost(&self, topic: &str) {
         self.drop_route(topic);
         self.topology.exchange_lost(topic);
@@ -279,7 +279,10 @@ impl Shared {
         let channel = scratch_channel(&session.connection).await?;
         let ensured = self.topology.ensure_exchange(&channel, topic).await;
         close_channel(&channel, "done").await;
-        ensured.map_err(|e| e.operation("publish"))?;
+        if ensured.map_err(|e| e.operation("publish"))? {
+            // Declared again after it was lost (or first declared: nothing to bind then).
+            self.topology.rebind(&session.connection, topic).await;
+        }
         let route = Arc::new(Route {
             exchange: Arc::from(topic),
             channel: RwLock::new(None),

@@ -227,7 +227,8 @@ impl Pending {
     /// is missing and may not be created, publishing to it is not allowed, the message is too
     /// large); `None` when the failure is not this message's fault and it can be published
     /// again. A deleted exchange is declared again when auto-provisioning is on, with the
-    /// bindings of the group queues this process declared, and the message published again.
+    /// bindings of the group queues this process declared that still exist, and the message
+    /// published again.
     async fn own_fault(&self, failure: &lapin::Error) -> Option<Error> {
         let amqp = error::amqp_error(failure)?;
         let text = amqp.get_message().as_str();
