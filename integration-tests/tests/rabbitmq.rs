@@ -17,7 +17,7 @@ use broker_rabbitmq::lapin::options::{
     BasicPublishOptions, ConfirmSelectOptions, ExchangeDeleteOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
-use broker_rabbitmq::lapin::{BasicProperties, Connection, ConnectionProperties};
+use broker_rabbitmq::lapin::{BasicProperties, Channel, Connection, ConnectionProperties};
 use broker_rabbitmq::{QueueType, RabbitMqBackend, RabbitMqConfig};
 use broker_testkit::support::{fresh_topic, next_within, run_case, unique, Inbox};
 use broker_testkit::{live, Harness, NoRestart};
@@ -565,45 +565,53 @@ async fn send(backend: &dyn Backend, topic: &str, message: Message) -> broker_ap
     backend.send(topic, message).await?.await.map(drop)
 }
 
-async fn delete_queue(uri: &str, name: &str) {
+/// Runs `operation` on a channel of a raw lapin connection to `uri`, then closes it: changes
+/// made behind the backend's back.
+async fn behind_the_back<T, F>(uri: &str, operation: impl FnOnce(Channel) -> F) -> T
+where
+    F: std::future::Future<Output = T>,
+{
     let raw = Connection::connect(uri, ConnectionProperties::default())
         .await
         .expect("raw lapin connection");
     let channel = raw.create_channel().await.expect("channel");
-    channel
-        .queue_delete(name.into(), QueueDeleteOptions::default())
-        .await
-        .expect("delete queue");
-    raw.close(200, "done".into()).await.expect("close raw");
+    let outcome = operation(channel).await;
+    let _ = raw.close(200, "done".into()).await;
+    outcome
+}
+
+async fn delete_queue(uri: &str, name: &str) {
+    behind_the_back(uri, |channel| async move {
+        channel
+            .queue_delete(name.into(), QueueDeleteOptions::default())
+            .await
+            .expect("delete queue");
+    })
+    .await;
 }
 
 async fn queue_exists(uri: &str, name: &str) -> bool {
-    let raw = Connection::connect(uri, ConnectionProperties::default())
-        .await
-        .expect("raw lapin connection");
-    let channel = raw.create_channel().await.expect("channel");
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..QueueDeclareOptions::default()
-    };
-    let exists = channel
-        .queue_declare(name.into(), passive, Default::default())
-        .await
-        .is_ok();
-    let _ = raw.close(200, "done".into()).await;
-    exists
+    behind_the_back(uri, |channel| async move {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(name.into(), passive, Default::default())
+            .await
+            .is_ok()
+    })
+    .await
 }
 
 async fn delete_exchange(uri: &str, name: &str) {
-    let raw = Connection::connect(uri, ConnectionProperties::default())
-        .await
-        .expect("raw lapin connection");
-    let channel = raw.create_channel().await.expect("channel");
-    channel
-        .exchange_delete(name.into(), ExchangeDeleteOptions::default())
-        .await
-        .expect("delete exchange");
-    raw.close(200, "done".into()).await.expect("close raw");
+    behind_the_back(uri, |channel| async move {
+        channel
+            .exchange_delete(name.into(), ExchangeDeleteOptions::default())
+            .await
+            .expect("delete exchange");
+    })
+    .await;
 }
 
 /// Connecting to a port nothing listens on fails in bounded time with a `Connection` error
