@@ -25,7 +25,8 @@ pub enum Earlier {
 }
 
 /// Prints the dead letters of the `payments` group until those of `expected` orders were seen
-/// (or `patience` passed), and returns the ids of the orders seen.
+/// (or `patience` passed; with no `expected` order, every dead letter there is, until
+/// `patience` passed), and returns the ids of the orders seen.
 pub async fn print_dead_letters(
     broker: &Broker,
     expected: &BTreeSet<String>,
@@ -44,7 +45,7 @@ pub async fn print_dead_letters(
     // Held unacknowledged until the stream is closed, then given back to the group.
     let mut held: Vec<Incoming<OrderPlaced>> = Vec::new();
     let reading = async {
-        while !expected.is_subset(&seen) {
+        while expected.is_empty() || !expected.is_subset(&seen) {
             let Some(letter) = letters.next().await else {
                 break;
             };
@@ -52,7 +53,11 @@ pub async fn print_dead_letters(
             let this_run = match letter.value() {
                 Ok(order) => {
                     let this_run = expected.contains(&order.id);
-                    let earlier = if this_run { "" } else { " (earlier run)" };
+                    let earlier = if this_run || expected.is_empty() {
+                        ""
+                    } else {
+                        " (earlier run)"
+                    };
                     if seen.insert(order.id.clone()) {
                         println!("  order {}{earlier}: {}", order.id, order.amount());
                         print_reason(letter.metadata());
