@@ -54,6 +54,10 @@ pub struct KafkaConfig {
     ///   (when its prefetch queue is full, librdkafka looks again after 1 ms rather than 1 s:
     ///   a fast consumer drains a small prefetch in a few milliseconds and is not left
     ///   waiting), `allow.auto.create.topics=false`.
+    ///
+    /// Values are librdkafka's strings; numbers and booleans (`"linger.ms" = 5`) are taken
+    /// as the strings they are written as.
+    #[serde(deserialize_with = "property_values")]
     pub properties: BTreeMap<String, String>,
     /// How long `connect` waits for the cluster to answer before it fails with a
     /// [`Connection`](broker_api::ErrorKind::Connection) error. Also bounds admin requests.
@@ -134,6 +138,36 @@ pub(crate) fn redact<'a>(name: &str, value: &'a str) -> &'a str {
 
 /// The librdkafka property that caps a message's size, and its librdkafka default.
 const MESSAGE_MAX_BYTES: (&str, usize) = ("message.max.bytes", 1_000_000);
+
+/// Reads the properties map, taking numbers and booleans as the strings librdkafka expects.
+fn property_values<'de, D>(
+    deserializer: D,
+) -> std::result::Result<BTreeMap<String, String>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Value {
+        Text(String),
+        Integer(i64),
+        Float(f64),
+        Flag(bool),
+    }
+    let values = BTreeMap::<String, Value>::deserialize(deserializer)?;
+    Ok(values
+        .into_iter()
+        .map(|(name, value)| {
+            let text = match value {
+                Value::Text(text) => text,
+                Value::Integer(n) => n.to_string(),
+                Value::Float(x) => x.to_string(),
+                Value::Flag(b) => b.to_string(),
+            };
+            (name, text)
+        })
+        .collect())
+}
 
 /// librdkafka's names of the delivery timeout, the one that wins last.
 const DELIVERY_TIMEOUT_PROPERTIES: [&str; 2] = ["delivery.timeout.ms", "message.timeout.ms"];

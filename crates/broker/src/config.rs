@@ -241,7 +241,8 @@ impl BrokerConfig {
 
 /// Checks a file's values against the configuration's types as TOML writes them, after the
 /// `config` crate accepted it (whose errors name the key): it rounds `max_attempts = 2.5` to 3
-/// and reads `max_in_flight = true` as 1. The error quotes the line.
+/// and reads `max_in_flight = true` as 1. The error gives the line and its key, not the value
+/// written there, which may be a secret.
 fn check_types(text: &str, source: &str) -> Result<()> {
     let Err(e) = toml::from_str::<BrokerConfig>(text) else {
         return Ok(());
@@ -251,8 +252,9 @@ fn check_types(text: &str, source: &str) -> Result<()> {
         .and_then(|span| text.get(..span.start))
         .map(|before| {
             let number = before.matches('\n').count() + 1;
-            let written = text.lines().nth(number - 1).unwrap_or_default().trim();
-            format!(" (line {number}: `{written}`)")
+            let written = text.lines().nth(number - 1).unwrap_or_default();
+            let key = written.split('=').next().unwrap_or_default().trim();
+            format!(" (line {number}: `{key} = …`)")
         })
         .unwrap_or_default();
     Err(Error::config(format!(

@@ -114,6 +114,35 @@ fn out_of_range_values_name_the_key() {
     assert!(err.contains("bad name"), "{err}");
 }
 
+/// A value of the wrong type is named by its line and key; the line is not quoted, since other
+/// values on it may be secrets.
+#[cfg(feature = "kafka")]
+#[test]
+fn a_wrongly_typed_value_does_not_quote_its_line() {
+    let err = error_of(
+        "kind = \"kafka\"\nkafka = { partitions = 2.5, properties = { \"sasl.password\" = \"s3cr3t\" } }\n",
+    );
+    assert!(err.contains("line 2: `kafka = …`"), "{err}");
+    assert!(!err.contains("s3cr3t"), "{err}");
+}
+
+/// librdkafka properties written as numbers or booleans are taken as their text.
+#[cfg(feature = "kafka")]
+#[test]
+fn kafka_properties_may_be_numbers_and_booleans() {
+    let config = BrokerConfig::from_toml(
+        "kind = \"kafka\"\n[kafka]\nproperties = { \"linger.ms\" = 5, \"enable.ssl.certificate.verification\" = false, \"sasl.username\" = \"app\" }\n",
+    )
+    .expect("accepted");
+    let kafka = config.kafka.expect("a kafka section");
+    assert_eq!(kafka.properties["linger.ms"], "5");
+    assert_eq!(
+        kafka.properties["enable.ssl.certificate.verification"],
+        "false"
+    );
+    assert_eq!(kafka.properties["sasl.username"], "app");
+}
+
 #[test]
 fn a_named_file_that_does_not_exist_is_an_error() {
     let err = BrokerConfig::load_from(Some(std::path::Path::new("/nonexistent/broker.toml")))
