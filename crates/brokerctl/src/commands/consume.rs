@@ -146,6 +146,13 @@ pub async fn run(broker: &Broker, args: ConsumeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot subscribe to {} as {}", args.topic, args.group))?;
 
     let stop = wait(&state, &running, args.timeout).await;
+    // Listening for Ctrl-C took over its default: while closing, however the wait ended, a
+    // Ctrl-C ends the process at once (a second one, after an interrupt).
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
     state.closing.cancel();
     let closed = running.close().await;
     let printed = state.printed.load(Ordering::Acquire);
@@ -192,12 +199,6 @@ async fn wait(state: &State, running: &broker::Running, timeout: Option<Duration
             result = &mut interrupted, if can_interrupt => {
                 can_interrupt = false;
                 if result.is_ok() {
-                    // A second Ctrl-C while closing ends the process at once.
-                    tokio::spawn(async {
-                        if tokio::signal::ctrl_c().await.is_ok() {
-                            std::process::exit(130);
-                        }
-                    });
                     return Stop::Interrupted;
                 }
             }
