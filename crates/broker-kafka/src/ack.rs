@@ -13,7 +13,8 @@
 //! - Each unsettled delivery holds one of `max_in_flight` slots, given back when it is
 //!   settled or dropped; the subscription stops reading while none is free.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::Waker;
 
@@ -33,6 +34,9 @@ pub(crate) struct Shared {
     stop: AtomicBool,
     /// Set when an ack moved a committable position that is not stored yet.
     dirty: AtomicBool,
+    /// Counts the epoch changes (assignments, revocations, rewinds): deliveries read but not
+    /// yet handed out are checked again when it moved.
+    epoch_changes: AtomicU64,
     state: Mutex<AckState>,
     /// The task reading the subscription: woken when a slot frees, on new records, on stop.
     reader: AtomicWaker,
@@ -112,6 +116,7 @@ impl Shared {
             in_flight: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
+            epoch_changes: AtomicU64::new(0),
             state: Mutex::new(AckState::default()),
             reader: AtomicWaker::new(),
         }
@@ -163,7 +168,18 @@ impl Shared {
     /// Records that record `offset` of `partition` is being handed out and returns the acker
     /// holding its slot, or `None` when its partition is about to be rewound (the record will
     /// be read again after the rewind).
+    #[cfg(test)]
     pub(crate) fn admit(self: &Arc<Self>, partition: i32, offset: i64) -> Option<Acker> {
+        self.admit_in_epoch(partition, offset)
+            .map(|(_, acker)| acker)
+    }
+
+    /// [`admit`](Self::admit), also returning the epoch the delivery belongs to.
+    pub(crate) fn admit_in_epoch(
+        self: &Arc<Self>,
+        partition: i32,
+        offset: i64,
+    ) -> Option<(u64, Acker)> {
         let epoch = {
             let mut state = self.state();
             if state.rewinds.iter().any(|&(p, _)| p == partition) {
@@ -187,7 +203,35 @@ impl Shared {
             scope: epoch,
             offset: offset as u64,
         };
-        Some(Acker::keyed(self.clone(), key))
+        Some((epoch, Acker::keyed(self.clone(), key)))
+    }
+
+    /// How many times epochs changed so far.
+    pub(crate) fn epoch_changes(&self) -> u64 {
+        self.epoch_changes.load(Ordering::Acquire)
+    }
+
+    fn epochs_changed(&self) {
+        self.epoch_changes.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Takes out of `batch` (read, not handed out yet) the deliveries of epochs that are no
+    /// longer current: their partition was revoked or rewound since they were read, and they
+    /// will be delivered again. Drop them after this returns (dropping one settles it, which
+    /// takes the lock held here).
+    pub(crate) fn take_stale<T>(&self, batch: &mut VecDeque<(u64, T)>) -> Vec<T> {
+        let state = self.state();
+        let mut stale = Vec::new();
+        let mut kept = VecDeque::with_capacity(batch.len());
+        for (epoch, delivery) in batch.drain(..) {
+            if state.epochs.partition_of(epoch).is_some() {
+                kept.push_back((epoch, delivery));
+            } else {
+                stale.push(delivery);
+            }
+        }
+        *batch = kept;
+        stale
     }
 
     /// Partitions were assigned: their deliveries start a new epoch.
@@ -198,6 +242,7 @@ impl Shared {
             let epoch = state.new_epoch();
             state.epochs.insert(partition, epoch);
         }
+        self.epochs_changed();
     }
 
     /// Partitions were revoked: returns the positions to commit for them, and forgets them
@@ -213,6 +258,7 @@ impl Shared {
             state.epochs.remove(partition);
             state.rewinds.retain(|&(p, _)| p != partition);
         }
+        self.epochs_changed();
         positions
     }
 
@@ -308,6 +354,7 @@ impl Shared {
             state.epochs.insert(partition, epoch);
             state.rewinds.push((partition, from));
         }
+        self.epochs_changed();
         self.wake_reader();
         Ok(())
     }
@@ -321,8 +368,9 @@ impl Shared {
 }
 
 /// Each delivery settles by its key: ack and nack apply to its epoch; dropping it unsettled
-/// gives its slot back and leaves the offset uncommitted (delivered again after a rebalance or
-/// restart).
+/// gives its slot back and, while the subscription runs, nacks it (it is delivered again at
+/// once); once intake stopped, it only leaves the offset uncommitted (delivered again to the
+/// group after the close).
 impl AckTable for Shared {
     fn settle(&self, key: AckKey, settlement: Settlement) -> Result<()> {
         let offset = key.offset as i64;

@@ -99,7 +99,7 @@ impl ConsumerContext for Hooks {
             Ok(()) => tracing::trace!(topic = %self.shared.topic(), group = self.shared.group(),
                 offsets = ?offsets.to_topic_map(), "offsets committed"),
             Err(error) => tracing::warn!(topic = %self.shared.topic(), group = self.shared.group(),
-                %error, "offset commit failed; it is retried with the next commit"),
+                %error, "offset commit failed; a later commit covers it while this member owns the partition, else its messages are delivered again"),
         }
     }
 }
@@ -196,7 +196,7 @@ pub(crate) fn describe(start_from: StartFrom) -> &'static str {
 const MAX_BATCH: usize = 64;
 
 /// Reads what librdkafka has ready, up to `room` records (and [`MAX_BATCH`]), without
-/// blocking, and appends them to `out` as deliveries, their payloads copied through
+/// blocking, and appends them to `out` as deliveries with their epochs, their payloads copied through
 /// `payloads`. Returns how many records were read (zero when nothing is ready; records of a
 /// partition about to be rewound are read but not handed out); fails only when the consumer
 /// cannot continue.
@@ -210,7 +210,7 @@ pub(crate) fn read_ready(
     shared: &Arc<Shared>,
     room: usize,
     payloads: &mut PayloadBuffer,
-    out: &mut VecDeque<Result<Delivery>>,
+    out: &mut VecDeque<(u64, Delivery)>,
 ) -> Result<usize> {
     let limit = room.min(MAX_BATCH);
     let topic = shared.topic();
@@ -224,10 +224,12 @@ pub(crate) fn read_ready(
             Some(Ok(record)) => {
                 empty_polls = 0;
                 read += 1;
-                if let Some(acker) = shared.admit(record.partition(), record.offset()) {
+                if let Some((epoch, acker)) =
+                    shared.admit_in_epoch(record.partition(), record.offset())
+                {
                     let payload = payloads.copy(record.payload().unwrap_or_default());
                     let metadata = inbound::metadata(&record, topic);
-                    out.push_back(Ok(Delivery::new(payload, metadata, acker)));
+                    out.push_back((epoch, Delivery::new(payload, metadata, acker)));
                 }
             }
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {

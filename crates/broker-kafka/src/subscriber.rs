@@ -130,6 +130,7 @@ pub(crate) async fn open(
         subscription: subscription.clone(),
         shared,
         batch: VecDeque::new(),
+        epoch_changes: 0,
         payloads: PayloadBuffer::default(),
         idle: Box::pin(tokio::time::sleep(IDLE_CHECK)),
         idle_delay: FIRST_IDLE_CHECK,
@@ -148,7 +149,10 @@ pub(crate) async fn open(
 struct KafkaStream {
     subscription: Arc<Subscription>,
     shared: Arc<Shared>,
-    batch: VecDeque<Result<Delivery>>,
+    /// Read and admitted, not handed out yet, with their epochs.
+    batch: VecDeque<(u64, Delivery)>,
+    /// [`Shared::epoch_changes`] when the batch was last known current.
+    epoch_changes: u64,
     payloads: PayloadBuffer,
     idle: Pin<Box<tokio::time::Sleep>>,
     idle_delay: Duration,
@@ -158,6 +162,18 @@ struct KafkaStream {
 }
 
 impl KafkaStream {
+    /// Drops the batched deliveries whose partition was rewound (a nack) or revoked since they
+    /// were read: handed out, they would run ahead of the rewound message, or on a partition
+    /// another member now reads. They are delivered again.
+    fn drop_stale(&mut self) {
+        let changes = self.shared.epoch_changes();
+        if changes == self.epoch_changes {
+            return;
+        }
+        self.epoch_changes = changes;
+        drop(self.shared.take_stale(&mut self.batch));
+    }
+
     /// Housekeeping and one non-blocking read of the consumer.
     fn read(&mut self, room: usize) -> Option<Result<usize>> {
         let guard = self.subscription.consumer();
@@ -170,6 +186,7 @@ impl KafkaStream {
         if room == 0 {
             return Some(Ok(0));
         }
+        self.epoch_changes = self.shared.epoch_changes();
         Some(consumer::read_ready(
             consumer,
             &self.shared,
@@ -190,8 +207,9 @@ impl Stream for KafkaStream {
             if this.ended || this.shared.is_stopping() {
                 return Poll::Ready(None);
             }
-            if let Some(delivery) = this.batch.pop_front() {
-                return Poll::Ready(Some(delivery));
+            this.drop_stale();
+            if let Some((_, delivery)) = this.batch.pop_front() {
+                return Poll::Ready(Some(Ok(delivery)));
             }
             let room = this.shared.room();
             match this.read(room) {
@@ -237,9 +255,10 @@ impl DeliveryStream for KafkaStream {
     fn close(&mut self) -> BoxFuture<'_, Result<()>> {
         async move {
             self.ended = true;
-            // Read but not handed out: delivered again to the group.
-            self.batch.clear();
+            // Stops first: read but not handed out, the batch is delivered again to the group
+            // without rewinding (which would discard acknowledgements still to come).
             self.subscription.close();
+            self.batch.clear();
             if !self.subscription.closed(self.close_timeout).await {
                 tracing::warn!(topic = %self.shared.topic(), group = self.shared.group(),
                     timeout = ?self.close_timeout,
@@ -253,7 +272,7 @@ impl DeliveryStream for KafkaStream {
 
 impl Drop for KafkaStream {
     fn drop(&mut self) {
-        self.batch.clear();
         self.subscription.close();
+        self.batch.clear();
     }
 }

@@ -195,6 +195,39 @@ async fn nack_delivers_the_message_again() {
     backend.close().await.unwrap();
 }
 
+/// After a nack, the records already read behind the nacked one are not handed out before it:
+/// the next delivery is the nacked message again, then the others, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nack_is_not_overtaken_by_records_already_read() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("overtaken", 1, 1).unwrap();
+    let backend = connect(&cluster).await;
+    for i in 0..6 {
+        publish(
+            &backend,
+            "overtaken",
+            Message::new(format!("m{i}")).with_key("k"),
+        )
+        .await;
+    }
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("overtaken", "g").max_in_flight(8))
+        .await
+        .unwrap();
+    let first = next_within(&mut stream, PATIENCE).await;
+    assert_eq!(offset(&first), 0);
+    first.nack().await.unwrap();
+    let mut after = Vec::new();
+    while after.len() < 6 {
+        let delivery = next_within(&mut stream, PATIENCE).await;
+        after.push(offset(&delivery));
+        delivery.ack().await.unwrap();
+    }
+    assert_eq!(after, [0, 1, 2, 3, 4, 5], "in order after the rewind");
+    stream.close().await.unwrap();
+    backend.close().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_in_flight_bounds_unsettled_deliveries() {
     let cluster = MockCluster::new(1).unwrap();
