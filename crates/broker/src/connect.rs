@@ -70,7 +70,9 @@ async fn connect_backend(config: &BrokerConfig, options: ConnectOptions) -> Resu
 fn not_compiled_in(kind: Kind) -> Error {
     Error::unsupported(format!(
         "kind = \"{kind}\" needs the `{kind}` feature of the `broker` crate, which this program \
-         was built without: enable it in Cargo.toml (features = [\"{kind}\"] or [\"full\"])"
+         was built without: build it with that feature (the examples and brokerctl: `cargo run \
+         --features {kind}`), or enable it in Cargo.toml (features = [\"{kind}\"] or \
+         [\"full\"])"
     ))
     .operation("connect")
 }
