@@ -12,12 +12,12 @@
 //! cargo run -p hello -- greet         # only the greeting service
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context;
-use broker::{Broker, HandlerResult, Received, Running, Topic, TopicSpec};
+use broker::{Broker, HandlerResult, MessageId, Received, Running, Topic, TopicSpec};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
@@ -36,9 +36,14 @@ fn greetings() -> Topic<GreetingChanged> {
 
 const STATS_GROUP: &str = "greeting-stats";
 
-/// The greeting service: publishes each change and waits for the broker to confirm it.
-async fn greeting_service(broker: &Broker, changes: &[(&str, &str)]) -> anyhow::Result<()> {
+/// The greeting service: publishes each change and waits for the broker to confirm it;
+/// returns the ids of the events it published.
+async fn greeting_service(
+    broker: &Broker,
+    changes: &[(&str, &str)],
+) -> anyhow::Result<BTreeSet<MessageId>> {
     let publisher = broker.publisher(&greetings());
+    let mut published = BTreeSet::new();
     for (user, message) in changes {
         let event = GreetingChanged {
             user: (*user).to_owned(),
@@ -52,24 +57,25 @@ async fn greeting_service(broker: &Broker, changes: &[(&str, &str)]) -> anyhow::
             "greeting-service: {user} now says {message:?} (message {})",
             receipt.message_id
         );
+        published.insert(receipt.message_id);
     }
-    Ok(())
+    Ok(published)
 }
 
-/// What the stats service has counted.
+/// What the stats service has counted, and the events it has seen (earlier runs' included:
+/// a broker that keeps messages hands over what was published while no stats service ran).
 #[derive(Default)]
 struct Stats {
     changes_per_user: Mutex<BTreeMap<String, u32>>,
+    seen: Mutex<BTreeSet<MessageId>>,
     counted: Notify,
 }
 
 impl Stats {
-    fn total(&self) -> u32 {
-        self.changes_per_user
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .sum()
+    /// How many of `events` were counted.
+    fn counted_of(&self, events: &BTreeSet<MessageId>) -> usize {
+        let seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        events.iter().filter(|id| seen.contains(id)).count()
     }
 }
 
@@ -98,6 +104,13 @@ async fn stats_service(broker: &Broker, stats: Arc<Stats>) -> anyhow::Result<Run
                     "greeting-stats:   {} changed their greeting {count} time(s), now {:?}",
                     event.value.user, event.value.message
                 );
+                if let Some(id) = event.metadata.message_id {
+                    stats
+                        .seen
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id);
+                }
                 stats.counted.notify_waiters();
                 HandlerResult::Ok(())
             }
@@ -106,12 +119,16 @@ async fn stats_service(broker: &Broker, stats: Arc<Stats>) -> anyhow::Result<Run
     Ok(running)
 }
 
-/// Waits until the stats service counted `total` changes, or gives up after `patience`.
-async fn wait_for_total(stats: &Stats, total: u32, patience: Duration) -> anyhow::Result<()> {
+/// Waits until the stats service counted every one of `events`, or gives up after `patience`.
+async fn wait_for(
+    stats: &Stats,
+    events: &BTreeSet<MessageId>,
+    patience: Duration,
+) -> anyhow::Result<()> {
     tokio::time::timeout(patience, async {
         loop {
             let counted = stats.counted.notified();
-            if stats.total() >= total {
+            if stats.counted_of(events) == events.len() {
                 return;
             }
             counted.await;
@@ -120,8 +137,9 @@ async fn wait_for_total(stats: &Stats, total: u32, patience: Duration) -> anyhow
     .await
     .with_context(|| {
         format!(
-            "the stats service counted {} of {total} changes in {patience:?}",
-            stats.total()
+            "the stats service counted {} of the {} changes published in {patience:?}",
+            stats.counted_of(events),
+            events.len()
         )
     })
 }
@@ -149,8 +167,8 @@ async fn main() -> anyhow::Result<()> {
         "both" => {
             let stats = Arc::new(Stats::default());
             let running = stats_service(&broker, stats.clone()).await?;
-            greeting_service(&broker, &changes).await?;
-            wait_for_total(&stats, changes.len() as u32, Duration::from_secs(30)).await?;
+            let published = greeting_service(&broker, &changes).await?;
+            wait_for(&stats, &published, Duration::from_secs(30)).await?;
             running.close().await?;
             let counts = stats
                 .changes_per_user
@@ -159,7 +177,9 @@ async fn main() -> anyhow::Result<()> {
                 .clone();
             println!("greeting-stats:   final counts {counts:?}");
         }
-        "greet" => greeting_service(&broker, &changes).await?,
+        "greet" => {
+            greeting_service(&broker, &changes).await?;
+        }
         "stats" => {
             let running = stats_service(&broker, Arc::new(Stats::default())).await?;
             println!("greeting-stats:   waiting for events; Ctrl-C to stop");
