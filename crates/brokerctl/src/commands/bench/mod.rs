@@ -3,8 +3,10 @@
 //! latency are printed.
 //!
 //! Each message carries its send time (nanoseconds since the run started) in its first 8 bytes,
-//! or in the `bench-sent-ns` header when the payload is shorter.
+//! or in the `bench-sent-ns` header when the payload is shorter, and its sequence number in the
+//! next 8, or in the `bench-seq` header: a redelivered message counts once.
 
+mod arrivals;
 mod progress;
 mod stats;
 
@@ -20,17 +22,20 @@ use futures::StreamExt as _;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use self::arrivals::Arrivals;
 use self::progress::{Counters, Progress};
 use self::stats::{latency_line, throughput_line, Latencies};
 use crate::cli::BenchArgs;
 
 /// The header holding the send time when the payload is shorter than 8 bytes.
 const SENT_HEADER: &str = "bench-sent-ns";
+/// The header holding the sequence number when the payload is shorter than 16 bytes.
+const SEQUENCE_HEADER: &str = "bench-seq";
 
 /// What the consumer records.
 struct Consumed {
     started: Instant,
-    total: u64,
+    arrivals: Arrivals,
     counters: Arc<Counters>,
     latencies: Mutex<Vec<u64>>,
     all_arrived: CancellationToken,
@@ -40,15 +45,18 @@ struct Consumed {
 impl Consumed {
     fn record(&self, message: &Received<Bytes>) {
         let now = Instant::now();
-        let now_ns = nanos_since(self.started, now);
+        self.counters.consumed.fetch_add(1, Ordering::AcqRel);
+        let first = sequence(message).is_some_and(|sequence| self.arrivals.record(sequence));
+        if !first {
+            return;
+        }
         if let Some(sent) = sent_ns(message) {
             self.latencies
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
-                .push(now_ns.saturating_sub(sent));
+                .push(nanos_since(self.started, now).saturating_sub(sent));
         }
-        let consumed = self.counters.consumed.fetch_add(1, Ordering::AcqRel) + 1;
-        if consumed == self.total {
+        if self.arrivals.complete() {
             *self.last_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(now);
             self.all_arrived.cancel();
         }
@@ -70,7 +78,16 @@ pub async fn run(broker: &Broker, args: BenchArgs) -> anyhow::Result<()> {
         .ensure_topic(&TopicSpec::new(&topic_name).group(&args.group))
         .await
         .with_context(|| format!("cannot create topic {topic_name}"))?;
-    let result = measure(broker, &args, &topic_name).await;
+    // Interrupted, the run stops where it is; a topic made for it is deleted all the same.
+    let interrupted = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let result = tokio::select! {
+        result = measure(broker, &args, &topic_name) => result,
+        () = interrupted => Err(anyhow::anyhow!("interrupted")),
+    };
     if fresh {
         match broker.backend().delete_topic(&topic_name).await {
             Err(e) if e.kind() != ErrorKind::Unsupported => {
@@ -88,7 +105,7 @@ async fn measure(broker: &Broker, args: &BenchArgs, topic_name: &str) -> anyhow:
     let counters = Arc::new(Counters::default());
     let consumed = Arc::new(Consumed {
         started,
-        total: args.messages,
+        arrivals: Arrivals::new(args.messages),
         counters: counters.clone(),
         latencies: Mutex::new(Vec::with_capacity(
             usize::try_from(args.messages).unwrap_or(0).min(10_000_000),
@@ -160,17 +177,14 @@ async fn measure(broker: &Broker, args: &BenchArgs, topic_name: &str) -> anyhow:
     if let Some(latencies) = Latencies::of(&mut latencies) {
         println!("{}", latency_line(&latencies));
     }
-    if total_consumed > args.messages {
-        println!(
-            "redelivered: {} (at least once)",
-            total_consumed - args.messages
-        );
+    let distinct = consumed.arrivals.distinct();
+    if total_consumed > distinct {
+        println!("redelivered: {} (at least once)", total_consumed - distinct);
     }
     if !arrived {
         anyhow::bail!(
-            "timed out after {}: {} of {} messages arrived",
+            "timed out after {}: {distinct} of {} messages arrived",
             humantime::format_duration(args.timeout),
-            total_consumed.min(args.messages),
             args.messages
         );
     }
@@ -187,24 +201,28 @@ async fn publish_all(
     let template = payload_template(args.size);
     let publishers = u64::from(args.publishers);
     let mut tasks: JoinSet<broker::Result<()>> = JoinSet::new();
+    let mut first = 0;
     for index in 0..publishers {
         let share = args.messages / publishers + u64::from(index < args.messages % publishers);
+        let sequences = first..first + share;
+        first += share;
         let publisher = publisher.clone();
         let template = template.clone();
         let counters = counters.clone();
         let in_flight = args.in_flight as usize;
         tasks.spawn(async move {
             let mut pending = FuturesUnordered::new();
-            for _ in 0..share {
-                let message = publisher.message(&stamped(&template, started))?;
-                let message = if template.len() < 8 {
-                    message.with_header(
+            for sequence in sequences {
+                let mut message = publisher.message(&stamped(&template, started, sequence))?;
+                if template.len() < 8 {
+                    message = message.with_header(
                         SENT_HEADER,
                         nanos_since(started, Instant::now()).to_string(),
-                    )
-                } else {
-                    message
-                };
+                    );
+                }
+                if template.len() < 16 {
+                    message = message.with_header(SEQUENCE_HEADER, sequence.to_string());
+                }
                 let confirmation = publisher.send_message(message).await?;
                 pending.push(confirmation);
                 while pending.len() >= in_flight {
@@ -243,14 +261,26 @@ fn payload_template(size: usize) -> Bytes {
         .into()
 }
 
-/// The template with the current time in its first 8 bytes (when it has 8).
-fn stamped(template: &Bytes, started: Instant) -> Bytes {
+/// The template with the current time in its first 8 bytes and `sequence` in the next 8
+/// (those that it has).
+fn stamped(template: &Bytes, started: Instant, sequence: u64) -> Bytes {
     if template.len() < 8 {
         return template.clone();
     }
     let mut payload = BytesMut::from(&template[..]);
     payload[..8].copy_from_slice(&nanos_since(started, Instant::now()).to_le_bytes());
+    if let Some(room) = payload.get_mut(8..16) {
+        room.copy_from_slice(&sequence.to_le_bytes());
+    }
     payload.freeze()
+}
+
+/// The sequence number a message carries.
+fn sequence(message: &Received<Bytes>) -> Option<u64> {
+    match message.value.get(8..16) {
+        Some(bytes) => bytes.try_into().ok().map(u64::from_le_bytes),
+        None => message.metadata.headers.get(SEQUENCE_HEADER)?.parse().ok(),
+    }
 }
 
 /// The send time a message carries.
@@ -274,7 +304,7 @@ mod tests {
     #[test]
     fn the_send_time_travels_in_the_payload_or_a_header() {
         let started = Instant::now() - Duration::from_secs(1);
-        let long = stamped(&payload_template(100), started);
+        let long = stamped(&payload_template(100), started, 7);
         assert_eq!(long.len(), 100);
         let received = Received {
             value: long,
@@ -282,14 +312,17 @@ mod tests {
         };
         let sent = sent_ns(&received).unwrap();
         assert!(sent >= 1_000_000_000, "{sent}");
+        assert_eq!(sequence(&received), Some(7));
 
         let mut metadata = Metadata::new("t".into());
         metadata.headers.insert(SENT_HEADER, "42");
+        metadata.headers.insert(SEQUENCE_HEADER, "9");
         let short = Received {
-            value: stamped(&payload_template(3), started),
+            value: stamped(&payload_template(3), started, 9),
             metadata,
         };
         assert_eq!(short.value.len(), 3);
         assert_eq!(sent_ns(&short), Some(42));
+        assert_eq!(sequence(&short), Some(9));
     }
 }
