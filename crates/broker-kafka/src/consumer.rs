@@ -165,14 +165,33 @@ pub(crate) fn start_at_end(consumer: &KafkaConsumer, topic: &str, timeout: Durat
             list.add_partition(topic, p.id());
         }
     }
-    let committed = consumer.committed_offsets(list, timeout).map_err(fail)?;
-    let mut ends = TopicPartitionList::new();
+    let committed = consumer
+        .committed_offsets(list.clone(), timeout)
+        .map_err(fail)?;
+    let mut found = Vec::new();
     for element in committed.elements_for_topic(topic) {
         if element.offset() == Offset::Invalid {
             let (_, high) = consumer
                 .fetch_watermarks(topic, element.partition(), timeout)
                 .map_err(fail)?;
-            ends.add_partition_offset(topic, element.partition(), Offset::Offset(high))
+            found.push((element.partition(), high));
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    // Another new member may have committed its start meanwhile (it looked the ends up
+    // earlier, so they may be lower): those partitions keep it, and nothing published between
+    // the two looks is skipped. Looked at again just before committing, to keep that window
+    // short.
+    let committed = consumer.committed_offsets(list, timeout).map_err(fail)?;
+    let mut ends = TopicPartitionList::new();
+    for (partition, high) in found {
+        let still_none = committed
+            .find_partition(topic, partition)
+            .is_none_or(|element| element.offset() == Offset::Invalid);
+        if still_none {
+            ends.add_partition_offset(topic, partition, Offset::Offset(high))
                 .map_err(fail)?;
         }
     }
