@@ -50,7 +50,10 @@
 //!   librdkafka; its unacknowledged messages go to the other members, and it rejoins when read
 //!   again.
 //! - A new group reads from the earliest retained message, or, with `StartFrom::Latest`, from
-//!   the end of each partition at the time `subscribe` was called.
+//!   the end of each partition at the time `subscribe` was called. The start position is also
+//!   librdkafka's `auto.offset.reset`: a group whose committed position is no longer in the
+//!   log (retention deleted messages it had not handled) goes on from the oldest retained
+//!   message with `Earliest`, from the end with `Latest`, as Kafka's own consumers do.
 
 mod ack;
 mod admin;
