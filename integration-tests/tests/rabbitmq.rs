@@ -156,6 +156,55 @@ async fn dropped_connection_is_survived() {
     .await;
 }
 
+/// Deliveries the client received before the connection dropped are not handed out once it
+/// is gone: RabbitMQ gives them back, and an at-most-once stream would yield them twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_most_once_yields_nothing_twice_across_a_dropped_connection() {
+    let Some(harness) = exclusive().await else {
+        return;
+    };
+    run_case("at_most_once_across_a_dropped_connection", async {
+        let broker = harness.connect().await.expect("connect");
+        let topic = broker_api::Topic::text(fresh_topic(&broker, "amo-dropped", &["g"]).await);
+        let publisher = broker.publisher(&topic);
+        let values: Vec<String> = (0..300).map(|i| format!("a-{i}")).collect();
+        publisher.publish_batch(&values).await.expect("published");
+        let mut stream = broker
+            .subscriber(&topic, "g")
+            .max_in_flight(256)
+            .at_most_once()
+            .await
+            .expect("subscribe");
+        let mut seen = std::collections::HashMap::<String, u32>::new();
+        for _ in 0..10 {
+            let value = next_within(&mut stream, harness.patience()).await.value;
+            *seen.entry(value).or_default() += 1;
+        }
+        // Let the client buffer what the prefetch allows, then drop the connection under it.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        close_all_connections().await;
+        let deadline = Instant::now() + harness.patience() * 2;
+        while seen.len() < values.len() {
+            assert!(
+                Instant::now() < deadline,
+                "{} of {} values seen",
+                seen.len(),
+                values.len()
+            );
+            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+                Ok(Some(Ok(received))) => *seen.entry(received.value).or_default() += 1,
+                Ok(Some(Err(e))) => panic!("the stream failed: {e}"),
+                Ok(None) => panic!("the stream ended"),
+                Err(_) => {}
+            }
+        }
+        let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+        assert!(twice.is_empty(), "yielded twice: {twice:?}");
+        broker.close().await.expect("close broker");
+    })
+    .await;
+}
+
 async fn close_all_connections() {
     rabbitmqctl(&["close_all_connections", "test: dropped connection"]).await;
 }

@@ -225,6 +225,11 @@ impl Stream for Subscription {
                 State::Consuming(active) => {
                     let next = ready!(Pin::new(&mut active.consumer).poll_next(cx));
                     match next {
+                        // lapin keeps handing out what the channel received before it died:
+                        // RabbitMQ gives those back (to this subscription once it consumed
+                        // again), and settling them would do nothing. Handed out, an
+                        // at-most-once stream would yield them twice.
+                        Some(Ok(_)) if !active.channel.status().connected() => {}
                         Some(Ok(delivery)) => {
                             return Poll::Ready(Some(Ok(this
                                 .group
