@@ -257,11 +257,20 @@ impl Backend for RabbitMqBackend {
     }
 
     async fn close(&self) -> Result<()> {
+        let timeout = self.settings.config.close_timeout;
         if self.closing.swap(true, Ordering::AcqRel) {
-            self.link.closed().await;
+            // Another close is under way; it may also have been given up (a caller's own
+            // timeout), and would then never close the link: after waiting for it as long as
+            // it waits for confirms, close the link here (idempotent).
+            if tokio::time::timeout(timeout, self.link.closed())
+                .await
+                .is_err()
+            {
+                self.publisher.close(std::time::Duration::ZERO).await;
+                self.link.close(timeout).await;
+            }
             return Ok(());
         }
-        let timeout = self.settings.config.close_timeout;
         if !self.publisher.close(timeout).await {
             tracing::warn!(
                 endpoint = %self.settings.endpoint,
