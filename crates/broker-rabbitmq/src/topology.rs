@@ -48,13 +48,13 @@ pub(crate) struct Topology {
 }
 
 impl Topology {
-    /// A cache that declares group queues of `queue_type`; with `auto_provision` off, topics
-    /// and groups are only checked, never created, on first use.
     /// Whether missing exchanges and group queues are declared.
     pub(crate) fn auto_provision(&self) -> bool {
         self.auto_provision
     }
 
+    /// A cache that declares group queues of `queue_type`; with `auto_provision` off, topics
+    /// and groups are only checked, never created, on first use.
     pub(crate) fn new(queue_type: QueueType, auto_provision: bool) -> Self {
         Topology {
             queue_type,
