@@ -156,6 +156,38 @@ async fn dropped_connection_is_survived() {
     .await;
 }
 
+/// A subscription whose topic this backend deletes ends, instead of declaring the group's
+/// queue again (which would bring the topic back, empty).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_ends_its_subscriptions() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("deleting_a_topic_ends_its_subscriptions", async {
+        let backend = backend(&harness.live.address, true).await.expect("connect");
+        let topic = unique("deleted-under");
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).group("g"))
+            .await
+            .expect("declare");
+        let mut stream = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .expect("subscribe");
+        backend.delete_topic(&topic).await.expect("delete");
+        let ended = tokio::time::timeout(harness.patience(), stream.next())
+            .await
+            .expect("the stream ends when its topic is deleted");
+        assert!(ended.is_none(), "the stream ends");
+        assert!(
+            !queue_exists(&harness.live.address, &format!("{topic}.g")).await,
+            "the group's queue was declared again"
+        );
+        backend.close().await.expect("close");
+    })
+    .await;
+}
+
 /// Deliveries the client received before the connection dropped are not handed out once it
 /// is gone: RabbitMQ gives them back, and an at-most-once stream would yield them twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -75,8 +75,10 @@
 //! the topology this process declared. Publishers reopen their confirm channels and publish
 //! again what was in flight at the drop (within `rabbitmq.retry_timeout`, else the publish
 //! fails: a message is never reported published without a confirm, and may be stored twice).
-//! Subscriptions consume again by themselves; deliveries received before the drop can no longer
-//! be settled (doing so is a no-op), and RabbitMQ delivers them again.
+//! Subscriptions consume again by themselves; deliveries received before the drop are not
+//! handed out any more (settling them would do nothing), and RabbitMQ delivers them again. A
+//! consumer RabbitMQ cancels (its queue deleted by someone else) consumes again, declaring the
+//! queue; one whose topic this backend deleted ends.
 //!
 //! ## Limits
 //!

@@ -107,6 +107,12 @@ impl Subscription {
 }
 
 impl Group {
+    /// Whether the group's queue is still this backend's: not deleted with its topic since.
+    fn is_known(&self) -> bool {
+        Topology::queue_name(&self.topic, &self.group)
+            .is_ok_and(|queue| self.topology.knows_queue(&self.topic, queue.as_str()))
+    }
+
     /// Opens the consumer, retrying transient failures with backoff, until `give_up` (never
     /// when `None`). Refusals (missing group with auto-provisioning off, mismatched queue) and
     /// `close` end it at once.
@@ -250,6 +256,14 @@ impl Stream for Subscription {
                                 "the subscription's channel failed; subscribing again"
                             );
                             this.resubscribe();
+                        }
+                        // This backend deleted the topic: the subscription ends with it, rather
+                        // than declare the group's queue again.
+                        None if !this.group.is_known() => {
+                            tracing::warn!(topic = %this.group.topic, group = %this.group.group,
+                                "the topic was deleted; the subscription ends");
+                            this.state = State::Ended;
+                            return Poll::Ready(None);
                         }
                         None => {
                             tracing::warn!(

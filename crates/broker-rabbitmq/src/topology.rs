@@ -38,6 +38,9 @@ struct Known {
     declared_queues: HashMap<String, String>,
     /// Group queues found to exist, with their topic.
     verified_queues: HashMap<String, String>,
+    /// Topics this process is deleting: their subscriptions, cancelled by the broker as their
+    /// queues go, end instead of declaring them again.
+    deleting: HashSet<String>,
 }
 
 /// The topology cache and the declarations behind it.
@@ -249,6 +252,15 @@ impl Topology {
     /// used here); queues other processes made for other groups are left (AMQP cannot list
     /// them), unbound.
     pub(crate) async fn delete_topic(&self, channel: &Channel, topic: &str) -> Result<()> {
+        self.known().deleting.insert(topic.to_owned());
+        let _deleting = Deleting {
+            topology: self,
+            topic,
+        };
+        self.delete_known(channel, topic).await
+    }
+
+    async fn delete_known(&self, channel: &Channel, topic: &str) -> Result<()> {
         let exchange = exchange_name(topic)?;
         let queues: Vec<String> = {
             let known = self.known();
@@ -306,6 +318,15 @@ impl Topology {
         close_channel(&channel, "done").await;
     }
 
+    /// Whether this process knows the group queue `queue` of `topic` (declared or checked it,
+    /// and is not deleting, nor deleted, its topic).
+    pub(crate) fn knows_queue(&self, topic: &str, queue: &str) -> bool {
+        let known = self.known();
+        !known.deleting.contains(topic)
+            && (known.declared_queues.contains_key(queue)
+                || known.verified_queues.contains_key(queue))
+    }
+
     /// The group queues of `topic` this process declared.
     fn declared_queues_of(&self, topic: &str) -> Vec<ShortString> {
         self.known()
@@ -332,6 +353,18 @@ impl Topology {
         known.verified_exchanges.remove(topic);
         known.declared_queues.retain(|_, t| t != topic);
         known.verified_queues.retain(|_, t| t != topic);
+    }
+}
+
+/// Marks a topic as being deleted while it lives (also when the deletion is given up).
+struct Deleting<'a> {
+    topology: &'a Topology,
+    topic: &'a str,
+}
+
+impl Drop for Deleting<'_> {
+    fn drop(&mut self) {
+        self.topology.known().deleting.remove(self.topic);
     }
 }
 
