@@ -120,14 +120,17 @@ pub struct CreateTopicArgs {
     pub groups: Vec<String>,
 }
 
+/// The most messages `brokerctl bench` sends.
+const MAX_BENCH_MESSAGES: u64 = 1_000_000_000;
+
 /// The largest payload `brokerctl bench` builds.
 const MAX_BENCH_PAYLOAD: u64 = 64 * 1024 * 1024;
 
 /// `brokerctl bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// How many messages to publish.
-    #[arg(long, short = 'n', default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    /// How many messages to publish (at most a billion: one bit each tracks their arrival).
+    #[arg(long, short = 'n', default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=MAX_BENCH_MESSAGES))]
     pub messages: u64,
     /// The payload size in bytes (at most 64 MiB; the broker's own limit may be lower).
     #[arg(
