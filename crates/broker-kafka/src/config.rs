@@ -169,7 +169,7 @@ where
         .collect())
 }
 
-/// librdkafka's names of the delivery timeout, the one that wins last.
+/// librdkafka's names of the delivery timeout; the last one given wins.
 const DELIVERY_TIMEOUT_PROPERTIES: [&str; 2] = ["delivery.timeout.ms", "message.timeout.ms"];
 
 /// Room kept, below `message.max.bytes`, when the largest payload is announced: 1 KiB for the
@@ -299,17 +299,17 @@ impl KafkaConfig {
     /// The effective `message.timeout.ms` as a duration.
     pub(crate) fn effective_delivery_timeout(&self) -> Duration {
         self.delivery_timeout_property()
-            .and_then(|(_, v)| v.trim().parse().ok())
+            .and_then(|v| v.trim().parse().ok())
             .map_or(self.delivery_timeout, Duration::from_millis)
     }
 
-    /// The property that sets the delivery timeout, if any, with its value: `message.timeout.ms`
+    /// The value of the property that sets the delivery timeout, if any: `message.timeout.ms`
     /// wins over its alias `delivery.timeout.ms` when both are given.
-    fn delivery_timeout_property(&self) -> Option<(&'static str, &str)> {
+    fn delivery_timeout_property(&self) -> Option<&str> {
         DELIVERY_TIMEOUT_PROPERTIES
             .into_iter()
             .rev()
-            .find_map(|name| Some((name, self.properties.get(name)?.as_str())))
+            .find_map(|name| self.properties.get(name).map(String::as_str))
     }
 
     fn base_config(&self) -> ClientConfig {

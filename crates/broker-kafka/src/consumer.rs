@@ -215,8 +215,8 @@ pub(crate) fn describe(start_from: StartFrom) -> &'static str {
 const MAX_BATCH: usize = 64;
 
 /// Reads what librdkafka has ready, up to `room` records (and [`MAX_BATCH`]), without
-/// blocking, and appends them to `out` as deliveries with their epochs, their payloads copied through
-/// `payloads`. Returns how many records were read (zero when nothing is ready; records of a
+/// blocking, and appends them to `out` as deliveries with their epochs, their payloads copied
+/// through `payloads`. Returns how many records were read (zero when nothing is ready; records of a
 /// partition about to be rewound are read but not handed out); fails only when the consumer
 /// cannot continue.
 ///

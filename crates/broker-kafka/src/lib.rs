@@ -32,9 +32,10 @@
 //!   a broker restart took this member out of it, is logged and its messages delivered again:
 //!   close itself succeeds, as Kafka's own consumer does). A crash, a dropped delivery or a
 //!   rebalance means redelivery, never loss; acknowledgements of partitions this member no
-//!   longer owns are ignored (the new owner gets those messages again). The same applies to `at_most_once`:
-//!   a value is never yielded twice by a running subscription, but after a crash the group gets
-//!   again what was acknowledged since the last commit (up to `auto.commit.interval.ms`).
+//!   longer owns are ignored (the new owner gets those messages again). The same applies to
+//!   `at_most_once`: a value is never yielded twice by a running subscription, but after a
+//!   crash the group gets again what was acknowledged since the last commit (up to
+//!   `auto.commit.interval.ms`).
 //! - Records written by other programs are delivered whatever their headers: a header whose
 //!   name is not UTF-8 (which rdkafka cannot read) is left out of the metadata and logged.
 //! - A subscription hands out at most `max_in_flight` unsettled deliveries; its consumer stops

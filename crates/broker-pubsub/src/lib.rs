@@ -41,10 +41,10 @@
 //! response is the confirmation. A message over 10 MB (payload, key and attributes together)
 //! is rejected before sending, as is one over Pub/Sub's other limits (100 attributes, names
 //! of 256 bytes not starting with `goog`, values of 1024 bytes, keys of 1024 bytes), which the
-//! service would refuse together with every message batched with it. When a message with an ordering key fails, the error is
-//! reported to that publish and the key is resumed, so later messages with that key are sent:
-//! the confirmation does that as it is awaited, so a caller that drops its confirmations
-//! unawaited leaves the key paused (the client refuses its later messages) until one of that
+//! service would refuse together with every message batched with it. When a message with an
+//! ordering key fails, the error is reported to that publish and the key is resumed, so
+//! later messages with that key are sent: the confirmation does that as it is awaited, so a
+//! caller that drops its confirmations unawaited leaves the key paused (the client refuses its later messages) until one of that
 //! key is awaited. The client retries temporary failures within `publish_timeout`; a topic
 //! the service lost (the emulator restarted) is re-created, with the subscriptions this
 //! backend knows, and the message published again. While a key recovers from a failure, its

@@ -110,6 +110,7 @@ mod topology;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use broker_api::completion::Completion;
@@ -268,7 +269,7 @@ impl Backend for RabbitMqBackend {
                 .await
                 .is_err()
             {
-                self.publisher.close(std::time::Duration::ZERO).await;
+                self.publisher.close(Duration::ZERO).await;
                 self.link.close(timeout).await;
             }
             return Ok(());
