@@ -52,15 +52,25 @@ impl Harness for RabbitMq {
 const QUEUE_TYPE_VAR: &str = "BROKER_TEST_RABBITMQ_QUEUE_TYPE";
 
 async fn backend(uri: &str, auto_provision: bool) -> broker_api::Result<RabbitMqBackend> {
+    backend_with(uri, auto_provision, |_| {}).await
+}
+
+/// [`backend`], with `adjust` applied to its configuration.
+async fn backend_with(
+    uri: &str,
+    auto_provision: bool,
+    adjust: impl FnOnce(&mut RabbitMqConfig),
+) -> broker_api::Result<RabbitMqBackend> {
     let queue_type = match std::env::var(QUEUE_TYPE_VAR).as_deref() {
         Ok("classic") => QueueType::Classic,
         _ => QueueType::Quorum,
     };
-    let config = RabbitMqConfig {
+    let mut config = RabbitMqConfig {
         uri: uri.to_owned(),
         queue_type,
         ..RabbitMqConfig::default()
     };
+    adjust(&mut config);
     RabbitMqBackend::connect(
         config,
         ConnectOptions::default().auto_provision(auto_provision),
@@ -83,6 +93,35 @@ async fn exclusive() -> Option<RabbitMq> {
 }
 
 broker_testkit::conformance_suite!(shared().await);
+
+/// Connects with `rabbitmq.prefetch` far above the `max_in_flight` of the cases it runs.
+struct LargePrefetch(RabbitMq);
+
+#[async_trait]
+impl Harness for LargePrefetch {
+    async fn connect(&self) -> broker_api::Result<Broker> {
+        let backend = backend_with(&self.0.live.address, true, |config| {
+            config.prefetch = Some(1000);
+        })
+        .await?;
+        Ok(Broker::new(backend))
+    }
+}
+
+/// `rabbitmq.prefetch` above a subscription's `max_in_flight` does not lift the bound: RabbitMQ
+/// would send that many ahead, each an unsettled delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prefetch_above_max_in_flight_keeps_the_bound() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    let harness = LargePrefetch(harness);
+    run_case(
+        "prefetch_above_max_in_flight_keeps_the_bound",
+        broker_testkit::cases::bounded_in_flight(&harness),
+    )
+    .await;
+}
 
 // A RabbitMQ restarted mid-stream: publishing and the subscription resume, nothing confirmed
 // is lost.

@@ -42,7 +42,8 @@ pub struct RabbitMqConfig {
     pub queue_type: QueueType,
     /// The consumer prefetch (`basic.qos`) of every subscription: how many unacknowledged
     /// messages RabbitMQ sends ahead. Default: unset, which uses each subscription's
-    /// `max_in_flight` (capped at 65535, the protocol's limit).
+    /// `max_in_flight` (capped at 65535, the protocol's limit). A value above a subscription's
+    /// `max_in_flight` is lowered to it: every message sent ahead is an unsettled delivery.
     pub prefetch: Option<u16>,
     /// How many publishes may wait for their publisher confirm at once. `send` waits for room
     /// only when this many are pending. Default: 1024.

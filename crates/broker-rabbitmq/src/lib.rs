@@ -96,7 +96,8 @@
 //! on a message rejected 20 times (their default delivery limit), and these queues have no
 //! dead-letter exchange: the library's runners retry in process instead of rejecting, but a
 //! message requeued at every close or restart (a handler that never succeeds with
-//! dead-lettering off, a manual `nack` loop) is dropped by the broker after 20 deliveries.
+//! dead-lettering off, a manual `nack` loop, one sent ahead to a closing subscription at every
+//! close) is dropped by the broker after 20 deliveries.
 
 mod config;
 mod error;

@@ -12,6 +12,10 @@
 //! channel gives every unacknowledged message back at once, in its order. Rejected one by one
 //! as the runner drops them (those waiting behind their key first, the one still running
 //! last), a quorum queue would hand them out again in that order, breaking per-key order.
+//! For the same reason stopping intake does not cancel the consumer: under single active
+//! consumer a cancel hands the queue to another member at once, which would then receive
+//! later messages before the ones this member still holds. RabbitMQ keeps sending up to the
+//! prefetch meanwhile; those go back at close too, marked redelivered.
 
 use std::fmt;
 use std::pin::Pin;
@@ -81,9 +85,7 @@ impl Subscription {
         deadline: Instant,
     ) -> Result<Subscription> {
         let config = &link.settings().config;
-        let prefetch = config
-            .prefetch
-            .unwrap_or_else(|| u16::try_from(request.max_in_flight.max(1)).unwrap_or(u16::MAX));
+        let prefetch = prefetch(config.prefetch, request.max_in_flight);
         let group = Arc::new(Group {
             backoff: config.reconnect.clone(),
             link,
@@ -93,8 +95,7 @@ impl Subscription {
             prefetch,
             intake_stopped: Arc::new(AtomicBool::new(false)),
         });
-        let opening = group.clone().consume(Some(deadline));
-        let active = error::within(deadline, "subscribe", opening).await?;
+        let active = group.clone().consume(Some(deadline)).await?;
         Ok(Subscription {
             group,
             state: State::Consuming(active),
@@ -106,6 +107,14 @@ impl Subscription {
     }
 }
 
+/// The `basic.qos` prefetch of a subscription: `rabbitmq.prefetch` when set, else its
+/// `max_in_flight`; never more than `max_in_flight` (every message RabbitMQ sends ahead is an
+/// unsettled delivery, which the stream must not hold more of) nor than AMQP's 65535.
+fn prefetch(configured: Option<u16>, max_in_flight: usize) -> u16 {
+    let bound = u16::try_from(max_in_flight.max(1)).unwrap_or(u16::MAX);
+    configured.map_or(bound, |prefetch| prefetch.min(bound))
+}
+
 impl Group {
     /// Whether the group's queue is still this backend's: not deleted with its topic since.
     fn is_known(&self) -> bool {
@@ -114,8 +123,9 @@ impl Group {
     }
 
     /// Opens the consumer, retrying transient failures with backoff, until `give_up` (never
-    /// when `None`). Refusals (missing group with auto-provisioning off, mismatched queue) and
-    /// `close` end it at once.
+    /// when `None`); a subscription that cannot open in time fails with its last failure.
+    /// Refusals (missing group with auto-provisioning off, mismatched queue) and `close` end it
+    /// at once.
     async fn consume(self: Arc<Self>, give_up: Option<Instant>) -> Result<Active> {
         // "Never" is a deadline far enough away for a wait on the supervisor.
         let deadline =
@@ -124,9 +134,9 @@ impl Group {
         loop {
             let session = self.link.session(deadline).await?;
             // A broker that stops answering mid-way is retried like one that refused.
-            let answer_by = Instant::now() + self.link.settings().config.connect_timeout;
-            let opening = error::within(answer_by, "subscribe", self.consume_on(&session));
-            let failure = match opening.await {
+            let answer_by =
+                deadline.min(Instant::now() + self.link.settings().config.connect_timeout);
+            let failure = match self.consume_on(&session, answer_by).await {
                 Ok(active) => return Ok(active),
                 Err(e) => e,
             };
@@ -134,14 +144,14 @@ impl Group {
                 failure.kind(),
                 ErrorKind::NotFound | ErrorKind::Rejected | ErrorKind::Config | ErrorKind::Closed
             );
-            if fatal || give_up.is_some_and(|at| Instant::now() >= at) {
+            attempt += 1;
+            let delay = self.backoff.delay(attempt);
+            if fatal || give_up.is_some_and(|at| Instant::now() + delay >= at) {
                 return Err(failure);
             }
             if !session.is_open() {
                 self.link.report_broken();
             }
-            attempt += 1;
-            let delay = self.backoff.delay(attempt);
             tracing::warn!(
                 topic = %self.topic,
                 group = %self.group,
@@ -156,18 +166,38 @@ impl Group {
         }
     }
 
-    async fn consume_on(&self, session: &Session) -> Result<Active> {
-        let channel = scratch_channel(&session.connection).await?;
+    /// One attempt to consume on a channel of its own, which is closed again (in the
+    /// background) when the attempt fails or runs out of time: a consumer whose `basic.consume` answer came late would stay
+    /// on it, taking the group's messages (all of them, as its single active consumer) without
+    /// anyone reading them.
+    async fn consume_on(&self, session: &Session, answer_by: Instant) -> Result<Active> {
+        let channel =
+            error::within(answer_by, "subscribe", scratch_channel(&session.connection)).await?;
+        match error::within(answer_by, "subscribe", self.consume_with(&channel)).await {
+            Ok(consumer) => Ok(Active {
+                channel: Arc::new(channel),
+                consumer,
+            }),
+            Err(failure) => {
+                // In the background: the next attempt need not wait for the broker's answer.
+                tokio::spawn(async move { close_channel(&channel, "subscribing failed").await });
+                Err(failure)
+            }
+        }
+    }
+
+    /// Declares the group on `channel`, sets the prefetch and starts consuming.
+    async fn consume_with(&self, channel: &Channel) -> Result<Consumer> {
         let queue = self
             .topology
-            .ensure_group(&channel, &self.topic, &self.group)
+            .ensure_group(channel, &self.topic, &self.group)
             .await
             .map_err(|e| e.operation("subscribe"))?;
         channel
             .basic_qos(self.prefetch, BasicQosOptions { global: false })
             .await
             .map_err(|e| error::from_lapin("subscribe", "cannot set the prefetch", e))?;
-        let consumer = channel
+        channel
             .basic_consume(
                 queue.clone(),
                 // The broker names the consumer.
@@ -178,11 +208,7 @@ impl Group {
             .await
             .map_err(|e| {
                 error::from_lapin("subscribe", format!("cannot consume from queue {queue}"), e)
-            })?;
-        Ok(Active {
-            channel: Arc::new(channel),
-            consumer,
-        })
+            })
     }
 
     fn delivery(&self, delivery: lapin::message::Delivery, channel: &Arc<Channel>) -> Delivery {
@@ -359,5 +385,19 @@ impl Settle for AmqpAcker {
                 "settling a delivery failed; RabbitMQ delivers the message again"
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prefetch;
+
+    #[test]
+    fn prefetch_never_exceeds_max_in_flight() {
+        assert_eq!(prefetch(None, 256), 256);
+        assert_eq!(prefetch(Some(50), 256), 50);
+        assert_eq!(prefetch(Some(50), 5), 5, "capped at max_in_flight");
+        assert_eq!(prefetch(None, 1_000_000), u16::MAX, "AMQP's limit");
+        assert_eq!(prefetch(Some(10), 0), 1);
     }
 }
