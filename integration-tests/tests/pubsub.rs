@@ -577,3 +577,96 @@ async fn unreachable_endpoint_fails_connect_quickly() {
     })
     .await;
 }
+
+/// A subscription that exists without message ordering (created by another program: ordering
+/// cannot be changed afterwards) is used, with a warning naming it, since same-key order is not
+/// kept there; one this backend created is not warned about.
+#[tokio::test]
+async fn existing_subscription_without_ordering_is_warned_about() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    // Current-thread runtime: everything the case runs logs on this thread.
+    let logs = CapturedLogs::default();
+    let _capture = tracing::subscriber::set_default(logs.subscriber());
+    run_case("existing_subscription_without_ordering", async {
+        let endpoint = &harness.live.address;
+        let topic = unique("unordered");
+        topic_admin(endpoint)
+            .await
+            .create_topic()
+            .set_name(format!("projects/{PROJECT}/topics/{topic}"))
+            .send()
+            .await
+            .expect("create the topic");
+        subscription_admin(endpoint)
+            .await
+            .create_subscription()
+            .set_name(format!("projects/{PROJECT}/subscriptions/{topic}.g"))
+            .set_topic(format!("projects/{PROJECT}/topics/{topic}"))
+            .send()
+            .await
+            .expect("create a subscription without message ordering");
+        let backend = backend(endpoint, true).await.unwrap();
+        let mut stream = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        stream.close().await.unwrap();
+        let warned = |name: &str| {
+            logs.lines()
+                .iter()
+                .any(|line| line.contains("without message ordering") && line.contains(name))
+        };
+        assert!(
+            warned(&format!("{topic}.g")),
+            "no warning about {topic}.g: {:?}",
+            logs.lines()
+        );
+        let mut ordered = backend
+            .subscribe(SubscribeRequest::new(&topic, "h"))
+            .await
+            .unwrap();
+        ordered.close().await.unwrap();
+        assert!(!warned(&format!("{topic}.h")), "{:?}", logs.lines());
+        backend.delete_topic(&topic).await.unwrap();
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
+/// Log lines written while its subscriber is the thread's default.
+#[derive(Clone, Default)]
+struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl CapturedLogs {
+    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
+        let sink = self.clone();
+        tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || sink.clone())
+            .finish()
+    }
+
+    fn lines(&self) -> Vec<String> {
+        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
+        String::from_utf8_lossy(&bytes)
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for CapturedLogs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if let Ok(mut bytes) = self.0.lock() {
+            bytes.extend_from_slice(buf);
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}

@@ -108,8 +108,35 @@ impl Admin {
         } else {
             self.check_subscription(subscription).await?;
         }
+        if !self.created(subscription) {
+            self.check_ordering(topic, subscription).await;
+        }
         self.remember(topic, subscription);
         Ok(())
+    }
+
+    /// Warns when `subscription`, found rather than created here, has message ordering off:
+    /// the service then hands out messages of the same key in any order, and a subscription's
+    /// ordering cannot be changed (only a new subscription, for a new group, can have it).
+    /// Credentials that may not look it up skip the check.
+    async fn check_ordering(&self, topic: &str, subscription: &str) {
+        let looked_up = self
+            .subscriptions
+            .get_subscription()
+            .set_subscription(self.subscription_path(subscription))
+            .send()
+            .await;
+        match looked_up {
+            Ok(found) if !found.enable_message_ordering => tracing::warn!(
+                topic,
+                subscription,
+                "the subscription exists without message ordering: messages with the same key \
+                 may be handled out of order (create it with message ordering, under a new group)"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::debug!(subscription, error = %e,
+                "cannot look up the subscription's message ordering"),
+        }
     }
 
     /// Re-creates `topic` and every subscription this backend knows on it, after the service

@@ -16,7 +16,9 @@
 //!
 //! Subscriptions are created with message ordering enabled: messages with the same ordering key
 //! are delivered in publish order; ordering only concerns messages that have a key, the others
-//! are delivered in any order. A message without a `message-id` attribute (published by another
+//! are delivered in any order. A subscription found existing without message ordering (made
+//! by another program; the setting cannot be changed) is used, with a warning: same-key order
+//! does not hold there. A message without a `message-id` attribute (published by another
 //! program) is still delivered, with no message id.
 //!
 //! # Provisioning and retention
