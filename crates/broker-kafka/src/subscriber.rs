@@ -67,7 +67,12 @@ impl Subscription {
                 closed.send_replace(true);
             });
         if let Err(error) = spawned {
-            tracing::warn!(%error, "cannot start a thread to close the consumer");
+            // The refused closure, consumer included, was dropped: the consumer left its group
+            // on this thread, without the final commit.
+            tracing::warn!(topic = %self.shared.topic(), group = self.shared.group(), %error,
+                "cannot start a thread to close the consumer; it left its group without committing \
+                 what was handled since the last automatic commit (delivered again)");
+            self.closed.send_replace(true);
         }
     }
 
