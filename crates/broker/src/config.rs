@@ -263,9 +263,10 @@ fn check_types(text: &str, source: &str) -> Result<()> {
     )))
 }
 
+/// The `BROKER__*` variables, kept as text: each setting parses its own (numbers, booleans,
+/// durations). Parsed up front, `2.5` would become a number that an integer setting rounds.
 fn environment() -> Environment {
     Environment::with_prefix(ENV_PREFIX)
         .prefix_separator("__")
         .separator("__")
-        .try_parsing(true)
 }

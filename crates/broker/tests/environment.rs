@@ -24,8 +24,30 @@ fn environment_overrides_file_and_unknown_variables_are_errors() {
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("nope"), "{err}");
 
-    std::env::set_var("BROKER_CONFIG", &path);
     std::env::remove_var("BROKER__SUBSCRIBER__NOPE");
+    // Values are read as written: a fraction is not rounded into an integer setting, while
+    // booleans, fractions and durations where they are expected still parse.
+    std::env::set_var("BROKER__SUBSCRIBER__RETRY__MAX_ATTEMPTS", "2.5");
+    let err = BrokerConfig::load_from(Some(&path)).expect_err("a fraction for an integer");
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("max_attempts"), "{err}");
+    assert!(err.to_string().contains("2.5"), "{err}");
+    std::env::set_var("BROKER__SUBSCRIBER__RETRY__MAX_ATTEMPTS", "4");
+    std::env::set_var("BROKER__SUBSCRIBER__RETRY__JITTER", "0.25");
+    std::env::set_var("BROKER__SUBSCRIBER__RETRY__DEAD_LETTER", "false");
+    std::env::set_var("BROKER__SUBSCRIBER__SHUTDOWN_TIMEOUT", "5s");
+    std::env::set_var("BROKER__AUTO_PROVISION", "false");
+    let config = BrokerConfig::load_from(Some(&path)).unwrap();
+    assert_eq!(config.subscriber.retry.max_attempts, 4);
+    assert_eq!(config.subscriber.retry.jitter, 0.25);
+    assert!(!config.subscriber.retry.dead_letter);
+    assert_eq!(
+        config.subscriber.shutdown_timeout,
+        std::time::Duration::from_secs(5)
+    );
+    assert!(!config.auto_provision());
+
+    std::env::set_var("BROKER_CONFIG", &path);
     let config = BrokerConfig::load().unwrap();
     assert_eq!(config.kind, Kind::Rabbitmq);
 
