@@ -1,5 +1,6 @@
 //! Topics and subscriptions: creating them on first use, re-creating them after the service
-//! lost them (an emulator restart), listing and deleting them.
+//! lost them (an emulator restart), listing and deleting them; [`answers`] says what the
+//! service's refusals mean, [`reclaim`] ends the emulator's abandoned streaming pulls.
 //!
 //! Credentials with least-privilege roles (`roles/pubsub.publisher` or `.subscriber`) may
 //! publish or pull but not list, look up or create topics and subscriptions: a request refused
@@ -7,26 +8,23 @@
 //! is managed elsewhere, and the backend goes on. If it does not exist after all, publishing
 //! and pulling fail with an error saying so and that these credentials may not create it.
 
+mod answers;
+mod reclaim;
+
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use broker_api::{Error, ErrorKind, Result};
+use broker_api::{ErrorKind, Result};
 use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
-use google_cloud_pubsub::model::{ExpirationPolicy, PushConfig};
+use google_cloud_pubsub::model::ExpirationPolicy;
 use google_cloud_pubsub::retry_policy::RetryableErrors;
 
-use crate::error::{is_already_exists, is_not_found, is_permission_denied, rpc_error, BACKEND};
+use crate::error::{is_not_found, is_permission_denied, rpc_error};
 
-/// How long a subscription is switched to push delivery to end the emulator's abandoned
-/// streaming pulls: the emulator checks each pull every 50 ms.
-pub(crate) const RECLAIM_WINDOW: Duration = Duration::from_millis(150);
-
-/// Where the emulator tries to push during [`RECLAIM_WINDOW`]: a loopback port nothing
-/// listens on (the discard port), so pushes fail and the messages stay for pulling.
-const RECLAIM_PUSH_ENDPOINT: &str = "http://127.0.0.1:9/";
+use self::answers::{allowed, creation, must_exist, probe_outcome, Creation};
 
 /// The administrative clients of one backend and what it knows about its resources.
 #[derive(Debug)]
@@ -294,47 +292,6 @@ impl Admin {
             .map_err(|e| rpc_error(e, "delete topic", format!("cannot delete topic {topic}")))
     }
 
-    /// Ends every streaming pull the emulator still keeps for `subscription`, including those
-    /// of processes gone long ago (see `subscriber` on why the emulator keeps them): the
-    /// subscription is switched to push delivery for [`RECLAIM_WINDOW`], which makes the
-    /// emulator end its streaming pulls, then back to pull delivery. Messages keep waiting in
-    /// the subscription. Emulator only: Google Cloud releases cancelled streaming pulls itself.
-    pub(crate) async fn reclaim_streaming_pulls(&self, subscription: &str) -> Result<()> {
-        self.subscriptions
-            .modify_push_config()
-            .set_subscription(self.subscription_path(subscription))
-            .set_push_config(PushConfig::new().set_push_endpoint(RECLAIM_PUSH_ENDPOINT))
-            .send()
-            .await
-            .map_err(|e| {
-                rpc_error(
-                    e,
-                    "subscribe",
-                    format!("cannot reclaim the streaming pulls of subscription {subscription}"),
-                )
-            })?;
-        tokio::time::sleep(RECLAIM_WINDOW).await;
-        self.restore_pull_delivery(subscription).await
-    }
-
-    /// Switches `subscription` back to pull delivery: the end of a reclaim, or the repair of
-    /// one that never finished.
-    pub(crate) async fn restore_pull_delivery(&self, subscription: &str) -> Result<()> {
-        self.subscriptions
-            .modify_push_config()
-            .set_subscription(self.subscription_path(subscription))
-            .set_push_config(PushConfig::new())
-            .send()
-            .await
-            .map_err(|e| {
-                rpc_error(
-                    e,
-                    "subscribe",
-                    format!("cannot switch subscription {subscription} back to pull delivery"),
-                )
-            })
-    }
-
     /// Whether this backend created `subscription` itself (so no other process used it yet).
     pub(crate) fn created(&self, subscription: &str) -> bool {
         self.created
@@ -505,149 +462,5 @@ impl Admin {
                 .or_default()
                 .insert(subscription.to_owned());
         }
-    }
-}
-
-/// The outcome of the connection check: any answer from the service but a refusal of the
-/// credentials counts (a caller without `pubsub.topics.list` is still connected); `None` when
-/// there was none within `timeout`.
-fn probe_outcome<T>(
-    answer: Option<std::result::Result<T, google_cloud_gax::error::Error>>,
-    project_path: &str,
-    timeout: Duration,
-) -> Result<()> {
-    match answer {
-        Some(Ok(_)) => Ok(()),
-        Some(Err(e)) if is_permission_denied(&e) => {
-            tracing::debug!(error = %e, "not allowed to list topics; the service answered");
-            Ok(())
-        }
-        Some(Err(e)) => Err(rpc_error(
-            e,
-            "connect",
-            format!("the service did not accept a request for {project_path}"),
-        )),
-        None => Err(Error::new(
-            ErrorKind::Connection,
-            format!("no answer within {timeout:?}"),
-        )
-        .backend(BACKEND)
-        .operation("connect")),
-    }
-}
-
-/// How a request to create a topic or subscription ended, when the backend may go on.
-#[derive(Debug)]
-enum Creation {
-    Created,
-    Existed,
-    /// The credentials may not create it (see the module docs): taken as existing on first
-    /// use, an error when the service lost it.
-    NotAllowed(google_cloud_gax::error::Error),
-}
-
-fn creation<T>(
-    created: std::result::Result<T, google_cloud_gax::error::Error>,
-) -> std::result::Result<Creation, google_cloud_gax::error::Error> {
-    match created {
-        Ok(_) => Ok(Creation::Created),
-        Err(e) if is_already_exists(&e) => Ok(Creation::Existed),
-        Err(e) if is_permission_denied(&e) => Ok(Creation::NotAllowed(e)),
-        Err(e) => Err(e),
-    }
-}
-
-/// What a creation the credentials were not allowed means for `what` (`topic orders`): on first
-/// use, that it is managed elsewhere (`Existed`, see the module docs); when `repair`ing what
-/// the service lost, that it is gone and may not be created again (an error).
-fn allowed(created: Creation, what: &str, repair: bool) -> Result<Creation> {
-    match created {
-        Creation::NotAllowed(denied) if repair => Err(rpc_error(
-            denied,
-            "create",
-            format!("{what} does not exist (any more) and these credentials may not create it"),
-        )),
-        Creation::NotAllowed(_) => {
-            tracing::debug!(what, "not allowed to create it; taking it as existing");
-            Ok(Creation::Existed)
-        }
-        other => Ok(other),
-    }
-}
-
-/// The outcome of looking up `what` (`topic orders`) with auto-provisioning off: `NotFound`
-/// when the service does not have it; taken as existing when the credentials may not look it
-/// up (see the module docs).
-fn must_exist<T>(
-    looked_up: std::result::Result<T, google_cloud_gax::error::Error>,
-    what: &str,
-    operation: &'static str,
-) -> Result<()> {
-    match looked_up {
-        Ok(_) => Ok(()),
-        Err(e) if is_permission_denied(&e) => {
-            tracing::debug!(error = %e, "not allowed to look up {what}; taking it as existing");
-            Ok(())
-        }
-        Err(e) if is_not_found(&e) => Err(Error::new(
-            ErrorKind::NotFound,
-            format!("{what} does not exist and auto-provisioning is off"),
-        )
-        .backend(BACKEND)
-        .operation(operation)),
-        Err(e) => Err(rpc_error(e, operation, format!("cannot look up {what}"))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use google_cloud_gax::error::rpc::{Code, Status};
-
-    use super::*;
-
-    fn refused(code: Code) -> std::result::Result<(), google_cloud_gax::error::Error> {
-        Err(google_cloud_gax::error::Error::service(
-            Status::default().set_code(code).set_message("refused"),
-        ))
-    }
-
-    const TIMEOUT: Duration = Duration::from_secs(1);
-
-    #[test]
-    fn a_caller_not_allowed_to_list_topics_is_connected() {
-        assert!(probe_outcome(Some(Ok(())), "projects/p", TIMEOUT).is_ok());
-        assert!(
-            probe_outcome(Some(refused(Code::PermissionDenied)), "projects/p", TIMEOUT).is_ok()
-        );
-        let err = probe_outcome(Some(refused(Code::Unauthenticated)), "projects/p", TIMEOUT)
-            .expect_err("credentials the service refuses");
-        assert!(err.to_string().contains("projects/p"), "{err}");
-        let err = probe_outcome::<()>(None, "projects/p", TIMEOUT).expect_err("no answer");
-        assert_eq!(err.kind(), ErrorKind::Connection);
-    }
-
-    #[test]
-    fn creating_what_the_caller_may_not_create_goes_on() {
-        assert!(matches!(creation(Ok(())), Ok(Creation::Created)));
-        assert!(matches!(
-            creation(refused(Code::AlreadyExists)),
-            Ok(Creation::Existed)
-        ));
-        assert!(matches!(
-            creation(refused(Code::PermissionDenied)),
-            Ok(Creation::NotAllowed(_))
-        ));
-        assert!(creation(refused(Code::InvalidArgument)).is_err());
-        assert!(creation(refused(Code::Unauthenticated)).is_err());
-    }
-
-    #[test]
-    fn looking_up_what_the_caller_may_not_see_goes_on() {
-        assert!(must_exist(refused(Code::PermissionDenied), "topic t", "check topic").is_ok());
-        let err =
-            must_exist(refused(Code::NotFound), "topic t", "check topic").expect_err("missing");
-        assert_eq!(err.kind(), ErrorKind::NotFound);
-        assert!(err.to_string().contains("topic t"), "{err}");
-        assert!(must_exist(refused(Code::Unauthenticated), "topic t", "check topic").is_err());
     }
 }
