@@ -1,0 +1,108 @@
+//! The concurrent runner: up to `concurrency` messages at a time, same-key messages in order.
+
+use std::sync::Arc;
+
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+
+use super::handling::{Handled, Unsettled};
+use super::AtLeastOnce;
+use crate::backend::BoxDeliveryStream;
+use crate::delivery::Delivery;
+use crate::error::Result;
+use crate::handler::Handler;
+use crate::runner::fair_share::FairShare;
+use crate::runner::key_lanes::KeyLanes;
+use crate::runner::stop::Stop;
+
+/// What one handled delivery left behind.
+struct Finished {
+    key: Option<String>,
+    handled: Handled,
+}
+
+impl<T: Send + 'static> AtLeastOnce<T> {
+    /// Up to `concurrency` messages at a time; same-key messages wait for each other.
+    pub(super) async fn run_concurrent<H: Handler<T>>(
+        self: Arc<Self>,
+        stream: &mut BoxDeliveryStream,
+        handler: Arc<H>,
+        stop: &Stop,
+    ) -> Result<()> {
+        // Cancelled on close or on a fatal error: handlers waiting to retry give up their message.
+        let abandon = stop.token().child_token();
+        let mut running = FuturesUnordered::new();
+        let mut lanes = KeyLanes::default();
+        let mut outcome = Ok(());
+        let mut unsettled = Vec::new();
+        let mut fair_share = FairShare::default();
+        let start = |delivery: Delivery| {
+            let runner = self.clone();
+            let handler = handler.clone();
+            let abandon = abandon.clone();
+            async move {
+                let key = delivery.metadata.key.clone();
+                let handled = runner.handle(delivery, &*handler, &abandon).await;
+                Finished { key, handled }
+            }
+        };
+
+        loop {
+            let has_room = running.len() < self.settings.concurrency;
+            tokio::select! {
+                biased;
+                () = stop.token().cancelled() => break,
+                Some(finished) = running.next() => {
+                    let Finished { key, handled } = finished;
+                    if let Err(left) = handled {
+                        // Abandoned by a close that began meanwhile, or a fatal error: its
+                        // key's next message does not start.
+                        let Unsettled { acker, error } = left;
+                        outcome = error.map_or(Ok(()), Err);
+                        unsettled.push(acker);
+                        break;
+                    }
+                    if let Some(next) = key.and_then(|key| lanes.release(&key)) {
+                        running.push(start(next));
+                    }
+                }
+                item = stream.next(), if has_room => match item {
+                    Some(Ok(delivery)) => {
+                        if let Some(delivery) = lanes.admit(delivery) {
+                            running.push(start(delivery));
+                        }
+                        fair_share.take().await;
+                    }
+                    Some(Err(e)) => {
+                        outcome = Err(e);
+                        break;
+                    }
+                    None => break,
+                },
+            }
+        }
+
+        // Intake is closed; messages waiting behind their key were not started and are
+        // delivered again later. Let running handlers finish, within the shutdown timeout.
+        stream.stop_intake();
+        if outcome.is_err() {
+            abandon.cancel();
+        }
+        drop(lanes);
+        drop(unsettled);
+        let drain = async {
+            let mut first_error = Ok(());
+            while let Some(Finished { handled, .. }) = running.next().await {
+                if let Err(Some(e)) = handled.map_err(Unsettled::into_error) {
+                    abandon.cancel();
+                    if first_error.is_ok() {
+                        first_error = Err(e);
+                    }
+                }
+            }
+            first_error
+        };
+        let drained = self.finish_within_timeout(drain).await;
+        outcome.and(drained)
+    }
+}
