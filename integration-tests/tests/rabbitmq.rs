@@ -910,6 +910,82 @@ async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
     .await;
 }
 
+/// During a resource alarm RabbitMQ holds confirms back: a publish unconfirmed after
+/// `publish_timeout` fails with `Timeout` (it may or may not have been stored) and frees its
+/// window slot, and so does a send that waits for a slot that long; the backend publishes
+/// again once the alarm is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_held_by_a_resource_alarm_time_out() {
+    let Some(harness) = exclusive().await else {
+        return;
+    };
+    run_case("publishes_held_by_a_resource_alarm_time_out", async {
+        const TIMEOUT: Duration = Duration::from_secs(2);
+        let config = RabbitMqConfig {
+            uri: harness.live.address.clone(),
+            confirm_window: 2,
+            publish_timeout: TIMEOUT,
+            ..RabbitMqConfig::default()
+        };
+        let backend = RabbitMqBackend::connect(config, ConnectOptions::default())
+            .await
+            .expect("connect");
+        let broker = Broker::new(backend);
+        let name = fresh_topic(&broker, "alarm-timeout", &["g"]).await;
+        let topic = broker_api::Topic::text(name.as_str());
+        let publisher = broker.publisher(&topic);
+        publisher
+            .publish(&"before".to_owned())
+            .await
+            .expect("published before the alarm");
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0"]).await;
+        let alarm = RestoreWith(&["set_vm_memory_high_watermark", "0.4"]);
+        let sent_at = Instant::now();
+        let mut in_window = Vec::new();
+        for value in ["one", "two"] {
+            let sent = publisher.send(&value.to_owned()).await;
+            in_window.push(sent.expect("handed over: there is room in the window"));
+        }
+        // No room: it waits for a slot, which the two free when they time out; then it waits
+        // for its own confirm. Either wait ends in `Timeout`.
+        let third = async {
+            match publisher.send(&"three".to_owned()).await {
+                Ok(confirmation) => confirmation.await.map(drop),
+                Err(e) => Err(e),
+            }
+        };
+        let third = tokio::time::timeout(TIMEOUT * 4, third);
+        let mut waited = Vec::new();
+        for confirmation in in_window {
+            let outcome = tokio::time::timeout(TIMEOUT * 4, confirmation).await;
+            waited.push((outcome, sent_at.elapsed()));
+        }
+        let third = third.await;
+        drop(alarm);
+        for (outcome, after) in waited {
+            let err = outcome
+                .expect("settled within four publish timeouts")
+                .expect_err("a publish RabbitMQ did not confirm is not reported published");
+            assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+            assert!(err.to_string().contains("may or may not"), "{err}");
+            assert!(
+                after >= TIMEOUT - Duration::from_millis(100),
+                "failed after {after:?}, before the publish timeout"
+            );
+        }
+        let err = third
+            .expect("the third send ends within four publish timeouts")
+            .expect_err("nothing was confirmed during the alarm");
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        publisher
+            .publish(&"after".to_owned())
+            .await
+            .expect("the same backend publishes again after the alarm");
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
 /// Runs `rabbitmqctl` with its arguments when dropped: undoes a change to the broker's
 /// settings also when its case fails or hangs, so that the cases after it run on the defaults.
 struct RestoreWith(&'static [&'static str]);

@@ -24,6 +24,7 @@ const BROKER_MAX_MESSAGE_SIZE: usize = 512 * 1024 * 1024;
 /// queue_type = "quorum"        # quorum | classic
 /// confirm_window = 1024
 /// connect_timeout = "10s"
+/// publish_timeout = "60s"
 /// reconnect = { min_backoff = "100ms", max_backoff = "5s" }
 /// ```
 ///
@@ -57,6 +58,13 @@ pub struct RabbitMqConfig {
     /// the supervisor to reconnect. Default: 30s.
     #[serde(with = "humantime_serde")]
     pub retry_timeout: Duration,
+    /// How long a publish may take, from `send` to RabbitMQ's confirm (publishing again after
+    /// a dropped channel included), and a `send` may wait for room in the confirm window,
+    /// before it fails with `Timeout` (a publish then may or may not have been stored).
+    /// RabbitMQ holds confirms back during a resource alarm (memory, disk) and while a quorum
+    /// queue has no majority. Default: 60s.
+    #[serde(with = "humantime_serde")]
+    pub publish_timeout: Duration,
     /// How long `close` waits for pending publisher confirms. Default: 10s.
     #[serde(with = "humantime_serde")]
     pub close_timeout: Duration,
@@ -78,6 +86,7 @@ impl Default for RabbitMqConfig {
             confirm_window: 1024,
             connect_timeout: Duration::from_secs(10),
             retry_timeout: Duration::from_secs(30),
+            publish_timeout: Duration::from_secs(60),
             close_timeout: Duration::from_secs(10),
             reconnect: ReconnectBackoff::default(),
             max_message_size: 16 * 1024 * 1024,
@@ -94,6 +103,7 @@ impl fmt::Debug for RabbitMqConfig {
             .field("confirm_window", &self.confirm_window)
             .field("connect_timeout", &self.connect_timeout)
             .field("retry_timeout", &self.retry_timeout)
+            .field("publish_timeout", &self.publish_timeout)
             .field("close_timeout", &self.close_timeout)
             .field("reconnect", &self.reconnect)
             .field("max_message_size", &self.max_message_size)
@@ -195,6 +205,7 @@ impl RabbitMqConfig {
         for (key, value) in [
             ("connect_timeout", self.connect_timeout),
             ("retry_timeout", self.retry_timeout),
+            ("publish_timeout", self.publish_timeout),
             ("reconnect.min_backoff", self.reconnect.min_backoff),
         ] {
             if value.is_zero() {
@@ -362,8 +373,11 @@ mod tests {
     #[test]
     fn invalid_values_name_the_key() {
         type Change = fn(&mut RabbitMqConfig);
-        let cases: [(&str, Change); 5] = [
+        let cases: [(&str, Change); 6] = [
             ("rabbitmq.confirm_window", |c| c.confirm_window = 0),
+            ("rabbitmq.publish_timeout", |c| {
+                c.publish_timeout = Duration::ZERO
+            }),
             ("rabbitmq.prefetch", |c| c.prefetch = Some(0)),
             ("rabbitmq.connect_timeout", |c| {
                 c.connect_timeout = Duration::ZERO

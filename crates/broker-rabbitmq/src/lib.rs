@@ -90,9 +90,10 @@
 //! connection (RabbitMQ allows 2047 by default). A publish retried after a connection drop can
 //! land after messages sent later, so per-key order holds between reconnects, not across one
 //! where a publish of that key was in flight. Connections blocked by a RabbitMQ resource alarm
-//! (memory, disk) hold publishes until the alarm clears; closing the backend meanwhile fails
-//! those still unconfirmed after `rabbitmq.close_timeout` (`Closed`: they may or may not have
-//! been stored). On RabbitMQ 4, quorum queues give up
+//! (memory, disk) hold publishes until the alarm clears: a publish unconfirmed after
+//! `rabbitmq.publish_timeout` fails with `Timeout`, and closing the backend meanwhile fails
+//! those still unconfirmed after `rabbitmq.close_timeout` (`Closed`); either may or may not
+//! have been stored. On RabbitMQ 4, quorum queues give up
 //! on a message rejected 20 times (their default delivery limit), and these queues have no
 //! dead-letter exchange: the library's runners retry in process instead of rejecting, but a
 //! message requeued at every close or restart (a handler that never succeeds with

@@ -12,17 +12,24 @@
 //! does: no per-message future is boxed on the caller's thread and freed on another, and the
 //! frames of publishes sent together are queued together, for lapin to write at once.
 //!
-//! Closing abandons the task when publishes are still unconfirmed after `close_timeout` (a
-//! resource alarm makes RabbitMQ stop reading publishes): their confirmations fail instead of
-//! waiting for ever.
+//! A publish still unconfirmed `publish_timeout` after it was handed over is given up (its
+//! confirmation fails with `Timeout`, its window slot is freed): RabbitMQ holds confirms back
+//! during a resource alarm and while a quorum queue has no majority. One timer serves all of
+//! them, set to the oldest deadline. Closing abandons the task when publishes are still
+//! unconfirmed after `close_timeout`: their confirmations fail instead of waiting for ever.
 
 use std::future::Future;
+use std::pin::pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use broker_api::{Confirmation, Error, ErrorKind, Receipt, ReceiptSlot, Result};
+use futures::future::{AbortHandle, AbortRegistration, Abortable, Aborted};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
+use slab::Slab;
 use tokio::sync::{mpsc, Notify};
+use tokio::time::Instant;
 
 use super::pending::Publish;
 use crate::error::BACKEND;
@@ -68,11 +75,11 @@ pub(super) struct Driver {
 }
 
 impl Driver {
-    /// Starts the task on `runtime`.
-    pub(super) fn start(runtime: &tokio::runtime::Handle) -> Self {
+    /// Starts the task on `runtime`; publishes unconfirmed after `publish_timeout` fail.
+    pub(super) fn start(runtime: &tokio::runtime::Handle, publish_timeout: Duration) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
         let abandon = Arc::new(Notify::new());
-        runtime.spawn(run(queue, abandon.clone()));
+        runtime.spawn(run(queue, abandon.clone(), publish_timeout));
         Driver { jobs, abandon }
     }
 
@@ -99,15 +106,25 @@ impl Driver {
 
 /// Starts `publish` now (its frames are queued in call order) and leaves the rest to whoever
 /// awaits the confirmation: for a publisher created outside a Tokio runtime, or after its task
-/// ended.
+/// ended. No `publish_timeout` applies: the caller may bound its wait itself.
 pub(super) fn run_in_caller(publish: Publish) -> Confirmation {
     Confirmation::from(poll::start(Box::pin(publish.run())))
 }
 
-async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>) {
+/// A publish the task runs: its caller's outcome, when it is given up, and what stops it then.
+struct InFlight {
+    outcome: Outcome,
+    deadline: Instant,
+    stop: AbortHandle,
+}
+
+async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>, timeout: Duration) {
     let mut pending = FuturesUnordered::new();
+    let mut in_flight = Slab::new();
     let mut received = Vec::with_capacity(BATCH);
     let mut open = true;
+    // Set to the oldest deadline (or later: it is moved on when it fires early).
+    let mut expiry = pin!(tokio::time::sleep(timeout));
     while open || !pending.is_empty() {
         tokio::select! {
             () = abandon.notified() => break,
@@ -119,25 +136,67 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>) {
                     tokio::task::yield_now().await;
                     queue.recv_many(&mut received, BATCH - count).now_or_never();
                 }
+                let deadline = Instant::now() + timeout;
+                if in_flight.is_empty() {
+                    expiry.as_mut().reset(deadline);
+                }
                 // The set polls new futures in the order they were pushed.
-                pending.extend(received.drain(..).map(finish));
+                pending.extend(received.drain(..).map(|(publish, outcome)| {
+                    let (stop, registration) = AbortHandle::new_pair();
+                    let key = in_flight.insert(InFlight { outcome, deadline, stop });
+                    started(publish, registration, key)
+                }));
             }
-            Some(()) = pending.next() => {}
+            Some((key, ended)) = pending.next() => {
+                let InFlight { outcome, .. } = in_flight.remove(key);
+                outcome.fill(ended.unwrap_or_else(|Aborted| Err(timed_out(timeout))));
+            }
+            () = &mut expiry, if !in_flight.is_empty() => {
+                let now = Instant::now();
+                let mut next = now + timeout;
+                for (_, publish) in in_flight.iter() {
+                    if publish.deadline <= now {
+                        publish.stop.abort();
+                    } else {
+                        next = next.min(publish.deadline);
+                    }
+                }
+                expiry.as_mut().reset(next);
+            }
         }
     }
     // Abandoned, or every sender is gone: a publish still pending fails as it is dropped, and
     // so does any handed over later.
     drop(pending);
+    drop(in_flight);
     while let Some(job) = queue.recv().await {
         drop(job);
     }
 }
 
-/// Runs the publish and fills in its outcome. The caller may have dropped its confirmation:
-/// the publish completes all the same.
-fn finish((publish, outcome): Job) -> impl Future<Output = ()> {
-    // A combinator, not an `async` block, which would hold the job twice.
-    publish.run().map(|result| outcome.fill(result))
+/// `publish` as the task runs it: stopped through `registration`, ending with its `key`.
+fn started(
+    publish: Publish,
+    registration: AbortRegistration,
+    key: usize,
+) -> impl Future<Output = (usize, std::result::Result<Result<Receipt>, Aborted>)> {
+    // A combinator, not an `async` block, which would hold the publish twice.
+    Abortable::new(publish.run(), registration).map(move |ended| (key, ended))
+}
+
+/// The error of a publish given up after `timeout` without RabbitMQ's confirm.
+fn timed_out(timeout: Duration) -> Error {
+    Error::new(
+        ErrorKind::Timeout,
+        format!(
+            "RabbitMQ did not confirm the publish within rabbitmq.publish_timeout = {} (a \
+             resource alarm, or a quorum queue without a majority?); the message may or may not \
+             have been stored",
+            humantime::format_duration(timeout)
+        ),
+    )
+    .backend(BACKEND)
+    .operation("publish")
 }
 
 #[cfg(test)]
@@ -179,10 +238,10 @@ mod tests {
     /// arguments and awaited futures, it was 2 704.
     #[test]
     fn a_publish_in_flight_stays_small() {
-        fn output_size<A, F>(_: fn(A) -> F) -> usize {
+        fn output_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        let in_flight = output_size(finish);
+        let in_flight = output_size(started);
         assert!(
             in_flight <= 2048,
             "a publish in flight takes {in_flight} bytes"

@@ -11,7 +11,9 @@
 //! fails its publish, as does a `basic.nack`. A publish whose channel or connection dropped
 //! before its confirm arrived is published again on the next channel within
 //! `retry_timeout` (at least once: the broker may have kept the first copy), or fails. It is
-//! never reported published without a confirm.
+//! never reported published without a confirm. A publish still unconfirmed after
+//! `publish_timeout`, or a send that found no room in the window for that long, fails with
+//! `Timeout`.
 
 mod driver;
 mod orphans;
@@ -57,6 +59,7 @@ struct Shared {
     window_size: u32,
     max_payload: usize,
     retry_timeout: Duration,
+    publish_timeout: Duration,
     closing: AtomicBool,
     /// Looked up on every publish (FxHash: cheap on short names, which are not untrusted input).
     routes: RwLock<FxHashMap<String, Arc<Route>>>,
@@ -116,11 +119,12 @@ impl Publisher {
         let shared = Shared {
             driver: tokio::runtime::Handle::try_current()
                 .ok()
-                .map(|runtime| Driver::start(&runtime)),
+                .map(|runtime| Driver::start(&runtime, config.publish_timeout)),
             window: Arc::new(Semaphore::new(window_size as usize)),
             window_size,
             max_payload: config.max_message_size,
             retry_timeout: config.retry_timeout,
+            publish_timeout: config.publish_timeout,
             link,
             topology,
             auto_provision,
@@ -234,14 +238,30 @@ impl Shared {
     ) -> Result<Confirmation> {
         let deadline = Instant::now() + self.retry_timeout;
         let route = error::within(deadline, "publish", self.route_or_open(topic, deadline)).await?;
-        let permit = self
-            .window
-            .clone()
-            .acquire_owned()
+        let waiting = self.window.clone().acquire_owned();
+        let permit = tokio::time::timeout(self.publish_timeout, waiting)
             .await
+            .map_err(|_| self.window_full(&message))?
             .map_err(|_| error::closed("publish"))?;
         let channel = route.channel(&self, None, deadline).await?;
         self.publish(route, message, prepared, channel, permit)
+    }
+
+    /// The error of a send that found no room in the confirm window within `publish_timeout`.
+    fn window_full(&self, message: &Message) -> Error {
+        Error::new(
+            ErrorKind::Timeout,
+            format!(
+                "message {} was not sent: for rabbitmq.publish_timeout = {} all \
+                 rabbitmq.confirm_window = {} publishes waited for RabbitMQ's confirm (a \
+                 resource alarm, or a quorum queue without a majority?)",
+                message.id,
+                humantime::format_duration(self.publish_timeout),
+                self.window_size
+            ),
+        )
+        .backend(BACKEND)
+        .operation("publish")
     }
 
     /// Starts publishing `message` on `channel`, holding window `slot` until it is settled.
