@@ -629,6 +629,41 @@ async fn existing_subscription_without_ordering_is_warned_about() {
             .unwrap();
         ordered.close().await.unwrap();
         assert!(!warned(&format!("{topic}.h")), "{:?}", logs.lines());
+        // Deleted with its topic, then made again elsewhere without ordering: no longer this
+        // backend's own, it is warned about, also with auto-provisioning off.
+        backend.delete_topic(&topic).await.unwrap();
+        topic_admin(endpoint)
+            .await
+            .create_topic()
+            .set_name(format!("projects/{PROJECT}/topics/{topic}"))
+            .send()
+            .await
+            .expect("create the topic again");
+        subscription_admin(endpoint)
+            .await
+            .create_subscription()
+            .set_name(format!("projects/{PROJECT}/subscriptions/{topic}.h"))
+            .set_topic(format!("projects/{PROJECT}/topics/{topic}"))
+            .send()
+            .await
+            .expect("create the subscription again, without message ordering");
+        let strict = self::backend(endpoint, false).await.unwrap();
+        for subscriber in [&backend, &strict] {
+            let mut again = subscriber
+                .subscribe(SubscribeRequest::new(&topic, "h"))
+                .await
+                .unwrap();
+            again.close().await.unwrap();
+        }
+        let warnings = logs
+            .lines()
+            .iter()
+            .filter(|line| {
+                line.contains("without message ordering") && line.contains(&format!("{topic}.h"))
+            })
+            .count();
+        assert_eq!(warnings, 2, "{:?}", logs.lines());
+        strict.close().await.unwrap();
         backend.delete_topic(&topic).await.unwrap();
         backend.close().await.unwrap();
     })

@@ -106,6 +106,10 @@ impl Harness for LargePrefetch {
         .await?;
         Ok(Broker::new(backend))
     }
+
+    fn patience(&self) -> Duration {
+        self.0.patience()
+    }
 }
 
 /// `rabbitmq.prefetch` above a subscription's `max_in_flight` does not lift the bound: RabbitMQ

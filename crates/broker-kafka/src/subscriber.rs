@@ -67,11 +67,11 @@ impl Subscription {
                 closed.send_replace(true);
             });
         if let Err(error) = spawned {
-            // The refused closure, consumer included, was dropped: the consumer left its group
-            // on this thread, without the final commit.
+            // The refused closure, consumer included, was dropped on this thread: the consumer
+            // left its group here (blocking this thread meanwhile), its revoke hook committing
+            // what was handled asynchronously instead of synchronously.
             tracing::warn!(topic = %self.shared.topic(), group = self.shared.group(), %error,
-                "cannot start a thread to close the consumer; it left its group without committing \
-                 what was handled since the last automatic commit (delivered again)");
+                "cannot start a thread to close the consumer; it left its group on the calling thread");
             self.closed.send_replace(true);
         }
     }

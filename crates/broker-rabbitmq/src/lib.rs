@@ -54,9 +54,9 @@
 //!
 //! ## Subscribing
 //!
-//! Each subscription consumes on a channel of its own with `basic.qos(prefetch)` —
-//! `rabbitmq.prefetch`, or the subscription's `max_in_flight` — so at most that many
-//! deliveries are unacknowledged. Acknowledging sends `basic.ack`, rejecting `basic.nack` with
+//! Each subscription consumes on a channel of its own with `basic.qos(prefetch)` — the
+//! subscription's `max_in_flight`, or `rabbitmq.prefetch` when that is smaller — so at most
+//! that many deliveries are unacknowledged. Acknowledging sends `basic.ack`, rejecting `basic.nack` with
 //! requeue; a delivery dropped unsettled is rejected. Closing the stream closes its channel:
 //! RabbitMQ gives every unacknowledged message back to the queue.
 //!

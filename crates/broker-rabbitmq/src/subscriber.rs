@@ -166,24 +166,18 @@ impl Group {
         }
     }
 
-    /// One attempt to consume on a channel of its own, which is closed again (in the
-    /// background) when the attempt fails or runs out of time: a consumer whose `basic.consume` answer came late would stay
-    /// on it, taking the group's messages (all of them, as its single active consumer) without
-    /// anyone reading them.
+    /// One attempt to consume on a channel of its own, closed again unless the attempt
+    /// succeeds (see [`ClosedUnlessKept`]).
     async fn consume_on(&self, session: &Session, answer_by: Instant) -> Result<Active> {
         let channel =
             error::within(answer_by, "subscribe", scratch_channel(&session.connection)).await?;
-        match error::within(answer_by, "subscribe", self.consume_with(&channel)).await {
-            Ok(consumer) => Ok(Active {
-                channel: Arc::new(channel),
-                consumer,
-            }),
-            Err(failure) => {
-                // In the background: the next attempt need not wait for the broker's answer.
-                tokio::spawn(async move { close_channel(&channel, "subscribing failed").await });
-                Err(failure)
-            }
-        }
+        let opening = ClosedUnlessKept::new(channel);
+        let consumer =
+            error::within(answer_by, "subscribe", self.consume_with(opening.channel())).await?;
+        Ok(Active {
+            channel: Arc::new(opening.keep()),
+            consumer,
+        })
     }
 
     /// Declares the group on `channel`, sets the prefetch and starts consuming.
@@ -230,6 +224,47 @@ impl Group {
             metadata,
             SettleOnce::boxed(acker),
         )
+    }
+}
+
+/// The channel of an attempt to consume, closed in the background when the attempt fails,
+/// runs out of time or is dropped half-way (the subscription closed while reconnecting, a
+/// caller gave up on `subscribe`). A `basic.consume` answered late registers a consumer that
+/// keeps the channel open, taking the group's messages (all of them, as its single active
+/// consumer) without anyone reading them, until the connection closes.
+struct ClosedUnlessKept {
+    channel: Channel,
+    kept: bool,
+}
+
+impl ClosedUnlessKept {
+    fn new(channel: Channel) -> Self {
+        ClosedUnlessKept {
+            channel,
+            kept: false,
+        }
+    }
+
+    fn channel(&self) -> &Channel {
+        &self.channel
+    }
+
+    /// The attempt succeeded: the channel stays open.
+    fn keep(mut self) -> Channel {
+        self.kept = true;
+        self.channel.clone()
+    }
+}
+
+impl Drop for ClosedUnlessKept {
+    fn drop(&mut self) {
+        if self.kept {
+            return;
+        }
+        let channel = self.channel.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { close_channel(&channel, "subscribing failed").await });
+        }
     }
 }
 

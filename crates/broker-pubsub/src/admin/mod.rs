@@ -19,7 +19,7 @@ use broker_api::{ErrorKind, Result};
 use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
-use google_cloud_pubsub::model::ExpirationPolicy;
+use google_cloud_pubsub::model::{ExpirationPolicy, Subscription};
 use google_cloud_pubsub::retry_policy::RetryableErrors;
 
 use crate::error::{is_not_found, is_permission_denied, rpc_error};
@@ -101,13 +101,14 @@ impl Admin {
     /// is re-created should the service lose it.
     pub(crate) async fn ensure_subscription(&self, topic: &str, subscription: &str) -> Result<()> {
         self.ensure_topic(topic).await?;
-        if self.auto_provision {
+        let found = if self.auto_provision {
             self.create_subscription(topic, subscription).await?;
+            None
         } else {
-            self.check_subscription(subscription).await?;
-        }
+            self.check_subscription(subscription).await?
+        };
         if !self.created(subscription) {
-            self.check_ordering(topic, subscription).await;
+            self.check_ordering(topic, subscription, found).await;
         }
         self.remember(topic, subscription);
         Ok(())
@@ -116,14 +117,18 @@ impl Admin {
     /// Warns when `subscription`, found rather than created here, has message ordering off:
     /// the service then hands out messages of the same key in any order, and a subscription's
     /// ordering cannot be changed (only a new subscription, for a new group, can have it).
-    /// Credentials that may not look it up skip the check.
-    async fn check_ordering(&self, topic: &str, subscription: &str) {
-        let looked_up = self
-            .subscriptions
-            .get_subscription()
-            .set_subscription(self.subscription_path(subscription))
-            .send()
-            .await;
+    /// Looks it up unless `found` already; credentials that may not look it up skip the check.
+    async fn check_ordering(&self, topic: &str, subscription: &str, found: Option<Subscription>) {
+        let looked_up = match found {
+            Some(found) => Ok(found),
+            None => {
+                self.subscriptions
+                    .get_subscription()
+                    .set_subscription(self.subscription_path(subscription))
+                    .send()
+                    .await
+            }
+        };
         match looked_up {
             Ok(found) if !found.enable_message_ordering => tracing::warn!(
                 topic,
@@ -281,8 +286,16 @@ impl Admin {
                 }
             }
         }
-        if let Ok(mut known) = self.known.lock() {
-            known.remove(topic);
+        let forgotten = self
+            .known
+            .lock()
+            .ok()
+            .and_then(|mut known| known.remove(topic))
+            .unwrap_or_default();
+        if let Ok(mut created) = self.created.lock() {
+            for subscription in &forgotten {
+                created.remove(subscription);
+            }
         }
         self.topics
             .delete_topic()
@@ -441,18 +454,23 @@ impl Admin {
         Ok(created)
     }
 
-    async fn check_subscription(&self, subscription: &str) -> Result<()> {
+    /// Checks that `subscription` exists; returns it when these credentials may look it up.
+    async fn check_subscription(&self, subscription: &str) -> Result<Option<Subscription>> {
         let looked_up = self
             .subscriptions
             .get_subscription()
             .set_subscription(self.subscription_path(subscription))
             .send()
             .await;
-        must_exist(
-            looked_up,
-            &format!("subscription {subscription}"),
-            "check subscription",
-        )
+        match looked_up {
+            Ok(found) => Ok(Some(found)),
+            Err(e) => must_exist(
+                Err::<(), _>(e),
+                &format!("subscription {subscription}"),
+                "check subscription",
+            )
+            .map(|()| None),
+        }
     }
 
     fn remember(&self, topic: &str, subscription: &str) {
