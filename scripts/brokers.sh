@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Real message brokers on loopback, without Docker, for the live tests (see DESIGN.md, "Live brokers").
+# Real message brokers on loopback, without Docker, for the live tests (see the README, "Tests").
 #
 #   scripts/brokers.sh start   [kafka|rabbitmq|pubsub|all]...  start (a no-op when already up)
 #   scripts/brokers.sh stop    [...]                            stop (a no-op when already down)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages the workspace needs to build on a fresh Debian machine:
-# librdkafka (built from source by rdkafka-sys) wants a C toolchain, cmake, pkg-config, zlib and
-# OpenSSL headers. Brokers are installed by scripts/brokers.sh, not here. Idempotent.
+# librdkafka (built from source by rdkafka-sys with its own configure script) wants a C toolchain,
+# pkg-config, zlib and OpenSSL headers; cmake builds aws-lc-sys (the Pub/Sub client's TLS).
+# Brokers are installed by scripts/brokers.sh, not here. Idempotent.
 set -euo pipefail
 
 PACKAGES=(build-essential cmake pkg-config zlib1g-dev libssl-dev curl)

@@ -36,30 +36,48 @@ step() {
 
 step "system packages" scripts/install-deps.sh
 step "format" cargo fmt --all -- --check
-step "clippy" cargo clippy --workspace --all-targets --all-features -- -D warnings
+step "clippy" cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 
 if [ -z "$LIVE_BROKERS" ]; then live=0; fi
 
 if [ "$live" -eq 1 ]; then
   # shellcheck disable=SC2086 # one argument per broker
   for broker in $LIVE_BROKERS; do step "start $broker" scripts/brokers.sh start "$broker"; done
-  for broker in $LIVE_BROKERS; do eval "$(scripts/brokers.sh env "$broker")"; done
+  for broker in $LIVE_BROKERS; do
+    eval "$(scripts/brokers.sh env "$broker")"
+    endpoint="BROKER_TEST_$(tr '[:lower:]' '[:upper:]' <<<"$broker")"
+    if [ -z "${!endpoint:-}" ]; then
+      echo "$broker was started but is not up (scripts/brokers.sh status $broker)" >&2
+      exit 1
+    fi
+  done
   # Every backend is live: a missing broker is a failure, not a skip.
   if [ "$LIVE_BROKERS" = "kafka rabbitmq pubsub" ]; then export BROKER_REQUIRE_LIVE=1; fi
 fi
 
-step "build tests" cargo test --workspace --all-features --no-run
-step "unit, memory and mock tests" cargo test --workspace --all-features --exclude integration-tests
+step "build tests" cargo test --locked --workspace --all-features --no-run
+step "unit, memory and mock tests" cargo test --locked --workspace --all-features --exclude integration-tests
 
 if [ "$live" -eq 1 ]; then
+  ran=()
   for broker in $LIVE_BROKERS; do
     # Each broker's suites: <broker>.rs, then any <broker>_<what>.rs (a binary of its own).
     for file in integration-tests/tests/"$broker".rs integration-tests/tests/"$broker"_*.rs; do
       [ -f "$file" ] || continue
       suite=$(basename "$file" .rs)
-      step "live: $suite" cargo test --all-features -p integration-tests --test "$suite"
+      step "live: $suite" cargo test --locked --all-features -p integration-tests --test "$suite"
+      ran+=("$file")
     done
   done
+  if [ "${BROKER_REQUIRE_LIVE:-}" = 1 ]; then
+    # With every broker live, every suite must have run: one named otherwise would be skipped.
+    for file in integration-tests/tests/*.rs; do
+      if [[ ! " ${ran[*]} " == *" $file "* ]]; then
+        echo "$file is not named after a broker (<broker>.rs or <broker>_<what>.rs): not run" >&2
+        exit 1
+      fi
+    done
+  fi
 fi
 
 # The examples run on every kind by configuration alone: the kind and its endpoint.

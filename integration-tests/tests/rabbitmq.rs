@@ -256,7 +256,16 @@ async fn at_most_once_yields_nothing_twice_across_a_dropped_connection() {
             *seen.entry(value).or_default() += 1;
         }
         // Let the client buffer what the prefetch allows, then drop the connection under it.
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // RabbitMQ's queue statistics lag (every 5 s by default): wait for them to show it.
+        let queue = format!("{}.g", topic.name());
+        let looking = Instant::now();
+        while unacknowledged(&queue).await == 0 {
+            assert!(
+                looking.elapsed() < Duration::from_secs(20),
+                "nothing was sent ahead to the client: the case tests nothing"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
         close_all_connections().await;
         let deadline = Instant::now() + harness.patience() * 2;
         while seen.len() < values.len() {
@@ -669,7 +678,7 @@ async fn headers_larger_than_a_frame_are_refused_before_sending() {
     .await;
 }
 
-async fn rabbitmqctl(args: &[&str]) {
+async fn rabbitmqctl(args: &[&str]) -> String {
     let script = live::repository_root().join("scripts").join("brokers.sh");
     let output = tokio::process::Command::new("bash")
         .arg(&script)
@@ -683,6 +692,25 @@ async fn rabbitmqctl(args: &[&str]) {
         "rabbitmqctl {args:?} failed: {}",
         String::from_utf8_lossy(&output.stderr)
     );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// How many messages of `queue` RabbitMQ sent to consumers that did not acknowledge them yet.
+async fn unacknowledged(queue: &str) -> u64 {
+    let listing = rabbitmqctl(&[
+        "list_queues",
+        "--quiet",
+        "--no-table-headers",
+        "name",
+        "messages_unacknowledged",
+    ])
+    .await;
+    listing
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .find(|(name, _)| name.trim() == queue)
+        .and_then(|(_, count)| count.trim().parse().ok())
+        .unwrap_or_else(|| panic!("queue {queue} not in {listing:?}"))
 }
 
 async fn send(backend: &dyn Backend, topic: &str, message: Message) -> broker_api::Result<()> {

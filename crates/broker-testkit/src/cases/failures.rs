@@ -304,8 +304,11 @@ pub async fn manual_nack_redelivers(harness: &dyn Harness) {
     broker.close().await.expect("close broker");
 }
 
-/// Reads `count` dead letters of `group` on `topic` through the dead-letter topic's own group.
 /// The dead letters of `group` on `topic`, as that group reads them: exactly `count`.
+///
+/// A marker published to the dead-letter topic once the subscription is open bounds the wait:
+/// once it arrived the topic is being read, so a dead letter missing then is missing (a
+/// subscription whose first read is late would otherwise see "none" for lack of looking).
 async fn read_dead_letters(
     harness: &dyn Harness,
     broker: &broker_api::Broker,
@@ -313,6 +316,7 @@ async fn read_dead_letters(
     group: &str,
     count: usize,
 ) -> Vec<Received<Bytes>> {
+    const MARKER: &[u8] = b"read-dead-letters-marker";
     let dead_topic = Topic::bytes(naming::dead_letter_topic(topic, group));
     let inbox = Inbox::new();
     let running = broker
@@ -320,11 +324,21 @@ async fn read_dead_letters(
         .at_least_once(inbox.handler())
         .await
         .expect("subscribe to the dead-letter topic");
-    inbox.wait_for(count, harness.patience()).await;
+    broker
+        .publisher(&dead_topic)
+        .publish(&Bytes::from_static(MARKER))
+        .await
+        .expect("publish the marker");
+    inbox.wait_for(count + 1, harness.patience()).await;
     // Exactly `count`: a message dead-lettered more than once would show here.
     inbox
-        .expect_no_more_than(count, harness.quiet_period())
+        .expect_no_more_than(count + 1, harness.quiet_period())
         .await;
     running.close().await.expect("close");
-    inbox.snapshot()
+    let (markers, dead_letters): (Vec<_>, Vec<_>) = inbox
+        .snapshot()
+        .into_iter()
+        .partition(|received| received.value == MARKER);
+    assert_eq!(markers.len(), 1, "the marker arrived once");
+    dead_letters
 }

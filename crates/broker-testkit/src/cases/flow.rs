@@ -80,15 +80,12 @@ pub async fn concurrent_publishers_lose_nothing(harness: &dyn Harness) {
             }
             futures::future::try_join_all(confirmations)
                 .await
-                .expect("confirm")
-                .len()
+                .expect("confirm");
         }));
     }
-    let mut confirmed = 0;
     for task in tasks {
-        confirmed += task.await.expect("publisher task");
+        task.await.expect("publisher task");
     }
-    assert_eq!(confirmed, PUBLISHERS * EACH);
 
     let inbox = Inbox::new();
     let running = broker
