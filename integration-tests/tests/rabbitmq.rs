@@ -1102,3 +1102,32 @@ async fn closing_gives_a_key_back_in_order() {
     })
     .await;
 }
+
+/// The capabilities the conformance suite gates its cases on are the documented ones: one
+/// switched off by mistake would turn its cases into skips. Delivery attempts are counted by quorum queues only.
+#[tokio::test]
+async fn capabilities_are_the_documented_ones() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("capabilities_are_the_documented_ones", async {
+        let broker = harness.connect().await.expect("connect");
+        let capabilities = broker.capabilities();
+        assert!(capabilities.max_payload_bytes.is_some(), "{capabilities:?}");
+        let expected = broker_api::Capabilities {
+            new_group_reads_history: false,
+            per_key_order: true,
+            members_share_work: false,
+            start_from_latest: true,
+            survives_restart: true,
+            delivery_attempt: !matches!(std::env::var(QUEUE_TYPE_VAR).as_deref(), Ok("classic")),
+            partitions: false,
+            list_topics: false,
+            delete_topic: true,
+            max_payload_bytes: capabilities.max_payload_bytes,
+        };
+        assert_eq!(capabilities, expected);
+        broker.close().await.expect("close");
+    })
+    .await;
+}

@@ -41,3 +41,24 @@ async fn restart_case_is_skipped_without_a_restart_hook() {
     // after checking that the subscription works up to the restart point.
     broker_testkit::cases::broker_restart_loses_nothing(&harness().unwrap()).await;
 }
+
+/// The capabilities the conformance suite gates its cases on are the documented ones: one
+/// switched off by mistake would turn its cases into skips.
+#[tokio::test]
+async fn capabilities_are_the_documented_ones() {
+    let broker = MemoryBackend::new();
+    let capabilities = broker_api::Backend::capabilities(&broker);
+    let expected = broker_api::Capabilities {
+        new_group_reads_history: true,
+        per_key_order: true,
+        members_share_work: true,
+        start_from_latest: true,
+        survives_restart: false,
+        delivery_attempt: true,
+        partitions: false,
+        list_topics: true,
+        delete_topic: true,
+        max_payload_bytes: Some(MemoryConfig::default().max_payload_bytes),
+    };
+    assert_eq!(capabilities, expected);
+}
