@@ -289,6 +289,56 @@ async fn at_most_once_yields_nothing_twice_across_a_dropped_connection() {
     .await;
 }
 
+/// After a dropped connection the stream still holds at most `max_in_flight` unsettled
+/// deliveries: those of the old channel count until they are settled (which does nothing:
+/// RabbitMQ delivers them again), although the new channel's prefetch would let as many more in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_flight_bound_holds_across_a_dropped_connection() {
+    const LIMIT: usize = 5;
+    let Some(harness) = exclusive().await else {
+        return;
+    };
+    run_case("in_flight_bound_across_a_dropped_connection", async {
+        let broker = harness.connect().await.expect("connect");
+        let name = fresh_topic(&broker, "bound-dropped", &["g"]).await;
+        let values: Vec<String> = (0..20).map(|i| format!("b-{i}")).collect();
+        broker
+            .publisher(&broker_api::Topic::text(name.as_str()))
+            .publish_batch(&values)
+            .await
+            .expect("published");
+        let mut stream = broker
+            .backend()
+            .subscribe(SubscribeRequest::new(&name, "g").max_in_flight(LIMIT))
+            .await
+            .expect("subscribe");
+        let mut held = Vec::new();
+        for _ in 0..LIMIT {
+            held.push(next_within(&mut stream, harness.patience()).await);
+        }
+        close_all_connections().await;
+        let extra = tokio::time::timeout(harness.quiet_period() * 2, stream.next()).await;
+        assert!(
+            extra.is_err(),
+            "a delivery beyond max_in_flight = {LIMIT} arrived after the reconnect"
+        );
+        // Settling them does nothing on the dead channel; it frees their slots.
+        for delivery in held {
+            delivery.ack().await.expect("ack");
+        }
+        let mut redelivered = Vec::new();
+        for _ in 0..LIMIT {
+            redelivered.push(next_within(&mut stream, harness.patience()).await);
+        }
+        for delivery in redelivered {
+            delivery.ack().await.expect("ack");
+        }
+        stream.close().await.expect("close");
+        broker.close().await.expect("close broker");
+    })
+    .await;
+}
+
 async fn close_all_connections() {
     rabbitmqctl(&["close_all_connections", "test: dropped connection"]).await;
 }

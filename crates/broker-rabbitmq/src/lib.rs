@@ -102,6 +102,7 @@
 
 mod config;
 mod error;
+mod in_flight;
 mod link;
 mod metadata;
 mod poll;

@@ -6,7 +6,8 @@
 //! stream opens a new channel on the current connection (waiting for the supervisor to
 //! reconnect), declares the group again and consumes again, by itself. Deliveries received on
 //! the old channel can no longer be settled: settling them does nothing (RabbitMQ delivers them
-//! again, as it does for everything unacknowledged on a closed channel).
+//! again, as it does for everything unacknowledged on a closed channel), but they hold their
+//! `max_in_flight` slots until then ([`InFlight`]).
 //!
 //! Once intake stopped (the subscription is closing), rejecting does nothing: closing the
 //! channel gives every unacknowledged message back at once, in its order. Rejected one by one
@@ -37,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::config::ReconnectBackoff;
 use crate::error;
+use crate::in_flight::InFlight;
 use crate::link::{Link, Session};
 use crate::metadata::{self, DeliveryFields};
 use crate::poll;
@@ -55,6 +57,8 @@ struct Group {
     backoff: ReconnectBackoff,
     /// Set by `stop_intake`: deliveries are no longer rejected one by one.
     intake_stopped: Arc<AtomicBool>,
+    /// The unsettled deliveries, across channels, against `max_in_flight`.
+    in_flight: Arc<InFlight>,
 }
 
 /// A consumer and the channel it lives on.
@@ -94,6 +98,7 @@ impl Subscription {
             group: request.group.clone(),
             prefetch,
             intake_stopped: Arc::new(AtomicBool::new(false)),
+            in_flight: Arc::new(InFlight::new(request.max_in_flight)),
         });
         let active = group.clone().consume(Some(deadline)).await?;
         Ok(Subscription {
@@ -214,10 +219,12 @@ impl Group {
             properties: &delivery.properties,
         };
         let metadata = metadata::metadata(&self.topic, &fields, self.topology.counts_deliveries());
+        self.in_flight.take();
         let acker = AmqpAcker {
             channel: channel.clone(),
             delivery_tag: delivery.delivery_tag,
             intake_stopped: self.intake_stopped.clone(),
+            in_flight: self.in_flight.clone(),
         };
         Delivery::new(
             Bytes::from(delivery.data),
@@ -290,6 +297,7 @@ impl Stream for Subscription {
                     }
                 },
                 State::Consuming(active) => {
+                    ready!(this.group.in_flight.poll_room(cx));
                     let next = ready!(Pin::new(&mut active.consumer).poll_next(cx));
                     match next {
                         // lapin keeps handing out what the channel received before it died:
@@ -381,12 +389,14 @@ struct AmqpAcker {
     channel: Arc<Channel>,
     delivery_tag: u64,
     intake_stopped: Arc<AtomicBool>,
+    in_flight: Arc<InFlight>,
 }
 
 impl Settle for AmqpAcker {
     /// Queues `basic.ack` or `basic.nack(requeue)`. On a channel that is gone it does nothing:
     /// RabbitMQ already gave the message back to the queue.
     fn settle(&mut self, ack: bool) {
+        self.in_flight.release();
         if !self.channel.status().connected() {
             tracing::debug!(
                 delivery_tag = self.delivery_tag,
