@@ -589,21 +589,7 @@ async fn existing_subscription_without_ordering_is_warned_about() {
     run_case("existing_subscription_without_ordering", async {
         let endpoint = &harness.live.address;
         let topic = unique("unordered");
-        topic_admin(endpoint)
-            .await
-            .create_topic()
-            .set_name(format!("projects/{PROJECT}/topics/{topic}"))
-            .send()
-            .await
-            .expect("create the topic");
-        subscription_admin(endpoint)
-            .await
-            .create_subscription()
-            .set_name(format!("projects/{PROJECT}/subscriptions/{topic}.g"))
-            .set_topic(format!("projects/{PROJECT}/topics/{topic}"))
-            .send()
-            .await
-            .expect("create a subscription without message ordering");
+        create_unordered(endpoint, &topic, "g").await;
         let backend = backend(endpoint, true).await.unwrap();
         let mut stream = backend
             .subscribe(SubscribeRequest::new(&topic, "g"))
@@ -629,21 +615,7 @@ async fn existing_subscription_without_ordering_is_warned_about() {
         // Deleted with its topic, then made again elsewhere without ordering: no longer this
         // backend's own, it is warned about, also with auto-provisioning off.
         backend.delete_topic(&topic).await.unwrap();
-        topic_admin(endpoint)
-            .await
-            .create_topic()
-            .set_name(format!("projects/{PROJECT}/topics/{topic}"))
-            .send()
-            .await
-            .expect("create the topic again");
-        subscription_admin(endpoint)
-            .await
-            .create_subscription()
-            .set_name(format!("projects/{PROJECT}/subscriptions/{topic}.h"))
-            .set_topic(format!("projects/{PROJECT}/topics/{topic}"))
-            .send()
-            .await
-            .expect("create the subscription again, without message ordering");
+        create_unordered(endpoint, &topic, "h").await;
         let strict = self::backend(endpoint, false).await.unwrap();
         for subscriber in [&backend, &strict] {
             let mut again = subscriber
@@ -665,6 +637,26 @@ async fn existing_subscription_without_ordering_is_warned_about() {
         backend.close().await.unwrap();
     })
     .await;
+}
+
+/// Creates `topic` and the subscription of `group` on it, without message ordering, as
+/// another program would.
+async fn create_unordered(endpoint: &str, topic: &str, group: &str) {
+    topic_admin(endpoint)
+        .await
+        .create_topic()
+        .set_name(format!("projects/{PROJECT}/topics/{topic}"))
+        .send()
+        .await
+        .expect("create the topic");
+    subscription_admin(endpoint)
+        .await
+        .create_subscription()
+        .set_name(format!("projects/{PROJECT}/subscriptions/{topic}.{group}"))
+        .set_topic(format!("projects/{PROJECT}/topics/{topic}"))
+        .send()
+        .await
+        .expect("create a subscription without message ordering");
 }
 
 /// Log lines written while its subscriber is the thread's default.
@@ -704,30 +696,28 @@ impl std::io::Write for CapturedLogs {
 }
 
 /// The capabilities the conformance suite gates its cases on are the documented ones: one
-/// switched off by mistake would turn its cases into skips. The emulator keeps nothing across a restart.
+/// switched off by mistake would turn its cases into skips. The emulator keeps nothing across
+/// a restart.
 #[tokio::test]
 async fn capabilities_are_the_documented_ones() {
     let Some(harness) = shared().await else {
         return;
     };
-    run_case("capabilities_are_the_documented_ones", async {
-        let broker = harness.connect().await.expect("connect");
-        let capabilities = broker.capabilities();
-        assert!(capabilities.max_payload_bytes.is_some(), "{capabilities:?}");
-        let expected = broker_api::Capabilities {
-            new_group_reads_history: false,
-            per_key_order: true,
-            members_share_work: true,
-            start_from_latest: true,
-            survives_restart: false,
-            delivery_attempt: false,
-            partitions: false,
-            list_topics: true,
-            delete_topic: true,
-            max_payload_bytes: capabilities.max_payload_bytes,
-        };
-        assert_eq!(capabilities, expected);
-        broker.close().await.expect("close");
-    })
+    let expected = broker_api::Capabilities {
+        new_group_reads_history: false,
+        per_key_order: true,
+        members_share_work: true,
+        start_from_latest: true,
+        survives_restart: false,
+        delivery_attempt: false,
+        partitions: false,
+        list_topics: true,
+        delete_topic: true,
+        max_payload_bytes: None,
+    };
+    run_case(
+        "capabilities_are_the_documented_ones",
+        broker_testkit::cases::capabilities_are(&harness, expected),
+    )
     .await;
 }

@@ -897,9 +897,7 @@ async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
             .publish(&"before".to_owned())
             .await
             .expect("published before the alarm");
-        // A watermark of 0 sets off the memory alarm at once: RabbitMQ blocks every publisher.
-        rabbitmqctl(&["set_vm_memory_high_watermark", "0"]).await;
-        let alarm = RestoreWith(&["set_vm_memory_high_watermark", "0.4"]);
+        let alarm = memory_alarm().await;
         let outcome = async {
             let mut in_window = Vec::new();
             for value in ["one", "two"] {
@@ -1020,8 +1018,7 @@ async fn publishes_held_by_a_resource_alarm_time_out() {
             .publish(&"before".to_owned())
             .await
             .expect("published before the alarm");
-        rabbitmqctl(&["set_vm_memory_high_watermark", "0"]).await;
-        let alarm = RestoreWith(&["set_vm_memory_high_watermark", "0.4"]);
+        let alarm = memory_alarm().await;
         let sent_at = Instant::now();
         let mut in_window = Vec::new();
         for value in ["one", "two"] {
@@ -1066,6 +1063,13 @@ async fn publishes_held_by_a_resource_alarm_time_out() {
         broker.close().await.expect("close");
     })
     .await;
+}
+
+/// Sets off RabbitMQ's memory alarm until the returned guard is dropped: a watermark of 0
+/// raises it at once, and RabbitMQ blocks every publishing connection.
+async fn memory_alarm() -> RestoreWith {
+    rabbitmqctl(&["set_vm_memory_high_watermark", "0"]).await;
+    RestoreWith(&["set_vm_memory_high_watermark", "0.4"])
 }
 
 /// Runs `rabbitmqctl` with its arguments when dropped: undoes a change to the broker's
@@ -1154,30 +1158,28 @@ async fn closing_gives_a_key_back_in_order() {
 }
 
 /// The capabilities the conformance suite gates its cases on are the documented ones: one
-/// switched off by mistake would turn its cases into skips. Delivery attempts are counted by quorum queues only.
+/// switched off by mistake would turn its cases into skips. Delivery attempts are counted by
+/// quorum queues only.
 #[tokio::test]
 async fn capabilities_are_the_documented_ones() {
     let Some(harness) = shared().await else {
         return;
     };
-    run_case("capabilities_are_the_documented_ones", async {
-        let broker = harness.connect().await.expect("connect");
-        let capabilities = broker.capabilities();
-        assert!(capabilities.max_payload_bytes.is_some(), "{capabilities:?}");
-        let expected = broker_api::Capabilities {
-            new_group_reads_history: false,
-            per_key_order: true,
-            members_share_work: false,
-            start_from_latest: true,
-            survives_restart: true,
-            delivery_attempt: !matches!(std::env::var(QUEUE_TYPE_VAR).as_deref(), Ok("classic")),
-            partitions: false,
-            list_topics: false,
-            delete_topic: true,
-            max_payload_bytes: capabilities.max_payload_bytes,
-        };
-        assert_eq!(capabilities, expected);
-        broker.close().await.expect("close");
-    })
+    let expected = broker_api::Capabilities {
+        new_group_reads_history: false,
+        per_key_order: true,
+        members_share_work: false,
+        start_from_latest: true,
+        survives_restart: true,
+        delivery_attempt: !matches!(std::env::var(QUEUE_TYPE_VAR).as_deref(), Ok("classic")),
+        partitions: false,
+        list_topics: false,
+        delete_topic: true,
+        max_payload_bytes: None,
+    };
+    run_case(
+        "capabilities_are_the_documented_ones",
+        broker_testkit::cases::capabilities_are(&harness, expected),
+    )
     .await;
 }

@@ -268,23 +268,13 @@ impl Admin {
             page_token = page.next_page_token;
         }
         for subscription in subscriptions {
-            match self
-                .subscriptions
-                .delete_subscription()
-                .set_subscription(&subscription)
-                .send()
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => {
-                    return Err(rpc_error(
-                        e,
-                        "delete topic",
-                        format!("cannot delete subscription {subscription} of topic {topic}"),
-                    ))
-                }
-            }
+            self.delete_subscription(&subscription).await.map_err(|e| {
+                rpc_error(
+                    e,
+                    "delete topic",
+                    format!("cannot delete subscription {subscription} of topic {topic}"),
+                )
+            })?;
         }
         let forgotten = self
             .known
@@ -396,26 +386,33 @@ impl Admin {
                 ))
             }
         }
-        match self
-            .subscriptions
-            .delete_subscription()
-            .set_subscription(&path)
-            .send()
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if is_not_found(&e) => {}
-            Err(e) => {
-                return Err(rpc_error(
-                    e,
-                    "create subscription",
-                    format!("cannot replace subscription {subscription}"),
-                ))
-            }
-        }
+        self.delete_subscription(&path).await.map_err(|e| {
+            rpc_error(
+                e,
+                "create subscription",
+                format!("cannot replace subscription {subscription}"),
+            )
+        })?;
         self.try_create_subscription(topic, subscription, true)
             .await
             .map(drop)
+    }
+
+    /// Deletes the subscription at `path`; one that is gone already is fine.
+    async fn delete_subscription(
+        &self,
+        path: &str,
+    ) -> std::result::Result<(), google_cloud_gax::error::Error> {
+        match self
+            .subscriptions
+            .delete_subscription()
+            .set_subscription(path)
+            .send()
+            .await
+        {
+            Err(e) if !is_not_found(&e) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// Creates the subscription, or says that it existed (or may not be created, see

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use broker_api::{ErrorKind, Received, SubscribeRequest};
+use broker_api::{Capabilities, ErrorKind, Received, SubscribeRequest};
 use futures::StreamExt;
 
 use super::{connect, distinct_values, publish_texts, sorted, text_topic};
@@ -348,5 +348,20 @@ pub async fn broker_restart_loses_nothing(harness: &dyn Harness) {
         .await;
     assert!(distinct_values(&received).len() >= expected.len());
     reading_later.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+/// The backend's capabilities are `expected`, its largest payload aside (which must be
+/// known): a guarantee switched off by mistake would turn the cases it gates into skips. Not
+/// in the suite: each backend's test file states what it promises.
+pub async fn capabilities_are(harness: &dyn Harness, expected: Capabilities) {
+    let broker = connect(harness).await;
+    let capabilities = broker.capabilities();
+    assert!(capabilities.max_payload_bytes.is_some(), "{capabilities:?}");
+    let known = |capabilities: Capabilities| Capabilities {
+        max_payload_bytes: None,
+        ..capabilities
+    };
+    assert_eq!(known(capabilities), known(expected));
     broker.close().await.expect("close broker");
 }
