@@ -991,9 +991,9 @@ async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
 }
 
 /// During a resource alarm RabbitMQ holds confirms back: a publish unconfirmed after
-/// `publish_timeout` fails with `Timeout` (it may or may not have been stored) and frees its
-/// window slot, and so does a send that waits for a slot that long; the backend publishes
-/// again once the alarm is over.
+/// `publish_timeout` fails with `Timeout` (it may or may not have been stored), and so does a
+/// send that waits that long for a window slot (the publishes given up keep theirs until
+/// RabbitMQ answers); the backend publishes again once the alarm is over.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_held_by_a_resource_alarm_time_out() {
     let Some(harness) = exclusive().await else {
@@ -1025,8 +1025,8 @@ async fn publishes_held_by_a_resource_alarm_time_out() {
             let sent = publisher.send(&value.to_owned()).await;
             in_window.push(sent.expect("handed over: there is room in the window"));
         }
-        // No room: it waits for a slot, which the two free when they time out; then it waits
-        // for its own confirm. Either wait ends in `Timeout`.
+        // No room: the two hold their slots until RabbitMQ answers, so the send waits for one
+        // and gives up after the same timeout.
         let third = async {
             match publisher.send(&"three".to_owned()).await {
                 Ok(confirmation) => confirmation.await.map(drop),
@@ -1056,6 +1056,7 @@ async fn publishes_held_by_a_resource_alarm_time_out() {
             .expect("the third send ends within four publish timeouts")
             .expect_err("nothing was confirmed during the alarm");
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(err.to_string().contains("was not sent"), "{err}");
         publisher
             .publish(&"after".to_owned())
             .await

@@ -58,11 +58,11 @@ pub struct RabbitMqConfig {
     /// the supervisor to reconnect. Default: 30s.
     #[serde(with = "humantime_serde")]
     pub retry_timeout: Duration,
-    /// How long a publish may take, from `send` to RabbitMQ's confirm (publishing again after
-    /// a dropped channel included), and a `send` may wait for room in the confirm window,
-    /// before it fails with `Timeout` (a publish then may or may not have been stored).
-    /// RabbitMQ holds confirms back during a resource alarm (memory, disk) and while a quorum
-    /// queue has no majority. Default: 60s.
+    /// How long a publish handed over may wait for RabbitMQ's confirm (publishing again after
+    /// a dropped channel included), and a `send` for room in the confirm window, before it
+    /// fails with `Timeout` (a publish then may or may not have been stored; it keeps its
+    /// window slot until RabbitMQ answers). RabbitMQ holds confirms back during a resource
+    /// alarm (memory, disk) and while a quorum queue has no majority. Default: 60s.
     #[serde(with = "humantime_serde")]
     pub publish_timeout: Duration,
     /// How long `close` waits for pending publisher confirms. Default: 10s.

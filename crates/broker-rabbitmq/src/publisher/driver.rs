@@ -12,11 +12,15 @@
 //! does: no per-message future is boxed on the caller's thread and freed on another, and the
 //! frames of publishes sent together are queued together, for lapin to write at once.
 //!
-//! A publish still unconfirmed `publish_timeout` after it was handed over is given up (its
-//! confirmation fails with `Timeout`, its window slot is freed): RabbitMQ holds confirms back
-//! during a resource alarm and while a quorum queue has no majority. One timer serves all of
-//! them, set to the oldest deadline. Closing abandons the task when publishes are still
-//! unconfirmed after `close_timeout`: their confirmations fail instead of waiting for ever.
+//! A publish still unconfirmed `publish_timeout` after it was handed over fails its
+//! confirmation with `Timeout`: RabbitMQ holds confirms back during a resource alarm and while
+//! a quorum queue has no majority. The publish itself goes on until RabbitMQ answers or its
+//! channel closes, holding its window slot: its frames stay queued in lapin meanwhile (a full
+//! window then fails new sends after the same timeout instead of queuing more), and lapin
+//! pairs returned messages with confirms, which a publish dropped before its answer would
+//! upset. One timer serves every deadline, set to the oldest. Closing abandons the task when
+//! publishes are still unconfirmed after `close_timeout`: their confirmations fail instead of
+//! waiting for ever.
 
 use std::future::Future;
 use std::pin::pin;
@@ -24,7 +28,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker_api::{Confirmation, Error, ErrorKind, Receipt, ReceiptSlot, Result};
-use futures::future::{AbortHandle, AbortRegistration, Abortable, Aborted};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use slab::Slab;
@@ -111,11 +114,11 @@ pub(super) fn run_in_caller(publish: Publish) -> Confirmation {
     Confirmation::from(poll::start(Box::pin(publish.run())))
 }
 
-/// A publish the task runs: its caller's outcome, when it is given up, and what stops it then.
+/// A publish the task runs: its caller's outcome until it is answered or given up, and when
+/// it is given up.
 struct InFlight {
-    outcome: Outcome,
+    outcome: Option<Outcome>,
     deadline: Instant,
-    stop: AbortHandle,
 }
 
 async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>, timeout: Duration) {
@@ -123,8 +126,9 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>, time
     let mut in_flight = Slab::new();
     let mut received = Vec::with_capacity(BATCH);
     let mut open = true;
-    // Set to the oldest deadline (or later: it is moved on when it fires early).
+    // Set to the oldest deadline not given up yet, or later (moved on when it fires early).
     let mut expiry = pin!(tokio::time::sleep(timeout));
+    let mut watching = false;
     while open || !pending.is_empty() {
         tokio::select! {
             () = abandon.notified() => break,
@@ -137,31 +141,43 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>, time
                     queue.recv_many(&mut received, BATCH - count).now_or_never();
                 }
                 let deadline = Instant::now() + timeout;
-                if in_flight.is_empty() {
+                if !watching {
                     expiry.as_mut().reset(deadline);
+                    watching = true;
                 }
                 // The set polls new futures in the order they were pushed.
                 pending.extend(received.drain(..).map(|(publish, outcome)| {
-                    let (stop, registration) = AbortHandle::new_pair();
-                    let key = in_flight.insert(InFlight { outcome, deadline, stop });
-                    started(publish, registration, key)
+                    let key = in_flight.insert(InFlight {
+                        outcome: Some(outcome),
+                        deadline,
+                    });
+                    started(publish, key)
                 }));
             }
-            Some((key, ended)) = pending.next() => {
-                let InFlight { outcome, .. } = in_flight.remove(key);
-                outcome.fill(ended.unwrap_or_else(|Aborted| Err(timed_out(timeout))));
+            Some((key, answer)) = pending.next() => {
+                if let Some(outcome) = in_flight.remove(key).outcome {
+                    outcome.fill(answer);
+                }
             }
-            () = &mut expiry, if !in_flight.is_empty() => {
+            () = &mut expiry, if watching => {
                 let now = Instant::now();
-                let mut next = now + timeout;
-                for (_, publish) in in_flight.iter() {
+                let mut next = None;
+                for (_, publish) in in_flight.iter_mut() {
+                    if publish.outcome.is_none() {
+                        continue;
+                    }
                     if publish.deadline <= now {
-                        publish.stop.abort();
+                        if let Some(outcome) = publish.outcome.take() {
+                            outcome.fill(Err(timed_out(timeout)));
+                        }
                     } else {
-                        next = next.min(publish.deadline);
+                        next = Some(next.map_or(publish.deadline, |n: Instant| n.min(publish.deadline)));
                     }
                 }
-                expiry.as_mut().reset(next);
+                watching = next.is_some();
+                if let Some(next) = next {
+                    expiry.as_mut().reset(next);
+                }
             }
         }
     }
@@ -174,14 +190,10 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>, time
     }
 }
 
-/// `publish` as the task runs it: stopped through `registration`, ending with its `key`.
-fn started(
-    publish: Publish,
-    registration: AbortRegistration,
-    key: usize,
-) -> impl Future<Output = (usize, std::result::Result<Result<Receipt>, Aborted>)> {
+/// `publish` as the task runs it, ending with its `key`.
+fn started(publish: Publish, key: usize) -> impl Future<Output = (usize, Result<Receipt>)> {
     // A combinator, not an `async` block, which would hold the publish twice.
-    Abortable::new(publish.run(), registration).map(move |ended| (key, ended))
+    publish.run().map(move |answer| (key, answer))
 }
 
 /// The error of a publish given up after `timeout` without RabbitMQ's confirm.
@@ -238,7 +250,7 @@ mod tests {
     /// arguments and awaited futures, it was 2 704.
     #[test]
     fn a_publish_in_flight_stays_small() {
-        fn output_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
+        fn output_size<A, B, F>(_: fn(A, B) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let in_flight = output_size(started);
