@@ -66,6 +66,11 @@ if [ "$live" -eq 1 ]; then
       [ -f "$file" ] || continue
       suite=$(basename "$file" .rs)
       step "live: $suite" cargo test --locked --all-features -p integration-tests --test "$suite"
+      if [ "$suite" = rabbitmq ]; then
+        # Classic queues are a supported choice too (rabbitmq.queue_type).
+        step "live: $suite, classic queues" env BROKER_TEST_RABBITMQ_QUEUE_TYPE=classic \
+          cargo test --locked --all-features -p integration-tests --test "$suite"
+      fi
       ran+=("$file")
     done
   done
