@@ -14,13 +14,14 @@ use std::time::Duration;
 
 use broker_api::{Error, ErrorKind, Result};
 use futures::StreamExt;
-use lapin::{Connection, ConnectionProperties, Event};
+use lapin::{Channel, Connection, ConnectionProperties, Event};
 use tokio::sync::{watch, Notify, OnceCell};
 use tokio::time::Instant;
+use tokio_util::task::TaskTracker;
 
 use crate::config::Settings;
 use crate::error::{self, BACKEND};
-use crate::topology::Topology;
+use crate::topology::{close_channel, Topology};
 
 /// How often the supervisor checks the connection's state besides listening to its events.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);
@@ -93,6 +94,9 @@ pub(crate) struct Link {
     /// Someone saw the connection fail; the supervisor double-checks.
     broken: Notify,
     generations: AtomicU64,
+    /// Channels being closed in the background: `close` lets them finish before it closes the
+    /// connection, which lapin otherwise fails instead of closing ("invalid channel state").
+    channel_closes: TaskTracker,
 }
 
 impl Link {
@@ -109,6 +113,7 @@ impl Link {
             state: watch::Sender::new(State::Up(session.clone())),
             broken: Notify::new(),
             generations: AtomicU64::new(1),
+            channel_closes: TaskTracker::new(),
         });
         tokio::spawn(link.clone().supervise(session));
         Ok(link)
@@ -167,10 +172,19 @@ impl Link {
             .await;
     }
 
-    /// Stops the supervisor and closes the connection (waiting up to `timeout` for the broker).
-    /// Idempotent.
+    /// Closes `channel` in the background (see [`close_channel`]); `close` waits for it.
+    pub(crate) fn close_in_background(&self, channel: Channel, reason: &'static str) {
+        self.channel_closes
+            .spawn(async move { close_channel(&channel, reason).await });
+    }
+
+    /// Stops the supervisor and closes the connection (waiting up to `timeout` for the broker,
+    /// after the channels being closed in the background). Idempotent.
     pub(crate) async fn close(&self, timeout: Duration) {
         let previous = self.state.send_replace(State::Closed);
+        self.channel_closes.close();
+        // Each close gives up by itself after a few seconds.
+        self.channel_closes.wait().await;
         if let State::Up(session) = previous {
             if tokio::time::timeout(timeout, session.close())
                 .await

@@ -176,7 +176,7 @@ impl Group {
     async fn consume_on(&self, session: &Session, answer_by: Instant) -> Result<Active> {
         let channel =
             error::within(answer_by, "subscribe", scratch_channel(&session.connection)).await?;
-        let opening = ClosedUnlessKept::new(channel);
+        let opening = ClosedUnlessKept::new(channel, self.link.clone());
         let consumer =
             error::within(answer_by, "subscribe", self.consume_with(opening.channel())).await?;
         Ok(Active {
@@ -241,13 +241,15 @@ impl Group {
 /// consumer) without anyone reading them, until the connection closes.
 struct ClosedUnlessKept {
     channel: Channel,
+    link: Arc<Link>,
     kept: bool,
 }
 
 impl ClosedUnlessKept {
-    fn new(channel: Channel) -> Self {
+    fn new(channel: Channel, link: Arc<Link>) -> Self {
         ClosedUnlessKept {
             channel,
+            link,
             kept: false,
         }
     }
@@ -268,9 +270,10 @@ impl Drop for ClosedUnlessKept {
         if self.kept {
             return;
         }
-        let channel = self.channel.clone();
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            runtime.spawn(async move { close_channel(&channel, "subscribing failed").await });
+        // Outside a runtime lapin closes the dropped channel itself.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            self.link
+                .close_in_background(self.channel.clone(), "subscribing failed");
         }
     }
 }
