@@ -137,22 +137,27 @@ pub(crate) struct Deliveries {
 }
 
 impl Deliveries {
-    pub(crate) fn new(log: ClientLog) -> Self {
+    /// Callbacks filling `reports` (shared by the producers that replace one another after a
+    /// fatal error) and telling `topics`, once set, about topics the broker reports unknown.
+    pub(crate) fn new(
+        log: ClientLog,
+        reports: Arc<Reports>,
+        topics: Option<Weak<Provisioner>>,
+    ) -> Self {
+        let attached = OnceLock::new();
+        if let Some(topics) = topics {
+            let _ = attached.set(topics);
+        }
         Deliveries {
             log,
-            reports: Arc::default(),
-            topics: OnceLock::new(),
+            reports,
+            topics: attached,
         }
     }
 
-    /// The confirmations of the messages in flight.
-    pub(crate) fn reports(&self) -> &Arc<Reports> {
-        &self.reports
-    }
-
     /// Tells `topics` about topics the broker reports unknown.
-    pub(crate) fn attach(&self, topics: &Arc<Provisioner>) {
-        let _ = self.topics.set(Arc::downgrade(topics));
+    pub(crate) fn attach(&self, topics: &Weak<Provisioner>) {
+        let _ = self.topics.set(topics.clone());
     }
 
     /// The error of a delivery report that says the message was not stored.

@@ -5,13 +5,18 @@
 //! so any number of messages are in flight with no await per message. Only when librdkafka
 //! reports its queue full does `send` wait (boxed), retrying until the delivery timeout; sends
 //! made while one waits queue behind it, so that records keep their call order.
+//!
+//! After a fatal error (an idempotent producer's sequence the broker cannot accept, after a
+//! partition lost data) librdkafka's producer refuses every message: the next send replaces it
+//! with a new producer and goes on. Messages in flight on the old one fail with its error.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use broker_api::completion::{self, Completion};
 use broker_api::{Confirmation, Error, ErrorKind, Message, Result};
+use rdkafka::config::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
@@ -27,9 +32,17 @@ pub(crate) const MESSAGE_ID_HEADER: &str = "message-id";
 /// Header carrying the content type (wire conventions).
 pub(crate) const CONTENT_TYPE_HEADER: &str = "content-type";
 
+/// The producer type.
+type KafkaProducer = ThreadedProducer<Deliveries>;
+
 /// The shared producer.
 pub(crate) struct Publisher {
-    producer: ThreadedProducer<Deliveries>,
+    /// Replaced after a fatal error (see the module docs).
+    producer: RwLock<Arc<KafkaProducer>>,
+    /// What makes a producer: its configuration, and what its callbacks share.
+    config: ClientConfig,
+    reports: Arc<Reports>,
+    topics: OnceLock<Weak<Provisioner>>,
     log: ClientLog,
     message_max_bytes: usize,
     max_payload_bytes: usize,
@@ -70,12 +83,16 @@ impl Publisher {
     /// A producer for `config`; it connects lazily.
     pub(crate) fn new(config: &KafkaConfig) -> Result<Self> {
         let log = ClientLog::new("producer");
-        let producer = config
-            .producer_config()
-            .create_with_context(Deliveries::new(log.clone()))
+        let reports = Arc::new(Reports::default());
+        let producer_config = config.producer_config();
+        let producer = producer_config
+            .create_with_context(Deliveries::new(log.clone(), reports.clone(), None))
             .map_err(|e| crate::config::property_error(&e))?;
         Ok(Publisher {
-            producer,
+            producer: RwLock::new(Arc::new(producer)),
+            config: producer_config,
+            reports,
+            topics: OnceLock::new(),
             log,
             message_max_bytes: config.message_max_bytes(),
             max_payload_bytes: config.max_payload_bytes(),
@@ -97,12 +114,55 @@ impl Publisher {
 
     /// Tells `topics` when the broker reports a topic unknown.
     pub(crate) fn attach(&self, topics: &Arc<Provisioner>) {
-        self.producer.context().attach(topics);
+        let topics = Arc::downgrade(topics);
+        self.current().context().attach(&topics);
+        let _ = self.topics.set(topics);
     }
 
-    /// The underlying client, for metadata requests.
-    pub(crate) fn producer(&self) -> &ThreadedProducer<Deliveries> {
-        &self.producer
+    /// The current producer, for metadata requests, flushing and purging.
+    pub(crate) fn producer(&self) -> Arc<KafkaProducer> {
+        self.current().clone()
+    }
+
+    fn current(&self) -> RwLockReadGuard<'_, Arc<KafkaProducer>> {
+        self.producer.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Replaces the producer after librdkafka refused a message with a fatal error; returns
+    /// whether a working producer is in place (made here, or by a send that got here first).
+    fn replace_failed(&self) -> bool {
+        let mut producer = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        let Some((code, reason)) = producer.client().fatal_error() else {
+            return true;
+        };
+        let context = Deliveries::new(
+            self.log.clone(),
+            self.reports.clone(),
+            self.topics.get().cloned(),
+        );
+        match self.config.create_with_context(context) {
+            Ok(fresh) => {
+                tracing::warn!(%code, reason,
+                    "the producer stopped after a fatal error; publishing goes on with a new one (messages that were in flight failed)");
+                let failed = std::mem::replace(&mut *producer, Arc::new(fresh));
+                drop(producer);
+                // Dropping a producer waits for librdkafka's threads to end: not on this one.
+                let dropping = std::thread::Builder::new()
+                    .name("kafka-producer-drop".into())
+                    .spawn(move || drop(failed));
+                if let Err(error) = dropping {
+                    tracing::debug!(%error, "dropping the failed producer on this thread");
+                }
+                true
+            }
+            Err(error) => {
+                tracing::warn!(%error, "the producer stopped after a fatal error and no new one could be made");
+                false
+            }
+        }
     }
 
     /// Queues `message` for `topic` (known to exist) and returns its confirmation.
@@ -121,7 +181,7 @@ impl Publisher {
         }
         if self.waiting.is_empty() {
             match self.try_enqueue(topic, &message) {
-                Ok(key) => return completion::ready(Ok(self.reports().confirmation(key))),
+                Ok(key) => return completion::ready(Ok(self.reports.confirmation(key))),
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull)) => {}
                 Err(error) => return completion::ready(Err(self.refused(topic, &message, error))),
             }
@@ -144,7 +204,7 @@ impl Publisher {
         let mut pause = Duration::from_millis(1);
         loop {
             match self.try_enqueue(topic, &message) {
-                Ok(key) => return Ok(self.reports().confirmation(key)),
+                Ok(key) => return Ok(self.reports.confirmation(key)),
                 Err(KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))
                     if Instant::now() < deadline =>
                 {
@@ -156,13 +216,31 @@ impl Publisher {
         }
     }
 
-    /// Hands one record to librdkafka; returns the key of its confirmation.
+    /// Hands one record to librdkafka; returns the key of its confirmation. A producer stopped
+    /// by a fatal error is replaced and the record handed to the new one.
     fn try_enqueue(
         &self,
         topic: &str,
         message: &Message,
     ) -> std::result::Result<usize, KafkaError> {
-        let reports = self.reports();
+        match self.try_enqueue_once(topic, message) {
+            Err(error) if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) => {
+                if self.replace_failed() {
+                    self.try_enqueue_once(topic, message)
+                } else {
+                    Err(error)
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn try_enqueue_once(
+        &self,
+        topic: &str,
+        message: &Message,
+    ) -> std::result::Result<usize, KafkaError> {
+        let reports = &self.reports;
         let key = reports
             .open(&message.id)
             .ok_or_else(|| KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull))?;
@@ -175,17 +253,13 @@ impl Publisher {
         if let Ok(since_epoch) = message.timestamp.duration_since(UNIX_EPOCH) {
             record = record.timestamp(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX));
         }
-        self.producer
+        self.current()
             .send(record)
             .map(|()| key)
             .map_err(|(error, _)| {
                 reports.discard(key);
                 error
             })
-    }
-
-    fn reports(&self) -> &Arc<Reports> {
-        self.producer.context().reports()
     }
 
     /// The error for a message librdkafka refused to queue.
@@ -207,15 +281,16 @@ impl Publisher {
             .operation("publish")
             .source(error),
             Some(RDKafkaErrorCode::Fatal) => {
-                let cause = self.producer.client().fatal_error().map_or_else(
+                let cause = self.current().client().fatal_error().map_or_else(
                     || "no reason given".to_owned(),
                     |(code, reason)| format!("{code}: {reason}"),
                 );
                 Error::new(
                     ErrorKind::Rejected,
                     format!(
-                        "message {} to topic {topic} was not sent: the producer stopped for \
-                         good after a fatal error ({cause}); connect the backend again",
+                        "message {} to topic {topic} was not sent: the producer stopped after \
+                         a fatal error ({cause}) and no new one could be made; connect the \
+                         backend again",
                         message.id
                     ),
                 )
@@ -233,8 +308,8 @@ impl Publisher {
 
     /// Waits up to `timeout` for every queued message to be confirmed or to fail.
     pub(crate) async fn flush(self: &Arc<Self>, timeout: Duration) -> Result<()> {
-        let publisher = self.clone();
-        tokio::task::spawn_blocking(move || publisher.producer.flush(timeout))
+        let producer = self.producer();
+        tokio::task::spawn_blocking(move || producer.flush(timeout))
             .await
             .unwrap_or(Err(KafkaError::Canceled))
             .map_err(|e| {
@@ -251,7 +326,7 @@ impl Publisher {
 
     /// Fails every message still queued or in flight (after a flush that timed out).
     pub(crate) fn purge(&self) {
-        self.producer
+        self.current()
             .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
     }
 }
