@@ -22,8 +22,8 @@
 //!   retries transient failures (a broker restart) for up to
 //!   [`KafkaConfig::delivery_timeout`], without duplicates or reordering (idempotence). A
 //!   fatal error of the idempotent producer (the broker reports a sequence out of order, for
-//!   one) stops it for good: every later publish fails saying so, and the backend must be
-//!   connected again.
+//!   one) stops it for good: the messages in flight on it fail with that error, and the next
+//!   publish replaces it with a new producer (a new producer id: ordering starts afresh).
 //! - Offsets are committed only up to the oldest unacknowledged message of each partition,
 //!   every `auto.commit.interval.ms` (5 s by default), when partitions are revoked (sent
 //!   from the rebalance callback without waiting for the answer, which would block the
