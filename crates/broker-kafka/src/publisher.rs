@@ -6,12 +6,15 @@
 //! reports its queue full does `send` wait (boxed), retrying until the delivery timeout; sends
 //! made while one waits queue behind it, so that records keep their call order.
 //!
-//! After a fatal error (an idempotent producer's sequence the broker cannot accept, after a
-//! partition lost data) librdkafka's producer refuses every message: the next send replaces it
-//! with a new producer and goes on. Messages in flight on the old one fail with its error.
+//! After a fatal error of the idempotent producer's sequence or id (the broker cannot accept
+//! it, after a partition lost data) librdkafka's producer refuses every message: the next send
+//! replaces it with a new producer and goes on. The old one keeps the answers of what it had
+//! in flight: it is drained (flushed within the delivery timeout) before it is dropped, and
+//! closing the backend flushes it too. Other fatal errors (credentials not allowed to write
+//! idempotently, for one) would stop any new producer as well: publishes fail, saying why.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, Weak};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use broker_api::completion::{self, Completion};
@@ -39,6 +42,8 @@ type KafkaProducer = ThreadedProducer<Deliveries>;
 pub(crate) struct Publisher {
     /// Replaced after a fatal error (see the module docs).
     producer: RwLock<Arc<KafkaProducer>>,
+    /// Producers replaced after a fatal error, until they are drained.
+    retired: Arc<Mutex<Vec<Arc<KafkaProducer>>>>,
     /// What makes a producer: its configuration, and what its callbacks share.
     config: ClientConfig,
     reports: Arc<Reports>,
@@ -90,6 +95,7 @@ impl Publisher {
             .map_err(|e| crate::config::property_error(&e))?;
         Ok(Publisher {
             producer: RwLock::new(Arc::new(producer)),
+            retired: Arc::default(),
             config: producer_config,
             reports,
             topics: OnceLock::new(),
@@ -128,8 +134,9 @@ impl Publisher {
         self.producer.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Replaces the producer after librdkafka refused a message with a fatal error; returns
-    /// whether a working producer is in place (made here, or by a send that got here first).
+    /// Replaces the producer after librdkafka refused a message with a fatal error of its
+    /// sequence or id; returns whether a working producer is in place (made here, or by a send
+    /// that got here first).
     fn replace_failed(&self) -> bool {
         let mut producer = self
             .producer
@@ -138,6 +145,15 @@ impl Publisher {
         let Some((code, reason)) = producer.client().fatal_error() else {
             return true;
         };
+        if !matches!(
+            code,
+            RDKafkaErrorCode::OutOfOrderSequenceNumber
+                | RDKafkaErrorCode::DuplicateSequenceNumber
+                | RDKafkaErrorCode::InvalidProducerEpoch
+                | RDKafkaErrorCode::UnknownProducerId
+        ) {
+            return false;
+        }
         let context = Deliveries::new(
             self.log.clone(),
             self.reports.clone(),
@@ -149,13 +165,7 @@ impl Publisher {
                     "the producer stopped after a fatal error; publishing goes on with a new one (messages that were in flight failed)");
                 let failed = std::mem::replace(&mut *producer, Arc::new(fresh));
                 drop(producer);
-                // Dropping a producer waits for librdkafka's threads to end: not on this one.
-                let dropping = std::thread::Builder::new()
-                    .name("kafka-producer-drop".into())
-                    .spawn(move || drop(failed));
-                if let Err(error) = dropping {
-                    tracing::debug!(%error, "dropping the failed producer on this thread");
-                }
+                self.retire(failed);
                 true
             }
             Err(error) => {
@@ -213,6 +223,26 @@ impl Publisher {
                 }
                 Err(error) => return Err(self.refused(topic, &message, error)),
             }
+        }
+    }
+
+    /// Drains `failed` on a thread of its own: librdkafka still answers what it had in flight
+    /// (dropped at once, it would purge those messages), within the delivery timeout; then it
+    /// is dropped. Kept in `retired` meanwhile, for closing to flush it.
+    fn retire(&self, failed: Arc<KafkaProducer>) {
+        let retired = self.retired.clone();
+        lock(&retired).push(failed.clone());
+        let timeout = self.queue_wait;
+        let draining = std::thread::Builder::new()
+            .name("kafka-producer-drain".into())
+            .spawn(move || {
+                if let Err(error) = failed.flush(timeout) {
+                    tracing::warn!(%error, "a replaced producer did not get every answer in time");
+                }
+                lock(&retired).retain(|kept| !Arc::ptr_eq(kept, &failed));
+            });
+        if let Err(error) = draining {
+            tracing::warn!(%error, "cannot start a thread to drain the replaced producer; closing flushes it");
         }
     }
 
@@ -288,9 +318,10 @@ impl Publisher {
                 Error::new(
                     ErrorKind::Rejected,
                     format!(
-                        "message {} to topic {topic} was not sent: the producer stopped after \
-                         a fatal error ({cause}) and no new one could be made; connect the \
-                         backend again",
+                        "message {} to topic {topic} was not sent: the producer stopped for \
+                         good after a fatal error ({cause}) that a new producer would meet \
+                         too, or none could be made; connect the backend again once it is \
+                         resolved",
                         message.id
                     ),
                 )
@@ -306,29 +337,43 @@ impl Publisher {
         }
     }
 
-    /// Waits up to `timeout` for every queued message to be confirmed or to fail.
+    /// Waits up to `timeout` for every queued message to be confirmed or to fail (on replaced
+    /// producers still draining too).
     pub(crate) async fn flush(self: &Arc<Self>, timeout: Duration) -> Result<()> {
-        let producer = self.producer();
-        tokio::task::spawn_blocking(move || producer.flush(timeout))
-            .await
-            .unwrap_or(Err(KafkaError::Canceled))
-            .map_err(|e| {
-                from_kafka(
-                    "close",
-                    format!(
-                        "pending publishes were not all confirmed within {}",
-                        humantime::format_duration(timeout)
-                    ),
-                    e,
-                )
+        let mut producers = lock(&self.retired).clone();
+        producers.push(self.producer());
+        tokio::task::spawn_blocking(move || {
+            let deadline = Instant::now() + timeout;
+            producers.iter().try_for_each(|producer| {
+                producer.flush(deadline.saturating_duration_since(Instant::now()))
             })
+        })
+        .await
+        .unwrap_or(Err(KafkaError::Canceled))
+        .map_err(|e| {
+            from_kafka(
+                "close",
+                format!(
+                    "pending publishes were not all confirmed within {}",
+                    humantime::format_duration(timeout)
+                ),
+                e,
+            )
+        })
     }
 
     /// Fails every message still queued or in flight (after a flush that timed out).
     pub(crate) fn purge(&self) {
-        self.current()
-            .purge(rdkafka::producer::PurgeConfig::default().queue().inflight());
+        let all = rdkafka::producer::PurgeConfig::default().queue().inflight();
+        for producer in lock(&self.retired).iter() {
+            producer.purge(all);
+        }
+        self.current().purge(all);
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// The record headers: message id, content type, then the application's headers (entries

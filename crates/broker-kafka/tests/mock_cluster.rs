@@ -594,3 +594,32 @@ async fn a_fatal_producer_error_is_survived_with_a_new_producer() {
     }
     backend.close().await.expect("close");
 }
+
+/// A fatal error a new producer would meet too (credentials not allowed to write
+/// idempotently) is not met by replacing the producer over and over: publishes fail, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fatal_error_a_new_producer_would_meet_too_fails_publishes_with_the_reason() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("denied", 1, 1).unwrap();
+    cluster.request_errors(
+        RDKafkaApiKey::InitProducerId,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_CLUSTER_AUTHORIZATION_FAILED],
+    );
+    let backend = connect(&cluster).await;
+    let first = match backend.send("denied", Message::new("m1")).await {
+        Ok(confirmation) => confirmation.await.map(drop),
+        Err(e) => Err(e),
+    };
+    let first = first.expect_err("the producer may not write idempotently");
+    let later = backend
+        .send("denied", Message::new("m2").with_id("m2"))
+        .await
+        .expect_err("nothing is sent after the fatal error");
+    let text = later.to_string();
+    assert!(
+        text.contains("message m2 to topic denied was not sent: the producer stopped for good")
+            && text.contains("ClusterAuthorizationFailed"),
+        "first: {first}; later: {text}"
+    );
+    let _ = backend.close().await;
+}

@@ -181,10 +181,11 @@ impl Link {
     /// Stops the supervisor and closes the connection (waiting up to `timeout` for the broker,
     /// after the channels being closed in the background). Idempotent.
     pub(crate) async fn close(&self, timeout: Duration) {
-        let previous = self.state.send_replace(State::Closed);
-        self.channel_closes.close();
+        // Before the link is marked closed, on which the supervisor closes the connection too.
         // Each close gives up by itself after a few seconds.
+        self.channel_closes.close();
         self.channel_closes.wait().await;
+        let previous = self.state.send_replace(State::Closed);
         if let State::Up(session) = previous {
             if tokio::time::timeout(timeout, session.close())
                 .await
