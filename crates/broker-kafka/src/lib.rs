@@ -21,9 +21,11 @@
 //! - A confirmation resolves only once every in-sync replica has the message. librdkafka
 //!   retries transient failures (a broker restart) for up to
 //!   [`KafkaConfig::delivery_timeout`], without duplicates or reordering (idempotence). A
-//!   fatal error of the idempotent producer (the broker reports a sequence out of order, for
-//!   one) stops it for good: the messages in flight on it fail with that error, and the next
-//!   publish replaces it with a new producer (a new producer id: ordering starts afresh).
+//!   fatal error of the idempotent producer's sequence or id (the broker reports a sequence
+//!   out of order, for one) stops it for good: the next publish replaces it with a new
+//!   producer (a new producer id: ordering starts afresh), while the old one still gets the
+//!   answers of what it had in flight. Other fatal errors (credentials not allowed to write
+//!   idempotently) would stop any new producer too: publishes fail, saying why.
 //! - Offsets are committed only up to the oldest unacknowledged message of each partition,
 //!   every `auto.commit.interval.ms` (5 s by default), when partitions are revoked (sent
 //!   from the rebalance callback without waiting for the answer, which would block the
