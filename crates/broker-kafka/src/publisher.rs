@@ -148,9 +148,8 @@ impl Publisher {
         if !matches!(
             code,
             RDKafkaErrorCode::OutOfOrderSequenceNumber
-                | RDKafkaErrorCode::DuplicateSequenceNumber
-                | RDKafkaErrorCode::InvalidProducerEpoch
                 | RDKafkaErrorCode::UnknownProducerId
+                | RDKafkaErrorCode::Inconsistent
         ) {
             return false;
         }
@@ -162,7 +161,7 @@ impl Publisher {
         match self.config.create_with_context(context) {
             Ok(fresh) => {
                 tracing::warn!(%code, reason,
-                    "the producer stopped after a fatal error; publishing goes on with a new one (messages that were in flight failed)");
+                    "the producer stopped after a fatal error; publishing goes on with a new one (the old one still gets the answers of what it had in flight)");
                 let failed = std::mem::replace(&mut *producer, Arc::new(fresh));
                 drop(producer);
                 self.retire(failed);
@@ -228,8 +227,10 @@ impl Publisher {
 
     /// Drains `failed` on a thread of its own: librdkafka still answers what it had in flight
     /// (dropped at once, it would purge those messages), within the delivery timeout; then it
-    /// is dropped. Kept in `retired` meanwhile, for closing to flush it.
+    /// is dropped. What it holds queued it would never send: that fails at once. Kept in
+    /// `retired` meanwhile, for closing to flush it.
     fn retire(&self, failed: Arc<KafkaProducer>) {
+        failed.purge(rdkafka::producer::PurgeConfig::default().queue());
         let retired = self.retired.clone();
         lock(&retired).push(failed.clone());
         let timeout = self.queue_wait;
@@ -337,16 +338,21 @@ impl Publisher {
         }
     }
 
-    /// Waits up to `timeout` for every queued message to be confirmed or to fail (on replaced
-    /// producers still draining too).
+    /// Waits up to `timeout` for every queued message to be confirmed or to fail: the current
+    /// producer's first, then what replaced producers still drain (their queued messages,
+    /// which they would never send, fail at once).
     pub(crate) async fn flush(self: &Arc<Self>, timeout: Duration) -> Result<()> {
-        let mut producers = lock(&self.retired).clone();
-        producers.push(self.producer());
+        let current = self.producer();
+        let retired = lock(&self.retired).clone();
         tokio::task::spawn_blocking(move || {
             let deadline = Instant::now() + timeout;
-            producers.iter().try_for_each(|producer| {
-                producer.flush(deadline.saturating_duration_since(Instant::now()))
-            })
+            let left = || deadline.saturating_duration_since(Instant::now());
+            let mut flushed = current.flush(left());
+            for producer in retired {
+                producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+                flushed = flushed.and(producer.flush(left()));
+            }
+            flushed
         })
         .await
         .unwrap_or(Err(KafkaError::Canceled))

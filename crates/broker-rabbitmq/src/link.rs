@@ -184,7 +184,7 @@ impl Link {
         // Before the link is marked closed, on which the supervisor closes the connection too.
         // Each close gives up by itself after a few seconds.
         self.channel_closes.close();
-        self.channel_closes.wait().await;
+        let _ = tokio::time::timeout(timeout, self.channel_closes.wait()).await;
         let previous = self.state.send_replace(State::Closed);
         if let State::Up(session) = previous {
             if tokio::time::timeout(timeout, session.close())
