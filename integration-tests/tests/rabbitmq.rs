@@ -873,17 +873,12 @@ async fn close_during_a_resource_alarm_fails_unconfirmed_publishes() {
         return;
     };
     run_case("close_during_a_resource_alarm", async {
-        let config = RabbitMqConfig {
-            uri: harness.live.address.clone(),
-            confirm_window: 2,
-            close_timeout: Duration::from_secs(1),
-            retry_timeout: Duration::from_secs(2),
-            ..RabbitMqConfig::default()
-        };
-        let backend = RabbitMqBackend::connect(config, ConnectOptions::default())
-            .await
-            .expect("connect");
-        let broker = Broker::new(backend);
+        let backend = backend_with(&harness.live.address, true, |config| {
+            config.confirm_window = 2;
+            config.close_timeout = Duration::from_secs(1);
+            config.retry_timeout = Duration::from_secs(2);
+        });
+        let broker = Broker::new(backend.await.expect("connect"));
         let name = fresh_topic(&broker, "alarm", &["g"]).await;
         let topic = broker_api::Topic::text(name.as_str());
         let publisher = broker.publisher(&topic);
@@ -1001,16 +996,11 @@ async fn publishes_held_by_a_resource_alarm_time_out() {
     };
     run_case("publishes_held_by_a_resource_alarm_time_out", async {
         const TIMEOUT: Duration = Duration::from_secs(2);
-        let config = RabbitMqConfig {
-            uri: harness.live.address.clone(),
-            confirm_window: 2,
-            publish_timeout: TIMEOUT,
-            ..RabbitMqConfig::default()
-        };
-        let backend = RabbitMqBackend::connect(config, ConnectOptions::default())
-            .await
-            .expect("connect");
-        let broker = Broker::new(backend);
+        let backend = backend_with(&harness.live.address, true, |config| {
+            config.confirm_window = 2;
+            config.publish_timeout = TIMEOUT;
+        });
+        let broker = Broker::new(backend.await.expect("connect"));
         let name = fresh_topic(&broker, "alarm-timeout", &["g"]).await;
         let topic = broker_api::Topic::text(name.as_str());
         let publisher = broker.publisher(&topic);
