@@ -388,6 +388,25 @@ async fn unroutable_publish_is_an_error() {
             let outcome = confirmation.await;
             assert_eq!(outcome.is_ok(), ok, "{outcome:?}");
         }
+        // A burst of unroutable messages on one channel: RabbitMQ confirms them with multiple
+        // acks, and lapin hands their returned messages to the confirms in no set order.
+        let mut pending = Vec::new();
+        for i in 0..2000 {
+            let confirmation = broker
+                .publisher(&lonely)
+                .send(&format!("lost-{i}"))
+                .await
+                .expect("send");
+            pending.push(confirmation);
+        }
+        let mut confirmed = 0;
+        for confirmation in pending {
+            if let Ok(receipt) = confirmation.await {
+                confirmed += 1;
+                eprintln!("reported published: {}", receipt.message_id);
+            }
+        }
+        assert_eq!(confirmed, 0, "unroutable messages reported published");
         broker.close().await.expect("close");
     })
     .await;
@@ -1051,6 +1070,55 @@ async fn publishes_held_by_a_resource_alarm_time_out() {
             .publish(&"after".to_owned())
             .await
             .expect("the same backend publishes again after the alarm");
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+/// RabbitMQ blocks a connection that publishes during a resource alarm and reads nothing
+/// more from it, acknowledgements included. Subscriptions consume on a connection of their
+/// own: a service that publishes during an alarm (a dead letter is enough) still drains its
+/// queues, whose backlog may be what raised the alarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_ack_while_publishing_is_blocked() {
+    let Some(harness) = exclusive().await else {
+        return;
+    };
+    run_case("subscriptions_ack_while_publishing_is_blocked", async {
+        // One message at a time: the next is sent only once the previous one's ack was read.
+        let backend = backend_with(&harness.live.address, true, |config| {
+            config.prefetch = Some(1);
+        });
+        let broker = Broker::new(backend.await.expect("connect"));
+        let topic = broker_api::Topic::text(fresh_topic(&broker, "alarm-drain", &["g"]).await);
+        for i in 0..5 {
+            broker
+                .publisher(&topic)
+                .publish(&format!("m-{i}"))
+                .await
+                .expect("published before the alarm");
+        }
+        let other = broker_api::Topic::text(fresh_topic(&broker, "alarm-held", &["g"]).await);
+        let alarm = memory_alarm().await;
+        let held = broker
+            .publisher(&other)
+            .send(&"during the alarm".to_owned())
+            .await
+            .expect("handed over");
+        let inbox = Inbox::new();
+        let running = broker
+            .subscriber(&topic, "g")
+            .at_least_once(inbox.handler())
+            .await
+            .expect("subscribe during the alarm");
+        inbox.wait_for(5, Duration::from_secs(15)).await;
+        let unconfirmed = tokio::time::timeout(Duration::from_millis(200), held).await;
+        drop(alarm);
+        assert!(
+            unconfirmed.is_err(),
+            "the publish was confirmed during the alarm: the case tests nothing"
+        );
+        running.close().await.expect("close the subscription");
         broker.close().await.expect("close");
     })
     .await;

@@ -70,6 +70,11 @@
 //!
 //! ## Reconnecting
 //!
+//! A backend holds two connections: one publishes, the other consumes and declares. RabbitMQ
+//! blocks a connection that publishes during a resource alarm and reads nothing more from it;
+//! acknowledgements on their own connection still flow, so subscriptions go on draining their
+//! queues while publishes wait.
+//!
 //! A RabbitMQ restart or a dropped connection is survived: a supervisor reconnects with
 //! exponential backoff (`rabbitmq.reconnect`), logging each attempt and why, and declares again
 //! the topology this process declared. Publishers reopen their confirm channels and publish
@@ -87,10 +92,11 @@
 //! type) travel in one frame of at most the connection's `frame_max` (131 072 bytes by
 //! default); a message whose properties are larger is refused before it is sent. Each topic
 //! published to holds one channel of the
-//! connection (RabbitMQ allows 2047 by default). A publish retried after a connection drop can
+//! publishing connection, each subscription one of the consuming connection (RabbitMQ allows
+//! 2047 per connection by default). A publish retried after a connection drop can
 //! land after messages sent later, so per-key order holds between reconnects, not across one
-//! where a publish of that key was in flight. Connections blocked by a RabbitMQ resource alarm
-//! (memory, disk) hold publishes until the alarm clears: a publish unconfirmed after
+//! where a publish of that key was in flight. A resource alarm (memory, disk) holds publishes
+//! until it clears: a publish unconfirmed after
 //! `rabbitmq.publish_timeout` fails with `Timeout`, and closing the backend meanwhile fails
 //! those still unconfirmed after `rabbitmq.close_timeout` (`Closed`); either may or may not
 //! have been stored. On RabbitMQ 4, quorum queues give up
@@ -130,16 +136,18 @@ pub use config::{QueueType, RabbitMqConfig, ReconnectBackoff, DEFAULT_URI};
 pub use lapin;
 
 use crate::config::Settings;
-use crate::link::Link;
+use crate::link::{Link, Role};
 use crate::publisher::Publisher;
 use crate::subscriber::Subscription;
 use crate::topology::{close_channel, scratch_channel, Topology};
 
-/// The RabbitMQ backend: one AMQP connection, kept up by a supervisor, shared by every
-/// publisher and subscription of the broker handle.
+/// The RabbitMQ backend: two AMQP connections, each kept up by a supervisor, one for every
+/// publish of the broker handle, the other for its subscriptions and declarations (RabbitMQ
+/// blocks a publishing connection during a resource alarm, acknowledgements included).
 pub struct RabbitMqBackend {
     settings: Arc<Settings>,
-    link: Arc<Link>,
+    publishing: Arc<Link>,
+    consuming: Arc<Link>,
     topology: Arc<Topology>,
     publisher: Publisher,
     closing: AtomicBool,
@@ -162,12 +170,17 @@ impl RabbitMqBackend {
             settings.config.queue_type,
             options.auto_provision,
         ));
-        let link = Link::connect(settings.clone(), topology.clone()).await?;
+        let (publishing, consuming) = tokio::try_join!(
+            Link::connect(Role::Publishing, settings.clone(), topology.clone()),
+            Link::connect(Role::Consuming, settings.clone(), topology.clone()),
+        )?;
         tracing::debug!(endpoint = %settings.endpoint, "connected to RabbitMQ");
-        let publisher = Publisher::new(link.clone(), topology.clone(), options.auto_provision);
+        let publisher =
+            Publisher::new(publishing.clone(), topology.clone(), options.auto_provision);
         Ok(RabbitMqBackend {
             settings,
-            link,
+            publishing,
+            consuming,
             topology,
             publisher,
             closing: AtomicBool::new(false),
@@ -175,10 +188,22 @@ impl RabbitMqBackend {
     }
 
     fn check_open(&self, operation: &'static str) -> Result<()> {
-        if self.closing.load(Ordering::Acquire) || self.link.is_closed() {
+        if self.closing.load(Ordering::Acquire) || self.is_closed() {
             return Err(error::closed(operation));
         }
         Ok(())
+    }
+
+    fn is_closed(&self) -> bool {
+        self.publishing.is_closed() || self.consuming.is_closed()
+    }
+
+    /// Closes both connections, each within `timeout`.
+    async fn close_links(&self, timeout: Duration) {
+        tokio::join!(
+            self.publishing.close(timeout),
+            self.consuming.close(timeout)
+        );
     }
 
     fn deadline(&self) -> Instant {
@@ -223,7 +248,7 @@ impl Backend for RabbitMqBackend {
     async fn subscribe(&self, request: SubscribeRequest) -> Result<BoxDeliveryStream> {
         self.check_open("subscribe")?;
         let subscription = Subscription::open(
-            self.link.clone(),
+            self.consuming.clone(),
             self.topology.clone(),
             &request,
             self.deadline(),
@@ -236,7 +261,7 @@ impl Backend for RabbitMqBackend {
         self.check_open("ensure topic")?;
         let deadline = self.deadline();
         let declaring = async {
-            let session = self.link.session(deadline).await?;
+            let session = self.consuming.session(deadline).await?;
             let channel = scratch_channel(&session.connection).await?;
             let result = self.topology.ensure_topic(&channel, spec).await;
             close_channel(&channel, "done").await;
@@ -251,7 +276,7 @@ impl Backend for RabbitMqBackend {
         self.check_open("delete topic")?;
         let deadline = self.deadline();
         let deleting = async {
-            let session = self.link.session(deadline).await?;
+            let session = self.consuming.session(deadline).await?;
             let channel = scratch_channel(&session.connection).await?;
             let result = self.topology.delete_topic(&channel, name).await;
             close_channel(&channel, "done").await;
@@ -268,12 +293,12 @@ impl Backend for RabbitMqBackend {
             // Another close is under way; it may also have been given up (a caller's own
             // timeout), and would then never close the link: after waiting for it as long as
             // it waits for confirms, close the link here (idempotent).
-            if tokio::time::timeout(timeout, self.link.closed())
-                .await
-                .is_err()
-            {
+            let both_closed = async {
+                tokio::join!(self.publishing.closed(), self.consuming.closed());
+            };
+            if tokio::time::timeout(timeout, both_closed).await.is_err() {
                 self.publisher.close(Duration::ZERO).await;
-                self.link.close(timeout).await;
+                self.close_links(timeout).await;
             }
             return Ok(());
         }
@@ -284,15 +309,16 @@ impl Backend for RabbitMqBackend {
                 humantime::format_duration(timeout)
             );
         }
-        self.link.close(timeout).await;
+        self.close_links(timeout).await;
         Ok(())
     }
 }
 
 impl Drop for RabbitMqBackend {
     fn drop(&mut self) {
-        // Without `close`, the supervisor still stops and closes the connection.
-        self.link.abandon();
+        // Without `close`, the supervisors still stop and close the connections.
+        self.publishing.abandon();
+        self.consuming.abandon();
     }
 }
 
@@ -301,7 +327,7 @@ impl fmt::Debug for RabbitMqBackend {
         f.debug_struct("RabbitMqBackend")
             .field("endpoint", &self.settings.endpoint)
             .field("queue_type", &self.settings.config.queue_type)
-            .field("closed", &self.link.is_closed())
+            .field("closed", &self.is_closed())
             .finish_non_exhaustive()
     }
 }

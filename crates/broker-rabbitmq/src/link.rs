@@ -1,6 +1,7 @@
 //! The connection to RabbitMQ and the supervisor that keeps it up.
 //!
-//! One AMQP connection carries everything. When it drops (broker restart, network failure,
+//! A backend keeps two links, each one AMQP connection: one publishes, the other consumes and
+//! declares (see [`Role`]). When a connection drops (broker restart, network failure,
 //! `rabbitmqctl close_connection`), the supervisor reconnects with exponential backoff, logging
 //! every attempt and its reason, re-declares the topology this process declared, and publishes
 //! the new [`Session`]. Publishers and subscriptions wait for it and reopen their channels on it
@@ -88,6 +89,7 @@ enum State {
 
 /// The shared handle on the connection: the current session, and the supervisor's inbox.
 pub(crate) struct Link {
+    role: Role,
     settings: Arc<Settings>,
     topology: Arc<Topology>,
     state: watch::Sender<State>,
@@ -102,12 +104,14 @@ pub(crate) struct Link {
 impl Link {
     /// Connects (failing within `connect_timeout`) and starts the supervisor.
     pub(crate) async fn connect(
+        role: Role,
         settings: Arc<Settings>,
         topology: Arc<Topology>,
     ) -> Result<Arc<Link>> {
-        let connection = open_connection(&settings).await?;
+        let connection = open_connection(role, &settings).await?;
         let session = Session::new(1, connection);
         let link = Arc::new(Link {
+            role,
             settings,
             topology,
             state: watch::Sender::new(State::Up(session.clone())),
@@ -316,7 +320,7 @@ impl Link {
 
     /// A new connection with the known topology declared on it.
     async fn open_session(&self) -> Result<Arc<Session>> {
-        let connection = open_connection(&self.settings).await?;
+        let connection = open_connection(self.role, &self.settings).await?;
         let deadline = Instant::now() + self.settings.config.connect_timeout;
         let redeclared = error::within(deadline, "connect", self.topology.redeclare(&connection));
         if let Err(e) = redeclared.await {
@@ -351,9 +355,35 @@ async fn close_within(wait: Duration, closing: impl std::future::Future<Output =
     }
 }
 
+/// What a link's connection carries.
+///
+/// RabbitMQ blocks a connection that publishes during a resource alarm (memory or disk) and
+/// then reads nothing more from it: on a shared connection, acknowledgements would wait for
+/// the alarm to clear, and with them the subscriptions whose backlog may have raised it.
+/// Publishes (dead letters among them) therefore go on a connection of their own, as
+/// RabbitMQ's documentation advises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Publishes and their confirms.
+    Publishing,
+    /// Subscriptions, their acknowledgements, and declarations.
+    Consuming,
+}
+
+impl Role {
+    /// The connection's name, shown by RabbitMQ's management UI and `rabbitmqctl`.
+    fn connection_name(self) -> &'static str {
+        match self {
+            Role::Publishing => "broker-rs publishing",
+            Role::Consuming => "broker-rs consuming",
+        }
+    }
+}
+
 /// Opens a connection, failing within `connect_timeout` with an error naming the endpoint.
-async fn open_connection(settings: &Settings) -> Result<Connection> {
-    let properties = ConnectionProperties::default().with_connection_name("broker-rs".into());
+async fn open_connection(role: Role, settings: &Settings) -> Result<Connection> {
+    let properties =
+        ConnectionProperties::default().with_connection_name(role.connection_name().into());
     let timeout = settings.config.connect_timeout;
     let connect = Connection::connect_uri(settings.uri.clone(), properties);
     match tokio::time::timeout(timeout, connect).await {
