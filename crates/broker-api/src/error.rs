@@ -206,6 +206,15 @@ impl fmt::Display for Error {
     }
 }
 
+/// The text a panic was raised with, for the error that reports it.
+pub(crate) fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("unknown panic")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

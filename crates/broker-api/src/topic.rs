@@ -1,6 +1,7 @@
 //! Typed topics: a name, a codec and an optional key function.
 
 use std::fmt;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -8,7 +9,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::codec::{Codec, Json, Raw, Text};
-use crate::error::Result;
+use crate::error::{panic_text, Error, ErrorKind, Result};
 use crate::message::Message;
 
 type KeyFn<T> = dyn Fn(&T) -> String + Send + Sync;
@@ -88,9 +89,24 @@ impl<T: 'static> Topic<T> {
         Ok(message)
     }
 
-    /// Decodes a payload of this topic.
+    /// Decodes a payload of this topic. A codec that panics (a `Deserialize` implementation
+    /// that unwraps, say) fails with a [`Decode`](crate::ErrorKind::Decode) error instead, so
+    /// that the message is dead-lettered like any payload that cannot be decoded, instead of
+    /// ending the subscription at every delivery of it.
     pub fn decode(&self, payload: &Bytes) -> Result<T> {
-        self.codec.decode(payload)
+        std::panic::catch_unwind(AssertUnwindSafe(|| self.codec.decode(payload))).unwrap_or_else(
+            |panic| {
+                Err(Error::new(
+                    ErrorKind::Decode,
+                    format!(
+                        "the codec of topic {} panicked decoding a payload of {} bytes: {}",
+                        self.name,
+                        payload.len(),
+                        panic_text(&*panic)
+                    ),
+                ))
+            },
+        )
     }
 }
 

@@ -191,11 +191,20 @@ pub async fn panicking_handler_dead_lettered(harness: &dyn Harness) {
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Order {
+    #[serde(deserialize_with = "order_id")]
     id: u32,
 }
 
+/// The id of an order being decoded; panics on 13, as a `Deserialize` implementation with a
+/// bug would.
+fn order_id<'de, D: serde::Deserializer<'de>>(decoding: D) -> Result<u32, D::Error> {
+    let id = u32::deserialize(decoding)?;
+    assert_ne!(id, 13, "unlucky order id");
+    Ok(id)
+}
+
 /// A payload the codec cannot decode goes straight to the dead-letter topic, without calling
-/// the handler, and the stream goes on.
+/// the handler, and the stream goes on; so does one whose decoding panics.
 pub async fn undecodable_payload_dead_lettered(harness: &dyn Harness) {
     let broker = connect(harness).await;
     let name = fresh_topic(&broker, "undecodable", &["g"]).await;
@@ -205,6 +214,11 @@ pub async fn undecodable_payload_dead_lettered(harness: &dyn Harness) {
         .publish(&Bytes::from_static(b"{not json"))
         .await
         .expect("publish garbage");
+    broker
+        .publisher(&Topic::bytes(name.as_str()))
+        .publish(&Bytes::from_static(b"{\"id\":13}"))
+        .await
+        .expect("publish an order whose decoding panics");
     broker
         .publisher(&orders)
         .publish(&Order { id: 7 })
@@ -220,15 +234,24 @@ pub async fn undecodable_payload_dead_lettered(harness: &dyn Harness) {
         .expect("subscribe");
     let received = inbox.wait_for(1, harness.patience()).await;
     assert_eq!(received[0].value.id, 7);
-    let dead = read_dead_letters(harness, &broker, &name, "g", 1).await;
-    assert_eq!(dead[0].value, Bytes::from_static(b"{not json"));
-    let reason = dead[0]
-        .metadata
-        .headers
-        .get(dlq::REASON)
-        .unwrap_or_default();
+    let dead = read_dead_letters(harness, &broker, &name, "g", 2).await;
+    let reason_of = |payload: &'static [u8]| {
+        let letter = dead
+            .iter()
+            .find(|letter| letter.value == Bytes::from_static(payload))
+            .unwrap_or_else(|| panic!("{payload:?} was not dead-lettered"));
+        assert_eq!(letter.metadata.headers.get(dlq::ATTEMPTS), Some("0"));
+        letter
+            .metadata
+            .headers
+            .get(dlq::REASON)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let reason = reason_of(b"{not json");
     assert!(reason.contains("JSON"), "reason: {reason}");
-    assert_eq!(dead[0].metadata.headers.get(dlq::ATTEMPTS), Some("0"));
+    let reason = reason_of(b"{\"id\":13}");
+    assert!(reason.contains("unlucky order id"), "reason: {reason}");
     inbox.expect_no_more_than(1, harness.quiet_period()).await;
     running.close().await.expect("close");
     broker.close().await.expect("close broker");

@@ -249,10 +249,5 @@ pub(super) fn acknowledged(ack: Completion<'static, ()>) -> impl Future<Output =
 }
 
 fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
-    let text = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned());
-    format!("handler panicked: {text}")
+    format!("handler panicked: {}", crate::error::panic_text(&*panic))
 }
