@@ -14,6 +14,13 @@ pub(crate) struct Group {
     /// The number of entries in `GroupState::nacks`, readable without the lock: an unkeyed
     /// message that was never nacked is acknowledged without touching the group.
     nacked: AtomicUsize,
+    /// Acknowledged offsets of unkeyed messages, not yet applied to the log and the group:
+    /// applied under the log lock a member takes anyway for its next batch (or before it
+    /// waits, stops or goes away), instead of taking it once per acknowledgement. Deferring
+    /// them frees no key and readies no message, and only delays dropping their segments. Kept
+    /// per group, not per member: a member that stops reading after an acknowledgement would
+    /// otherwise hold its segment, and every later one, for as long as it lives.
+    deferred_acks: Mutex<Vec<u64>>,
 }
 
 #[derive(Debug, Default)]
@@ -43,6 +50,7 @@ impl Group {
                 ..GroupState::default()
             }),
             nacked: AtomicUsize::new(0),
+            deferred_acks: Mutex::new(Vec::new()),
         }
     }
 
@@ -89,9 +97,42 @@ impl Group {
         self.state.lock().unwrap_or_else(|e| e.into_inner()).next
     }
 
+    /// The message at `offset` was handled: its segment may be dropped once every group has,
+    /// and its key is free for the next message with it. Returns whether a message became
+    /// ready.
+    pub(crate) fn ack_in(&self, log: &Log, offset: u64) -> bool {
+        let Some((record, unsettled)) = log.get(offset) else {
+            return false;
+        };
+        unsettled.fetch_sub(1, Ordering::SeqCst);
+        self.ack(offset, record.key.as_deref())
+    }
+
+    /// Defers the acknowledgement of the unkeyed message at `offset` (see the
+    /// `deferred_acks` field).
+    pub(crate) fn defer_ack(&self, offset: u64) {
+        self.deferred_acks().push(offset);
+    }
+
+    /// Applies the deferred acknowledgements under `log`'s lock.
+    pub(crate) fn apply_deferred(&self, log: &Log) {
+        for offset in self.deferred_acks().drain(..) {
+            self.ack_in(log, offset);
+        }
+    }
+
+    /// Whether acknowledgements wait to be applied.
+    pub(crate) fn has_deferred(&self) -> bool {
+        !self.deferred_acks().is_empty()
+    }
+
+    fn deferred_acks(&self) -> std::sync::MutexGuard<'_, Vec<u64>> {
+        self.deferred_acks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// The message was handled: frees its key for the next message with it. Returns whether a
     /// message became ready.
-    pub(crate) fn ack(&self, offset: u64, key: Option<&str>) -> bool {
+    fn ack(&self, offset: u64, key: Option<&str>) -> bool {
         if key.is_none() && self.nacked.load(Ordering::SeqCst) == 0 {
             return false;
         }

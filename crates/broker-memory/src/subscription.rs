@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use broker_api::{
@@ -16,7 +16,6 @@ use tokio::sync::Notify;
 use tokio_util::sync::ReusableBoxFuture;
 
 use crate::group::{Group, Handout};
-use crate::log::Log;
 use crate::topic::Topic;
 
 /// Most deliveries taken from the group under one lock. The topic's log stays read-locked
@@ -38,11 +37,6 @@ pub(crate) struct Member {
     in_flight: AtomicUsize,
     room: Notify,
     stopped: AtomicBool,
-    /// Acknowledged deliveries of unkeyed messages, not yet applied to the log and the group:
-    /// applied under the log lock the member takes anyway for its next batch (or before it
-    /// waits, stops or goes away), instead of taking it once per acknowledgement. Deferring
-    /// them frees no key and readies no message, and only delays dropping their segments.
-    deferred_acks: Mutex<Vec<u64>>,
 }
 
 /// [`AckKey::scope`] of a delivery whose message has a key: its acknowledgement frees the key
@@ -59,7 +53,6 @@ impl Member {
             in_flight: AtomicUsize::new(0),
             room: Notify::new(),
             stopped: AtomicBool::new(false),
-            deferred_acks: Mutex::new(Vec::new()),
         }
     }
 
@@ -102,7 +95,7 @@ impl Member {
         }
         let _waiting = self.topic.wait_for_change();
         let may_have_work = self.topic.with_log(|log| {
-            self.apply_deferred(log);
+            self.group.apply_deferred(log);
             self.group.may_have_work(log.end())
         });
         if !may_have_work {
@@ -118,7 +111,7 @@ impl Member {
         out: &mut VecDeque<Delivery>,
     ) -> usize {
         self.topic.with_log(|log| {
-            self.apply_deferred(log);
+            self.group.apply_deferred(log);
             self.group.take(log, room.min(BATCH), scratch);
             let taken = scratch.len();
             self.in_flight.fetch_add(taken, Ordering::SeqCst);
@@ -153,34 +146,10 @@ impl Member {
         }
     }
 
-    /// The message at `offset` was handled: its segment may be dropped once every group has,
-    /// and its key is free for the next message with it. Returns whether a message became
-    /// ready.
-    fn ack(&self, log: &Log, offset: u64) -> bool {
-        let Some((record, unsettled)) = log.get(offset) else {
-            return false;
-        };
-        unsettled.fetch_sub(1, Ordering::SeqCst);
-        self.group.ack(offset, record.key.as_deref())
-    }
-
-    fn deferred_acks(&self) -> MutexGuard<'_, Vec<u64>> {
-        self.deferred_acks
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Applies the deferred acknowledgements (see the `deferred_acks` field) under `log`'s lock.
-    fn apply_deferred(&self, log: &Log) {
-        for offset in self.deferred_acks().drain(..) {
-            self.ack(log, offset);
-        }
-    }
-
-    /// Applies the deferred acknowledgements, taking the log's lock if there are any.
+    /// Applies the group's deferred acknowledgements, taking the log's lock if there are any.
     fn flush_deferred(&self) {
-        if !self.deferred_acks().is_empty() {
-            self.topic.with_log(|log| self.apply_deferred(log));
+        if self.group.has_deferred() {
+            self.topic.with_log(|log| self.group.apply_deferred(log));
         }
     }
 }
@@ -198,10 +167,10 @@ impl AckTable for Member {
         let offset = key.offset;
         let ready = match settlement {
             Settlement::Ack if key.scope == KEYED => {
-                self.topic.with_log(|log| self.ack(log, offset))
+                self.topic.with_log(|log| self.group.ack_in(log, offset))
             }
             Settlement::Ack => {
-                self.deferred_acks().push(offset);
+                self.group.defer_ack(offset);
                 false
             }
             Settlement::Nack | Settlement::Dropped => {

@@ -18,7 +18,8 @@ use crate::log::Log;
 /// log's lock, and a publisher waiting for it would wait for a whole batch of them. Readers
 /// move the inbox into the log before they read (and a publisher when the inbox is full).
 ///
-/// Locks are taken in this order: the log, the inbox, the groups, a group.
+/// Locks are taken in this order: the log, the inbox, the groups, a group's deferred
+/// acknowledgements, its state.
 #[derive(Debug)]
 pub(crate) struct Topic {
     pub(crate) name: Arc<str>,

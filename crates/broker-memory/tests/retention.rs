@@ -154,3 +154,31 @@ async fn a_subscription_that_keeps_running_lets_acknowledged_segments_go() {
     late.close().await.expect("close");
     stream.close().await.expect("close");
 }
+
+#[tokio::test]
+async fn a_member_that_stops_reading_after_an_ack_holds_no_segment() {
+    let backend = backend(&["g"]).await;
+    publish_all(&backend, 0).await;
+    // One message taken and acknowledged, then the member stays without reading on.
+    let mut idle = backend
+        .subscribe(SubscribeRequest::new("events", "g").max_in_flight(1))
+        .await
+        .expect("subscribe");
+    let first = next_within(&mut idle, PATIENCE).await;
+    assert_eq!(offset(&first), 0);
+    first.ack().await.expect("ack");
+    // Another member of the group reads and acknowledges the rest.
+    assert_eq!(drain(&backend, "g", PUBLISHED - 1).await, 1);
+    publish_all(&backend, 1).await;
+    let mut late = backend
+        .subscribe(SubscribeRequest::new("events", "late"))
+        .await
+        .expect("subscribe");
+    let first_kept = offset(&next_within(&mut late, PATIENCE).await);
+    assert!(
+        first_kept > 0,
+        "the idle member's acknowledgement kept every segment"
+    );
+    late.close().await.expect("close");
+    idle.close().await.expect("close");
+}
