@@ -721,3 +721,104 @@ async fn capabilities_are_the_documented_ones() {
     )
     .await;
 }
+
+/// The client's publisher starts a task for each ordering key and keeps it for as long as the
+/// publisher lives: publishing with ever new keys (one per order, per user) must not grow the
+/// process without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_with_ever_new_keys_stays_bounded() {
+    const KEYS: usize = 6_000;
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("publishing_with_ever_new_keys_stays_bounded", async {
+        let backend = backend(&harness.live.address, true).await.expect("connect");
+        // No subscription: the emulator keeps nothing per key.
+        let topic = unique("keys");
+        backend
+            .ensure_topic(&TopicSpec::new(topic.as_str()))
+            .await
+            .expect("topic");
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = tasks();
+        let mut most = 0;
+        for window in 0..KEYS / 500 {
+            let mut confirmations = Vec::new();
+            for i in window * 500..(window + 1) * 500 {
+                let message = Message::new(format!("m-{i}")).with_key(format!("key-{i}"));
+                let sent = backend.send(&topic, message).await.expect("send");
+                confirmations.push(sent);
+            }
+            for confirmation in confirmations {
+                confirmation.await.expect("confirmed");
+            }
+            most = most.max(tasks());
+        }
+        let grown = most.saturating_sub(before);
+        assert!(
+            grown < KEYS / 3,
+            "{grown} more tasks after publishing with {KEYS} keys"
+        );
+        backend.close().await.expect("close");
+        backend_cleanup(&harness.live.address, &topic).await;
+    })
+    .await;
+}
+
+/// Messages with a key are published in order also when the topic's client is replaced (after
+/// a thousand keys): the replaced client finishes what it holds before the new one publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_order_holds_across_a_client_replacement() {
+    const KEYS: usize = 1_200;
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("key_order_holds_across_a_client_replacement", async {
+        let backend = backend(&harness.live.address, true).await.expect("connect");
+        let topic = unique("replaced");
+        backend
+            .ensure_topic(&TopicSpec::new(topic.as_str()).group("g"))
+            .await
+            .expect("topic");
+        let mut confirmations = Vec::new();
+        for round in 0..2 {
+            for key in 0..KEYS {
+                let message = Message::new(format!("{round}")).with_key(format!("key-{key}"));
+                confirmations.push(backend.send(&topic, message).await.expect("send"));
+            }
+        }
+        for confirmation in confirmations {
+            confirmation.await.expect("confirmed");
+        }
+        let mut stream = backend
+            .subscribe(SubscribeRequest::new(topic.as_str(), "g").max_in_flight(4_096))
+            .await
+            .expect("subscribe");
+        let mut rounds_seen: HashMap<String, Vec<String>> = HashMap::new();
+        for _ in 0..2 * KEYS {
+            let delivery = next_within(&mut stream, Duration::from_secs(30)).await;
+            let key = delivery.metadata.key.clone().expect("keyed");
+            let round = String::from_utf8_lossy(&delivery.payload).into_owned();
+            rounds_seen.entry(key).or_default().push(round);
+            delivery.ack().await.expect("ack");
+        }
+        let out_of_order: Vec<_> = rounds_seen
+            .iter()
+            .filter(|(_, rounds)| rounds.as_slice() != ["0", "1"])
+            .collect();
+        assert!(
+            out_of_order.is_empty(),
+            "{} keys out of order or incomplete, e.g. {:?}",
+            out_of_order.len(),
+            out_of_order.first()
+        );
+        stream.close().await.expect("close the stream");
+        backend.close().await.expect("close");
+        backend_cleanup(&harness.live.address, &topic).await;
+    })
+    .await;
+}

@@ -11,6 +11,11 @@
 //! message is published again; a message held back because an earlier one of its ordering key
 //! failed is published again once the key is resumed. After a failure with an ordering key the
 //! key is always resumed, so later messages with that key are not refused forever.
+//!
+//! A topic's client publisher is replaced once it served many ordering keys (see
+//! [`client`]): the client keeps a task per key for as long as it lives.
+
+mod client;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
@@ -21,6 +26,8 @@ use broker_api::{
     Confirmation, Error, ErrorKind, Message, Position, PubSubPosition, Receipt, Result,
 };
 use google_cloud_pubsub::client::{BasePublisher, Publisher};
+
+use self::client::{Route, TopicClient};
 use google_cloud_pubsub::error::PublishError;
 use rustc_hash::FxHashMap;
 use tokio::sync::{Mutex, OnceCell};
@@ -61,15 +68,16 @@ pub(crate) struct Publishers {
     /// Looked up on every publish (FxHash: cheap on short names, which are not untrusted input).
     topics: RwLock<FxHashMap<Arc<str>, Arc<TopicPublisher>>>,
     closed: AtomicBool,
-    /// The confirmations publishing a failed message again: closing waits for them too.
-    retries: TaskTracker,
+    /// The confirmations publishing a failed message again, and the replaced clients finishing
+    /// what they hold: closing waits for them too.
+    background: TaskTracker,
 }
 
 /// The publisher of one topic.
 #[derive(Debug)]
 struct TopicPublisher {
     name: Arc<str>,
-    client: Publisher,
+    client: TopicClient,
     /// Set once the topic is known to exist.
     provisioned: OnceCell<()>,
     /// When the topic was last re-created after the service lost it, so that a burst of
@@ -91,7 +99,7 @@ impl Publishers {
             publish_timeout,
             topics: RwLock::new(FxHashMap::default()),
             closed: AtomicBool::new(false),
-            retries: TaskTracker::new(),
+            background: TaskTracker::new(),
         }
     }
 
@@ -109,7 +117,12 @@ impl Publishers {
         }
         let publisher = self.topic(topic);
         if publisher.provisioned.initialized() {
-            return completion::ready(Ok(self.publish(publisher, message)));
+            let route = publisher
+                .client
+                .route(message.key.as_deref(), &self.background);
+            if let Route::Now(client) = route {
+                return completion::ready(Ok(self.publish(publisher, client, message)));
+            }
         }
         let this = Arc::clone(self);
         completion::boxed(async move {
@@ -117,7 +130,20 @@ impl Publishers {
                 .provisioned
                 .get_or_try_init(|| this.admin.ensure_topic(topic))
                 .await?;
-            Ok(this.publish(publisher, message))
+            loop {
+                if this.closed.load(Ordering::Acquire) {
+                    return Err(closed("publish"));
+                }
+                let route = publisher
+                    .client
+                    .route(message.key.as_deref(), &this.background);
+                match route {
+                    Route::Now(client) => return Ok(this.publish(publisher, client, message)),
+                    // A closed channel: the flush task ended without saying so (a runtime
+                    // shutting down); asking again routes to the new client.
+                    Route::After(mut finishing) => drop(finishing.wait_for(|done| *done).await),
+                }
+            }
         })
     }
 
@@ -141,15 +167,16 @@ impl Publishers {
     /// next pause, failing `Closed`).
     pub(crate) async fn close(&self, timeout: Duration) -> Result<()> {
         self.closed.store(true, Ordering::Release);
-        self.retries.close();
+        self.background.close();
         let publishers: Vec<Arc<TopicPublisher>> = match self.topics.write() {
             Ok(mut topics) => topics.drain().map(|(_, publisher)| publisher).collect(),
             Err(_) => Vec::new(),
         };
-        let flush = futures::future::join_all(publishers.iter().map(|p| p.client.flush()));
+        let clients: Vec<_> = publishers.iter().map(|p| p.client.current()).collect();
+        let flush = futures::future::join_all(clients.iter().map(|client| client.flush()));
         let settled = async {
             flush.await;
-            self.retries.wait().await;
+            self.background.wait().await;
         };
         if tokio::time::timeout(timeout, settled).await.is_err() {
             tracing::warn!(
@@ -177,13 +204,18 @@ impl Publishers {
             Err(poisoned) => poisoned.into_inner(),
         };
         let publisher = topics.entry(Arc::from(topic)).or_insert_with_key(|name| {
-            let client = self
-                .base
-                .publisher(self.admin.topic_path(name))
-                .set_message_count_threshold(self.batching.max_messages)
-                .set_byte_threshold(self.batching.max_bytes)
-                .set_delay_threshold(self.batching.max_delay)
-                .build();
+            let (base, path, batching) = (
+                self.base.clone(),
+                self.admin.topic_path(name),
+                self.batching,
+            );
+            let client = TopicClient::new(move || {
+                base.publisher(path.clone())
+                    .set_message_count_threshold(batching.max_messages)
+                    .set_byte_threshold(batching.max_bytes)
+                    .set_delay_threshold(batching.max_delay)
+                    .build()
+            });
             Arc::new(TopicPublisher {
                 name: Arc::clone(name),
                 client,
@@ -194,8 +226,14 @@ impl Publishers {
         Arc::clone(publisher)
     }
 
-    fn publish(self: &Arc<Self>, publisher: Arc<TopicPublisher>, message: Message) -> Confirmation {
-        let response = publisher.client.publish(to_pubsub(&message));
+    /// Publishes `message` on `client`, one of `publisher`'s.
+    fn publish(
+        self: &Arc<Self>,
+        publisher: Arc<TopicPublisher>,
+        client: Arc<Publisher>,
+        message: Message,
+    ) -> Confirmation {
+        let response = client.publish(to_pubsub(&message));
         let this = Arc::clone(self);
         // The confirmation of every message in flight lives until its answer: keep it small
         // and box the rarely needed retry state separately.
@@ -205,8 +243,9 @@ impl Publishers {
                 Err(err) => {
                     // A task of its own: it goes on, and closing waits for it, whether or not
                     // this confirmation is still polled.
-                    let retries = this.retries.clone();
-                    match retries.spawn(this.retry(publisher, message, err)).await {
+                    let background = this.background.clone();
+                    let retry = this.retry(publisher, client, message, err);
+                    match background.spawn(retry).await {
                         Ok(result) => result,
                         Err(e) => Err(Error::new(ErrorKind::Other, "publishing again failed")
                             .backend(BACKEND)
@@ -218,10 +257,12 @@ impl Publishers {
         })
     }
 
-    /// Publishes a failed message again within `publish_timeout` when retrying can help.
+    /// Publishes a failed message again within `publish_timeout` when retrying can help, on the
+    /// client that failed it (which paused its key).
     async fn retry(
         self: Arc<Self>,
         publisher: Arc<TopicPublisher>,
+        client: Arc<Publisher>,
         message: Message,
         first: PublishError,
     ) -> Result<Receipt> {
@@ -233,7 +274,7 @@ impl Publishers {
             if let Some(key) = key {
                 // The client pauses a key after a failure; resume it so later messages with
                 // this key are sent again (and this one, when it is retried).
-                publisher.client.resume_publish(key);
+                client.resume_publish(key);
             }
             let failed_at = Instant::now();
             let action = retry_action(&err, self.admin.auto_provision());
@@ -268,9 +309,7 @@ impl Publishers {
             }
             // The client would retry this one for a whole `publish_timeout` of its own.
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, publisher.client.publish(to_pubsub(&message)))
-                .await
-            {
+            match tokio::time::timeout(remaining, client.publish(to_pubsub(&message))).await {
                 Ok(Ok(server_id)) => return Ok(receipt(message, server_id)),
                 Ok(Err(next)) => err = next,
                 Err(_) => return Err(self.timed_out(&message, &publisher.name)),
