@@ -9,6 +9,22 @@ use serde::{Deserialize, Serialize};
 use crate::backend::StartFrom;
 use crate::error::{Error, Result};
 
+/// The longest timeout a setting accepts: a day. A longer one is surely a mistake, and far
+/// longer ones overflow clocks and client limits (librdkafka's wrap after 24.8 days).
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+
+/// Checks the timeout setting `key` (named as in `broker.toml`, e.g. `kafka.close_timeout`):
+/// above zero and at most [`MAX_TIMEOUT`]; the error names the key, the value and the range.
+pub fn check_timeout(key: &str, value: Duration) -> Result<()> {
+    if value.is_zero() || value > MAX_TIMEOUT {
+        return Err(Error::config(format!(
+            "{key} = {}: expected a duration above zero and at most 1 day, such as \"10s\"",
+            humantime::format_duration(value)
+        )));
+    }
+    Ok(())
+}
+
 /// How a subscription reads and handles messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -142,6 +158,20 @@ impl RetryPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn timeouts_are_above_zero_and_at_most_a_day() {
+        assert!(check_timeout("x.timeout", Duration::from_secs(10)).is_ok());
+        assert!(check_timeout("x.timeout", MAX_TIMEOUT).is_ok());
+        for wrong in [
+            Duration::ZERO,
+            MAX_TIMEOUT + Duration::from_secs(1),
+            Duration::MAX,
+        ] {
+            let err = check_timeout("x.timeout", wrong).unwrap_err();
+            assert!(err.to_string().contains("x.timeout = "), "{err}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use broker_api::{Error, Result, StartFrom};
+use broker_api::{check_timeout, Error, Result, StartFrom};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
 use rdkafka::ClientConfig;
@@ -223,17 +223,7 @@ impl KafkaConfig {
             ("kafka.delivery_timeout", self.delivery_timeout),
             ("kafka.close_timeout", self.close_timeout),
         ] {
-            if value.is_zero() {
-                return Err(Error::config(format!(
-                    "{name} = 0s: expected a positive duration such as \"10s\""
-                )));
-            }
-        }
-        if self.delivery_timeout > Duration::from_millis(i32::MAX as u64) {
-            return Err(Error::config(format!(
-                "kafka.delivery_timeout = {}: expected at most 24 days",
-                humantime::format_duration(self.delivery_timeout)
-            )));
+            check_timeout(name, value)?;
         }
         if self.partitions == Some(0) {
             return Err(Error::config(
@@ -608,5 +598,13 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("kafka.connect_timeout"), "{err}");
+        // librdkafka takes timeouts as 32-bit milliseconds: 30 days would wrap negative.
+        let config = KafkaConfig {
+            close_timeout: Duration::from_secs(30 * 24 * 3600),
+            ..KafkaConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.close_timeout = 30days"), "{err}");
+        assert!(err.contains("at most 1 day"), "{err}");
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use broker_api::{Error, Result};
+use broker_api::{check_timeout, Error, Result};
 use serde::Deserialize;
 
 /// The `[pubsub]` section of the configuration.
@@ -215,11 +215,7 @@ impl PubSubConfig {
             ("publish_timeout", self.publish_timeout),
             ("admin_timeout", self.admin_timeout),
         ] {
-            if value.is_zero() {
-                return Err(Error::config(format!(
-                    "pubsub.{key} = 0s: expected a positive duration such as \"10s\""
-                )));
-            }
+            check_timeout(&format!("pubsub.{key}"), value)?;
         }
         let deadline = self.ack_deadline.as_secs();
         if !(10..=600).contains(&deadline) {

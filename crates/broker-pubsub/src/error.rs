@@ -80,7 +80,8 @@ pub(crate) fn classify_code(code: Code) -> (ErrorKind, bool) {
         Code::Unavailable | Code::Aborted | Code::Internal | Code::Unknown => {
             (ErrorKind::Connection, true)
         }
-        Code::Cancelled => (ErrorKind::Closed, false),
+        // The service cancelled the call (Google's clients retry streaming pulls on it).
+        Code::Cancelled => (ErrorKind::Connection, true),
         Code::Unimplemented => (ErrorKind::Unsupported, false),
         _ => (ErrorKind::Other, false),
     }
@@ -108,6 +109,11 @@ pub(crate) fn publish_error(err: PublishError, topic: &str) -> Error {
             let (kind, temporary) = classify(&inner);
             let message = match kind {
                 ErrorKind::NotFound => format!("topic {topic} does not exist"),
+                // The request may have reached the service before its answer was lost.
+                ErrorKind::Timeout | ErrorKind::Connection | ErrorKind::Other => format!(
+                    "the message to topic {topic} was not confirmed by the service; it may or \
+                     may not have been published"
+                ),
                 _ => format!("the service did not take the message for topic {topic}"),
             };
             Error::new(kind, message)
@@ -202,6 +208,11 @@ mod tests {
             classify(&service(Code::InvalidArgument)),
             (ErrorKind::Rejected, false)
         );
+        // A streaming pull the service cancelled is opened again.
+        assert_eq!(
+            classify(&service(Code::Cancelled)),
+            (ErrorKind::Connection, true)
+        );
     }
 
     #[test]
@@ -228,6 +239,16 @@ mod tests {
         );
         assert_eq!(err.kind(), ErrorKind::NotFound);
         assert!(err.to_string().contains("topic orders"), "{err}");
+        let err = publish_error(
+            PublishError::Rpc(Arc::new(service(Code::Unavailable))),
+            "orders",
+        );
+        assert!(err.to_string().contains("may or may not"), "{err}");
+        let err = publish_error(
+            PublishError::Rpc(Arc::new(service(Code::PermissionDenied))),
+            "orders",
+        );
+        assert!(err.to_string().contains("did not take"), "{err}");
         let err = publish_error(PublishError::OrderingKeyPaused, "orders");
         assert_eq!(err.kind(), ErrorKind::Rejected);
         assert!(err.is_temporary());

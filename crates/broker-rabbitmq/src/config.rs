@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use broker_api::{Error, Result};
+use broker_api::{check_timeout, Error, Result};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use serde::{Deserialize, Serialize};
 
@@ -208,11 +208,7 @@ impl RabbitMqConfig {
             ("publish_timeout", self.publish_timeout),
             ("reconnect.min_backoff", self.reconnect.min_backoff),
         ] {
-            if value.is_zero() {
-                return Err(Error::config(format!(
-                    "rabbitmq.{key} = 0s: expected a duration above zero, e.g. \"1s\""
-                )));
-            }
+            check_timeout(&format!("rabbitmq.{key}"), value)?;
         }
         if self.reconnect.min_backoff > self.reconnect.max_backoff {
             return Err(Error::config(format!(
