@@ -653,6 +653,76 @@ async fn deleted_exchange_closes_only_its_publish() {
     .await;
 }
 
+/// A topic deleted with its queue behind a running subscription's back (while its handler
+/// ran), then its exchange declared again by a publish: the subscription consumes on,
+/// declaring its queue again, instead of ending as if this backend had deleted the topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_outlives_its_topic_deleted_behind_its_back() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case(
+        "subscription_outlives_its_topic_deleted_behind_its_back",
+        async {
+            let broker = Broker::new(backend(&harness.live.address, true).await.expect("connect"));
+            let name = fresh_topic(&broker, "behind", &["g"]).await;
+            let topic = broker_api::Topic::text(name.as_str());
+            let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+            let started = std::sync::Arc::new(tokio::sync::Notify::new());
+            let inbox = Inbox::new();
+            let handler = {
+                let (gate, started, inbox) = (gate.clone(), started.clone(), inbox.clone());
+                move |message: broker_api::Received<String>| {
+                    let (gate, started, inbox) = (gate.clone(), started.clone(), inbox.clone());
+                    async move {
+                        if message.value == "first" {
+                            started.notify_one();
+                            drop(gate.acquire().await);
+                        }
+                        inbox.push(message);
+                        Ok(())
+                    }
+                }
+            };
+            let running = broker
+                .subscriber(&topic, "g")
+                .at_least_once(handler)
+                .await
+                .expect("subscribe");
+            let publisher = broker.publisher(&topic);
+            publisher
+                .publish(&"first".to_owned())
+                .await
+                .expect("publish");
+            tokio::time::timeout(harness.patience(), started.notified())
+                .await
+                .expect("the handler started");
+            delete_queue(&harness.live.address, &format!("{name}.g")).await;
+            delete_exchange(&harness.live.address, &name).await;
+            // Declares the exchange again; no queue takes the message.
+            let _ = publisher.publish(&"lost".to_owned()).await;
+            gate.add_permits(1);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            assert!(!running.is_finished(), "the subscription ended");
+            let deadline = Instant::now() + harness.patience();
+            while publisher.publish(&"after".to_owned()).await.is_err() {
+                assert!(Instant::now() < deadline, "no queue took a publish again");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            inbox
+                .wait_until(
+                    "the message published after",
+                    harness.patience(),
+                    |received| received.iter().any(|m| m.value == "after"),
+                )
+                .await;
+            running.close().await.expect("close");
+            broker.close().await.expect("close broker");
+        },
+    )
+    .await;
+}
+
 /// A broker whose `max_message_size` is below the client's limit closes the confirm channel of
 /// a larger publish: that publish fails as `Rejected`, the channel is reopened, and the topic
 /// keeps working.

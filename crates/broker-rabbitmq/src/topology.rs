@@ -292,8 +292,9 @@ impl Topology {
 
     /// Binds again the group queues of `topic` this process declared, after its exchange was
     /// deleted behind this process's back and declared again (the bindings went with it).
-    /// Queues deleted too are forgotten, not created again: someone removed the topic. Best
-    /// effort: a binding that fails is logged.
+    /// Queues deleted too are not created again here (someone removed the topic), but stay
+    /// known: a subscription still consuming one declares it again when RabbitMQ cancels its
+    /// consumer, and so does the next reconnect. Best effort: a binding that fails is logged.
     pub(crate) async fn rebind(&self, connection: &Connection, topic: &str) {
         let queues = self.declared_queues_of(topic);
         if queues.is_empty() {
@@ -308,8 +309,7 @@ impl Topology {
                 continue;
             };
             tracing::warn!(%queue, topic, error = %e,
-                "group queue not bound again to its re-declared exchange (deleted too?); forgetting it");
-            self.known().declared_queues.remove(queue.as_str());
+                "group queue not bound again to its re-declared exchange (deleted too?)");
             match refused(connection, e, &mut failures).await {
                 Ok(fresh) => channel = fresh,
                 Err(_) => return,
