@@ -4,8 +4,10 @@
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use google_cloud_pubsub::client::Publisher;
+use google_cloud_pubsub::model::Message as PubsubMessage;
+use google_cloud_pubsub::publisher::PublishFuture;
 use rustc_hash::FxHashSet;
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
 
 /// Most distinct ordering keys a client publisher serves before it is replaced.
@@ -17,27 +19,32 @@ use tokio_util::task::TaskTracker;
 pub(super) const MAX_KEYS_PER_CLIENT: usize = 1_000;
 
 /// The client publisher messages of one topic go to, replaced by a new one once it served
-/// [`MAX_KEYS_PER_CLIENT`] ordering keys and is asked for another.
+/// [`MAX_KEYS_PER_CLIENT`] ordering keys and is asked for another (see [`TopicClient::publish`]).
 pub(super) struct TopicClient {
     build: Box<dyn Fn() -> Publisher + Send + Sync>,
-    current: RwLock<Current>,
+    current: Arc<RwLock<Current>>,
 }
 
 struct Current {
     client: Arc<Publisher>,
     /// The ordering keys `client` served.
     keys: FxHashSet<Box<str>>,
-    /// The client `client` replaced, finishing what it holds until this turns `true`: messages
-    /// with a key wait for it, so that none overtakes an earlier one with the same key.
-    replaced: Option<watch::Receiver<bool>>,
+    /// Set while the client `client` replaced finishes what it holds: messages with a key wait
+    /// here, in call order, so that none overtakes an earlier one with its key.
+    held: Option<Vec<Held>>,
 }
 
-/// Where a message goes.
-pub(super) enum Route {
-    /// To this client, now.
-    Now(Arc<Publisher>),
-    /// Wait until the replaced client finished (see [`TopicClient::route`]), then ask again.
-    After(watch::Receiver<bool>),
+/// A message with a key waiting for the replaced client to finish.
+struct Held {
+    message: PubsubMessage,
+    published: oneshot::Sender<(Arc<Publisher>, PublishFuture)>,
+}
+
+/// A message handed to a client: the client and its answer, or, held back while a replaced
+/// client finishes, the client and answer to come.
+pub(super) enum Published {
+    Now(Arc<Publisher>, PublishFuture),
+    Held(oneshot::Receiver<(Arc<Publisher>, PublishFuture)>),
 }
 
 impl TopicClient {
@@ -46,89 +53,116 @@ impl TopicClient {
         let client = Arc::new(build());
         TopicClient {
             build: Box::new(build),
-            current: RwLock::new(Current {
+            current: Arc::new(RwLock::new(Current {
                 client,
                 keys: FxHashSet::default(),
-                replaced: None,
-            }),
+                held: None,
+            })),
         }
     }
 
     /// The client now, for a flush.
     pub(super) fn current(&self) -> Arc<Publisher> {
-        self.read().client.clone()
+        read(&self.current).client.clone()
     }
 
-    /// Where a message with ordering key `key` goes. A message without one goes to the current
-    /// client at once. A key the client did not serve yet, past [`MAX_KEYS_PER_CLIENT`],
-    /// replaces the client: the replaced one is flushed on a task of `finishing` (closing
-    /// waits for them) and dropped, and until it finished every message with a key waits.
-    /// Without a runtime to flush on, the client serves on.
-    pub(super) fn route(&self, key: Option<&str>, finishing: &TaskTracker) -> Route {
+    /// Hands `message` (with ordering key `key`) to the current client, in call order.
+    ///
+    /// A key the client did not serve yet, past [`MAX_KEYS_PER_CLIENT`], replaces the client:
+    /// the replaced one is flushed on a task of `finishing` (closing waits for them) and
+    /// dropped. Until it finished, messages with a key are held back and then handed to the new
+    /// client in call order (also when the task ends early: its runtime shut down). Without a
+    /// runtime to flush on, the client serves on.
+    pub(super) fn publish(
+        &self,
+        key: Option<&str>,
+        message: PubsubMessage,
+        finishing: &TaskTracker,
+    ) -> Published {
         let Some(key) = key.filter(|key| !key.is_empty()) else {
-            return Route::Now(self.read().client.clone());
+            let current = read(&self.current);
+            return Published::Now(current.client.clone(), current.client.publish(message));
         };
         {
-            let current = self.read();
-            if let Some(waiting) = current.waiting() {
-                return Route::After(waiting);
-            }
-            if current.keys.contains(key) {
-                return Route::Now(current.client.clone());
+            // Published under the lock (a send to the client's queue): a replacement cannot
+            // come between choosing the client and handing it the message.
+            let current = read(&self.current);
+            if current.held.is_none() && current.keys.contains(key) {
+                return Published::Now(current.client.clone(), current.client.publish(message));
             }
         }
-        let mut current = self.write();
-        if let Some(waiting) = current.waiting() {
-            return Route::After(waiting);
+        let mut current = write(&self.current);
+        if current.held.is_none()
+            && current.keys.len() >= MAX_KEYS_PER_CLIENT
+            && !current.keys.contains(key)
+        {
+            self.replace(&mut current, finishing);
         }
-        current.replaced = None;
-        if current.keys.len() >= MAX_KEYS_PER_CLIENT && !current.keys.contains(key) {
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                let replaced = std::mem::replace(&mut current.client, Arc::new((self.build)()));
-                current.keys.clear();
-                let (finished, waiting) = watch::channel(false);
-                finishing.spawn_on(
-                    async move {
-                        replaced.flush().await;
-                        finished.send_replace(true);
-                    },
-                    &runtime,
-                );
-                current.replaced = Some(waiting.clone());
-                return Route::After(waiting);
-            }
+        if let Some(held) = &mut current.held {
+            let (published, answer) = oneshot::channel();
+            held.push(Held { message, published });
+            return Published::Held(answer);
         }
         if !current.keys.contains(key) {
             current.keys.insert(key.into());
         }
-        Route::Now(current.client.clone())
+        Published::Now(current.client.clone(), current.client.publish(message))
     }
 
-    fn read(&self) -> RwLockReadGuard<'_, Current> {
-        self.current.read().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, Current> {
-        self.current.write().unwrap_or_else(|e| e.into_inner())
+    /// Puts a new client in place and flushes the replaced one on a task, which then hands
+    /// the held messages to the new one.
+    fn replace(&self, current: &mut Current, finishing: &TaskTracker) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let replaced = std::mem::replace(&mut current.client, Arc::new((self.build)()));
+        current.keys.clear();
+        current.held = Some(Vec::new());
+        let release = Release(self.current.clone());
+        finishing.spawn_on(
+            async move {
+                replaced.flush().await;
+                drop(release);
+            },
+            &runtime,
+        );
     }
 }
 
-impl Current {
-    /// The replaced client's progress while it has not finished.
-    fn waiting(&self) -> Option<watch::Receiver<bool>> {
-        self.replaced
-            .as_ref()
-            .filter(|replaced| !*replaced.borrow())
-            .cloned()
+/// Hands the held messages to the new client when dropped: after the replaced client's flush,
+/// or when the flushing task is dropped unfinished.
+struct Release(Arc<RwLock<Current>>);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let mut current = write(&self.0);
+        let current = &mut *current;
+        for Held { message, published } in current.held.take().unwrap_or_default() {
+            let key = message.ordering_key.as_str();
+            if !key.is_empty() && !current.keys.contains(key) {
+                current.keys.insert(key.into());
+            }
+            let answer = current.client.publish(message);
+            // A dropped receiver: its confirmation was dropped, as it may be.
+            let _ = published.send((current.client.clone(), answer));
+        }
     }
+}
+
+fn read(current: &RwLock<Current>) -> RwLockReadGuard<'_, Current> {
+    current.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(current: &RwLock<Current>) -> RwLockWriteGuard<'_, Current> {
+    current.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl std::fmt::Debug for TopicClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let current = self.read();
+        let current = read(&self.current);
         f.debug_struct("TopicClient")
             .field("keys", &current.keys.len())
-            .field("replacing", &current.waiting().is_some())
+            .field("held", &current.held.as_ref().map(Vec::len))
             .finish_non_exhaustive()
     }
 }

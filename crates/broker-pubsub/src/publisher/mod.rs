@@ -27,7 +27,7 @@ use broker_api::{
 };
 use google_cloud_pubsub::client::{BasePublisher, Publisher};
 
-use self::client::{Route, TopicClient};
+use self::client::{Published, TopicClient};
 use google_cloud_pubsub::error::PublishError;
 use rustc_hash::FxHashMap;
 use tokio::sync::{Mutex, OnceCell};
@@ -117,12 +117,7 @@ impl Publishers {
         }
         let publisher = self.topic(topic);
         if publisher.provisioned.initialized() {
-            let route = publisher
-                .client
-                .route(message.key.as_deref(), &self.background);
-            if let Route::Now(client) = route {
-                return completion::ready(Ok(self.publish(publisher, client, message)));
-            }
+            return completion::ready(Ok(self.publish(publisher, message)));
         }
         let this = Arc::clone(self);
         completion::boxed(async move {
@@ -130,20 +125,10 @@ impl Publishers {
                 .provisioned
                 .get_or_try_init(|| this.admin.ensure_topic(topic))
                 .await?;
-            loop {
-                if this.closed.load(Ordering::Acquire) {
-                    return Err(closed("publish"));
-                }
-                let route = publisher
-                    .client
-                    .route(message.key.as_deref(), &this.background);
-                match route {
-                    Route::Now(client) => return Ok(this.publish(publisher, client, message)),
-                    // A closed channel: the flush task ended without saying so (a runtime
-                    // shutting down); asking again routes to the new client.
-                    Route::After(mut finishing) => drop(finishing.wait_for(|done| *done).await),
-                }
+            if this.closed.load(Ordering::Acquire) {
+                return Err(closed("publish"));
             }
+            Ok(this.publish(publisher, message))
         })
     }
 
@@ -226,18 +211,25 @@ impl Publishers {
         Arc::clone(publisher)
     }
 
-    /// Publishes `message` on `client`, one of `publisher`'s.
-    fn publish(
-        self: &Arc<Self>,
-        publisher: Arc<TopicPublisher>,
-        client: Arc<Publisher>,
-        message: Message,
-    ) -> Confirmation {
-        let response = client.publish(to_pubsub(&message));
+    fn publish(self: &Arc<Self>, publisher: Arc<TopicPublisher>, message: Message) -> Confirmation {
+        let published = publisher.client.publish(
+            message.key.as_deref(),
+            to_pubsub(&message),
+            &self.background,
+        );
         let this = Arc::clone(self);
         // The confirmation of every message in flight lives until its answer: keep it small
         // and box the rarely needed retry state separately.
         Confirmation::boxed(async move {
+            let (client, response) = match published {
+                Published::Now(client, response) => (client, response),
+                Published::Held(handed) => match handed.await {
+                    Ok(published) => published,
+                    // Not expected: every held message is handed over, also when the task
+                    // flushing the replaced client is dropped unfinished.
+                    Err(_) => return Err(closed("publish")),
+                },
+            };
             match response.await {
                 Ok(server_id) => Ok(receipt(message, server_id)),
                 Err(err) => {
