@@ -145,6 +145,13 @@ impl OffsetTracker {
         self.partitions.retain(|(p, _)| *p != partition);
     }
 
+    /// How many delivered offsets are kept, over all partitions: from each one's oldest
+    /// unacknowledged offset on, acknowledged or not (an acknowledged offset is kept while an
+    /// older one is not).
+    pub fn tracked(&self) -> usize {
+        self.partitions.iter().map(|(_, p)| p.window.len()).sum()
+    }
+
     /// How many delivered messages are not acknowledged yet, over all partitions.
     pub fn unacked(&self) -> usize {
         self.partitions.iter().map(|(_, p)| p.unacked()).sum()

@@ -12,6 +12,10 @@
 //!   nothing: the message is delivered again to whoever owns the partition now.
 //! - Each unsettled delivery holds one of `max_in_flight` slots, given back when it is
 //!   settled or dropped; the subscription stops reading while none is free.
+//! - Behind a delivery left unsettled (a hung handler, a message a manual subscriber keeps),
+//!   later ones are handled and their slots come back, but their offsets stay tracked until
+//!   it is settled: the subscription also stops reading while [`WINDOW_PER_SLOT`] times
+//!   `max_in_flight` offsets are, so that the tracker's memory stays bounded.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,12 +29,18 @@ use broker_api::{AckKey, AckTable, Acker, Result, Settlement};
 
 use crate::error::closed;
 
+/// How many offsets the tracker keeps at most per `max_in_flight` slot (16 bytes each): how
+/// far a subscription reads on past a delivery left unsettled.
+pub(crate) const WINDOW_PER_SLOT: usize = 64;
+
 /// The state of one subscription that outlives any single delivery.
 pub(crate) struct Shared {
     topic: Arc<str>,
     group: String,
     limit: usize,
     in_flight: AtomicUsize,
+    /// [`OffsetTracker::tracked`] of `state`, readable without the lock.
+    tracked: AtomicUsize,
     stop: AtomicBool,
     /// Set when an ack moved a committable position that is not stored yet.
     dirty: AtomicBool,
@@ -114,6 +124,7 @@ impl Shared {
             group: group.to_owned(),
             limit: max_in_flight.max(1),
             in_flight: AtomicUsize::new(0),
+            tracked: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             dirty: AtomicBool::new(false),
             epoch_changes: AtomicU64::new(0),
@@ -159,10 +170,26 @@ impl Shared {
         self.stop.load(Ordering::Acquire)
     }
 
-    /// How many more deliveries may be handed out now.
+    /// How many more deliveries may be handed out now: free slots, as long as the tracker
+    /// keeps fewer than [`WINDOW_PER_SLOT`] offsets per slot.
     pub(crate) fn room(&self) -> usize {
-        self.limit
-            .saturating_sub(self.in_flight.load(Ordering::Acquire))
+        let slots = self
+            .limit
+            .saturating_sub(self.in_flight.load(Ordering::Acquire));
+        let window =
+            (self.limit * WINDOW_PER_SLOT).saturating_sub(self.tracked.load(Ordering::Acquire));
+        slots.min(window)
+    }
+
+    /// Publishes how many offsets `state`'s tracker keeps, for [`room`](Self::room); wakes
+    /// the reader when that made room.
+    fn note_tracked(&self, state: &AckState) {
+        let now = state.tracker.tracked();
+        let before = self.tracked.swap(now, Ordering::AcqRel);
+        let full = self.limit * WINDOW_PER_SLOT;
+        if before >= full && now < full {
+            self.wake_reader();
+        }
     }
 
     /// Records that record `offset` of `partition` is being handed out and returns the acker
@@ -194,6 +221,7 @@ impl Shared {
                 }
             };
             state.tracker.delivered(partition, offset);
+            self.note_tracked(&state);
             epoch
         };
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -242,6 +270,7 @@ impl Shared {
             let epoch = state.new_epoch();
             state.epochs.insert(partition, epoch);
         }
+        self.note_tracked(&state);
         self.epochs_changed();
     }
 
@@ -258,6 +287,7 @@ impl Shared {
             state.epochs.remove(partition);
             state.rewinds.retain(|&(p, _)| p != partition);
         }
+        self.note_tracked(&state);
         self.epochs_changed();
         positions
     }
@@ -315,6 +345,7 @@ impl Shared {
             closed: true,
             ..AckState::default()
         };
+        self.note_tracked(&state);
         positions
     }
 
@@ -332,6 +363,7 @@ impl Shared {
         };
         if state.tracker.acked(partition, offset) {
             self.dirty.store(true, Ordering::Release);
+            self.note_tracked(&state);
         }
         Ok(())
     }
@@ -353,6 +385,7 @@ impl Shared {
             let epoch = state.new_epoch();
             state.epochs.insert(partition, epoch);
             state.rewinds.push((partition, from));
+            self.note_tracked(&state);
         }
         self.epochs_changed();
         self.wake_reader();
@@ -417,6 +450,26 @@ mod tests {
         assert_eq!(shared.take_moved(), [(0, 7)]);
         assert_eq!(shared.close(), [(0, 7)]);
         assert!(ack(c).is_err());
+    }
+
+    #[test]
+    fn reading_stops_far_enough_behind_an_unsettled_delivery() {
+        let shared = Arc::new(Shared::new("t", "g", 4));
+        shared.assigned(&[0]);
+        let held = shared.admit(0, 0).unwrap();
+        let mut offset = 1;
+        while shared.room() > 0 && offset < 1_000_000 {
+            ack(shared.admit(0, offset).unwrap()).unwrap();
+            offset += 1;
+        }
+        assert_eq!(
+            offset as usize,
+            4 * WINDOW_PER_SLOT,
+            "read on behind the held delivery"
+        );
+        ack(held).unwrap();
+        assert_eq!(shared.room(), 4, "the window emptied");
+        assert_eq!(shared.take_moved(), [(0, offset)]);
     }
 
     #[test]

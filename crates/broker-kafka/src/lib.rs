@@ -43,7 +43,10 @@
 //! - A subscription hands out at most `max_in_flight` unsettled deliveries; its consumer stops
 //!   reading at the limit, and librdkafka's prefetch is bounded in proportion to it
 //!   ([`prefetch`]: 16 messages and 16 KiB per in-flight delivery, at least 1 MiB), so a
-//!   subscription's memory follows `max_in_flight`, not the backlog.
+//!   subscription's memory follows `max_in_flight`, not the backlog. Behind a delivery left
+//!   unsettled (a hung handler, a message a manual subscriber keeps) it reads on, since later
+//!   deliveries settle and free their slots, but no further than 64 times `max_in_flight`
+//!   messages: their offsets wait to be committed after it.
 //! - A subscription's consumer is driven by reading its stream (no extra thread, no hand-off):
 //!   rebalances are served while the stream is read and has a free `max_in_flight` slot (at
 //!   the limit it polls nothing: a rebalance waits for the next acknowledgement, and a
