@@ -8,7 +8,7 @@
 //! on the publishing thread freed after librdkafka's thread wrote to it, which contends for the
 //! allocator with librdkafka's own per-message allocations.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 
@@ -134,6 +134,9 @@ pub(crate) struct Deliveries {
     /// Told when the broker reports a topic unknown (deleted behind our back), so that the
     /// next publish provisions it again.
     topics: OnceLock<Weak<Provisioner>>,
+    /// Set when the backend closes: a message purged from the producer's queue then fails as
+    /// closed; before, only a fatal error purges it (see [`purged_by_fatal_error`]).
+    closing: AtomicBool,
 }
 
 impl Deliveries {
@@ -152,7 +155,13 @@ impl Deliveries {
             log,
             reports,
             topics: attached,
+            closing: AtomicBool::new(false),
         }
+    }
+
+    /// Says that the backend closes: messages purged from the queue from now on fail as closed.
+    pub(crate) fn mark_closing(&self) {
+        self.closing.store(true, Ordering::Release);
     }
 
     /// Tells `topics` about topics the broker reports unknown.
@@ -183,6 +192,9 @@ impl Deliveries {
                 .operation("publish")
                 .source(error.clone())
             }
+            Some(RDKafkaErrorCode::PurgeQueue) if !self.closing.load(Ordering::Acquire) => {
+                purged_by_fatal_error(id, topic, error.clone())
+            }
             code => {
                 if matches!(
                     code,
@@ -203,6 +215,24 @@ impl Deliveries {
             }
         }
     }
+}
+
+/// The error of a message purged from the queue of a producer that stopped after a fatal
+/// error (librdkafka purges the queue then, and so does the replacing of the producer):
+/// temporary, since the next publish goes to a new producer or says why none can take it. A
+/// message queued again after a failed attempt may have been stored by that attempt.
+fn purged_by_fatal_error(id: &MessageId, topic: &str, error: KafkaError) -> Error {
+    Error::new(
+        ErrorKind::Connection,
+        format!(
+            "message {id} to topic {topic} was not confirmed: the producer holding it stopped \
+             after a fatal error; it may or may not have been stored, publish it again"
+        ),
+    )
+    .temporary(true)
+    .backend(BACKEND)
+    .operation("publish")
+    .source(error)
 }
 
 /// What a failed delivery's error code says about the message: one that timed out, lost its
@@ -263,6 +293,20 @@ mod tests {
                 offset: 41,
             },
         })
+    }
+
+    #[test]
+    fn a_message_purged_after_a_fatal_error_is_worth_publishing_again() {
+        let error = KafkaError::MessageProduction(RDKafkaErrorCode::PurgeQueue);
+        let err = purged_by_fatal_error(&MessageId::from("m-1"), "orders", error);
+        assert_eq!(err.kind(), ErrorKind::Connection);
+        assert!(err.is_temporary());
+        assert!(
+            err.to_string().contains("message m-1 to topic orders"),
+            "{err}"
+        );
+        // Purged at close, it is closed, as before.
+        assert_eq!(kind_of(RDKafkaErrorCode::PurgeQueue), ErrorKind::Closed);
     }
 
     #[test]

@@ -24,7 +24,8 @@
 //!   fatal error of the idempotent producer's sequence or id (the broker reports a sequence
 //!   out of order, for one) stops it for good: the next publish replaces it with a new
 //!   producer (a new producer id: ordering starts afresh), while the old one still gets the
-//!   answers of what it had in flight. Other fatal errors (credentials not allowed to write
+//!   answers of what it had in flight; what it held queued fails as a temporary `Connection`
+//!   error (it may or may not have been stored), to be published again. Other fatal errors (credentials not allowed to write
 //!   idempotently) would stop any new producer too: publishes fail, saying why.
 //! - Offsets are committed only up to the oldest unacknowledged message of each partition,
 //!   every `auto.commit.interval.ms` (5 s by default), when partitions are revoked (sent

@@ -368,13 +368,17 @@ impl Publisher {
         })
     }
 
-    /// Fails every message still queued or in flight (after a flush that timed out).
+    /// Fails every message still queued or in flight (after a flush that timed out), as
+    /// closed.
     pub(crate) fn purge(&self) {
         let all = rdkafka::producer::PurgeConfig::default().queue().inflight();
         for producer in lock(&self.retired).iter() {
+            producer.context().mark_closing();
             producer.purge(all);
         }
-        self.current().purge(all);
+        let current = self.current();
+        current.context().mark_closing();
+        current.purge(all);
     }
 }
 
