@@ -41,6 +41,10 @@
 //!   `auto.commit.interval.ms`).
 //! - Records written by other programs are delivered whatever their headers: a header whose
 //!   name is not UTF-8 (which rdkafka cannot read) is left out of the metadata and logged.
+//! - Payloads up to 16 KiB are copied out of librdkafka into shared 64 KiB buffers (one
+//!   allocation for many records): a payload kept after its handler (a `Bytes` value of a
+//!   raw topic stored in a map) keeps its whole buffer alive. Copy it
+//!   (`Bytes::copy_from_slice`) to keep it for long.
 //! - A subscription hands out at most `max_in_flight` unsettled deliveries; its consumer stops
 //!   reading at the limit, and librdkafka's prefetch is bounded in proportion to it
 //!   ([`prefetch`]: 16 messages and 16 KiB per in-flight delivery, at least 1 MiB), so a
