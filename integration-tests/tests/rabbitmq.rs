@@ -233,6 +233,87 @@ async fn deleting_a_topic_ends_its_subscriptions() {
 
 /// Deliveries the client received before the connection dropped are not handed out once it
 /// is gone: RabbitMQ gives them back, and an at-most-once stream would yield them twice.
+/// A process that declared many groups reconnects even when declaring them all again takes
+/// longer than `connect_timeout`: that bounds each declaration, not all of them together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnecting_declares_a_large_topology_again() {
+    const GROUPS: usize = 300;
+    let Some(harness) = exclusive().await else {
+        return;
+    };
+    run_case("reconnecting_declares_a_large_topology_again", async {
+        let backend = backend_with(&harness.live.address, true, |config| {
+            config.connect_timeout = Duration::from_millis(300);
+            config.queue_type = QueueType::Classic;
+        });
+        let broker = Broker::new(backend.await.expect("connect"));
+        let name = unique("large");
+        let spec = (0..GROUPS).fold(TopicSpec::new(name.as_str()), |spec, group| {
+            spec.group(format!("g{group}"))
+        });
+        broker.ensure_topic(&spec).await.expect("declare");
+        let publisher = broker.publisher(&broker_api::Topic::text(name.as_str()));
+        publisher
+            .publish(&"before".to_owned())
+            .await
+            .expect("publish");
+        close_all_connections().await;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match publisher.publish(&"after".to_owned()).await {
+                Ok(_) => break,
+                Err(e) => assert!(
+                    Instant::now() < deadline,
+                    "still not reconnected after 30 s: {e}"
+                ),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        broker.backend().delete_topic(&name).await.expect("delete");
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+/// While reconnecting fails (the password changed meanwhile), a publish that waited for the
+/// connection fails saying why the last attempt failed, not only that it is reconnecting; once
+/// the login works again, publishing resumes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_reconnect_says_why() {
+    let Some(harness) = exclusive().await else {
+        return;
+    };
+    run_case("a_failing_reconnect_says_why", async {
+        let backend = backend_with(&harness.live.address, true, |config| {
+            config.retry_timeout = Duration::from_secs(3);
+        });
+        let broker = Broker::new(backend.await.expect("connect"));
+        let topic = broker_api::Topic::text(fresh_topic(&broker, "relogin", &["g"]).await);
+        let publisher = broker.publisher(&topic);
+        publisher.publish(&"before".to_owned()).await.expect("publish");
+        rabbitmqctl(&["change_password", "guest", "not-the-configured-one"]).await;
+        let restore = RestoreWith(&["change_password", "guest", "guest"]);
+        close_all_connections().await;
+        let err = publisher
+            .publish(&"during".to_owned())
+            .await
+            .expect_err("no connection while the login is refused");
+        drop(restore);
+        assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+        assert!(
+            err.to_string().contains("last attempt: ") && err.to_string().contains("refused"),
+            "{err}"
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Err(e) = publisher.publish(&"after".to_owned()).await {
+            assert!(Instant::now() < deadline, "not reconnected: {e}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_once_yields_nothing_twice_across_a_dropped_connection() {
     let Some(harness) = exclusive().await else {

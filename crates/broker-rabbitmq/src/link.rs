@@ -99,6 +99,9 @@ pub(crate) struct Link {
     /// Channels being closed in the background: `close` lets them finish before it closes the
     /// connection, which lapin otherwise fails instead of closing ("invalid channel state").
     channel_closes: TaskTracker,
+    /// Why the last reconnect attempt failed, while reconnecting: said to those waiting in
+    /// vain for a session (credentials revoked, say, would otherwise show only in the logs).
+    last_failure: std::sync::Mutex<Option<String>>,
 }
 
 impl Link {
@@ -118,6 +121,7 @@ impl Link {
             broken: Notify::new(),
             generations: AtomicU64::new(1),
             channel_closes: TaskTracker::new(),
+            last_failure: std::sync::Mutex::new(None),
         });
         tokio::spawn(link.clone().supervise(session));
         Ok(link)
@@ -153,18 +157,27 @@ impl Link {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(error::closed("connect")),
                 Err(_) => {
+                    let last = self.last_failure().clone();
+                    let why =
+                        last.map_or_else(String::new, |last| format!("; last attempt: {last}"));
                     return Err(Error::new(
                         ErrorKind::Connection,
                         format!(
-                            "no connection to RabbitMQ at {} (reconnecting)",
+                            "no connection to RabbitMQ at {} (reconnecting{why})",
                             self.settings.endpoint
                         ),
                     )
                     .backend(BACKEND)
-                    .operation("connect"))
+                    .operation("connect"));
                 }
             }
         }
+    }
+
+    fn last_failure(&self) -> std::sync::MutexGuard<'_, Option<String>> {
+        self.last_failure
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Resolves once `close` was called.
@@ -285,6 +298,7 @@ impl Link {
             attempt += 1;
             match self.open_session().await {
                 Ok(session) => {
+                    *self.last_failure() = None;
                     tracing::warn!(
                         endpoint = %self.settings.endpoint,
                         attempt,
@@ -313,6 +327,7 @@ impl Link {
                         retry_in = ?backoff.delay(attempt),
                         "reconnecting to RabbitMQ failed"
                     );
+                    *self.last_failure() = Some(e.to_string());
                 }
             }
         }
@@ -321,9 +336,8 @@ impl Link {
     /// A new connection with the known topology declared on it.
     async fn open_session(&self) -> Result<Arc<Session>> {
         let connection = open_connection(self.role, &self.settings).await?;
-        let deadline = Instant::now() + self.settings.config.connect_timeout;
-        let redeclared = error::within(deadline, "connect", self.topology.redeclare(&connection));
-        if let Err(e) = redeclared.await {
+        let patience = self.settings.config.connect_timeout;
+        if let Err(e) = self.topology.redeclare(&connection, patience).await {
             close_within(CLOSE_WAIT, async {
                 if let Err(e) = connection.close(200, "closing".into()).await {
                     tracing::debug!(error = %e, "closing a connection given up failed");

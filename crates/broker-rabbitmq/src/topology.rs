@@ -205,8 +205,15 @@ impl Topology {
             })
     }
 
-    /// Declares everything this process declared before, on a new connection.
-    pub(crate) async fn redeclare(&self, connection: &Connection) -> Result<()> {
+    /// Declares everything this process declared before, on a new connection. Each
+    /// declaration may take `patience`; one RabbitMQ does not answer in time fails the whole
+    /// (however many there are, they get as long as they need while RabbitMQ answers).
+    pub(crate) async fn redeclare(
+        &self,
+        connection: &Connection,
+        patience: Duration,
+    ) -> Result<()> {
+        let deadline = || tokio::time::Instant::now() + patience;
         let (exchanges, queues) = {
             let known = self.known();
             let exchanges: Vec<String> = known.declared_exchanges.iter().cloned().collect();
@@ -222,20 +229,21 @@ impl Topology {
         }
         // A declaration the broker refuses (a queue changed by someone else) closes the channel
         // and is logged; it must not keep the connection from coming back.
-        let mut channel = scratch_channel(connection).await?;
+        let mut channel = error::within(deadline(), "connect", scratch_channel(connection)).await?;
         let mut failures = 0;
         for exchange in &exchanges {
-            if let Err(e) = declare_exchange(&channel, exchange, false).await {
+            let declaring = declare_exchange(&channel, exchange, false);
+            if let Err(e) = error::within(deadline(), "connect", declaring).await {
                 channel = refused(connection, e, &mut failures).await?;
             }
         }
         for (queue, topic) in &queues {
             let queue = ShortString::from(queue.as_str());
-            let declared = match self.declare_queue(&channel, &queue).await {
-                Ok(()) => bind(&channel, &queue, topic).await,
-                Err(e) => Err(e),
+            let declaring = async {
+                self.declare_queue(&channel, &queue).await?;
+                bind(&channel, &queue, topic).await
             };
-            if let Err(e) = declared {
+            if let Err(e) = error::within(deadline(), "connect", declaring).await {
                 channel = refused(connection, e, &mut failures).await?;
             }
         }
@@ -369,9 +377,9 @@ impl Drop for Deleting<'_> {
 }
 
 /// After a refused re-declaration: logs it and opens a fresh channel, or gives up when the
-/// connection itself is gone.
+/// connection itself is gone or RabbitMQ did not answer.
 async fn refused(connection: &Connection, e: Error, failures: &mut usize) -> Result<Channel> {
-    if !connection.status().connected() {
+    if !connection.status().connected() || e.kind() == ErrorKind::Timeout {
         return Err(e);
     }
     *failures += 1;
