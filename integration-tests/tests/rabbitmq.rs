@@ -290,7 +290,10 @@ async fn a_failing_reconnect_says_why() {
         let broker = Broker::new(backend.await.expect("connect"));
         let topic = broker_api::Topic::text(fresh_topic(&broker, "relogin", &["g"]).await);
         let publisher = broker.publisher(&topic);
-        publisher.publish(&"before".to_owned()).await.expect("publish");
+        publisher
+            .publish(&"before".to_owned())
+            .await
+            .expect("publish");
         rabbitmqctl(&["change_password", "guest", "not-the-configured-one"]).await;
         let restore = RestoreWith(&["change_password", "guest", "guest"]);
         close_all_connections().await;

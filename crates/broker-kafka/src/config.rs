@@ -79,9 +79,11 @@ pub struct KafkaConfig {
     pub close_timeout: Duration,
     /// Partitions of topics this library creates when the topic spec does not say; the
     /// broker's `num.partitions` when absent. Default: absent.
+    #[serde(default, deserialize_with = "broker_api::settings::optional_number")]
     pub partitions: Option<u32>,
     /// Replication factor of topics this library creates; the broker's
     /// `default.replication.factor` when absent. Default: absent.
+    #[serde(default, deserialize_with = "broker_api::settings::optional_number")]
     pub replication_factor: Option<u16>,
 }
 

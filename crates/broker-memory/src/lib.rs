@@ -66,11 +66,13 @@ pub struct MemoryConfig {
     /// The in-process instance to connect to; connections to the same name share topics.
     pub instance: String,
     /// The largest payload accepted, in bytes (default 16 MiB).
+    #[serde(deserialize_with = "broker_api::settings::number")]
     pub max_payload_bytes: usize,
     /// How many of its latest messages a topic keeps at least, for groups that join later
     /// (default 65 536). Older messages are dropped once every group of the topic has
     /// acknowledged them, never before; a group that joins later starts from the earliest
     /// message kept. Set by the connection that creates the topic.
+    #[serde(deserialize_with = "broker_api::settings::number")]
     pub retained_messages: usize,
 }
 

@@ -57,9 +57,11 @@ pub struct PubSubConfig {
     #[serde(with = "humantime_serde")]
     pub admin_timeout: Duration,
     /// A publish batch is sent when it holds this many messages (1 to 1000). Default 100.
+    #[serde(deserialize_with = "broker_api::settings::number")]
     pub batch_max_messages: u32,
     /// A publish batch is sent when it holds this many bytes (1 to 10 000 000). Default
     /// 1 000 000.
+    #[serde(deserialize_with = "broker_api::settings::number")]
     pub batch_max_bytes: u32,
     /// A publish batch is sent at the latest this long after its first message. Default 10 ms.
     #[serde(with = "humantime_serde")]
@@ -67,6 +69,7 @@ pub struct PubSubConfig {
     /// Flow control of each subscription in bytes: the service sends no more while this many
     /// bytes are delivered and not settled. The message limit is the subscriber's
     /// `max_in_flight`. Default 100 MiB.
+    #[serde(deserialize_with = "broker_api::settings::number")]
     pub max_outstanding_bytes: i64,
     /// How far each lease extension pushes a message's acknowledgement deadline (10 s to
     /// 600 s); it is also how long a message held by a crashed process stays invisible to the

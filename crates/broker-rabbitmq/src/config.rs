@@ -45,9 +45,11 @@ pub struct RabbitMqConfig {
     /// messages RabbitMQ sends ahead. Default: unset, which uses each subscription's
     /// `max_in_flight` (capped at 65535, the protocol's limit). A value above a subscription's
     /// `max_in_flight` is lowered to it: every message sent ahead is an unsettled delivery.
+    #[serde(default, deserialize_with = "broker_api::settings::optional_number")]
     pub prefetch: Option<u16>,
     /// How many publishes may wait for their publisher confirm at once. `send` waits for room
     /// only when this many are pending. Default: 1024.
+    #[serde(deserialize_with = "broker_api::settings::number")]
     pub confirm_window: usize,
     /// How long connecting (and every reconnect attempt) may take before it fails. Default: 10s.
     #[serde(with = "humantime_serde")]
@@ -74,6 +76,7 @@ pub struct RabbitMqConfig {
     /// payloads are refused before they are sent, because RabbitMQ closes the channel of a
     /// publish over its limit. Default: 16 MiB, RabbitMQ 4's default (3.x defaults to 128 MiB;
     /// raise this to match a broker configured higher).
+    #[serde(deserialize_with = "broker_api::settings::number")]
     pub max_message_size: usize,
 }
 

@@ -73,6 +73,7 @@ pub struct TopicConfig {
     /// is lost on brokers that keep messages only for existing groups.
     pub groups: Vec<String>,
     /// Partitions, where the broker has them.
+    #[serde(default, deserialize_with = "broker_api::settings::optional_number")]
     pub partitions: Option<u32>,
 }
 

@@ -114,15 +114,15 @@ fn out_of_range_values_name_the_key() {
     assert!(err.contains("bad name"), "{err}");
 }
 
-/// A value of the wrong type is named by its line and key; the line is not quoted, since other
-/// values on it may be secrets.
+/// A value of the wrong type is named by its key; its line is not quoted, since other values
+/// on it may be secrets.
 #[cfg(feature = "kafka")]
 #[test]
 fn a_wrongly_typed_value_does_not_quote_its_line() {
     let err = error_of(
         "kind = \"kafka\"\nkafka = { partitions = 2.5, properties = { \"sasl.password\" = \"s3cr3t\" } }\n",
     );
-    assert!(err.contains("line 2: `kafka = …`"), "{err}");
+    assert!(err.contains("kafka.partitions"), "{err}");
     assert!(!err.contains("s3cr3t"), "{err}");
 }
 

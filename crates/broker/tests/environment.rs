@@ -32,6 +32,25 @@ fn environment_overrides_file_and_unknown_variables_are_errors() {
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("max_attempts"), "{err}");
     assert!(err.to_string().contains("2.5"), "{err}");
+    // Nor is a word the `config` crate would read as 1 or 0.
+    for (variable, key) in [
+        ("BROKER__SUBSCRIBER__RETRY__MAX_ATTEMPTS", "max_attempts"),
+        ("BROKER__SUBSCRIBER__MAX_IN_FLIGHT", "max_in_flight"),
+        ("BROKER__SUBSCRIBER__RETRY__JITTER", "jitter"),
+        ("BROKER__MEMORY__RETAINED_MESSAGES", "retained_messages"),
+        ("BROKER__RABBITMQ__PREFETCH", "prefetch"),
+    ] {
+        for word in ["true", "on", "off"] {
+            std::env::set_var(variable, word);
+            let err = BrokerConfig::load_from(Some(&path)).expect_err("a word for a number");
+            assert!(
+                err.to_string().contains(key) && err.to_string().contains(word),
+                "{variable}={word}: {err}"
+            );
+            std::env::remove_var(variable);
+        }
+    }
+    std::env::set_var("BROKER__SUBSCRIBER__MAX_IN_FLIGHT", "9");
     std::env::set_var("BROKER__SUBSCRIBER__RETRY__MAX_ATTEMPTS", "4");
     std::env::set_var("BROKER__SUBSCRIBER__RETRY__JITTER", "0.25");
     std::env::set_var("BROKER__SUBSCRIBER__RETRY__DEAD_LETTER", "false");

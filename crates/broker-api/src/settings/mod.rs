@@ -2,9 +2,13 @@
 //!
 //! They deserialize from the `[subscriber]` section of `broker.toml`; every field has a default.
 
+mod number;
+
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use number::{number, optional_number, Number};
 
 use crate::backend::StartFrom;
 use crate::error::{Error, Result};
@@ -33,9 +37,11 @@ pub struct SubscriberSettings {
     pub start_from: StartFrom,
     /// The most messages fetched and not yet acknowledged; bounds the subscription's memory.
     /// From 1 to [`SubscriberSettings::MAX_IN_FLIGHT`].
+    #[serde(deserialize_with = "number")]
     pub max_in_flight: usize,
     /// How many handler calls run at once in `at_least_once`; messages with the same key still
     /// run one after another, in order. Defaults to 1 (strictly sequential, like Lagom).
+    #[serde(deserialize_with = "number")]
     pub concurrency: usize,
     /// How long closing waits for running handlers before giving up on them (they are then
     /// delivered again later, not lost).
@@ -92,8 +98,10 @@ pub struct RetryPolicy {
     #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
     /// The random part of each delay, from 0.0 (none) to 1.0 (up to the whole delay).
+    #[serde(deserialize_with = "number")]
     pub jitter: f64,
     /// Handler calls per message, the first included, before it is dead-lettered.
+    #[serde(deserialize_with = "number")]
     pub max_attempts: u32,
     /// Whether exhausted and undecodable messages go to `<topic>.<group>.dlq`. When false, an
     /// `at_least_once` subscription stops with the error instead, and the message is delivered
