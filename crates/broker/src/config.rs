@@ -241,9 +241,9 @@ impl BrokerConfig {
 }
 
 /// Checks a file's values against the configuration's types as TOML writes them, after the
-/// `config` crate accepted it (whose errors name the key): it rounds `max_attempts = 2.5` to 3
-/// and reads `max_in_flight = true` as 1. The error gives the line and its key, not the value
-/// written there, which may be a secret.
+/// `config` crate accepted it (whose errors name the key): it reads `dead_letter = 1` as true,
+/// for one (numeric settings read strictly by themselves, see `broker_api::settings::number`).
+/// The error gives the line and its key, not the value written there, which may be a secret.
 fn check_types(text: &str, source: &str) -> Result<()> {
     let Err(e) = toml::from_str::<BrokerConfig>(text) else {
         return Ok(());

@@ -106,6 +106,8 @@ fn out_of_range_values_name_the_key() {
     assert!(err.contains("max_attempts"), "{err}");
     let err = error_of("[subscriber]\nmax_in_flight = true\n");
     assert!(err.contains("max_in_flight"), "{err}");
+    let err = error_of("[subscriber.retry]\ndead_letter = 1\n");
+    assert!(err.contains("line 2: `dead_letter = …`"), "{err}");
     let err = error_of("[memory]\nmax_payload_bytes = 0\n");
     assert!(err.contains("memory.max_payload_bytes"), "{err}");
     let err = error_of("[topics.greetings]\npartitions = 0\n");
