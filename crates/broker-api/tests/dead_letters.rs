@@ -90,3 +90,103 @@ async fn a_temporary_failure_to_create_the_dead_letter_topic_is_retried() {
     assert_eq!(*backend.created.lock().unwrap(), ["orders.billing.dlq"]);
     assert_eq!(*backend.published.lock().unwrap(), ["orders.billing.dlq"]);
 }
+
+/// A backend that refuses messages with more than six headers, as Pub/Sub refuses more than
+/// 100 attributes; it records the headers of what it took.
+#[derive(Debug, Default)]
+struct FewHeaders {
+    taken: Mutex<Vec<Vec<(String, String)>>>,
+}
+
+#[async_trait]
+impl Backend for FewHeaders {
+    fn kind(&self) -> &'static str {
+        "few-headers"
+    }
+
+    fn endpoint(&self) -> String {
+        "test".to_owned()
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::NONE
+    }
+
+    fn send<'a>(&'a self, _topic: &'a str, message: Message) -> Completion<'a, Confirmation> {
+        if message.headers.len() > 6 {
+            let refused = Error::new(ErrorKind::Rejected, "more than 6 headers");
+            return completion::ready(Err(refused));
+        }
+        let headers = message
+            .headers
+            .iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
+        if let Ok(mut taken) = self.taken.lock() {
+            taken.push(headers);
+        }
+        completion::ready(Ok(Confirmation::ready(Ok(Receipt {
+            message_id: message.id,
+            position: Position::Unknown,
+        }))))
+    }
+
+    async fn subscribe(&self, _request: SubscribeRequest) -> Result<BoxDeliveryStream> {
+        Err(Error::unsupported("this backend only publishes"))
+    }
+
+    async fn ensure_topic(&self, _spec: &TopicSpec) -> Result<()> {
+        Ok(())
+    }
+
+    async fn close(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_dead_letter_refused_for_its_headers_goes_without_them() {
+    let backend = Arc::new(FewHeaders::default());
+    let dead_letters =
+        DeadLetters::new(backend.clone(), "orders", "billing", RetryPolicy::default());
+    let mut metadata = Metadata::new("orders".into());
+    for i in 0..5 {
+        metadata.headers.insert(format!("h{i}"), "v");
+    }
+    dead_letters
+        .publish(
+            Bytes::from_static(b"poison"),
+            &metadata,
+            "cannot be handled",
+            3,
+        )
+        .await
+        .expect("published without the message's own headers");
+    let taken = backend.taken.lock().unwrap();
+    assert_eq!(taken.len(), 1);
+    let names: Vec<&str> = taken[0].iter().map(|(name, _)| name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "dead-letter-reason",
+            "dead-letter-topic",
+            "dead-letter-group",
+            "dead-letter-attempts"
+        ]
+    );
+    drop(taken);
+    // Within the limit, the message's own headers go with it.
+    let mut metadata = Metadata::new("orders".into());
+    metadata.headers.insert("trace", "abc");
+    dead_letters
+        .publish(
+            Bytes::from_static(b"poison"),
+            &metadata,
+            "cannot be handled",
+            3,
+        )
+        .await
+        .expect("published");
+    let taken = backend.taken.lock().unwrap();
+    assert!(taken[1].contains(&("trace".to_owned(), "abc".to_owned())));
+}

@@ -7,8 +7,8 @@ use tokio::sync::OnceCell;
 
 use crate::backend::{SharedBackend, TopicSpec};
 use crate::delivery::Metadata;
-use crate::error::Result;
-use crate::message::{Message, MessageId};
+use crate::error::{ErrorKind, Result};
+use crate::message::{Headers, Message, MessageId};
 use crate::naming::dead_letter_topic;
 use crate::settings::RetryPolicy;
 
@@ -23,6 +23,9 @@ pub mod dead_letter_headers {
     /// How many handler calls were made (0 when the payload could not be decoded).
     pub const ATTEMPTS: &str = "dead-letter-attempts";
 }
+
+/// How many headers [`DeadLetters`] adds: those of [`dead_letter_headers`].
+const DEAD_LETTER_HEADERS: usize = 4;
 
 /// Attempts at publishing one dead letter when the broker reports a temporary failure.
 const PUBLISH_ATTEMPTS: u32 = 5;
@@ -71,7 +74,9 @@ impl DeadLetters {
     /// group as its reader, so that dead letters are kept even on brokers that only keep
     /// messages for existing groups; with it off, a dead-letter topic that was not declared
     /// fails the publish (`NotFound`). Temporary failures, of the creation as of the publish,
-    /// are retried a few times with backoff.
+    /// are retried a few times with backoff. A dead letter the broker refuses (`Rejected`)
+    /// while it carries the message's own headers is published again without them (Pub/Sub
+    /// takes 100 attributes at most, for one), with a warning.
     pub async fn publish(
         &self,
         payload: bytes::Bytes,
@@ -79,10 +84,22 @@ impl DeadLetters {
         reason: &str,
         attempts: u32,
     ) -> Result<()> {
-        let message = self.message(payload, metadata, reason, attempts);
+        let mut message = self.message(payload, metadata, reason, attempts);
         let mut attempt = 1;
         loop {
             match self.publish_once(&message).await {
+                // Refused for what the original headers add (the broker's limit on their
+                // number or size): sent with only the dead-letter headers, rather than not
+                // at all, which would stop the group at this message.
+                Err(e) if e.kind() == ErrorKind::Rejected && !metadata.headers.is_empty() => {
+                    if message.headers.len() == DEAD_LETTER_HEADERS {
+                        return Err(e);
+                    }
+                    tracing::warn!(topic = %self.topic, error = %e, dropped = metadata.headers.len(),
+                        "dead letter refused; publishing it without the message's own headers");
+                    message.headers = Headers::new();
+                    self.add_reason(&mut message, reason, attempts);
+                }
                 Err(e) if e.is_temporary() && attempt < PUBLISH_ATTEMPTS => {
                     tracing::warn!(topic = %self.topic, attempt, error = %e, "dead letter not published yet, retrying");
                     tokio::time::sleep(self.retry.backoff(attempt)).await;
@@ -126,20 +143,20 @@ impl DeadLetters {
         message.key = metadata.key.clone();
         message.headers = metadata.headers.clone();
         message.content_type = metadata.content_type.clone();
-        message.headers.insert(
+        self.add_reason(&mut message, reason, attempts);
+        message
+    }
+
+    /// Adds the [`dead_letter_headers`] (as many as [`DEAD_LETTER_HEADERS`]).
+    fn add_reason(&self, message: &mut Message, reason: &str, attempts: u32) {
+        let headers = &mut message.headers;
+        headers.insert(
             dead_letter_headers::REASON,
             shorten(reason, MAX_REASON_BYTES),
         );
-        message
-            .headers
-            .insert(dead_letter_headers::TOPIC, &*self.source_topic);
-        message
-            .headers
-            .insert(dead_letter_headers::GROUP, &*self.group);
-        message
-            .headers
-            .insert(dead_letter_headers::ATTEMPTS, attempts.to_string());
-        message
+        headers.insert(dead_letter_headers::TOPIC, &*self.source_topic);
+        headers.insert(dead_letter_headers::GROUP, &*self.group);
+        headers.insert(dead_letter_headers::ATTEMPTS, attempts.to_string());
     }
 }
 
