@@ -275,6 +275,44 @@ async fn reconnecting_declares_a_large_topology_again() {
     .await;
 }
 
+/// A backend opens two connections; when only one can be opened (the virtual host allows
+/// one), connecting fails and the one that was opened is closed, not kept up for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_half_opened_backend_leaves_no_connection() {
+    let Some(harness) = exclusive().await else {
+        return;
+    };
+    run_case("a_half_opened_backend_leaves_no_connection", async {
+        rabbitmqctl(&["set_vhost_limits", "-p", "/", r#"{"max-connections": 1}"#]).await;
+        let restore = RestoreWith(&["clear_vhost_limits", "-p", "/"]);
+        // RabbitMQ may admit both when they come at once: try until it refuses one.
+        let mut outcome = backend(&harness.live.address, true).await;
+        for _ in 0..20 {
+            let Ok(both) = &outcome else {
+                break;
+            };
+            both.close().await.expect("close");
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            outcome = backend(&harness.live.address, true).await;
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut left = rabbitmqctl(&["list_connections", "client_properties"]).await;
+        while left.contains("broker-rs") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            left = rabbitmqctl(&["list_connections", "client_properties"]).await;
+        }
+        drop(restore);
+        let err = outcome.expect_err("only one of the two connections could be opened");
+        assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+        assert!(err.to_string().contains("connection limit"), "{err}");
+        assert!(
+            !left.contains("broker-rs"),
+            "a connection was left open ({err}): {left}"
+        );
+    })
+    .await;
+}
+
 /// While reconnecting fails (the password changed meanwhile), a publish that waited for the
 /// connection fails saying why the last attempt failed, not only that it is reconnecting; once
 /// the login works again, publishing resumes.

@@ -87,8 +87,23 @@ pub(crate) fn from_lapin(
 
 /// The error for a failed connection attempt to `endpoint`.
 pub(crate) fn connect_failed(endpoint: &str, error: lapin::Error) -> Error {
-    let refused_login = amqp_error(&error).is_some_and(|amqp| {
-        amqp.get_id() == reply_code::ACCESS_REFUSED || amqp.get_id() == reply_code::NOT_ALLOWED
+    let refused = amqp_error(&error).map(|amqp| (amqp.get_id(), amqp.get_message().to_string()));
+    if let Some((reply_code::NOT_ALLOWED, text)) = &refused {
+        if text.contains("connection limit") {
+            return Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "RabbitMQ at {endpoint} refused the connection: the user's or the virtual \
+                     host's connection limit is reached (a backend opens two)"
+                ),
+            )
+            .backend(BACKEND)
+            .operation("connect")
+            .source(error);
+        }
+    }
+    let refused_login = refused.is_some_and(|(code, _)| {
+        code == reply_code::ACCESS_REFUSED || code == reply_code::NOT_ALLOWED
     });
     if refused_login {
         return Error::new(

@@ -70,7 +70,8 @@
 //!
 //! ## Reconnecting
 //!
-//! A backend holds two connections: one publishes, the other consumes and declares. RabbitMQ
+//! A backend holds two connections (count them against a user's or virtual host's connection
+//! limit): one publishes, the other consumes and declares. RabbitMQ
 //! blocks a connection that publishes during a resource alarm and reads nothing more from it;
 //! acknowledgements on their own connection still flow, so subscriptions go on draining their
 //! queues while publishes wait.
@@ -170,10 +171,18 @@ impl RabbitMqBackend {
             settings.config.queue_type,
             options.auto_provision,
         ));
-        let (publishing, consuming) = tokio::try_join!(
+        let (publishing, consuming) = match tokio::join!(
             Link::connect(Role::Publishing, settings.clone(), topology.clone()),
             Link::connect(Role::Consuming, settings.clone(), topology.clone()),
-        )?;
+        ) {
+            (Ok(publishing), Ok(consuming)) => (publishing, consuming),
+            // The one that connected would be kept up by its supervisor for ever.
+            (Ok(connected), Err(e)) | (Err(e), Ok(connected)) => {
+                connected.abandon();
+                return Err(e);
+            }
+            (Err(e), Err(_)) => return Err(e),
+        };
         tracing::debug!(endpoint = %settings.endpoint, "connected to RabbitMQ");
         let publisher =
             Publisher::new(publishing.clone(), topology.clone(), options.auto_provision);
