@@ -296,7 +296,12 @@ impl Link {
                 return None;
             }
             attempt += 1;
-            match self.open_session().await {
+            // A long re-declaration stops when the link is closed meanwhile.
+            let opened = tokio::select! {
+                opened = self.open_session() => opened,
+                () = self.closed() => return None,
+            };
+            match opened {
                 Ok(session) => {
                     *self.last_failure() = None;
                     tracing::warn!(

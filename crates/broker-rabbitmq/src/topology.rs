@@ -48,6 +48,10 @@ pub(crate) struct Topology {
     queue_type: QueueType,
     auto_provision: bool,
     known: Mutex<Known>,
+    /// Held by a re-declaration after a reconnect and by a topic's deletion: each link
+    /// re-declares on its own connection, and one re-declaring from a list taken before a
+    /// deletion would bring the deleted topic back.
+    redeclaring: tokio::sync::Mutex<()>,
 }
 
 impl Topology {
@@ -63,6 +67,7 @@ impl Topology {
             queue_type,
             auto_provision,
             known: Mutex::new(Known::default()),
+            redeclaring: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -214,6 +219,7 @@ impl Topology {
         patience: Duration,
     ) -> Result<()> {
         let deadline = || tokio::time::Instant::now() + patience;
+        let _turn = self.redeclaring.lock().await;
         let (exchanges, queues) = {
             let known = self.known();
             let exchanges: Vec<String> = known.declared_exchanges.iter().cloned().collect();
@@ -234,7 +240,7 @@ impl Topology {
         for exchange in &exchanges {
             let declaring = declare_exchange(&channel, exchange, false);
             if let Err(e) = error::within(deadline(), "connect", declaring).await {
-                channel = refused(connection, e, &mut failures).await?;
+                channel = refused(connection, e, &mut failures, patience).await?;
             }
         }
         for (queue, topic) in &queues {
@@ -244,7 +250,7 @@ impl Topology {
                 bind(&channel, &queue, topic).await
             };
             if let Err(e) = error::within(deadline(), "connect", declaring).await {
-                channel = refused(connection, e, &mut failures).await?;
+                channel = refused(connection, e, &mut failures, patience).await?;
             }
         }
         close_channel(&channel, "done").await;
@@ -260,6 +266,7 @@ impl Topology {
     /// used here); queues other processes made for other groups are left (AMQP cannot list
     /// them), unbound.
     pub(crate) async fn delete_topic(&self, channel: &Channel, topic: &str) -> Result<()> {
+        let _no_redeclaring = self.redeclaring.lock().await;
         self.known().deleting.insert(topic.to_owned());
         let _deleting = Deleting {
             topology: self,
@@ -302,8 +309,9 @@ impl Topology {
     /// deleted behind this process's back and declared again (the bindings went with it).
     /// Queues deleted too are not created again here (someone removed the topic), but stay
     /// known: a subscription still consuming one declares it again when RabbitMQ cancels its
-    /// consumer, and so does the next reconnect. Best effort: a binding that fails is logged.
-    pub(crate) async fn rebind(&self, connection: &Connection, topic: &str) {
+    /// consumer, and so does the next reconnect. Best effort: a binding that fails is logged;
+    /// a channel reopened after one may take `patience`.
+    pub(crate) async fn rebind(&self, connection: &Connection, topic: &str, patience: Duration) {
         let queues = self.declared_queues_of(topic);
         if queues.is_empty() {
             return;
@@ -318,7 +326,7 @@ impl Topology {
             };
             tracing::warn!(%queue, topic, error = %e,
                 "group queue not bound again to its re-declared exchange (deleted too?)");
-            match refused(connection, e, &mut failures).await {
+            match refused(connection, e, &mut failures, patience).await {
                 Ok(fresh) => channel = fresh,
                 Err(_) => return,
             }
@@ -378,13 +386,19 @@ impl Drop for Deleting<'_> {
 
 /// After a refused re-declaration: logs it and opens a fresh channel, or gives up when the
 /// connection itself is gone or RabbitMQ did not answer.
-async fn refused(connection: &Connection, e: Error, failures: &mut usize) -> Result<Channel> {
+async fn refused(
+    connection: &Connection,
+    e: Error,
+    failures: &mut usize,
+    patience: Duration,
+) -> Result<Channel> {
     if !connection.status().connected() || e.kind() == ErrorKind::Timeout {
         return Err(e);
     }
     *failures += 1;
     tracing::warn!(error = %e, "declaring the known topology again failed for one resource");
-    scratch_channel(connection).await
+    let deadline = tokio::time::Instant::now() + patience;
+    error::within(deadline, "open channel", scratch_channel(connection)).await
 }
 
 /// A short-lived channel for declarations: a failed declaration closes its channel. Close it

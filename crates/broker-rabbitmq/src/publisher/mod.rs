@@ -301,7 +301,10 @@ impl Shared {
         close_channel(&channel, "done").await;
         if ensured.map_err(|e| e.operation("publish"))? {
             // Declared again after it was lost (or first declared: nothing to bind then).
-            self.topology.rebind(&session.connection, topic).await;
+            let patience = self.link.settings().config.connect_timeout;
+            self.topology
+                .rebind(&session.connection, topic, patience)
+                .await;
         }
         let route = Arc::new(Route {
             exchange: Arc::from(topic),
