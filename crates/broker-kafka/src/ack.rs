@@ -176,8 +176,8 @@ impl Shared {
         let slots = self
             .limit
             .saturating_sub(self.in_flight.load(Ordering::Acquire));
-        let window =
-            (self.limit * WINDOW_PER_SLOT).saturating_sub(self.tracked.load(Ordering::Acquire));
+        let window = (self.limit.saturating_mul(WINDOW_PER_SLOT))
+            .saturating_sub(self.tracked.load(Ordering::Acquire));
         slots.min(window)
     }
 
@@ -186,7 +186,7 @@ impl Shared {
     fn note_tracked(&self, state: &AckState) {
         let now = state.tracker.tracked();
         let before = self.tracked.swap(now, Ordering::AcqRel);
-        let full = self.limit * WINDOW_PER_SLOT;
+        let full = self.limit.saturating_mul(WINDOW_PER_SLOT);
         if before >= full && now < full {
             self.wake_reader();
         }

@@ -134,8 +134,10 @@ pub(crate) struct Deliveries {
     /// Told when the broker reports a topic unknown (deleted behind our back), so that the
     /// next publish provisions it again.
     topics: OnceLock<Weak<Provisioner>>,
-    /// Set when the backend closes: a message purged from the producer's queue then fails as
-    /// closed; before, only a fatal error purges it (see [`purged_by_fatal_error`]).
+    /// Set when the producer stopped after a fatal error: librdkafka then purges its queue (as
+    /// does replacing the producer), and those messages fail as [`purged_by_fatal_error`].
+    failed: AtomicBool,
+    /// Set when the backend closes: messages purged from then on fail as closed.
     closing: AtomicBool,
 }
 
@@ -155,8 +157,15 @@ impl Deliveries {
             log,
             reports,
             topics: attached,
+            failed: AtomicBool::new(false),
             closing: AtomicBool::new(false),
         }
+    }
+
+    /// Says that the producer stopped after a fatal error (also told by librdkafka's error
+    /// event, which may come later).
+    pub(crate) fn mark_failed(&self) {
+        self.failed.store(true, Ordering::Release);
     }
 
     /// Says that the backend closes: messages purged from the queue from now on fail as closed.
@@ -192,7 +201,9 @@ impl Deliveries {
                 .operation("publish")
                 .source(error.clone())
             }
-            Some(RDKafkaErrorCode::PurgeQueue) if !self.closing.load(Ordering::Acquire) => {
+            Some(RDKafkaErrorCode::PurgeQueue)
+                if self.failed.load(Ordering::Acquire) && !self.closing.load(Ordering::Acquire) =>
+            {
                 purged_by_fatal_error(id, topic, error.clone())
             }
             code => {
@@ -259,6 +270,10 @@ impl ClientContext for Deliveries {
     }
 
     fn error(&self, error: KafkaError, reason: &str) {
+        // Before the reports of what librdkafka purges after it: they come on the same queue.
+        if error.rdkafka_error_code() == Some(RDKafkaErrorCode::Fatal) {
+            self.mark_failed();
+        }
         self.log.error(&error, reason);
     }
 }

@@ -53,10 +53,10 @@
 //!   deliveries settle and free their slots, but no further than 64 times `max_in_flight`
 //!   messages: their offsets wait to be committed after it.
 //! - A subscription's consumer is driven by reading its stream (no extra thread, no hand-off):
-//!   rebalances are served while the stream is read and has a free `max_in_flight` slot (at
-//!   the limit it polls nothing: a rebalance waits for the next acknowledgement, and a
-//!   member whose handlers hold every slot for longer than `max.poll.interval.ms` leaves the
-//!   group as below). A member whose stream is not read for
+//!   rebalances are served while the stream is read and may read (at either limit above it
+//!   polls nothing: a rebalance waits for the acknowledgement that frees a slot, or settles
+//!   the delivery the others wait behind, and a member held at a limit for longer than
+//!   `max.poll.interval.ms` leaves the group as below). A member whose stream is not read for
 //!   longer than `max.poll.interval.ms` (5 minutes by default) is taken out of the group by
 //!   librdkafka; its unacknowledged messages go to the other members, and it rejoins when read
 //!   again.

@@ -230,6 +230,7 @@ impl Publisher {
     /// is dropped. What it holds queued it would never send: that fails at once. Kept in
     /// `retired` meanwhile, for closing to flush it.
     fn retire(&self, failed: Arc<KafkaProducer>) {
+        failed.context().mark_failed();
         failed.purge(rdkafka::producer::PurgeConfig::default().queue());
         let retired = self.retired.clone();
         lock(&retired).push(failed.clone());
