@@ -845,6 +845,83 @@ async fn subscription_outlives_its_topic_deleted_behind_its_back() {
     .await;
 }
 
+/// A topic's exchange and one group's queue deleted behind the back of that group's running
+/// subscription: the subscription declares both again, also when the exchange goes between
+/// its declaration and the binding (a race once ended the subscription as `NotFound`), and
+/// the topic's other groups are bound again too, so they get what is published from then on
+/// (a publish finds the exchange, and nothing tells the publisher it was gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_groups_are_bound_again_when_a_subscription_restores_the_exchange() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("other_groups_are_bound_again", async {
+        for exchange_first in [true, false] {
+            restored_exchange_binds_every_group(&harness, exchange_first).await;
+        }
+    })
+    .await;
+}
+
+async fn restored_exchange_binds_every_group(harness: &RabbitMq, exchange_first: bool) {
+    let broker = Broker::new(backend(&harness.live.address, true).await.expect("connect"));
+    let name = fresh_topic(&broker, "rebound", &["g1", "g2"]).await;
+    let topic = broker_api::Topic::text(name.as_str());
+    let inbox = Inbox::new();
+    let running = broker
+        .subscriber(&topic, "g1")
+        .at_least_once(inbox.handler())
+        .await
+        .expect("subscribe");
+    let queue = format!("{name}.g1");
+    if exchange_first {
+        delete_exchange(&harness.live.address, &name).await;
+        delete_queue(&harness.live.address, &queue).await;
+    } else {
+        delete_queue(&harness.live.address, &queue).await;
+        delete_exchange(&harness.live.address, &name).await;
+    }
+    let deadline = Instant::now() + harness.patience();
+    while !queue_exists(&harness.live.address, &queue).await {
+        assert!(
+            Instant::now() < deadline,
+            "g1's queue was not declared again"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let publisher = broker.publisher(&topic);
+    let deadline = Instant::now() + harness.patience();
+    loop {
+        let _ = publisher.publish(&"probe".to_owned()).await;
+        if !inbox.is_empty() {
+            break;
+        }
+        assert!(
+            !running.is_finished() && Instant::now() < deadline,
+            "g1 did not read again (exchange deleted first: {exchange_first})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    publisher
+        .publish(&"after".to_owned())
+        .await
+        .expect("publish");
+    let mut g2 = broker
+        .backend()
+        .subscribe(SubscribeRequest::new(name.as_str(), "g2"))
+        .await
+        .expect("subscribe g2");
+    let mut seen = Vec::new();
+    while !seen.iter().any(|payload| payload == "after") {
+        let delivery = next_within(&mut g2, harness.patience()).await;
+        seen.push(String::from_utf8_lossy(&delivery.payload).into_owned());
+        delivery.ack().await.expect("ack");
+    }
+    g2.close().await.expect("close g2");
+    running.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
 /// A broker whose `max_message_size` is below the client's limit closes the confirm channel of
 /// a larger publish: that publish fails as `Rejected`, the channel is reopened, and the topic
 /// keeps working.

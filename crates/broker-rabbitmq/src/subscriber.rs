@@ -142,13 +142,29 @@ impl Group {
             let answer_by =
                 deadline.min(Instant::now() + self.link.settings().config.connect_timeout);
             let failure = match self.consume_on(&session, answer_by).await {
-                Ok(active) => return Ok(active),
+                Ok(active) => {
+                    // Declaring this group's queue declared the exchange too, if it was gone:
+                    // publishing then finds it and would not bind the other groups again.
+                    if self.topology.take_doubt(&self.topic) {
+                        let patience = self.link.settings().config.connect_timeout;
+                        self.topology
+                            .rebind(&session.connection, &self.topic, patience)
+                            .await;
+                    }
+                    return Ok(active);
+                }
                 Err(e) => e,
             };
-            let fatal = matches!(
-                failure.kind(),
-                ErrorKind::NotFound | ErrorKind::Rejected | ErrorKind::Config | ErrorKind::Closed
-            );
+            // Something missing is final without auto-provisioning; with it, the exchange was
+            // deleted between its declaration and the binding (someone deleting the topic):
+            // declared again at the next attempt.
+            let missing_for_good =
+                failure.kind() == ErrorKind::NotFound && !self.topology.auto_provision();
+            let fatal = missing_for_good
+                || matches!(
+                    failure.kind(),
+                    ErrorKind::Rejected | ErrorKind::Config | ErrorKind::Closed
+                );
             attempt += 1;
             let delay = self.backoff.delay(attempt);
             if fatal || give_up.is_some_and(|at| Instant::now() + delay >= at) {
@@ -344,6 +360,7 @@ impl Stream for Subscription {
                                 "RabbitMQ cancelled the consumer (channel closed or queue deleted); \
                                  subscribing again"
                             );
+                            this.group.topology.doubt_bindings(&this.group.topic);
                             this.resubscribe();
                         }
                     }

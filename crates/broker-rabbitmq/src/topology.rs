@@ -41,6 +41,10 @@ struct Known {
     /// Topics this process is deleting: their subscriptions, cancelled by the broker as their
     /// queues go, end instead of declaring them again.
     deleting: HashSet<String>,
+    /// Topics a subscription of which RabbitMQ cancelled (its queue deleted behind this
+    /// process's back, maybe with the exchange and every binding): the next subscription to
+    /// consume again binds the topic's other known queues again too.
+    bindings_in_doubt: HashSet<String>,
 }
 
 /// The topology cache and the declarations behind it.
@@ -332,6 +336,16 @@ impl Topology {
             }
         }
         close_channel(&channel, "done").await;
+    }
+
+    /// Notes that the bindings of `topic` may be gone (see `Known::bindings_in_doubt`).
+    pub(crate) fn doubt_bindings(&self, topic: &str) {
+        self.known().bindings_in_doubt.insert(topic.to_owned());
+    }
+
+    /// Whether the bindings of `topic` were in doubt; clears it.
+    pub(crate) fn take_doubt(&self, topic: &str) -> bool {
+        self.known().bindings_in_doubt.remove(topic)
     }
 
     /// Whether this process knows the group queue `queue` of `topic` (declared or checked it,
