@@ -26,7 +26,7 @@ pub(super) struct TopicClient {
 }
 
 struct Current {
-    client: Arc<Publisher>,
+    client: Publisher,
     /// The ordering keys `client` served.
     keys: FxHashSet<Box<str>>,
     /// Set while the client `client` replaced finishes what it holds: messages with a key wait
@@ -37,20 +37,20 @@ struct Current {
 /// A message with a key waiting for the replaced client to finish.
 struct Held {
     message: PubsubMessage,
-    published: oneshot::Sender<(Arc<Publisher>, PublishFuture)>,
+    published: oneshot::Sender<PublishFuture>,
 }
 
-/// A message handed to a client: the client and its answer, or, held back while a replaced
-/// client finishes, the client and answer to come.
+/// A message handed to a client: its answer, or, held back while a replaced client finishes,
+/// the answer to come.
 pub(super) enum Published {
-    Now(Arc<Publisher>, PublishFuture),
-    Held(oneshot::Receiver<(Arc<Publisher>, PublishFuture)>),
+    Now(PublishFuture),
+    Held(oneshot::Receiver<PublishFuture>),
 }
 
 impl TopicClient {
     /// A topic's client, made by `build` (again when it is replaced).
     pub(super) fn new(build: impl Fn() -> Publisher + Send + Sync + 'static) -> Self {
-        let client = Arc::new(build());
+        let client = build();
         TopicClient {
             build: Box::new(build),
             current: Arc::new(RwLock::new(Current {
@@ -61,8 +61,8 @@ impl TopicClient {
         }
     }
 
-    /// The client now, for a flush.
-    pub(super) fn current(&self) -> Arc<Publisher> {
+    /// The client now: for a flush, or to publish a failed message again.
+    pub(super) fn current(&self) -> Publisher {
         read(&self.current).client.clone()
     }
 
@@ -80,15 +80,14 @@ impl TopicClient {
         finishing: &TaskTracker,
     ) -> Published {
         let Some(key) = key.filter(|key| !key.is_empty()) else {
-            let current = read(&self.current);
-            return Published::Now(current.client.clone(), current.client.publish(message));
+            return Published::Now(read(&self.current).client.publish(message));
         };
         {
             // Published under the lock (a send to the client's queue): a replacement cannot
             // come between choosing the client and handing it the message.
             let current = read(&self.current);
             if current.held.is_none() && current.keys.contains(key) {
-                return Published::Now(current.client.clone(), current.client.publish(message));
+                return Published::Now(current.client.publish(message));
             }
         }
         let mut current = write(&self.current);
@@ -106,7 +105,7 @@ impl TopicClient {
         if !current.keys.contains(key) {
             current.keys.insert(key.into());
         }
-        Published::Now(current.client.clone(), current.client.publish(message))
+        Published::Now(current.client.publish(message))
     }
 
     /// Puts a new client in place and flushes the replaced one on a task, which then hands
@@ -115,7 +114,7 @@ impl TopicClient {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
-        let replaced = std::mem::replace(&mut current.client, Arc::new((self.build)()));
+        let replaced = std::mem::replace(&mut current.client, (self.build)());
         current.keys.clear();
         current.held = Some(Vec::new());
         let release = Release(self.current.clone());
@@ -142,9 +141,8 @@ impl Drop for Release {
             if !key.is_empty() && !current.keys.contains(key) {
                 current.keys.insert(key.into());
             }
-            let answer = current.client.publish(message);
             // A dropped receiver: its confirmation was dropped, as it may be.
-            let _ = published.send((current.client.clone(), answer));
+            let _ = published.send(current.client.publish(message));
         }
     }
 }

@@ -25,7 +25,7 @@ use broker_api::completion::{self, Completion};
 use broker_api::{
     Confirmation, Error, ErrorKind, Message, Position, PubSubPosition, Receipt, Result,
 };
-use google_cloud_pubsub::client::{BasePublisher, Publisher};
+use google_cloud_pubsub::client::BasePublisher;
 
 use self::client::{Published, TopicClient};
 use google_cloud_pubsub::error::PublishError;
@@ -221,8 +221,8 @@ impl Publishers {
         // The confirmation of every message in flight lives until its answer: keep it small
         // and box the rarely needed retry state separately.
         Confirmation::boxed(async move {
-            let (client, response) = match published {
-                Published::Now(client, response) => (client, response),
+            let response = match published {
+                Published::Now(response) => response,
                 Published::Held(handed) => match handed.await {
                     Ok(published) => published,
                     // Not expected: every held message is handed over, also when the task
@@ -236,7 +236,7 @@ impl Publishers {
                     // A task of its own: it goes on, and closing waits for it, whether or not
                     // this confirmation is still polled.
                     let background = this.background.clone();
-                    let retry = this.retry(publisher, client, message, err);
+                    let retry = this.retry(publisher, message, err);
                     match background.spawn(retry).await {
                         Ok(result) => result,
                         Err(e) => Err(Error::new(ErrorKind::Other, "publishing again failed")
@@ -250,11 +250,11 @@ impl Publishers {
     }
 
     /// Publishes a failed message again within `publish_timeout` when retrying can help, on the
-    /// client that failed it (which paused its key).
+    /// topic's client at the time (the one that failed it and paused its key, unless it was
+    /// replaced since: its successor has no key paused).
     async fn retry(
         self: Arc<Self>,
         publisher: Arc<TopicPublisher>,
-        client: Arc<Publisher>,
         message: Message,
         first: PublishError,
     ) -> Result<Receipt> {
@@ -266,7 +266,7 @@ impl Publishers {
             if let Some(key) = key {
                 // The client pauses a key after a failure; resume it so later messages with
                 // this key are sent again (and this one, when it is retried).
-                client.resume_publish(key);
+                publisher.client.current().resume_publish(key);
             }
             let failed_at = Instant::now();
             let action = retry_action(&err, self.admin.auto_provision());
@@ -301,7 +301,8 @@ impl Publishers {
             }
             // The client would retry this one for a whole `publish_timeout` of its own.
             let remaining = deadline.saturating_duration_since(Instant::now());
-            match tokio::time::timeout(remaining, client.publish(to_pubsub(&message))).await {
+            let again = publisher.client.current().publish(to_pubsub(&message));
+            match tokio::time::timeout(remaining, again).await {
                 Ok(Ok(server_id)) => return Ok(receipt(message, server_id)),
                 Ok(Err(next)) => err = next,
                 Err(_) => return Err(self.timed_out(&message, &publisher.name)),
