@@ -1,5 +1,5 @@
 //! Publishing dead letters: what the runner does when the dead-letter topic or the broker
-//! fails for a moment.
+//! fails for a moment, or the broker refuses what the message's own headers add.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,19 +14,42 @@ use broker_api::{
 };
 use bytes::Bytes;
 
-/// A backend whose first topic creation fails with a temporary error; it records what it
-/// created and what was published where.
-#[derive(Debug, Default)]
-struct CreationFailsOnce {
+/// A backend for dead letters: its first topic creation fails with a temporary error, it
+/// refuses messages with more than `max_headers` headers (as Pub/Sub refuses more than 100
+/// attributes), and it records what it created and what it took where, with the headers.
+#[derive(Debug)]
+struct Recording {
+    max_headers: usize,
     creations: AtomicU32,
     created: Mutex<Vec<String>>,
-    published: Mutex<Vec<String>>,
+    taken: Mutex<Vec<Taken>>,
+}
+
+/// A message the backend took: its topic and its headers.
+type Taken = (String, Vec<(String, String)>);
+
+impl Recording {
+    fn new(max_headers: usize) -> Arc<Self> {
+        Arc::new(Recording {
+            max_headers,
+            creations: AtomicU32::new(0),
+            created: Mutex::default(),
+            taken: Mutex::default(),
+        })
+    }
+
+    fn taken(&self) -> Vec<Taken> {
+        self.taken
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
 }
 
 #[async_trait]
-impl Backend for CreationFailsOnce {
+impl Backend for Recording {
     fn kind(&self) -> &'static str {
-        "creation-fails-once"
+        "recording"
     }
 
     fn endpoint(&self) -> String {
@@ -38,8 +61,17 @@ impl Backend for CreationFailsOnce {
     }
 
     fn send<'a>(&'a self, topic: &'a str, message: Message) -> Completion<'a, Confirmation> {
-        if let Ok(mut published) = self.published.lock() {
-            published.push(topic.to_owned());
+        if message.headers.len() > self.max_headers {
+            let refused = Error::new(ErrorKind::Rejected, "too many headers");
+            return completion::ready(Err(refused));
+        }
+        let headers = message
+            .headers
+            .iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
+        if let Ok(mut taken) = self.taken.lock() {
+            taken.push((topic.to_owned(), headers));
         }
         completion::ready(Ok(Confirmation::ready(Ok(Receipt {
             message_id: message.id,
@@ -68,15 +100,19 @@ impl Backend for CreationFailsOnce {
     }
 }
 
-#[tokio::test]
-async fn a_temporary_failure_to_create_the_dead_letter_topic_is_retried() {
-    let backend = Arc::new(CreationFailsOnce::default());
-    let retry = RetryPolicy {
+/// Retries wait a millisecond.
+fn quick_retry() -> RetryPolicy {
+    RetryPolicy {
         min_backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(1),
         ..RetryPolicy::default()
-    };
-    let dead_letters = DeadLetters::new(backend.clone(), "orders", "billing", retry);
+    }
+}
+
+#[tokio::test]
+async fn a_temporary_failure_to_create_the_dead_letter_topic_is_retried() {
+    let backend = Recording::new(usize::MAX);
+    let dead_letters = DeadLetters::new(backend.clone(), "orders", "billing", quick_retry());
     dead_letters
         .publish(
             Bytes::from_static(b"poison"),
@@ -88,67 +124,18 @@ async fn a_temporary_failure_to_create_the_dead_letter_topic_is_retried() {
         .expect("published after the creation was retried");
     assert_eq!(backend.creations.load(Ordering::SeqCst), 2);
     assert_eq!(*backend.created.lock().unwrap(), ["orders.billing.dlq"]);
-    assert_eq!(*backend.published.lock().unwrap(), ["orders.billing.dlq"]);
-}
-
-/// A backend that refuses messages with more than six headers, as Pub/Sub refuses more than
-/// 100 attributes; it records the headers of what it took.
-#[derive(Debug, Default)]
-struct FewHeaders {
-    taken: Mutex<Vec<Vec<(String, String)>>>,
-}
-
-#[async_trait]
-impl Backend for FewHeaders {
-    fn kind(&self) -> &'static str {
-        "few-headers"
-    }
-
-    fn endpoint(&self) -> String {
-        "test".to_owned()
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        Capabilities::NONE
-    }
-
-    fn send<'a>(&'a self, _topic: &'a str, message: Message) -> Completion<'a, Confirmation> {
-        if message.headers.len() > 6 {
-            let refused = Error::new(ErrorKind::Rejected, "more than 6 headers");
-            return completion::ready(Err(refused));
-        }
-        let headers = message
-            .headers
-            .iter()
-            .map(|(name, value)| (name.to_owned(), value.to_owned()))
-            .collect();
-        if let Ok(mut taken) = self.taken.lock() {
-            taken.push(headers);
-        }
-        completion::ready(Ok(Confirmation::ready(Ok(Receipt {
-            message_id: message.id,
-            position: Position::Unknown,
-        }))))
-    }
-
-    async fn subscribe(&self, _request: SubscribeRequest) -> Result<BoxDeliveryStream> {
-        Err(Error::unsupported("this backend only publishes"))
-    }
-
-    async fn ensure_topic(&self, _spec: &TopicSpec) -> Result<()> {
-        Ok(())
-    }
-
-    async fn close(&self) -> Result<()> {
-        Ok(())
-    }
+    let topics: Vec<String> = backend
+        .taken()
+        .into_iter()
+        .map(|(topic, _)| topic)
+        .collect();
+    assert_eq!(topics, ["orders.billing.dlq"]);
 }
 
 #[tokio::test]
 async fn a_dead_letter_refused_for_its_headers_goes_without_them() {
-    let backend = Arc::new(FewHeaders::default());
-    let dead_letters =
-        DeadLetters::new(backend.clone(), "orders", "billing", RetryPolicy::default());
+    let backend = Recording::new(6);
+    let dead_letters = DeadLetters::new(backend.clone(), "orders", "billing", quick_retry());
     let mut metadata = Metadata::new("orders".into());
     for i in 0..5 {
         metadata.headers.insert(format!("h{i}"), "v");
@@ -162,9 +149,9 @@ async fn a_dead_letter_refused_for_its_headers_goes_without_them() {
         )
         .await
         .expect("published without the message's own headers");
-    let taken = backend.taken.lock().unwrap().clone();
+    let taken = backend.taken();
     assert_eq!(taken.len(), 1);
-    let names: Vec<&str> = taken[0].iter().map(|(name, _)| name.as_str()).collect();
+    let names: Vec<&str> = taken[0].1.iter().map(|(name, _)| name.as_str()).collect();
     assert_eq!(
         names,
         [
@@ -186,6 +173,7 @@ async fn a_dead_letter_refused_for_its_headers_goes_without_them() {
         )
         .await
         .expect("published");
-    let taken = backend.taken.lock().unwrap();
-    assert!(taken[1].contains(&("trace".to_owned(), "abc".to_owned())));
+    assert!(backend.taken()[1]
+        .1
+        .contains(&("trace".to_owned(), "abc".to_owned())));
 }
