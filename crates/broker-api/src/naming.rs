@@ -28,11 +28,30 @@ pub fn group_resource(topic: &str, group: &str) -> String {
     }
 }
 
+/// The longest topic or group name accepted, dead-letter topics included.
+pub const MAX_NAME_LEN: usize = 200;
+
+/// Checks the dead-letter topic of `group` on `topic` (see [`dead_letter_topic`]): it is a
+/// topic too, and two names that pass [`validate_name`] can make one too long, which the broker
+/// would only refuse at the first message dead-lettered, stopping the subscription there.
+pub fn validate_dead_letter_topic(topic: &str, group: &str) -> Result<()> {
+    let name = dead_letter_topic(topic, group);
+    if name.len() <= MAX_NAME_LEN {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "the dead-letter topic of group {group:?} on topic {topic:?} would be {} characters \
+         long, over {MAX_NAME_LEN}: shorten the names, or turn dead-lettering off \
+         (subscriber.retry.dead_letter = false)",
+        name.len()
+    )))
+}
+
 /// Checks a topic or group name: 1 to 200 characters of ASCII letters, digits, `.`, `_` and
 /// `-`, starting with a letter — the names every supported broker accepts.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
     let valid = !name.is_empty()
-        && name.len() <= 200
+        && name.len() <= MAX_NAME_LEN
         && name.starts_with(|c: char| c.is_ascii_alphabetic())
         && name
             .chars()
@@ -50,6 +69,14 @@ pub fn validate_name(what: &str, name: &str) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_dead_letter_topic_too_long_for_the_brokers_is_refused() {
+        let topic = "t".repeat(150);
+        assert!(validate_dead_letter_topic(&topic, &"g".repeat(45)).is_ok());
+        let err = validate_dead_letter_topic(&topic, &"g".repeat(50)).unwrap_err();
+        assert!(err.to_string().contains("205 characters"), "{err}");
+    }
 
     #[test]
     fn group_resources_follow_the_wire_conventions() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::backend::{BoxDeliveryStream, SharedBackend, StartFrom, SubscribeRequest};
 use crate::error::Result;
 use crate::handler::Handler;
-use crate::naming::validate_name;
+use crate::naming::{validate_dead_letter_topic, validate_name};
 use crate::runner::{AtLeastOnce, AtMostOnce, DeadLetters, Manual, Registry, Running};
 use crate::settings::{RetryPolicy, SubscriberSettings};
 use crate::topic::Topic;
@@ -130,6 +130,9 @@ impl<T: Send + 'static> Subscriber<T> {
         validate_name("topic", self.topic.name())?;
         validate_name("group", &self.group)?;
         self.settings.validate()?;
+        if self.settings.retry.dead_letter {
+            validate_dead_letter_topic(self.topic.name(), &self.group)?;
+        }
         let request = SubscribeRequest::new(self.topic.name(), &self.group)
             .start_from(self.settings.start_from)
             .max_in_flight(self.settings.max_in_flight);

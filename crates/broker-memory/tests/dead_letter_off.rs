@@ -61,3 +61,31 @@ async fn at_most_once_yields_undecodable_payloads_as_errors() {
     );
     broker.close().await.expect("close broker");
 }
+
+/// Names whose dead-letter topic would be too long for the brokers are refused when
+/// subscribing with dead-lettering on, not at the first message dead-lettered; with it off
+/// they subscribe.
+#[tokio::test]
+async fn a_dead_letter_topic_too_long_is_refused_when_subscribing() {
+    let broker = Broker::new(MemoryBackend::new());
+    let name = "t".repeat(150);
+    let topic = Topic::<u32>::json(name.as_str());
+    let group = "g".repeat(50);
+    let err = broker
+        .subscriber(&topic, group.as_str())
+        .at_most_once()
+        .await
+        .map(drop)
+        .expect_err("the dead-letter topic would be 205 characters");
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(err.to_string().contains("dead-letter topic"), "{err}");
+    let without_dead_letters = broker
+        .subscriber(&topic, group.as_str())
+        .retry(RetryPolicy {
+            dead_letter: false,
+            ..RetryPolicy::default()
+        })
+        .at_most_once()
+        .await;
+    assert!(without_dead_letters.is_ok());
+}
