@@ -249,6 +249,15 @@ impl Stream for MemoryStream {
 }
 
 impl DeliveryStream for MemoryStream {
+    /// Stops reading and gives back at once what was taken and not handed out: the group's
+    /// other members get it (and its keys) while the handlers still running finish. Each was
+    /// the next message of its key (later ones wait behind it), so no key's order changes.
+    fn stop_intake(&mut self) {
+        self.member.stop();
+        self.is_waiting = false;
+        self.buffered.clear(); // dropped unsettled: delivered again to the group
+    }
+
     fn close(&mut self) -> BoxFuture<'_, Result<()>> {
         self.member.stop();
         self.is_waiting = false;

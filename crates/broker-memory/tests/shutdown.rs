@@ -218,3 +218,74 @@ async fn deleting_a_topic_ends_a_stream_at_its_in_flight_limit() {
     );
     drop(held);
 }
+
+/// A member closing while its handler runs gives back at once what it took and had not handed
+/// out yet, instead of holding it (and its keys) from the rest of the group for the shutdown
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closing_member_gives_back_what_it_had_not_started() {
+    let broker = Broker::new(MemoryBackend::new());
+    let topic = Topic::<String>::text("handover").with_key(|value: &String| value.clone());
+    broker
+        .ensure_topic(&TopicSpec::new("handover").group("g"))
+        .await
+        .expect("topic");
+    for key in ["k1", "k2", "k3", "k4", "k5"] {
+        broker
+            .publisher(&topic)
+            .publish(&key.to_owned())
+            .await
+            .expect("publish");
+    }
+    let started = Arc::new(Notify::new());
+    let gate = Arc::new(Notify::new());
+    let first = {
+        let (started, gate) = (started.clone(), gate.clone());
+        move |_: Received<String>| {
+            let (started, gate) = (started.clone(), gate.clone());
+            async move {
+                started.notify_one();
+                gate.notified().await;
+                Ok::<(), HandlerError>(())
+            }
+        }
+    };
+    let closing_member = broker
+        .subscriber(&topic, "g")
+        .shutdown_timeout(HANG)
+        .at_least_once(first)
+        .await
+        .expect("subscribe");
+    tokio::time::timeout(HANG, started.notified())
+        .await
+        .expect("the first handler started");
+    let closing = tokio::spawn(closing_member.close());
+    let handled = Arc::new(AtomicUsize::new(0));
+    let other = {
+        let handled = handled.clone();
+        move |_: Received<String>| {
+            handled.fetch_add(1, Ordering::SeqCst);
+            futures::future::ready(Ok::<(), HandlerError>(()))
+        }
+    };
+    let other_member = broker
+        .subscriber(&topic, "g")
+        .at_least_once(other)
+        .await
+        .expect("subscribe");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while handled.load(Ordering::SeqCst) < 4 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let handed_over = handled.load(Ordering::SeqCst);
+    gate.notify_one();
+    closing
+        .await
+        .expect("close task")
+        .expect("the first member closes");
+    assert_eq!(
+        handed_over, 4,
+        "the other member got the messages the closing one had not started"
+    );
+    other_member.close().await.expect("close");
+}
