@@ -518,14 +518,16 @@ async fn a_timed_out_publish_says_it_may_have_been_stored() {
 }
 
 /// The largest payload the backend accepts fits in a dead letter too, with the longest reason
-/// and the longest topic and group names: a message that fails its handler is never stuck
-/// because its dead letter is too large to publish.
+/// and the longest topic and group names a subscription with dead letters takes (their
+/// dead-letter topic at the 200-character limit): a message that fails its handler is never
+/// stuck because its dead letter is too large to publish.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_largest_payload_can_be_dead_lettered() {
     let cluster = MockCluster::new(1).unwrap();
-    let topic = format!("big-{}", "t".repeat(196));
-    let group = "g".repeat(200);
+    let topic = format!("big-{}", "t".repeat(146));
+    let group = "g".repeat(45);
     let dead_letters = format!("{topic}.{group}.dlq");
+    assert_eq!(dead_letters.len(), broker_api::naming::MAX_NAME_LEN);
     cluster.create_topic(&topic, 1, 1).unwrap();
     cluster.create_topic(&dead_letters, 1, 1).unwrap();
     let backend = connect(&cluster).await;
