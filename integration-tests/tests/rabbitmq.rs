@@ -231,8 +231,6 @@ async fn deleting_a_topic_ends_its_subscriptions() {
     .await;
 }
 
-/// Deliveries the client received before the connection dropped are not handed out once it
-/// is gone: RabbitMQ gives them back, and an at-most-once stream would yield them twice.
 /// A process that declared many groups reconnects even when declaring them all again takes
 /// longer than `connect_timeout`: that bounds each declaration, not all of them together.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,6 +353,8 @@ async fn a_failing_reconnect_says_why() {
     .await;
 }
 
+/// Deliveries the client received before the connection dropped are not handed out once it
+/// is gone: RabbitMQ gives them back, and an at-most-once stream would yield them twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_most_once_yields_nothing_twice_across_a_dropped_connection() {
     let Some(harness) = exclusive().await else {
