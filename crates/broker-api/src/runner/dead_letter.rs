@@ -24,9 +24,6 @@ pub mod dead_letter_headers {
     pub const ATTEMPTS: &str = "dead-letter-attempts";
 }
 
-/// How many headers [`DeadLetters`] adds: those of [`dead_letter_headers`].
-const DEAD_LETTER_HEADERS: usize = 4;
-
 /// Attempts at publishing one dead letter when the broker reports a temporary failure.
 const PUBLISH_ATTEMPTS: u32 = 5;
 
@@ -85,16 +82,15 @@ impl DeadLetters {
         attempts: u32,
     ) -> Result<()> {
         let mut message = self.message(payload, metadata, reason, attempts);
+        let mut without_own_headers = metadata.headers.is_empty();
         let mut attempt = 1;
         loop {
             match self.publish_once(&message).await {
                 // Refused for what the original headers add (the broker's limit on their
                 // number or size): sent with only the dead-letter headers, rather than not
                 // at all, which would stop the group at this message.
-                Err(e) if e.kind() == ErrorKind::Rejected && !metadata.headers.is_empty() => {
-                    if message.headers.len() == DEAD_LETTER_HEADERS {
-                        return Err(e);
-                    }
+                Err(e) if e.kind() == ErrorKind::Rejected && !without_own_headers => {
+                    without_own_headers = true;
                     tracing::warn!(topic = %self.topic, error = %e, dropped = metadata.headers.len(),
                         "dead letter refused; publishing it without the message's own headers");
                     message.headers = Headers::new();
@@ -147,7 +143,7 @@ impl DeadLetters {
         message
     }
 
-    /// Adds the [`dead_letter_headers`] (as many as [`DEAD_LETTER_HEADERS`]).
+    /// Adds the [`dead_letter_headers`].
     fn add_reason(&self, message: &mut Message, reason: &str, attempts: u32) {
         let headers = &mut message.headers;
         headers.insert(
