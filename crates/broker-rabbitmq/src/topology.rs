@@ -314,13 +314,15 @@ impl Topology {
     /// Queues deleted too are not created again here (someone removed the topic), but stay
     /// known: a subscription still consuming one declares it again when RabbitMQ cancels its
     /// consumer, and so does the next reconnect. Best effort: a binding that fails is logged;
-    /// a channel reopened after one may take `patience`.
+    /// opening a channel may take `patience`.
     pub(crate) async fn rebind(&self, connection: &Connection, topic: &str, patience: Duration) {
         let queues = self.declared_queues_of(topic);
         if queues.is_empty() {
             return;
         }
-        let Ok(mut channel) = scratch_channel(connection).await else {
+        let deadline = tokio::time::Instant::now() + patience;
+        let opening = error::within(deadline, "open channel", scratch_channel(connection));
+        let Ok(mut channel) = opening.await else {
             return;
         };
         let mut failures = 0;
