@@ -66,31 +66,27 @@ impl TopicClient {
         read(&self.current).client.clone()
     }
 
-    /// Hands `message` (with ordering key `key`) to the current client, in call order.
+    /// Hands `message` to the current client, in call order.
     ///
-    /// A key the client did not serve yet, past [`MAX_KEYS_PER_CLIENT`], replaces the client:
-    /// the replaced one is flushed on a task of `finishing` (closing waits for them) and
-    /// dropped. Until it finished, messages with a key are held back and then handed to the new
-    /// client in call order (also when the task ends early: its runtime shut down). Without a
-    /// runtime to flush on, the client serves on.
-    pub(super) fn publish(
-        &self,
-        key: Option<&str>,
-        message: PubsubMessage,
-        finishing: &TaskTracker,
-    ) -> Published {
-        let Some(key) = key.filter(|key| !key.is_empty()) else {
+    /// An ordering key the client did not serve yet, past [`MAX_KEYS_PER_CLIENT`], replaces the
+    /// client: the replaced one is flushed on a task of `finishing` (closing waits for them)
+    /// and dropped. Until it finished, messages with a key are held back and then handed to
+    /// the new client in call order (also when the task ends early: its runtime shut down).
+    /// Without a runtime to flush on, the client serves on.
+    pub(super) fn publish(&self, message: PubsubMessage, finishing: &TaskTracker) -> Published {
+        if message.ordering_key.is_empty() {
             return Published::Now(read(&self.current).client.publish(message));
-        };
+        }
         {
             // Published under the lock (a send to the client's queue): a replacement cannot
             // come between choosing the client and handing it the message.
             let current = read(&self.current);
-            if current.held.is_none() && current.keys.contains(key) {
+            if current.held.is_none() && current.keys.contains(message.ordering_key.as_str()) {
                 return Published::Now(current.client.publish(message));
             }
         }
         let mut current = write(&self.current);
+        let key = message.ordering_key.as_str();
         if current.held.is_none()
             && current.keys.len() >= MAX_KEYS_PER_CLIENT
             && !current.keys.contains(key)
@@ -102,10 +98,7 @@ impl TopicClient {
             held.push(Held { message, published });
             return Published::Held(answer);
         }
-        if !current.keys.contains(key) {
-            current.keys.insert(key.into());
-        }
-        Published::Now(current.client.publish(message))
+        Published::Now(current.serve(message))
     }
 
     /// Puts a new client in place and flushes the replaced one on a task, which then hands
@@ -137,13 +130,20 @@ impl Drop for Release {
         let mut current = write(&self.0);
         let current = &mut *current;
         for Held { message, published } in current.held.take().unwrap_or_default() {
-            let key = message.ordering_key.as_str();
-            if !key.is_empty() && !current.keys.contains(key) {
-                current.keys.insert(key.into());
-            }
             // A dropped receiver: its confirmation was dropped, as it may be.
-            let _ = published.send(current.client.publish(message));
+            let _ = published.send(current.serve(message));
         }
+    }
+}
+
+impl Current {
+    /// Publishes `message` on the client, counting its ordering key among those served.
+    fn serve(&mut self, message: PubsubMessage) -> PublishFuture {
+        let key = message.ordering_key.as_str();
+        if !key.is_empty() && !self.keys.contains(key) {
+            self.keys.insert(key.into());
+        }
+        self.client.publish(message)
     }
 }
 

@@ -212,11 +212,9 @@ impl Publishers {
     }
 
     fn publish(self: &Arc<Self>, publisher: Arc<TopicPublisher>, message: Message) -> Confirmation {
-        let published = publisher.client.publish(
-            message.key.as_deref(),
-            to_pubsub(&message),
-            &self.background,
-        );
+        let published = publisher
+            .client
+            .publish(to_pubsub(&message), &self.background);
         let this = Arc::clone(self);
         // The confirmation of every message in flight lives until its answer: keep it small
         // and box the rarely needed retry state separately.
