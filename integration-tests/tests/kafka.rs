@@ -217,6 +217,86 @@ async fn records_from_other_programs_are_delivered() {
     .await;
 }
 
+/// A member at its read limit (its one slot taken by a delivery it keeps, its stream not read)
+/// still answers a rebalance: a member joining its group gets its share of the partitions
+/// within seconds, not after `max.poll.interval.ms` (5 minutes) took the first one out of the
+/// group; the first reads on from where it stopped once it settles; nothing is lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_at_its_limit_lets_the_group_rebalance() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("member_at_limit", async {
+        let backend = backend(&harness.live.address, true).await.unwrap();
+        let topic = unique("limit");
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).partitions(2))
+            .await
+            .unwrap();
+        let total = 40;
+        let mut confirmations = Vec::new();
+        for i in 0..total {
+            let message = Message::new(format!("m{i}")).with_key(format!("k{i}"));
+            confirmations.push(backend.send(&topic, message).await.unwrap());
+        }
+        futures::future::try_join_all(confirmations).await.unwrap();
+
+        let mut first = backend
+            .subscribe(SubscribeRequest::new(&topic, "g").max_in_flight(1))
+            .await
+            .unwrap();
+        let held = tokio::time::timeout(Duration::from_secs(60), first.next())
+            .await
+            .expect("delivered in time")
+            .unwrap()
+            .unwrap();
+        let mut seen = std::collections::BTreeSet::new();
+        seen.insert(String::from_utf8(held.payload.to_vec()).unwrap());
+        // From here the first stream is not read until the second member has its share.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let mut second = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        let joined = Instant::now();
+        let delivery = tokio::time::timeout(Duration::from_secs(30), second.next())
+            .await
+            .expect("the joining member got nothing in 30 s: the rebalance waited for the member at its limit")
+            .unwrap()
+            .unwrap();
+        eprintln!("the joining member got its first message after {:?}", joined.elapsed());
+        seen.insert(String::from_utf8(delivery.payload.to_vec()).unwrap());
+        delivery.ack().await.unwrap();
+        held.ack().await.unwrap();
+
+        let mut read_by_first = 0;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while seen.len() < total {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (delivery, from_first) = tokio::time::timeout(left, async {
+                tokio::select! {
+                    Some(item) = first.next() => (item, true),
+                    Some(item) = second.next() => (item, false),
+                }
+            })
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {total} messages arrived", seen.len()));
+            let delivery = delivery.unwrap();
+            read_by_first += usize::from(from_first);
+            seen.insert(String::from_utf8(delivery.payload.to_vec()).unwrap());
+            delivery.ack().await.unwrap();
+        }
+        assert!(
+            read_by_first > 0,
+            "the first member read nothing after it settled its delivery"
+        );
+        first.close().await.unwrap();
+        second.close().await.unwrap();
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
 /// Two members of one group on a 4-partition topic, one after the other: when the first leaves
 /// mid-stream with deliveries unacknowledged, the second gets them and everything else;
 /// what the first acknowledged before its first unacknowledged delivery of each partition was

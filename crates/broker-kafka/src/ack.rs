@@ -28,6 +28,7 @@ use broker_api::offsets::OffsetTracker;
 use broker_api::{AckKey, AckTable, Acker, Result, Settlement};
 
 use crate::error::closed;
+use crate::keep_alive::Polling;
 
 /// How many offsets the tracker keeps at most per `max_in_flight` slot (16 bytes each): how
 /// far a subscription reads on past a delivery left unsettled.
@@ -50,6 +51,8 @@ pub(crate) struct Shared {
     state: Mutex<AckState>,
     /// The task reading the subscription: woken when a slot frees, on new records, on stop.
     reader: AtomicWaker,
+    /// Whether the stream or the keeper polls the consumer.
+    polling: Polling,
 }
 
 #[derive(Default)]
@@ -130,6 +133,7 @@ impl Shared {
             epoch_changes: AtomicU64::new(0),
             state: Mutex::new(AckState::default()),
             reader: AtomicWaker::new(),
+            polling: Polling::default(),
         }
     }
 
@@ -145,6 +149,11 @@ impl Shared {
     /// The consumer group.
     pub(crate) fn group(&self) -> &str {
         &self.group
+    }
+
+    /// Whether the stream or the keeper polls the consumer.
+    pub(crate) fn polling(&self) -> &Polling {
+        &self.polling
     }
 
     // ----- reader side -----
@@ -330,6 +339,21 @@ impl Shared {
         }
     }
 
+    /// Record `offset` of `partition` was read but cannot be handed out (the keeper polled it
+    /// while the partition was meant to be paused): the partition is rewound as for a nack of
+    /// it, so that it is read again. Nothing happens for a partition this member does not own.
+    pub(crate) fn read_again(&self, partition: i32, offset: i64) {
+        {
+            let mut state = self.state();
+            if state.closed || state.epochs.get(partition).is_none() {
+                return;
+            }
+            self.rewind(&mut state, partition, offset);
+        }
+        self.epochs_changed();
+        self.wake_reader();
+    }
+
     /// Closes the bookkeeping: returns the position to commit for every partition that had
     /// deliveries; later settlements fail with `Closed`.
     pub(crate) fn close(&self) -> Vec<(i32, i64)> {
@@ -377,19 +401,25 @@ impl Shared {
             let Some(partition) = state.epochs.partition_of(epoch) else {
                 return Ok(());
             };
-            let from = state
-                .tracker
-                .committable(partition)
-                .map_or(offset, |oldest| oldest.min(offset));
-            state.tracker.forget(partition);
-            let epoch = state.new_epoch();
-            state.epochs.insert(partition, epoch);
-            state.rewinds.push((partition, from));
-            self.note_tracked(&state);
+            self.rewind(&mut state, partition, offset);
         }
         self.epochs_changed();
         self.wake_reader();
         Ok(())
+    }
+
+    /// Rewinds `partition` to its oldest unsettled offset, or `offset` if that is older: the
+    /// deliveries handed out since are of an old epoch (their settlements do nothing).
+    fn rewind(&self, state: &mut AckState, partition: i32, offset: i64) {
+        let from = state
+            .tracker
+            .committable(partition)
+            .map_or(offset, |oldest| oldest.min(offset));
+        state.tracker.forget(partition);
+        let epoch = state.new_epoch();
+        state.epochs.insert(partition, epoch);
+        state.rewinds.push((partition, from));
+        self.note_tracked(state);
     }
 
     /// Gives a settled or dropped delivery's slot back.
@@ -566,6 +596,25 @@ mod tests {
         let again = shared.admit(0, 4).unwrap();
         ack(again).unwrap();
         assert_eq!(shared.take_moved(), [(0, 5)]);
+    }
+
+    #[test]
+    fn a_record_read_while_paused_is_read_again_after_what_is_unsettled() {
+        let shared = Arc::new(Shared::new("t", "g", 10));
+        shared.assigned(&[0, 1]);
+        let unsettled = shared.admit(0, 3).unwrap();
+        ack(shared.admit(0, 4).unwrap()).unwrap();
+        // Partition 0 from its oldest unsettled offset; partition 1 from the record itself;
+        // partition 2 is not this member's.
+        shared.read_again(0, 5);
+        shared.read_again(1, 7);
+        shared.read_again(2, 1);
+        assert_eq!(shared.take_rewinds(), [(0, 3), (1, 7)]);
+        ack(unsettled).unwrap();
+        assert!(
+            shared.take_moved().is_empty(),
+            "an ack of the old epoch moved nothing"
+        );
     }
 
     #[test]

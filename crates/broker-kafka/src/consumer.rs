@@ -4,8 +4,9 @@
 //! offsets of revoked partitions are committed there, asynchronously, and librdkafka finishes
 //! those commits before the group rebalances), reads while fewer than `max_in_flight`
 //! deliveries are unsettled, stores the handled prefix of each partition (committed by
-//! librdkafka every `auto.commit.interval.ms`) and rewinds partitions on nack. Closing commits
-//! synchronously and leaves the group on a thread of its own.
+//! librdkafka every `auto.commit.interval.ms`) and rewinds partitions on nack. While the stream
+//! does not read, [`keep_alive`](crate::keep_alive) polls the consumer with its partitions
+//! paused. Closing commits synchronously and leaves the group on a thread of its own.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,12 +18,14 @@ use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
 use crate::ack::Shared;
 use crate::context::ClientLog;
 use crate::error::{from_kafka, BACKEND};
 use crate::inbound::{self, PayloadBuffer};
+use crate::keep_alive;
 
 /// How often handled offsets are stored at most (librdkafka commits stored offsets later).
 pub(crate) const STORE_INTERVAL: Duration = Duration::from_millis(100);
@@ -85,12 +88,13 @@ impl ConsumerContext for Hooks {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
             let partitions = self.partitions(list);
             tracing::info!(topic = %self.shared.topic(), group = self.shared.group(), ?partitions,
                 "partitions assigned");
             self.shared.assigned(&partitions);
+            keep_alive::assigned(consumer, &self.shared, list);
         }
     }
 
@@ -252,23 +256,28 @@ pub(crate) fn read_ready(
                 }
             }
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                return Err(Error::new(
-                    ErrorKind::Other,
-                    format!(
-                        "the consumer of group {} on topic {} failed and cannot continue",
-                        shared.group(),
-                        shared.topic()
-                    ),
-                )
-                .backend(BACKEND)
-                .operation("consume")
-                .source(KafkaError::MessageConsumptionFatal(code)));
+                return Err(fatal(shared, code));
             }
             // Transient: logged by the client context; librdkafka retries by itself.
             Some(Err(_)) => empty_polls = 0,
         }
     }
     Ok(read)
+}
+
+/// The error ending a subscription whose consumer failed for good.
+pub(crate) fn fatal(shared: &Shared, code: RDKafkaErrorCode) -> Error {
+    Error::new(
+        ErrorKind::Other,
+        format!(
+            "the consumer of group {} on topic {} failed and cannot continue",
+            shared.group(),
+            shared.topic()
+        ),
+    )
+    .backend(BACKEND)
+    .operation("consume")
+    .source(KafkaError::MessageConsumptionFatal(code))
 }
 
 /// Does the rewinds nacks asked for: store the rewind point, seek back to it (without

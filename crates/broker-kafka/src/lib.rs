@@ -52,14 +52,14 @@
 //!   unsettled (a hung handler, a message a manual subscriber keeps) it reads on, since later
 //!   deliveries settle and free their slots, but no further than 64 times `max_in_flight`
 //!   messages: their offsets wait to be committed after it.
-//! - A subscription's consumer is driven by reading its stream (no extra thread, no hand-off):
-//!   rebalances are served while the stream is read and may read (at either limit above it
-//!   polls nothing: a rebalance waits for the acknowledgement that frees a slot, or settles
-//!   the delivery the others wait behind, and a member held at a limit for longer than
-//!   `max.poll.interval.ms` leaves the group as below). A member whose stream is not read for
-//!   longer than `max.poll.interval.ms` (5 minutes by default) is taken out of the group by
-//!   librdkafka; its unacknowledged messages go to the other members, and it rejoins when read
-//!   again.
+//! - A subscription's consumer is driven by reading its stream (no extra thread, no hand-off).
+//!   While the stream does not read — at either limit above, or while the application does
+//!   not ask for the next delivery — a task looks every second: it pauses the member's
+//!   partitions and polls the consumer for rebalances and commit results, so that a member
+//!   held at its limits (a message retried for minutes, say) lets its group rebalance within
+//!   seconds and stays in it; reading again resumes the partitions, from the record after the
+//!   last one handed out. A handler that never returns thus keeps its partition's commits
+//!   behind it, as with Kafka's own consumers used this way: bound handlers in time.
 //! - A new group reads from the earliest retained message, or, with `StartFrom::Latest`, from
 //!   the end of each partition at the time `subscribe` was called. The start position is also
 //!   librdkafka's `auto.offset.reset`: a group whose committed position is no longer in the
@@ -74,6 +74,7 @@ mod context;
 mod delivery;
 mod error;
 mod inbound;
+mod keep_alive;
 mod provision;
 mod publisher;
 mod subscriber;

@@ -3,7 +3,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, TryLockError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use crate::config::KafkaConfig;
 use crate::consumer::{self, Hooks, KafkaConsumer, STORE_INTERVAL};
 use crate::error::{from_kafka, BACKEND};
 use crate::inbound::PayloadBuffer;
+use crate::keep_alive;
 
 /// How long an idle stream sleeps at most before it looks again by itself: bounds how late
 /// handled offsets are stored while nothing arrives.
@@ -32,9 +33,10 @@ const FIRST_IDLE_CHECK: Duration = Duration::from_millis(1);
 
 /// One subscription's consumer, and its closing.
 ///
-/// The consumer sits behind a mutex only so that closing can take it away from the stream:
-/// the stream holds the lock while it polls (without blocking), closing takes the consumer to a
-/// thread of its own, commits and leaves the group there.
+/// The consumer sits behind a mutex so that closing can take it away from the stream, and the
+/// keeper poll it while the stream does not: the stream and the keeper hold the lock while they
+/// poll (without blocking), closing takes the consumer to a thread of its own, commits and
+/// leaves the group there.
 pub(crate) struct Subscription {
     consumer: Mutex<Option<KafkaConsumer>>,
     shared: Arc<Shared>,
@@ -73,6 +75,23 @@ impl Subscription {
             tracing::warn!(topic = %self.shared.topic(), group = self.shared.group(), %error,
                 "cannot start a thread to close the consumer; it left its group on the calling thread");
             self.closed.send_replace(true);
+        }
+    }
+
+    /// One look of the keeper ([`keep_alive`]); false once the subscription is closing.
+    pub(crate) fn keep_alive(&self) -> bool {
+        let guard = match self.consumer.try_lock() {
+            Ok(guard) => guard,
+            // The stream is reading.
+            Err(TryLockError::WouldBlock) => return true,
+            Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
+        };
+        match guard.as_ref() {
+            Some(consumer) if !self.shared.is_stopping() => {
+                keep_alive::look(consumer, &self.shared);
+                true
+            }
+            _ => false,
         }
     }
 
@@ -131,6 +150,7 @@ pub(crate) async fn open(
         shared: shared.clone(),
         closed: watch::Sender::new(false),
     });
+    keep_alive::spawn(&subscription);
     let stream = KafkaStream {
         subscription: subscription.clone(),
         shared,
@@ -190,6 +210,11 @@ impl KafkaStream {
         }
         if room == 0 {
             return Some(Ok(0));
+        }
+        match keep_alive::resume(consumer, &self.shared) {
+            Ok(true) => {}
+            Ok(false) => return Some(Ok(0)),
+            Err(error) => return Some(Err(error)),
         }
         self.epoch_changes = self.shared.epoch_changes();
         Some(consumer::read_ready(
