@@ -408,17 +408,20 @@ impl Shared {
         Ok(())
     }
 
-    /// Rewinds `partition` to its oldest unsettled offset, or `offset` if that is older: the
-    /// deliveries handed out since are of an old epoch (their settlements do nothing).
+    /// Rewinds `partition` to its oldest unsettled offset (or the rewind still pending), or
+    /// `offset` if that is older: the deliveries handed out since are of an old epoch (their
+    /// settlements do nothing).
     fn rewind(&self, state: &mut AckState, partition: i32, offset: i64) {
         let from = state
-            .tracker
             .committable(partition)
             .map_or(offset, |oldest| oldest.min(offset));
         state.tracker.forget(partition);
         let epoch = state.new_epoch();
         state.epochs.insert(partition, epoch);
-        state.rewinds.push((partition, from));
+        match state.rewinds.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, pending)) => *pending = from,
+            None => state.rewinds.push((partition, from)),
+        }
         self.note_tracked(state);
     }
 
@@ -608,6 +611,7 @@ mod tests {
         // partition 2 is not this member's.
         shared.read_again(0, 5);
         shared.read_again(1, 7);
+        shared.read_again(1, 8);
         shared.read_again(2, 1);
         assert_eq!(shared.take_rewinds(), [(0, 3), (1, 7)]);
         ack(unsettled).unwrap();
@@ -615,6 +619,16 @@ mod tests {
             shared.take_moved().is_empty(),
             "an ack of the old epoch moved nothing"
         );
+    }
+
+    #[test]
+    fn a_rewind_pending_is_not_moved_forward_by_a_later_one() {
+        let shared = Arc::new(Shared::new("t", "g", 10));
+        shared.assigned(&[0]);
+        let first = shared.admit(0, 3).unwrap();
+        nack(first).unwrap();
+        shared.read_again(0, 9);
+        assert_eq!(shared.take_rewinds(), [(0, 3)]);
     }
 
     #[test]

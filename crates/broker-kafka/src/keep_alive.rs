@@ -7,11 +7,12 @@
 //! poll it, and a rebalance of the whole group would wait — for as long as one message is
 //! retried, say — until the member is taken out of the group after `max.poll.interval.ms`.
 //!
-//! So a task looks every [`INTERVAL`]: when the stream did not read since the last look, it
-//! pauses the member's partitions and polls the consumer for its events (rebalances, commit
-//! results), as Kafka's own consumers are meant to be used with long handlers. The stream
-//! resumes the partitions when it reads again; records fetched before the pause are dropped
-//! by librdkafka and fetched again from the last one handed out.
+//! So a task looks every [`INTERVAL`]: when the stream did not read (nor hand out a delivery)
+//! since the last look, it pauses the member's partitions and polls the consumer for its events
+//! (rebalances, commit results), as Kafka's own consumers are meant to be used with long
+//! handlers. The stream resumes the partitions when it reads again; records fetched before the
+//! pause are dropped by librdkafka and fetched again from the last one handed out. The task
+//! ends when the subscription closes, or its consumer failed for good.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
@@ -32,8 +33,8 @@ use crate::subscriber::Subscription;
 /// rebalance within about twice this.
 pub(crate) const INTERVAL: Duration = Duration::from_secs(1);
 
-/// The most events served in one look: a look stays short even if records keep coming.
-const MAX_POLLS: usize = 64;
+/// Polls in one look: events (a rebalance, commit results) come one a poll.
+const POLLS: usize = 16;
 
 /// Who polls the consumer: the stream, or the keeper while the stream does not read.
 #[derive(Default)]
@@ -48,9 +49,22 @@ pub(crate) struct Polling {
 }
 
 impl Polling {
+    /// The stream read the consumer, or handed out a delivery it had read.
+    pub(crate) fn note_read(&self) {
+        self.read.store(true, Ordering::Release);
+    }
+
     /// Whether the stream read since the last call.
     fn take_read(&self) -> bool {
         self.read.swap(false, Ordering::AcqRel)
+    }
+
+    /// Fails with the fatal consumer error the keeper polled, if it did.
+    pub(crate) fn check_fatal(&self, shared: &Shared) -> Result<()> {
+        match self.fatal.get() {
+            Some(&code) => Err(consumer::fatal(shared, code)),
+            None => Ok(()),
+        }
     }
 
     fn is_held(&self) -> bool {
@@ -77,10 +91,14 @@ async fn keep(subscription: Weak<Subscription>) {
 }
 
 /// One look of the keeper: when the stream did not read since the last one, pauses the
-/// assignment (once) and serves the consumer's events.
-pub(crate) fn look(consumer: &KafkaConsumer, shared: &Shared) {
+/// assignment (once) and serves the consumer's events. False once the consumer failed for
+/// good (the stream reports it): nothing is left to keep.
+pub(crate) fn look(consumer: &KafkaConsumer, shared: &Shared) -> bool {
+    if shared.polling().fatal.get().is_some() {
+        return false;
+    }
     if shared.polling().take_read() {
-        return;
+        return true;
     }
     if !shared.polling().is_held() {
         let paused = consumer
@@ -89,26 +107,23 @@ pub(crate) fn look(consumer: &KafkaConsumer, shared: &Shared) {
         if let Err(error) = paused {
             tracing::warn!(topic = %shared.topic(), group = shared.group(), %error,
                 "cannot pause the partitions of a subscription that is not read; its consumer is not polled until it is");
-            return;
+            return true;
         }
         shared.polling().held.store(true, Ordering::Release);
         tracing::debug!(topic = %shared.topic(), group = shared.group(),
             "subscription not read: partitions paused, consumer polled for its events");
     }
     serve_events(consumer, shared);
+    true
 }
 
 /// Before the stream reads: resumes the partitions the keeper paused; says whether the stream
-/// may read (not while this fails: it is tried again at its next read). Fails with the fatal
-/// error the keeper polled, if it did.
-pub(crate) fn resume(consumer: &KafkaConsumer, shared: &Shared) -> Result<bool> {
+/// may read (not while this fails: it is tried again at its next read).
+pub(crate) fn resume(consumer: &KafkaConsumer, shared: &Shared) -> bool {
     let polling = shared.polling();
-    polling.read.store(true, Ordering::Release);
-    if let Some(&code) = polling.fatal.get() {
-        return Err(consumer::fatal(shared, code));
-    }
+    polling.note_read();
     if !polling.is_held() {
-        return Ok(true);
+        return true;
     }
     let resumed = consumer
         .assignment()
@@ -117,12 +132,12 @@ pub(crate) fn resume(consumer: &KafkaConsumer, shared: &Shared) -> Result<bool> 
         Ok(()) => {
             polling.held.store(false, Ordering::Release);
             tracing::debug!(topic = %shared.topic(), group = shared.group(), "partitions resumed");
-            Ok(true)
+            true
         }
         Err(error) => {
             tracing::warn!(topic = %shared.topic(), group = shared.group(), %error,
                 "cannot resume the paused partitions; trying again at the next read");
-            Ok(false)
+            false
         }
     }
 }
@@ -142,31 +157,26 @@ pub(crate) fn assigned(consumer: &KafkaConsumer, shared: &Shared, list: &TopicPa
     }
 }
 
-/// Polls without blocking until nothing is left (or [`MAX_POLLS`]). A record is not expected
-/// (its partition is paused); should one come, it is read again later, like a nacked one.
+/// Polls [`POLLS`] times without blocking: a poll that serves an event returns nothing, like
+/// one that finds nothing, so emptiness cannot be told. A record is not expected (its partition
+/// is paused); should one come, it is read again later, like a nacked one.
 fn serve_events(consumer: &KafkaConsumer, shared: &Shared) {
-    let mut empty_polls = 0;
-    for _ in 0..MAX_POLLS {
+    for _ in 0..POLLS {
         match consumer.poll(Duration::ZERO) {
-            None => {
-                empty_polls += 1;
-                if empty_polls == 2 {
-                    return;
-                }
-            }
+            None => {}
             Some(Ok(record)) => {
-                empty_polls = 0;
                 tracing::debug!(topic = %shared.topic(), partition = record.partition(),
                     offset = record.offset(), "record read while paused; it is read again later");
                 shared.read_again(record.partition(), record.offset());
             }
             Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                // Reported by the stream's next read.
                 let _ = shared.polling().fatal.set(code);
+                // The stream reports it.
+                shared.wake_reader();
                 return;
             }
             // Transient: logged by the client context; librdkafka retries by itself.
-            Some(Err(_)) => empty_polls = 0,
+            Some(Err(_)) => {}
         }
     }
 }

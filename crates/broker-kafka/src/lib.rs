@@ -52,14 +52,17 @@
 //!   unsettled (a hung handler, a message a manual subscriber keeps) it reads on, since later
 //!   deliveries settle and free their slots, but no further than 64 times `max_in_flight`
 //!   messages: their offsets wait to be committed after it.
-//! - A subscription's consumer is driven by reading its stream (no extra thread, no hand-off).
-//!   While the stream does not read — at either limit above, or while the application does
-//!   not ask for the next delivery — a task looks every second: it pauses the member's
-//!   partitions and polls the consumer for rebalances and commit results, so that a member
-//!   held at its limits (a message retried for minutes, say) lets its group rebalance within
-//!   seconds and stays in it; reading again resumes the partitions, from the record after the
-//!   last one handed out. A handler that never returns thus keeps its partition's commits
-//!   behind it, as with Kafka's own consumers used this way: bound handlers in time.
+//! - A subscription's consumer is polled by its stream as it reads (records go from librdkafka
+//!   to the handler on the reading task, no hand-off). While the stream does not read — at
+//!   either limit above, while the application does not ask for the next delivery, or while
+//!   a closing subscription lets its handlers finish — a task looks every second: it pauses
+//!   the member's partitions and polls the consumer for rebalances and commit results, so that
+//!   a member held at its limits (a message retried for minutes, say) lets its group rebalance
+//!   within seconds and stays in it; reading again resumes the partitions, from the record
+//!   after the last one handed out. So a member is not taken out of its group for being slow
+//!   (`max.poll.interval.ms` does not apply): a handler that never returns keeps its
+//!   partition, and that partition's commits, behind it, as does a stream kept but never read
+//!   again (dropping it closes the subscription). Bound handlers in time.
 //! - A new group reads from the earliest retained message, or, with `StartFrom::Latest`, from
 //!   the end of each partition at the time `subscribe` was called. The start position is also
 //!   librdkafka's `auto.offset.reset`: a group whose committed position is no longer in the

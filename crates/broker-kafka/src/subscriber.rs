@@ -35,8 +35,9 @@ const FIRST_IDLE_CHECK: Duration = Duration::from_millis(1);
 ///
 /// The consumer sits behind a mutex so that closing can take it away from the stream, and the
 /// keeper poll it while the stream does not: the stream and the keeper hold the lock while they
-/// poll (without blocking), closing takes the consumer to a thread of its own, commits and
-/// leaves the group there.
+/// poll (without waiting for records; pausing and resuming wait briefly for librdkafka's
+/// threads), closing takes the consumer to a thread of its own, commits and leaves the group
+/// there.
 pub(crate) struct Subscription {
     consumer: Mutex<Option<KafkaConsumer>>,
     shared: Arc<Shared>,
@@ -78,7 +79,8 @@ impl Subscription {
         }
     }
 
-    /// One look of the keeper ([`keep_alive`]); false once the subscription is closing.
+    /// One look of the keeper ([`keep_alive`]); false once there is nothing left to keep (the
+    /// consumer was closed, or failed for good).
     pub(crate) fn keep_alive(&self) -> bool {
         let guard = match self.consumer.try_lock() {
             Ok(guard) => guard,
@@ -87,11 +89,8 @@ impl Subscription {
             Err(TryLockError::Poisoned(poisoned)) => poisoned.into_inner(),
         };
         match guard.as_ref() {
-            Some(consumer) if !self.shared.is_stopping() => {
-                keep_alive::look(consumer, &self.shared);
-                true
-            }
-            _ => false,
+            Some(consumer) => keep_alive::look(consumer, &self.shared),
+            None => false,
         }
     }
 
@@ -208,13 +207,11 @@ impl KafkaStream {
             consumer::store(consumer, &self.shared, &self.shared.take_moved());
             self.last_store = Instant::now();
         }
-        if room == 0 {
-            return Some(Ok(0));
+        if let Err(error) = self.shared.polling().check_fatal(&self.shared) {
+            return Some(Err(error));
         }
-        match keep_alive::resume(consumer, &self.shared) {
-            Ok(true) => {}
-            Ok(false) => return Some(Ok(0)),
-            Err(error) => return Some(Err(error)),
+        if room == 0 || !keep_alive::resume(consumer, &self.shared) {
+            return Some(Ok(0));
         }
         self.epoch_changes = self.shared.epoch_changes();
         Some(consumer::read_ready(
@@ -239,6 +236,7 @@ impl Stream for KafkaStream {
             }
             this.drop_stale();
             if let Some((_, delivery)) = this.batch.pop_front() {
+                this.shared.polling().note_read();
                 return Poll::Ready(Some(Ok(delivery)));
             }
             let room = this.shared.room();
