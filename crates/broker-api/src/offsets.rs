@@ -41,7 +41,7 @@ impl PartitionOffsets {
             }
             _ => self.window.push_back((offset, false)),
         }
-        self.next = self.next.max(offset + 1);
+        self.next = self.next.max(offset.saturating_add(1));
     }
 
     /// Marks `offset` handled; returns whether the oldest unacknowledged offset moved.

@@ -63,9 +63,10 @@ impl Admin {
         name: &str,
         partitions: Option<u32>,
     ) -> Result<()> {
-        let partitions = partitions
-            .or(self.partitions)
-            .map_or(-1, |p| i32::try_from(p).unwrap_or(i32::MAX));
+        let partitions = match partitions.or(self.partitions) {
+            Some(count) => partition_count(&format!("partitions of topic {name}"), count)?,
+            None => -1,
+        };
         let replication = self.replication_factor.map_or(-1, i32::from);
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(replication));
         let results = self
@@ -203,6 +204,17 @@ impl Admin {
         tokio::task::spawn_blocking(call)
             .await
             .unwrap_or(Err(KafkaError::Canceled))
+    }
+}
+
+/// A partition count as Kafka takes it (a positive 32-bit number); the error names `key`.
+pub(crate) fn partition_count(key: &str, count: u32) -> Result<i32> {
+    match i32::try_from(count) {
+        Ok(count) if count > 0 => Ok(count),
+        _ => Err(Error::config(format!(
+            "{key} = {count}: expected 1 to {}, or leave it out for the broker default",
+            i32::MAX
+        ))),
     }
 }
 

@@ -227,10 +227,8 @@ impl KafkaConfig {
         ] {
             check_timeout(name, value)?;
         }
-        if self.partitions == Some(0) {
-            return Err(Error::config(
-                "kafka.partitions = 0: expected at least 1, or leave it out for the broker default",
-            ));
+        if let Some(partitions) = self.partitions {
+            crate::admin::partition_count("kafka.partitions", partitions)?;
         }
         if self.replication_factor == Some(0) {
             return Err(Error::config(
@@ -251,9 +249,14 @@ impl KafkaConfig {
             }
         }
         if let Some(value) = self.properties.get(MESSAGE_MAX_BYTES.0) {
-            if value.trim().parse::<usize>().is_err() {
+            if value
+                .trim()
+                .parse::<usize>()
+                .map_or(true, |bytes| bytes <= PAYLOAD_HEADROOM)
+            {
                 return Err(Error::config(format!(
-                    "kafka.properties.\"{}\" = {value:?}: expected a number of bytes",
+                    "kafka.properties.\"{}\" = {value:?}: expected a number of bytes above \
+                     {PAYLOAD_HEADROOM} (the room kept for a message's key and headers)",
                     MESSAGE_MAX_BYTES.0
                 )));
             }
@@ -594,6 +597,18 @@ mod tests {
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("kafka.partitions"), "{err}");
+        let config = KafkaConfig {
+            partitions: Some(3_000_000_000),
+            ..KafkaConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.partitions = 3000000000"), "{err}");
+        let mut config = KafkaConfig::default();
+        config
+            .properties
+            .insert("message.max.bytes".into(), "3000".into());
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("\"message.max.bytes\" = \"3000\""), "{err}");
         let config = KafkaConfig {
             connect_timeout: Duration::ZERO,
             ..KafkaConfig::default()

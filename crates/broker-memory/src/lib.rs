@@ -183,7 +183,8 @@ impl MemoryBackend {
             return Err(Error::new(
                 ErrorKind::Rejected,
                 format!(
-                    "message of {} bytes is larger than the limit of {} bytes",
+                    "payload of {} bytes to topic {topic} is larger than the limit of {} bytes \
+                     (memory.max_payload_bytes)",
                     message.payload.len(),
                     self.max_payload_bytes
                 ),

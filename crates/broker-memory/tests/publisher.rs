@@ -109,3 +109,34 @@ async fn clones_of_a_publisher_share_its_topic() {
         .await;
     assert_eq!(values, ["one", "two"]);
 }
+
+/// A payload over `memory.max_payload_bytes` is refused with an error naming its topic and the
+/// setting; the next one goes through.
+#[tokio::test]
+async fn an_oversized_payload_is_refused_naming_topic_and_setting() {
+    let config = MemoryConfig {
+        max_payload_bytes: 8,
+        ..MemoryConfig::default()
+    };
+    let broker = Broker::new(MemoryBackend::with_instance(
+        MemoryInstance::new().into(),
+        &config,
+        ConnectOptions::default(),
+    ));
+    let topic = Topic::<String>::text("orders");
+    let err = broker
+        .publisher(&topic)
+        .publish(&"nine bytes".to_owned())
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Rejected);
+    let text = err.to_string();
+    assert!(text.contains("orders"), "{text}");
+    assert!(text.contains("memory.max_payload_bytes"), "{text}");
+    broker
+        .publisher(&topic)
+        .publish(&"ok".to_owned())
+        .await
+        .unwrap();
+    assert_eq!(first_value(&broker, &topic).await, "ok");
+}

@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use broker_api::{Headers, Message, MessageId, Metadata, Position, PubSubPosition};
 use bytes::Bytes;
@@ -154,7 +154,10 @@ pub(crate) fn from_pubsub(
     metadata.headers = headers;
     let ordering_key = (!ordering_key.is_empty()).then_some(ordering_key);
     metadata.key.clone_from(&ordering_key);
-    metadata.publish_time = publish_time.and_then(|time| SystemTime::try_from(time).ok());
+    // A time before 1970 (a service's bug) is left out, as Kafka's records without one are.
+    metadata.publish_time = publish_time
+        .and_then(|time| SystemTime::try_from(time).ok())
+        .filter(|time| *time >= UNIX_EPOCH);
     metadata.attempt = delivery_attempt
         .filter(|attempt| *attempt > 0)
         .and_then(|attempt| u32::try_from(attempt).ok());
@@ -240,6 +243,16 @@ mod tests {
                 ordering_key: Some("k".into())
             }))
         );
+    }
+
+    #[test]
+    fn a_publish_time_before_1970_is_left_out() {
+        let before = SystemTime::UNIX_EPOCH - std::time::Duration::from_secs(5);
+        let message = PubsubMessage::new()
+            .set_message_id("server-1")
+            .set_publish_time(google_cloud_wkt::Timestamp::try_from(before).unwrap());
+        let (_, metadata) = from_pubsub(&Arc::from("t"), message, None);
+        assert_eq!(metadata.publish_time, None);
     }
 
     #[test]

@@ -209,7 +209,9 @@ impl RabbitMqConfig {
             ("connect_timeout", self.connect_timeout),
             ("retry_timeout", self.retry_timeout),
             ("publish_timeout", self.publish_timeout),
+            ("close_timeout", self.close_timeout),
             ("reconnect.min_backoff", self.reconnect.min_backoff),
+            ("reconnect.max_backoff", self.reconnect.max_backoff),
         ] {
             check_timeout(&format!("rabbitmq.{key}"), value)?;
         }
@@ -372,7 +374,7 @@ mod tests {
     #[test]
     fn invalid_values_name_the_key() {
         type Change = fn(&mut RabbitMqConfig);
-        let cases: [(&str, Change); 6] = [
+        let cases: [(&str, Change); 8] = [
             ("rabbitmq.confirm_window", |c| c.confirm_window = 0),
             ("rabbitmq.publish_timeout", |c| {
                 c.publish_timeout = Duration::ZERO
@@ -385,6 +387,12 @@ mod tests {
                 c.reconnect.min_backoff = Duration::from_secs(60)
             }),
             ("rabbitmq.max_message_size", |c| c.max_message_size = 0),
+            ("rabbitmq.close_timeout", |c| {
+                c.close_timeout = Duration::ZERO
+            }),
+            ("rabbitmq.reconnect.max_backoff", |c| {
+                c.reconnect.max_backoff = Duration::from_secs(400 * 24 * 3600)
+            }),
         ];
         for (key, change) in cases {
             let mut config = RabbitMqConfig::default();

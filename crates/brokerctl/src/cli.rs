@@ -153,7 +153,7 @@ pub struct BenchArgs {
     #[arg(long, short, default_value = "brokerctl-bench")]
     pub group: String,
     /// Handler calls at once in the consumer (default: `subscriber.concurrency`).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub concurrency: Option<usize>,
     /// Give up when not every message arrived after this long.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
@@ -216,5 +216,13 @@ mod tests {
         assert!(parse_header("=x").is_err());
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn a_bench_concurrency_of_zero_is_refused_as_an_argument() {
+        use clap::Parser;
+        let err = Cli::try_parse_from(["brokerctl", "bench", "--concurrency", "0"]).unwrap_err();
+        assert!(err.to_string().contains("--concurrency"), "{err}");
+        assert!(Cli::try_parse_from(["brokerctl", "bench", "--concurrency", "2"]).is_ok());
     }
 }

@@ -176,14 +176,16 @@ pub fn print_line(line: impl fmt::Display) -> anyhow::Result<()> {
     writeln!(std::io::stdout().lock(), "{line}").context("cannot write to stdout")
 }
 
-/// A time as RFC 3339 in UTC with milliseconds; one past the year 9999, which RFC 3339 cannot
-/// write (another program's timestamp), as seconds since the Unix epoch.
+/// A time as RFC 3339 in UTC with milliseconds; one that RFC 3339 cannot write (another
+/// program's timestamp before 1970 or past the year 9999) as seconds from the Unix epoch.
 pub fn time_text(time: SystemTime) -> String {
-    let mut text = String::new();
-    if write!(text, "{}", humantime::format_rfc3339_millis(time)).is_ok() {
-        return text;
-    }
+    /// 10000-01-01T00:00:00Z.
+    const YEAR_10000: u64 = 253_402_300_800;
     match time.duration_since(UNIX_EPOCH) {
+        // humantime's formatting panics before the epoch: checked first.
+        Ok(since) if since.as_secs() < YEAR_10000 => {
+            humantime::format_rfc3339_millis(time).to_string()
+        }
         Ok(since) => format!("{} s after the Unix epoch", since.as_secs()),
         Err(before) => format!("{} s before the Unix epoch", before.duration().as_secs()),
     }
@@ -196,9 +198,11 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn times_past_the_year_9999_are_written_not_panicked_on() {
+    fn times_rfc3339_cannot_write_are_written_not_panicked_on() {
         let far = UNIX_EPOCH + std::time::Duration::from_secs(253_402_300_800);
         assert_eq!(time_text(far), "253402300800 s after the Unix epoch");
+        let early = UNIX_EPOCH - std::time::Duration::from_secs(86_400);
+        assert_eq!(time_text(early), "86400 s before the Unix epoch");
         let ordinary = UNIX_EPOCH + std::time::Duration::from_millis(1_500);
         assert_eq!(time_text(ordinary), "1970-01-01T00:00:01.500Z");
     }

@@ -29,6 +29,18 @@ pub fn check_timeout(key: &str, value: Duration) -> Result<()> {
     Ok(())
 }
 
+/// Checks the delay setting `key`, which may be zero: at most [`MAX_TIMEOUT`]; the error names
+/// the key, the value and the range.
+pub fn check_delay(key: &str, value: Duration) -> Result<()> {
+    if value > MAX_TIMEOUT {
+        return Err(Error::config(format!(
+            "{key} = {}: expected a duration of at most 1 day, such as \"10s\"",
+            humantime::format_duration(value)
+        )));
+    }
+    Ok(())
+}
+
 /// How a subscription reads and handles messages.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -83,6 +95,7 @@ impl SubscriberSettings {
                 "subscriber.concurrency = 0: expected a number of handler calls of at least 1",
             ));
         }
+        check_delay("subscriber.shutdown_timeout", self.shutdown_timeout)?;
         self.retry.validate()
     }
 }
@@ -137,6 +150,8 @@ impl RetryPolicy {
                 "subscriber.retry.max_attempts = 0: expected at least 1 (the first attempt counts)",
             ));
         }
+        check_delay("subscriber.retry.min_backoff", self.min_backoff)?;
+        check_delay("subscriber.retry.max_backoff", self.max_backoff)?;
         if self.min_backoff > self.max_backoff {
             return Err(Error::config(format!(
                 "subscriber.retry.min_backoff = {} is longer than max_backoff = {}",
@@ -179,6 +194,40 @@ mod tests {
             let err = check_timeout("x.timeout", wrong).unwrap_err();
             assert!(err.to_string().contains("x.timeout = "), "{err}");
         }
+    }
+
+    #[test]
+    fn delays_are_at_most_a_day() {
+        let huge = Duration::from_secs(u64::MAX);
+        let policy = RetryPolicy {
+            min_backoff: huge,
+            max_backoff: huge,
+            jitter: 1e-300,
+            ..RetryPolicy::default()
+        };
+        let err = policy.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("subscriber.retry.min_backoff = "),
+            "{err}"
+        );
+        let settings = SubscriberSettings {
+            shutdown_timeout: MAX_TIMEOUT + Duration::from_secs(1),
+            ..SubscriberSettings::default()
+        };
+        let err = settings.validate().unwrap_err();
+        assert!(
+            err.to_string().contains("subscriber.shutdown_timeout = "),
+            "{err}"
+        );
+        let zero = SubscriberSettings {
+            shutdown_timeout: Duration::ZERO,
+            retry: RetryPolicy {
+                min_backoff: Duration::ZERO,
+                ..RetryPolicy::default()
+            },
+            ..SubscriberSettings::default()
+        };
+        assert!(zero.validate().is_ok(), "zero waits are allowed");
     }
 
     #[test]
