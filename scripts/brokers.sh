@@ -77,13 +77,19 @@ apt_install() {
   fi
   # Packaged daemons (rabbitmq-server) would otherwise start on 0.0.0.0 during the install.
   if [[ ! -e $policy ]]; then
+    # Removed however the install ends: left behind, it would keep every later package's
+    # service from starting on this machine.
+    trap 'as_root rm -f /usr/sbin/policy-rc.d' EXIT
     printf '#!/bin/sh\nexit 101\n' | as_root tee "$policy" >/dev/null
     as_root chmod 755 "$policy"
     created_policy=1
   fi
   local rc=0
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "$@" >&2 || rc=$?
-  if [[ -n $created_policy ]]; then as_root rm -f "$policy"; fi
+  if [[ -n $created_policy ]]; then
+    as_root rm -f "$policy"
+    trap - EXIT
+  fi
   return "$rc"
 }
 
@@ -344,6 +350,13 @@ rmq_ensure_installed() {
   # 0.0.0.0:5672 with another cookie: stop it so that ours can have the port.
   if pgrep -u rabbitmq beam.smp >/dev/null 2>&1; then
     as_root service rabbitmq-server stop >/dev/null 2>&1 || true
+  fi
+  # Nor should it start at the next boot (best effort: machines without an init system have
+  # nothing to disable).
+  if command -v systemctl >/dev/null 2>&1; then
+    as_root systemctl disable rabbitmq-server >/dev/null 2>&1 || true
+  elif command -v update-rc.d >/dev/null 2>&1; then
+    as_root update-rc.d rabbitmq-server disable >/dev/null 2>&1 || true
   fi
 }
 

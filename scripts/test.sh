@@ -35,6 +35,10 @@ step() {
 }
 
 step "system packages" scripts/install-deps.sh
+# rustup's minimal profile leaves these out (added only when missing: no network otherwise).
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  step "rust components" rustup component add rustfmt clippy
+fi
 step "format" cargo fmt --all -- --check
 step "clippy" cargo clippy --locked --workspace --all-targets --all-features -- -D warnings
 
@@ -52,7 +56,10 @@ if [ "$live" -eq 1 ]; then
     fi
   done
   # Every backend is live: a missing broker is a failure, not a skip.
-  if [ "$LIVE_BROKERS" = "kafka rabbitmq pubsub" ]; then export BROKER_REQUIRE_LIVE=1; fi
+  # shellcheck disable=SC2086 # one word per broker, in any order
+  if [ "$(printf '%s\n' $LIVE_BROKERS | sort -u | tr '\n' ' ')" = "kafka pubsub rabbitmq " ]; then
+    export BROKER_REQUIRE_LIVE=1
+  fi
 fi
 
 step "build tests" cargo test --locked --workspace --all-features --no-run

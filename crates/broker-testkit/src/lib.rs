@@ -18,7 +18,8 @@
 //!
 //! The harness expression is evaluated in every test; `None` skips (see [`live::require`]). The
 //! broker-restart case is not part of the suite because it disturbs every other test: run it
-//! from a test file of its own with [`cases::broker_restart_loses_nothing`].
+//! with [`cases::broker_restart_loses_nothing`] on a harness that has the broker to itself
+//! ([`live::Endpoint::exclusive`]; `conformance_suite!(@cases ...)` names single cases).
 
 pub mod cases;
 mod harness;
