@@ -412,6 +412,9 @@ rabbitmq_start() {
   fi
   rmq_ensure_installed
   rmq_stop_quiet # a node that runs but does not answer, a stale pid file
+  if port_open 5672 && pgrep -u rabbitmq beam.smp >/dev/null 2>&1; then
+    die "rabbitmq: Debian's rabbitmq-server service holds 127.0.0.1:5672; stop and disable it first (sudo service rabbitmq-server stop; sudo update-rc.d rabbitmq-server disable, or systemctl disable --now rabbitmq-server)"
+  fi
   port_free rabbitmq 5672 15672 25672
   rmq_write_config
   rm -f "$RMQ_NODE_PID"

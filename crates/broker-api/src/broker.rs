@@ -8,7 +8,7 @@ use tokio::sync::OnceCell;
 use crate::backend::{Backend, SharedBackend, TopicSpec};
 use crate::capabilities::Capabilities;
 use crate::error::{Error, ErrorKind, Result};
-use crate::naming::validate_name;
+use crate::naming::{validate_name, validate_partitions};
 use crate::publisher::Publisher;
 use crate::runner::Registry;
 use crate::settings::SubscriberSettings;
@@ -104,6 +104,9 @@ impl Broker {
         validate_name("topic", &spec.name)?;
         for group in &spec.groups {
             validate_name("group", group)?;
+        }
+        if let Some(partitions) = spec.partitions {
+            validate_partitions(&format!("partitions of topic {}", spec.name), partitions)?;
         }
         self.backend.ensure_topic(spec).await
     }

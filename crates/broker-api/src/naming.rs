@@ -47,6 +47,20 @@ pub fn validate_dead_letter_topic(topic: &str, group: &str) -> Result<()> {
     )))
 }
 
+/// The most partitions a topic may have: Kafka counts them in a signed 32-bit number.
+pub const MAX_PARTITIONS: u32 = i32::MAX.unsigned_abs();
+
+/// Checks a partition count, named `key` in the error: 1 to [`MAX_PARTITIONS`].
+pub fn validate_partitions(key: &str, partitions: u32) -> Result<()> {
+    if partitions == 0 || partitions > MAX_PARTITIONS {
+        return Err(Error::config(format!(
+            "{key} = {partitions}: expected 1 to {MAX_PARTITIONS}, or leave it out for the \
+             broker default"
+        )));
+    }
+    Ok(())
+}
+
 /// Checks a topic or group name: 1 to 200 characters of ASCII letters, digits, `.`, `_` and
 /// `-`, starting with a letter — the names every supported broker accepts.
 pub fn validate_name(what: &str, name: &str) -> Result<()> {

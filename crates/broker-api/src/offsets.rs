@@ -163,6 +163,14 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_last_possible_offset_is_tracked_without_overflow() {
+        let mut tracker = OffsetTracker::default();
+        tracker.delivered(0, i64::MAX);
+        assert!(tracker.acked(0, i64::MAX));
+        assert_eq!(tracker.committable(0), Some(i64::MAX));
+    }
+
+    #[test]
     fn commit_never_passes_an_unhandled_offset() {
         let mut tracker = OffsetTracker::new();
         for offset in 10..15 {

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use broker_api::naming::validate_partitions;
 use broker_api::{Error, ErrorKind, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -64,7 +65,8 @@ impl Admin {
         partitions: Option<u32>,
     ) -> Result<()> {
         let partitions = match partitions.or(self.partitions) {
-            Some(count) => partition_count(&format!("partitions of topic {name}"), count)?,
+            Some(count) => partition_count(&format!("partitions of topic {name}"), count)
+                .map_err(|e| e.backend(BACKEND).operation("ensure topic"))?,
             None => -1,
         };
         let replication = self.replication_factor.map_or(-1, i32::from);
@@ -207,15 +209,10 @@ impl Admin {
     }
 }
 
-/// A partition count as Kafka takes it (a positive 32-bit number); the error names `key`.
+/// A partition count as Kafka takes it (see [`validate_partitions`]).
 pub(crate) fn partition_count(key: &str, count: u32) -> Result<i32> {
-    match i32::try_from(count) {
-        Ok(count) if count > 0 => Ok(count),
-        _ => Err(Error::config(format!(
-            "{key} = {count}: expected 1 to {}, or leave it out for the broker default",
-            i32::MAX
-        ))),
-    }
+    validate_partitions(key, count)?;
+    Ok(i32::try_from(count).unwrap_or(i32::MAX))
 }
 
 /// The error for a topic these credentials may not see: they can neither use nor create it.

@@ -212,10 +212,8 @@ impl BrokerConfig {
                     Error::config(format!("[topics.{name}] groups: {}", e.message()))
                 })?;
             }
-            if topic.partitions == Some(0) {
-                return Err(Error::config(format!(
-                    "[topics.{name}] partitions = 0: expected at least 1"
-                )));
+            if let Some(partitions) = topic.partitions {
+                naming::validate_partitions(&format!("[topics.{name}] partitions"), partitions)?;
             }
         }
         Ok(())

@@ -112,6 +112,11 @@ fn out_of_range_values_name_the_key() {
     assert!(err.contains("memory.max_payload_bytes"), "{err}");
     let err = error_of("[topics.greetings]\npartitions = 0\n");
     assert!(err.contains("[topics.greetings] partitions"), "{err}");
+    let err = error_of("[topics.greetings]\npartitions = 3000000000\n");
+    assert!(
+        err.contains("[topics.greetings] partitions = 3000000000"),
+        "{err}"
+    );
     let err = error_of("[topics.\"bad name\"]\ngroups = []\n");
     assert!(err.contains("bad name"), "{err}");
 }
@@ -198,6 +203,23 @@ async fn declared_topics_are_created_at_connect() {
     let broker = broker::connect_with(config).await.unwrap();
     let topics = broker.backend().list_topics().await.unwrap();
     assert!(topics.contains(&"greetings".to_owned()), "{topics:?}");
+    broker.close().await.unwrap();
+}
+
+/// A partition count no broker takes is refused before any backend sees it.
+#[tokio::test]
+async fn a_topic_spec_with_an_impossible_partition_count_is_refused() {
+    let broker = broker::connect_with(BrokerConfig::default()).await.unwrap();
+    for partitions in [0, 3_000_000_000] {
+        let spec = broker::TopicSpec::new("greetings").partitions(partitions);
+        let err = broker.ensure_topic(&spec).await.unwrap_err();
+        assert_eq!(err.kind(), broker::ErrorKind::Config);
+        assert!(
+            err.to_string()
+                .contains(&format!("partitions of topic greetings = {partitions}")),
+            "{err}"
+        );
+    }
     broker.close().await.unwrap();
 }
 
