@@ -21,6 +21,12 @@ pub trait Acknowledge: Send + 'static {
     fn ack(self: Box<Self>) -> Completion<'static, ()>;
     /// The message was not handled: deliver it again as soon as possible.
     fn nack(self: Box<Self>) -> Completion<'static, ()>;
+
+    /// Whether settling still counts (see [`Acker::is_live`]); true unless the backend knows
+    /// better.
+    fn is_live(&self) -> bool {
+        true
+    }
 }
 
 /// Settles a delivery at once: for backends where acknowledging only records the outcome or
@@ -29,6 +35,12 @@ pub trait Acknowledge: Send + 'static {
 pub trait Settle: Send + 'static {
     /// Records the outcome: `handled` acknowledges; otherwise the message is delivered again.
     fn settle(&mut self, handled: bool);
+
+    /// Whether settling still counts (see [`Acker::is_live`]); true unless the backend knows
+    /// better.
+    fn is_live(&self) -> bool {
+        true
+    }
 }
 
 /// An [`Acknowledge`] over a [`Settle`]: settles exactly once, as not handled when dropped
@@ -57,6 +69,10 @@ impl<S: Settle> Acknowledge for SettleOnce<S> {
     fn nack(mut self: Box<Self>) -> Completion<'static, ()> {
         self.settle(false);
         completion::ready(Ok(()))
+    }
+
+    fn is_live(&self) -> bool {
+        self.0.as_ref().is_some_and(Settle::is_live)
     }
 }
 
@@ -94,6 +110,12 @@ pub trait AckTable: Send + Sync + 'static {
     /// Settles delivery `key`. Called exactly once per delivery handed out, with
     /// [`Settlement::Dropped`] when it is dropped unsettled (the result is then ignored).
     fn settle(&self, key: AckKey, settlement: Settlement) -> Result<()>;
+
+    /// Whether settling delivery `key` still counts (see [`Acker::is_live`]); true unless the
+    /// backend knows better.
+    fn is_live(&self, _key: AckKey) -> bool {
+        true
+    }
 }
 
 /// Settles one delivery: [`Delivery::ack`](crate::Delivery::ack) and
@@ -122,6 +144,19 @@ impl Acker {
     /// A handle that is settled already: settling or dropping it does nothing.
     pub(crate) fn settled() -> Self {
         Acker(Handle::Settled)
+    }
+
+    /// Whether settling the delivery still counts: false once it is settled, or once the
+    /// backend knows that the message will be delivered again whatever this subscription does
+    /// (Kafka: its partition was revoked, or rewound by a nack; RabbitMQ: its channel closed).
+    /// The at-least-once runner stops retrying, and does not dead-letter, a message whose
+    /// delivery is no longer live: whoever gets it again handles it.
+    pub fn is_live(&self) -> bool {
+        match &self.0 {
+            Handle::Keyed(table, key) => table.is_live(*key),
+            Handle::Boxed(acknowledge) => acknowledge.is_live(),
+            Handle::Settled => false,
+        }
     }
 
     /// Acknowledges the delivery; resolves when the backend has recorded it.

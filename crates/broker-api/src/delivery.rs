@@ -133,6 +133,13 @@ impl Delivery {
         self.acker.nack()
     }
 
+    /// Whether settling it still counts (see [`Acker::is_live`]): false once the backend will
+    /// deliver the message again whatever happens here (a revoked Kafka partition, a closed
+    /// RabbitMQ channel). Work on a delivery that is no longer live is done again elsewhere.
+    pub fn is_live(&self) -> bool {
+        self.acker.is_live()
+    }
+
     /// Takes the acknowledgement handle, leaving one that is settled already: a runner settles
     /// a delivery it keeps in place without moving all of it.
     pub(crate) fn take_acker(&mut self) -> Acker {

@@ -1,7 +1,8 @@
-//! Closing a concurrent `at_least_once` subscription: the stream hears that intake stopped
-//! before the runner drops the deliveries it will not handle (those waiting behind their key),
-//! so that a backend which rewinds on a dropped delivery (Kafka) does not discard the
-//! acknowledgements of the handlers still finishing.
+//! How the `at_least_once` runner gives deliveries back. Closing a concurrent subscription: the
+//! stream hears that intake stopped before the runner drops the deliveries it will not handle
+//! (those waiting behind their key), so that a backend which rewinds on a dropped delivery
+//! (Kafka) does not discard the acknowledgements of the handlers still finishing. A failed
+//! delivery that is no longer live is dropped, not retried.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -37,6 +38,8 @@ struct ScriptedBackend {
     script: Vec<(&'static str, Option<&'static str>)>,
     events: Events,
     intake_stopped: Arc<Notify>,
+    /// Whether its deliveries are live (`Delivery::is_live`).
+    live: Arc<AtomicBool>,
 }
 
 impl ScriptedBackend {
@@ -45,6 +48,7 @@ impl ScriptedBackend {
             script: script.to_vec(),
             events: Events::default(),
             intake_stopped: Arc::new(Notify::new()),
+            live: Arc::new(AtomicBool::new(true)),
         }
     }
 }
@@ -73,6 +77,7 @@ impl Backend for ScriptedBackend {
             left: self.script.iter().rev().copied().collect(),
             events: self.events.clone(),
             intake_stopped: self.intake_stopped.clone(),
+            live: self.live.clone(),
         }))
     }
 
@@ -90,6 +95,7 @@ struct Scripted {
     left: Vec<(&'static str, Option<&'static str>)>,
     events: Events,
     intake_stopped: Arc<Notify>,
+    live: Arc<AtomicBool>,
 }
 
 impl Stream for Scripted {
@@ -104,6 +110,7 @@ impl Stream for Scripted {
         let acker = SettleOnce::boxed(Recorded {
             value,
             events: self.events.clone(),
+            live: self.live.clone(),
         });
         let payload = Bytes::from_static(value.as_bytes());
         Poll::Ready(Some(Ok(Delivery::new(payload, metadata, acker))))
@@ -125,12 +132,17 @@ impl DeliveryStream for Scripted {
 struct Recorded {
     value: &'static str,
     events: Events,
+    live: Arc<AtomicBool>,
 }
 
 impl Settle for Recorded {
     fn settle(&mut self, handled: bool) {
         let outcome = if handled { "acked" } else { "rejected" };
         record(&self.events, format!("{} {outcome}", self.value));
+    }
+
+    fn is_live(&self) -> bool {
+        self.live.load(Ordering::SeqCst)
     }
 }
 
@@ -391,5 +403,59 @@ async fn an_abandoned_retry_does_not_start_the_next_message_of_its_key() {
             "closer rejected",
             "closed"
         ]
+    );
+}
+
+/// A message whose delivery stops being live while it fails (its Kafka partition revoked, its
+/// RabbitMQ channel closed) is neither retried further nor dead-lettered — the broker delivers
+/// it again to whoever handles it — and the subscription goes on with the next message.
+#[tokio::test]
+async fn a_failed_message_no_longer_live_is_neither_retried_nor_dead_lettered() {
+    let backend = ScriptedBackend::new(&[("failing", None), ("next", None)]);
+    let (events, live) = (backend.events.clone(), backend.live.clone());
+    let broker = Broker::new(backend);
+    let calls = Arc::new(AtomicU32::new(0));
+    let handled_next = Arc::new(Notify::new());
+    let handler = {
+        let (calls, handled_next) = (calls.clone(), handled_next.clone());
+        move |message: Received<String>| {
+            let (calls, handled_next, live) = (calls.clone(), handled_next.clone(), live.clone());
+            async move {
+                if message.value == "next" {
+                    handled_next.notify_one();
+                    return HandlerResult::Ok(());
+                }
+                if calls.fetch_add(1, Ordering::SeqCst) + 1 == 2 {
+                    // Revoked while its second attempt runs.
+                    live.store(false, Ordering::SeqCst);
+                }
+                Err(HandlerError::from("the database is down"))
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&Topic::<String>::text("orders"), "g")
+        .retry(RetryPolicy {
+            min_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            max_attempts: 10,
+            ..RetryPolicy::default()
+        })
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    tokio::time::timeout(Duration::from_secs(5), handled_next.notified())
+        .await
+        .expect("the next message was handled: the subscription went on");
+    running.close().await.expect("close succeeds");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "no retry after it was revoked"
+    );
+    assert_eq!(
+        seen(&events),
+        ["failing rejected", "next acked", "closed"],
+        "dropped, not dead-lettered (this backend refuses every publish)"
     );
 }

@@ -450,6 +450,13 @@ impl AckTable for Shared {
         self.release();
         settled
     }
+
+    /// Live while the delivery's epoch is its partition's current one: not after the partition
+    /// was revoked or rewound, nor after the subscription closed.
+    fn is_live(&self, key: AckKey) -> bool {
+        let state = self.state();
+        !state.closed && state.epochs.partition_of(key.scope).is_some()
+    }
 }
 
 #[cfg(test)]
@@ -619,6 +626,24 @@ mod tests {
             shared.take_moved().is_empty(),
             "an ack of the old epoch moved nothing"
         );
+    }
+
+    #[test]
+    fn deliveries_are_live_until_revoked_rewound_or_closed() {
+        let shared = Arc::new(Shared::new("t", "g", 10));
+        shared.assigned(&[0, 1, 2]);
+        let revoked = shared.admit(0, 1).unwrap();
+        let rewound = shared.admit(1, 1).unwrap();
+        let nacked = shared.admit(1, 2).unwrap();
+        let kept = shared.admit(2, 1).unwrap();
+        assert!(revoked.is_live() && rewound.is_live() && kept.is_live());
+        shared.revoked(&[0]);
+        nack(nacked).unwrap();
+        assert!(!revoked.is_live(), "its partition was revoked");
+        assert!(!rewound.is_live(), "its partition was rewound");
+        assert!(kept.is_live());
+        shared.close();
+        assert!(!kept.is_live(), "the subscription closed");
     }
 
     #[test]

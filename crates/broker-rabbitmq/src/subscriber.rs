@@ -451,6 +451,11 @@ impl Settle for AmqpAcker {
             );
         }
     }
+
+    /// Live while its channel is open: once it closed, RabbitMQ gave the message back.
+    fn is_live(&self) -> bool {
+        self.channel.status().connected()
+    }
 }
 
 #[cfg(test)]

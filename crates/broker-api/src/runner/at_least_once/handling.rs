@@ -139,7 +139,9 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     }
 
     /// After a failed first attempt: retries with backoff until the handler succeeds, fails
-    /// for good (dead-lettered) or closing abandons the message (given back unsettled).
+    /// for good (dead-lettered), closing abandons the message (given back unsettled) or the
+    /// delivery is no longer live (dropped: the broker delivers it again, see
+    /// [`Delivery::is_live`]).
     ///
     /// Boxed: it is rare, and its future (timers, the retry state, dead-lettering) is large.
     pub(super) fn retry<'a, H: Handler<T>>(
@@ -155,6 +157,9 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             let mut calls = 0;
             let mut failure = first;
             loop {
+                if self.handled_elsewhere(&delivery) {
+                    return Ok(());
+                }
                 let failure_now = match failure {
                     Failure::Undecodable(reason) => {
                         return self.give_up(delivery, reason, calls).await;
@@ -174,6 +179,9 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     () = tokio::time::sleep(delay) => {}
                     () = abandon.cancelled() => return Err(Unsettled::new(delivery, None)),
                 }
+                if self.handled_elsewhere(&delivery) {
+                    return Ok(());
+                }
                 match self
                     .attempt(&delivery.payload, &delivery.metadata, handler)
                     .await
@@ -186,6 +194,21 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 }
             }
         })
+    }
+
+    /// Whether a failed delivery is no longer live: retried or dead-lettered here, its message
+    /// would be handled twice (the broker delivers it again, see [`Delivery::is_live`]).
+    fn handled_elsewhere(&self, delivery: &Delivery) -> bool {
+        if delivery.is_live() {
+            return false;
+        }
+        tracing::info!(
+            topic = self.topic.name(), group = %self.group,
+            message_id = delivery.metadata.id_text(),
+            "a failed message is no longer this subscription's (its partition was revoked, or \
+             its channel closed): retries stop, the broker delivers it again"
+        );
+        true
     }
 
     /// Dead-letters and acknowledges the delivery, or, with dead-lettering off or when the
