@@ -88,9 +88,10 @@ impl<T: Send + 'static> Subscriber<T> {
     /// per the [`RetryPolicy`]; a permanent failure, a panicking handler (when called or while
     /// its future runs) and an undecodable payload are dead-lettered at once.
     /// Retries stop, and nothing is dead-lettered, once the message's delivery is no longer
-    /// live ([`Delivery::is_live`](crate::Delivery::is_live): its Kafka partition went to
-    /// another member, its RabbitMQ channel closed): the broker delivers it again, and whoever
-    /// gets it handles it.
+    /// live ([`Delivery::is_live`](crate::Delivery::is_live): its Kafka partition was revoked
+    /// or rewound, even if it comes back to this member; its RabbitMQ channel closed): the
+    /// broker delivers it again, to whichever member then owns it, and its attempts count
+    /// afresh.
     ///
     /// Resolves once the subscription is open (so messages published afterwards reach it);
     /// the returned [`Running`] handle closes it or waits for it to end. Closing the broker

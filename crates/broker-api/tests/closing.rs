@@ -459,3 +459,68 @@ async fn a_failed_message_no_longer_live_is_neither_retried_nor_dead_lettered() 
         "dropped, not dead-lettered (this backend refuses every publish)"
     );
 }
+
+/// With messages handled concurrently, the next message of a key that failed and is no longer
+/// live is not started while it is not live either: it would be handled before the failed one
+/// comes back.
+#[tokio::test]
+async fn the_next_message_of_a_key_no_longer_live_is_not_started() {
+    let backend = ScriptedBackend::new(&[
+        ("failing", Some("k")),
+        ("second", Some("k")),
+        ("other", Some("j")),
+    ]);
+    let (events, live) = (backend.events.clone(), backend.live.clone());
+    let broker = Broker::new(backend);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    // "other" is read after "second": once it runs, "second" waits behind "failing".
+    let other_started = Arc::new(Notify::new());
+    let handler = {
+        let (calls, other_started) = (calls.clone(), other_started.clone());
+        move |message: Received<String>| {
+            let (calls, other_started, live) = (calls.clone(), other_started.clone(), live.clone());
+            async move {
+                if let Ok(mut calls) = calls.lock() {
+                    calls.push(message.value.clone());
+                }
+                match message.value.as_str() {
+                    "failing" => {
+                        other_started.notified().await;
+                        // Revoked while it runs.
+                        live.store(false, Ordering::SeqCst);
+                        Err(HandlerError::from("the database is down"))
+                    }
+                    "other" => {
+                        other_started.notify_one();
+                        HandlerResult::Ok(())
+                    }
+                    _ => HandlerResult::Ok(()),
+                }
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&Topic::<String>::text("orders"), "g")
+        .concurrency(4)
+        .retry(RetryPolicy {
+            min_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            ..RetryPolicy::default()
+        })
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    // Let "failing" fail and its retry loop see that it is no longer live.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.close().await.expect("close succeeds");
+    let called = calls.lock().map(|c| c.clone()).unwrap_or_default();
+    assert_eq!(
+        called,
+        ["failing", "other"],
+        "the key's next message did not start: {:?}",
+        seen(&events)
+    );
+    let seen = seen(&events);
+    assert!(seen.contains(&"failing rejected".to_owned()), "{seen:?}");
+    assert!(seen.contains(&"second rejected".to_owned()), "{seen:?}");
+}

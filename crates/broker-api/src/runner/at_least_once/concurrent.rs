@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 
-use super::handling::{Handled, Unsettled};
+use super::handling::{Done, Handled, Unsettled};
 use super::AtLeastOnce;
 use crate::backend::BoxDeliveryStream;
 use crate::delivery::Delivery;
@@ -54,15 +54,18 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 () = stop.token().cancelled() => break,
                 Some(finished) = running.next() => {
                     let Finished { key, handled } = finished;
-                    if let Err(left) = handled {
-                        // Abandoned by a close that began meanwhile, or a fatal error: its
-                        // key's next message does not start.
-                        let Unsettled { acker, error } = left;
-                        outcome = error.map_or(Ok(()), Err);
-                        unsettled.push(acker);
-                        break;
-                    }
-                    if let Some(next) = key.and_then(|key| lanes.release(&key)) {
+                    let done = match handled {
+                        Ok(done) => done,
+                        Err(left) => {
+                            // Abandoned by a close that began meanwhile, or a fatal error: its
+                            // key's next message does not start.
+                            let Unsettled { acker, error } = left;
+                            outcome = error.map_or(Ok(()), Err);
+                            unsettled.push(acker);
+                            break;
+                        }
+                    };
+                    if let Some(next) = key.and_then(|key| next_of_key(&mut lanes, &key, done)) {
                         running.push(start(next));
                     }
                 }
@@ -105,4 +108,18 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         let drained = self.finish_within_timeout(drain).await;
         outcome.and(drained)
     }
+}
+
+/// The next message of `key` to start once one finished. After one dropped as no longer live,
+/// the key's next ones read before it are dropped too while they are not live (they come
+/// again, after it): started, they would be handled before it.
+fn next_of_key(lanes: &mut KeyLanes, key: &str, finished: Done) -> Option<Delivery> {
+    let mut next = lanes.release(key);
+    if finished == Done::NoLongerLive {
+        while let Some(stale) = next.take_if(|delivery| !delivery.is_live()) {
+            drop(stale);
+            next = lanes.release(key);
+        }
+    }
+    next
 }

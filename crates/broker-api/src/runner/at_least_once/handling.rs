@@ -31,9 +31,18 @@ impl Failure {
     }
 }
 
-/// How handling one delivery ended: settled (acknowledged, or dead-lettered and
-/// acknowledged), or not.
-pub(super) type Handled = std::result::Result<(), Unsettled>;
+/// How handling one delivery ended: done with (see [`Done`]), or left [`Unsettled`].
+pub(super) type Handled = std::result::Result<Done, Unsettled>;
+
+/// A delivery the runner is done with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Done {
+    /// Acknowledged, or dead-lettered and acknowledged.
+    Settled,
+    /// Failed and dropped once no longer live: the broker delivers it again (and usually the
+    /// deliveries of its key read after it, which are no longer live either).
+    NoLongerLive,
+}
 
 /// A delivery left unsettled: closing abandoned its retries, or it failed for good and could
 /// not be dead-lettered (dead-lettering off, or the dead letter not published), with the error
@@ -52,6 +61,11 @@ impl Unsettled {
     fn new(delivery: Delivery, error: Option<Error>) -> Self {
         let (_, _, acker) = delivery.into_parts();
         Unsettled { acker, error }
+    }
+
+    /// The subscription's outcome when closing gives the delivery back, or none was left.
+    pub(super) fn outcome_of(handled: Handled) -> Result<()> {
+        handled.map_or_else(Unsettled::into_outcome, |_| Ok(()))
     }
 
     /// The subscription's outcome once the delivery was given back.
@@ -97,7 +111,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         abandon: &'a CancellationToken,
     ) -> impl Future<Output = Handled> + Send + 'a {
         match outcome {
-            Ok(()) => Either::Left(acknowledge(delivery).map(Ok)),
+            Ok(()) => Either::Left(acknowledge(delivery).map(|()| Ok(Done::Settled))),
             Err(failure) => Either::Right(self.retry(delivery, handler, abandon, failure)),
         }
     }
@@ -158,7 +172,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             let mut failure = first;
             loop {
                 if self.handled_elsewhere(&delivery) {
-                    return Ok(());
+                    return Ok(Done::NoLongerLive);
                 }
                 let failure_now = match failure {
                     Failure::Undecodable(reason) => {
@@ -180,7 +194,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     () = abandon.cancelled() => return Err(Unsettled::new(delivery, None)),
                 }
                 if self.handled_elsewhere(&delivery) {
-                    return Ok(());
+                    return Ok(Done::NoLongerLive);
                 }
                 match self
                     .attempt(&delivery.payload, &delivery.metadata, handler)
@@ -188,7 +202,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 {
                     Ok(()) => {
                         acknowledge(delivery).await;
-                        return Ok(());
+                        return Ok(Done::Settled);
                     }
                     Err(again) => failure = again,
                 }
@@ -251,7 +265,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         if let Err(e) = acker.ack().await {
             tracing::warn!(error = %e, "acknowledgement of a dead-lettered message failed; it will be delivered again");
         }
-        Ok(())
+        Ok(Done::Settled)
     }
 }
 

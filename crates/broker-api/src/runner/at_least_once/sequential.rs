@@ -62,7 +62,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                         let finishing = async {
                             let outcome = attempt.await;
                             let handled = self.conclude(delivery, outcome, handler, closing).await;
-                            handled.or_else(Unsettled::into_outcome)
+                            Unsettled::outcome_of(handled)
                         };
                         return self.finish_within_timeout(finishing).await;
                     }
@@ -84,7 +84,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 retried = &mut retrying => retried,
                 () = closing.cancelled() => {
                     stream.stop_intake();
-                    let finishing = retrying.map(|handled| handled.or_else(Unsettled::into_outcome));
+                    let finishing = retrying.map(Unsettled::outcome_of);
                     return self.finish_within_timeout(finishing).await;
                 }
             };
