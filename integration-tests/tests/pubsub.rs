@@ -552,6 +552,66 @@ async fn members_in_separate_backends_share_a_group() {
     .await;
 }
 
+/// A delivery whose streaming pull ended (here: another backend joining the group makes the
+/// emulator end it, and this backend reopens it) is no longer live — its acknowledgement would
+/// be dropped — and its message is delivered again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_of_an_ended_pull_is_no_longer_live() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("ended_pull_not_live", async {
+        let first = backend(&harness.live.address, true).await.unwrap();
+        let topic = unique("live");
+        first
+            .ensure_topic(&TopicSpec::new(&topic).group("g"))
+            .await
+            .unwrap();
+        let mut a = first
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        first
+            .send(&topic, Message::new("held"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let held = next_within(&mut a, harness.patience()).await;
+        assert!(held.is_live());
+        // Its first pull of a subscription it did not create ends the emulator's other pulls.
+        let second = backend(&harness.live.address, true).await.unwrap();
+        let mut b = second
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        let deadline = Instant::now() + harness.patience();
+        while held.is_live() {
+            assert!(Instant::now() < deadline, "the delivery stayed live");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let again = tokio::time::timeout(harness.patience(), async {
+            tokio::select! {
+                next = a.next() => next,
+                next = b.next() => next,
+            }
+        })
+        .await
+        .expect("delivered again in time")
+        .expect("open")
+        .expect("a delivery");
+        assert_eq!(&again.payload[..], b"held");
+        again.ack().await.unwrap();
+        drop(held);
+        a.close().await.unwrap();
+        b.close().await.unwrap();
+        second.close().await.unwrap();
+        first.delete_topic(&topic).await.unwrap();
+        first.close().await.unwrap();
+    })
+    .await;
+}
+
 /// An unreachable endpoint fails `connect` within the connect timeout, naming the endpoint.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreachable_endpoint_fails_connect_quickly() {

@@ -148,7 +148,8 @@ impl Acker {
 
     /// Whether settling the delivery still counts: false once it is settled, or once the
     /// backend knows that the message will be delivered again whatever this subscription does
-    /// (Kafka: its partition was revoked or rewound; RabbitMQ: its channel closed).
+    /// (Kafka: its partition was revoked or rewound; RabbitMQ: its channel closed; Pub/Sub:
+    /// its streaming pull ended).
     /// The at-least-once runner stops retrying, and does not dead-letter, a message whose
     /// delivery is no longer live: whoever gets it again handles it.
     pub fn is_live(&self) -> bool {

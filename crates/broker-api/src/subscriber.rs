@@ -89,7 +89,8 @@ impl<T: Send + 'static> Subscriber<T> {
     /// its future runs) and an undecodable payload are dead-lettered at once.
     /// Retries stop, and nothing is dead-lettered, once the message's delivery is no longer
     /// live ([`Delivery::is_live`](crate::Delivery::is_live): its Kafka partition was revoked
-    /// or rewound, even if it comes back to this member; its RabbitMQ channel closed): the
+    /// or rewound, even if it comes back to this member; its RabbitMQ channel closed; its
+    /// Pub/Sub streaming pull ended): the
     /// broker delivers it again, to whichever member then owns it, and its attempts count
     /// afresh.
     ///

@@ -2,8 +2,9 @@
 //! the pulling task fills, and the acknowledgement handle of each delivery.
 
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use broker_api::completion::{self, Completion};
@@ -72,8 +73,14 @@ impl Sink {
     }
 
     /// Hands a message to the consumer once it has room (fewer than `max_in_flight`
-    /// unsettled deliveries), or hands it back when the consumer stops first.
-    pub(crate) async fn offer(&self, message: PubsubMessage, handler: Handler) -> Option<Returned> {
+    /// unsettled deliveries), or hands it back when the consumer stops first. The delivery is
+    /// live while `pull` is (see [`PullLife`]).
+    pub(crate) async fn offer(
+        &self,
+        message: PubsubMessage,
+        handler: Handler,
+        pull: &PullLife,
+    ) -> Option<Returned> {
         let permit = tokio::select! {
             biased;
             () = self.stopped() => return Some((message, handler)),
@@ -86,6 +93,7 @@ impl Sink {
         let (payload, metadata) = from_pubsub(&self.topic, message, attempt);
         let acker = Acker::boxed(Box::new(PubSubAcker {
             handler: Some(handler),
+            pull: pull.clone(),
             _permit: permit,
         }));
         // Never waits: the channel holds as many deliveries as there are permits. A delivery
@@ -126,12 +134,20 @@ impl SubscriptionStream {
 impl Stream for SubscriptionStream {
     type Item = Result<Delivery>;
 
+    /// Skips deliveries whose streaming pull ended while they waited: the service delivers
+    /// them again (after the earlier messages of their key), and their acknowledgements would
+    /// be dropped.
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         if self.stop.is_cancelled() {
             self.receiver.close();
             return Poll::Ready(None);
         }
-        self.receiver.poll_recv(cx)
+        loop {
+            match ready!(self.receiver.poll_recv(cx)) {
+                Some(Ok(delivery)) if !delivery.is_live() => drop(delivery),
+                item => return Poll::Ready(item),
+            }
+        }
     }
 }
 
@@ -168,10 +184,33 @@ impl Drop for SubscriptionStream {
     }
 }
 
+/// Whether the streaming pull a message came from still stands. Once it was replaced (it
+/// failed and was reopened) or shut down, the client rejected the messages it held and drops
+/// their acknowledgements: the service delivers them again.
+#[derive(Clone, Debug)]
+pub(crate) struct PullLife(Arc<AtomicBool>);
+
+impl PullLife {
+    /// A pull just opened.
+    pub(crate) fn new() -> Self {
+        PullLife(Arc::new(AtomicBool::new(true)))
+    }
+
+    /// The pull was replaced or shut down.
+    pub(crate) fn end(&self) {
+        self.0.store(false, Ordering::Release);
+    }
+
+    fn is_live(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Settles one message through the client's handler and frees its in-flight permit.
 /// Dropping it unsettled rejects the message (the client's handler does so on drop).
 struct PubSubAcker {
     handler: Option<Handler>,
+    pull: PullLife,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -191,5 +230,10 @@ impl Acknowledge for PubSubAcker {
             handler.nack();
         }
         completion::ready(Ok(()))
+    }
+
+    /// Live while its streaming pull stands.
+    fn is_live(&self) -> bool {
+        self.handler.is_some() && self.pull.is_live()
     }
 }

@@ -37,7 +37,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::admin::Admin;
 use crate::error::{builder_error, classify, closed, is_not_found, rpc_error, status_code};
-use crate::stream::{Sink, SubscriptionStream};
+use crate::stream::{PullLife, Sink, SubscriptionStream};
 use google_cloud_gax::error::rpc::Code;
 
 /// How long stopping a streaming pull waits for the client to send the last
@@ -257,15 +257,19 @@ impl Subscriptions {
         }
     }
 
-    fn open(&self, client: &Subscriber, target: &Target) -> MessageStream {
-        client
+    fn open(&self, client: &Subscriber, target: &Target) -> (MessageStream, PullLife) {
+        let stream = client
             .subscribe(&target.path)
-            .set_max_outstanding_messages(i64::try_from(target.max_in_flight).unwrap_or(i64::MAX))
+            // At least 1, as the sink's limit: 0 would mean no limit to the service.
+            .set_max_outstanding_messages(
+                i64::try_from(target.max_in_flight.max(1)).unwrap_or(i64::MAX),
+            )
             .set_max_outstanding_bytes(self.lease.max_outstanding_bytes)
             .set_max_lease_extension(self.lease.ack_deadline)
             .set_max_lease(self.lease.max_lease)
             .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
-            .build()
+            .build();
+        (stream, PullLife::new())
     }
 
     /// The pull task: feeds the consumers of `pull` until the backend closes, the subscription
@@ -277,7 +281,7 @@ impl Subscriptions {
         target: Target,
         keep_idle: bool,
     ) {
-        let mut stream = self.open(&client, &target);
+        let (mut stream, mut life) = self.open(&client, &target);
         let mut failures = 0u32;
         let fatal = loop {
             let Some(sink) = pull.open_sink() else {
@@ -314,7 +318,7 @@ impl Subscriptions {
                             handler.nack();
                             break;
                         };
-                        match sink.offer(message, handler).await {
+                        match sink.offer(message, handler, &life).await {
                             None => break,
                             Some(returned) => (message, handler) = returned,
                         }
@@ -328,7 +332,8 @@ impl Subscriptions {
                     if self.pause(failures).await {
                         break None;
                     }
-                    stream = self.open(&client, &target);
+                    life.end();
+                    (stream, life) = self.open(&client, &target);
                 }
                 None => {
                     if self.shutdown.is_cancelled() {
@@ -339,7 +344,8 @@ impl Subscriptions {
                     if self.pause(failures).await {
                         break None;
                     }
-                    stream = self.open(&client, &target);
+                    life.end();
+                    (stream, life) = self.open(&client, &target);
                 }
             }
         };
@@ -355,6 +361,7 @@ impl Subscriptions {
                 sink.fail(error).await;
             }
         }
+        life.end();
         shut_down(stream).await;
     }
 
