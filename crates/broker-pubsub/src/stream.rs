@@ -105,9 +105,14 @@ impl Sink {
         None
     }
 
-    /// Ends the consumer's stream with `error`.
+    /// Ends the consumer's stream with `error`, once it has room for it; not when the consumer
+    /// stops first (closing does not wait for a consumer that no longer reads).
     pub(crate) async fn fail(&self, error: Error) {
-        let _ = self.sender.send(Err(error)).await;
+        tokio::select! {
+            biased;
+            () = self.stopped() => {}
+            _ = self.sender.send(Err(error)) => {}
+        }
     }
 }
 

@@ -357,8 +357,10 @@ impl Subscriptions {
             }
         }
         if let Some(error) = fatal {
-            if let Some(sink) = pull.open_sink() {
-                sink.fail(error).await;
+            match pull.open_sink() {
+                Some(sink) => sink.fail(error).await,
+                None => tracing::warn!(subscription = %target.subscription, %error,
+                    "the streaming pull failed for good with no subscription reading it"),
             }
         }
         life.end();

@@ -185,10 +185,13 @@ impl Publisher {
     pub(crate) async fn close(&self, timeout: Duration) -> bool {
         let shared = &self.shared;
         shared.closing.store(true, Ordering::Release);
-        let drained = tokio::time::timeout(timeout, shared.window.acquire_many(shared.window_size))
-            .await
-            .is_ok_and(|acquired| acquired.is_ok());
+        let acquired =
+            tokio::time::timeout(timeout, shared.window.acquire_many(shared.window_size)).await;
+        // The drained window's slots are given back only once it is closed: a send waiting
+        // for one would otherwise take it and publish while the connection closes.
         shared.window.close();
+        let drained = matches!(acquired, Ok(Ok(_)));
+        drop(acquired);
         if !drained {
             if let Some(driver) = &shared.driver {
                 driver.abandon();
@@ -243,6 +246,9 @@ impl Shared {
             .await
             .map_err(|_| self.window_full(&message))?
             .map_err(|_| error::closed("publish"))?;
+        if self.closing.load(Ordering::Acquire) {
+            return Err(error::closed("publish"));
+        }
         let channel = route.channel(&self, None, deadline).await?;
         self.publish(route, message, prepared, channel, permit)
     }
