@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use broker_api::{Error, ErrorKind, Message, Position, Receipt, Result};
 use futures::TryFutureExt;
@@ -14,6 +15,18 @@ use tokio::time::Instant;
 
 use super::{prepare, ConfirmChannel, Prepared, Route, Shared};
 use crate::error::{self, reply_code, BACKEND};
+
+/// How long a publish whose confirm carried another publish's returned message waits before
+/// it looks for its own (see [`Pending::acked`]).
+const RETURN_GRACE: Duration = Duration::from_millis(5);
+
+/// What a confirm says about its publish.
+enum Settled {
+    /// Its answer.
+    Known(Result<Receipt>),
+    /// Known after [`RETURN_GRACE`].
+    AfterReturns,
+}
 
 /// One publish on its way: published, then confirmed, published again after a drop, or failed.
 pub(super) struct Pending {
@@ -50,7 +63,11 @@ impl Publish {
                 .publish_once(&self.channel, self.prepared)
                 .await
             {
-                Ok(confirmed) => return self.pending.settle(confirmed),
+                Ok(confirmed) => match self.pending.settle(confirmed) {
+                    Settled::Known(answer) => return answer,
+                    // Rare, and boxed like the republish below.
+                    Settled::AfterReturns => return Box::pin(self.pending.after_returns()).await,
+                },
                 Err(failure) => failure,
             };
             // Rare, and boxed: the future stays the size of one attempt.
@@ -83,18 +100,33 @@ impl Pending {
         publishing.and_then(|confirm| confirm)
     }
 
-    /// The receipt or error of a confirm.
-    fn settle(&self, confirmed: lapin::Confirmation) -> Result<Receipt> {
+    /// The receipt or error of a confirm, or that it is known only once the confirms completed
+    /// with it have kept their returned messages (see [`acked`](Self::acked)).
+    fn settle(&self, confirmed: lapin::Confirmation) -> Settled {
         match confirmed {
             lapin::Confirmation::Ack(returned) => self.acked(returned),
-            lapin::Confirmation::Nack(_) => Err(self.nacked()),
-            lapin::Confirmation::NotRequested => Err(Error::new(
+            lapin::Confirmation::Nack(returned) => {
+                // A returned message carried by a nack is kept for its owner all the same.
+                if let Some(returned) = returned {
+                    self.keep_foreign(&returned);
+                }
+                Settled::Known(Err(self.nacked()))
+            }
+            lapin::Confirmation::NotRequested => Settled::Known(Err(Error::new(
                 ErrorKind::Other,
                 "the channel did not have publisher confirms enabled",
             )
             .backend(BACKEND)
-            .operation("publish")),
+            .operation("publish"))),
         }
+    }
+
+    /// The answer of a publish whose confirm carried another publish's returned message, once
+    /// the confirms completed with it have run: its own returned message, if any, came with
+    /// one of them.
+    async fn after_returns(&self) -> Result<Receipt> {
+        tokio::time::sleep(RETURN_GRACE).await;
+        self.claimed()
     }
 
     /// The channel or the connection went away before the confirm: publishes again on a new
@@ -140,7 +172,12 @@ impl Pending {
                 .map_err(|e| self.unconfirmed(e))?;
             channel.check_header_fits(&self.message)?;
             match self.publish_once(&channel, prepare(&self.message)?).await {
-                Ok(confirmed) => return self.settle(confirmed),
+                Ok(confirmed) => {
+                    return match self.settle(confirmed) {
+                        Settled::Known(answer) => answer,
+                        Settled::AfterReturns => self.after_returns().await,
+                    }
+                }
                 Err(again) => failure = again,
             }
         }
@@ -149,27 +186,41 @@ impl Pending {
     /// The receipt of an acked publish, or its error when RabbitMQ returned the message.
     ///
     /// lapin pairs each returned message with whichever confirm of the broker's (multiple) ack
-    /// it completes first, so a confirm may carry another publish's returned message and this
-    /// publish's own may come with another confirm. Returned messages that are not this
-    /// publish's are kept for their owner in the route's [`Orphans`](super::orphans::Orphans),
-    /// and every publish looks for its own there. When the owner is settled before the publish
-    /// holding its returned message, the owner is reported confirmed: a race lapin's pairing
-    /// leaves open when one multiple ack covers returned messages (publishing to a topic with
-    /// no group queue, or while its first group queue is bound or its last deleted).
-    fn acked(&self, returned: Option<BasicReturnMessage>) -> Result<Receipt> {
-        let id = self.message.id.as_str();
-        if let Some(returned) = returned {
-            let owner = returned.delivery.properties.message_id().as_ref();
-            let own = returned.delivery.exchange.as_str() == &*self.route.exchange
-                && owner.is_some_and(|owner| owner.as_str() == id);
-            if own {
-                return Err(self.unroutable(returned.reply_code, returned.reply_text.as_str()));
-            }
-            if let Some(owner) = owner {
-                self.route.orphans.keep(owner.as_str());
-            }
+    /// it completes first (in hash-map order), so a confirm may carry another publish's
+    /// returned message and this publish's own may come with another confirm. Returned
+    /// messages that are not this publish's are kept for their owner in the route's
+    /// [`Orphans`](super::orphans::Orphans), and every publish looks for its own there. A
+    /// publish whose confirm carried another's returned message looks only after
+    /// [`RETURN_GRACE`]: lapin completes the confirms of one ack together, and its own may
+    /// ride with one completed after it. A publish whose confirm carried none comes after
+    /// every confirm that did (lapin hands the returned messages out first, and the driver
+    /// polls in completion order).
+    fn acked(&self, returned: Option<BasicReturnMessage>) -> Settled {
+        let Some(returned) = returned else {
+            return Settled::Known(self.claimed());
+        };
+        let owner = returned.delivery.properties.message_id().as_ref();
+        let own = returned.delivery.exchange.as_str() == &*self.route.exchange
+            && owner.is_some_and(|owner| owner.as_str() == self.message.id.as_str());
+        if own {
+            return Settled::Known(Err(
+                self.unroutable(returned.reply_code, returned.reply_text.as_str())
+            ));
         }
-        if self.route.orphans.claim(id) {
+        self.keep_foreign(&returned);
+        Settled::AfterReturns
+    }
+
+    /// Keeps another publish's returned message for its owner.
+    fn keep_foreign(&self, returned: &BasicReturnMessage) {
+        if let Some(owner) = returned.delivery.properties.message_id() {
+            self.route.orphans.keep(owner.as_str());
+        }
+    }
+
+    /// The receipt, unless another publish's confirm carried this one's returned message.
+    fn claimed(&self) -> Result<Receipt> {
+        if self.route.orphans.claim(self.message.id.as_str()) {
             return Err(self.unroutable(reply_code::NO_ROUTE, "NO_ROUTE"));
         }
         Ok(Receipt {
