@@ -135,8 +135,8 @@ impl Delivery {
 
     /// Whether settling it still counts (see [`Acker::is_live`]): false once the backend will
     /// deliver the message again whatever happens here (a revoked Kafka partition, a closed
-    /// RabbitMQ channel, an ended Pub/Sub streaming pull). Work on a delivery that is no longer live is done again when the
-    /// message comes back.
+    /// RabbitMQ channel, an ended Pub/Sub streaming pull). Work on a delivery that is no longer
+    /// live is done again when the message comes back.
     pub fn is_live(&self) -> bool {
         self.acker.is_live()
     }

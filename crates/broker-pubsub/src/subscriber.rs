@@ -325,6 +325,8 @@ impl Subscriptions {
                     }
                 }
                 Some(Err(err)) => {
+                    // The client ended the pull: its messages are rejected, acks dropped.
+                    life.end();
                     failures += 1;
                     if let Err(e) = self.recover(err, &target, failures).await {
                         break Some(e);
@@ -332,10 +334,10 @@ impl Subscriptions {
                     if self.pause(failures).await {
                         break None;
                     }
-                    life.end();
                     (stream, life) = self.open(&client, &target);
                 }
                 None => {
+                    life.end();
                     if self.shutdown.is_cancelled() {
                         break None;
                     }
@@ -344,7 +346,6 @@ impl Subscriptions {
                     if self.pause(failures).await {
                         break None;
                     }
-                    life.end();
                     (stream, life) = self.open(&client, &target);
                 }
             }
@@ -356,6 +357,7 @@ impl Subscriptions {
                 }
             }
         }
+        life.end();
         if let Some(error) = fatal {
             match pull.open_sink() {
                 Some(sink) => sink.fail(error).await,
@@ -363,7 +365,6 @@ impl Subscriptions {
                     "the streaming pull failed for good with no subscription reading it"),
             }
         }
-        life.end();
         shut_down(stream).await;
     }
 

@@ -16,8 +16,8 @@ use tokio::time::Instant;
 use super::{prepare, ConfirmChannel, Prepared, Route, Shared};
 use crate::error::{self, reply_code, BACKEND};
 
-/// How long a publish whose confirm carried another publish's returned message waits before
-/// it looks for its own (see [`Pending::acked`]).
+/// How long a publish confirmed on a route that returns messages waits before it looks for its
+/// returned message (see [`Pending::acked`]).
 const RETURN_GRACE: Duration = Duration::from_millis(5);
 
 /// What a confirm says about its publish.
@@ -65,13 +65,12 @@ impl Publish {
             {
                 Ok(confirmed) => match self.pending.settle(confirmed) {
                     Settled::Known(answer) => return answer,
-                    // Rare, and boxed like the republish below.
-                    Settled::AfterReturns => return Box::pin(self.pending.after_returns()).await,
+                    Settled::AfterReturns => None,
                 },
-                Err(failure) => failure,
+                Err(failure) => Some(failure),
             };
             // Rare, and boxed: the future stays the size of one attempt.
-            Box::pin(self.pending.republish(failure, self.channel)).await
+            Box::pin(self.pending.finish(failure, self.channel)).await
         }
     }
 }
@@ -106,8 +105,9 @@ impl Pending {
         match confirmed {
             lapin::Confirmation::Ack(returned) => self.acked(returned),
             lapin::Confirmation::Nack(returned) => {
-                // A returned message carried by a nack is kept for its owner all the same.
-                if let Some(returned) = returned {
+                // Another publish's returned message carried by a nack is kept for its owner
+                // all the same.
+                if let Some(returned) = returned.filter(|returned| !self.owns(returned)) {
                     self.keep_foreign(&returned);
                 }
                 Settled::Known(Err(self.nacked()))
@@ -121,9 +121,21 @@ impl Pending {
         }
     }
 
-    /// The answer of a publish whose confirm carried another publish's returned message, once
-    /// the confirms completed with it have run: its own returned message, if any, came with
-    /// one of them.
+    /// The rare end of a publish: publishing again after `failure`, or without one, looking
+    /// for its returned message after the others' (see [`acked`](Self::acked)).
+    async fn finish(
+        &self,
+        failure: Option<lapin::Error>,
+        channel: Arc<ConfirmChannel>,
+    ) -> Result<Receipt> {
+        match failure {
+            Some(failure) => self.republish(failure, channel).await,
+            None => self.after_returns().await,
+        }
+    }
+
+    /// The answer of a publish confirmed on a route that returns messages, once the confirms
+    /// completed with it have run: its own returned message, if any, came with one of them.
     async fn after_returns(&self) -> Result<Receipt> {
         tokio::time::sleep(RETURN_GRACE).await;
         self.claimed()
@@ -189,26 +201,35 @@ impl Pending {
     /// it completes first (in hash-map order), so a confirm may carry another publish's
     /// returned message and this publish's own may come with another confirm. Returned
     /// messages that are not this publish's are kept for their owner in the route's
-    /// [`Orphans`](super::orphans::Orphans), and every publish looks for its own there. A
-    /// publish whose confirm carried another's returned message looks only after
-    /// [`RETURN_GRACE`]: lapin completes the confirms of one ack together, and its own may
-    /// ride with one completed after it. A publish whose confirm carried none comes after
-    /// every confirm that did (lapin hands the returned messages out first, and the driver
-    /// polls in completion order).
+    /// [`Orphans`](super::orphans::Orphans), and every publish looks for its own there. On a
+    /// route that returned a message lately, a publish looks only after [`RETURN_GRACE`]:
+    /// lapin completes the confirms of one ack together, but they may be polled in another
+    /// order, and its own may ride with one polled after it. The first returns after a quiet
+    /// spell are still open to that race (a publish confirmed in the same multiple ack as the
+    /// first returned message, polled before the confirm carrying its own); a route with no
+    /// returns pays nothing.
     fn acked(&self, returned: Option<BasicReturnMessage>) -> Settled {
         let Some(returned) = returned else {
+            if self.route.orphans.returned_recently() {
+                return Settled::AfterReturns;
+            }
             return Settled::Known(self.claimed());
         };
-        let owner = returned.delivery.properties.message_id().as_ref();
-        let own = returned.delivery.exchange.as_str() == &*self.route.exchange
-            && owner.is_some_and(|owner| owner.as_str() == self.message.id.as_str());
-        if own {
+        if self.owns(&returned) {
+            self.route.orphans.saw_return();
             return Settled::Known(Err(
                 self.unroutable(returned.reply_code, returned.reply_text.as_str())
             ));
         }
         self.keep_foreign(&returned);
         Settled::AfterReturns
+    }
+
+    /// Whether `returned` is this publish's message.
+    fn owns(&self, returned: &BasicReturnMessage) -> bool {
+        let owner = returned.delivery.properties.message_id().as_ref();
+        returned.delivery.exchange.as_str() == &*self.route.exchange
+            && owner.is_some_and(|owner| owner.as_str() == self.message.id.as_str())
     }
 
     /// Keeps another publish's returned message for its owner.

@@ -219,8 +219,9 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         tracing::info!(
             topic = self.topic.name(), group = %self.group,
             message_id = delivery.metadata.id_text(),
-            "a failed message is no longer this subscription's (its partition was revoked, or \
-             its channel closed): retries stop, the broker delivers it again"
+            "a failed message is no longer this subscription's (its partition revoked or \
+             rewound, its channel closed, its streaming pull ended): retries stop, the broker \
+             delivers it again"
         );
         true
     }
