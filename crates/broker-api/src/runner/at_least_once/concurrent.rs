@@ -116,8 +116,8 @@ impl<T: Send + 'static> AtLeastOnce<T> {
 fn next_of_key(lanes: &mut KeyLanes, key: &str, finished: Done) -> Option<Delivery> {
     let mut next = lanes.release(key);
     if finished == Done::NoLongerLive {
-        while let Some(stale) = next.take_if(|delivery| !delivery.is_live()) {
-            drop(stale);
+        // Replaced, a stale one is dropped: the broker delivers it again.
+        while next.as_ref().is_some_and(|delivery| !delivery.is_live()) {
             next = lanes.release(key);
         }
     }
