@@ -12,8 +12,10 @@ use broker_api::{
 use broker_kafka::{KafkaBackend, KafkaConfig};
 use broker_testkit::support::next_within;
 use futures::StreamExt;
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
@@ -158,6 +160,62 @@ async fn only_the_handled_prefix_is_committed() {
         .unwrap();
     let again = next_within(&mut stream, PATIENCE).await;
     assert_eq!(offset(&again), 2, "{:?}", again.metadata);
+    stream.close().await.unwrap();
+    backend.close().await.unwrap();
+}
+
+/// Acknowledgements made while the application does not read the stream are committed all
+/// the same: the keeper that polls the consumer meanwhile stores them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledgements_are_committed_while_the_stream_is_not_read() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("idle", 1, 1).unwrap();
+    init_logs();
+    let mut config = config(&cluster);
+    config
+        .properties
+        .insert("auto.commit.interval.ms".into(), "200".into());
+    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
+        .await
+        .unwrap();
+    for i in 0..3 {
+        publish(&backend, "idle", Message::new(format!("m{i}"))).await;
+    }
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("idle", "g"))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        next_within(&mut stream, PATIENCE)
+            .await
+            .ack()
+            .await
+            .unwrap();
+    }
+
+    // The stream is not read from here on.
+    let observer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", cluster.bootstrap_servers())
+        .set("group.id", "g")
+        .create()
+        .unwrap();
+    let mut partition = TopicPartitionList::new();
+    partition.add_partition("idle", 0);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let committed = observer
+            .committed_offsets(partition.clone(), Duration::from_secs(5))
+            .ok()
+            .and_then(|list| list.find_partition("idle", 0).map(|p| p.offset()));
+        if committed == Some(Offset::Offset(3)) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group's committed offset stayed at {committed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     stream.close().await.unwrap();
     backend.close().await.unwrap();
 }
