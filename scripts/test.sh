@@ -68,10 +68,12 @@ step "unit, memory and mock tests" cargo test --locked --workspace --all-feature
 if [ "$live" -eq 1 ]; then
   ran=()
   for broker in $LIVE_BROKERS; do
-    # Each broker's suites: <broker>.rs, then any <broker>_<what>.rs (a binary of its own).
-    for file in integration-tests/tests/"$broker".rs integration-tests/tests/"$broker"_*.rs; do
+    # Each broker's suites: <broker>.rs (or <broker>/main.rs, split into modules), then any
+    # <broker>_<what>.rs or <broker>_<what>/main.rs (a binary of its own).
+    for file in integration-tests/tests/"$broker".rs integration-tests/tests/"$broker"/main.rs \
+      integration-tests/tests/"$broker"_*.rs integration-tests/tests/"$broker"_*/main.rs; do
       [ -f "$file" ] || continue
-      suite=$(basename "$file" .rs)
+      suite=$(basename "${file%/main.rs}" .rs)
       step "live: $suite" cargo test --locked --all-features -p integration-tests --test "$suite"
       if [ "$suite" = rabbitmq ]; then
         # Classic queues are a supported choice too (rabbitmq.queue_type).
@@ -83,9 +85,10 @@ if [ "$live" -eq 1 ]; then
   done
   if [ "${BROKER_REQUIRE_LIVE:-}" = 1 ]; then
     # With every broker live, every suite must have run: one named otherwise would be skipped.
-    for file in integration-tests/tests/*.rs; do
+    for file in integration-tests/tests/*.rs integration-tests/tests/*/main.rs; do
+      [ -f "$file" ] || continue
       if [[ ! " ${ran[*]} " == *" $file "* ]]; then
-        echo "$file is not named after a broker (<broker>.rs or <broker>_<what>.rs): not run" >&2
+        echo "$file is not named after a broker (<broker>[_<what>].rs or <broker>[_<what>]/main.rs): not run" >&2
         exit 1
       fi
     done

@@ -1,7 +1,7 @@
 //! Closing the RabbitMQ backend closes its connection cleanly, whatever the backend did just
 //! before (declared or deleted a topic, published, consumed): lapin reports no connection
 //! error. A test binary of its own, because it installs the process's tracing subscriber to
-//! count lapin's errors. Needs `BROKER_TEST_RABBITMQ`, like `rabbitmq.rs`.
+//! count lapin's errors. Needs `BROKER_TEST_RABBITMQ`, like `rabbitmq/main.rs`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;

@@ -1,0 +1,190 @@
+//! Publishing: wire attributes and foreign messages, ordering keys.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use broker_api::{Backend, Message, Position, SubscribeRequest, TopicSpec};
+use broker_pubsub::google_cloud_auth::credentials::anonymous::Builder as Anonymous;
+use broker_pubsub::google_cloud_pubsub::client::Publisher;
+use broker_pubsub::google_cloud_pubsub::model::Message as PubsubMessage;
+use broker_testkit::support::{next_within, run_case, unique};
+use broker_testkit::Harness;
+
+use crate::shared;
+use crate::support::{backend, backend_cleanup, PROJECT};
+
+/// A message published by another program without a `message-id` attribute is delivered, with
+/// its attributes as headers; what this backend publishes carries the wire attributes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wire_attributes_and_foreign_messages() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("wire_attributes_and_foreign_messages", async {
+        let backend = backend(&harness.live.address, true).await.unwrap();
+        let topic = unique("wire");
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).group("g"))
+            .await
+            .unwrap();
+        let raw = Publisher::builder(format!("projects/{PROJECT}/topics/{topic}"))
+            .with_endpoint(&harness.live.address)
+            .with_credentials(Anonymous::new().build())
+            .build()
+            .await
+            .unwrap();
+        let mut foreign = PubsubMessage::new().set_data("from elsewhere");
+        foreign.attributes = HashMap::from([("origin".to_owned(), "gcloud".to_owned())]);
+        raw.publish(foreign).await.expect("raw publish");
+        let receipt = backend
+            .send(
+                &topic,
+                Message::new("ours")
+                    .with_key("k1")
+                    .with_id("id-42")
+                    .with_content_type("text/plain")
+                    .with_header("h", "v"),
+            )
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let Position::PubSub(published) = &receipt.position else {
+            panic!("expected a Pub/Sub position: {receipt:?}");
+        };
+        assert!(!published.message_id.is_empty());
+        assert_eq!(published.ordering_key.as_deref(), Some("k1"));
+
+        let mut stream = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        let mut seen = HashMap::new();
+        for _ in 0..2 {
+            let delivery = next_within(&mut stream, harness.patience()).await;
+            let text = String::from_utf8(delivery.payload.to_vec()).unwrap();
+            seen.insert(text, delivery.metadata.clone());
+            delivery.ack().await.unwrap();
+        }
+        let foreign = &seen["from elsewhere"];
+        assert_eq!(foreign.message_id, None);
+        assert_eq!(foreign.key, None);
+        assert_eq!(foreign.headers.get("origin"), Some("gcloud"));
+        assert!(foreign.publish_time.is_some());
+        let ours = &seen["ours"];
+        assert_eq!(
+            ours.message_id.as_ref().map(|id| id.as_str()),
+            Some("id-42")
+        );
+        assert_eq!(ours.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(ours.key.as_deref(), Some("k1"));
+        assert_eq!(ours.headers.get("h"), Some("v"));
+        assert_eq!(ours.headers.len(), 1, "{:?}", ours.headers);
+        assert_eq!(ours.position, receipt.position);
+        stream.close().await.unwrap();
+        backend.delete_topic(&topic).await.unwrap();
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
+/// The client's publisher starts a task for each ordering key and keeps it for as long as the
+/// publisher lives: publishing with ever new keys (one per order, per user) must not grow the
+/// process without bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_with_ever_new_keys_stays_bounded() {
+    const KEYS: usize = 6_000;
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("publishing_with_ever_new_keys_stays_bounded", async {
+        let backend = backend(&harness.live.address, true).await.expect("connect");
+        // No subscription: the emulator keeps nothing per key.
+        let topic = unique("keys");
+        backend
+            .ensure_topic(&TopicSpec::new(topic.as_str()))
+            .await
+            .expect("topic");
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = tasks();
+        let mut most = 0;
+        for window in 0..KEYS / 500 {
+            let mut confirmations = Vec::new();
+            for i in window * 500..(window + 1) * 500 {
+                let message = Message::new(format!("m-{i}")).with_key(format!("key-{i}"));
+                let sent = backend.send(&topic, message).await.expect("send");
+                confirmations.push(sent);
+            }
+            for confirmation in confirmations {
+                confirmation.await.expect("confirmed");
+            }
+            most = most.max(tasks());
+        }
+        let grown = most.saturating_sub(before);
+        assert!(
+            grown < KEYS / 3,
+            "{grown} more tasks after publishing with {KEYS} keys"
+        );
+        backend.close().await.expect("close");
+        backend_cleanup(&harness.live.address, &topic).await;
+    })
+    .await;
+}
+
+/// Messages with a key are published in order also when the topic's client is replaced (after
+/// a thousand keys): the replaced client finishes what it holds before the new one publishes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_order_holds_across_a_client_replacement() {
+    const KEYS: usize = 1_200;
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("key_order_holds_across_a_client_replacement", async {
+        let backend = backend(&harness.live.address, true).await.expect("connect");
+        let topic = unique("replaced");
+        backend
+            .ensure_topic(&TopicSpec::new(topic.as_str()).group("g"))
+            .await
+            .expect("topic");
+        let mut confirmations = Vec::new();
+        for round in 0..2 {
+            for key in 0..KEYS {
+                let message = Message::new(format!("{round}")).with_key(format!("key-{key}"));
+                confirmations.push(backend.send(&topic, message).await.expect("send"));
+            }
+        }
+        for confirmation in confirmations {
+            confirmation.await.expect("confirmed");
+        }
+        let mut stream = backend
+            .subscribe(SubscribeRequest::new(topic.as_str(), "g").max_in_flight(4_096))
+            .await
+            .expect("subscribe");
+        let mut rounds_seen: HashMap<String, Vec<String>> = HashMap::new();
+        for _ in 0..2 * KEYS {
+            let delivery = next_within(&mut stream, Duration::from_secs(30)).await;
+            let key = delivery.metadata.key.clone().expect("keyed");
+            let round = String::from_utf8_lossy(&delivery.payload).into_owned();
+            rounds_seen.entry(key).or_default().push(round);
+            delivery.ack().await.expect("ack");
+        }
+        let out_of_order: Vec<_> = rounds_seen
+            .iter()
+            .filter(|(_, rounds)| rounds.as_slice() != ["0", "1"])
+            .collect();
+        assert!(
+            out_of_order.is_empty(),
+            "{} keys out of order or incomplete, e.g. {:?}",
+            out_of_order.len(),
+            out_of_order.first()
+        );
+        stream.close().await.expect("close the stream");
+        backend.close().await.expect("close");
+        backend_cleanup(&harness.live.address, &topic).await;
+    })
+    .await;
+}
