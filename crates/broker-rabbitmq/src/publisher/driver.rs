@@ -12,6 +12,11 @@
 //! does: no per-message future is boxed on the caller's thread and freed on another, and the
 //! frames of publishes sent together are queued together, for lapin to write at once.
 //!
+//! A publish acked without a returned message is answered once the task has polled every
+//! publish ready with it: RabbitMQ sends a message's `basic.return` before its ack, and lapin
+//! may hand it to another confirm of the same `multiple` ack, completed before this one (see
+//! `Pending::acked`), whose publish keeps it for its owner when the task polls it.
+//!
 //! A publish still unconfirmed `publish_timeout` after it was handed over fails its
 //! confirmation with `Timeout`: RabbitMQ holds confirms back during a resource alarm and while
 //! a quorum queue has no majority. The publish itself goes on until RabbitMQ answers or its
@@ -34,15 +39,24 @@ use slab::Slab;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
-use super::pending::Publish;
+use super::pending::{Answer, Publish, Unclaimed};
 use crate::error::BACKEND;
 use crate::poll;
 
 /// The most publishes taken from the queue at once, before the set is polled.
 const BATCH: usize = 256;
 
-/// A publish to run and where its outcome goes.
-type Job = (Publish, Outcome);
+/// What the task runs: a publish (in tests, a stand-in).
+pub(super) trait Job: Send + 'static {
+    /// Runs it to its answer.
+    fn run(self) -> impl Future<Output = Answer> + Send;
+}
+
+impl Job for Publish {
+    fn run(self) -> impl Future<Output = Answer> + Send {
+        Publish::run(self)
+    }
+}
 
 /// Where a publish's outcome goes; dropped unfilled (the task was abandoned at close or ended
 /// with its runtime), it fails the confirmation instead of leaving it waiting for ever.
@@ -72,12 +86,12 @@ impl Drop for Outcome {
 }
 
 /// The handle of the publishing task.
-pub(super) struct Driver {
-    jobs: mpsc::UnboundedSender<Job>,
+pub(super) struct Driver<J = Publish> {
+    jobs: mpsc::UnboundedSender<(J, Outcome)>,
     abandon: Arc<Notify>,
 }
 
-impl Driver {
+impl<J: Job> Driver<J> {
     /// Starts the task on `runtime`; publishes unconfirmed after `publish_timeout` fail.
     pub(super) fn start(runtime: &tokio::runtime::Handle, publish_timeout: Duration) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
@@ -93,7 +107,7 @@ impl Driver {
     }
 
     /// Hands `publish` to the task and returns its confirmation.
-    pub(super) fn drive(&self, publish: Publish) -> Confirmation {
+    pub(super) fn drive(&self, publish: J) -> Confirmation {
         let slot = Arc::new(ReceiptSlot::default());
         let outcome = Outcome(Some(slot.clone()));
         if let Err(mpsc::error::SendError((publish, mut outcome))) =
@@ -110,8 +124,8 @@ impl Driver {
 /// Starts `publish` now (its frames are queued in call order) and leaves the rest to whoever
 /// awaits the confirmation: for a publisher created outside a Tokio runtime, or after its task
 /// ended. No `publish_timeout` applies: the caller may bound its wait itself.
-pub(super) fn run_in_caller(publish: Publish) -> Confirmation {
-    Confirmation::from(poll::start(Box::pin(publish.run())))
+pub(super) fn run_in_caller(publish: impl Job) -> Confirmation {
+    Confirmation::from(poll::start(Box::pin(publish.run().map(Answer::now))))
 }
 
 /// A publish the task runs: its caller's outcome until it is answered or given up, and when
@@ -121,17 +135,33 @@ struct InFlight {
     deadline: Instant,
 }
 
-async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>, timeout: Duration) {
+async fn run<J: Job>(
+    mut queue: mpsc::UnboundedReceiver<(J, Outcome)>,
+    abandon: Arc<Notify>,
+    timeout: Duration,
+) {
     let mut pending = FuturesUnordered::new();
-    let mut in_flight = Slab::new();
+    let mut in_flight = Slab::<InFlight>::new();
     let mut received = Vec::with_capacity(BATCH);
+    // Acked publishes to answer once no other publish is ready (see the module's doc).
+    let mut unclaimed = Vec::new();
     let mut open = true;
     // Set to the oldest deadline not given up yet, or later (moved on when it fires early).
     let mut expiry = pin!(tokio::time::sleep(timeout));
     let mut watching = false;
-    while open || !pending.is_empty() {
+    while open || !pending.is_empty() || !unclaimed.is_empty() {
         tokio::select! {
+            // In this order: the last branch runs only when no publish is ready.
+            biased;
             () = abandon.notified() => break,
+            Some((key, answer)) = pending.next() => {
+                if let Some(outcome) = in_flight.remove(key).outcome {
+                    match answer {
+                        Answer::Known(answer) => outcome.fill(answer),
+                        Answer::Unclaimed(acked) => unclaimed.push((outcome, acked)),
+                    }
+                }
+            }
             count = queue.recv_many(&mut received, BATCH), if open => {
                 open = count > 0;
                 if open && count < BATCH {
@@ -154,11 +184,6 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>, time
                     started(publish, key)
                 }));
             }
-            Some((key, answer)) = pending.next() => {
-                if let Some(outcome) = in_flight.remove(key).outcome {
-                    outcome.fill(answer);
-                }
-            }
             () = &mut expiry, if watching => {
                 let now = Instant::now();
                 let mut next = None;
@@ -179,10 +204,12 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>, time
                     expiry.as_mut().reset(next);
                 }
             }
+            () = std::future::ready(()), if !unclaimed.is_empty() => answer(&mut unclaimed),
         }
     }
     // Abandoned, or every sender is gone: a publish still pending fails as it is dropped, and
-    // so does any handed over later.
+    // so does any handed over later; one acked is answered.
+    answer(&mut unclaimed);
     drop(pending);
     drop(in_flight);
     while let Some(job) = queue.recv().await {
@@ -190,10 +217,17 @@ async fn run(mut queue: mpsc::UnboundedReceiver<Job>, abandon: Arc<Notify>, time
     }
 }
 
-/// `publish` as the task runs it, ending with its `key`.
-fn started(publish: Publish, key: usize) -> impl Future<Output = (usize, Result<Receipt>)> {
+/// Answers the acked publishes of `unclaimed`.
+fn answer(unclaimed: &mut Vec<(Outcome, Unclaimed)>) {
+    for (outcome, acked) in unclaimed.drain(..) {
+        outcome.fill(acked.claim());
+    }
+}
+
+/// `job` as the task runs it, ending with its `key`.
+fn started<J: Job>(job: J, key: usize) -> impl Future<Output = (usize, Answer)> {
     // A combinator, not an `async` block, which would hold the publish twice.
-    publish.run().map(move |answer| (key, answer))
+    job.run().map(move |answer| (key, answer))
 }
 
 /// The error of a publish given up after `timeout` without RabbitMQ's confirm.
@@ -213,11 +247,83 @@ fn timed_out(timeout: Duration) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
+    use std::sync::{Mutex, RwLock};
 
+    use broker_api::{MessageId, Position};
+    use futures::future::BoxFuture;
     use futures::FutureExt;
+    use tokio::sync::oneshot;
 
+    use super::super::orphans::Orphans;
+    use super::super::Route;
     use super::*;
+
+    /// A stand-in publish: runs the future it was made of.
+    struct Scripted(BoxFuture<'static, Answer>);
+
+    impl Job for Scripted {
+        fn run(self) -> impl Future<Output = Answer> + Send {
+            self.0
+        }
+    }
+
+    /// A publish to `route` that answers with `answer` once `go` fires.
+    fn scripted(
+        go: oneshot::Receiver<()>,
+        answer: impl FnOnce() -> Answer + Send + 'static,
+    ) -> Scripted {
+        Scripted(Box::pin(async move {
+            go.await.ok();
+            answer()
+        }))
+    }
+
+    /// lapin handed publish x's returned message to the confirm of publish z, completed first
+    /// in the same multiple ack; x's frames were written before, so the task polls x first and
+    /// finds it acked without one. Answered at once, x would be reported published.
+    #[tokio::test]
+    async fn an_acked_publish_is_answered_after_the_publishes_woken_before_it() {
+        let route = Arc::new(Route {
+            exchange: "orders".into(),
+            channel: RwLock::new(None),
+            reopen: tokio::sync::Mutex::new(()),
+            orphans: Orphans::default(),
+        });
+        let driver = Driver::start(&tokio::runtime::Handle::current(), Duration::from_secs(60));
+        let (written, on_written) = oneshot::channel();
+        let (confirmed, on_confirmed) = oneshot::channel();
+        let x = driver.drive(scripted(on_written, {
+            let route = route.clone();
+            move || {
+                Answer::Unclaimed(Unclaimed {
+                    route,
+                    message_id: MessageId::from("x"),
+                })
+            }
+        }));
+        let z = driver.drive(scripted(on_confirmed, {
+            let route = route.clone();
+            move || {
+                route.orphans.keep("x");
+                Answer::Known(Ok(Receipt {
+                    message_id: MessageId::from("z"),
+                    position: Position::Unknown,
+                }))
+            }
+        }));
+        // The task starts both before they are woken, x first.
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        assert!(written.send(()).is_ok() && confirmed.send(()).is_ok());
+        let x = x.await;
+        assert!(
+            x.as_ref()
+                .is_err_and(|error| error.kind() == ErrorKind::Rejected),
+            "x was returned: {x:?}"
+        );
+        assert!(z.await.is_ok());
+    }
 
     /// The task relies on it for messages to keep their send order: a set polls the futures
     /// pushed into it in the order they were pushed.
@@ -253,7 +359,7 @@ mod tests {
         fn output_size<A, B, F>(_: fn(A, B) -> F) -> usize {
             std::mem::size_of::<F>()
         }
-        let in_flight = output_size(started);
+        let in_flight = output_size(started::<Publish>);
         assert!(
             in_flight <= 2048,
             "a publish in flight takes {in_flight} bytes"

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker_api::{Error, ErrorKind, Message, Position, Receipt, Result};
+use broker_api::{Error, ErrorKind, Message, MessageId, Position, Receipt, Result};
 use futures::TryFutureExt;
 use lapin::message::BasicReturnMessage;
 use lapin::options::BasicPublishOptions;
@@ -16,16 +16,65 @@ use tokio::time::Instant;
 use super::{prepare, ConfirmChannel, Prepared, Route, Shared};
 use crate::error::{self, reply_code, BACKEND};
 
-/// How long a publish confirmed on a route that returns messages waits before it looks for its
-/// returned message (see [`Pending::acked`]).
+/// How long a publish whose confirm carried another's returned message waits before it looks
+/// for its own (see [`Pending::acked`]).
 const RETURN_GRACE: Duration = Duration::from_millis(5);
 
 /// What a confirm says about its publish.
 enum Settled {
     /// Its answer.
     Known(Result<Receipt>),
+    /// Acked without a returned message: see [`Answer::Unclaimed`].
+    Unclaimed,
     /// Known after [`RETURN_GRACE`].
     AfterReturns,
+}
+
+/// How a publish ends.
+pub(super) enum Answer {
+    /// Its receipt or error.
+    Known(Result<Receipt>),
+    /// Acked without a returned message: published, unless a confirm completed before this one
+    /// carried its returned message. Whoever runs the publish [claims](Unclaimed::claim) it
+    /// once the confirms completed before it have run (the publishing task: once it has
+    /// polled every publish ready with it).
+    Unclaimed(Unclaimed),
+}
+
+impl Answer {
+    /// The publish's receipt or error, looking for its returned message now.
+    pub(super) fn now(self) -> Result<Receipt> {
+        match self {
+            Answer::Known(answer) => answer,
+            Answer::Unclaimed(unclaimed) => unclaimed.claim(),
+        }
+    }
+}
+
+/// An acked publish that may yet find its returned message among the [`Orphans`] of its route.
+///
+/// [`Orphans`]: super::orphans::Orphans
+pub(super) struct Unclaimed {
+    pub(super) route: Arc<Route>,
+    pub(super) message_id: MessageId,
+}
+
+impl Unclaimed {
+    /// The receipt, unless another publish's confirm carried this one's returned message.
+    pub(super) fn claim(self) -> Result<Receipt> {
+        if self.route.orphans.claim(self.message_id.as_str()) {
+            return Err(unroutable(
+                &self.route.exchange,
+                &self.message_id,
+                reply_code::NO_ROUTE,
+                "NO_ROUTE",
+            ));
+        }
+        Ok(Receipt {
+            message_id: self.message_id,
+            position: Position::Unknown,
+        })
+    }
 }
 
 /// One publish on its way: published, then confirmed, published again after a drop, or failed.
@@ -53,7 +102,7 @@ impl Publish {
     /// over `self` (an `async fn` would also copy its argument into a local) that uses the
     /// fields in place.
     #[allow(clippy::manual_async_fn)] // on purpose, see above
-    pub(super) fn run(self) -> impl Future<Output = Result<Receipt>> + Send {
+    pub(super) fn run(self) -> impl Future<Output = Answer> + Send {
         async move {
             // Named, so that the block takes the slot: it captures only the fields it uses,
             // and one it did not would be freed as soon as the future was built.
@@ -64,7 +113,13 @@ impl Publish {
                 .await
             {
                 Ok(confirmed) => match self.pending.settle(confirmed) {
-                    Settled::Known(answer) => return answer,
+                    Settled::Known(answer) => return Answer::Known(answer),
+                    Settled::Unclaimed => {
+                        return Answer::Unclaimed(Unclaimed {
+                            route: self.pending.route,
+                            message_id: self.pending.message.id,
+                        })
+                    }
                     Settled::AfterReturns => None,
                 },
                 Err(failure) => Some(failure),
@@ -123,14 +178,13 @@ impl Pending {
 
     /// The rare end of a publish: publishing again after `failure`, or without one, looking
     /// for its returned message after the others' (see [`acked`](Self::acked)).
-    async fn finish(
-        &self,
-        failure: Option<lapin::Error>,
-        channel: Arc<ConfirmChannel>,
-    ) -> Result<Receipt> {
+    async fn finish(&self, failure: Option<lapin::Error>, channel: Arc<ConfirmChannel>) -> Answer {
         match failure {
-            Some(failure) => self.republish(failure, channel).await,
-            None => self.after_returns().await,
+            Some(failure) => self
+                .republish(failure, channel)
+                .await
+                .unwrap_or_else(|error| Answer::Known(Err(error))),
+            None => Answer::Known(self.after_returns().await),
         }
     }
 
@@ -138,7 +192,7 @@ impl Pending {
     /// completed with it have run: its own returned message, if any, came with one of them.
     async fn after_returns(&self) -> Result<Receipt> {
         tokio::time::sleep(RETURN_GRACE).await;
-        self.claimed()
+        self.unclaimed().claim()
     }
 
     /// The channel or the connection went away before the confirm: publishes again on a new
@@ -147,7 +201,7 @@ impl Pending {
         &self,
         mut failure: lapin::Error,
         mut channel: Arc<ConfirmChannel>,
-    ) -> Result<Receipt> {
+    ) -> Result<Answer> {
         let deadline = Instant::now() + self.shared.retry_timeout;
         loop {
             if let Some(own) = self.own_fault(&failure).await {
@@ -185,10 +239,11 @@ impl Pending {
             channel.check_header_fits(&self.message)?;
             match self.publish_once(&channel, prepare(&self.message)?).await {
                 Ok(confirmed) => {
-                    return match self.settle(confirmed) {
-                        Settled::Known(answer) => answer,
-                        Settled::AfterReturns => self.after_returns().await,
-                    }
+                    return Ok(match self.settle(confirmed) {
+                        Settled::Known(answer) => Answer::Known(answer),
+                        Settled::Unclaimed => Answer::Unclaimed(self.unclaimed()),
+                        Settled::AfterReturns => Answer::Known(self.after_returns().await),
+                    });
                 }
                 Err(again) => failure = again,
             }
@@ -197,29 +252,30 @@ impl Pending {
 
     /// The receipt of an acked publish, or its error when RabbitMQ returned the message.
     ///
-    /// lapin pairs each returned message with whichever confirm of the broker's (multiple) ack
-    /// it completes first (in hash-map order), so a confirm may carry another publish's
-    /// returned message and this publish's own may come with another confirm. Returned
-    /// messages that are not this publish's are kept for their owner in the route's
-    /// [`Orphans`](super::orphans::Orphans), and every publish looks for its own there. On a
-    /// route that returned a message lately, a publish looks only after [`RETURN_GRACE`]:
-    /// lapin completes the confirms of one ack together, but they may be polled in another
-    /// order, and its own may ride with one polled after it. The first returns after a quiet
-    /// spell are still open to that race (a publish confirmed in the same multiple ack as the
-    /// first returned message, polled before the confirm carrying its own); a route with no
-    /// returns pays nothing.
+    /// RabbitMQ sends a message's `basic.return` before its `basic.ack`, and lapin hands each
+    /// returned message to whichever confirm it completes next, completing the confirms of a
+    /// `multiple` ack in hash-map order: a confirm may carry another publish's returned
+    /// message, and this publish's own may come with another confirm. Returned messages that
+    /// are not their confirm's are kept for their owner in the route's
+    /// [`Orphans`](super::orphans::Orphans), and an acked publish looks for its own there:
+    ///
+    /// - confirmed without a returned message ([`Answer::Unclaimed`]), its own, if any, was
+    ///   handed to a confirm completed before this one, which the publishing task polls first
+    ///   (it polls publishes in the order they were woken): the task looks once it has polled
+    ///   every publish ready with it, and a route that returns nothing pays no wait;
+    /// - confirmed with another's, its own may ride with a confirm lapin completes just after:
+    ///   it looks after [`RETURN_GRACE`].
     fn acked(&self, returned: Option<BasicReturnMessage>) -> Settled {
         let Some(returned) = returned else {
-            if self.route.orphans.returned_recently() {
-                return Settled::AfterReturns;
-            }
-            return Settled::Known(self.claimed());
+            return Settled::Unclaimed;
         };
         if self.owns(&returned) {
-            self.route.orphans.saw_return();
-            return Settled::Known(Err(
-                self.unroutable(returned.reply_code, returned.reply_text.as_str())
-            ));
+            return Settled::Known(Err(unroutable(
+                &self.route.exchange,
+                &self.message.id,
+                returned.reply_code,
+                returned.reply_text.as_str(),
+            )));
         }
         self.keep_foreign(&returned);
         Settled::AfterReturns
@@ -239,15 +295,12 @@ impl Pending {
         }
     }
 
-    /// The receipt, unless another publish's confirm carried this one's returned message.
-    fn claimed(&self) -> Result<Receipt> {
-        if self.route.orphans.claim(self.message.id.as_str()) {
-            return Err(self.unroutable(reply_code::NO_ROUTE, "NO_ROUTE"));
-        }
-        Ok(Receipt {
+    /// This publish, acked, to look for its returned message among the orphans.
+    fn unclaimed(&self) -> Unclaimed {
+        Unclaimed {
+            route: self.route.clone(),
             message_id: self.message.id.clone(),
-            position: Position::Unknown,
-        })
+        }
     }
 
     /// This publish's error when it could not be published again after its first attempt
@@ -266,20 +319,6 @@ impl Pending {
         .backend(BACKEND)
         .operation("publish")
         .source(cause)
-    }
-
-    fn unroutable(&self, code: u16, text: &str) -> Error {
-        Error::new(
-            ErrorKind::Rejected,
-            format!(
-                "no group queue is bound to exchange {}: RabbitMQ returned message {} ({code} \
-                 {text}); declare the topic's groups ([topics.{}] groups = [...]) or subscribe \
-                 a group before publishing",
-                self.route.exchange, self.message.id, self.route.exchange
-            ),
-        )
-        .backend(BACKEND)
-        .operation("publish")
     }
 
     fn nacked(&self) -> Error {
@@ -350,4 +389,18 @@ impl Pending {
             _ => None,
         }
     }
+}
+
+/// The error of message `id`, returned by RabbitMQ from `exchange` with `code` and `text`.
+fn unroutable(exchange: &str, id: &MessageId, code: u16, text: &str) -> Error {
+    Error::new(
+        ErrorKind::Rejected,
+        format!(
+            "no group queue is bound to exchange {exchange}: RabbitMQ returned message {id} \
+             ({code} {text}); declare the topic's groups ([topics.{exchange}] groups = [...]) or \
+             subscribe a group before publishing"
+        ),
+    )
+    .backend(BACKEND)
+    .operation("publish")
 }
