@@ -91,8 +91,9 @@ impl<T: Send + 'static> Subscriber<T> {
     /// live ([`Delivery::is_live`](crate::Delivery::is_live): its Kafka partition was revoked
     /// or rewound, even if it comes back to this member; its RabbitMQ channel closed; its
     /// Pub/Sub streaming pull ended): the
-    /// broker delivers it again, to whichever member then owns it, and its attempts count
-    /// afresh.
+    /// broker delivers it again, to whichever member then owns it. When it comes back to this
+    /// subscription (by its message id; the last 256 such messages are remembered), its
+    /// attempts go on from where they stopped; elsewhere they count afresh.
     ///
     /// Resolves once the subscription is open (so messages published afterwards reach it);
     /// the returned [`Running`] handle closes it or waits for it to end. Closing the broker

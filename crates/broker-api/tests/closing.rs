@@ -14,7 +14,7 @@ use async_trait::async_trait;
 use broker_api::completion::{self, Completion};
 use broker_api::{
     Backend, BoxDeliveryStream, Broker, Capabilities, Confirmation, Delivery, DeliveryStream,
-    Error, ErrorKind, HandlerError, HandlerResult, Message, Metadata, Received, Result,
+    Error, ErrorKind, HandlerError, HandlerResult, Message, MessageId, Metadata, Received, Result,
     RetryPolicy, Settle, SettleOnce, SubscribeRequest, Topic, TopicSpec,
 };
 use bytes::Bytes;
@@ -107,6 +107,7 @@ impl Stream for Scripted {
         };
         let mut metadata = Metadata::new(self.topic.clone());
         metadata.key = key.map(str::to_owned);
+        metadata.message_id = Some(MessageId::from(value));
         let acker = SettleOnce::boxed(Recorded {
             value,
             events: self.events.clone(),
@@ -457,6 +458,59 @@ async fn a_failed_message_no_longer_live_is_neither_retried_nor_dead_lettered() 
         seen(&events),
         ["failing rejected", "next acked", "closed"],
         "dropped, not dead-lettered (this backend refuses every publish)"
+    );
+}
+
+/// A message that comes back after its delivery stopped being live while it failed is retried
+/// from where its retries stopped: with rebalances more frequent than a full retry cycle, it
+/// would otherwise never be dead-lettered.
+#[tokio::test]
+async fn a_message_that_comes_back_goes_on_with_its_attempts() {
+    // The same message twice: delivered again after its first delivery was revoked.
+    let backend = ScriptedBackend::new(&[("failing", None), ("failing", None)]);
+    let (events, live) = (backend.events.clone(), backend.live.clone());
+    let broker = Broker::new(backend);
+    let calls = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let calls = calls.clone();
+        move |_: Received<String>| {
+            let (calls, live) = (calls.clone(), live.clone());
+            async move {
+                match calls.fetch_add(1, Ordering::SeqCst) + 1 {
+                    // Revoked while its second attempt runs.
+                    2 => live.store(false, Ordering::SeqCst),
+                    // Its second delivery.
+                    3 => live.store(true, Ordering::SeqCst),
+                    _ => {}
+                }
+                Err(HandlerError::from("the database is down"))
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&Topic::<String>::text("orders"), "g")
+        .retry(RetryPolicy {
+            min_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        })
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    let ended = tokio::time::timeout(Duration::from_secs(5), running.join())
+        .await
+        .expect("the subscription ends: the message cannot be dead-lettered");
+    let error = ended.expect_err("this backend refuses the dead letter");
+    assert!(
+        error.to_string().contains("could not be dead-lettered"),
+        "{error}"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "given up after 3 calls in all: {:?}",
+        seen(&events)
     );
 }
 

@@ -167,11 +167,14 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     ) -> BoxFuture<'a, Handled> {
         Box::pin(async move {
             let retry = &self.settings.retry;
-            // Handler calls made so far.
-            let mut calls = 0;
+            let id = delivery.metadata.message_id.as_ref();
+            // Failed handler calls counted so far: those made before the message came back
+            // after its delivery stopped being live, then one for each failure below.
+            let mut calls = self.earlier_calls.take(id);
             let mut failure = first;
             loop {
                 if self.handled_elsewhere(&delivery) {
+                    self.earlier_calls.remember(id, calls + 1);
                     return Ok(Done::NoLongerLive);
                 }
                 let failure_now = match failure {
@@ -194,6 +197,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     () = abandon.cancelled() => return Err(Unsettled::new(delivery, None)),
                 }
                 if self.handled_elsewhere(&delivery) {
+                    self.earlier_calls.remember(id, calls);
                     return Ok(Done::NoLongerLive);
                 }
                 match self

@@ -5,6 +5,7 @@
 //! [`handling`], which calls the handler, retries, dead-letters and acknowledges.
 
 mod concurrent;
+mod earlier_calls;
 mod handling;
 mod sequential;
 
@@ -13,6 +14,7 @@ use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
+use self::earlier_calls::EarlierCalls;
 use super::dead_letter::DeadLetters;
 use super::registry::Registry;
 use super::stop::Stop;
@@ -62,6 +64,7 @@ pub(crate) struct AtLeastOnce<T> {
     group: String,
     settings: SubscriberSettings,
     dead_letters: DeadLetters,
+    earlier_calls: EarlierCalls,
 }
 
 impl<T: Send + 'static> AtLeastOnce<T> {
@@ -76,6 +79,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             group,
             settings,
             dead_letters,
+            earlier_calls: EarlierCalls::default(),
         }
     }
 
