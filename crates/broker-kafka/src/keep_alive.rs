@@ -10,7 +10,8 @@
 //! So a task looks every [`INTERVAL`]: when the stream did not read (nor hand out a delivery)
 //! since the last look, it pauses the member's partitions and polls the consumer for its events
 //! (rebalances, commit results), as Kafka's own consumers are meant to be used with long
-//! handlers, and stores the offsets acknowledgements moved meanwhile for the next commit. The stream resumes the partitions when it reads again; records fetched before the
+//! handlers, and stores the offsets acknowledgements moved meanwhile for the next
+//! commit. The stream resumes the partitions when it reads again; records fetched before the
 //! pause are dropped by librdkafka and fetched again from the last one handed out. The task
 //! ends when the subscription closes, or its consumer failed for good.
 
@@ -100,6 +101,8 @@ pub(crate) fn look(consumer: &KafkaConsumer, shared: &Shared) -> bool {
     if shared.polling().take_read() {
         return true;
     }
+    // Acknowledgements since the stream last read move the group's committed position on.
+    consumer::store(consumer, shared, &shared.take_moved());
     if !shared.polling().is_held() {
         let paused = consumer
             .assignment()
@@ -113,8 +116,6 @@ pub(crate) fn look(consumer: &KafkaConsumer, shared: &Shared) -> bool {
         tracing::debug!(topic = %shared.topic(), group = shared.group(),
             "subscription not read: partitions paused, consumer polled for its events");
     }
-    // Acknowledgements since the stream last read move the group's committed position on.
-    consumer::store(consumer, shared, &shared.take_moved());
     serve_events(consumer, shared);
     true
 }

@@ -12,9 +12,9 @@
 //! does: no per-message future is boxed on the caller's thread and freed on another, and the
 //! frames of publishes sent together are queued together, for lapin to write at once.
 //!
-//! A publish acked without a returned message is answered once the task has polled every
-//! publish ready with it: RabbitMQ sends a message's `basic.return` before its ack, and lapin
-//! may hand it to another confirm of the same `multiple` ack, completed before this one (see
+//! A publish acked without a returned message is answered once no publish is ready (see
+//! [`Watched`]): RabbitMQ sends a message's `basic.return` before its ack, and lapin may hand
+//! it to another confirm of the same `multiple` ack, completed before this one (see
 //! `Pending::acked`), whose publish keeps it for its owner when the task polls it.
 //!
 //! A publish still unconfirmed `publish_timeout` after it was handed over fails its
@@ -33,13 +33,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use broker_api::{Confirmation, Error, ErrorKind, Receipt, ReceiptSlot, Result};
-use futures::stream::FuturesUnordered;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use slab::Slab;
 use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 
 use super::pending::{Answer, Publish, Unclaimed};
+use super::watched::{Next, Watched};
 use crate::error::BACKEND;
 use crate::poll;
 
@@ -123,7 +123,8 @@ impl<J: Job> Driver<J> {
 
 /// Starts `publish` now (its frames are queued in call order) and leaves the rest to whoever
 /// awaits the confirmation: for a publisher created outside a Tokio runtime, or after its task
-/// ended. No `publish_timeout` applies: the caller may bound its wait itself.
+/// ended. No `publish_timeout` applies: the caller may bound its wait itself. An acked publish
+/// looks for its returned message at once (see [`Answer::Unclaimed`]).
 pub(super) fn run_in_caller(publish: impl Job) -> Confirmation {
     Confirmation::from(poll::start(Box::pin(publish.run().map(Answer::now))))
 }
@@ -140,7 +141,7 @@ async fn run<J: Job>(
     abandon: Arc<Notify>,
     timeout: Duration,
 ) {
-    let mut pending = FuturesUnordered::new();
+    let mut pending = Watched::default();
     let mut in_flight = Slab::<InFlight>::new();
     let mut received = Vec::with_capacity(BATCH);
     // Acked publishes to answer once no other publish is ready (see the module's doc).
@@ -151,15 +152,33 @@ async fn run<J: Job>(
     let mut watching = false;
     while open || !pending.is_empty() || !unclaimed.is_empty() {
         tokio::select! {
-            // In this order: the last branch runs only when no publish is ready.
+            // In this order: answers and timeouts before new publishes.
             biased;
             () = abandon.notified() => break,
-            Some((key, answer)) = pending.next() => {
-                if let Some(outcome) = in_flight.remove(key).outcome {
-                    match answer {
-                        Answer::Known(answer) => outcome.fill(answer),
-                        Answer::Unclaimed(acked) => unclaimed.push((outcome, acked)),
+            Some(next) = pending.next(!unclaimed.is_empty()) => match next {
+                Next::Finished((key, answer)) => {
+                    finished(&mut in_flight, &mut unclaimed, key, answer);
+                }
+                Next::Idle => self::answer(&mut unclaimed),
+            },
+            () = &mut expiry, if watching => {
+                let now = Instant::now();
+                let mut next = None;
+                for (_, publish) in in_flight.iter_mut() {
+                    if publish.outcome.is_none() {
+                        continue;
                     }
+                    if publish.deadline <= now {
+                        if let Some(outcome) = publish.outcome.take() {
+                            outcome.fill(Err(timed_out(timeout)));
+                        }
+                    } else {
+                        next = Some(next.map_or(publish.deadline, |n: Instant| n.min(publish.deadline)));
+                    }
+                }
+                watching = next.is_some();
+                if let Some(next) = next {
+                    expiry.as_mut().reset(next);
                 }
             }
             count = queue.recv_many(&mut received, BATCH), if open => {
@@ -184,36 +203,34 @@ async fn run<J: Job>(
                     started(publish, key)
                 }));
             }
-            () = &mut expiry, if watching => {
-                let now = Instant::now();
-                let mut next = None;
-                for (_, publish) in in_flight.iter_mut() {
-                    if publish.outcome.is_none() {
-                        continue;
-                    }
-                    if publish.deadline <= now {
-                        if let Some(outcome) = publish.outcome.take() {
-                            outcome.fill(Err(timed_out(timeout)));
-                        }
-                    } else {
-                        next = Some(next.map_or(publish.deadline, |n: Instant| n.min(publish.deadline)));
-                    }
-                }
-                watching = next.is_some();
-                if let Some(next) = next {
-                    expiry.as_mut().reset(next);
-                }
-            }
-            () = std::future::ready(()), if !unclaimed.is_empty() => answer(&mut unclaimed),
         }
     }
     // Abandoned, or every sender is gone: a publish still pending fails as it is dropped, and
-    // so does any handed over later; one acked is answered.
+    // so does any handed over later; those acked are answered, after the publishes ready now
+    // (which may carry their returned messages).
+    while let Some(Some(Next::Finished((key, answer)))) = pending.next(true).now_or_never() {
+        finished(&mut in_flight, &mut unclaimed, key, answer);
+    }
     answer(&mut unclaimed);
     drop(pending);
     drop(in_flight);
     while let Some(job) = queue.recv().await {
         drop(job);
+    }
+}
+
+/// Answers the publish `key` with `answer`, or keeps it in `unclaimed` (unless it was given up).
+fn finished(
+    in_flight: &mut Slab<InFlight>,
+    unclaimed: &mut Vec<(Outcome, Unclaimed)>,
+    key: usize,
+    answer: Answer,
+) {
+    if let Some(outcome) = in_flight.remove(key).outcome {
+        match answer {
+            Answer::Known(answer) => outcome.fill(answer),
+            Answer::Unclaimed(acked) => unclaimed.push((outcome, acked)),
+        }
     }
 }
 
@@ -247,11 +264,10 @@ fn timed_out(timeout: Duration) -> Error {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Mutex, RwLock};
+    use std::sync::RwLock;
 
     use broker_api::{MessageId, Position};
     use futures::future::BoxFuture;
-    use futures::FutureExt;
     use tokio::sync::oneshot;
 
     use super::super::orphans::Orphans;
@@ -323,32 +339,6 @@ mod tests {
             "x was returned: {x:?}"
         );
         assert!(z.await.is_ok());
-    }
-
-    /// The task relies on it for messages to keep their send order: a set polls the futures
-    /// pushed into it in the order they were pushed.
-    #[test]
-    fn the_set_first_polls_futures_in_push_order() {
-        let started = Arc::new(Mutex::new(Vec::new()));
-        let mut set = FuturesUnordered::new();
-        for batch in [0..300, 300..700] {
-            set.extend(batch.map(|index| {
-                let started = started.clone();
-                async move {
-                    started.lock().map(|mut order| order.push(index)).ok();
-                    futures::future::pending::<()>().await;
-                }
-            }));
-        }
-        // The set may yield before it polled them all: poll it again until it did.
-        for _ in 0..100 {
-            assert!(set.next().now_or_never().is_none(), "none of them finishes");
-        }
-        let order = started
-            .lock()
-            .map(|order| order.clone())
-            .unwrap_or_default();
-        assert_eq!(order, (0..700).collect::<Vec<_>>());
     }
 
     /// Every publish in flight is one of these futures, allocated by the set: 1 600 bytes

@@ -18,6 +18,7 @@
 mod driver;
 mod orphans;
 mod pending;
+mod watched;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};

@@ -26,7 +26,7 @@ enum Settled {
     Known(Result<Receipt>),
     /// Acked without a returned message: see [`Answer::Unclaimed`].
     Unclaimed,
-    /// Known after [`RETURN_GRACE`].
+    /// Unclaimed after [`RETURN_GRACE`].
     AfterReturns,
 }
 
@@ -34,10 +34,11 @@ enum Settled {
 pub(super) enum Answer {
     /// Its receipt or error.
     Known(Result<Receipt>),
-    /// Acked without a returned message: published, unless a confirm completed before this one
-    /// carried its returned message. Whoever runs the publish [claims](Unclaimed::claim) it
-    /// once the confirms completed before it have run (the publishing task: once it has
-    /// polled every publish ready with it).
+    /// Acked without its returned message: published, unless another confirm carried it. The
+    /// publishing task [claims](Unclaimed::claim) it once no other publish is ready, so that
+    /// the confirms completed before it have run; a publish its caller drives (no publishing
+    /// task) claims it at once, and misses a returned message whose confirm's own caller has
+    /// not polled it yet.
     Unclaimed(Unclaimed),
 }
 
@@ -184,15 +185,15 @@ impl Pending {
                 .republish(failure, channel)
                 .await
                 .unwrap_or_else(|error| Answer::Known(Err(error))),
-            None => Answer::Known(self.after_returns().await),
+            None => self.after_returns().await,
         }
     }
 
-    /// The answer of a publish confirmed on a route that returns messages, once the confirms
-    /// completed with it have run: its own returned message, if any, came with one of them.
-    async fn after_returns(&self) -> Result<Receipt> {
+    /// A publish whose confirm carried another's returned message, once the confirms lapin
+    /// completed just after it had time to come in: its own, if any, came with one of them.
+    async fn after_returns(&self) -> Answer {
         tokio::time::sleep(RETURN_GRACE).await;
-        self.unclaimed().claim()
+        Answer::Unclaimed(self.unclaimed())
     }
 
     /// The channel or the connection went away before the confirm: publishes again on a new
@@ -242,7 +243,7 @@ impl Pending {
                     return Ok(match self.settle(confirmed) {
                         Settled::Known(answer) => Answer::Known(answer),
                         Settled::Unclaimed => Answer::Unclaimed(self.unclaimed()),
-                        Settled::AfterReturns => Answer::Known(self.after_returns().await),
+                        Settled::AfterReturns => self.after_returns().await,
                     });
                 }
                 Err(again) => failure = again,
@@ -260,11 +261,11 @@ impl Pending {
     /// [`Orphans`](super::orphans::Orphans), and an acked publish looks for its own there:
     ///
     /// - confirmed without a returned message ([`Answer::Unclaimed`]), its own, if any, was
-    ///   handed to a confirm completed before this one, which the publishing task polls first
-    ///   (it polls publishes in the order they were woken): the task looks once it has polled
-    ///   every publish ready with it, and a route that returns nothing pays no wait;
+    ///   handed to a confirm completed before this one, whose publish was woken before this
+    ///   one's answer could be seen: the publishing task looks once no publish is ready, by
+    ///   when it has polled that one, and a route that returns nothing pays no wait;
     /// - confirmed with another's, its own may ride with a confirm lapin completes just after:
-    ///   it looks after [`RETURN_GRACE`].
+    ///   it looks after [`RETURN_GRACE`], the same way.
     fn acked(&self, returned: Option<BasicReturnMessage>) -> Settled {
         let Some(returned) = returned else {
             return Settled::Unclaimed;
