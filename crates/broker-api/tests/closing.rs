@@ -514,6 +514,55 @@ async fn a_message_that_comes_back_goes_on_with_its_attempts() {
     );
 }
 
+/// A message that came back and was handled is forgotten: a later message with its id (a
+/// producer's retry, a replay) gets every attempt.
+#[tokio::test]
+async fn a_message_handled_when_it_came_back_is_forgotten() {
+    let backend = ScriptedBackend::new(&[("again", None), ("again", None), ("again", None)]);
+    let live = backend.live.clone();
+    let broker = Broker::new(backend);
+    let calls = Arc::new(AtomicU32::new(0));
+    let handler = {
+        let calls = calls.clone();
+        move |_: Received<String>| {
+            let (calls, live) = (calls.clone(), live.clone());
+            async move {
+                match calls.fetch_add(1, Ordering::SeqCst) + 1 {
+                    // Revoked while its second attempt runs.
+                    2 => live.store(false, Ordering::SeqCst),
+                    // Its second delivery is handled.
+                    3 => {
+                        live.store(true, Ordering::SeqCst);
+                        return HandlerResult::Ok(());
+                    }
+                    _ => {}
+                }
+                Err(HandlerError::from("the database is down"))
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&Topic::<String>::text("orders"), "g")
+        .retry(RetryPolicy {
+            min_backoff: Duration::from_millis(1),
+            max_backoff: Duration::from_millis(1),
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        })
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    let ended = tokio::time::timeout(Duration::from_secs(5), running.join())
+        .await
+        .expect("the subscription ends: the third cannot be dead-lettered");
+    assert!(ended.is_err());
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        6,
+        "3 calls on the third delivery"
+    );
+}
+
 /// With messages handled concurrently, the next message of a key that failed and is no longer
 /// live is not started while it is not live either: it would be handled before the failed one
 /// comes back.

@@ -208,7 +208,8 @@ async fn run<J: Job>(
     // Abandoned, or every sender is gone: a publish still pending fails as it is dropped, and
     // so does any handed over later; those acked are answered, after the publishes ready now
     // (which may carry their returned messages).
-    while let Some(Some(Next::Finished((key, answer)))) = pending.next(true).now_or_never() {
+    // Awaited, not polled once: the set may yield before it is idle.
+    while let Some(Next::Finished((key, answer))) = pending.next(true).await {
         finished(&mut in_flight, &mut unclaimed, key, answer);
     }
     answer(&mut unclaimed);

@@ -111,9 +111,18 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         abandon: &'a CancellationToken,
     ) -> impl Future<Output = Handled> + Send + 'a {
         match outcome {
-            Ok(()) => Either::Left(acknowledge(delivery).map(|()| Ok(Done::Settled))),
+            Ok(()) => {
+                self.succeeded(&delivery.metadata);
+                Either::Left(acknowledge(delivery).map(|()| Ok(Done::Settled)))
+            }
             Err(failure) => Either::Right(self.retry(delivery, handler, abandon, failure)),
         }
+    }
+
+    /// After a first attempt that succeeded: the message's earlier calls, if it came back, are
+    /// forgotten (one atomic load while none are remembered).
+    pub(super) fn succeeded(&self, metadata: &Metadata) {
+        self.earlier_calls.forget(metadata.message_id.as_ref());
     }
 
     /// Decodes the payload and calls the handler once. A panic, in the call or in the future
@@ -179,12 +188,14 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 }
                 let failure_now = match failure {
                     Failure::Undecodable(reason) => {
+                        self.earlier_calls.forget(id);
                         return self.give_up(delivery, reason, calls).await;
                     }
                     Failure::Handler(e) => e,
                 };
                 calls += 1;
                 if failure_now.is_permanent() || calls >= retry.max_attempts {
+                    self.earlier_calls.forget(id);
                     return self.give_up(delivery, failure_now.to_string(), calls).await;
                 }
                 let delay = retry.backoff(calls);
@@ -205,6 +216,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     .await
                 {
                     Ok(()) => {
+                        self.earlier_calls.forget(id);
                         acknowledge(delivery).await;
                         return Ok(Done::Settled);
                     }

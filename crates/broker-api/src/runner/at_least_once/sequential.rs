@@ -71,6 +71,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             let failure = match outcome {
                 // Settled in place: the delivery is not moved again, only its acker.
                 Ok(()) => {
+                    self.succeeded(&delivery.metadata);
                     acknowledged(delivery.take_acker().ack()).await;
                     continue;
                 }
