@@ -461,64 +461,17 @@ async fn a_failed_message_no_longer_live_is_neither_retried_nor_dead_lettered() 
     );
 }
 
-/// A message that comes back after its delivery stopped being live while it failed is retried
-/// from where its retries stopped: with rebalances more frequent than a full retry cycle, it
-/// would otherwise never be dead-lettered.
-#[tokio::test]
-async fn a_message_that_comes_back_goes_on_with_its_attempts() {
-    // The same message twice: delivered again after its first delivery was revoked.
-    let backend = ScriptedBackend::new(&[("failing", None), ("failing", None)]);
-    let (events, live) = (backend.events.clone(), backend.live.clone());
-    let broker = Broker::new(backend);
-    let calls = Arc::new(AtomicU32::new(0));
-    let handler = {
-        let calls = calls.clone();
-        move |_: Received<String>| {
-            let (calls, live) = (calls.clone(), live.clone());
-            async move {
-                match calls.fetch_add(1, Ordering::SeqCst) + 1 {
-                    // Revoked while its second attempt runs.
-                    2 => live.store(false, Ordering::SeqCst),
-                    // Its second delivery.
-                    3 => live.store(true, Ordering::SeqCst),
-                    _ => {}
-                }
-                Err(HandlerError::from("the database is down"))
-            }
-        }
-    };
-    let running = broker
-        .subscriber(&Topic::<String>::text("orders"), "g")
-        .retry(RetryPolicy {
-            min_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(1),
-            max_attempts: 3,
-            ..RetryPolicy::default()
-        })
-        .at_least_once(handler)
-        .await
-        .expect("subscribe");
-    let ended = tokio::time::timeout(Duration::from_secs(5), running.join())
-        .await
-        .expect("the subscription ends: the message cannot be dead-lettered");
-    let error = ended.expect_err("this backend refuses the dead letter");
-    assert!(
-        error.to_string().contains("could not be dead-lettered"),
-        "{error}"
-    );
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        3,
-        "given up after 3 calls in all: {:?}",
-        seen(&events)
-    );
-}
+/// What the handler does at one call: set the deliveries' liveness first, then succeed or fail.
+type Plan = fn(u32) -> (Option<bool>, bool);
 
-/// A message that came back and was handled is forgotten: a later message with its id (a
-/// producer's retry, a replay) gets every attempt.
-#[tokio::test]
-async fn a_message_handled_when_it_came_back_is_forgotten() {
-    let backend = ScriptedBackend::new(&[("again", None), ("again", None), ("again", None)]);
+/// Runs `script` with a handler that follows `plan` for each call (numbered from 1), 3 attempts
+/// 1 ms apart, until the subscription ends (this backend refuses dead letters: giving a message
+/// up ends it). Returns the calls made and the subscription's outcome.
+async fn calls_until_given_up(
+    script: &[(&'static str, Option<&'static str>)],
+    plan: Plan,
+) -> (u32, Result<()>) {
+    let backend = ScriptedBackend::new(script);
     let live = backend.live.clone();
     let broker = Broker::new(backend);
     let calls = Arc::new(AtomicU32::new(0));
@@ -527,15 +480,12 @@ async fn a_message_handled_when_it_came_back_is_forgotten() {
         move |_: Received<String>| {
             let (calls, live) = (calls.clone(), live.clone());
             async move {
-                match calls.fetch_add(1, Ordering::SeqCst) + 1 {
-                    // Revoked while its second attempt runs.
-                    2 => live.store(false, Ordering::SeqCst),
-                    // Its second delivery is handled.
-                    3 => {
-                        live.store(true, Ordering::SeqCst);
-                        return HandlerResult::Ok(());
-                    }
-                    _ => {}
+                let (liveness, succeeds) = plan(calls.fetch_add(1, Ordering::SeqCst) + 1);
+                if let Some(liveness) = liveness {
+                    live.store(liveness, Ordering::SeqCst);
+                }
+                if succeeds {
+                    return HandlerResult::Ok(());
                 }
                 Err(HandlerError::from("the database is down"))
             }
@@ -554,13 +504,49 @@ async fn a_message_handled_when_it_came_back_is_forgotten() {
         .expect("subscribe");
     let ended = tokio::time::timeout(Duration::from_secs(5), running.join())
         .await
-        .expect("the subscription ends: the third cannot be dead-lettered");
-    assert!(ended.is_err());
-    assert_eq!(
-        calls.load(Ordering::SeqCst),
-        6,
-        "3 calls on the third delivery"
+        .expect("the subscription ends: a message given up cannot be dead-lettered");
+    (calls.load(Ordering::SeqCst), ended)
+}
+
+/// A message that comes back after its delivery stopped being live while it failed is retried
+/// from where its retries stopped: with rebalances more frequent than a full retry cycle, it
+/// would otherwise never be dead-lettered.
+#[tokio::test]
+async fn a_message_that_comes_back_goes_on_with_its_attempts() {
+    // The same message twice: delivered again after its first delivery was revoked.
+    let (calls, ended) = calls_until_given_up(&[("failing", None), ("failing", None)], |call| {
+        match call {
+            // Revoked while its second attempt runs.
+            2 => (Some(false), false),
+            // Its second delivery.
+            3 => (Some(true), false),
+            _ => (None, false),
+        }
+    })
+    .await;
+    let error = ended.expect_err("this backend refuses the dead letter");
+    assert!(
+        error.to_string().contains("could not be dead-lettered"),
+        "{error}"
     );
+    assert_eq!(calls, 3, "given up after 3 calls in all");
+}
+
+/// A message that came back and was handled is forgotten: a later message with its id (a
+/// producer's retry, a replay) gets every attempt.
+#[tokio::test]
+async fn a_message_handled_when_it_came_back_is_forgotten() {
+    let script = [("again", None), ("again", None), ("again", None)];
+    let (calls, ended) = calls_until_given_up(&script, |call| match call {
+        // Revoked while its second attempt runs.
+        2 => (Some(false), false),
+        // Its second delivery is handled.
+        3 => (Some(true), true),
+        _ => (None, false),
+    })
+    .await;
+    assert!(ended.is_err());
+    assert_eq!(calls, 6, "3 calls on the third delivery");
 }
 
 /// With messages handled concurrently, the next message of a key that failed and is no longer
