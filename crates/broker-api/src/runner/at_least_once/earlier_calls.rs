@@ -1,13 +1,13 @@
 //! [`EarlierCalls`]: how many times the handler already failed on messages that came back.
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crate::message::MessageId;
 
-/// The most messages remembered; the oldest is forgotten first.
+/// The most messages remembered; the one remembered longest ago is forgotten first.
 const REMEMBERED: usize = 256;
 
 /// How long a message is remembered: one that did not come back by then went to another
@@ -22,19 +22,30 @@ const KEPT_FOR: Duration = Duration::from_secs(600);
 /// full retry cycle, a message that always fails would otherwise never be dead-lettered. Its
 /// first attempt back is made before the count is looked at, so a message dropped during its
 /// last allowed call gets one call more. A message without an id, or that comes back to
-/// another process, starts afresh. Settling a message forgets it; while nothing is
-/// remembered, that is one atomic load.
+/// another process, starts afresh.
+///
+/// Settling a message forgets it: while nothing is remembered that is one atomic load, while
+/// something is, a lock and a lookup. A delivery that was still retrying when its redelivery
+/// settled (the concurrent runner, a message without a key) remembers its count when it
+/// stops, until the entry expires.
 #[derive(Debug, Default)]
 pub(super) struct EarlierCalls {
     count: AtomicUsize,
-    remembered: Mutex<VecDeque<Remembered>>,
+    remembered: Mutex<Remembering>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
+struct Remembering {
+    by_id: HashMap<MessageId, Remembered>,
+    /// Numbers the remembering, in order.
+    serial: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
 struct Remembered {
-    id: MessageId,
     calls: u32,
     since: Instant,
+    serial: u64,
 }
 
 impl EarlierCalls {
@@ -44,25 +55,29 @@ impl EarlierCalls {
         let Some(id) = id else {
             return;
         };
-        let mut remembered = self.lock();
-        let since = Instant::now();
-        match remembered.iter_mut().find(|known| known.id == *id) {
-            Some(known) => {
-                known.calls = known.calls.max(calls);
-                known.since = since;
-            }
-            None => {
-                if remembered.len() == REMEMBERED {
-                    remembered.pop_front();
-                }
-                remembered.push_back(Remembered {
-                    id: id.clone(),
-                    calls,
-                    since,
-                });
+        let mut remembering = self.lock();
+        let Remembering { by_id, serial } = &mut *remembering;
+        let now = Instant::now();
+        by_id.retain(|_, known| now.duration_since(known.since) < KEPT_FOR);
+        if by_id.len() == REMEMBERED && !by_id.contains_key(id) {
+            let oldest = by_id
+                .iter()
+                .min_by_key(|(_, known)| known.serial)
+                .map(|(oldest, _)| oldest.clone());
+            if let Some(oldest) = oldest {
+                by_id.remove(&oldest);
             }
         }
-        self.count.store(remembered.len(), Ordering::Release);
+        *serial += 1;
+        let entry = by_id.entry(id.clone()).or_insert(Remembered {
+            calls: 0,
+            since: now,
+            serial: *serial,
+        });
+        entry.calls = entry.calls.max(calls);
+        entry.since = now;
+        entry.serial = *serial;
+        self.count.store(by_id.len(), Ordering::Release);
     }
 
     /// The handler calls made on message `id` before it came back, forgetting them; 0 for a
@@ -74,14 +89,13 @@ impl EarlierCalls {
         if self.count.load(Ordering::Acquire) == 0 {
             return 0;
         }
-        let mut remembered = self.lock();
-        let now = Instant::now();
-        remembered.retain(|known| now.duration_since(known.since) < KEPT_FOR);
-        let calls = match remembered.iter().position(|known| known.id == *id) {
-            Some(index) => remembered.remove(index).map_or(0, |known| known.calls),
-            None => 0,
-        };
-        self.count.store(remembered.len(), Ordering::Release);
+        let mut remembering = self.lock();
+        let calls = remembering
+            .by_id
+            .remove(id)
+            .filter(|known| known.since.elapsed() < KEPT_FOR)
+            .map_or(0, |known| known.calls);
+        self.count.store(remembering.by_id.len(), Ordering::Release);
         calls
     }
 
@@ -90,7 +104,7 @@ impl EarlierCalls {
         self.take(id);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Remembered>> {
+    fn lock(&self) -> MutexGuard<'_, Remembering> {
         self.remembered.lock().unwrap_or_else(|e| e.into_inner())
     }
 }
@@ -99,24 +113,30 @@ impl EarlierCalls {
 mod tests {
     use super::*;
 
+    fn id(text: impl Into<String>) -> MessageId {
+        MessageId::from(text.into())
+    }
+
     #[test]
     fn calls_are_taken_once_and_the_oldest_forgotten() {
         let calls = EarlierCalls::default();
-        let first = MessageId::from("first");
-        assert_eq!(calls.take(Some(&first)), 0);
-        calls.remember(Some(&first), 3);
-        calls.remember(Some(&first), 2);
+        assert_eq!(calls.take(Some(&id("first"))), 0);
+        calls.remember(Some(&id("first")), 3);
+        calls.remember(Some(&id("first")), 2);
         calls.remember(None, 9);
-        assert_eq!(calls.take(Some(&first)), 3, "the most of the counts");
-        assert_eq!(calls.take(Some(&first)), 0, "taken once");
+        assert_eq!(calls.take(Some(&id("first"))), 3, "the most of the counts");
+        assert_eq!(calls.take(Some(&id("first"))), 0, "taken once");
         assert_eq!(calls.take(None), 0);
-        for i in 0..=REMEMBERED {
-            calls.remember(Some(&MessageId::from(i.to_string())), 1);
+        for i in 0..REMEMBERED {
+            calls.remember(Some(&id(i.to_string())), 1);
         }
-        assert_eq!(calls.take(Some(&MessageId::from("0"))), 0, "forgotten");
-        let last = MessageId::from(REMEMBERED.to_string());
-        calls.forget(Some(&last));
-        assert_eq!(calls.take(Some(&last)), 0, "settled");
-        assert_eq!(calls.take(Some(&MessageId::from("1"))), 1);
+        // Remembered again: no longer the oldest.
+        calls.remember(Some(&id("0")), 2);
+        calls.remember(Some(&id("new")), 1);
+        assert_eq!(calls.take(Some(&id("1"))), 0, "the oldest is forgotten");
+        assert_eq!(calls.take(Some(&id("0"))), 2);
+        calls.forget(Some(&id("new")));
+        assert_eq!(calls.take(Some(&id("new"))), 0, "settled");
+        assert_eq!(calls.take(Some(&id("2"))), 1);
     }
 }
