@@ -40,7 +40,11 @@ struct ScriptedBackend {
     intake_stopped: Arc<Notify>,
     /// Whether its deliveries are live (`Delivery::is_live`).
     live: Arc<AtomicBool>,
+    /// Deliveries no longer live, by value.
+    revoked: Revoked,
 }
+
+type Revoked = Arc<Mutex<Vec<String>>>;
 
 impl ScriptedBackend {
     fn new(script: &[(&'static str, Option<&'static str>)]) -> Self {
@@ -49,6 +53,7 @@ impl ScriptedBackend {
             events: Events::default(),
             intake_stopped: Arc::new(Notify::new()),
             live: Arc::new(AtomicBool::new(true)),
+            revoked: Revoked::default(),
         }
     }
 }
@@ -78,6 +83,7 @@ impl Backend for ScriptedBackend {
             events: self.events.clone(),
             intake_stopped: self.intake_stopped.clone(),
             live: self.live.clone(),
+            revoked: self.revoked.clone(),
         }))
     }
 
@@ -96,6 +102,7 @@ struct Scripted {
     events: Events,
     intake_stopped: Arc<Notify>,
     live: Arc<AtomicBool>,
+    revoked: Revoked,
 }
 
 impl Stream for Scripted {
@@ -107,11 +114,14 @@ impl Stream for Scripted {
         };
         let mut metadata = Metadata::new(self.topic.clone());
         metadata.key = key.map(str::to_owned);
-        metadata.message_id = Some(MessageId::from(value));
+        // "m#2": the second delivery of message m.
+        let id = value.split('#').next().unwrap_or(value);
+        metadata.message_id = Some(MessageId::from(id));
         let acker = SettleOnce::boxed(Recorded {
             value,
             events: self.events.clone(),
             live: self.live.clone(),
+            revoked: self.revoked.clone(),
         });
         let payload = Bytes::from_static(value.as_bytes());
         Poll::Ready(Some(Ok(Delivery::new(payload, metadata, acker))))
@@ -134,6 +144,7 @@ struct Recorded {
     value: &'static str,
     events: Events,
     live: Arc<AtomicBool>,
+    revoked: Revoked,
 }
 
 impl Settle for Recorded {
@@ -143,7 +154,11 @@ impl Settle for Recorded {
     }
 
     fn is_live(&self) -> bool {
-        self.live.load(Ordering::SeqCst)
+        let revoked = self
+            .revoked
+            .lock()
+            .is_ok_and(|revoked| revoked.iter().any(|value| value == self.value));
+        self.live.load(Ordering::SeqCst) && !revoked
     }
 }
 
@@ -461,51 +476,58 @@ async fn a_failed_message_no_longer_live_is_neither_retried_nor_dead_lettered() 
     );
 }
 
-/// What the handler does at one call: set the deliveries' liveness first, then succeed or fail.
-type Plan = fn(u32) -> (Option<bool>, bool);
+/// What the handler does at its `n`th call (from 1): whether it revokes the delivery it was
+/// given (no longer live), and whether it succeeds.
+type Plan = fn(u32) -> (bool, bool);
 
-/// Runs `script` with a handler that follows `plan` for each call (numbered from 1), 3 attempts
-/// 1 ms apart, until the subscription ends (this backend refuses dead letters: giving a message
-/// up ends it). Returns the calls made and the subscription's outcome.
-async fn calls_until_given_up(
-    script: &[(&'static str, Option<&'static str>)],
-    plan: Plan,
-) -> (u32, Result<()>) {
-    let backend = ScriptedBackend::new(script);
-    let live = backend.live.clone();
-    let broker = Broker::new(backend);
-    let calls = Arc::new(AtomicU32::new(0));
-    let handler = {
-        let calls = calls.clone();
-        move |_: Received<String>| {
-            let (calls, live) = (calls.clone(), live.clone());
-            async move {
-                let (liveness, succeeds) = plan(calls.fetch_add(1, Ordering::SeqCst) + 1);
-                if let Some(liveness) = liveness {
-                    live.store(liveness, Ordering::SeqCst);
+/// Runs `script` with a handler that follows `plan`, 3 attempts 1 ms apart, sequentially and
+/// then concurrently (`concurrency` 2, every message with one key, so still in order), until
+/// each subscription ends (this backend refuses dead letters: giving a message up ends it).
+/// Returns the calls made and the outcome of each run.
+async fn calls_until_given_up(script: &[&'static str], plan: Plan) -> Vec<(u32, Result<()>)> {
+    let mut runs = Vec::new();
+    for (concurrency, key) in [(1, None), (2, Some("k"))] {
+        let script: Vec<_> = script.iter().map(|&value| (value, key)).collect();
+        let backend = ScriptedBackend::new(&script);
+        let revoked = backend.revoked.clone();
+        let broker = Broker::new(backend);
+        let calls = Arc::new(AtomicU32::new(0));
+        let handler = {
+            let calls = calls.clone();
+            move |message: Received<String>| {
+                let (calls, revoked) = (calls.clone(), revoked.clone());
+                async move {
+                    let (revokes, succeeds) = plan(calls.fetch_add(1, Ordering::SeqCst) + 1);
+                    if revokes {
+                        if let Ok(mut revoked) = revoked.lock() {
+                            revoked.push(message.value);
+                        }
+                    }
+                    if succeeds {
+                        return HandlerResult::Ok(());
+                    }
+                    Err(HandlerError::from("the database is down"))
                 }
-                if succeeds {
-                    return HandlerResult::Ok(());
-                }
-                Err(HandlerError::from("the database is down"))
             }
-        }
-    };
-    let running = broker
-        .subscriber(&Topic::<String>::text("orders"), "g")
-        .retry(RetryPolicy {
-            min_backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(1),
-            max_attempts: 3,
-            ..RetryPolicy::default()
-        })
-        .at_least_once(handler)
-        .await
-        .expect("subscribe");
-    let ended = tokio::time::timeout(Duration::from_secs(5), running.join())
-        .await
-        .expect("the subscription ends: a message given up cannot be dead-lettered");
-    (calls.load(Ordering::SeqCst), ended)
+        };
+        let running = broker
+            .subscriber(&Topic::<String>::text("orders"), "g")
+            .concurrency(concurrency)
+            .retry(RetryPolicy {
+                min_backoff: Duration::from_millis(1),
+                max_backoff: Duration::from_millis(1),
+                max_attempts: 3,
+                ..RetryPolicy::default()
+            })
+            .at_least_once(handler)
+            .await
+            .expect("subscribe");
+        let ended = tokio::time::timeout(Duration::from_secs(5), running.join())
+            .await
+            .expect("the subscription ends: a message given up cannot be dead-lettered");
+        runs.push((calls.load(Ordering::SeqCst), ended));
+    }
+    runs
 }
 
 /// A message that comes back after its delivery stopped being live while it failed is retried
@@ -513,40 +535,29 @@ async fn calls_until_given_up(
 /// would otherwise never be dead-lettered.
 #[tokio::test]
 async fn a_message_that_comes_back_goes_on_with_its_attempts() {
-    // The same message twice: delivered again after its first delivery was revoked.
-    let (calls, ended) = calls_until_given_up(&[("failing", None), ("failing", None)], |call| {
-        match call {
-            // Revoked while its second attempt runs.
-            2 => (Some(false), false),
-            // Its second delivery.
-            3 => (Some(true), false),
-            _ => (None, false),
-        }
-    })
-    .await;
-    let error = ended.expect_err("this backend refuses the dead letter");
-    assert!(
-        error.to_string().contains("could not be dead-lettered"),
-        "{error}"
-    );
-    assert_eq!(calls, 3, "given up after 3 calls in all");
+    // Delivered again after its first delivery was revoked during its second attempt.
+    let runs = calls_until_given_up(&["failing#1", "failing#2"], |call| (call == 2, false)).await;
+    for (calls, ended) in runs {
+        let error = ended.expect_err("this backend refuses the dead letter");
+        assert!(
+            error.to_string().contains("could not be dead-lettered"),
+            "{error}"
+        );
+        assert_eq!(calls, 3, "given up after 3 calls in all");
+    }
 }
 
 /// A message that came back and was handled is forgotten: a later message with its id (a
 /// producer's retry, a replay) gets every attempt.
 #[tokio::test]
 async fn a_message_handled_when_it_came_back_is_forgotten() {
-    let script = [("again", None), ("again", None), ("again", None)];
-    let (calls, ended) = calls_until_given_up(&script, |call| match call {
-        // Revoked while its second attempt runs.
-        2 => (Some(false), false),
-        // Its second delivery is handled.
-        3 => (Some(true), true),
-        _ => (None, false),
-    })
-    .await;
-    assert!(ended.is_err());
-    assert_eq!(calls, 6, "3 calls on the third delivery");
+    // Revoked during its second attempt, handled when it came back, then sent again.
+    let script = ["again#1", "again#2", "again#3"];
+    let runs = calls_until_given_up(&script, |call| (call == 2, call == 3)).await;
+    for (calls, ended) in runs {
+        assert!(ended.is_err());
+        assert_eq!(calls, 6, "3 calls on the third delivery");
+    }
 }
 
 /// With messages handled concurrently, the next message of a key that failed and is no longer
