@@ -15,7 +15,7 @@ use crate::message::{Headers, MessageId};
 ///
 /// Sixteen bytes: the variants with text keep it boxed, so that every delivery, metadata and
 /// receipt stays small to move on the per-message paths of the backends that have none.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Position {
     /// The in-memory backend: the message's index in its topic.
@@ -39,7 +39,7 @@ pub enum Position {
 }
 
 /// Where a RabbitMQ delivery sits: [`Position::Amqp`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct AmqpPosition {
     /// The channel's delivery tag.
     pub delivery_tag: u64,
@@ -52,7 +52,7 @@ pub struct AmqpPosition {
 }
 
 /// Where a Pub/Sub message sits: [`Position::PubSub`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct PubSubPosition {
     /// The server-assigned message id.
     pub message_id: String,

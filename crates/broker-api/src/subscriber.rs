@@ -92,8 +92,9 @@ impl<T: Send + 'static> Subscriber<T> {
     /// or rewound, even if it comes back to this member; its RabbitMQ channel closed; its
     /// Pub/Sub streaming pull ended): the
     /// broker delivers it again, to whichever member then owns it. When it comes back to this
-    /// subscription within 10 minutes (by its message id; the last 256 such messages are
-    /// remembered), its attempts go on from where they stopped; elsewhere they count afresh.
+    /// subscription within 10 minutes (by its message id, or without one by its Kafka or
+    /// Pub/Sub position; the last 256 such messages are remembered), its attempts go on from
+    /// where they stopped; elsewhere they count afresh.
     ///
     /// Resolves once the subscription is open (so messages published afterwards reach it);
     /// the returned [`Running`] handle closes it or waits for it to end. Closing the broker

@@ -122,7 +122,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     /// After a first attempt that succeeded: the message's earlier calls, if it came back, are
     /// forgotten (one atomic load while none are remembered).
     pub(super) fn succeeded(&self, metadata: &Metadata) {
-        self.earlier_calls.forget(metadata.message_id.as_ref());
+        self.earlier_calls.forget(metadata);
     }
 
     /// Decodes the payload and calls the handler once. A panic, in the call or in the future
@@ -176,26 +176,25 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     ) -> BoxFuture<'a, Handled> {
         Box::pin(async move {
             let retry = &self.settings.retry;
-            let id = delivery.metadata.message_id.as_ref();
             // Failed handler calls counted so far: those made before the message came back
             // after its delivery stopped being live, then one for each failure below.
-            let mut calls = self.earlier_calls.take(id);
+            let mut calls = self.earlier_calls.take(&delivery.metadata);
             let mut failure = first;
             loop {
                 if self.handled_elsewhere(&delivery) {
-                    self.earlier_calls.remember(id, calls + 1);
+                    self.earlier_calls.remember(&delivery.metadata, calls + 1);
                     return Ok(Done::NoLongerLive);
                 }
                 let failure_now = match failure {
                     Failure::Undecodable(reason) => {
-                        self.earlier_calls.forget(id);
+                        self.earlier_calls.forget(&delivery.metadata);
                         return self.give_up(delivery, reason, calls).await;
                     }
                     Failure::Handler(e) => e,
                 };
                 calls += 1;
                 if failure_now.is_permanent() || calls >= retry.max_attempts {
-                    self.earlier_calls.forget(id);
+                    self.earlier_calls.forget(&delivery.metadata);
                     return self.give_up(delivery, failure_now.to_string(), calls).await;
                 }
                 let delay = retry.backoff(calls);
@@ -208,7 +207,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     () = abandon.cancelled() => return Err(Unsettled::new(delivery, None)),
                 }
                 if self.handled_elsewhere(&delivery) {
-                    self.earlier_calls.remember(id, calls);
+                    self.earlier_calls.remember(&delivery.metadata, calls);
                     return Ok(Done::NoLongerLive);
                 }
                 match self
@@ -216,7 +215,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     .await
                 {
                     Ok(()) => {
-                        self.earlier_calls.forget(id);
+                        self.earlier_calls.forget(&delivery.metadata);
                         acknowledge(delivery).await;
                         return Ok(Done::Settled);
                     }
