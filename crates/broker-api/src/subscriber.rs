@@ -90,8 +90,8 @@ impl<T: Send + 'static> Subscriber<T> {
     /// Retries stop, and nothing is dead-lettered, once the message's delivery is no longer
     /// live ([`Delivery::is_live`](crate::Delivery::is_live): its Kafka partition was revoked
     /// or rewound, even if it comes back to this member; its RabbitMQ channel closed; its
-    /// Pub/Sub streaming pull ended): the
-    /// broker delivers it again, to whichever member then owns it. When it comes back to this
+    /// Pub/Sub streaming pull ended): the broker delivers it again, to whichever member then
+    /// owns it. When it comes back to this
     /// subscription within 10 minutes (by its message id, or without one by its Kafka or
     /// Pub/Sub position; the last 256 such messages are remembered), its attempts go on from
     /// where they stopped; elsewhere they count afresh.

@@ -4,6 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
+use broker_api::naming::validate_partitions;
 use broker_api::{check_timeout, Error, Result, StartFrom};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
@@ -228,7 +229,7 @@ impl KafkaConfig {
             check_timeout(name, value)?;
         }
         if let Some(partitions) = self.partitions {
-            crate::admin::partition_count("kafka.partitions", partitions)?;
+            validate_partitions("kafka.partitions", partitions)?;
         }
         if self.replication_factor == Some(0) {
             return Err(Error::config(

@@ -181,20 +181,17 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             let mut calls = self.earlier_calls.take(&delivery.metadata);
             let mut failure = first;
             loop {
-                if self.handled_elsewhere(&delivery) {
-                    self.earlier_calls.remember(&delivery.metadata, calls + 1);
+                if self.handled_elsewhere(&delivery, calls + 1) {
                     return Ok(Done::NoLongerLive);
                 }
                 let failure_now = match failure {
                     Failure::Undecodable(reason) => {
-                        self.earlier_calls.forget(&delivery.metadata);
                         return self.give_up(delivery, reason, calls).await;
                     }
                     Failure::Handler(e) => e,
                 };
                 calls += 1;
                 if failure_now.is_permanent() || calls >= retry.max_attempts {
-                    self.earlier_calls.forget(&delivery.metadata);
                     return self.give_up(delivery, failure_now.to_string(), calls).await;
                 }
                 let delay = retry.backoff(calls);
@@ -206,8 +203,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     () = tokio::time::sleep(delay) => {}
                     () = abandon.cancelled() => return Err(Unsettled::new(delivery, None)),
                 }
-                if self.handled_elsewhere(&delivery) {
-                    self.earlier_calls.remember(&delivery.metadata, calls);
+                if self.handled_elsewhere(&delivery, calls) {
                     return Ok(Done::NoLongerLive);
                 }
                 match self
@@ -226,11 +222,13 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     }
 
     /// Whether a failed delivery is no longer live: retried or dead-lettered here, its message
-    /// would be handled twice (the broker delivers it again, see [`Delivery::is_live`]).
-    fn handled_elsewhere(&self, delivery: &Delivery) -> bool {
+    /// would be handled twice (the broker delivers it again, see [`Delivery::is_live`]). If so,
+    /// the `calls` made on it are remembered for when it comes back.
+    fn handled_elsewhere(&self, delivery: &Delivery, calls: u32) -> bool {
         if delivery.is_live() {
             return false;
         }
+        self.earlier_calls.remember(&delivery.metadata, calls);
         tracing::info!(
             topic = self.topic.name(), group = %self.group,
             message_id = delivery.metadata.id_text(),
@@ -245,6 +243,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     /// dead letter is not published, gives it back unsettled with the error that stops the
     /// subscription. Runs within the boxed [`retry`](Self::retry).
     async fn give_up(&self, delivery: Delivery, reason: String, attempts: u32) -> Handled {
+        self.earlier_calls.forget(&delivery.metadata);
         let id = delivery.metadata.id_text().to_owned();
         if !self.dead_letters.is_enabled() {
             let error = Error::new(
