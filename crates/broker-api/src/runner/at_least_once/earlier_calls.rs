@@ -31,10 +31,17 @@ const KEPT_FOR: Duration = Duration::from_secs(600);
 /// something is, a lock and a lookup. A delivery that was still retrying when its redelivery
 /// settled (the concurrent runner, a message without a key) remembers its count when it
 /// stops, until the entry expires.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct EarlierCalls {
     count: AtomicUsize,
     remembered: Mutex<Remembering>,
+    kept_for: Duration,
+}
+
+impl Default for EarlierCalls {
+    fn default() -> Self {
+        EarlierCalls::keeping_for(KEPT_FOR)
+    }
 }
 
 /// What tells a message's deliveries apart from other messages'.
@@ -75,6 +82,15 @@ struct Remembered {
 }
 
 impl EarlierCalls {
+    /// Remembers messages for `kept_for` ([`KEPT_FOR`] by default).
+    fn keeping_for(kept_for: Duration) -> Self {
+        EarlierCalls {
+            count: AtomicUsize::new(0),
+            remembered: Mutex::default(),
+            kept_for,
+        }
+    }
+
     /// Remembers that the handler was called `calls` times on the message (the most of the
     /// counts of its deliveries, when two overlapped).
     pub(super) fn remember(&self, message: &Metadata, calls: u32) {
@@ -84,7 +100,7 @@ impl EarlierCalls {
         let mut remembering = self.lock();
         let Remembering { by_id, serial } = &mut *remembering;
         let now = Instant::now();
-        by_id.retain(|_, known| now.duration_since(known.since) < KEPT_FOR);
+        by_id.retain(|_, known| now.duration_since(known.since) < self.kept_for);
         if by_id.len() == REMEMBERED && !by_id.contains_key(&id) {
             let oldest = by_id
                 .iter()
@@ -119,7 +135,7 @@ impl EarlierCalls {
         let calls = remembering
             .by_id
             .remove(&id)
-            .filter(|known| known.since.elapsed() < KEPT_FOR)
+            .filter(|known| known.since.elapsed() < self.kept_for)
             .map_or(0, |known| known.calls);
         self.count.store(remembering.by_id.len(), Ordering::Release);
         calls
@@ -174,6 +190,22 @@ mod tests {
         calls.forget(&id("new"));
         assert_eq!(calls.take(&id("new")), 0, "settled");
         assert_eq!(calls.take(&id("2")), 1);
+    }
+
+    #[test]
+    fn a_message_is_forgotten_once_kept_long_enough() {
+        let calls = EarlierCalls::keeping_for(Duration::from_millis(50));
+        calls.remember(&id("expired"), 2);
+        calls.remember(&id("never taken"), 2);
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(calls.take(&id("expired")), 0, "expired when taken");
+        calls.remember(&id("fresh"), 1);
+        assert_eq!(calls.take(&id("fresh")), 1);
+        assert_eq!(
+            calls.count.load(Ordering::Acquire),
+            0,
+            "remembering dropped the expired entries"
+        );
     }
 
     #[test]
