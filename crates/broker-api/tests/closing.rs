@@ -624,3 +624,61 @@ async fn the_next_message_of_a_key_no_longer_live_is_not_started() {
     assert!(seen.contains(&"failing rejected".to_owned()), "{seen:?}");
     assert!(seen.contains(&"second rejected".to_owned()), "{seen:?}");
 }
+
+/// With messages handled concurrently, a message waiting behind its key that stopped being
+/// live meanwhile (its partition went to another member) is not started when the one before it
+/// succeeds: the member that holds it now handles it, after which it would be handled here a
+/// second time, after later messages of its key.
+#[tokio::test]
+async fn a_waiting_message_no_longer_live_is_not_started_after_its_key_succeeded() {
+    let backend = ScriptedBackend::new(&[
+        ("first", Some("k")),
+        ("second", Some("k")),
+        ("other", Some("j")),
+    ]);
+    let (events, revoked) = (backend.events.clone(), backend.revoked.clone());
+    let broker = Broker::new(backend);
+    let calls = Arc::new(Mutex::new(Vec::new()));
+    // "other" is read after "second": once it runs, "second" waits behind "first".
+    let other_started = Arc::new(Notify::new());
+    let handler = {
+        let (calls, other_started) = (calls.clone(), other_started.clone());
+        move |message: Received<String>| {
+            let (calls, other_started, revoked) =
+                (calls.clone(), other_started.clone(), revoked.clone());
+            async move {
+                if let Ok(mut calls) = calls.lock() {
+                    calls.push(message.value.clone());
+                }
+                match message.value.as_str() {
+                    "first" => {
+                        other_started.notified().await;
+                        // The delivery waiting behind it is revoked; it succeeds.
+                        if let Ok(mut revoked) = revoked.lock() {
+                            revoked.push("second".to_owned());
+                        }
+                        HandlerResult::Ok(())
+                    }
+                    "other" => {
+                        other_started.notify_one();
+                        HandlerResult::Ok(())
+                    }
+                    _ => HandlerResult::Ok(()),
+                }
+            }
+        }
+    };
+    let running = broker
+        .subscriber(&Topic::<String>::text("orders"), "g")
+        .concurrency(4)
+        .at_least_once(handler)
+        .await
+        .expect("subscribe");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    running.close().await.expect("close succeeds");
+    let called = calls.lock().map(|c| c.clone()).unwrap_or_default();
+    let seen = seen(&events);
+    assert_eq!(called, ["first", "other"], "{seen:?}");
+    assert!(seen.contains(&"first acked".to_owned()), "{seen:?}");
+    assert!(seen.contains(&"second rejected".to_owned()), "{seen:?}");
+}

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 
-use super::handling::{Done, Handled, Unsettled};
+use super::handling::{Handled, Unsettled};
 use super::AtLeastOnce;
 use crate::backend::BoxDeliveryStream;
 use crate::delivery::Delivery;
@@ -54,18 +54,15 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 () = stop.token().cancelled() => break,
                 Some(finished) = running.next() => {
                     let Finished { key, handled } = finished;
-                    let done = match handled {
-                        Ok(done) => done,
-                        Err(left) => {
-                            // Abandoned by a close that began meanwhile, or a fatal error: its
-                            // key's next message does not start.
-                            let Unsettled { acker, error } = left;
-                            outcome = error.map_or(Ok(()), Err);
-                            unsettled.push(acker);
-                            break;
-                        }
-                    };
-                    if let Some(next) = key.and_then(|key| next_of_key(&mut lanes, &key, done)) {
+                    if let Err(left) = handled {
+                        // Abandoned by a close that began meanwhile, or a fatal error: its key's
+                        // next message does not start.
+                        let Unsettled { acker, error } = left;
+                        outcome = error.map_or(Ok(()), Err);
+                        unsettled.push(acker);
+                        break;
+                    }
+                    if let Some(next) = key.and_then(|key| next_of_key(&mut lanes, &key)) {
                         running.push(start(next));
                     }
                 }
@@ -110,16 +107,15 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     }
 }
 
-/// The next message of `key` to start once one finished. After one dropped as no longer live,
-/// the key's next ones read before it are dropped too while they are not live (they come
-/// again, after it): started, they would be handled before it.
-fn next_of_key(lanes: &mut KeyLanes, key: &str, finished: Done) -> Option<Delivery> {
+/// The next message of `key` to start once one finished. Waiting ones no longer live are
+/// dropped, whatever became of the one that finished: the broker delivers them again, to the
+/// member that holds them now (started here, they would be handled a second time, after later
+/// messages of their key were handled there) or after one dropped as no longer live (started,
+/// they would be handled before it).
+fn next_of_key(lanes: &mut KeyLanes, key: &str) -> Option<Delivery> {
     let mut next = lanes.release(key);
-    if finished == Done::NoLongerLive {
-        // Replaced, a stale one is dropped: the broker delivers it again.
-        while next.as_ref().is_some_and(|delivery| !delivery.is_live()) {
-            next = lanes.release(key);
-        }
+    while next.as_ref().is_some_and(|delivery| !delivery.is_live()) {
+        next = lanes.release(key);
     }
     next
 }

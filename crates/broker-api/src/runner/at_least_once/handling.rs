@@ -31,18 +31,10 @@ impl Failure {
     }
 }
 
-/// How handling one delivery ended: done with (see [`Done`]), or left [`Unsettled`].
-pub(super) type Handled = std::result::Result<Done, Unsettled>;
-
-/// A delivery the runner is done with.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Done {
-    /// Acknowledged, or dead-lettered and acknowledged.
-    Settled,
-    /// Failed and dropped once no longer live: the broker delivers it again (and usually the
-    /// deliveries of its key read after it, which are no longer live either).
-    NoLongerLive,
-}
+/// How handling one delivery ended: done with it (acknowledged, dead-lettered and
+/// acknowledged, or failed and dropped once no longer live, which the broker delivers again),
+/// or left [`Unsettled`].
+pub(super) type Handled = std::result::Result<(), Unsettled>;
 
 /// A delivery left unsettled: closing abandoned its retries, or it failed for good and could
 /// not be dead-lettered (dead-lettering off, or the dead letter not published), with the error
@@ -113,7 +105,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         match outcome {
             Ok(()) => {
                 self.succeeded(&delivery.metadata);
-                Either::Left(acknowledge(delivery).map(|()| Ok(Done::Settled)))
+                Either::Left(acknowledge(delivery).map(|()| Ok(())))
             }
             Err(failure) => Either::Right(self.retry(delivery, handler, abandon, failure)),
         }
@@ -182,7 +174,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
             let mut failure = first;
             loop {
                 if self.handled_elsewhere(&delivery, calls + 1) {
-                    return Ok(Done::NoLongerLive);
+                    return Ok(());
                 }
                 let failure_now = match failure {
                     Failure::Undecodable(reason) => {
@@ -204,7 +196,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     () = abandon.cancelled() => return Err(Unsettled::new(delivery, None)),
                 }
                 if self.handled_elsewhere(&delivery, calls) {
-                    return Ok(Done::NoLongerLive);
+                    return Ok(());
                 }
                 match self
                     .attempt(&delivery.payload, &delivery.metadata, handler)
@@ -213,7 +205,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     Ok(()) => {
                         self.earlier_calls.forget(&delivery.metadata);
                         acknowledge(delivery).await;
-                        return Ok(Done::Settled);
+                        return Ok(());
                     }
                     Err(again) => failure = again,
                 }
@@ -280,7 +272,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         if let Err(e) = acker.ack().await {
             tracing::warn!(error = %e, "acknowledgement of a dead-lettered message failed; it will be delivered again");
         }
-        Ok(Done::Settled)
+        Ok(())
     }
 }
 
