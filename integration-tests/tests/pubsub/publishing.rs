@@ -9,6 +9,7 @@ use broker_pubsub::google_cloud_pubsub::client::Publisher;
 use broker_pubsub::google_cloud_pubsub::model::Message as PubsubMessage;
 use broker_testkit::support::{next_within, run_case, unique};
 use broker_testkit::Harness;
+use futures::FutureExt;
 
 use crate::shared;
 use crate::support::{backend, backend_cleanup, PROJECT};
@@ -186,5 +187,61 @@ async fn key_order_holds_across_a_client_replacement() {
         backend.close().await.expect("close");
         backend_cleanup(&harness.live.address, &topic).await;
     })
+    .await;
+}
+
+/// Closing waits for the messages held back while a replaced client finishes (after a thousand
+/// keys): they go to its successor, and closing flushes that one too, so a service that does
+/// not await its confirmations loses none of them when it closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_flushes_messages_held_across_a_client_replacement() {
+    const KEYS: usize = 1_000;
+    const HELD: usize = 50;
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case(
+        "closing_flushes_messages_held_across_a_client_replacement",
+        async {
+            let backend = backend(&harness.live.address, true).await.expect("connect");
+            let topic = unique("held");
+            backend
+                .ensure_topic(&TopicSpec::new(topic.as_str()))
+                .await
+                .expect("topic");
+            let mut confirmations = Vec::new();
+            for key in 0..KEYS {
+                let message = Message::new("served").with_key(format!("key-{key}"));
+                confirmations.push(backend.send(&topic, message).await.expect("send"));
+            }
+            for confirmation in confirmations {
+                confirmation.await.expect("confirmed");
+            }
+            // New keys: the first replaces the client, and these wait for it to finish.
+            let mut held = Vec::new();
+            for key in KEYS..KEYS + HELD {
+                let message = Message::new("held").with_key(format!("key-{key}"));
+                held.push(backend.send(&topic, message).await.expect("send"));
+            }
+            backend.close().await.expect("close");
+            // Unconstrained: tokio's task budget would answer pending after a hundred polls.
+            let unanswered: Vec<_> = tokio::task::unconstrained(async move {
+                held.into_iter()
+                    .enumerate()
+                    .filter_map(|(i, confirmation)| match confirmation.now_or_never() {
+                        Some(Ok(_)) => None,
+                        Some(Err(e)) => Some(format!("{i}: {e}")),
+                        None => Some(format!("{i}: pending")),
+                    })
+                    .collect()
+            })
+            .await;
+            assert!(
+                unanswered.is_empty(),
+                "messages not published when close returned: {unanswered:?}"
+            );
+            backend_cleanup(&harness.live.address, &topic).await;
+        },
+    )
     .await;
 }

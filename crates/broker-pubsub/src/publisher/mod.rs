@@ -18,7 +18,7 @@
 mod client;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use broker_api::completion::{self, Completion};
@@ -66,6 +66,9 @@ pub(crate) struct Publishers {
     batching: Batching,
     publish_timeout: Duration,
     /// Looked up on every publish (FxHash: cheap on short names, which are not untrusted input).
+    /// A message is handed to its client under the read lock, after `closed` was checked:
+    /// closing, which drains the map under the write lock, flushes every message refused
+    /// after it began or handed over before.
     topics: RwLock<FxHashMap<Arc<str>, Arc<TopicPublisher>>>,
     closed: AtomicBool,
     /// The confirmations publishing a failed message again, and the replaced clients finishing
@@ -109,59 +112,75 @@ impl Publishers {
         topic: &'a str,
         message: Message,
     ) -> Completion<'a, Confirmation> {
-        if self.closed.load(Ordering::Acquire) {
-            return completion::ready(Err(closed("publish")));
-        }
         if let Err(e) = check_limits(topic, &message) {
             return completion::ready(Err(e));
         }
-        let publisher = self.topic(topic);
-        if publisher.provisioned.initialized() {
-            return completion::ready(Ok(self.publish(publisher, message)));
-        }
+        let publisher = {
+            let topics = self.open_topics();
+            if self.closed.load(Ordering::Acquire) {
+                return completion::ready(Err(closed("publish")));
+            }
+            match topics.get(topic) {
+                Some(publisher) if publisher.provisioned.initialized() => {
+                    return completion::ready(Ok(self.publish(publisher, message)));
+                }
+                Some(publisher) => Arc::clone(publisher),
+                None => {
+                    drop(topics);
+                    match self.topic(topic) {
+                        Some(publisher) => publisher,
+                        None => return completion::ready(Err(closed("publish"))),
+                    }
+                }
+            }
+        };
         let this = Arc::clone(self);
         completion::boxed(async move {
             publisher
                 .provisioned
                 .get_or_try_init(|| this.admin.ensure_topic(topic))
                 .await?;
+            let _open = this.open_topics();
             if this.closed.load(Ordering::Acquire) {
                 return Err(closed("publish"));
             }
-            Ok(this.publish(publisher, message))
+            Ok(this.publish(&publisher, message))
         })
     }
 
     /// Records that `topic` exists, so the first message skips the check.
     pub(crate) fn mark_provisioned(&self, topic: &str) {
-        if self.closed.load(Ordering::Acquire) {
-            return;
+        if let Some(publisher) = self.topic(topic) {
+            let _ = publisher.provisioned.set(());
         }
-        let _ = self.topic(topic).provisioned.set(());
     }
 
     /// Drops the publisher of a deleted topic: the next message provisions the topic again.
     pub(crate) fn forget(&self, topic: &str) {
-        if let Ok(mut topics) = self.topics.write() {
-            topics.remove(topic);
-        }
+        write(&self.topics).remove(topic);
     }
 
     /// Refuses new messages, then waits (up to `timeout`) until every queued message was
-    /// sent and answered, and every message being published again settled (it stops at its
-    /// next pause, failing `Closed`).
+    /// sent and answered, every message being published again settled (it stops at its next
+    /// pause, failing `Closed`), and every message held back while a replaced client finished
+    /// was sent and answered by its successor.
     pub(crate) async fn close(&self, timeout: Duration) -> Result<()> {
         self.closed.store(true, Ordering::Release);
         self.background.close();
-        let publishers: Vec<Arc<TopicPublisher>> = match self.topics.write() {
-            Ok(mut topics) => topics.drain().map(|(_, publisher)| publisher).collect(),
-            Err(_) => Vec::new(),
+        // Taken once the messages being handed over are with their clients.
+        let publishers: Vec<Arc<TopicPublisher>> = write(&self.topics)
+            .drain()
+            .map(|(_, publisher)| publisher)
+            .collect();
+        let flush_all = || {
+            let clients: Vec<_> = publishers.iter().map(|p| p.client.current()).collect();
+            async move { futures::future::join_all(clients.iter().map(|c| c.flush())).await }
         };
-        let clients: Vec<_> = publishers.iter().map(|p| p.client.current()).collect();
-        let flush = futures::future::join_all(clients.iter().map(|client| client.flush()));
         let settled = async {
-            flush.await;
+            flush_all().await;
+            // Replaced clients finish, then hand what they held back to their successors.
             self.background.wait().await;
+            flush_all().await;
         };
         if tokio::time::timeout(timeout, settled).await.is_err() {
             tracing::warn!(
@@ -178,16 +197,20 @@ impl Publishers {
         Ok(())
     }
 
-    fn topic(&self, topic: &str) -> Arc<TopicPublisher> {
-        if let Ok(topics) = self.topics.read() {
-            if let Some(publisher) = topics.get(topic) {
-                return Arc::clone(publisher);
-            }
+    /// The topics' publishers, read locked: closing waits for the messages being handed over.
+    fn open_topics(&self) -> RwLockReadGuard<'_, FxHashMap<Arc<str>, Arc<TopicPublisher>>> {
+        self.topics.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The publisher of `topic`, made on first use; `None` once closing began.
+    fn topic(&self, topic: &str) -> Option<Arc<TopicPublisher>> {
+        if let Some(publisher) = self.open_topics().get(topic) {
+            return Some(Arc::clone(publisher));
         }
-        let mut topics = match self.topics.write() {
-            Ok(topics) => topics,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut topics = write(&self.topics);
+        if self.closed.load(Ordering::Acquire) {
+            return None;
+        }
         let publisher = topics.entry(Arc::from(topic)).or_insert_with_key(|name| {
             let (base, path, batching) = (
                 self.base.clone(),
@@ -208,10 +231,15 @@ impl Publishers {
                 recreated_at: Mutex::new(None),
             })
         });
-        Arc::clone(publisher)
+        Some(Arc::clone(publisher))
     }
 
-    fn publish(self: &Arc<Self>, publisher: Arc<TopicPublisher>, message: Message) -> Confirmation {
+    fn publish(
+        self: &Arc<Self>,
+        publisher: &Arc<TopicPublisher>,
+        message: Message,
+    ) -> Confirmation {
+        let publisher = Arc::clone(publisher);
         let published = publisher
             .client
             .publish(to_pubsub(&message), &self.background);
@@ -403,6 +431,10 @@ fn retry_action(err: &PublishError, auto_provision: bool) -> Retry {
 /// The pause before publishing a failed message again: 50 ms doubling up to 800 ms.
 fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64 << attempt.min(5).saturating_sub(1)).min(Duration::from_secs(1))
+}
+
+fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
