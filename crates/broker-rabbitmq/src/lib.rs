@@ -292,7 +292,9 @@ impl Backend for RabbitMqBackend {
             result
         };
         let result = error::within(deadline, "delete topic", deleting).await;
-        self.publisher.forget(name).await;
+        if result.is_ok() {
+            self.publisher.forget(name).await;
+        }
         result
     }
 

@@ -268,7 +268,8 @@ impl Topology {
 
     /// Deletes the topic's exchange and the group queues of it this process knows (declared or
     /// used here); queues other processes made for other groups are left (AMQP cannot list
-    /// them), unbound.
+    /// them), unbound. Each deleted resource is forgotten as it goes: after a failure, what is
+    /// left stays known (its subscriptions go on, and resume when RabbitMQ cancels them).
     pub(crate) async fn delete_topic(&self, channel: &Channel, topic: &str) -> Result<()> {
         let _no_redeclaring = self.redeclaring.lock().await;
         self.known().deleting.insert(topic.to_owned());
@@ -298,6 +299,9 @@ impl Topology {
                 .map_err(|e| {
                     error::from_lapin("delete topic", format!("cannot delete queue {queue}"), e)
                 })?;
+            let mut known = self.known();
+            known.declared_queues.remove(queue);
+            known.verified_queues.remove(queue);
         }
         channel
             .exchange_delete(exchange, ExchangeDeleteOptions::default())
