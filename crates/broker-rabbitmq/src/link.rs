@@ -191,8 +191,21 @@ impl Link {
 
     /// Closes `channel` in the background (see [`close_channel`]); `close` waits for it.
     pub(crate) fn close_in_background(&self, channel: Channel, reason: &'static str) {
-        self.channel_closes
-            .spawn(async move { close_channel(&channel, reason).await });
+        self.close_in_background_holding(channel, reason, ());
+    }
+
+    /// [`Link::close_in_background`], dropping `held` once the channel closed (a consumer,
+    /// which dropped on an open channel cancels itself first).
+    pub(crate) fn close_in_background_holding<H: Send + 'static>(
+        &self,
+        channel: Channel,
+        reason: &'static str,
+        held: H,
+    ) {
+        self.channel_closes.spawn(async move {
+            close_channel(&channel, reason).await;
+            drop(held);
+        });
     }
 
     /// Stops the supervisor and closes the connection (waiting up to `timeout` for the broker,

@@ -62,9 +62,44 @@ struct Group {
 }
 
 /// A consumer and the channel it lives on.
+///
+/// Its channel is closed before its consumer is let go, also when it is dropped (a stream
+/// dropped without `close`, a subscription closed while it resumes): a lapin consumer dropped
+/// first sends `basic.cancel`, on which single active consumer hands the queue to another
+/// member at once, while this channel still holds unacknowledged messages; that member would
+/// receive later messages of their keys before them.
 struct Active {
     channel: Arc<Channel>,
-    consumer: Consumer,
+    /// Taken only to be dropped after the channel closed.
+    consumer: Option<Consumer>,
+    link: Arc<Link>,
+}
+
+impl Active {
+    /// Closes the channel (giving every unacknowledged message back to the queue, after the
+    /// acknowledgements queued before), then lets the consumer go.
+    async fn close(mut self) {
+        let consumer = self.consumer.take();
+        let closing = close_channel(&self.channel, "subscription closed");
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+            tracing::debug!("RabbitMQ did not answer the subscription's channel close in time");
+        }
+        drop(consumer);
+    }
+}
+
+impl Drop for Active {
+    fn drop(&mut self) {
+        let Some(consumer) = self.consumer.take() else {
+            return;
+        };
+        // Outside a runtime lapin closes the channel once its last handle is dropped.
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let channel = Channel::clone(&self.channel);
+            self.link
+                .close_in_background_holding(channel, "subscription dropped", consumer);
+        }
+    }
 }
 
 enum State {
@@ -197,7 +232,8 @@ impl Group {
             error::within(answer_by, "subscribe", self.consume_with(opening.channel())).await?;
         Ok(Active {
             channel: Arc::new(opening.keep()),
-            consumer,
+            consumer: Some(consumer),
+            link: self.link.clone(),
         })
     }
 
@@ -317,7 +353,12 @@ impl Stream for Subscription {
                 },
                 State::Consuming(active) => {
                     ready!(this.group.in_flight.poll_room(cx));
-                    let next = ready!(Pin::new(&mut active.consumer).poll_next(cx));
+                    let Some(consumer) = &mut active.consumer else {
+                        // Not reached: taken only when the subscription is done with it.
+                        this.state = State::Ended;
+                        return Poll::Ready(None);
+                    };
+                    let next = ready!(Pin::new(consumer).poll_next(cx));
                     match next {
                         // lapin keeps handing out what the channel received before it died:
                         // RabbitMQ gives those back (to this subscription once it consumed
@@ -378,15 +419,7 @@ impl DeliveryStream for Subscription {
     fn close(&mut self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             if let State::Consuming(active) = std::mem::replace(&mut self.state, State::Ended) {
-                // Closing the channel cancels the consumer and gives every unacknowledged
-                // message back to the queue; acknowledgements queued before it go first.
-                drop(active.consumer);
-                let closing = close_channel(&active.channel, "subscription closed");
-                if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
-                    tracing::debug!(
-                        "RabbitMQ did not answer the subscription's channel close in time"
-                    );
-                }
+                active.close().await;
             }
             Ok(())
         })

@@ -284,3 +284,52 @@ async fn closing_gives_a_key_back_in_order() {
     })
     .await;
 }
+
+/// A stream dropped without `close` while the application still holds one of its deliveries
+/// gives the key back in order: its channel closes (every unacknowledged message back to the
+/// queue) before its consumer goes, whose cancel would otherwise make the next member of the
+/// group (single active consumer) receive later messages first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_stream_gives_a_key_back_in_order() {
+    const MESSAGES: usize = 12;
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("a_dropped_stream_gives_a_key_back_in_order", async {
+        let broker = harness.connect().await.expect("connect");
+        let topic = broker_api::Topic::text(fresh_topic(&broker, "dropped", &["g"]).await);
+        let publisher = broker.publisher(&topic);
+        for value in 0..MESSAGES {
+            let message = publisher
+                .message(&value.to_string())
+                .expect("encode")
+                .with_key("k");
+            publisher.publish_message(message).await.expect("publish");
+        }
+        let backend = broker.backend();
+        let mut first = backend
+            .subscribe(SubscribeRequest::new(topic.name(), "g").max_in_flight(4))
+            .await
+            .expect("subscribe");
+        let held = next_within(&mut first, harness.patience()).await;
+        assert_eq!(&held.payload[..], b"0");
+        drop(first);
+        // Let the dropped consumer's channel close, or its cancel reach RabbitMQ.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut next = backend
+            .subscribe(SubscribeRequest::new(topic.name(), "g").max_in_flight(4))
+            .await
+            .expect("subscribe again");
+        let after = next_within(&mut next, harness.patience()).await;
+        drop(held);
+        assert_eq!(
+            String::from_utf8_lossy(&after.payload),
+            "0",
+            "the next member received a later message of the key first"
+        );
+        after.ack().await.expect("ack");
+        next.close().await.expect("close");
+        broker.close().await.expect("close broker");
+    })
+    .await;
+}
