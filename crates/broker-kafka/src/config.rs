@@ -8,6 +8,7 @@ use broker_api::naming::validate_partitions;
 use broker_api::{check_timeout, Error, Result, StartFrom};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaConfRes;
 use rdkafka::ClientConfig;
 use serde::Deserialize;
 
@@ -121,13 +122,16 @@ impl fmt::Debug for KafkaConfig {
     }
 }
 
-/// Whether a property's value must never be shown.
+/// Whether a property's value must never be shown: every `sasl.*` and `ssl.*` property (also
+/// a misspelled one, such as `sasl.pasword`), and any whose name speaks of a secret.
 pub(crate) fn is_secret(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
     ["password", "secret", "token", "credentials", "jaas"]
         .iter()
         .any(|word| name.contains(word))
         || name.contains(".key")
+        || name.starts_with("sasl.")
+        || name.starts_with("ssl.")
 }
 
 /// The value to show for a property: itself, or a placeholder when it is secret.
@@ -262,6 +266,19 @@ impl KafkaConfig {
                 )));
             }
         }
+        // librdkafka cannot take these; its own error would not name the key.
+        let texts = [("kafka.bootstrap_servers", self.bootstrap_servers.as_str())];
+        let properties = self
+            .properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        for (name, value) in texts.into_iter().chain(properties) {
+            if name.contains('\0') || value.contains('\0') {
+                return Err(Error::config(format!(
+                    "{name:?} contains a NUL character, which librdkafka cannot take"
+                )));
+            }
+        }
         // librdkafka checks names and values when a configuration is built.
         self.producer_config()
             .create_native_config()
@@ -392,6 +409,11 @@ impl KafkaConfig {
 /// A property librdkafka rejected, as a configuration error naming it (without secret values).
 pub(crate) fn property_error(error: &KafkaError) -> Error {
     match error {
+        KafkaError::ClientConfig(RDKafkaConfRes::RD_KAFKA_CONF_UNKNOWN, _, key, _) => {
+            // Its value is not shown: the name may be a misspelled secret one.
+            let text = format!("kafka.properties.\"{key}\" is not a librdkafka property");
+            Error::config(text).backend("kafka").operation("connect")
+        }
         KafkaError::ClientConfig(_, description, key, value) => {
             let text = if is_secret(key) {
                 format!("kafka.properties.\"{key}\" is rejected by librdkafka")
@@ -567,6 +589,38 @@ mod tests {
         let text = property_error(&error).to_string();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("sasl.password"), "{text}");
+    }
+
+    #[test]
+    fn a_misspelled_secret_property_does_not_show_its_value() {
+        for name in ["sasl.pasword", "ssl.keystore.pasword", "no.such.pasword"] {
+            let mut config = KafkaConfig::default();
+            config.properties.insert(name.into(), "hunter2".into());
+            let text = config.validate().unwrap_err().to_string();
+            assert!(!text.contains("hunter2"), "{text}");
+            assert!(text.contains(name), "{text}");
+            if name.starts_with("s") {
+                let debug = format!("{config:?}");
+                assert!(!debug.contains("hunter2"), "{debug}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_nul_character_is_an_error_naming_its_key() {
+        let mut config = KafkaConfig::default();
+        config
+            .properties
+            .insert("sasl.username".into(), "a\0b".into());
+        let err = config.validate().unwrap_err();
+        assert_eq!(err.kind(), broker_api::ErrorKind::Config);
+        assert!(err.to_string().contains("\"sasl.username\""), "{err}");
+        let config = KafkaConfig {
+            bootstrap_servers: "127.0.0.1:9092\0".into(),
+            ..KafkaConfig::default()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("kafka.bootstrap_servers"), "{err}");
     }
 
     #[test]
