@@ -31,13 +31,26 @@ struct Current {
     keys: FxHashSet<Box<str>>,
     /// Set while the client `client` replaced finishes what it holds: messages with a key wait
     /// here, in call order, so that none overtakes an earlier one with its key.
-    held: Option<Vec<Held>>,
+    held: Option<HeldBack>,
 }
+
+/// Messages with a key waiting for the replaced client to finish, in call order.
+#[derive(Default)]
+struct HeldBack(Vec<Held>);
 
 /// A message with a key waiting for the replaced client to finish.
 struct Held {
     message: PubsubMessage,
     published: oneshot::Sender<PublishFuture>,
+}
+
+impl HeldBack {
+    /// Holds `message` back; returns where its answer will come.
+    fn push(&mut self, message: PubsubMessage) -> oneshot::Receiver<PublishFuture> {
+        let (published, answer) = oneshot::channel();
+        self.0.push(Held { message, published });
+        answer
+    }
 }
 
 /// A message handed to a client: its answer, or, held back while a replaced client finishes,
@@ -87,29 +100,29 @@ impl TopicClient {
         }
         let mut current = write(&self.current);
         let key = message.ordering_key.as_str();
-        if current.held.is_none()
+        let replacing = current.held.is_none()
             && current.keys.len() >= MAX_KEYS_PER_CLIENT
-            && !current.keys.contains(key)
-        {
-            self.replace(&mut current, finishing);
-        }
-        if let Some(held) = &mut current.held {
-            let (published, answer) = oneshot::channel();
-            held.push(Held { message, published });
-            return Published::Held(answer);
-        }
-        Published::Now(current.serve(message))
-    }
-
-    /// Puts a new client in place and flushes the replaced one on a task, which then hands
-    /// the held messages to the new one.
-    fn replace(&self, current: &mut Current, finishing: &TaskTracker) {
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            return;
+            && !current.keys.contains(key);
+        // Without a runtime to flush the replaced client on, the client serves on.
+        let runtime = if replacing {
+            tokio::runtime::Handle::try_current().ok()
+        } else {
+            None
+        };
+        let Some(runtime) = runtime else {
+            if let Some(held) = &mut current.held {
+                return Published::Held(held.push(message));
+            }
+            return Published::Now(current.serve(message));
         };
         let replaced = std::mem::replace(&mut current.client, (self.build)());
         current.keys.clear();
-        current.held = Some(Vec::new());
+        let mut held = HeldBack::default();
+        let answer = held.push(message);
+        current.held = Some(held);
+        // Spawned without the lock: a runtime shutting down drops the task at once, and its
+        // `Release` then takes the lock.
+        drop(current);
         let release = Release(self.current.clone());
         finishing.spawn_on(
             async move {
@@ -118,6 +131,7 @@ impl TopicClient {
             },
             &runtime,
         );
+        Published::Held(answer)
     }
 }
 
@@ -129,7 +143,7 @@ impl Drop for Release {
     fn drop(&mut self) {
         let mut current = write(&self.0);
         let current = &mut *current;
-        for Held { message, published } in current.held.take().unwrap_or_default() {
+        for Held { message, published } in current.held.take().unwrap_or_default().0 {
             // A dropped receiver: its confirmation was dropped, as it may be.
             let _ = published.send(current.serve(message));
         }
@@ -160,7 +174,7 @@ impl std::fmt::Debug for TopicClient {
         let current = read(&self.current);
         f.debug_struct("TopicClient")
             .field("keys", &current.keys.len())
-            .field("held", &current.held.as_ref().map(Vec::len))
+            .field("held", &current.held.as_ref().map(|held| held.0.len()))
             .finish_non_exhaustive()
     }
 }

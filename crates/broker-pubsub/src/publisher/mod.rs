@@ -67,12 +67,12 @@ pub(crate) struct Publishers {
     publish_timeout: Duration,
     /// Looked up on every publish (FxHash: cheap on short names, which are not untrusted input).
     /// A message is handed to its client under the read lock, after `closed` was checked:
-    /// closing, which drains the map under the write lock, flushes every message refused
-    /// after it began or handed over before.
+    /// closing sets `closed`, then drains the map under the write lock, so that each message is
+    /// either refused or with its client before closing flushes the clients.
     topics: RwLock<FxHashMap<Arc<str>, Arc<TopicPublisher>>>,
     closed: AtomicBool,
-    /// The confirmations publishing a failed message again, and the replaced clients finishing
-    /// what they hold: closing waits for them too.
+    /// The confirmations publishing a failed message again, the replaced clients finishing
+    /// what they hold, and the clients of deleted topics flushing: closing waits for them too.
     background: TaskTracker,
 }
 
@@ -156,8 +156,15 @@ impl Publishers {
     }
 
     /// Drops the publisher of a deleted topic: the next message provisions the topic again.
+    /// What it still holds is flushed in the background (closing waits for it).
     pub(crate) fn forget(&self, topic: &str) {
-        write(&self.topics).remove(topic);
+        let Some(forgotten) = write(&self.topics).remove(topic) else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let client = forgotten.client.current();
+            self.background.spawn(async move { client.flush().await });
+        }
     }
 
     /// Refuses new messages, then waits (up to `timeout`) until every queued message was
