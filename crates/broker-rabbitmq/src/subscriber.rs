@@ -93,11 +93,15 @@ impl Drop for Active {
         let Some(consumer) = self.consumer.take() else {
             return;
         };
-        // Outside a runtime lapin closes the channel once its last handle is dropped.
+        let channel = Channel::clone(&self.channel);
         if tokio::runtime::Handle::try_current().is_ok() {
-            let channel = Channel::clone(&self.channel);
             self.link
                 .close_in_background_holding(channel, "subscription dropped", consumer);
+        } else {
+            // No runtime to wait on: the close is queued (lapin does that at the first poll),
+            // and the channel marked closing, before the consumer goes, so it sends no cancel.
+            let _ = poll::fire(channel.close(200, "subscription dropped".into()));
+            drop(consumer);
         }
     }
 }
@@ -402,6 +406,9 @@ impl Stream for Subscription {
                                  subscribing again"
                             );
                             this.group.topology.doubt_bindings(&this.group.topic);
+                            // Cancelled already: its channel is left open for the deliveries
+                            // still being handled, whose acknowledgements go on counting.
+                            active.consumer = None;
                             this.resubscribe();
                         }
                     }
