@@ -45,6 +45,6 @@ pub use handler::{Handler, HandlerError, HandlerResult, Received};
 pub use message::{Headers, Message, MessageId};
 pub use publisher::Publisher;
 pub use runner::{AtMostOnce, Incoming, Manual, Running};
-pub use settings::{check_delay, check_timeout, RetryPolicy, SubscriberSettings};
+pub use settings::{check_delay, check_timeout, redact_uri, RetryPolicy, SubscriberSettings};
 pub use subscriber::Subscriber;
 pub use topic::Topic;

@@ -4,7 +4,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use broker_api::{check_timeout, Error, Result};
+use broker_api::{check_timeout, redact_uri, Error, Result};
 use serde::Deserialize;
 
 /// The `[pubsub]` section of the configuration.
@@ -115,7 +115,7 @@ impl fmt::Debug for PubSubConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PubSubConfig")
             .field("project", &self.project)
-            .field("endpoint", &self.endpoint.as_deref().map(redact_endpoint))
+            .field("endpoint", &self.endpoint.as_deref().map(redact_uri))
             .field(
                 "credentials_file",
                 &self.credentials_file.as_ref().map(|_| "<set>"),
@@ -181,7 +181,7 @@ impl PubSubConfig {
                 return Err(Error::config(format!(
                     "pubsub.endpoint = {:?}: expected a URL with scheme and host, e.g. \
                      \"http://127.0.0.1:8085\" for the emulator",
-                    redact_endpoint(endpoint)
+                    redact_uri(endpoint)
                 )));
             }
         }
@@ -217,6 +217,8 @@ impl PubSubConfig {
             ("connect_timeout", self.connect_timeout),
             ("publish_timeout", self.publish_timeout),
             ("admin_timeout", self.admin_timeout),
+            // The client adds it to the time a message arrived: far beyond a day it overflows.
+            ("max_lease", self.max_lease),
         ] {
             check_timeout(&format!("pubsub.{key}"), value)?;
         }
@@ -261,7 +263,7 @@ impl PubSubConfig {
     /// user information, or Google Cloud's endpoint.
     pub fn display_endpoint(&self) -> String {
         match &self.endpoint {
-            Some(endpoint) => redact_endpoint(endpoint),
+            Some(endpoint) => redact_uri(endpoint),
             None => GOOGLE_CLOUD_ENDPOINT.to_owned(),
         }
     }
@@ -274,18 +276,6 @@ fn check_range(key: &str, value: u32, min: u32, max: u32, unit: &str) -> Result<
         Err(Error::config(format!(
             "pubsub.{key} = {value}: expected {min} to {max} {unit}"
         )))
-    }
-}
-
-/// The endpoint without user information (`user:password@`), should someone put a secret there.
-pub(crate) fn redact_endpoint(endpoint: &str) -> String {
-    let Some((scheme, rest)) = endpoint.split_once("://") else {
-        return endpoint.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => endpoint.to_owned(),
     }
 }
 
@@ -354,7 +344,7 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_key() {
-        let cases: [(&str, &str); 7] = [
+        let cases: [(&str, &str); 8] = [
             ("endpoint = \"127.0.0.1:8085\"", "pubsub.endpoint"),
             ("project = \"a/b\"", "pubsub.project"),
             ("batch_max_messages = 0", "pubsub.batch_max_messages"),
@@ -362,6 +352,7 @@ mod tests {
             ("ack_deadline = \"5s\"", "pubsub.ack_deadline"),
             ("connect_timeout = \"0s\"", "pubsub.connect_timeout"),
             ("max_lease = \"20s\"", "pubsub.max_lease"),
+            ("max_lease = \"9300000000000000000s\"", "pubsub.max_lease"),
         ];
         for (text, key) in cases {
             let err = parse(text).unwrap().validate().unwrap_err();
@@ -435,7 +426,13 @@ mod tests {
         assert!(!debug.contains("sa.json"), "{debug}");
         assert_eq!(
             config.display_endpoint(),
-            "https://***@pubsub.example.com/x"
+            "https://user:***@pubsub.example.com/x"
         );
+        let config = PubSubConfig {
+            endpoint: Some("https://svc:pa/ss@proxy.example.com".into()),
+            ..PubSubConfig::default()
+        };
+        assert!(!format!("{config:?}").contains("pa/ss"));
+        assert!(!config.display_endpoint().contains("pa/ss"));
     }
 }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
-use broker_api::{check_timeout, Error, Result};
+use broker_api::{check_timeout, redact_uri, Error, Result};
 use lapin::uri::{AMQPScheme, AMQPUri};
 use serde::{Deserialize, Serialize};
 
@@ -274,27 +274,6 @@ fn endpoint_of(uri: &AMQPUri) -> String {
     )
 }
 
-/// The URI with the password (if any) replaced by `***`, for messages and `Debug`.
-pub(crate) fn redact_uri(uri: &str) -> String {
-    let Some((scheme, rest)) = uri.split_once("://") else {
-        // Not a URI; it may still hold a secret, so show only its shape.
-        return if uri.contains('@') || uri.contains(':') {
-            "***".to_owned()
-        } else {
-            uri.to_owned()
-        };
-    };
-    // The user information ends at the last '@' before the path (a password may hold '/').
-    let Some(at) = rest.rfind('@') else {
-        return uri.to_owned();
-    };
-    let (userinfo, host_and_path) = rest.split_at(at);
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{host_and_path}"),
-        None => uri.to_owned(),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -400,17 +379,6 @@ mod tests {
             let err = config.validate().unwrap_err().to_string();
             assert!(err.contains(key), "{key}: {err}");
         }
-    }
-
-    #[test]
-    fn redaction_hides_only_the_password() {
-        assert_eq!(
-            redact_uri("amqp://guest:guest@127.0.0.1:5672/%2f"),
-            "amqp://guest:***@127.0.0.1:5672/%2f"
-        );
-        assert_eq!(redact_uri("amqp://u:p/w@d@host/vh"), "amqp://u:***@host/vh");
-        assert_eq!(redact_uri("amqp://host:5672"), "amqp://host:5672");
-        assert_eq!(redact_uri("u:secret@host"), "***");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Subscriber settings: where a group starts, how much is in flight, how failures are retried.
 //!
 //! They deserialize from the `[subscriber]` section of `broker.toml`; every field has a default.
+//! Also the checks and the redaction the backends' own sections share.
 
 mod number;
 
@@ -39,6 +40,27 @@ pub fn check_delay(key: &str, value: Duration) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// `uri` as shown in errors, logs and `Debug`: the password of its user information replaced
+/// by `***` (all of it when it has no `user:` part). The user information ends at the last `@`
+/// (a password may hold `/`); text that is not a URI but holds an `@` is hidden whole.
+pub fn redact_uri(uri: &str) -> String {
+    let Some((scheme, rest)) = uri.split_once("://") else {
+        return if uri.contains('@') {
+            "***".to_owned()
+        } else {
+            uri.to_owned()
+        };
+    };
+    let Some(at) = rest.rfind('@') else {
+        return uri.to_owned();
+    };
+    let (userinfo, host_and_path) = rest.split_at(at);
+    match userinfo.split_once(':') {
+        Some((user, _password)) => format!("{scheme}://{user}:***{host_and_path}"),
+        None => format!("{scheme}://***{host_and_path}"),
+    }
 }
 
 /// How a subscription reads and handles messages.
@@ -180,6 +202,32 @@ impl RetryPolicy {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn redaction_hides_the_password_wherever_it_ends() {
+        use super::redact_uri;
+        let cases = [
+            (
+                "amqp://guest:guest@127.0.0.1:5672/%2f",
+                "amqp://guest:***@127.0.0.1:5672/%2f",
+            ),
+            ("amqp://u:p/w@d@host/vh", "amqp://u:***@host/vh"),
+            (
+                "https://svc:pa/ss@proxy.example.com",
+                "https://svc:***@proxy.example.com",
+            ),
+            (
+                "https://token@pubsub.example.com/x",
+                "https://***@pubsub.example.com/x",
+            ),
+            ("amqp://host:5672", "amqp://host:5672"),
+            ("127.0.0.1:8085", "127.0.0.1:8085"),
+            ("u:secret@host", "***"),
+        ];
+        for (uri, shown) in cases {
+            assert_eq!(redact_uri(uri), shown, "{uri}");
+        }
+    }
+
     use super::*;
 
     #[test]
