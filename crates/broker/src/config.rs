@@ -143,6 +143,19 @@ impl BrokerConfig {
                 file.display()
             )));
         }
+        let text = if file.is_file() {
+            let text = std::fs::read_to_string(&file).map_err(|e| {
+                Error::config(format!(
+                    "cannot read configuration file {}: {e}",
+                    file.display()
+                ))
+            })?;
+            check_syntax(&text, &file.display().to_string())?;
+            Some(text)
+        } else {
+            None
+        };
+        check_environment()?;
         let builder = config::Config::builder()
             .add_source(
                 File::from(file.as_path())
@@ -156,13 +169,7 @@ impl BrokerConfig {
             format!("{ENV_PREFIX}__* variables")
         };
         let config = BrokerConfig::build(builder, &source)?;
-        if file.is_file() {
-            let text = std::fs::read_to_string(&file).map_err(|e| {
-                Error::config(format!(
-                    "cannot read configuration file {}: {e}",
-                    file.display()
-                ))
-            })?;
+        if let Some(text) = text {
             check_types(&text, &file.display().to_string())?;
         }
         Ok(config)
@@ -170,6 +177,7 @@ impl BrokerConfig {
 
     /// Parses a TOML text (no file, no environment). For tests and embedded defaults.
     pub fn from_toml(text: &str) -> Result<Self> {
+        check_syntax(text, "the given TOML")?;
         let builder = config::Config::builder().add_source(File::from_str(text, FileFormat::Toml));
         let config = BrokerConfig::build(builder, "the given TOML")?;
         check_types(text, "the given TOML")?;
@@ -243,7 +251,18 @@ impl BrokerConfig {
 /// for one (numeric settings read strictly by themselves, see `broker_api::settings::number`).
 /// The error gives the line and its key, not the value written there, which may be a secret.
 fn check_types(text: &str, source: &str) -> Result<()> {
-    let Err(e) = toml::from_str::<BrokerConfig>(text) else {
+    check_as::<BrokerConfig>(text, source)
+}
+
+/// Checks that `text` is TOML before the `config` crate reads it: that crate's syntax errors
+/// quote the line, which may hold a secret. The error names the line, not what is on it.
+fn check_syntax(text: &str, source: &str) -> Result<()> {
+    check_as::<toml::Table>(text, source)
+}
+
+/// Reads `text` as a `T`; an error names the line and the key on it, never the value.
+fn check_as<T: serde::de::DeserializeOwned>(text: &str, source: &str) -> Result<()> {
+    let Err(e) = toml::from_str::<T>(text) else {
         return Ok(());
     };
     let line = e
@@ -252,14 +271,32 @@ fn check_types(text: &str, source: &str) -> Result<()> {
         .map(|before| {
             let number = before.matches('\n').count() + 1;
             let written = text.lines().nth(number - 1).unwrap_or_default();
-            let key = written.split('=').next().unwrap_or_default().trim();
-            format!(" (line {number}: `{key} = …`)")
+            // The key only, never what is written after it (or a line without one).
+            match written.split_once('=') {
+                Some((key, _)) => format!(" (line {number}: `{} = …`)", key.trim()),
+                None => format!(" (line {number})"),
+            }
         })
         .unwrap_or_default();
     Err(Error::config(format!(
         "invalid configuration in {source}: {}{line}",
         e.message()
     )))
+}
+
+/// Refuses a `BROKER__*` variable that is not UTF-8, naming it: the `config` crate's error
+/// would quote its value, which may be a secret.
+fn check_environment() -> Result<()> {
+    let prefix = format!("{ENV_PREFIX}__");
+    for (name, value) in std::env::vars_os() {
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && value.to_str().is_none() {
+            return Err(Error::config(format!(
+                "environment variable {name} is not valid UTF-8"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// The `BROKER__*` variables, kept as text: each setting parses its own (numbers, booleans,

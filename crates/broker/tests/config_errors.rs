@@ -121,6 +121,17 @@ fn out_of_range_values_name_the_key() {
     assert!(err.contains("bad name"), "{err}");
 }
 
+/// A TOML syntax error names its line, not what is written there: a secret, perhaps.
+#[test]
+fn a_syntax_error_does_not_quote_its_line() {
+    let err = error_of("[rabbitmq]\nuri = \"amqp://app:hunter2@rabbit:5672/prod\n");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let err = error_of("kind = \"memory\"\namqp://app:hunter2@rabbit\n");
+    assert!(err.contains("line 2"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+}
+
 /// A value of the wrong type is named by its key; its line is not quoted, since other values
 /// on it may be secrets.
 #[cfg(feature = "kafka")]

@@ -1,5 +1,7 @@
 //! `BROKER__*` variables override the file. In a test binary of its own: it sets variables.
 
+use std::os::unix::ffi::OsStrExt;
+
 use broker::{BrokerConfig, ErrorKind, Kind};
 
 #[test]
@@ -69,6 +71,16 @@ fn environment_overrides_file_and_unknown_variables_are_errors() {
     std::env::set_var("BROKER_CONFIG", &path);
     let config = BrokerConfig::load().unwrap();
     assert_eq!(config.kind, Kind::Rabbitmq);
+
+    // Not UTF-8: named, its value not shown.
+    std::env::set_var(
+        "BROKER__RABBITMQ__URI",
+        std::ffi::OsStr::from_bytes(b"amqp://app:s\xffcret@h/"),
+    );
+    let err = BrokerConfig::load().expect_err("a value that is not UTF-8");
+    assert!(err.to_string().contains("BROKER__RABBITMQ__URI"), "{err}");
+    assert!(!err.to_string().contains("cret"), "{err}");
+    std::env::remove_var("BROKER__RABBITMQ__URI");
 
     std::env::set_var("BROKER_CONFIG", dir.join("missing.toml"));
     let err = BrokerConfig::load().expect_err("missing named file");
