@@ -122,14 +122,15 @@ impl fmt::Debug for KafkaConfig {
     }
 }
 
-/// Whether a property's value must never be shown: every `sasl.*` and `ssl.*` property (also
-/// a misspelled one, such as `sasl.pasword`), and any whose name speaks of a secret.
+/// Whether a property's value must never be shown: every `sasl.*` and `ssl.*` property, and
+/// any whose name holds a word of a secret, also misspelled (`sasl.pasword`, `sals.passwd`).
 pub(crate) fn is_secret(name: &str) -> bool {
     let name = name.to_ascii_lowercase();
-    ["password", "secret", "token", "credentials", "jaas"]
-        .iter()
-        .any(|word| name.contains(word))
-        || name.contains(".key")
+    [
+        "pas", "pwd", "secret", "token", "cred", "jaas", "auth", "key",
+    ]
+    .iter()
+    .any(|word| name.contains(word))
         || name.starts_with("sasl.")
         || name.starts_with("ssl.")
 }
@@ -415,8 +416,10 @@ pub(crate) fn property_error(error: &KafkaError) -> Error {
             Error::config(text).backend("kafka").operation("connect")
         }
         KafkaError::ClientConfig(_, description, key, value) => {
-            let text = if is_secret(key) {
+            let text = if is_secret(key) && (value.is_empty() || description.contains(value)) {
                 format!("kafka.properties.\"{key}\" is rejected by librdkafka")
+            } else if is_secret(key) {
+                format!("kafka.properties.\"{key}\" is rejected by librdkafka: {description}")
             } else {
                 format!(
                     "kafka.properties.\"{key}\" = {value:?} is rejected by librdkafka: {description}"
@@ -589,20 +592,33 @@ mod tests {
         let text = property_error(&error).to_string();
         assert!(!text.contains("hunter2"), "{text}");
         assert!(text.contains("sasl.password"), "{text}");
+
+        // librdkafka's reason, when it does not quote the value.
+        let error = KafkaError::ClientConfig(
+            rdkafka::types::RDKafkaConfRes::RD_KAFKA_CONF_INVALID,
+            "Unsupported SASL mechanism".into(),
+            "sasl.mechanisms".into(),
+            "PLAN".into(),
+        );
+        let text = property_error(&error).to_string();
+        assert!(text.contains("Unsupported SASL mechanism"), "{text}");
     }
 
     #[test]
     fn a_misspelled_secret_property_does_not_show_its_value() {
-        for name in ["sasl.pasword", "ssl.keystore.pasword", "no.such.pasword"] {
+        for name in [
+            "sasl.pasword",
+            "ssl.keystore.pasword",
+            "sals.passwd",
+            "x.pwd",
+        ] {
             let mut config = KafkaConfig::default();
             config.properties.insert(name.into(), "hunter2".into());
             let text = config.validate().unwrap_err().to_string();
             assert!(!text.contains("hunter2"), "{text}");
             assert!(text.contains(name), "{text}");
-            if name.starts_with("s") {
-                let debug = format!("{config:?}");
-                assert!(!debug.contains("hunter2"), "{debug}");
-            }
+            let debug = format!("{config:?}");
+            assert!(!debug.contains("hunter2"), "{debug}");
         }
     }
 

@@ -426,7 +426,7 @@ mod tests {
         assert!(!debug.contains("sa.json"), "{debug}");
         assert_eq!(
             config.display_endpoint(),
-            "https://user:***@pubsub.example.com/x"
+            "https://***@pubsub.example.com/x"
         );
         let config = PubSubConfig {
             endpoint: Some("https://svc:pa/ss@proxy.example.com".into()),

@@ -290,7 +290,11 @@ fn check_environment() -> Result<()> {
     let prefix = format!("{ENV_PREFIX}__");
     for (name, value) in std::env::vars_os() {
         let name = name.to_string_lossy();
-        if name.starts_with(&prefix) && value.to_str().is_none() {
+        // The `config` crate matches the prefix whatever its case.
+        let ours = name
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(&prefix));
+        if ours && value.to_str().is_none() {
             return Err(Error::config(format!(
                 "environment variable {name} is not valid UTF-8"
             )));

@@ -42,24 +42,25 @@ pub fn check_delay(key: &str, value: Duration) -> Result<()> {
     Ok(())
 }
 
-/// `uri` as shown in errors, logs and `Debug`: the password of its user information replaced
-/// by `***` (all of it when it has no `user:` part). The user information ends at the last `@`
-/// (a password may hold `/`); text that is not a URI but holds an `@` is hidden whole.
+/// `uri` as shown in errors, logs and `Debug`: its user information (`user:password@`, or a
+/// token in the user's place) replaced by `***`. The user information ends at the last `@` (a
+/// password may hold `/`). Text that is not a URI is shown only when it has the shape `host`
+/// or `host:port`.
 pub fn redact_uri(uri: &str) -> String {
     let Some((scheme, rest)) = uri.split_once("://") else {
-        return if uri.contains('@') {
-            "***".to_owned()
-        } else {
+        let host_and_port = !uri.contains('@')
+            && uri
+                .rsplit_once(':')
+                .is_none_or(|(_, port)| port.bytes().all(|b| b.is_ascii_digit()));
+        return if host_and_port {
             uri.to_owned()
+        } else {
+            "***".to_owned()
         };
     };
-    let Some(at) = rest.rfind('@') else {
-        return uri.to_owned();
-    };
-    let (userinfo, host_and_path) = rest.split_at(at);
-    match userinfo.split_once(':') {
-        Some((user, _password)) => format!("{scheme}://{user}:***{host_and_path}"),
-        None => format!("{scheme}://***{host_and_path}"),
+    match rest.rfind('@') {
+        Some(at) => format!("{scheme}://***{}", &rest[at..]),
+        None => uri.to_owned(),
     }
 }
 
@@ -202,18 +203,19 @@ impl RetryPolicy {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
-    fn redaction_hides_the_password_wherever_it_ends() {
-        use super::redact_uri;
+    fn redaction_hides_user_information_wherever_it_ends() {
         let cases = [
             (
                 "amqp://guest:guest@127.0.0.1:5672/%2f",
-                "amqp://guest:***@127.0.0.1:5672/%2f",
+                "amqp://***@127.0.0.1:5672/%2f",
             ),
-            ("amqp://u:p/w@d@host/vh", "amqp://u:***@host/vh"),
+            ("amqp://u:p/w@d@host/vh", "amqp://***@host/vh"),
             (
                 "https://svc:pa/ss@proxy.example.com",
-                "https://svc:***@proxy.example.com",
+                "https://***@proxy.example.com",
             ),
             (
                 "https://token@pubsub.example.com/x",
@@ -221,14 +223,14 @@ mod tests {
             ),
             ("amqp://host:5672", "amqp://host:5672"),
             ("127.0.0.1:8085", "127.0.0.1:8085"),
+            ("localhost", "localhost"),
             ("u:secret@host", "***"),
+            ("guest:s3cret", "***"),
         ];
         for (uri, shown) in cases {
             assert_eq!(redact_uri(uri), shown, "{uri}");
         }
     }
-
-    use super::*;
 
     #[test]
     fn timeouts_are_above_zero_and_at_most_a_day() {
