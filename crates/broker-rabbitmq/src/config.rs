@@ -237,7 +237,7 @@ impl RabbitMqConfig {
     }
 }
 
-/// Parses the URI; the error shows it with the password replaced by `***`.
+/// Parses the URI; the error shows it with its user information replaced by `***`.
 fn parse_uri(uri: &str) -> Result<AMQPUri> {
     let invalid = |reason: &str| {
         Error::config(format!(
