@@ -560,37 +560,56 @@ async fn a_message_handled_when_it_came_back_is_forgotten() {
     }
 }
 
-/// With messages handled concurrently, the next message of a key that failed and is no longer
-/// live is not started while it is not live either: it would be handled before the failed one
-/// comes back.
-#[tokio::test]
-async fn the_next_message_of_a_key_no_longer_live_is_not_started() {
+/// How the first message of a key ends while the next one waits behind it.
+#[derive(Clone, Copy)]
+enum FirstOfKey {
+    /// Fails, every delivery no longer live (the subscription's partitions revoked).
+    FailsRevoked,
+    /// Succeeds, the delivery waiting behind it no longer live (its partition went to
+    /// another member).
+    SucceedsNextRevoked,
+}
+
+/// Runs "first" and "second" with key "k", then "other" with key "j", four at a time: once
+/// "other" runs ("second" then waits behind "first"), "first" ends as `how` says. Returns the
+/// handler calls and the backend's events.
+async fn run_key_after_a_revocation(how: FirstOfKey) -> (Vec<String>, Vec<String>) {
     let backend = ScriptedBackend::new(&[
-        ("failing", Some("k")),
+        ("first", Some("k")),
         ("second", Some("k")),
         ("other", Some("j")),
     ]);
-    let (events, live) = (backend.events.clone(), backend.live.clone());
+    let (events, live, revoked) = (
+        backend.events.clone(),
+        backend.live.clone(),
+        backend.revoked.clone(),
+    );
     let broker = Broker::new(backend);
     let calls = Arc::new(Mutex::new(Vec::new()));
-    // "other" is read after "second": once it runs, "second" waits behind "failing".
     let other_started = Arc::new(Notify::new());
     let handler = {
         let (calls, other_started) = (calls.clone(), other_started.clone());
         move |message: Received<String>| {
-            let (calls, other_started, live) = (calls.clone(), other_started.clone(), live.clone());
+            let (calls, other_started) = (calls.clone(), other_started.clone());
+            let (live, revoked) = (live.clone(), revoked.clone());
             async move {
                 if let Ok(mut calls) = calls.lock() {
                     calls.push(message.value.clone());
                 }
-                match message.value.as_str() {
-                    "failing" => {
+                match (message.value.as_str(), how) {
+                    ("first", FirstOfKey::FailsRevoked) => {
                         other_started.notified().await;
-                        // Revoked while it runs.
                         live.store(false, Ordering::SeqCst);
                         Err(HandlerError::from("the database is down"))
                     }
-                    "other" => {
+                    ("first", FirstOfKey::SucceedsNextRevoked) => {
+                        other_started.notified().await;
+                        if let Ok(mut revoked) = revoked.lock() {
+                            revoked.push("second".to_owned());
+                        }
+                        HandlerResult::Ok(())
+                    }
+                    ("other", _) => {
                         other_started.notify_one();
                         HandlerResult::Ok(())
                     }
@@ -610,18 +629,21 @@ async fn the_next_message_of_a_key_no_longer_live_is_not_started() {
         .at_least_once(handler)
         .await
         .expect("subscribe");
-    // Let "failing" fail and its retry loop see that it is no longer live.
+    // Let "first" end (and a failed one's retry loop see that it is no longer live).
     tokio::time::sleep(Duration::from_millis(200)).await;
     running.close().await.expect("close succeeds");
     let called = calls.lock().map(|c| c.clone()).unwrap_or_default();
-    assert_eq!(
-        called,
-        ["failing", "other"],
-        "the key's next message did not start: {:?}",
-        seen(&events)
-    );
-    let seen = seen(&events);
-    assert!(seen.contains(&"failing rejected".to_owned()), "{seen:?}");
+    (called, seen(&events))
+}
+
+/// With messages handled concurrently, the next message of a key that failed and is no longer
+/// live is not started while it is not live either: it would be handled before the failed one
+/// comes back.
+#[tokio::test]
+async fn the_next_message_of_a_key_no_longer_live_is_not_started() {
+    let (called, seen) = run_key_after_a_revocation(FirstOfKey::FailsRevoked).await;
+    assert_eq!(called, ["first", "other"], "{seen:?}");
+    assert!(seen.contains(&"first rejected".to_owned()), "{seen:?}");
     assert!(seen.contains(&"second rejected".to_owned()), "{seen:?}");
 }
 
@@ -631,53 +653,7 @@ async fn the_next_message_of_a_key_no_longer_live_is_not_started() {
 /// second time, after later messages of its key.
 #[tokio::test]
 async fn a_waiting_message_no_longer_live_is_not_started_after_its_key_succeeded() {
-    let backend = ScriptedBackend::new(&[
-        ("first", Some("k")),
-        ("second", Some("k")),
-        ("other", Some("j")),
-    ]);
-    let (events, revoked) = (backend.events.clone(), backend.revoked.clone());
-    let broker = Broker::new(backend);
-    let calls = Arc::new(Mutex::new(Vec::new()));
-    // "other" is read after "second": once it runs, "second" waits behind "first".
-    let other_started = Arc::new(Notify::new());
-    let handler = {
-        let (calls, other_started) = (calls.clone(), other_started.clone());
-        move |message: Received<String>| {
-            let (calls, other_started, revoked) =
-                (calls.clone(), other_started.clone(), revoked.clone());
-            async move {
-                if let Ok(mut calls) = calls.lock() {
-                    calls.push(message.value.clone());
-                }
-                match message.value.as_str() {
-                    "first" => {
-                        other_started.notified().await;
-                        // The delivery waiting behind it is revoked; it succeeds.
-                        if let Ok(mut revoked) = revoked.lock() {
-                            revoked.push("second".to_owned());
-                        }
-                        HandlerResult::Ok(())
-                    }
-                    "other" => {
-                        other_started.notify_one();
-                        HandlerResult::Ok(())
-                    }
-                    _ => HandlerResult::Ok(()),
-                }
-            }
-        }
-    };
-    let running = broker
-        .subscriber(&Topic::<String>::text("orders"), "g")
-        .concurrency(4)
-        .at_least_once(handler)
-        .await
-        .expect("subscribe");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    running.close().await.expect("close succeeds");
-    let called = calls.lock().map(|c| c.clone()).unwrap_or_default();
-    let seen = seen(&events);
+    let (called, seen) = run_key_after_a_revocation(FirstOfKey::SucceedsNextRevoked).await;
     assert_eq!(called, ["first", "other"], "{seen:?}");
     assert!(seen.contains(&"first acked".to_owned()), "{seen:?}");
     assert!(seen.contains(&"second rejected".to_owned()), "{seen:?}");
