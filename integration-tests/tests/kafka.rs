@@ -160,6 +160,67 @@ async fn topics_are_created_listed_and_deleted_with_partitions() {
     .await;
 }
 
+/// Publishing to a topic deleted behind the backend's back resumes by itself (auto-provisioning
+/// on): a message the broker answers "unknown topic", or that librdkafka refuses to queue once
+/// its metadata says so, makes the backend forget the topic, and a later publish creates it
+/// again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_deleted_behind_the_back_is_provisioned_again() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case(
+        "a_topic_deleted_behind_the_back_is_provisioned_again",
+        async {
+            let config = KafkaConfig {
+                bootstrap_servers: harness.live.address.clone(),
+                // A topic the cluster no longer reports is taken as gone within a second.
+                properties: [
+                    ("topic.metadata.refresh.interval.ms", "500"),
+                    ("topic.metadata.propagation.max.ms", "1000"),
+                ]
+                .into_iter()
+                .map(|(name, value)| (name.to_owned(), value.to_owned()))
+                .collect(),
+                ..KafkaConfig::default()
+            };
+            let publishing = KafkaBackend::connect(config, ConnectOptions::default())
+                .await
+                .unwrap();
+            let topic = unique("redeleted");
+            publishing
+                .send(&topic, Message::new("before"))
+                .await
+                .unwrap()
+                .await
+                .expect("published before the deletion");
+            let deleting = backend(&harness.live.address, true).await.unwrap();
+            deleting.delete_topic(&topic).await.unwrap();
+            // Long enough for the producer's metadata to mark the topic unknown.
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let mut refused = Vec::new();
+            loop {
+                let published = match publishing.send(&topic, Message::new("after")).await {
+                    Ok(confirmation) => confirmation.await,
+                    Err(e) => Err(e),
+                };
+                match published {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() < deadline => refused.push(e.to_string()),
+                    Err(e) => panic!("still refused after 30 s: {e} (before: {refused:?})"),
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            assert!(!refused.is_empty(), "the deletion went unnoticed");
+            deleting.delete_topic(&topic).await.unwrap();
+            publishing.close().await.unwrap();
+            deleting.close().await.unwrap();
+        },
+    )
+    .await;
+}
+
 /// A record written by another program (no `message-id` or `content-type` header, a binary
 /// header value) is delivered, with what it has.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -331,6 +331,22 @@ impl Publisher {
                 .operation("publish")
                 .source(error)
             }
+            Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition) => {
+                // Deleted behind this backend's back: the next publish provisions it again, as
+                // after a delivery report saying so.
+                if let Some(topics) = self.topics.get().and_then(Weak::upgrade) {
+                    topics.forget(topic);
+                }
+                from_kafka(
+                    "publish",
+                    format!(
+                        "message {} to topic {topic} was not sent: the cluster no longer knows the \
+                         topic (deleted?); the next publish provisions it again",
+                        message.id
+                    ),
+                    error,
+                )
+            }
             _ => from_kafka(
                 "publish",
                 format!("message {} to topic {topic} was not sent", message.id),
