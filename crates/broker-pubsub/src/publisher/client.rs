@@ -1,7 +1,7 @@
 //! [`TopicClient`]: the client publisher of one topic, replaced once it served many ordering
 //! keys.
 
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock};
 
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message as PubsubMessage;
@@ -9,6 +9,8 @@ use google_cloud_pubsub::publisher::PublishFuture;
 use rustc_hash::FxHashSet;
 use tokio::sync::oneshot;
 use tokio_util::task::TaskTracker;
+
+use super::{read, write};
 
 /// Most distinct ordering keys a client publisher serves before it is replaced.
 ///
@@ -159,14 +161,6 @@ impl Current {
         }
         self.client.publish(message)
     }
-}
-
-fn read(current: &RwLock<Current>) -> RwLockReadGuard<'_, Current> {
-    current.read().unwrap_or_else(|e| e.into_inner())
-}
-
-fn write(current: &RwLock<Current>) -> RwLockWriteGuard<'_, Current> {
-    current.write().unwrap_or_else(|e| e.into_inner())
 }
 
 impl std::fmt::Debug for TopicClient {

@@ -206,7 +206,7 @@ impl Publishers {
 
     /// The topics' publishers, read locked: closing waits for the messages being handed over.
     fn open_topics(&self) -> RwLockReadGuard<'_, FxHashMap<Arc<str>, Arc<TopicPublisher>>> {
-        self.topics.read().unwrap_or_else(|e| e.into_inner())
+        read(&self.topics)
     }
 
     /// The publisher of `topic`, made on first use; `None` once closing began.
@@ -440,6 +440,12 @@ fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(50u64 << attempt.min(5).saturating_sub(1)).min(Duration::from_secs(1))
 }
 
+/// `lock` read, also after a panic while it was held.
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// `lock` written, also after a panic while it was held.
 fn write<T>(lock: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     lock.write().unwrap_or_else(|e| e.into_inner())
 }
