@@ -196,7 +196,8 @@ async fn a_topic_deleted_behind_the_back_is_provisioned_again() {
                 .expect("published before the deletion");
             let deleting = backend(&harness.live.address, true).await.unwrap();
             deleting.delete_topic(&topic).await.unwrap();
-            // Long enough for the producer's metadata to mark the topic unknown.
+            // A pause between publishes, as a service has (on this broker librdkafka had not
+            // marked the topic unknown by then: the first publish is answered by the broker).
             tokio::time::sleep(Duration::from_secs(3)).await;
             let deadline = Instant::now() + Duration::from_secs(30);
             let mut refused = Vec::new();

@@ -416,14 +416,15 @@ pub(crate) fn property_error(error: &KafkaError) -> Error {
             Error::config(text).backend("kafka").operation("connect")
         }
         KafkaError::ClientConfig(_, description, key, value) => {
-            let text = if is_secret(key) && (value.is_empty() || description.contains(value)) {
-                format!("kafka.properties.\"{key}\" is rejected by librdkafka")
-            } else if is_secret(key) {
-                format!("kafka.properties.\"{key}\" is rejected by librdkafka: {description}")
-            } else {
+            let text = if !is_secret(key) {
                 format!(
                     "kafka.properties.\"{key}\" = {value:?} is rejected by librdkafka: {description}"
                 )
+            } else if value.is_empty() || description.contains(value) {
+                format!("kafka.properties.\"{key}\" is rejected by librdkafka")
+            } else {
+                // librdkafka's reason, which does not quote the value.
+                format!("kafka.properties.\"{key}\" is rejected by librdkafka: {description}")
             };
             Error::config(text).backend("kafka").operation("connect")
         }
