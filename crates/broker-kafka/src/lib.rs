@@ -313,6 +313,7 @@ impl Backend for KafkaBackend {
         for subscription in &subscriptions {
             subscription.close();
         }
+        self.publisher.close_intake();
         // One close_timeout for both: the consumers leave their groups while publishes flush.
         let timeout = self.config.close_timeout;
         let deadline = tokio::time::Instant::now() + timeout;

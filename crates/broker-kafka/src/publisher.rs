@@ -13,7 +13,7 @@
 //! closing the backend flushes it too. Other fatal errors (credentials not allowed to write
 //! idempotently, for one) would stop any new producer as well: publishes fail, saying why.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, Weak};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
@@ -27,7 +27,7 @@ use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use crate::config::KafkaConfig;
 use crate::context::ClientLog;
 use crate::delivery::{Deliveries, Reports};
-use crate::error::{from_kafka, payload_too_large, too_large, BACKEND};
+use crate::error::{closed, from_kafka, payload_too_large, too_large, BACKEND};
 use crate::provision::Provisioner;
 
 /// Header carrying the message id (wire conventions).
@@ -53,7 +53,15 @@ pub(crate) struct Publisher {
     max_payload_bytes: usize,
     queue_wait: Duration,
     waiting: WaitingLine,
+    /// Set by [`Publisher::close_intake`] under the producer's write lock, and read under its
+    /// read lock by every send: a record is either handed over before closing flushes, or
+    /// refused as closed.
+    closed: AtomicBool,
 }
+
+/// What a send refused because the backend closed meets: librdkafka's own code for an
+/// instance going away.
+const CLOSED: KafkaError = KafkaError::MessageProduction(RDKafkaErrorCode::BrokerDestroy);
 
 /// The sends waiting for room in librdkafka's queue, in the order they were made.
 #[derive(Default)]
@@ -104,6 +112,7 @@ impl Publisher {
             max_payload_bytes: config.max_payload_bytes(),
             queue_wait: config.effective_delivery_timeout(),
             waiting: WaitingLine::default(),
+            closed: AtomicBool::new(false),
         })
     }
 
@@ -272,6 +281,10 @@ impl Publisher {
         topic: &str,
         message: &Message,
     ) -> std::result::Result<usize, KafkaError> {
+        let producer = self.current();
+        if self.closed.load(Ordering::Acquire) {
+            return Err(CLOSED);
+        }
         let reports = &self.reports;
         let key = reports
             .open(&message.id)
@@ -285,13 +298,10 @@ impl Publisher {
         if let Ok(since_epoch) = message.timestamp.duration_since(UNIX_EPOCH) {
             record = record.timestamp(i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX));
         }
-        self.current()
-            .send(record)
-            .map(|()| key)
-            .map_err(|(error, _)| {
-                reports.discard(key);
-                error
-            })
+        producer.send(record).map(|()| key).map_err(|(error, _)| {
+            reports.discard(key);
+            error
+        })
     }
 
     /// The error for a message librdkafka refused to queue.
@@ -300,6 +310,7 @@ impl Publisher {
             Some(RDKafkaErrorCode::MessageSizeTooLarge) => {
                 too_large(topic, wire_size(message), self.message_max_bytes, error)
             }
+            Some(RDKafkaErrorCode::BrokerDestroy) => closed("publish", "the Kafka backend"),
             Some(RDKafkaErrorCode::QueueFull) => Error::new(
                 ErrorKind::Timeout,
                 format!(
@@ -353,6 +364,17 @@ impl Publisher {
                 error,
             ),
         }
+    }
+
+    /// Refuses every send from now on, those waiting for room in librdkafka's queue too; a
+    /// send already handing its record over finishes first, so that a flush after this sees
+    /// every record a send accepted.
+    pub(crate) fn close_intake(&self) {
+        let _producer = self
+            .producer
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.closed.store(true, Ordering::Release);
     }
 
     /// Waits up to `timeout` for every queued message to be confirmed or to fail: the current

@@ -541,6 +541,49 @@ async fn a_full_producer_queue_makes_send_wait_not_fail() {
     backend.close().await.unwrap();
 }
 
+/// A send still waiting for room in librdkafka's queue when the backend closes is refused as
+/// closed: it is not queued after closing flushed (and reported), to be sent or failed later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_send_waiting_for_queue_room_at_close_is_refused() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("closing", 1, 1).unwrap();
+    let backend = connect_with_a_queue_of_ten(&cluster).await;
+    // The first send to a topic looks it up: done before the queue fills.
+    publish(&backend, "closing", Message::new("m0")).await;
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(2))
+        .unwrap();
+    let mut queued = Vec::new();
+    for i in 1..=10 {
+        queued.push(
+            backend
+                .send("closing", Message::new(format!("m{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let waiting = backend.send("closing", Message::new("late"));
+    assert!(
+        matches!(waiting, futures::future::Either::Right(_)),
+        "the queue was not full"
+    );
+    let closing = async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        backend.close().await
+    };
+    let (answer, closed) = tokio::time::timeout(PATIENCE, async { tokio::join!(waiting, closing) })
+        .await
+        .expect("the waiting send is answered");
+    closed.unwrap();
+    for confirmation in queued {
+        confirmation.await.expect("queued before close: flushed");
+    }
+    match answer {
+        Err(error) => assert_eq!(error.kind(), ErrorKind::Closed, "{error}"),
+        Ok(_) => panic!("the send waiting for room was queued after close began"),
+    }
+}
+
 /// A message whose answer does not come within the delivery timeout may have been written: the
 /// error says so, for a caller deciding whether to send it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
