@@ -270,11 +270,14 @@ fn check_as<T: serde::de::DeserializeOwned>(text: &str, source: &str) -> Result<
         .and_then(|span| text.get(..span.start))
         .map(|before| {
             let number = before.matches('\n').count() + 1;
+            let start = before.rfind('\n').map_or(0, |newline| newline + 1);
             let written = text.lines().nth(number - 1).unwrap_or_default();
-            // The key only, never what is written after it (or a line without one).
+            // The key only, never what is written after it, and only on a line that starts
+            // afresh: a line inside a multi-line string or array is all value.
+            let afresh = toml::from_str::<toml::Table>(&text[..start]).is_ok();
             match written.split_once('=') {
-                Some((key, _)) => format!(" (line {number}: `{} = …`)", key.trim()),
-                None => format!(" (line {number})"),
+                Some((key, _)) if afresh => format!(" (line {number}: `{} = …`)", key.trim()),
+                _ => format!(" (line {number})"),
             }
         })
         .unwrap_or_default();

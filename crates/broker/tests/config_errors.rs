@@ -130,6 +130,10 @@ fn a_syntax_error_does_not_quote_its_line() {
     let err = error_of("kind = \"memory\"\namqp://app:hunter2@rabbit\n");
     assert!(err.contains("line 2"), "{err}");
     assert!(!err.contains("hunter2"), "{err}");
+    // A line inside a multi-line string is all value, `=` or not.
+    let err = error_of("[rabbitmq]\nuri = \"\"\"amqp://app:\nhunter2 = \\q@rabbit\"\"\"\n");
+    assert!(err.contains("line 3"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 /// A value of the wrong type is named by its key; its line is not quoted, since other values
