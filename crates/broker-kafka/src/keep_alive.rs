@@ -121,28 +121,24 @@ pub(crate) fn look(consumer: &KafkaConsumer, shared: &Shared) -> bool {
 }
 
 /// Before the stream reads: resumes the partitions the keeper paused; says whether the stream
-/// may read (not while this fails: it is tried again at its next read).
+/// may read (not while this fails: it is tried again at its next read, and the keeper goes on
+/// polling the consumer meanwhile).
 pub(crate) fn resume(consumer: &KafkaConsumer, shared: &Shared) -> bool {
     let polling = shared.polling();
-    polling.note_read();
-    if !polling.is_held() {
-        return true;
-    }
-    let resumed = consumer
-        .assignment()
-        .and_then(|assignment| consumer.resume(&assignment));
-    match resumed {
-        Ok(()) => {
-            polling.held.store(false, Ordering::Release);
-            tracing::debug!(topic = %shared.topic(), group = shared.group(), "partitions resumed");
-            true
-        }
-        Err(error) => {
+    if polling.is_held() {
+        let resumed = consumer
+            .assignment()
+            .and_then(|assignment| consumer.resume(&assignment));
+        if let Err(error) = resumed {
             tracing::warn!(topic = %shared.topic(), group = shared.group(), %error,
                 "cannot resume the paused partitions; trying again at the next read");
-            false
+            return false;
         }
+        polling.held.store(false, Ordering::Release);
+        tracing::debug!(topic = %shared.topic(), group = shared.group(), "partitions resumed");
     }
+    polling.note_read();
+    true
 }
 
 /// From the rebalance hook: newly assigned partitions are paused while the keeper holds the
