@@ -86,7 +86,8 @@ impl TopicClient {
     /// An ordering key the client did not serve yet, past [`MAX_KEYS_PER_CLIENT`], replaces the
     /// client: the replaced one is flushed on a task of `finishing` (closing waits for them)
     /// and dropped. Until it finished, messages with a key are held back and then handed to
-    /// the new client in call order (also when the task ends early: its runtime shut down).
+    /// the new client in call order (also when the task ends early: its runtime shut down),
+    /// which the task then flushes.
     /// Without a runtime to flush on, the client serves on.
     pub(super) fn publish(&self, message: PubsubMessage, finishing: &TaskTracker) -> Published {
         if message.ordering_key.is_empty() {
@@ -129,7 +130,9 @@ impl TopicClient {
         finishing.spawn_on(
             async move {
                 replaced.flush().await;
-                drop(release);
+                // Flushed here, so that whoever waits for this task (closing, a deleted
+                // topic's flush) has the held messages answered too.
+                release.hand_over().flush().await;
             },
             &runtime,
         );
@@ -137,18 +140,26 @@ impl TopicClient {
     }
 }
 
-/// Hands the held messages to the new client when dropped: after the replaced client's flush,
-/// or when the flushing task is dropped unfinished.
+/// Hands the held messages to the new client: after the replaced client's flush, or when the
+/// flushing task is dropped unfinished.
 struct Release(Arc<RwLock<Current>>);
 
-impl Drop for Release {
-    fn drop(&mut self) {
+impl Release {
+    /// Hands the held messages (if still held) to the client in place; returns that client.
+    fn hand_over(&self) -> Publisher {
         let mut current = write(&self.0);
         let current = &mut *current;
         for Held { message, published } in current.held.take().unwrap_or_default().0 {
             // A dropped receiver: its confirmation was dropped, as it may be.
             let _ = published.send(current.serve(message));
         }
+        current.client.clone()
+    }
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.hand_over();
     }
 }
 

@@ -136,15 +136,28 @@ impl Publishers {
         };
         let this = Arc::clone(self);
         completion::boxed(async move {
-            publisher
-                .provisioned
-                .get_or_try_init(|| this.admin.ensure_topic(topic))
-                .await?;
-            let _open = this.open_topics();
-            if this.closed.load(Ordering::Acquire) {
-                return Err(closed("publish"));
+            let mut publisher = publisher;
+            loop {
+                publisher
+                    .provisioned
+                    .get_or_try_init(|| this.admin.ensure_topic(topic))
+                    .await?;
+                {
+                    let topics = this.open_topics();
+                    if this.closed.load(Ordering::Acquire) {
+                        return Err(closed("publish"));
+                    }
+                    if topics
+                        .get(topic)
+                        .is_some_and(|p| Arc::ptr_eq(p, &publisher))
+                    {
+                        return Ok(this.publish(&publisher, message));
+                    }
+                }
+                // The topic was deleted meanwhile (its publisher forgotten): provisioned
+                // again, as for a message sent after the deletion.
+                publisher = this.topic(topic).ok_or_else(|| closed("publish"))?;
             }
-            Ok(this.publish(&publisher, message))
         })
     }
 
@@ -170,7 +183,7 @@ impl Publishers {
     /// Refuses new messages, then waits (up to `timeout`) until every queued message was
     /// sent and answered, every message being published again settled (it stops at its next
     /// pause, failing `Closed`), and every message held back while a replaced client finished
-    /// was sent and answered by its successor.
+    /// was sent and answered by its successor (the replacement's task flushes it).
     pub(crate) async fn close(&self, timeout: Duration) -> Result<()> {
         self.closed.store(true, Ordering::Release);
         self.background.close();
@@ -179,15 +192,12 @@ impl Publishers {
             .drain()
             .map(|(_, publisher)| publisher)
             .collect();
-        let flush_all = || {
-            let clients: Vec<_> = publishers.iter().map(|p| p.client.current()).collect();
-            async move { futures::future::join_all(clients.iter().map(|c| c.flush())).await }
-        };
+        let clients: Vec<_> = publishers.iter().map(|p| p.client.current()).collect();
         let settled = async {
-            flush_all().await;
-            // Replaced clients finish, then hand what they held back to their successors.
+            futures::future::join_all(clients.iter().map(|c| c.flush())).await;
+            // Replaced clients finish, then hand what they held back to their successors and
+            // flush those.
             self.background.wait().await;
-            flush_all().await;
         };
         if tokio::time::timeout(timeout, settled).await.is_err() {
             tracing::warn!(
