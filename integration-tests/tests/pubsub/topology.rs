@@ -257,6 +257,47 @@ async fn existing_subscription_without_ordering_is_warned_about() {
     .await;
 }
 
+/// Subscriptions are named `<topic>.<group>`: a pair whose name is another pair's subscription
+/// (`X.a` with group `b`, `X` with group `a.b`) is refused, by the backend that opened the
+/// first and by another one, instead of reading the other topic's messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_and_group_colliding_with_another_pair_are_refused() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("colliding_subscription_names", async {
+        let endpoint = &harness.live.address;
+        let base = unique("collide");
+        let dotted = format!("{base}.a");
+        let backend = backend(endpoint, true).await.unwrap();
+        let mut first = backend
+            .subscribe(SubscribeRequest::new(&dotted, "b"))
+            .await
+            .unwrap();
+        let other = self::backend(endpoint, true).await.unwrap();
+        for subscriber in [&backend, &other] {
+            let err = subscriber
+                .subscribe(SubscribeRequest::new(&base, "a.b"))
+                .await
+                .err()
+                .expect("the subscription belongs to another topic");
+            assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("exists bound to topic {dotted}")),
+                "{text}"
+            );
+        }
+        first.close().await.unwrap();
+        other.close().await.unwrap();
+        for topic in [&base, &dotted] {
+            backend.delete_topic(topic).await.unwrap();
+        }
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
 /// Creates `topic` and the subscription of `group` on it, without message ordering, as
 /// another program would.
 async fn create_unordered(endpoint: &str, topic: &str, group: &str) {

@@ -35,6 +35,25 @@ pub(super) fn probe_outcome<T>(
     }
 }
 
+/// The error for a group's subscription that exists bound to another topic: subscriptions are
+/// named `<topic>.<group>`, so `orders` with group `a.b` and `orders.a` with group `b` would
+/// share one (and so would a topic deleted and created again elsewhere, leaving its
+/// subscriptions detached: `_deleted-topic_`). Used, it would hand out the other topic's
+/// messages and none of this one's.
+pub(super) fn bound_elsewhere(subscription: &str, topic: &str, bound: &str) -> Error {
+    Error::new(
+        ErrorKind::Rejected,
+        format!(
+            "subscription {subscription} for topic {topic} exists bound to topic {bound}: \
+             subscriptions are named <topic>.<group>, so this topic and group collide with \
+             another pair; choose another group name (or delete the subscription if it is \
+             left over)"
+        ),
+    )
+    .backend(BACKEND)
+    .operation("subscribe")
+}
+
 /// How a request to create a topic or subscription ended, when the backend may go on.
 #[derive(Debug)]
 pub(super) enum Creation {

@@ -24,7 +24,7 @@ use google_cloud_pubsub::retry_policy::RetryableErrors;
 
 use crate::error::{is_not_found, is_permission_denied, rpc_error};
 
-use self::answers::{allowed, creation, must_exist, probe_outcome, Creation};
+use self::answers::{allowed, bound_elsewhere, creation, must_exist, probe_outcome, Creation};
 
 /// The administrative clients of one backend and what it knows about its resources.
 #[derive(Debug)]
@@ -107,18 +107,31 @@ impl Admin {
         } else {
             self.check_subscription(subscription).await?
         };
+        if let Some(bound) = self
+            .known_topic_of(subscription)
+            .filter(|bound| bound != topic)
+        {
+            return Err(bound_elsewhere(subscription, topic, &bound));
+        }
         if !self.created(subscription) {
-            self.check_ordering(topic, subscription, found).await;
+            self.check_found(topic, subscription, found).await?;
         }
         self.remember(topic, subscription);
         Ok(())
     }
 
-    /// Warns when `subscription`, found rather than created here, has message ordering off:
-    /// the service then hands out messages of the same key in any order, and a subscription's
-    /// ordering cannot be changed (only a new subscription, for a new group, can have it).
-    /// Looks it up unless `found` already; credentials that may not look it up skip the check.
-    async fn check_ordering(&self, topic: &str, subscription: &str, found: Option<Subscription>) {
+    /// Checks `subscription`, found rather than created here: bound to another topic it is an
+    /// error (its messages are not `topic`'s); with message ordering off it is used with a
+    /// warning (the service then hands out messages of the same key in any order, and a
+    /// subscription's ordering cannot be changed: only a new subscription, for a new group,
+    /// can have it). Looks it up unless `found` already; credentials that may not look it up
+    /// skip the check.
+    async fn check_found(
+        &self,
+        topic: &str,
+        subscription: &str,
+        found: Option<Subscription>,
+    ) -> Result<()> {
         let looked_up = match found {
             Some(found) => Ok(found),
             None => {
@@ -130,6 +143,10 @@ impl Admin {
             }
         };
         match looked_up {
+            Ok(found) if found.topic != self.topic_path(topic) => {
+                let bound = found.topic.rsplit('/').next().unwrap_or_default();
+                return Err(bound_elsewhere(subscription, topic, bound));
+            }
             Ok(found) if !found.enable_message_ordering => tracing::warn!(
                 topic,
                 subscription,
@@ -138,8 +155,18 @@ impl Admin {
             ),
             Ok(_) => {}
             Err(e) => tracing::debug!(subscription, error = %e,
-                "cannot look up the subscription's message ordering"),
+                "cannot look up the subscription's topic and message ordering"),
         }
+        Ok(())
+    }
+
+    /// The topic this backend opened `subscription` on, if it did.
+    fn known_topic_of(&self, subscription: &str) -> Option<String> {
+        let known = self.known.lock().ok()?;
+        known
+            .iter()
+            .find(|(_, subscriptions)| subscriptions.contains(subscription))
+            .map(|(topic, _)| topic.clone())
     }
 
     /// Re-creates `topic` and every subscription this backend knows on it, after the service
