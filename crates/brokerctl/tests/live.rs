@@ -52,6 +52,44 @@ fn round_trip(kind: &str, variable: &str, endpoint: &str) {
         .output();
 }
 
+/// A message Kafka refuses (too large) stops the command, and every message confirmed before
+/// or after that is still printed: the count in the error matches the receipts shown.
+#[test]
+fn kafka_publish_failure_prints_every_confirmed_receipt() {
+    let Some(endpoint) = require("BROKER_TEST_KAFKA") else {
+        return;
+    };
+    let variable = "BROKER__KAFKA__BOOTSTRAP_SERVERS";
+    let topic = unique("brokerctl-live-partial");
+    let mut input = String::new();
+    for i in 0..2000 {
+        input.push_str(&format!("m{i}\n"));
+    }
+    input.push_str(&"x".repeat(2 << 20));
+    input.push('\n');
+    let output = on("kafka", variable, &endpoint)
+        .args(["publish", &topic])
+        .write_stdin(input)
+        .assert()
+        .failure()
+        .get_output()
+        .clone();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let printed = stdout
+        .lines()
+        .filter(|l| l.starts_with("published "))
+        .count();
+    assert!(stderr.contains("larger than the limit"), "{stderr}");
+    assert!(
+        stderr.contains(&format!("{printed} of 2001 messages published")),
+        "{printed} receipts printed; {stderr}"
+    );
+    let _ = on("kafka", variable, &endpoint)
+        .args(["topics", "delete", &topic])
+        .output();
+}
+
 #[test]
 fn kafka_round_trip() {
     if let Some(endpoint) = require("BROKER_TEST_KAFKA") {

@@ -31,6 +31,7 @@ pub async fn run(broker: &Broker, args: PublishArgs) -> anyhow::Result<()> {
     let mut sent = 0u64;
     let mut failure: Option<anyhow::Error> = None;
     let mut reading = true;
+    let mut printing = true;
     loop {
         tokio::select! {
             biased;
@@ -38,10 +39,13 @@ pub async fn run(broker: &Broker, args: PublishArgs) -> anyhow::Result<()> {
                 match result {
                     Ok(receipt) => {
                         published += 1;
-                        // Once stdout is gone (`| head`), the rest are still confirmed, unprinted.
-                        if failure.is_none() {
+                        // Every confirmed message is printed, also after another failed: which
+                        // were published is what a user sending the rest again needs. Once
+                        // stdout is gone (`| head`), the rest are still confirmed, unprinted.
+                        if printing {
                             if let Err(e) = print_receipt(&receipt, args.format) {
-                                failure = Some(e);
+                                failure.get_or_insert(e);
+                                printing = false;
                                 reading = false;
                             }
                         }
