@@ -201,18 +201,30 @@ fn topic_operations_the_backend_lacks_are_unsupported_errors() {
 /// line and exit code 1, not a panic (101).
 #[test]
 fn a_closed_stdout_is_one_clear_error_not_a_panic() {
-    let mut child = brokerctl_process()
-        .args(["publish", "orders", "one", "two", "three"])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start brokerctl");
-    // Closed before brokerctl has started up, let alone published.
-    drop(child.stdout.take());
-    let output = child.wait_with_output().expect("brokerctl ends");
-    let line = one_error_line(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{line}");
-    assert!(line.contains("cannot write to stdout"), "{line}");
+    let commands: [&[&str]; 2] = [
+        &["publish", "orders", "one", "two", "three"],
+        &["bench", "--messages", "10"],
+    ];
+    for args in commands {
+        let mut child = brokerctl_process()
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("start brokerctl");
+        // Closed before brokerctl has started up, let alone published.
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("brokerctl ends");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let errors = match args[0] {
+            // It first says what it runs, on stderr too.
+            "bench" => stderr.split_once('\n').map_or("", |(_, rest)| rest),
+            _ => &stderr,
+        };
+        let line = one_error_line(errors.as_bytes());
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {line}");
+        assert!(line.contains("cannot write to stdout"), "{args:?}: {line}");
+    }
 }
 
 #[test]

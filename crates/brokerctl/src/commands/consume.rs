@@ -146,13 +146,9 @@ pub async fn run(broker: &Broker, args: ConsumeArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot subscribe to {} as {}", args.topic, args.group))?;
 
     let stop = wait(&state, &running, args.timeout).await;
-    // Listening for Ctrl-C took over its default: while closing, however the wait ended, a
-    // Ctrl-C ends the process at once (a second one, after an interrupt).
-    tokio::spawn(async {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            std::process::exit(130);
-        }
-    });
+    // However the wait ended, a Ctrl-C while closing ends the process (a second one, after
+    // an interrupt).
+    super::exit_on_interrupt();
     state.closing.cancel();
     let closed = running.close().await;
     let printed = state.printed.load(Ordering::Acquire);

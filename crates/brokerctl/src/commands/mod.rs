@@ -43,3 +43,14 @@ fn load_config(cli: &Cli) -> anyhow::Result<BrokerConfig> {
     }
     Ok(config)
 }
+
+/// Once a command listened for Ctrl-C, tokio keeps SIGINT from ending the process: called
+/// when the command stops listening, so that a Ctrl-C while it cleans up and closes ends the
+/// process at once (exit code 130).
+fn exit_on_interrupt() {
+    tokio::spawn(async {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            std::process::exit(130);
+        }
+    });
+}

@@ -4,13 +4,15 @@
 //!
 //! Each message carries its send time (nanoseconds since the run started) in its first 8 bytes,
 //! or in the `bench-sent-ns` header when the payload is shorter, and its sequence number in the
-//! next 8, or in the `bench-seq` header: a redelivered message counts once.
+//! next 8, or in the `bench-seq` header: a redelivered message counts once. Its id starts
+//! with the run's own id: messages an earlier run on the same topic left unconsumed are not
+//! counted.
 
 mod arrivals;
 mod progress;
 mod stats;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -26,6 +28,7 @@ use self::arrivals::Arrivals;
 use self::progress::{Counters, Progress};
 use self::stats::{latency_line, throughput_line, Latencies};
 use crate::cli::BenchArgs;
+use crate::output;
 
 /// The header holding the send time when the payload is shorter than 8 bytes.
 const SENT_HEADER: &str = "bench-sent-ns";
@@ -34,17 +37,26 @@ const SEQUENCE_HEADER: &str = "bench-seq";
 
 /// What the consumer records.
 struct Consumed {
+    /// The id prefix of this run's messages.
+    run: String,
     started: Instant,
     arrivals: Arrivals,
     counters: Arc<Counters>,
     latencies: Mutex<Vec<u64>>,
     all_arrived: CancellationToken,
     last_at: Mutex<Option<Instant>>,
+    /// Messages of earlier runs, not counted.
+    left_over: AtomicU64,
 }
 
 impl Consumed {
     fn record(&self, message: &Received<Bytes>) {
         let now = Instant::now();
+        let ours = message.metadata.message_id.as_ref();
+        if !ours.is_some_and(|id| id.as_str().starts_with(&self.run)) {
+            self.left_over.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         self.counters.consumed.fetch_add(1, Ordering::AcqRel);
         let first = sequence(message).is_some_and(|sequence| self.arrivals.record(sequence));
         if !first {
@@ -88,6 +100,8 @@ pub async fn run(broker: &Broker, args: BenchArgs) -> anyhow::Result<()> {
         result = measure(broker, &args, &topic_name) => result,
         () = interrupted => Err(anyhow::anyhow!("interrupted")),
     };
+    // Deleting the topic and closing may take a while: a Ctrl-C then ends the process.
+    super::exit_on_interrupt();
     if fresh {
         match broker.backend().delete_topic(&topic_name).await {
             Err(e) if e.kind() != ErrorKind::Unsupported => {
@@ -103,7 +117,12 @@ async fn measure(broker: &Broker, args: &BenchArgs, topic_name: &str) -> anyhow:
     let topic = Topic::bytes(topic_name);
     let started = Instant::now();
     let counters = Arc::new(Counters::default());
+    let run = format!(
+        "bench-{}-",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     let consumed = Arc::new(Consumed {
+        run: run.clone(),
         started,
         arrivals: Arrivals::new(args.messages),
         counters: counters.clone(),
@@ -112,6 +131,7 @@ async fn measure(broker: &Broker, args: &BenchArgs, topic_name: &str) -> anyhow:
         )),
         all_arrived: CancellationToken::new(),
         last_at: Mutex::new(None),
+        left_over: AtomicU64::new(0),
     });
     let mut subscriber = broker.subscriber(&topic, args.group.as_str());
     if let Some(concurrency) = args.concurrency {
@@ -139,7 +159,8 @@ async fn measure(broker: &Broker, args: &BenchArgs, topic_name: &str) -> anyhow:
     );
     let progress = Progress::start(counters.clone(), args.messages);
     let publish_started = Instant::now();
-    let published = publish_all(broker.publisher(&topic), args, started, counters.clone()).await;
+    let publisher = broker.publisher(&topic);
+    let published = publish_all(publisher, args, &run, started, counters.clone()).await;
     let publish_elapsed = publish_started.elapsed();
     let arrived = match &published {
         Ok(()) => tokio::time::timeout(
@@ -156,30 +177,39 @@ async fn measure(broker: &Broker, args: &BenchArgs, topic_name: &str) -> anyhow:
     closed.context("the bench subscription failed")?;
 
     let total_consumed = counters.consumed.load(Ordering::Acquire);
-    println!(
-        "{}",
-        throughput_line("published:", args.messages, args.size, publish_elapsed)
-    );
+    // Written with a clear error when stdout is gone (`| true`), where `println!` panics.
+    output::print_line(throughput_line(
+        "published:",
+        args.messages,
+        args.size,
+        publish_elapsed,
+    ))?;
     let last_at = *consumed.last_at.lock().unwrap_or_else(|e| e.into_inner());
     if let Some(last_at) = last_at {
-        println!(
-            "{}",
-            throughput_line(
-                "consumed:",
-                args.messages,
-                args.size,
-                last_at.duration_since(publish_started)
-            )
-        );
+        output::print_line(throughput_line(
+            "consumed:",
+            args.messages,
+            args.size,
+            last_at.duration_since(publish_started),
+        ))?;
     }
     let mut latencies =
         std::mem::take(&mut *consumed.latencies.lock().unwrap_or_else(|e| e.into_inner()));
     if let Some(latencies) = Latencies::of(&mut latencies) {
-        println!("{}", latency_line(&latencies));
+        output::print_line(latency_line(&latencies))?;
     }
     let distinct = consumed.arrivals.distinct();
     if total_consumed > distinct {
-        println!("redelivered: {} (at least once)", total_consumed - distinct);
+        output::print_line(format!(
+            "redelivered: {} (at least once)",
+            total_consumed - distinct
+        ))?;
+    }
+    let left_over = consumed.left_over.load(Ordering::Acquire);
+    if left_over > 0 {
+        output::print_line(format!(
+            "left over from earlier runs: {left_over} (consumed, not counted)"
+        ))?;
     }
     if !arrived {
         anyhow::bail!(
@@ -195,6 +225,7 @@ async fn measure(broker: &Broker, args: &BenchArgs, topic_name: &str) -> anyhow:
 async fn publish_all(
     publisher: Publisher<Bytes>,
     args: &BenchArgs,
+    run: &str,
     started: Instant,
     counters: Arc<Counters>,
 ) -> anyhow::Result<()> {
@@ -210,10 +241,13 @@ async fn publish_all(
         let template = template.clone();
         let counters = counters.clone();
         let in_flight = args.in_flight as usize;
+        let run = run.to_owned();
         tasks.spawn(async move {
             let mut pending = FuturesUnordered::new();
             for sequence in sequences {
-                let mut message = publisher.message(&stamped(&template, started, sequence))?;
+                let mut message = publisher
+                    .message(&stamped(&template, started, sequence))?
+                    .with_id(format!("{run}{sequence}"));
                 if template.len() < 8 {
                     message = message.with_header(
                         SENT_HEADER,
@@ -324,5 +358,33 @@ mod tests {
         assert_eq!(short.value.len(), 3);
         assert_eq!(sent_ns(&short), Some(42));
         assert_eq!(sequence(&short), Some(9));
+    }
+
+    /// A message an earlier run left on the topic does not count towards this run's.
+    #[test]
+    fn messages_of_other_runs_are_not_counted() {
+        let consumed = Consumed {
+            run: "bench-this-".into(),
+            started: Instant::now(),
+            arrivals: Arrivals::new(1),
+            counters: Arc::new(Counters::default()),
+            latencies: Mutex::new(Vec::new()),
+            all_arrived: CancellationToken::new(),
+            last_at: Mutex::new(None),
+            left_over: AtomicU64::new(0),
+        };
+        let message = |id: &str| {
+            let mut metadata = Metadata::new("t".into());
+            metadata.message_id = Some(id.into());
+            Received {
+                value: stamped(&payload_template(16), consumed.started, 0),
+                metadata,
+            }
+        };
+        consumed.record(&message("bench-earlier-0"));
+        assert!(!consumed.all_arrived.is_cancelled());
+        assert_eq!(consumed.left_over.load(Ordering::Acquire), 1);
+        consumed.record(&message("bench-this-0"));
+        assert!(consumed.all_arrived.is_cancelled());
     }
 }
