@@ -116,6 +116,17 @@ examples_on() {
     echo "$report"
     grep -q '^  order ' <<<"$report"
   fi
+  if [ "$broker" = rabbitmq ] || [ "$broker" = pubsub ]; then
+    # The producer alone, first on a fresh topic: the group it declares keeps its events on
+    # the brokers that keep messages only for existing groups (built by "build tests").
+    local brokerctl
+    brokerctl="$(cargo metadata --format-version 1 --no-deps |
+      python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/brokerctl"
+    env "${kind_env[@]}" "$brokerctl" topics delete greetings
+    env "${kind_env[@]}" cargo run -q -p hello "${features[@]}" -- greet
+    env "${kind_env[@]}" "$brokerctl" consume greetings --group greeting-stats --count 6 \
+      --timeout 60s >/dev/null
+  fi
 }
 step "examples on memory" examples_on memory
 if [ "$live" -eq 1 ]; then

@@ -16,6 +16,15 @@
 //! cargo run -p dead-letters -- report       # only print the dead letters
 //! ```
 
+/// `println!` that leaves a closed stdout (`| head`) alone: in a message handler, `println!`'s
+/// panic would fail the message (and dead-letter it).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 mod orders;
 mod payments;
 mod report;
@@ -27,7 +36,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 
 use crate::orders::{order_service, todays_orders};
-use crate::payments::{payment_service, Ledger};
+use crate::payments::{declare_topology, payment_service, Ledger};
 use crate::report::{print_dead_letters, Earlier};
 
 /// How long the example waits for the payment service and for its dead letters.
@@ -43,7 +52,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let mode = std::env::args().nth(1).unwrap_or_else(|| "all".to_owned());
     let broker = broker::connect().await.context("connecting the broker")?;
-    println!("connected to {} at {}", broker.kind(), broker.endpoint());
+    say!("connected to {} at {}", broker.kind(), broker.endpoint());
+    declare_topology(&broker).await?;
     // Order ids are unique per run, so this run's orders are told from earlier ones.
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let orders = todays_orders(&run);
@@ -64,7 +74,7 @@ async fn main() -> anyhow::Result<()> {
                 .context("stopping the payment service")?;
             let charged = ledger.charged();
             let given_up = ledger.given_up();
-            println!(
+            say!(
                 "payments:      {} of {} orders charged, {} dead-lettered",
                 charged.len(),
                 orders.len(),
@@ -81,7 +91,7 @@ async fn main() -> anyhow::Result<()> {
         "orders" => order_service(&broker, &orders).await?,
         "payments" => {
             let payments = payment_service(&broker, Arc::new(Ledger::default())).await?;
-            println!("payments:      waiting for orders; Ctrl-C to stop");
+            say!("payments:      waiting for orders; Ctrl-C to stop");
             tokio::signal::ctrl_c().await?;
             payments.close().await?;
         }

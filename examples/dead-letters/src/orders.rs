@@ -70,7 +70,7 @@ pub async fn order_service(broker: &Broker, orders_to_place: &[OrderPlaced]) -> 
             .publish(order)
             .await
             .with_context(|| format!("placing order {}", order.id))?;
-        println!(
+        say!(
             "order-service: placed order {} by {}: {}",
             order.id,
             order.customer,

@@ -11,6 +11,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use broker::{Broker, HandlerError, HandlerResult, Received, RetryPolicy, Running, TopicSpec};
 use tokio::sync::Notify;
 
@@ -112,7 +113,7 @@ async fn charge(ledger: &Ledger, order: &OrderPlaced) -> HandlerResult {
     let failure = if order.amount_cents <= 0 {
         // Retrying cannot fix this: dead-letter it now.
         let reason = format!("invalid amount {}", order.amount());
-        println!(
+        say!(
             "payments:      order {} refused: {reason}; straight to the dead-letter topic",
             order.id
         );
@@ -125,7 +126,7 @@ async fn charge(ledger: &Ledger, order: &OrderPlaced) -> HandlerResult {
     } else {
         // The gateway call would go here.
         tokio::time::sleep(Duration::from_millis(5)).await;
-        println!(
+        say!(
             "payments:      charged order {} ({} for {}) on attempt {attempt}",
             order.id,
             order.amount(),
@@ -135,13 +136,13 @@ async fn charge(ledger: &Ledger, order: &OrderPlaced) -> HandlerResult {
         return Ok(());
     };
     if attempt < MAX_ATTEMPTS {
-        println!(
+        say!(
             "payments:      order {} failed on attempt {attempt} of {MAX_ATTEMPTS}: {failure}; \
              will retry",
             order.id
         );
     } else {
-        println!(
+        say!(
             "payments:      order {} failed on attempt {attempt} of {MAX_ATTEMPTS}: {failure}; \
              giving up, to the dead-letter topic",
             order.id
@@ -151,13 +152,18 @@ async fn charge(ledger: &Ledger, order: &OrderPlaced) -> HandlerResult {
     Err(failure.into())
 }
 
-/// Starts the payment service.
-pub async fn payment_service(broker: &Broker, ledger: Arc<Ledger>) -> anyhow::Result<Running> {
-    // Declaring the group with the topic keeps orders placed before the first subscriber, on
-    // every broker.
+/// Declares the orders topic with the payment group, whichever service starts first: brokers
+/// that keep messages only for groups that exist (RabbitMQ, Pub/Sub) then keep the orders
+/// placed before the payment service first subscribed.
+pub async fn declare_topology(broker: &Broker) -> anyhow::Result<()> {
     broker
         .ensure_topic(&TopicSpec::new(orders().name()).group(GROUP))
-        .await?;
+        .await
+        .context("declaring the orders topic")
+}
+
+/// Starts the payment service.
+pub async fn payment_service(broker: &Broker, ledger: Arc<Ledger>) -> anyhow::Result<Running> {
     let running = broker
         .subscriber(&orders(), GROUP)
         .retry(retry_policy())

@@ -34,7 +34,7 @@ pub async fn print_dead_letters(
     earlier: Earlier,
 ) -> anyhow::Result<BTreeSet<String>> {
     let name = naming::dead_letter_topic(orders().name(), GROUP);
-    println!("dead letters in {name} (read as group {GROUP}):");
+    say!("dead letters in {name} (read as group {GROUP}):");
     // The dead-letter topic's own group is `payments`, like the subscription that filled it.
     let mut letters = broker
         .subscriber(&Topic::<OrderPlaced>::json(name.as_str()), GROUP)
@@ -59,13 +59,13 @@ pub async fn print_dead_letters(
                         " (earlier run)"
                     };
                     if seen.insert(order.id.clone()) {
-                        println!("  order {}{earlier}: {}", order.id, order.amount());
+                        say!("  order {}{earlier}: {}", order.id, order.amount());
                         print_reason(letter.metadata());
                     }
                     this_run
                 }
                 Err(e) => {
-                    println!("  a dead letter that is not an order: {e}");
+                    say!("  a dead letter that is not an order: {e}");
                     false
                 }
             };
@@ -88,15 +88,15 @@ pub async fn print_dead_letters(
     drop(held);
     match outcome {
         Ok(result) => result?,
-        Err(_) => println!("  (no more dead letters after {patience:?})"),
+        Err(_) => say!("  (no more dead letters after {patience:?})"),
     }
-    println!("they stay there: brokerctl consume {name} --group {GROUP}");
+    say!("they stay there: brokerctl consume {name} --group {GROUP}");
     Ok(seen)
 }
 
 fn print_reason(metadata: &Metadata) {
     let header = |name| metadata.headers.get(name).unwrap_or("?");
-    println!(
+    say!(
         "    reason: {}\n    from topic {} as group {} after {} attempt(s)",
         header(dead_letter_headers::REASON),
         header(dead_letter_headers::TOPIC),

@@ -21,6 +21,15 @@ use broker::{Broker, HandlerResult, MessageId, Received, Running, Topic, TopicSp
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+/// `println!` that leaves a closed stdout (`| head`) alone: in a message handler, `println!`'s
+/// panic would fail the message (and dead-letter it).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// A user changed their greeting. Published by the greeting service.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct GreetingChanged {
@@ -53,7 +62,7 @@ async fn greeting_service(
             .publish(&event)
             .await
             .with_context(|| format!("publishing the greeting of {user}"))?;
-        println!(
+        say!(
             "greeting-service: {user} now says {message:?} (message {})",
             receipt.message_id
         );
@@ -79,13 +88,18 @@ impl Stats {
     }
 }
 
-/// The stats service: counts greeting changes per user, at least once.
-async fn stats_service(broker: &Broker, stats: Arc<Stats>) -> anyhow::Result<Running> {
-    // Declaring the group with the topic keeps events published before the first subscriber,
-    // on every broker.
+/// Declares the topic with the stats group, whichever service starts first: brokers that keep
+/// messages only for groups that exist (RabbitMQ, Pub/Sub) then keep the events published
+/// before the stats service first subscribed.
+async fn declare_topology(broker: &Broker) -> anyhow::Result<()> {
     broker
         .ensure_topic(&TopicSpec::new(greetings().name()).group(STATS_GROUP))
-        .await?;
+        .await
+        .context("declaring the greetings topic")
+}
+
+/// The stats service: counts greeting changes per user, at least once.
+async fn stats_service(broker: &Broker, stats: Arc<Stats>) -> anyhow::Result<Running> {
     let running = broker
         .subscriber(&greetings(), STATS_GROUP)
         .at_least_once(move |event: Received<GreetingChanged>| {
@@ -100,9 +114,10 @@ async fn stats_service(broker: &Broker, stats: Arc<Stats>) -> anyhow::Result<Run
                     *count += 1;
                     *count
                 };
-                println!(
+                say!(
                     "greeting-stats:   {} changed their greeting {count} time(s), now {:?}",
-                    event.value.user, event.value.message
+                    event.value.user,
+                    event.value.message
                 );
                 if let Some(id) = event.metadata.message_id {
                     stats
@@ -153,7 +168,8 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let mode = std::env::args().nth(1).unwrap_or_else(|| "both".to_owned());
     let broker = broker::connect().await.context("connecting the broker")?;
-    println!("connected to {} at {}", broker.kind(), broker.endpoint());
+    say!("connected to {} at {}", broker.kind(), broker.endpoint());
+    declare_topology(&broker).await?;
 
     let changes = [
         ("alice", "Hello"),
@@ -175,14 +191,14 @@ async fn main() -> anyhow::Result<()> {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .clone();
-            println!("greeting-stats:   final counts {counts:?}");
+            say!("greeting-stats:   final counts {counts:?}");
         }
         "greet" => {
             greeting_service(&broker, &changes).await?;
         }
         "stats" => {
             let running = stats_service(&broker, Arc::new(Stats::default())).await?;
-            println!("greeting-stats:   waiting for events; Ctrl-C to stop");
+            say!("greeting-stats:   waiting for events; Ctrl-C to stop");
             tokio::signal::ctrl_c().await?;
             running.close().await?;
         }
