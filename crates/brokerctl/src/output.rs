@@ -3,6 +3,7 @@
 //! The JSON field names are part of the tool's interface (see the README's brokerctl section);
 //! add fields, never rename them.
 
+use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 use std::io::Write as _;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -94,10 +95,12 @@ pub fn receipt_json(receipt: &Receipt) -> Value {
 }
 
 /// One consumed message for people: labelled lines, the payload last, then a blank line.
+/// Control characters in the values (a line break, a terminal escape) are escaped: whoever
+/// published the message cannot add lines or steer the terminal.
 pub fn message_text(payload: &[u8], metadata: &Metadata) -> String {
     let mut out = String::new();
     let mut field = |name: &str, value: &dyn std::fmt::Display| {
-        let _ = writeln!(out, "{name:<13} {value}");
+        let _ = writeln!(out, "{name:<13} {}", escape_controls(&value.to_string()));
     };
     field("topic:", &metadata.topic);
     let position = position_text(&metadata.position);
@@ -134,6 +137,22 @@ pub fn message_text(payload: &[u8], metadata: &Metadata) -> String {
     field("payload:", &payload);
     out.push('\n');
     out
+}
+
+/// `text` with its control characters escaped (`\n`, `\u{1b}`).
+fn escape_controls(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() {
+            escaped.extend(c.escape_default());
+        } else {
+            escaped.push(c);
+        }
+    }
+    Cow::Owned(escaped)
 }
 
 /// One consumed message for scripts: one JSON object (no line break).
@@ -263,5 +282,18 @@ mod tests {
             text.contains("(2 bytes, not UTF-8, escaped) \\xffa"),
             "{text}"
         );
+    }
+    /// A published value cannot add labelled lines or send escapes to the terminal.
+    #[test]
+    fn text_messages_escape_control_characters() {
+        let mut metadata = metadata();
+        metadata.key = Some("k\nkey:          admin".into());
+        metadata.headers.insert("h", "\u{1b}[2J");
+        let text = message_text(b"line\nkey: forged", &metadata);
+        let keys = text.lines().filter(|l| l.starts_with("key:")).count();
+        assert_eq!(keys, 1, "{text}");
+        assert!(!text.contains('\u{1b}'), "{text}");
+        assert!(text.contains("payload:      line\\nkey: forged"), "{text}");
+        assert!(text.contains("header:       h=\\u{1b}[2J"), "{text}");
     }
 }
