@@ -297,7 +297,10 @@ impl Backend for KafkaBackend {
         self.topics.forget(name);
         // Kafka groups are not tied to a topic; their offsets expire with the broker's
         // offsets.retention.minutes.
-        self.topics.admin().delete_topic(name).await
+        let deleted = self.topics.admin().delete_topic(name).await;
+        // Again: a first use during the deletion may have found the topic still there.
+        self.topics.forget(name);
+        deleted
     }
 
     async fn close(&self) -> Result<()> {

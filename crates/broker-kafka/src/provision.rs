@@ -88,15 +88,17 @@ impl Provisioner {
     }
 
     /// Creates the topic of `spec` unless it exists (always asking the broker), and remembers
-    /// it.
+    /// it (unless it was forgotten meanwhile: deleted).
     pub(crate) async fn ensure(&self, spec: &TopicSpec) -> Result<()> {
-        self.admin.ensure_topic(&spec.name, spec.partitions).await?;
         let cell = self.cell(&spec.name);
+        self.admin.ensure_topic(&spec.name, spec.partitions).await?;
         let _ = cell.set(());
         Ok(())
     }
 
     /// Forgets what is known about `topic` (deleted, or reported unknown by the broker).
+    /// Provisioning under way keeps its own cell, no longer the topic's: what it finds does
+    /// not outlive this.
     pub(crate) fn forget(&self, topic: &str) {
         self.topics
             .write()
