@@ -47,8 +47,8 @@ pub fn validate_dead_letter_topic(topic: &str, group: &str) -> Result<()> {
     )))
 }
 
-/// The most partitions a topic may have: Kafka counts them in a signed 32-bit number.
-pub const MAX_PARTITIONS: u32 = i32::MAX.unsigned_abs();
+/// The most partitions a topic may have: librdkafka's limit for creating a Kafka topic.
+pub const MAX_PARTITIONS: u32 = 100_000;
 
 /// Checks a partition count, named `key` in the error: 1 to [`MAX_PARTITIONS`].
 pub fn validate_partitions(key: &str, partitions: u32) -> Result<()> {

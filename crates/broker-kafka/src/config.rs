@@ -177,6 +177,12 @@ where
         .collect())
 }
 
+/// The largest replication factor librdkafka asks a topic to be created with.
+const MAX_REPLICATION_FACTOR: u16 = 10_000;
+
+/// The longest timeout librdkafka takes for an admin request (`connect_timeout` bounds them).
+const MAX_ADMIN_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// librdkafka's names of the delivery timeout; the last one given wins.
 const DELIVERY_TIMEOUT_PROPERTIES: [&str; 2] = ["delivery.timeout.ms", "message.timeout.ms"];
 
@@ -236,11 +242,21 @@ impl KafkaConfig {
         if let Some(partitions) = self.partitions {
             validate_partitions("kafka.partitions", partitions)?;
         }
-        if self.replication_factor == Some(0) {
-            return Err(Error::config(
-                "kafka.replication_factor = 0: expected at least 1, or leave it out for the broker \
-                 default",
-            ));
+        // librdkafka's limits for admin requests: beyond them every topic creation fails.
+        let allowed = 1..=MAX_REPLICATION_FACTOR;
+        if let Some(factor) = self.replication_factor.filter(|f| !allowed.contains(f)) {
+            return Err(Error::config(format!(
+                "kafka.replication_factor = {factor}: expected 1 to {MAX_REPLICATION_FACTOR}, or \
+                 leave it out for the broker default"
+            )));
+        }
+        if self.connect_timeout > MAX_ADMIN_TIMEOUT {
+            return Err(Error::config(format!(
+                "kafka.connect_timeout = {}: expected at most {} (it bounds admin requests, \
+                 which librdkafka limits to that)",
+                humantime::format_duration(self.connect_timeout),
+                humantime::format_duration(MAX_ADMIN_TIMEOUT)
+            )));
         }
         for name in DELIVERY_TIMEOUT_PROPERTIES {
             let Some(value) = self.properties.get(name) else {
@@ -476,6 +492,39 @@ mod tests {
         assert!(err.contains("unknown field `bootstrap`"), "{err}");
         let err = parse(r#"{"connect_timeout": "soon"}"#).unwrap_err();
         assert!(err.contains("soon") || err.contains("duration"), "{err}");
+    }
+
+    /// Values librdkafka would refuse on every admin request are refused up front.
+    #[test]
+    fn admin_request_limits_are_config_errors() {
+        let refused = |config: KafkaConfig| config.validate().unwrap_err().to_string();
+        let err = refused(KafkaConfig {
+            replication_factor: Some(10_001),
+            ..KafkaConfig::default()
+        });
+        assert!(err.contains("kafka.replication_factor = 10001"), "{err}");
+        let err = refused(KafkaConfig {
+            replication_factor: Some(0),
+            ..KafkaConfig::default()
+        });
+        assert!(err.contains("kafka.replication_factor = 0"), "{err}");
+        let err = refused(KafkaConfig {
+            connect_timeout: Duration::from_secs(7200),
+            ..KafkaConfig::default()
+        });
+        assert!(err.contains("kafka.connect_timeout = 2h"), "{err}");
+        let err = refused(KafkaConfig {
+            partitions: Some(100_001),
+            ..KafkaConfig::default()
+        });
+        assert!(err.contains("kafka.partitions = 100001"), "{err}");
+        let accepted = KafkaConfig {
+            replication_factor: Some(10_000),
+            connect_timeout: Duration::from_secs(3600),
+            partitions: Some(100_000),
+            ..KafkaConfig::default()
+        };
+        accepted.validate().unwrap();
     }
 
     #[test]

@@ -112,9 +112,9 @@ fn out_of_range_values_name_the_key() {
     assert!(err.contains("memory.max_payload_bytes"), "{err}");
     let err = error_of("[topics.greetings]\npartitions = 0\n");
     assert!(err.contains("[topics.greetings] partitions"), "{err}");
-    let err = error_of("[topics.greetings]\npartitions = 3000000000\n");
+    let err = error_of("[topics.greetings]\npartitions = 100001\n");
     assert!(
-        err.contains("[topics.greetings] partitions = 3000000000"),
+        err.contains("[topics.greetings] partitions = 100001: expected 1 to 100000"),
         "{err}"
     );
     let err = error_of("[topics.\"bad name\"]\ngroups = []\n");
