@@ -56,7 +56,9 @@ impl Admin {
             .operation_timeout(Some(self.timeout))
     }
 
-    /// Creates `name` unless it exists, then waits until the cluster serves it.
+    /// Creates `name` unless it exists, then waits until the cluster serves it (a leader for
+    /// every partition). A topic that exists is used as it is, with a warning when it has fewer
+    /// partitions than asked.
     ///
     /// `partitions` overrides the configured default; `None` everywhere means the broker's.
     pub(crate) async fn ensure_topic(
@@ -76,13 +78,14 @@ impl Admin {
             .create_topics([&topic], &self.options())
             .await
             .map_err(|e| from_kafka("ensure topic", format!("creating topic {name} failed"), e))?;
+        let mut existed = false;
         for result in results {
             let (topic, code) = match result {
                 Ok(_) => continue,
                 Err(refused) => refused,
             };
             match creation_refusal(code) {
-                Refusal::Exists => {}
+                Refusal::Exists => existed = true,
                 Refusal::NotAllowed => self.usable_without_creating(name, code).await?,
                 Refusal::Failed => {
                     return Err(from_kafka(
@@ -93,7 +96,22 @@ impl Admin {
                 }
             }
         }
-        self.wait_ready(name).await
+        if !existed {
+            return self.wait_ready(name).await;
+        }
+        // Usable as it is: a partition without a leader for now is librdkafka's to wait for.
+        match self.topic_state(name).await? {
+            TopicState::Ready(found) => {
+                if i32::try_from(found.len()).is_ok_and(|found| found < partitions) {
+                    tracing::warn!(topic = name, partitions = found.len(), asked = partitions,
+                        "the topic exists with fewer partitions than asked and is used as it is: the members of a group share at most that many (add partitions with Kafka's tools)");
+                }
+                Ok(())
+            }
+            TopicState::Pending => Ok(()),
+            // Just deleted, or not visible: as for a topic created here.
+            TopicState::Missing | TopicState::Denied => self.wait_ready(name).await,
+        }
     }
 
     /// After a creation refused as not authorized: Kafka checks the CREATE permission before
