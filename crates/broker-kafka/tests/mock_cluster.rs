@@ -584,6 +584,42 @@ async fn a_send_waiting_for_queue_room_at_close_is_refused() {
     }
 }
 
+/// Many first sends to a topic while the cluster does not answer share one failed lookup:
+/// they are not answered one `connect_timeout` after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_sends_waiting_for_a_failed_lookup_share_its_failure() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("silent", 1, 1).unwrap();
+    init_logs();
+    let config = KafkaConfig {
+        connect_timeout: Duration::from_secs(1),
+        ..config(&cluster)
+    };
+    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
+        .await
+        .expect("connect to the mock cluster");
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(30))
+        .unwrap();
+    let started = Instant::now();
+    let sends = (0..16).map(|i| backend.send("silent", Message::new(format!("m{i}"))));
+    let answers = futures::future::join_all(sends).await;
+    let waited = started.elapsed();
+    for answer in answers {
+        let Err(error) = answer else {
+            panic!("the lookup failed, yet a send was queued")
+        };
+        assert!(
+            matches!(error.kind(), ErrorKind::Timeout | ErrorKind::Connection),
+            "{error}"
+        );
+    }
+    // One lookup takes about a second: sixteen in turn would take sixteen.
+    assert!(waited < Duration::from_secs(8), "answered after {waited:?}");
+    cluster.broker_round_trip_time(1, Duration::ZERO).unwrap();
+    backend.close().await.unwrap();
+}
+
 /// A message whose answer does not come within the delivery timeout may have been written: the
 /// error says so, for a caller deciding whether to send it again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
