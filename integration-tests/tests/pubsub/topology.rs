@@ -121,6 +121,52 @@ async fn topics_are_listed_and_deleted_with_their_subscriptions() {
     .await;
 }
 
+/// A topic deleted under a running subscription ends it, saying so, and its subscription stays
+/// deleted (the stream does not create it again as after an emulator restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_topic_ends_its_running_subscription() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("deleting_a_topic_ends_its_subscription", async {
+        let backend = backend(&harness.live.address, true).await.unwrap();
+        let topic = unique("deleted-under");
+        let mut stream = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        backend
+            .send(&topic, Message::new("before"))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        let first = next_within(&mut stream, harness.patience()).await;
+        first.ack().await.unwrap();
+        backend.delete_topic(&topic).await.unwrap();
+        let ended = tokio::time::timeout(Duration::from_secs(60), stream.next())
+            .await
+            .expect("the stream ends after its topic was deleted");
+        match ended {
+            Some(Err(err)) => assert!(err.to_string().contains("deleted with its topic"), "{err}"),
+            None => {}
+            Some(Ok(delivery)) => panic!("a delivery after the deletion: {delivery:?}"),
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let err = subscription_admin(&harness.live.address)
+            .await
+            .get_subscription()
+            .set_subscription(format!("projects/{PROJECT}/subscriptions/{topic}.g"))
+            .send()
+            .await
+            .expect_err("the subscription stays deleted");
+        let code = err.status().map(|status| format!("{:?}", status.code));
+        assert_eq!(code.as_deref(), Some("NotFound"), "{err}");
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
 /// The topic and subscription vanish under a running subscription (what an emulator restart
 /// does): publishing re-creates them, the subscription reopens its streaming pull, and
 /// messages published after that flow.

@@ -294,15 +294,8 @@ impl Admin {
             }
             page_token = page.next_page_token;
         }
-        for subscription in subscriptions {
-            self.delete_subscription(&subscription).await.map_err(|e| {
-                rpc_error(
-                    e,
-                    "delete topic",
-                    format!("cannot delete subscription {subscription} of topic {topic}"),
-                )
-            })?;
-        }
+        // Forgotten first: a stream of the topic told its subscription is gone must not
+        // create it again (as after an emulator restart) while the topic still exists.
         let forgotten = self
             .known
             .lock()
@@ -313,6 +306,15 @@ impl Admin {
             for subscription in &forgotten {
                 created.remove(subscription);
             }
+        }
+        for subscription in subscriptions {
+            self.delete_subscription(&subscription).await.map_err(|e| {
+                rpc_error(
+                    e,
+                    "delete topic",
+                    format!("cannot delete subscription {subscription} of topic {topic}"),
+                )
+            })?;
         }
         self.topics
             .delete_topic()
