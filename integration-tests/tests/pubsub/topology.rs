@@ -94,14 +94,7 @@ async fn topics_are_listed_and_deleted_with_their_subscriptions() {
         backend.delete_topic(&topic).await.unwrap();
         assert!(!backend.list_topics().await.unwrap().contains(&topic));
         for group in ["a", "b"] {
-            let err = subscriptions
-                .get_subscription()
-                .set_subscription(format!("projects/{PROJECT}/subscriptions/{topic}.{group}"))
-                .send()
-                .await
-                .expect_err("the subscription was deleted with its topic");
-            let code = err.status().map(|status| format!("{:?}", status.code));
-            assert_eq!(code.as_deref(), Some("NotFound"), "{err}");
+            assert_deleted(&subscriptions, &topic, group).await;
         }
         let err = backend
             .delete_topic(&topic)
@@ -153,15 +146,8 @@ async fn deleting_a_topic_ends_its_running_subscription() {
             Some(Ok(delivery)) => panic!("a delivery after the deletion: {delivery:?}"),
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let err = subscription_admin(&harness.live.address)
-            .await
-            .get_subscription()
-            .set_subscription(format!("projects/{PROJECT}/subscriptions/{topic}.g"))
-            .send()
-            .await
-            .expect_err("the subscription stays deleted");
-        let code = err.status().map(|status| format!("{:?}", status.code));
-        assert_eq!(code.as_deref(), Some("NotFound"), "{err}");
+        let subscriptions = subscription_admin(&harness.live.address).await;
+        assert_deleted(&subscriptions, &topic, "g").await;
         backend.close().await.unwrap();
     })
     .await;
@@ -342,6 +328,22 @@ async fn a_topic_and_group_colliding_with_another_pair_are_refused() {
         backend.close().await.unwrap();
     })
     .await;
+}
+
+/// Asserts that the service does not have the subscription of `group` on `topic`.
+async fn assert_deleted(
+    subscriptions: &broker_pubsub::google_cloud_pubsub::client::SubscriptionAdmin,
+    topic: &str,
+    group: &str,
+) {
+    let err = subscriptions
+        .get_subscription()
+        .set_subscription(format!("projects/{PROJECT}/subscriptions/{topic}.{group}"))
+        .send()
+        .await
+        .expect_err("the subscription is deleted");
+    let code = err.status().map(|status| format!("{:?}", status.code));
+    assert_eq!(code.as_deref(), Some("NotFound"), "{err}");
 }
 
 /// Creates `topic` and the subscription of `group` on it, without message ordering, as
