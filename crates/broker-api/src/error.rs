@@ -135,6 +135,19 @@ impl Error {
         self
     }
 
+    /// A copy for a second caller of what failed: kind, message, backend, operation and
+    /// whether it is temporary; not the source, which cannot be cloned.
+    pub fn copy_without_source(&self) -> Self {
+        Error(Box::new(Parts {
+            kind: self.0.kind,
+            temporary: self.0.temporary,
+            backend: self.0.backend,
+            operation: self.0.operation.clone(),
+            message: self.0.message.clone(),
+            source: None,
+        }))
+    }
+
     /// Overrides whether the error is worth retrying.
     pub fn temporary(mut self, temporary: bool) -> Self {
         self.0.temporary = temporary;

@@ -22,6 +22,7 @@ pub mod handler;
 pub mod message;
 pub mod naming;
 pub mod offsets;
+pub mod once_ready;
 pub mod runner;
 pub mod settings;
 
@@ -43,6 +44,7 @@ pub use delivery::{AmqpPosition, Delivery, Metadata, Position, PubSubPosition};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use handler::{Handler, HandlerError, HandlerResult, Received};
 pub use message::{Headers, Message, MessageId};
+pub use once_ready::OnceReady;
 pub use publisher::Publisher;
 pub use runner::{AtMostOnce, Incoming, Manual, Running};
 pub use settings::{check_delay, check_timeout, redact_uri, RetryPolicy, SubscriberSettings};

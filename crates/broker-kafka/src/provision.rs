@@ -6,15 +6,13 @@
 //! waiting for it for `topic.metadata.propagation.max.ms`). Either way the answer is cached, so
 //! the publish hot path pays one read lock and a hash lookup.
 
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
-use std::time::Instant;
+use std::sync::{Arc, PoisonError, RwLock};
 
-use broker_api::{Error, Result, TopicSpec};
+use broker_api::{OnceReady, Result, TopicSpec};
 use rustc_hash::FxHashMap;
-use tokio::sync::OnceCell;
 
 use crate::admin::{denied, Admin, TopicState};
-use crate::error::{unknown_topic, BACKEND};
+use crate::error::unknown_topic;
 
 /// Topics known to exist, and the admin client that checks or creates the others.
 pub(crate) struct Provisioner {
@@ -23,49 +21,10 @@ pub(crate) struct Provisioner {
     topics: RwLock<Topics>,
 }
 
-/// Each topic's provisioning. Looked up on every publish: hashed with FxHash, much cheaper
-/// than SipHash on short names (they come from the application, not from untrusted input).
-type Topics = FxHashMap<Box<str>, Arc<Provisioning>>;
-
-/// One topic's provisioning: done once. A failure is not kept for later calls, but it answers
-/// the calls that waited for that attempt: they do not each try again in turn, the last one
-/// answered after as many timeouts as there were callers.
-#[derive(Default)]
-struct Provisioning {
-    done: OnceCell<()>,
-    last_failure: Mutex<Option<(Instant, Error)>>,
-}
-
-impl Provisioning {
-    /// The last attempt's failure, if it ended after `since` (a call that waited for it).
-    fn failure_since(&self, since: Instant) -> Option<Error> {
-        let last = self
-            .last_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        last.as_ref()
-            .filter(|(at, _)| *at >= since)
-            .map(|(_, error)| copy_of(error))
-    }
-
-    /// Keeps a copy of `error` for the calls waiting for this attempt; returns it.
-    fn failed(&self, error: Error) -> Error {
-        *self
-            .last_failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((Instant::now(), copy_of(&error)));
-        error
-    }
-}
-
-/// `error` without its source (which cannot be cloned): its kind, text and operation, and
-/// whether it is temporary.
-fn copy_of(error: &Error) -> Error {
-    Error::new(error.kind(), error.message().to_owned())
-        .backend(BACKEND)
-        .operation(error.operation_name().to_owned())
-        .temporary(error.is_temporary())
-}
+/// Each topic's provisioning (a failed attempt answers the calls that waited for it). Looked
+/// up on every publish: hashed with FxHash, much cheaper than SipHash on short names (they
+/// come from the application, not from untrusted input).
+type Topics = FxHashMap<Box<str>, Arc<OnceReady>>;
 
 impl Provisioner {
     pub(crate) fn new(admin: Arc<Admin>, auto_provision: bool) -> Self {
@@ -87,10 +46,10 @@ impl Provisioner {
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .get(topic)
-            .is_some_and(|cell| cell.done.initialized())
+            .is_some_and(|cell| cell.is_ready())
     }
 
-    fn cell(&self, topic: &str) -> Arc<Provisioning> {
+    fn cell(&self, topic: &str) -> Arc<OnceReady> {
         if let Some(cell) = self
             .topics
             .read()
@@ -111,19 +70,9 @@ impl Provisioner {
     /// is on, fails with `NotFound` when it is off and the topic is missing. Done once per
     /// topic; a failure is not cached, but answers the calls that waited for that attempt.
     pub(crate) async fn prepare(&self, topic: &str, operation: &'static str) -> Result<()> {
-        let called = Instant::now();
-        let cell = self.cell(topic);
-        cell.done
-            .get_or_try_init(|| async {
-                if let Some(failure) = cell.failure_since(called) {
-                    return Err(failure);
-                }
-                self.provision(topic, operation)
-                    .await
-                    .map_err(|e| cell.failed(e))
-            })
+        self.cell(topic)
+            .get_or_try(|| self.provision(topic, operation))
             .await
-            .map(|&()| ())
     }
 
     async fn provision(&self, topic: &str, operation: &'static str) -> Result<()> {
@@ -143,7 +92,7 @@ impl Provisioner {
     pub(crate) async fn ensure(&self, spec: &TopicSpec) -> Result<()> {
         let cell = self.cell(&spec.name);
         self.admin.ensure_topic(&spec.name, spec.partitions).await?;
-        let _ = cell.done.set(());
+        cell.set_ready();
         Ok(())
     }
 
