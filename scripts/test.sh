@@ -119,9 +119,7 @@ examples_on() {
   if [ "$broker" = rabbitmq ] || [ "$broker" = pubsub ]; then
     # The producer alone, first on a fresh topic: the group it declares keeps its events on
     # the brokers that keep messages only for existing groups (built by "build tests").
-    local brokerctl
-    brokerctl="$(cargo metadata --format-version 1 --no-deps |
-      python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')/debug/brokerctl"
+    local brokerctl="$CARGO_TARGET_DIR/debug/brokerctl"
     env "${kind_env[@]}" "$brokerctl" topics delete greetings
     env "${kind_env[@]}" cargo run -q -p hello "${features[@]}" -- greet
     env "${kind_env[@]}" "$brokerctl" consume greetings --group greeting-stats --count 6 \
