@@ -24,6 +24,7 @@
 pub mod cases;
 mod harness;
 pub mod live;
+pub mod proxy;
 pub mod support;
 
 pub use harness::{Harness, NoRestart};
@@ -47,6 +48,7 @@ pub const CASES: &[&str] = &[
     "cancel_and_resubscribe",
     "concurrent_close_does_not_deadlock",
     "publish_after_close_fails",
+    "close_flushes_sent_messages",
     "empty_binary_and_large_payloads",
     "oversized_payload_rejected",
     "new_group_starts_from_earliest",
@@ -81,6 +83,7 @@ macro_rules! conformance_suite {
             cancel_and_resubscribe,
             concurrent_close_does_not_deadlock,
             publish_after_close_fails,
+            close_flushes_sent_messages,
             empty_binary_and_large_payloads,
             oversized_payload_rejected,
             new_group_starts_from_earliest,

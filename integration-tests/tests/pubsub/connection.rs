@@ -1,11 +1,13 @@
-//! Connecting: an unreachable endpoint.
+//! Connecting: an unreachable endpoint, a service that stops answering.
 
 use std::time::{Duration, Instant};
 
-use broker_api::{ConnectOptions, ErrorKind};
+use broker_api::{Backend, ConnectOptions, ErrorKind, Message};
 use broker_pubsub::{PubSubBackend, PubSubConfig};
-use broker_testkit::support::run_case;
+use broker_testkit::proxy::StallingProxy;
+use broker_testkit::support::{run_case, unique};
 
+use crate::shared;
 use crate::support::config;
 
 /// An unreachable endpoint fails `connect` within the connect timeout, naming the endpoint.
@@ -27,6 +29,47 @@ async fn unreachable_endpoint_fails_connect_quickly() {
             "{:?}",
             started.elapsed()
         );
+    })
+    .await;
+}
+
+/// First sends to a topic while the service does not answer wait for one provisioning attempt
+/// and share its failure: they are not answered one `admin_timeout` after another.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_sends_waiting_for_a_failed_provisioning_share_its_failure() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("first_sends_share_a_failed_provisioning", async {
+        let upstream = harness.live.address.trim_start_matches("http://");
+        let proxy = StallingProxy::start(upstream).await.expect("proxy");
+        let config = PubSubConfig {
+            admin_timeout: Duration::from_secs(1),
+            ..config(&format!("http://{}", proxy.address()))
+        };
+        let backend = PubSubBackend::connect(config, ConnectOptions::default())
+            .await
+            .expect("connect through the proxy");
+        proxy.stall();
+        let topic = unique("stalled");
+        let started = Instant::now();
+        let sends = (0..8).map(|i| backend.send(&topic, Message::new(format!("m{i}"))));
+        let answers = futures::future::join_all(sends).await;
+        let waited = started.elapsed();
+        for answer in answers {
+            let Err(error) = answer else {
+                panic!("the topic was not provisioned, yet a send was queued")
+            };
+            assert!(
+                matches!(error.kind(), ErrorKind::Timeout | ErrorKind::Connection),
+                "{error}"
+            );
+        }
+        // One attempt takes about a second: eight in turn would take eight.
+        assert!(waited < Duration::from_secs(4), "answered after {waited:?}");
+        // Not resumed: the held creation would then reach the service.
+        backend.close().await.expect("close");
+        drop(proxy);
     })
     .await;
 }

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use broker_api::{Backend, ErrorKind, Message, SubscribeRequest, TopicSpec};
-use broker_testkit::support::{next_within, run_case, unique};
+use broker_testkit::support::{next_within, run_case, unique, CapturedLogs};
 use broker_testkit::Harness;
 use futures::StreamExt;
 
@@ -364,40 +364,4 @@ async fn create_unordered(endpoint: &str, topic: &str, group: &str) {
         .send()
         .await
         .expect("create a subscription without message ordering");
-}
-
-/// Log lines written while its subscriber is the thread's default.
-#[derive(Clone, Default)]
-struct CapturedLogs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl CapturedLogs {
-    fn subscriber(&self) -> impl tracing::Subscriber + Send + Sync {
-        let sink = self.clone();
-        tracing_subscriber::fmt()
-            .with_ansi(false)
-            .with_max_level(tracing::Level::WARN)
-            .with_writer(move || sink.clone())
-            .finish()
-    }
-
-    fn lines(&self) -> Vec<String> {
-        let bytes = self.0.lock().map(|b| b.clone()).unwrap_or_default();
-        String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(str::to_owned)
-            .collect()
-    }
-}
-
-impl std::io::Write for CapturedLogs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if let Ok(mut bytes) = self.0.lock() {
-            bytes.extend_from_slice(buf);
-        }
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }

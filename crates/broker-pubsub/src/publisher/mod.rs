@@ -23,14 +23,14 @@ use std::time::Duration;
 
 use broker_api::completion::{self, Completion};
 use broker_api::{
-    Confirmation, Error, ErrorKind, Message, Position, PubSubPosition, Receipt, Result,
+    Confirmation, Error, ErrorKind, Message, OnceReady, Position, PubSubPosition, Receipt, Result,
 };
 use google_cloud_pubsub::client::BasePublisher;
 
 use self::client::{Published, TopicClient};
 use google_cloud_pubsub::error::PublishError;
 use rustc_hash::FxHashMap;
-use tokio::sync::{Mutex, OnceCell};
+use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
@@ -81,8 +81,9 @@ pub(crate) struct Publishers {
 struct TopicPublisher {
     name: Arc<str>,
     client: TopicClient,
-    /// Set once the topic is known to exist.
-    provisioned: OnceCell<()>,
+    /// Ready once the topic is known to exist; a failed check answers every first send
+    /// that waited for it.
+    provisioned: OnceReady,
     /// When the topic was last re-created after the service lost it, so that a burst of
     /// failed confirmations re-creates it once.
     recreated_at: Mutex<Option<Instant>>,
@@ -121,7 +122,7 @@ impl Publishers {
                 return completion::ready(Err(closed("publish")));
             }
             match topics.get(topic) {
-                Some(publisher) if publisher.provisioned.initialized() => {
+                Some(publisher) if publisher.provisioned.is_ready() => {
                     return completion::ready(Ok(self.publish(publisher, message)));
                 }
                 Some(publisher) => Arc::clone(publisher),
@@ -140,7 +141,7 @@ impl Publishers {
             loop {
                 publisher
                     .provisioned
-                    .get_or_try_init(|| this.admin.ensure_topic(topic))
+                    .get_or_try(|| this.admin.ensure_topic(topic))
                     .await?;
                 {
                     let topics = this.open_topics();
@@ -164,7 +165,7 @@ impl Publishers {
     /// Records that `topic` exists, so the first message skips the check.
     pub(crate) fn mark_provisioned(&self, topic: &str) {
         if let Some(publisher) = self.topic(topic) {
-            let _ = publisher.provisioned.set(());
+            publisher.provisioned.set_ready();
         }
     }
 
@@ -244,7 +245,7 @@ impl Publishers {
             Arc::new(TopicPublisher {
                 name: Arc::clone(name),
                 client,
-                provisioned: OnceCell::new(),
+                provisioned: OnceReady::default(),
                 recreated_at: Mutex::new(None),
             })
         });

@@ -55,8 +55,56 @@ pub async fn resubscribe_after_close_loses_nothing(harness: &dyn Harness) {
         )
         .await;
     assert_eq!(distinct_values(&received), sorted(sent));
+    // Closing committed what the first subscriber handled: only what it held unsettled (at
+    // most its `max_in_flight`) may come again.
+    assert!(
+        received.len() <= 100 + 10,
+        "{} deliveries for 100 messages: closing did not settle what was handled",
+        received.len()
+    );
     second.close().await.expect("close");
     broker.close().await.expect("close broker");
+}
+
+/// Closing the broker flushes what was sent and not yet confirmed: every kept confirmation
+/// answers, and every message — those whose confirmation was dropped too — is delivered.
+pub async fn close_flushes_sent_messages(harness: &dyn Harness) {
+    const COUNT: usize = 200;
+    let reader = connect(harness).await;
+    let topic = text_topic(&fresh_topic(&reader, "closeflush", &["g"]).await);
+    let writer = connect(harness).await;
+    let publisher = writer.publisher(&topic);
+    let mut kept = Vec::new();
+    let mut sent = Vec::new();
+    for i in 0..COUNT {
+        let value = format!("m-{i}");
+        let confirmation = publisher.send(&value).await.expect("send");
+        if i % 2 == 0 {
+            kept.push(confirmation);
+        }
+        sent.push(value);
+    }
+    writer.close().await.expect("close with messages in flight");
+    for confirmation in kept {
+        confirmation
+            .await
+            .expect("a message sent before close is confirmed");
+    }
+
+    let handled = Inbox::new();
+    let subscription = reader
+        .subscriber(&topic, "g")
+        .at_least_once(handled.handler())
+        .await
+        .expect("subscribe");
+    let received = handled
+        .wait_until("every message sent before close", harness.patience(), |r| {
+            distinct_values(r).len() >= COUNT
+        })
+        .await;
+    assert_eq!(distinct_values(&received), sorted(sent));
+    subscription.close().await.expect("close");
+    reader.close().await.expect("close broker");
 }
 
 /// At most once: messages already received are not delivered again to the group.
