@@ -8,7 +8,7 @@ use tokio::sync::OnceCell;
 use crate::backend::{Backend, SharedBackend, TopicSpec};
 use crate::capabilities::Capabilities;
 use crate::error::{Error, ErrorKind, Result};
-use crate::naming::{validate_name, validate_partitions};
+use crate::naming::{validate_group_name, validate_partitions, validate_topic_name};
 use crate::publisher::Publisher;
 use crate::runner::Registry;
 use crate::settings::SubscriberSettings;
@@ -101,9 +101,9 @@ impl Broker {
 
     /// Creates a topic and its groups when they do not exist yet.
     pub async fn ensure_topic(&self, spec: &TopicSpec) -> Result<()> {
-        validate_name("topic", &spec.name)?;
+        validate_topic_name(&spec.name)?;
         for group in &spec.groups {
-            validate_name("group", group)?;
+            validate_group_name(&spec.name, group)?;
         }
         if let Some(partitions) = spec.partitions {
             validate_partitions(&format!("partitions of topic {}", spec.name), partitions)?;

@@ -61,8 +61,46 @@ pub fn validate_partitions(key: &str, partitions: u32) -> Result<()> {
     Ok(())
 }
 
+/// The shortest topic name accepted: Pub/Sub's shortest topic and subscription id.
+pub const MIN_TOPIC_LEN: usize = 3;
+
+/// Checks a topic name: [`validate_name`]'s rules, at least [`MIN_TOPIC_LEN`] characters, and
+/// not starting with `goog`, which Pub/Sub reserves (for its topics and for the subscriptions
+/// named after them) — so that a name accepted on one broker is accepted on every other.
+pub fn validate_topic_name(name: &str) -> Result<()> {
+    validate_name("topic", name)?;
+    if name.len() < MIN_TOPIC_LEN {
+        return Err(Error::config(format!(
+            "invalid topic name {name:?}: expected at least {MIN_TOPIC_LEN} characters"
+        )));
+    }
+    if name.starts_with("goog") {
+        return Err(Error::config(format!(
+            "invalid topic name {name:?}: names starting with \"goog\" are reserved by Pub/Sub"
+        )));
+    }
+    Ok(())
+}
+
+/// Checks the name of `group` on `topic`: [`validate_name`]'s rules, and the resource that
+/// holds its messages ([`group_resource`], a RabbitMQ queue or a Pub/Sub subscription) no
+/// longer than [`MAX_NAME_LEN`], which the broker would only refuse at run time.
+pub fn validate_group_name(topic: &str, group: &str) -> Result<()> {
+    validate_name("group", group)?;
+    let resource = group_resource(topic, group);
+    if resource.len() <= MAX_NAME_LEN {
+        return Ok(());
+    }
+    Err(Error::config(format!(
+        "group {group:?} on topic {topic:?} would be held in {resource:?}, {} characters long, \
+         over {MAX_NAME_LEN}: shorten the names",
+        resource.len()
+    )))
+}
+
 /// Checks a topic or group name: 1 to 200 characters of ASCII letters, digits, `.`, `_` and
-/// `-`, starting with a letter — the names every supported broker accepts.
+/// `-`, starting with a letter — the characters every supported broker accepts. Topics and
+/// groups have more rules: [`validate_topic_name`], [`validate_group_name`].
 pub fn validate_name(what: &str, name: &str) -> Result<()> {
     let valid = !name.is_empty()
         && name.len() <= MAX_NAME_LEN
@@ -108,6 +146,29 @@ mod tests {
             group_resource("orders.xbilling.dlq", "billing"),
             "orders.xbilling.dlq.billing"
         );
+    }
+
+    #[test]
+    fn topic_names_follow_the_strictest_broker() {
+        assert!(validate_topic_name("abc").is_ok());
+        assert!(validate_topic_name("Google-events").is_ok());
+        for (bad, why) in [
+            ("ab", "at least 3"),
+            ("goog-events", "reserved by Pub/Sub"),
+            ("1abc", "invalid topic name"),
+        ] {
+            let err = validate_topic_name(bad).unwrap_err().to_string();
+            assert!(err.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn a_group_held_in_a_resource_too_long_is_refused() {
+        let topic = "t".repeat(100);
+        assert!(validate_group_name(&topic, &"g".repeat(99)).is_ok());
+        let err = validate_group_name(&topic, &"g".repeat(100)).unwrap_err();
+        assert!(err.to_string().contains("201 characters"), "{err}");
+        assert!(validate_group_name("abc", "a b").is_err());
     }
 
     #[test]

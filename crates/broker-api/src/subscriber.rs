@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::backend::{BoxDeliveryStream, SharedBackend, StartFrom, SubscribeRequest};
 use crate::error::Result;
 use crate::handler::Handler;
-use crate::naming::{validate_dead_letter_topic, validate_name};
+use crate::naming::{validate_dead_letter_topic, validate_group_name, validate_topic_name};
 use crate::runner::{AtLeastOnce, AtMostOnce, DeadLetters, Manual, Registry, Running};
 use crate::settings::{RetryPolicy, SubscriberSettings};
 use crate::topic::Topic;
@@ -135,8 +135,8 @@ impl<T: Send + 'static> Subscriber<T> {
     }
 
     async fn open(&self) -> Result<BoxDeliveryStream> {
-        validate_name("topic", self.topic.name())?;
-        validate_name("group", &self.group)?;
+        validate_topic_name(self.topic.name())?;
+        validate_group_name(self.topic.name(), &self.group)?;
         self.settings.validate()?;
         if self.settings.retry.dead_letter {
             validate_dead_letter_topic(self.topic.name(), &self.group)?;

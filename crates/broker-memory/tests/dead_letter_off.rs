@@ -3,8 +3,9 @@
 
 use std::time::Duration;
 
-use broker_api::{Broker, ErrorKind, RetryPolicy, Topic, TopicSpec};
+use broker_api::{Broker, ErrorKind, HandlerError, Received, RetryPolicy, Topic, TopicSpec};
 use broker_memory::MemoryBackend;
+use broker_testkit::support::CapturedLogs;
 use bytes::Bytes;
 use futures::StreamExt;
 
@@ -68,15 +69,15 @@ async fn at_most_once_yields_undecodable_payloads_as_errors() {
 #[tokio::test]
 async fn a_dead_letter_topic_too_long_is_refused_when_subscribing() {
     let broker = Broker::new(MemoryBackend::new());
-    let name = "t".repeat(150);
+    let name = "t".repeat(100);
     let topic = Topic::<u32>::json(name.as_str());
-    let group = "g".repeat(50);
+    let group = "g".repeat(97);
     let err = broker
         .subscriber(&topic, group.as_str())
         .at_most_once()
         .await
         .map(drop)
-        .expect_err("the dead-letter topic would be 205 characters");
+        .expect_err("the dead-letter topic would be 202 characters");
     assert_eq!(err.kind(), ErrorKind::Config);
     assert!(err.to_string().contains("dead-letter topic"), "{err}");
     let without_dead_letters = broker
@@ -88,4 +89,56 @@ async fn a_dead_letter_topic_too_long_is_refused_when_subscribing() {
         .at_most_once()
         .await;
     assert!(without_dead_letters.is_ok());
+}
+
+/// A subscription stopped by a message it could not handle says so at error level: its
+/// handle may have been dropped, and then nobody reads the error it ended with.
+#[tokio::test]
+async fn a_subscription_stopped_by_a_failure_logs_it() {
+    // Current-thread runtime: the subscription's task logs on this thread.
+    let logs = CapturedLogs::default();
+    let _capture = tracing::subscriber::set_default(logs.subscriber());
+    let broker = Broker::new(MemoryBackend::new());
+    broker
+        .ensure_topic(&TopicSpec::new("orders").group("g"))
+        .await
+        .expect("topic");
+    let orders = Topic::<String>::text("orders");
+    broker
+        .publisher(&orders)
+        .publish(&"poison".to_owned())
+        .await
+        .expect("publish");
+    let running = broker
+        .subscriber(&orders, "g")
+        .retry(RetryPolicy {
+            dead_letter: false,
+            max_attempts: 1,
+            ..RetryPolicy::default()
+        })
+        .at_least_once(|_: Received<String>| async { Err(HandlerError::from("always failing")) })
+        .await
+        .expect("subscribe");
+    drop(running);
+    let stopped = || {
+        logs.lines()
+            .into_iter()
+            .find(|line| line.contains("subscription stopped"))
+    };
+    let waited = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match stopped() {
+                Some(line) => return line,
+                None => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        }
+    })
+    .await;
+    let line = waited.unwrap_or_else(|_| panic!("nothing logged: {:?}", logs.lines()));
+    assert!(line.contains("ERROR"), "{line}");
+    assert!(
+        line.contains("always failing") && line.contains("orders"),
+        "{line}"
+    );
+    broker.close().await.expect("close broker");
 }

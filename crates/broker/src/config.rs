@@ -213,10 +213,10 @@ impl BrokerConfig {
             memory.validate()?;
         }
         for (name, topic) in &self.topics {
-            naming::validate_name("topic", name)
+            naming::validate_topic_name(name)
                 .map_err(|e| Error::config(format!("[topics.{name}]: {}", e.message())))?;
             for group in &topic.groups {
-                naming::validate_name("group", group).map_err(|e| {
+                naming::validate_group_name(name, group).map_err(|e| {
                     Error::config(format!("[topics.{name}] groups: {}", e.message()))
                 })?;
             }

@@ -54,7 +54,13 @@ impl<T: Send + 'static> AtMostOnce<T> {
     /// are delivered again to the group; one whose acknowledgement (or dead letter) was under
     /// way when closing began is given up, which at most once allows.
     pub async fn close(&mut self) -> Result<()> {
-        self.pending = None;
+        if self.pending.take().is_some() {
+            tracing::warn!(
+                topic = self.topic.name(),
+                "closed while a delivery was settling: it is acknowledged, and its dead letter, \
+                 if it was undecodable, may not be published"
+            );
+        }
         self.deliveries.close().await
     }
 

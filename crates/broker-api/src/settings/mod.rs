@@ -193,10 +193,16 @@ impl RetryPolicy {
             .min_backoff
             .saturating_mul(1u32 << doublings.min(31))
             .min(self.max_backoff);
-        if self.jitter <= 0.0 {
+        // Clamped: the fields are public, and an unchecked policy may reach here.
+        let jitter = if self.jitter.is_nan() {
+            0.0
+        } else {
+            self.jitter.clamp(0.0, 1.0)
+        };
+        if jitter == 0.0 {
             return base;
         }
-        let cut = rand::random::<f64>() * self.jitter;
+        let cut = rand::random::<f64>() * jitter;
         base.mul_f64(1.0 - cut)
     }
 }
@@ -304,6 +310,22 @@ mod tests {
         for _ in 0..100 {
             let delay = policy.backoff(1);
             assert!(delay <= Duration::from_millis(1000) && delay >= Duration::from_millis(500));
+        }
+    }
+
+    /// A policy that skipped validation does not panic: jitter past 1 cuts the whole delay at
+    /// most, NaN none of it.
+    #[test]
+    fn jitter_out_of_range_is_clamped() {
+        for jitter in [2.0, -1.0, f64::NAN, f64::INFINITY] {
+            let policy = RetryPolicy {
+                min_backoff: Duration::from_millis(1000),
+                jitter,
+                ..RetryPolicy::default()
+            };
+            for _ in 0..100 {
+                assert!(policy.backoff(1) <= Duration::from_millis(1000), "{jitter}");
+            }
         }
     }
 

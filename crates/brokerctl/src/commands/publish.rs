@@ -23,7 +23,7 @@ const WINDOW: usize = 1024;
 /// After the first failure no more messages are sent; the ones in flight are still confirmed
 /// and printed, and the command fails saying how many were published.
 pub async fn run(broker: &Broker, args: PublishArgs) -> anyhow::Result<()> {
-    broker::naming::validate_name("topic", &args.topic)?;
+    broker::naming::validate_topic_name(&args.topic)?;
     let publisher = broker.publisher(&Topic::bytes(args.topic.as_str()));
     let mut input = spawn_input(&args)?;
     let mut pending = FuturesOrdered::new();

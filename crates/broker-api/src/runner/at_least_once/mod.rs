@@ -115,7 +115,19 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         };
         tracing::debug!(topic = self.topic.name(), group = %self.group, "subscription stopping");
         let closed = stream.close().await;
-        outcome.and(closed)
+        let outcome = outcome.and(closed);
+        // Said here too: a running subscription's handle may have been dropped, and closing
+        // the broker does not report its subscriptions' errors.
+        match &outcome {
+            Err(error) if error.kind() != ErrorKind::Closed => tracing::error!(
+                topic = self.topic.name(),
+                group = %self.group,
+                %error,
+                "subscription stopped"
+            ),
+            _ => {}
+        }
+        outcome
     }
 
     /// Waits for running handlers up to the shutdown timeout; after it they are abandoned and
