@@ -130,6 +130,7 @@ impl Topology {
         group: &str,
     ) -> Result<ShortString> {
         let queue = Self::queue_name(topic, group)?;
+        self.check_owner(queue.as_str(), topic, "subscribe")?;
         if self.auto_provision {
             self.declare_group(channel, topic, &queue).await?;
         } else {
@@ -162,6 +163,9 @@ impl Topology {
             .iter()
             .map(|group| Self::queue_name(&spec.name, group))
             .collect::<Result<Vec<_>>>()?;
+        for queue in &queues {
+            self.check_owner(queue.as_str(), &spec.name, "ensure topic")?;
+        }
         declare_exchange(channel, &spec.name, false).await?;
         self.known().declared_exchanges.insert(spec.name.clone());
         for queue in &queues {
@@ -352,6 +356,31 @@ impl Topology {
     /// Whether the bindings of `topic` were in doubt; clears it.
     pub(crate) fn take_doubt(&self, topic: &str) -> bool {
         self.known().bindings_in_doubt.remove(topic)
+    }
+
+    /// Refuses `queue` for `topic` when this process knows it as the queue of a group of
+    /// another topic: queues are named `<topic>.<group>`, so `X.a`/`b` and `X`/`a.b` share one,
+    /// which would then be bound to both exchanges and hold both topics' messages. AMQP cannot
+    /// list a queue's bindings: a queue another process bound to another topic goes unnoticed.
+    fn check_owner(&self, queue: &str, topic: &str, operation: &'static str) -> Result<()> {
+        let known = self.known();
+        let owner = known
+            .declared_queues
+            .get(queue)
+            .or_else(|| known.verified_queues.get(queue));
+        match owner {
+            Some(owner) if owner != topic => Err(Error::new(
+                ErrorKind::Rejected,
+                format!(
+                    "queue {queue} for topic {topic} holds a group of topic {owner}: queues are \
+                     named <topic>.<group>, so this topic and group collide with another pair; \
+                     choose another group name"
+                ),
+            )
+            .backend(BACKEND)
+            .operation(operation)),
+            _ => Ok(()),
+        }
     }
 
     /// Whether this process knows the group queue `queue` of `topic` (declared or checked it,

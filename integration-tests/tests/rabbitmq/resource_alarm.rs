@@ -7,7 +7,7 @@ use broker_testkit::support::{fresh_topic, run_case, Inbox};
 use broker_testkit::Harness;
 
 use crate::exclusive;
-use crate::support::{backend_with, rabbitmqctl, RestoreWith};
+use crate::support::{backend_with, close_all_connections, rabbitmqctl, RestoreWith};
 
 /// During a resource alarm RabbitMQ stops reading publishes, so their confirms do not come:
 /// the confirm window fills and the next send waits for a slot; closing the backend fails them
@@ -199,6 +199,65 @@ async fn publishes_held_by_a_resource_alarm_time_out() {
             .publish(&"after".to_owned())
             .await
             .expect("the same backend publishes again after the alarm");
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+/// A publish its caller was told timed out is not published again when its connection drops:
+/// the caller may have sent it again by then, and a copy stored behind its back would be a
+/// needless duplicate. (RabbitMQ reads nothing from a blocked connection, so the frames of the
+/// publish held by the alarm are lost with the connection.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_that_timed_out_is_not_published_again_after_a_reconnect() {
+    let Some(harness) = exclusive().await else {
+        return;
+    };
+    run_case("timed_out_not_published_again", async {
+        let backend = backend_with(&harness.live.address, true, |config| {
+            config.publish_timeout = Duration::from_secs(2);
+            config.retry_timeout = Duration::from_secs(30);
+        });
+        let broker = Broker::new(backend.await.expect("connect"));
+        let topic = broker_api::Topic::text(fresh_topic(&broker, "alarm-again", &["g"]).await);
+        let publisher = broker.publisher(&topic);
+        publisher
+            .publish(&"before".to_owned())
+            .await
+            .expect("published before the alarm");
+        let alarm = memory_alarm().await;
+        let held = publisher
+            .send(&"held".to_owned())
+            .await
+            .expect("handed over");
+        let err = tokio::time::timeout(Duration::from_secs(10), held)
+            .await
+            .expect("answered after the publish timeout")
+            .expect_err("RabbitMQ confirms nothing during the alarm");
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        close_all_connections().await;
+        drop(alarm);
+        publisher
+            .publish(&"after".to_owned())
+            .await
+            .expect("published after the alarm");
+
+        let inbox = Inbox::new();
+        let running = broker
+            .subscriber(&topic, "g")
+            .at_least_once(inbox.handler())
+            .await
+            .expect("subscribe");
+        inbox.wait_for(2, harness.patience()).await;
+        // Time for a copy published again after the reconnect to come in.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let values: Vec<String> = inbox.snapshot().into_iter().map(|r| r.value).collect();
+        assert_eq!(
+            values,
+            ["before", "after"],
+            "the given-up publish came back"
+        );
+        running.close().await.expect("close the subscription");
         broker.close().await.expect("close");
     })
     .await;

@@ -237,3 +237,43 @@ async fn restored_exchange_binds_every_group(harness: &RabbitMq, exchange_first:
     running.close().await.expect("close");
     broker.close().await.expect("close broker");
 }
+
+/// Queues are named `<topic>.<group>`, so `X.a`/`b` and `X`/`a.b` would share one: the second
+/// pair is refused, by subscribing or declaring, instead of binding the queue to both topics.
+/// (Only within one process: AMQP cannot list a queue's bindings.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_and_group_colliding_with_another_pair_are_refused() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("colliding_queue_names", async {
+        let backend = backend(&harness.live.address, true).await.expect("connect");
+        let base = unique("collide");
+        let dotted = format!("{base}.a");
+        let mut first = backend
+            .subscribe(SubscribeRequest::new(&dotted, "b"))
+            .await
+            .expect("subscribe");
+        let subscribed = backend
+            .subscribe(SubscribeRequest::new(&base, "a.b"))
+            .await
+            .err()
+            .expect("the queue holds a group of another topic");
+        let declared = backend
+            .ensure_topic(&TopicSpec::new(&base).group("a.b"))
+            .await
+            .expect_err("the queue holds a group of another topic");
+        for err in [subscribed, declared] {
+            assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+            let text = err.to_string();
+            assert!(
+                text.contains(&format!("holds a group of topic {dotted}")),
+                "{text}"
+            );
+        }
+        first.close().await.expect("close the stream");
+        backend.delete_topic(&dotted).await.expect("delete");
+        backend.close().await.expect("close");
+    })
+    .await;
+}

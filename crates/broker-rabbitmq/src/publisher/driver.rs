@@ -48,13 +48,14 @@ const BATCH: usize = 256;
 
 /// What the task runs: a publish (in tests, a stand-in).
 pub(super) trait Job: Send + 'static {
-    /// Runs it to its answer.
-    fn run(self) -> impl Future<Output = Answer> + Send;
+    /// Runs it to its answer. `answer_by` is when its caller is told it timed out, if
+    /// RabbitMQ has not confirmed it by then (none when the caller drives it).
+    fn run(self, answer_by: Option<Instant>) -> impl Future<Output = Answer> + Send;
 }
 
 impl Job for Publish {
-    fn run(self) -> impl Future<Output = Answer> + Send {
-        Publish::run(self)
+    fn run(self, answer_by: Option<Instant>) -> impl Future<Output = Answer> + Send {
+        Publish::run(self, answer_by)
     }
 }
 
@@ -126,7 +127,7 @@ impl<J: Job> Driver<J> {
 /// ended. No `publish_timeout` applies: the caller may bound its wait itself. An acked publish
 /// looks for its returned message at once (see [`Answer::Unclaimed`]).
 pub(super) fn run_in_caller(publish: impl Job) -> Confirmation {
-    Confirmation::from(poll::start(Box::pin(publish.run().map(Answer::now))))
+    Confirmation::from(poll::start(Box::pin(publish.run(None).map(Answer::now))))
 }
 
 /// A publish the task runs: its caller's outcome until it is answered or given up, and when
@@ -200,7 +201,7 @@ async fn run<J: Job>(
                         outcome: Some(outcome),
                         deadline,
                     });
-                    started(publish, key)
+                    started(publish, key, deadline)
                 }));
             }
         }
@@ -243,13 +244,13 @@ fn answer(unclaimed: &mut Vec<(Outcome, Unclaimed)>) {
 }
 
 /// `job` as the task runs it, ending with its `key`.
-fn started<J: Job>(job: J, key: usize) -> impl Future<Output = (usize, Answer)> {
+fn started<J: Job>(job: J, key: usize, deadline: Instant) -> impl Future<Output = (usize, Answer)> {
     // A combinator, not an `async` block, which would hold the publish twice.
-    job.run().map(move |answer| (key, answer))
+    job.run(Some(deadline)).map(move |answer| (key, answer))
 }
 
 /// The error of a publish given up after `timeout` without RabbitMQ's confirm.
-fn timed_out(timeout: Duration) -> Error {
+pub(super) fn timed_out(timeout: Duration) -> Error {
     Error::new(
         ErrorKind::Timeout,
         format!(
@@ -279,7 +280,7 @@ mod tests {
     struct Scripted(BoxFuture<'static, Answer>);
 
     impl Job for Scripted {
-        fn run(self) -> impl Future<Output = Answer> + Send {
+        fn run(self, _: Option<Instant>) -> impl Future<Output = Answer> + Send {
             self.0
         }
     }
@@ -347,7 +348,7 @@ mod tests {
     /// arguments and awaited futures, it was 2 704.
     #[test]
     fn a_publish_in_flight_stays_small() {
-        fn output_size<A, B, F>(_: fn(A, B) -> F) -> usize {
+        fn output_size<A, B, C, F>(_: fn(A, B, C) -> F) -> usize {
             std::mem::size_of::<F>()
         }
         let in_flight = output_size(started::<Publish>);

@@ -13,6 +13,7 @@ use lapin::types::ShortString;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::time::Instant;
 
+use super::driver::timed_out;
 use super::{prepare, ConfirmChannel, Prepared, Route, Shared};
 use crate::error::{self, reply_code, BACKEND};
 
@@ -96,14 +97,15 @@ pub(super) struct Publish {
 }
 
 impl Publish {
-    /// Publishes, waits for the confirm, publishes again after a dropped channel; frees the
-    /// window slot when done.
+    /// Publishes, waits for the confirm, publishes again after a dropped channel (not past
+    /// `answer_by`, see [`Job::run`](super::driver::Job::run)); frees the window slot when
+    /// done.
     ///
     /// Every publish in flight is one of these futures, so it is kept small: an `async` block
     /// over `self` (an `async fn` would also copy its argument into a local) that uses the
     /// fields in place.
     #[allow(clippy::manual_async_fn)] // on purpose, see above
-    pub(super) fn run(self) -> impl Future<Output = Answer> + Send {
+    pub(super) fn run(self, answer_by: Option<Instant>) -> impl Future<Output = Answer> + Send {
         async move {
             // Named, so that the block takes the slot: it captures only the fields it uses,
             // and one it did not would be freed as soon as the future was built.
@@ -126,7 +128,7 @@ impl Publish {
                 Err(failure) => Some(failure),
             };
             // Rare, and boxed: the future stays the size of one attempt.
-            Box::pin(self.pending.finish(failure, self.channel)).await
+            Box::pin(self.pending.finish(failure, self.channel, answer_by)).await
         }
     }
 }
@@ -179,10 +181,15 @@ impl Pending {
 
     /// The rare end of a publish: publishing again after `failure`, or without one, looking
     /// for its returned message after the others' (see [`acked`](Self::acked)).
-    async fn finish(&self, failure: Option<lapin::Error>, channel: Arc<ConfirmChannel>) -> Answer {
+    async fn finish(
+        &self,
+        failure: Option<lapin::Error>,
+        channel: Arc<ConfirmChannel>,
+        answer_by: Option<Instant>,
+    ) -> Answer {
         match failure {
             Some(failure) => self
-                .republish(failure, channel)
+                .republish(failure, channel, answer_by)
                 .await
                 .unwrap_or_else(|error| Answer::Known(Err(error))),
             None => self.after_returns().await,
@@ -197,19 +204,26 @@ impl Pending {
     }
 
     /// The channel or the connection went away before the confirm: publishes again on a new
-    /// channel, until confirmed, refused, or `retry_timeout` after the first failure.
+    /// channel, until confirmed, refused, or `retry_timeout` after the first failure — and
+    /// not once its caller was told it timed out (`answer_by`): the caller may have sent it
+    /// again by then, and a copy stored behind its back would be a needless duplicate.
     async fn republish(
         &self,
         mut failure: lapin::Error,
         mut channel: Arc<ConfirmChannel>,
+        answer_by: Option<Instant>,
     ) -> Result<Answer> {
-        let deadline = Instant::now() + self.shared.retry_timeout;
+        let retry_deadline = Instant::now() + self.shared.retry_timeout;
+        let deadline = answer_by.map_or(retry_deadline, |by| by.min(retry_deadline));
         loop {
             if let Some(own) = self.own_fault(&failure).await {
                 return Err(own);
             }
             if self.shared.link.is_closed() {
                 return Err(self.unconfirmed(error::closed("publish")));
+            }
+            if answer_by.is_some_and(|by| Instant::now() >= by) {
+                return Err(timed_out(self.shared.publish_timeout));
             }
             if Instant::now() >= deadline {
                 return Err(error::from_lapin(
