@@ -12,7 +12,7 @@ use rdkafka::types::RDKafkaRespErr;
 
 use crate::config::KafkaConfig;
 use crate::context::ClientLog;
-use crate::error::{from_kafka, BACKEND};
+use crate::error::{from_kafka, kind_of, BACKEND};
 
 /// What the cluster says about one topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,11 +88,7 @@ impl Admin {
                 Refusal::Exists => existed = true,
                 Refusal::NotAllowed => self.usable_without_creating(name, code).await?,
                 Refusal::Failed => {
-                    return Err(from_kafka(
-                        "ensure topic",
-                        format!("the broker refused to create topic {topic}"),
-                        KafkaError::AdminOp(code),
-                    ))
+                    return Err(admin_failure("ensure topic", "create", &topic, code))
                 }
             }
         }
@@ -205,11 +201,7 @@ impl Admin {
             .map_err(|e| from_kafka("delete topic", format!("deleting topic {name} failed"), e))?;
         for result in results {
             if let Err((topic, code)) = result {
-                return Err(from_kafka(
-                    "delete topic",
-                    format!("the broker refused to delete topic {topic}"),
-                    KafkaError::AdminOp(code),
-                ));
+                return Err(admin_failure("delete topic", "delete", &topic, code));
             }
         }
         Ok(())
@@ -244,6 +236,22 @@ pub(crate) fn denied(operation: &'static str, topic: &str) -> Error {
     )
     .backend(BACKEND)
     .operation(operation)
+}
+
+/// The broker's answer `code` to a request to `action` (create, delete) `topic`: a refusal,
+/// or a request it did not finish in time and may still carry out.
+fn admin_failure(
+    operation: &'static str,
+    action: &str,
+    topic: &str,
+    code: RDKafkaErrorCode,
+) -> Error {
+    let message = if kind_of(code) == ErrorKind::Timeout {
+        format!("the broker did not {action} topic {topic} in time (it may still)")
+    } else {
+        format!("the broker refused to {action} topic {topic}")
+    };
+    from_kafka(operation, message, KafkaError::AdminOp(code))
 }
 
 /// What a refused topic creation means.
@@ -290,6 +298,32 @@ pub(crate) fn topic_state(metadata: &Metadata, name: &str) -> TopicState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_the_broker_did_not_finish_in_time_is_not_called_refused() {
+        let err = admin_failure(
+            "delete topic",
+            "delete",
+            "orders",
+            RDKafkaErrorCode::RequestTimedOut,
+        );
+        assert_eq!(err.kind(), ErrorKind::Timeout);
+        assert!(
+            err.to_string()
+                .contains("did not delete topic orders in time"),
+            "{err}"
+        );
+        let err = admin_failure(
+            "ensure topic",
+            "create",
+            "orders",
+            RDKafkaErrorCode::PolicyViolation,
+        );
+        assert!(
+            err.to_string().contains("refused to create topic orders"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn a_creation_refused_as_not_authorized_looks_the_topic_up() {

@@ -64,7 +64,12 @@ pub(crate) fn kind_of(code: RDKafkaErrorCode) -> ErrorKind {
 
 /// A client error as an [`Error`] of `operation`, with a message for humans.
 pub(crate) fn from_kafka(operation: &'static str, message: String, error: KafkaError) -> Error {
-    let kind = error.rdkafka_error_code().map_or_else(
+    // rdkafka gives no code for an admin operation's error, though it has one.
+    let code = match &error {
+        KafkaError::AdminOp(code) => Some(*code),
+        other => other.rdkafka_error_code(),
+    };
+    let kind = code.map_or_else(
         || match error {
             KafkaError::ClientConfig(..) => ErrorKind::Config,
             KafkaError::Canceled => ErrorKind::Closed,
@@ -181,6 +186,17 @@ mod tests {
         );
         assert_eq!(err.kind(), ErrorKind::Rejected);
         assert!(!err.is_temporary());
+
+        let err = from_kafka(
+            "delete topic",
+            "the broker refused".into(),
+            KafkaError::AdminOp(RDKafkaErrorCode::UnknownTopicOrPartition),
+        );
+        assert_eq!(
+            err.kind(),
+            ErrorKind::NotFound,
+            "an admin answer's code counts"
+        );
     }
 
     #[test]
