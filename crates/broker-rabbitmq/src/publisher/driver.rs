@@ -233,6 +233,11 @@ fn finished(
             Answer::Known(answer) => outcome.fill(answer),
             Answer::Unclaimed(acked) => unclaimed.push((outcome, acked)),
         }
+    } else if let Answer::Unclaimed(acked) = answer {
+        // Given up (its caller was told it timed out): its returned message, if another
+        // confirm carried it, is claimed all the same, or a later publish of the same id
+        // would take it for its own.
+        unclaimed.push((Outcome(None), acked));
     }
 }
 
@@ -341,6 +346,56 @@ mod tests {
             "x was returned: {x:?}"
         );
         assert!(z.await.is_ok());
+    }
+
+    /// Publish x was given up (its caller told it timed out), then acked; its returned message
+    /// came with z's confirm. A later publish with x's id, stored, is not answered as returned.
+    #[tokio::test]
+    async fn a_given_up_publish_claims_its_returned_message() {
+        let route = Arc::new(Route {
+            exchange: "orders".into(),
+            channel: RwLock::new(None),
+            reopen: tokio::sync::Mutex::new(()),
+            orphans: Orphans::default(),
+        });
+        let driver = Driver::start(
+            &tokio::runtime::Handle::current(),
+            Duration::from_millis(100),
+        );
+        let unclaimed = |route: &Arc<Route>| {
+            let route = route.clone();
+            move || {
+                Answer::Unclaimed(Unclaimed {
+                    route,
+                    message_id: MessageId::from("x"),
+                })
+            }
+        };
+        let (acked, on_acked) = oneshot::channel();
+        let (confirmed, on_confirmed) = oneshot::channel();
+        let given_up = driver.drive(scripted(on_acked, unclaimed(&route)));
+        let z = driver.drive(scripted(on_confirmed, {
+            let route = route.clone();
+            move || {
+                route.orphans.keep("x");
+                Answer::Known(Err(timed_out(Duration::ZERO)))
+            }
+        }));
+        let err = given_up.await.expect_err("not acked within the timeout");
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+        assert!(z.await.is_err());
+        assert!(confirmed.send(()).is_ok() && acked.send(()).is_ok());
+        for _ in 0..10 {
+            tokio::task::yield_now().await;
+        }
+        let (stored, on_stored) = oneshot::channel();
+        let again = driver.drive(scripted(on_stored, unclaimed(&route)));
+        assert!(stored.send(()).is_ok());
+        let again = again.await;
+        assert!(
+            again.is_ok(),
+            "answered with the given-up publish's return: {again:?}"
+        );
     }
 
     /// Every publish in flight is one of these futures, allocated by the set: 1 600 bytes

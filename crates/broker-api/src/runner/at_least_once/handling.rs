@@ -192,8 +192,10 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                     error = %failure_now, ?delay, "handler failed, retrying"
                 );
                 tokio::select! {
-                    () = tokio::time::sleep(delay) => {}
+                    // Closing first: with no backoff (min_backoff = 0) both are ready at once.
+                    biased;
                     () = abandon.cancelled() => return Err(Unsettled::new(delivery, None)),
+                    () = tokio::time::sleep(delay) => {}
                 }
                 if self.handled_elsewhere(&delivery, calls) {
                     return Ok(());
