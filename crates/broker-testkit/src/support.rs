@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use broker_api::{Broker, HandlerResult, Received, RetryPolicy, TopicSpec};
+use broker_api::{Backend, Broker, HandlerResult, Message, Received, RetryPolicy, TopicSpec};
 use tokio::sync::Notify;
 
 /// The longest a single case may run before it is failed as hung.
@@ -221,6 +221,15 @@ impl<T: Clone + Send + 'static> Inbox<T> {
                 .collect::<Vec<_>>()
         );
     }
+}
+
+/// Sends `message` to `topic` through `backend` and waits for the broker's confirmation.
+pub async fn send_confirmed(
+    backend: &dyn Backend,
+    topic: &str,
+    message: Message,
+) -> broker_api::Result<()> {
+    backend.send(topic, message).await?.await.map(drop)
 }
 
 /// Log lines at `WARN` and above written while [`CapturedLogs::subscriber`] is the thread's

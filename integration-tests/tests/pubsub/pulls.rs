@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use broker_api::{Backend, Message, SubscribeRequest, TopicSpec};
-use broker_testkit::support::{next_within, run_case, unique};
+use broker_testkit::support::{next_within, run_case, send_confirmed, unique};
 use broker_testkit::Harness;
 use futures::StreamExt;
 
@@ -43,10 +43,7 @@ async fn subscription_left_in_push_delivery_is_pulled_again() {
             .send()
             .await
             .expect("switch the subscription to push delivery");
-        backend
-            .send(&topic, Message::new("waiting"))
-            .await
-            .unwrap()
+        send_confirmed(&backend, &topic, Message::new("waiting"))
             .await
             .expect("published");
         let mut stream = backend
@@ -202,10 +199,7 @@ async fn a_delivery_of_an_ended_pull_is_no_longer_live() {
             .subscribe(SubscribeRequest::new(&topic, "g"))
             .await
             .unwrap();
-        first
-            .send(&topic, Message::new("held"))
-            .await
-            .unwrap()
+        send_confirmed(&first, &topic, Message::new("held"))
             .await
             .unwrap();
         let held = next_within(&mut a, harness.patience()).await;

@@ -3,7 +3,7 @@
 use std::time::{Duration, Instant};
 
 use broker_api::{Backend, ErrorKind, Message, SubscribeRequest, TopicSpec};
-use broker_testkit::support::{next_within, run_case, unique, CapturedLogs};
+use broker_testkit::support::{next_within, run_case, send_confirmed, unique, CapturedLogs};
 use broker_testkit::Harness;
 use futures::StreamExt;
 
@@ -48,10 +48,7 @@ async fn unknown_topic_is_not_found_without_auto_provisioning() {
             .send()
             .await
             .unwrap();
-        backend
-            .send(&topic, Message::new("y").with_key("k"))
-            .await
-            .unwrap()
+        send_confirmed(&backend, &topic, Message::new("y").with_key("k"))
             .await
             .expect("the key is not wedged by the earlier failure");
         let err = backend
@@ -102,10 +99,7 @@ async fn topics_are_listed_and_deleted_with_their_subscriptions() {
             .expect_err("deleted twice");
         assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
         // Publishing again provisions the topic again.
-        backend
-            .send(&topic, Message::new("again"))
-            .await
-            .unwrap()
+        send_confirmed(&backend, &topic, Message::new("again"))
             .await
             .unwrap();
         backend.delete_topic(&topic).await.unwrap();
@@ -128,10 +122,7 @@ async fn deleting_a_topic_ends_its_running_subscription() {
             .subscribe(SubscribeRequest::new(&topic, "g"))
             .await
             .unwrap();
-        backend
-            .send(&topic, Message::new("before"))
-            .await
-            .unwrap()
+        send_confirmed(&backend, &topic, Message::new("before"))
             .await
             .unwrap();
         let first = next_within(&mut stream, harness.patience()).await;
@@ -172,10 +163,7 @@ async fn vanished_topic_and_subscription_are_recreated() {
             .subscribe(SubscribeRequest::new(&topic, "g"))
             .await
             .unwrap();
-        backend
-            .send(&topic, Message::new("before"))
-            .await
-            .unwrap()
+        send_confirmed(&backend, &topic, Message::new("before"))
             .await
             .unwrap();
         let delivery = next_within(&mut stream, harness.patience()).await;
@@ -202,10 +190,7 @@ async fn vanished_topic_and_subscription_are_recreated() {
         // the two re-creations reaches nobody: publish until one gets through.
         let deadline = Instant::now() + harness.patience();
         let delivery = loop {
-            backend
-                .send(&topic, Message::new("after"))
-                .await
-                .unwrap()
+            send_confirmed(&backend, &topic, Message::new("after"))
                 .await
                 .expect("publish after the topic vanished");
             match tokio::time::timeout(Duration::from_secs(2), stream.next()).await {

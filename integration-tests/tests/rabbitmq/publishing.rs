@@ -6,11 +6,11 @@ use broker_api::{
     Backend, Broker, ConnectOptions, ErrorKind, Message, SubscribeRequest, TopicSpec,
 };
 use broker_rabbitmq::{RabbitMqBackend, RabbitMqConfig};
-use broker_testkit::support::{fresh_topic, next_within, run_case, unique};
+use broker_testkit::support::{fresh_topic, next_within, run_case, send_confirmed, unique};
 use broker_testkit::Harness;
 
 use crate::support::{
-    backend, delete_exchange, delete_queue, queue_exists, rabbitmqctl, send, RestoreWith,
+    backend, delete_exchange, delete_queue, queue_exists, rabbitmqctl, RestoreWith,
 };
 use crate::{exclusive, shared};
 
@@ -137,11 +137,11 @@ async fn deleted_exchange_closes_only_its_publish() {
             let backend = backend(&harness.live.address, auto_provision)
                 .await
                 .expect("connect");
-            send(&backend, &doomed, Message::new("first"))
+            send_confirmed(&backend, &doomed, Message::new("first"))
                 .await
                 .expect("first publish");
             delete_exchange(&harness.live.address, &doomed).await;
-            let err = send(&backend, &doomed, Message::new("second"))
+            let err = send_confirmed(&backend, &doomed, Message::new("second"))
                 .await
                 .expect_err("publishing to a deleted exchange");
             let expected = if auto_provision {
@@ -150,7 +150,7 @@ async fn deleted_exchange_closes_only_its_publish() {
                 ErrorKind::NotFound
             };
             assert_eq!(err.kind(), expected, "{err}");
-            send(&backend, &other, Message::new("elsewhere"))
+            send_confirmed(&backend, &other, Message::new("elsewhere"))
                 .await
                 .expect("another topic still publishes");
             provisioning
@@ -159,7 +159,7 @@ async fn deleted_exchange_closes_only_its_publish() {
                 .expect("re-create");
             if !auto_provision {
                 // The strict backend forgot the exchange and checks it again.
-                send(&backend, &doomed, Message::new("third"))
+                send_confirmed(&backend, &doomed, Message::new("third"))
                     .await
                     .expect("publishing after it was re-created");
             }
@@ -173,11 +173,11 @@ async fn deleted_exchange_closes_only_its_publish() {
             .ensure_topic(&TopicSpec::new(&restored).group("g"))
             .await
             .expect("declare");
-        send(&declaring, &restored, Message::new("first"))
+        send_confirmed(&declaring, &restored, Message::new("first"))
             .await
             .expect("first publish");
         delete_exchange(&harness.live.address, &restored).await;
-        send(&declaring, &restored, Message::new("second"))
+        send_confirmed(&declaring, &restored, Message::new("second"))
             .await
             .expect("published again once the exchange and its binding were declared again");
         let mut stream = declaring
@@ -194,7 +194,7 @@ async fn deleted_exchange_closes_only_its_publish() {
         // publish, which no queue takes, fails.
         delete_exchange(&harness.live.address, &restored).await;
         delete_queue(&harness.live.address, &format!("{restored}.g")).await;
-        let err = send(&declaring, &restored, Message::new("third"))
+        let err = send_confirmed(&declaring, &restored, Message::new("third"))
             .await
             .expect_err("no queue takes it");
         assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
@@ -282,19 +282,19 @@ async fn headers_larger_than_a_frame_are_refused_before_sending() {
                 .with_header("big", "v".repeat(size))
         };
         let backend = broker.backend();
-        let fits = send(backend.as_ref(), &name, with_header(FRAME_MAX - 49)).await;
+        let fits = send_confirmed(backend.as_ref(), &name, with_header(FRAME_MAX - 49)).await;
         fits.expect("properties that fill the frame exactly are published");
         // One byte more is past the protocol's limit (RabbitMQ lets 8 more through); 20 000
         // more made RabbitMQ close the connection, again at every publish after reconnecting,
         // for the whole retry_timeout.
         for over in [1, 20_000] {
-            let err = send(backend.as_ref(), &name, with_header(FRAME_MAX - 49 + over))
+            let err = send_confirmed(backend.as_ref(), &name, with_header(FRAME_MAX - 49 + over))
                 .await
                 .expect_err("properties over a frame");
             assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
             assert!(err.to_string().contains("frame_max"), "{err}");
         }
-        send(backend.as_ref(), &name, Message::new("small"))
+        send_confirmed(backend.as_ref(), &name, Message::new("small"))
             .await
             .expect("the connection is still up");
         broker.close().await.expect("close");

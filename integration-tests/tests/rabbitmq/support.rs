@@ -1,6 +1,6 @@
 //! Helpers the cases share: backends, `rabbitmqctl`, changes made behind a backend's back.
 
-use broker_api::{Backend, ConnectOptions, Message};
+use broker_api::ConnectOptions;
 use broker_rabbitmq::lapin::options::{
     ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
@@ -78,14 +78,6 @@ pub(crate) async fn unacknowledged(queue: &str) -> u64 {
         .find(|(name, _)| name.trim() == queue)
         .and_then(|(_, count)| count.trim().parse().ok())
         .unwrap_or_else(|| panic!("queue {queue} not in {listing:?}"))
-}
-
-pub(crate) async fn send(
-    backend: &dyn Backend,
-    topic: &str,
-    message: Message,
-) -> broker_api::Result<()> {
-    backend.send(topic, message).await?.await.map(drop)
 }
 
 /// Runs `operation` on a channel of a raw lapin connection to `uri`, then closes it: changes

@@ -3,11 +3,11 @@
 use std::time::{Duration, Instant};
 
 use broker_api::{Backend, Broker, ErrorKind, Message, SubscribeRequest, TopicSpec};
-use broker_testkit::support::{fresh_topic, next_within, run_case, unique, Inbox};
+use broker_testkit::support::{fresh_topic, next_within, run_case, send_confirmed, unique, Inbox};
 use broker_testkit::Harness;
 use futures::StreamExt;
 
-use crate::support::{backend, delete_exchange, delete_queue, queue_exists, send};
+use crate::support::{backend, delete_exchange, delete_queue, queue_exists};
 use crate::{shared, RabbitMq};
 
 /// A subscription whose topic this backend deletes ends, instead of declaring the group's
@@ -58,7 +58,7 @@ async fn missing_topology_is_not_found_without_auto_provisioning() {
             .expect("connect");
 
         let missing = unique("missing");
-        let err = send(&strict, &missing, Message::new("x"))
+        let err = send_confirmed(&strict, &missing, Message::new("x"))
             .await
             .expect_err("publishing to a missing topic");
         assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
@@ -70,7 +70,7 @@ async fn missing_topology_is_not_found_without_auto_provisioning() {
         };
         assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
 
-        send(&strict, &existing, Message::new("still works"))
+        send_confirmed(&strict, &existing, Message::new("still works"))
             .await
             .expect("publishing to an existing topic");
         let mut stream = strict

@@ -57,8 +57,8 @@ impl<T: Send + 'static> AtMostOnce<T> {
         if self.pending.take().is_some() {
             tracing::warn!(
                 topic = self.topic.name(),
-                "closed while a delivery was settling: it is acknowledged, and its dead letter, \
-                 if it was undecodable, may not be published"
+                "closed while a delivery was being acknowledged or dead-lettered: an undecodable \
+                 one may be acknowledged without its dead letter"
             );
         }
         self.deliveries.close().await

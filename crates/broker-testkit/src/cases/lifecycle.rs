@@ -13,6 +13,7 @@ use crate::{Harness, NoRestart};
 /// A subscriber closed mid-stream, then a new one in the same group: every message is handled
 /// by one or the other.
 pub async fn resubscribe_after_close_loses_nothing(harness: &dyn Harness) {
+    const IN_FLIGHT: usize = 10;
     let broker = connect(harness).await;
     let topic = text_topic(&fresh_topic(&broker, "resubscribe", &["g"]).await);
     let sent = publish_texts(&broker.publisher(&topic), "m", 100).await;
@@ -30,7 +31,7 @@ pub async fn resubscribe_after_close_loses_nothing(harness: &dyn Harness) {
     };
     let first = broker
         .subscriber(&topic, "g")
-        .max_in_flight(10)
+        .max_in_flight(IN_FLIGHT)
         .at_least_once(slow)
         .await
         .expect("subscribe");
@@ -58,7 +59,7 @@ pub async fn resubscribe_after_close_loses_nothing(harness: &dyn Harness) {
     // Closing committed what the first subscriber handled: only what it held unsettled (at
     // most its `max_in_flight`) may come again.
     assert!(
-        received.len() <= 100 + 10,
+        received.len() <= 100 + IN_FLIGHT,
         "{} deliveries for 100 messages: closing did not settle what was handled",
         received.len()
     );
