@@ -2,14 +2,15 @@
 
 use std::time::{Duration, SystemTime};
 
-use broker_api::{ErrorKind, Message, Topic};
+use broker_api::{ErrorKind, Message, Position, Topic};
 use bytes::Bytes;
 
 use super::{connect, distinct_values, publish_texts, sorted, text_topic};
 use crate::support::{fresh_topic, skip, Inbox};
 use crate::Harness;
 
-/// Payload, key, headers, message id, content type and topic arrive as published.
+/// Payload, key, headers, message id, content type and topic arrive as published, and the
+/// delivery says where the message sits (where the receipt says, when it does).
 pub async fn roundtrip_payload_key_headers(harness: &dyn Harness) {
     let broker = connect(harness).await;
     let name = fresh_topic(&broker, "roundtrip", &["reader"]).await;
@@ -49,6 +50,19 @@ pub async fn roundtrip_payload_key_headers(harness: &dyn Harness) {
         "wire headers are moved to their fields: {:?}",
         meta.headers
     );
+    assert_ne!(
+        meta.position,
+        Position::Unknown,
+        "a delivery says where it sits"
+    );
+    if receipt.position != Position::Unknown {
+        assert!(
+            names_same_message(&receipt.position, &meta.position),
+            "the receipt's position {:?} and the delivery's {:?} name different messages",
+            receipt.position,
+            meta.position
+        );
+    }
     if let Some(published) = meta.publish_time {
         let age = SystemTime::now()
             .duration_since(published)
@@ -60,6 +74,17 @@ pub async fn roundtrip_payload_key_headers(harness: &dyn Harness) {
     }
     running.close().await.expect("close");
     broker.close().await.expect("close broker");
+}
+
+/// Whether a receipt's position and a delivery's name the same stored message (a Pub/Sub
+/// delivery's ordering key depends on the subscription, its message id does not).
+fn names_same_message(receipt: &Position, delivered: &Position) -> bool {
+    match (receipt, delivered) {
+        (Position::PubSub(receipt), Position::PubSub(delivered)) => {
+            receipt.message_id == delivered.message_id
+        }
+        _ => receipt == delivered,
+    }
 }
 
 /// Many tasks publishing at once, with many confirmations pending: every message arrives.
