@@ -209,7 +209,7 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
         .operation("list topics"))
     }
 
-    /// Deletes a topic and its groups.
+    /// Deletes a topic and its groups. A topic that does not exist is a `NotFound` error.
     async fn delete_topic(&self, name: &str) -> Result<()> {
         let _ = name;
         Err(Error::unsupported(format!(

@@ -38,7 +38,7 @@
 //! | `survives_restart` | true | durable exchanges and queues, persistent messages, publisher confirms |
 //! | `delivery_attempt` | quorum queues only | from `x-delivery-count` |
 //! | `partitions`, `list_topics` | false | AMQP has neither (listing would need the management API) |
-//! | `delete_topic` | true | deletes the exchange and the group queues of it this process declared or used; queues other processes made for other groups are left, unbound |
+//! | `delete_topic` | true | deletes the exchange and the group queues of it this process declared or used; queues other processes made for other groups are left, unbound; a missing exchange is `NotFound` (RabbitMQ itself would say nothing) |
 //! | `max_payload_bytes` | `rabbitmq.max_message_size` (16 MiB) | RabbitMQ closes the channel of a larger publish, so larger payloads are refused before sending |
 //!
 //! ## Publishing

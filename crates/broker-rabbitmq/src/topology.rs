@@ -307,6 +307,34 @@ impl Topology {
             known.declared_queues.remove(queue);
             known.verified_queues.remove(queue);
         }
+        // RabbitMQ deletes a missing exchange without a word, where the other brokers answer
+        // NotFound: look it up first.
+        let passive = ExchangeDeclareOptions {
+            passive: true,
+            ..ExchangeDeclareOptions::default()
+        };
+        let looked_up = channel
+            .exchange_declare(
+                exchange.clone(),
+                ExchangeKind::Topic,
+                passive,
+                FieldTable::default(),
+            )
+            .await;
+        if let Err(e) = looked_up {
+            if error::kind_of(&e) != ErrorKind::NotFound {
+                let what = format!("cannot look up exchange {topic}");
+                return Err(error::from_lapin("delete topic", what, e));
+            }
+            self.forget_topic(topic);
+            return Err(Error::new(
+                ErrorKind::NotFound,
+                format!("topic {topic} does not exist (RabbitMQ has no exchange {topic})"),
+            )
+            .backend(BACKEND)
+            .operation("delete topic")
+            .source(e));
+        }
         channel
             .exchange_delete(exchange, ExchangeDeleteOptions::default())
             .await

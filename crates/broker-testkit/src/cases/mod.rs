@@ -23,7 +23,7 @@ pub use groups::{
 pub use lifecycle::{
     at_most_once_does_not_redeliver, bounded_in_flight, broker_restart_loses_nothing,
     cancel_and_resubscribe, capabilities_are, close_flushes_sent_messages,
-    concurrent_close_does_not_deadlock, publish_after_close_fails,
+    concurrent_close_does_not_deadlock, delete_topic_removes_it, publish_after_close_fails,
     resubscribe_after_close_loses_nothing,
 };
 
