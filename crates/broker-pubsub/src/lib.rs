@@ -58,8 +58,10 @@
 //! unsettled (the rest wait at the service), and the client extends the leases of the messages
 //! being handled (`ack_deadline`, up to `max_lease`). Acknowledging acknowledges; rejecting
 //! (or dropping a delivery unsettled) sets its deadline to zero so the service delivers it
-//! again at once. A streaming pull that fails is reopened by itself; a subscription the service
-//! lost is re-created (with auto-provisioning). Deliveries carry the Pub/Sub message id and
+//! again at once. A streaming pull that fails is reopened by itself (the deliveries it held
+//! are then no longer live, their acknowledgement is a `Connection` error, and the service
+//! delivers them again); a subscription the service lost is re-created (with
+//! auto-provisioning). Deliveries carry the Pub/Sub message id and
 //! ordering key as [`Position::PubSub`](broker_api::Position::PubSub), the publish time, and
 //! the delivery attempt when the service counts it (it only does for subscriptions with a
 //! dead-letter policy, which this backend does not set, so it is usually absent).

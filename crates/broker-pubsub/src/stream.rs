@@ -221,10 +221,22 @@ struct PubSubAcker {
 
 impl Acknowledge for PubSubAcker {
     /// Hands the acknowledgement to the client, which sends it within about 100 ms (batched).
+    /// Once the message's streaming pull ended the client would drop it: a `Connection` error
+    /// says so, and the service delivers the message again.
     fn ack(mut self: Box<Self>) -> Completion<'static, ()> {
-        if let Some(handler) = self.handler.take() {
-            handler.ack();
+        let Some(handler) = self.handler.take() else {
+            return completion::ready(Ok(()));
+        };
+        if !self.pull.is_live() {
+            return completion::ready(Err(Error::new(
+                ErrorKind::Connection,
+                "not acknowledged: the streaming pull this message came from ended, and Pub/Sub \
+                 delivers it again",
+            )
+            .backend(BACKEND)
+            .operation("ack")));
         }
+        handler.ack();
         completion::ready(Ok(()))
     }
 

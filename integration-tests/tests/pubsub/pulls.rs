@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use broker_api::{Backend, Message, SubscribeRequest, TopicSpec};
+use broker_api::{Backend, ErrorKind, Message, SubscribeRequest, TopicSpec};
 use broker_testkit::support::{next_within, run_case, send_confirmed, unique};
 use broker_testkit::Harness;
 use futures::StreamExt;
@@ -227,7 +227,11 @@ async fn a_delivery_of_an_ended_pull_is_no_longer_live() {
         .expect("a delivery");
         assert_eq!(&again.payload[..], b"held");
         again.ack().await.unwrap();
-        drop(held);
+        let refused = held
+            .ack()
+            .await
+            .expect_err("the ack of an ended pull is dropped");
+        assert_eq!(refused.kind(), ErrorKind::Connection, "{refused}");
         a.close().await.unwrap();
         b.close().await.unwrap();
         second.close().await.unwrap();
