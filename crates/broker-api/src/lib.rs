@@ -43,7 +43,7 @@ pub use confirmation::{Confirmation, ReceiptSlot, ReceiptTable};
 pub use delivery::{AmqpPosition, Delivery, Metadata, Position, PubSubPosition};
 pub use error::{BoxError, Error, ErrorKind, Result};
 pub use handler::{Handler, HandlerError, HandlerResult, Received};
-pub use message::{Headers, Message, MessageId};
+pub use message::{Headers, Message, MessageId, CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER};
 pub use once_ready::OnceReady;
 pub use publisher::Publisher;
 pub use runner::{AtMostOnce, Incoming, Manual, Running};

@@ -8,6 +8,8 @@ use std::time::SystemTime;
 use arrayvec::ArrayString;
 use bytes::Bytes;
 
+use crate::error::{Error, ErrorKind, Result};
+
 /// A message id: unique per message, kept across redeliveries, generated when absent.
 ///
 /// On the wire it is the `message-id` header (Kafka), the `message_id` property (RabbitMQ) or the
@@ -93,10 +95,18 @@ impl fmt::Debug for MessageId {
     }
 }
 
+/// The wire name of the message id: a Kafka header, a Pub/Sub attribute.
+pub const MESSAGE_ID_HEADER: &str = "message-id";
+/// The wire name of the content type: a Kafka header, a Pub/Sub attribute.
+pub const CONTENT_TYPE_HEADER: &str = "content-type";
+
 /// Application headers: ordered name/value pairs with UTF-8 values.
 ///
 /// Names are case-sensitive; [`Headers::insert`] replaces an existing value. Most messages carry
-/// none, and an empty set does not allocate.
+/// none, and an empty set does not allocate. [`MESSAGE_ID_HEADER`] and [`CONTENT_TYPE_HEADER`]
+/// are the wire's: a message published with a header of either name is refused (set
+/// [`Message::with_id`] and [`Message::with_content_type`] instead), and a delivery's headers
+/// never hold them (they are moved to their fields).
 #[derive(Default, PartialEq, Eq)]
 pub struct Headers(Vec<(String, String)>);
 
@@ -155,6 +165,27 @@ impl Headers {
     /// Whether there are no headers.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+
+    /// A `Rejected` error when a header uses a wire name: it would be lost on Kafka, become
+    /// the content type on Pub/Sub and stay a header on RabbitMQ.
+    pub(crate) fn check_not_wire(&self) -> Result<()> {
+        let Some((name, _)) = self
+            .iter()
+            .find(|(name, _)| [MESSAGE_ID_HEADER, CONTENT_TYPE_HEADER].contains(name))
+        else {
+            return Ok(());
+        };
+        let field = if name == MESSAGE_ID_HEADER {
+            "Message::with_id"
+        } else {
+            "Message::with_content_type"
+        };
+        Err(Error::new(
+            ErrorKind::Rejected,
+            format!("header {name:?} is reserved for the wire: set it with {field}"),
+        )
+        .operation("publish"))
     }
 }
 
@@ -247,6 +278,24 @@ impl fmt::Debug for Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn headers_under_wire_names_are_refused() {
+        let plain: Headers = [("trace", "1"), ("message-ids", "2")].into_iter().collect();
+        assert!(plain.check_not_wire().is_ok());
+        for (name, hint) in [
+            (MESSAGE_ID_HEADER, "with_id"),
+            (CONTENT_TYPE_HEADER, "with_content_type"),
+        ] {
+            let headers: Headers = [("trace", "1"), (name, "x")].into_iter().collect();
+            let err = headers.check_not_wire().expect_err(name);
+            assert_eq!(err.kind(), ErrorKind::Rejected);
+            assert!(
+                err.to_string().contains(name) && err.to_string().contains(hint),
+                "{err}"
+            );
+        }
+    }
 
     #[test]
     fn headers_replace_and_keep_order() {

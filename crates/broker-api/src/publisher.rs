@@ -80,6 +80,9 @@ impl<T: 'static> Publisher<T> {
     ) -> impl Future<Output = Result<Confirmation>> + '_ {
         async move {
             let message = message?;
+            if !message.headers.is_empty() {
+                message.headers.check_not_wire()?;
+            }
             if !self.name_is_valid {
                 validate_name("topic", self.topic.name())?;
             }

@@ -30,10 +30,7 @@ use crate::delivery::{Deliveries, Reports};
 use crate::error::{closed, from_kafka, payload_too_large, too_large, BACKEND};
 use crate::provision::Provisioner;
 
-/// Header carrying the message id (wire conventions).
-pub(crate) const MESSAGE_ID_HEADER: &str = "message-id";
-/// Header carrying the content type (wire conventions).
-pub(crate) const CONTENT_TYPE_HEADER: &str = "content-type";
+pub(crate) use broker_api::{CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER};
 
 /// The producer type.
 type KafkaProducer = ThreadedProducer<Deliveries>;

@@ -22,9 +22,9 @@ use bytes::Bytes;
 use google_cloud_pubsub::model::Message as PubsubMessage;
 
 /// The attribute that carries the message id.
-pub const MESSAGE_ID_ATTRIBUTE: &str = "message-id";
+pub const MESSAGE_ID_ATTRIBUTE: &str = broker_api::MESSAGE_ID_HEADER;
 /// The attribute that carries the content type.
-pub const CONTENT_TYPE_ATTRIBUTE: &str = "content-type";
+pub const CONTENT_TYPE_ATTRIBUTE: &str = broker_api::CONTENT_TYPE_HEADER;
 
 /// The size the service counts for `message`: data, ordering key and every attribute name and
 /// value, the id and content type included.
@@ -109,8 +109,12 @@ pub(crate) fn over_limits(message: &Message) -> Option<String> {
 pub(crate) fn to_pubsub(message: &Message) -> PubsubMessage {
     let extra = 1 + usize::from(message.content_type.is_some());
     let mut attributes = HashMap::with_capacity(message.headers.len() + extra);
+    // Headers under the wire's names (refused by `Publisher`, possible through `Backend::send`)
+    // are left out, as on Kafka: the message's own id and content type win.
     for (name, value) in message.headers.iter() {
-        attributes.insert(name.to_owned(), value.to_owned());
+        if name != MESSAGE_ID_ATTRIBUTE && name != CONTENT_TYPE_ATTRIBUTE {
+            attributes.insert(name.to_owned(), value.to_owned());
+        }
     }
     attributes.insert(
         MESSAGE_ID_ATTRIBUTE.to_owned(),
@@ -205,6 +209,17 @@ mod tests {
         assert!(out.ordering_key.is_empty());
         assert!(out.data.is_empty());
         assert_eq!(out.attributes.len(), 1);
+    }
+
+    #[test]
+    fn headers_under_wire_names_do_not_replace_the_fields() {
+        let message = Message::new(Bytes::new())
+            .with_id("real")
+            .with_header(MESSAGE_ID_ATTRIBUTE, "spoofed")
+            .with_header(CONTENT_TYPE_ATTRIBUTE, "application/evil");
+        let out = to_pubsub(&message);
+        assert_eq!(out.attributes.len(), 1, "{:?}", out.attributes);
+        assert_eq!(out.attributes[MESSAGE_ID_ATTRIBUTE], "real");
     }
 
     #[test]

@@ -10,7 +10,8 @@ use crate::support::{fresh_topic, skip, Inbox};
 use crate::Harness;
 
 /// Payload, key, headers, message id, content type and topic arrive as published, and the
-/// delivery says where the message sits (where the receipt says, when it does).
+/// delivery says where the message sits (where the receipt says, when it does); a header under
+/// a wire name is refused.
 pub async fn roundtrip_payload_key_headers(harness: &dyn Harness) {
     let broker = connect(harness).await;
     let name = fresh_topic(&broker, "roundtrip", &["reader"]).await;
@@ -23,6 +24,15 @@ pub async fn roundtrip_payload_key_headers(harness: &dyn Harness) {
         .with_header("trace-id", "abc-123")
         .with_header("x-empty", "");
     let sent_id = message.id.clone();
+    let spoofing = publisher
+        .message(&"spoofed".to_owned())
+        .expect("encode")
+        .with_header("content-type", "application/evil");
+    let refused = publisher
+        .publish_message(spoofing)
+        .await
+        .expect_err("a header under a wire name");
+    assert_eq!(refused.kind(), ErrorKind::Rejected, "{refused}");
     let receipt = publisher.publish_message(message).await.expect("publish");
     assert_eq!(receipt.message_id, sent_id, "receipt names the message");
 
