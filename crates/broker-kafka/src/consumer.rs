@@ -255,9 +255,7 @@ pub(crate) fn read_ready(
                     out.push_back((epoch, Delivery::new(payload, metadata, acker)));
                 }
             }
-            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                return Err(fatal(shared, code));
-            }
+            Some(Err(error)) if ends_subscription(&error) => return Err(ended(shared, error)),
             // Transient: logged by the client context; librdkafka retries by itself.
             Some(Err(_)) => empty_polls = 0,
         }
@@ -265,19 +263,44 @@ pub(crate) fn read_ready(
     Ok(read)
 }
 
-/// The error ending a subscription whose consumer failed for good.
-pub(crate) fn fatal(shared: &Shared, code: RDKafkaErrorCode) -> Error {
+/// Whether a consumer error ends the subscription: librdkafka's fatal errors, and the broker
+/// refusing these credentials the group or the topic, which librdkafka would retry for ever
+/// (and report only once) while the subscription waited for records in silence.
+pub(crate) fn ends_subscription(error: &KafkaError) -> bool {
+    use RDKafkaErrorCode as C;
+    match error {
+        KafkaError::MessageConsumptionFatal(_) => true,
+        KafkaError::MessageConsumption(code) => matches!(
+            code,
+            C::GroupAuthorizationFailed
+                | C::TopicAuthorizationFailed
+                | C::ClusterAuthorizationFailed
+                | C::SaslAuthenticationFailed
+        ),
+        _ => false,
+    }
+}
+
+/// The error ending a subscription whose consumer failed for good or was refused.
+pub(crate) fn ended(shared: &Shared, error: KafkaError) -> Error {
+    let (kind, what) = match error {
+        KafkaError::MessageConsumptionFatal(_) => (ErrorKind::Other, "failed and cannot continue"),
+        _ => (
+            ErrorKind::Rejected,
+            "was refused by the broker: check what these credentials may do on that group and topic",
+        ),
+    };
     Error::new(
-        ErrorKind::Other,
+        kind,
         format!(
-            "the consumer of group {} on topic {} failed and cannot continue",
+            "the consumer of group {} on topic {} {what}",
             shared.group(),
             shared.topic()
         ),
     )
     .backend(BACKEND)
     .operation("consume")
-    .source(KafkaError::MessageConsumptionFatal(code))
+    .source(error)
 }
 
 /// Does the rewinds nacks asked for: store the rewind point, seek back to it (without

@@ -23,7 +23,6 @@ use broker_api::Result;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::topic_partition_list::TopicPartitionList;
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::Message;
 
 use crate::ack::Shared;
@@ -45,8 +44,9 @@ pub(crate) struct Polling {
     /// The member's partitions are paused and the keeper polls the consumer. Changed only
     /// while the consumer's lock is held, by the stream, the keeper and the rebalance hook.
     held: AtomicBool,
-    /// A fatal consumer error the keeper polled, for the stream to report.
-    fatal: OnceLock<RDKafkaErrorCode>,
+    /// A consumer error ending the subscription that the keeper polled, for the stream to
+    /// report.
+    fatal: OnceLock<KafkaError>,
 }
 
 impl Polling {
@@ -60,10 +60,10 @@ impl Polling {
         self.read.swap(false, Ordering::AcqRel)
     }
 
-    /// Fails with the fatal consumer error the keeper polled, if it did.
+    /// Fails with the consumer error ending the subscription that the keeper polled, if it did.
     pub(crate) fn check_fatal(&self, shared: &Shared) -> Result<()> {
         match self.fatal.get() {
-            Some(&code) => Err(consumer::fatal(shared, code)),
+            Some(error) => Err(consumer::ended(shared, error.clone())),
             None => Ok(()),
         }
     }
@@ -168,8 +168,8 @@ fn serve_events(consumer: &KafkaConsumer, shared: &Shared) {
                     offset = record.offset(), "record read while paused; it is read again later");
                 shared.read_again(record.partition(), record.offset());
             }
-            Some(Err(KafkaError::MessageConsumptionFatal(code))) => {
-                let _ = shared.polling().fatal.set(code);
+            Some(Err(error)) if consumer::ends_subscription(&error) => {
+                let _ = shared.polling().fatal.set(error);
                 // The stream reports it.
                 shared.wake_reader();
                 return;

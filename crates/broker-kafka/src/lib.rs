@@ -68,6 +68,10 @@
 //!   librdkafka's `auto.offset.reset`: a group whose committed position is no longer in the
 //!   log (retention deleted messages it had not handled) goes on from the oldest retained
 //!   message with `Earliest`, from the end with `Latest`, as Kafka's own consumers do.
+//! - A subscription ends with an error when its consumer fails for good (`Other`) or the
+//!   broker refuses these credentials the group or the topic (`Rejected`: group, topic or
+//!   cluster authorization, SASL authentication); other consumer errors are logged and
+//!   retried by librdkafka.
 
 mod ack;
 mod admin;

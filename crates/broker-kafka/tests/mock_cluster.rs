@@ -386,6 +386,33 @@ async fn a_topic_the_credentials_may_not_see_is_refused_at_once() {
     backend.close().await.unwrap();
 }
 
+/// A group these credentials may not join (GROUP_AUTHORIZATION_FAILED) ends the subscription
+/// with an error naming the refusal, instead of leaving it waiting for records for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_the_credentials_may_not_join_ends_the_subscription() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("guarded", 1, 1).unwrap();
+    let backend = connect(&cluster).await;
+    publish(&backend, "guarded", Message::new("m0")).await;
+    cluster.request_errors(
+        RDKafkaApiKey::FindCoordinator,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_GROUP_AUTHORIZATION_FAILED; 100],
+    );
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("guarded", "g"))
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("the subscription ends in time")
+        .expect("an item");
+    let err = ended.expect_err("an error, not a delivery");
+    assert_eq!(err.kind(), ErrorKind::Rejected, "{err}");
+    assert!(err.to_string().contains("group g"), "{err}");
+    let _ = stream.close().await;
+    backend.close().await.unwrap();
+}
+
 /// A first publish whose topic cannot be created fails as a publish (the mock cluster has no
 /// CreateTopics API, so every creation fails).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
