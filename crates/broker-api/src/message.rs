@@ -100,6 +100,11 @@ pub const MESSAGE_ID_HEADER: &str = "message-id";
 /// The wire name of the content type: a Kafka header, a Pub/Sub attribute.
 pub const CONTENT_TYPE_HEADER: &str = "content-type";
 
+/// Whether a header name is one of the wire's ([`MESSAGE_ID_HEADER`], [`CONTENT_TYPE_HEADER`]).
+fn is_wire_name(name: &str) -> bool {
+    name == MESSAGE_ID_HEADER || name == CONTENT_TYPE_HEADER
+}
+
 /// Application headers: ordered name/value pairs with UTF-8 values.
 ///
 /// Names are case-sensitive; [`Headers::insert`] replaces an existing value. Most messages carry
@@ -167,13 +172,16 @@ impl Headers {
         self.0.is_empty()
     }
 
+    /// The headers not named like the wire's, for an adapter writing them next to the
+    /// message's own id and content type (which win).
+    pub fn without_wire_names(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.iter().filter(|(name, _)| !is_wire_name(name))
+    }
+
     /// A `Rejected` error when a header uses a wire name: it would be lost on Kafka, become
     /// the content type on Pub/Sub and stay a header on RabbitMQ.
     pub(crate) fn check_not_wire(&self) -> Result<()> {
-        let Some((name, _)) = self
-            .iter()
-            .find(|(name, _)| [MESSAGE_ID_HEADER, CONTENT_TYPE_HEADER].contains(name))
-        else {
+        let Some((name, _)) = self.iter().find(|(name, _)| is_wire_name(name)) else {
             return Ok(());
         };
         let field = if name == MESSAGE_ID_HEADER {

@@ -46,7 +46,7 @@ pub(crate) struct Polling {
     held: AtomicBool,
     /// A consumer error ending the subscription that the keeper polled, for the stream to
     /// report.
-    fatal: OnceLock<KafkaError>,
+    ending: OnceLock<KafkaError>,
 }
 
 impl Polling {
@@ -61,8 +61,8 @@ impl Polling {
     }
 
     /// Fails with the consumer error ending the subscription that the keeper polled, if it did.
-    pub(crate) fn check_fatal(&self, shared: &Shared) -> Result<()> {
-        match self.fatal.get() {
+    pub(crate) fn check_ended(&self, shared: &Shared) -> Result<()> {
+        match self.ending.get() {
             Some(error) => Err(consumer::ended(shared, error.clone())),
             None => Ok(()),
         }
@@ -93,9 +93,9 @@ async fn keep(subscription: Weak<Subscription>) {
 
 /// One look of the keeper: when the stream did not read since the last one, pauses the
 /// assignment (once) and serves the consumer's events. False once the consumer failed for
-/// good (the stream reports it): nothing is left to keep.
+/// good or was refused (the stream reports it): nothing is left to keep.
 pub(crate) fn look(consumer: &KafkaConsumer, shared: &Shared) -> bool {
-    if shared.polling().fatal.get().is_some() {
+    if shared.polling().ending.get().is_some() {
         return false;
     }
     if shared.polling().take_read() {
@@ -169,7 +169,7 @@ fn serve_events(consumer: &KafkaConsumer, shared: &Shared) {
                 shared.read_again(record.partition(), record.offset());
             }
             Some(Err(error)) if consumer::ends_subscription(&error) => {
-                let _ = shared.polling().fatal.set(error);
+                let _ = shared.polling().ending.set(error);
                 // The stream reports it.
                 shared.wake_reader();
                 return;

@@ -435,13 +435,11 @@ fn wire_headers(message: &Message) -> OwnedHeaders {
             value: Some(content_type.as_ref()),
         });
     }
-    for (name, value) in message.headers.iter() {
-        if name != MESSAGE_ID_HEADER && name != CONTENT_TYPE_HEADER {
-            headers = headers.insert(Header {
-                key: name,
-                value: Some(value),
-            });
-        }
+    for (name, value) in message.headers.without_wire_names() {
+        headers = headers.insert(Header {
+            key: name,
+            value: Some(value),
+        });
     }
     headers
 }
@@ -458,8 +456,7 @@ fn wire_size(message: &Message) -> usize {
             .map_or(0, |c| CONTENT_TYPE_HEADER.len() + c.len())
         + message
             .headers
-            .iter()
-            .filter(|(n, _)| *n != MESSAGE_ID_HEADER && *n != CONTENT_TYPE_HEADER)
+            .without_wire_names()
             .map(|(n, v)| n.len() + v.len())
             .sum::<usize>()
 }

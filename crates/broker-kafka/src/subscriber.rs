@@ -207,7 +207,7 @@ impl KafkaStream {
             consumer::store(consumer, &self.shared, &self.shared.take_moved());
             self.last_store = Instant::now();
         }
-        if let Err(error) = self.shared.polling().check_fatal(&self.shared) {
+        if let Err(error) = self.shared.polling().check_ended(&self.shared) {
             return Some(Err(error));
         }
         if room == 0 || !keep_alive::resume(consumer, &self.shared) {

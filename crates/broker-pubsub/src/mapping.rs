@@ -111,10 +111,8 @@ pub(crate) fn to_pubsub(message: &Message) -> PubsubMessage {
     let mut attributes = HashMap::with_capacity(message.headers.len() + extra);
     // Headers under the wire's names (refused by `Publisher`, possible through `Backend::send`)
     // are left out, as on Kafka: the message's own id and content type win.
-    for (name, value) in message.headers.iter() {
-        if name != MESSAGE_ID_ATTRIBUTE && name != CONTENT_TYPE_ATTRIBUTE {
-            attributes.insert(name.to_owned(), value.to_owned());
-        }
+    for (name, value) in message.headers.without_wire_names() {
+        attributes.insert(name.to_owned(), value.to_owned());
     }
     attributes.insert(
         MESSAGE_ID_ATTRIBUTE.to_owned(),

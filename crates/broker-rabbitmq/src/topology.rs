@@ -309,22 +309,9 @@ impl Topology {
         }
         // RabbitMQ deletes a missing exchange without a word, where the other brokers answer
         // NotFound: look it up first.
-        let passive = ExchangeDeclareOptions {
-            passive: true,
-            ..ExchangeDeclareOptions::default()
-        };
-        let looked_up = channel
-            .exchange_declare(
-                exchange.clone(),
-                ExchangeKind::Topic,
-                passive,
-                FieldTable::default(),
-            )
-            .await;
-        if let Err(e) = looked_up {
-            if error::kind_of(&e) != ErrorKind::NotFound {
-                let what = format!("cannot look up exchange {topic}");
-                return Err(error::from_lapin("delete topic", what, e));
+        if let Err(e) = declare_exchange(channel, topic, true).await {
+            if e.kind() != ErrorKind::NotFound {
+                return Err(e.operation("delete topic"));
             }
             self.forget_topic(topic);
             return Err(Error::new(
@@ -332,8 +319,7 @@ impl Topology {
                 format!("topic {topic} does not exist (RabbitMQ has no exchange {topic})"),
             )
             .backend(BACKEND)
-            .operation("delete topic")
-            .source(e));
+            .operation("delete topic"));
         }
         channel
             .exchange_delete(exchange, ExchangeDeleteOptions::default())
