@@ -8,8 +8,9 @@
 //!   subscription runs is nacked: left unacknowledged, it would hold the partition's commits
 //!   back (and the tracker would grow) until the next rebalance.
 //! - Each partition's deliveries carry the epoch of the assignment (or rewind) they were read
-//!   in; settling a delivery of an older epoch (the partition was revoked, or rewound) does
-//!   nothing: the message is delivered again to whoever owns the partition now.
+//!   in. Acknowledging a delivery of an older epoch (the partition was revoked, or rewound by
+//!   a nack) fails with a `Connection` error, and nacking one does nothing: the message is
+//!   delivered again to whoever owns the partition now.
 //! - Each unsettled delivery holds one of `max_in_flight` slots, given back when it is
 //!   settled or dropped; the subscription stops reading while none is free.
 //! - Behind a delivery left unsettled (a hung handler, a message a manual subscriber keeps),
@@ -25,14 +26,22 @@ use std::task::Waker;
 use futures::task::AtomicWaker;
 
 use broker_api::offsets::OffsetTracker;
-use broker_api::{AckKey, AckTable, Acker, Result, Settlement};
+use broker_api::{AckKey, AckTable, Acker, Error, ErrorKind, Result, Settlement};
 
-use crate::error::closed;
+use crate::error::{closed, BACKEND};
 use crate::keep_alive::Polling;
 
 /// How many offsets the tracker keeps at most per `max_in_flight` slot (16 bytes each): how
 /// far a subscription reads on past a delivery left unsettled.
 pub(crate) const WINDOW_PER_SLOT: usize = 64;
+
+/// Seeks back for the stream to do: each partition's offset to read again from, and the
+/// positions to store first (the oldest unsettled offset of each).
+#[derive(Debug, Default, PartialEq)]
+pub(crate) struct Rewinds {
+    pub(crate) seeks: Vec<(i32, i64)>,
+    pub(crate) positions: Vec<(i32, i64)>,
+}
 
 /// The state of one subscription that outlives any single delivery.
 pub(crate) struct Shared {
@@ -60,7 +69,8 @@ struct AckState {
     tracker: OffsetTracker,
     epochs: Epochs,
     next_epoch: u64,
-    /// Partitions to rewind, with the offset to read again from.
+    /// Partitions to seek back, with the offset to read again from: the rewinds of nacks and
+    /// the records the keeper read while paused.
     rewinds: Vec<(i32, i64)>,
     closed: bool,
 }
@@ -315,13 +325,26 @@ impl Shared {
         moved
     }
 
-    /// Rewinds asked for by nacks, to be done by the stream before it reads again.
-    pub(crate) fn take_rewinds(&self) -> Vec<(i32, i64)> {
+    /// The seeks back asked for (by nacks, or records read while paused), to be done by the
+    /// stream before it reads again.
+    pub(crate) fn take_rewinds(&self) -> Rewinds {
         let mut state = self.state();
         if state.rewinds.is_empty() {
-            return Vec::new();
+            return Rewinds::default();
         }
-        std::mem::take(&mut state.rewinds)
+        let positions = state
+            .rewinds
+            .iter()
+            .filter_map(|&(partition, _)| {
+                state
+                    .committable(partition)
+                    .map(|position| (partition, position))
+            })
+            .collect();
+        Rewinds {
+            seeks: std::mem::take(&mut state.rewinds),
+            positions,
+        }
     }
 
     /// Puts back the rewind of `partition` to `from` after its seek failed, so that the stream
@@ -340,17 +363,20 @@ impl Shared {
     }
 
     /// Record `offset` of `partition` was read but cannot be handed out (the keeper polled it
-    /// while the partition was meant to be paused): the partition is rewound as for a nack of
-    /// it, so that it is read again. Nothing happens for a partition this member does not own.
+    /// while the partition was meant to be paused): the partition is sought back to it, so
+    /// that it is read again. Unlike a nack, this starts no new epoch: the deliveries handed
+    /// out before it stay live. Nothing happens for a partition this member does not own.
     pub(crate) fn read_again(&self, partition: i32, offset: i64) {
         {
             let mut state = self.state();
             if state.closed || state.epochs.get(partition).is_none() {
                 return;
             }
-            self.rewind(&mut state, partition, offset);
+            match state.rewinds.iter_mut().find(|(p, _)| *p == partition) {
+                Some((_, pending)) => *pending = (*pending).min(offset),
+                None => state.rewinds.push((partition, offset)),
+            }
         }
-        self.epochs_changed();
         self.wake_reader();
     }
 
@@ -381,9 +407,17 @@ impl Shared {
             return Err(closed("ack", "the subscription"));
         }
         let Some(partition) = state.epochs.partition_of(epoch) else {
-            tracing::debug!(topic = %self.topic, group = %self.group, offset,
-                "ack for a partition no longer owned by this member (or rewound); it will be delivered again");
-            return Ok(());
+            return Err(Error::new(
+                ErrorKind::Connection,
+                format!(
+                    "message at offset {offset} of topic {} not acknowledged: since it was read, \
+                     its partition was revoked from this member of group {}, or rewound by a nack; \
+                     Kafka delivers it again",
+                    self.topic, self.group
+                ),
+            )
+            .backend(BACKEND)
+            .operation("ack"));
         };
         if state.tracker.acked(partition, offset) {
             self.dirty.store(true, Ordering::Release);
@@ -410,7 +444,7 @@ impl Shared {
 
     /// Rewinds `partition` to its oldest unsettled offset (or the rewind still pending), or
     /// `offset` if that is older: the deliveries handed out since are of an old epoch (their
-    /// settlements do nothing).
+    /// acks fail, their nacks do nothing).
     fn rewind(&self, state: &mut AckState, partition: i32, offset: i64) {
         let from = state
             .committable(partition)
@@ -520,11 +554,11 @@ mod tests {
         assert_eq!(shared.room(), 0);
         drop(a);
         assert_eq!(shared.room(), 1);
-        ack(b).unwrap();
+        assert!(ack(b).is_err(), "rewound to the dropped delivery before it");
         assert_eq!(shared.in_flight.load(Ordering::Acquire), 0);
         // 0 was dropped unsettled: nothing may be committed past it, and it comes again.
         assert!(shared.take_moved().is_empty());
-        assert_eq!(shared.take_rewinds(), [(0, 0)]);
+        assert_eq!(shared.take_rewinds().seeks, [(0, 0)]);
     }
 
     #[test]
@@ -538,8 +572,8 @@ mod tests {
         drop(b);
         // Rewound to the dropped message: the partition's commits move on after it is
         // handled, instead of waiting behind it until the next rebalance.
-        assert_eq!(shared.take_rewinds(), [(0, 6)]);
-        ack(c).unwrap();
+        assert_eq!(shared.take_rewinds().seeks, [(0, 6)]);
+        assert!(ack(c).is_err(), "read before the rewind: delivered again");
         let again = shared.admit(0, 6).unwrap();
         ack(again).unwrap();
         assert_eq!(shared.take_moved(), [(0, 7)]);
@@ -576,14 +610,16 @@ mod tests {
     }
 
     #[test]
-    fn revoked_partitions_ignore_late_acks() {
+    fn revoked_partitions_refuse_late_acks() {
         let shared = Arc::new(Shared::new("t", "g", 10));
         shared.assigned(&[0, 1]);
         let a = shared.admit(0, 0).unwrap();
         let b = shared.admit(1, 0).unwrap();
         ack(b).unwrap();
         assert_eq!(shared.revoked(&[0, 1]), [(0, 0), (1, 1)]);
-        ack(a).unwrap();
+        let late = ack(a).unwrap_err();
+        assert_eq!(late.kind(), ErrorKind::Connection);
+        assert!(late.to_string().contains("delivers it again"), "{late}");
         assert!(shared.take_moved().is_empty());
         shared.assigned(&[0]);
         let again = shared.admit(0, 0).unwrap();
@@ -600,32 +636,39 @@ mod tests {
         let c = shared.admit(0, 5).unwrap();
         ack(a).unwrap();
         nack(c).unwrap();
-        assert_eq!(shared.take_rewinds(), [(0, 4)]);
-        // b belongs to the old epoch now: its ack is ignored, it comes again.
-        ack(b).unwrap();
+        assert_eq!(shared.take_rewinds().seeks, [(0, 4)]);
+        // b belongs to the old epoch now: its ack fails, it comes again.
+        assert!(ack(b).is_err());
         let again = shared.admit(0, 4).unwrap();
         ack(again).unwrap();
         assert_eq!(shared.take_moved(), [(0, 5)]);
     }
 
     #[test]
-    fn a_record_read_while_paused_is_read_again_after_what_is_unsettled() {
+    fn a_record_read_while_paused_is_read_again_and_earlier_deliveries_stay_live() {
         let shared = Arc::new(Shared::new("t", "g", 10));
         shared.assigned(&[0, 1]);
         let unsettled = shared.admit(0, 3).unwrap();
         ack(shared.admit(0, 4).unwrap()).unwrap();
-        // Partition 0 from its oldest unsettled offset; partition 1 from the record itself;
-        // partition 2 is not this member's.
+        // Each partition from the first record read while paused; partition 2 is not this
+        // member's.
         shared.read_again(0, 5);
         shared.read_again(1, 7);
         shared.read_again(1, 8);
         shared.read_again(2, 1);
-        assert_eq!(shared.take_rewinds(), [(0, 3), (1, 7)]);
-        ack(unsettled).unwrap();
-        assert!(
-            shared.take_moved().is_empty(),
-            "an ack of the old epoch moved nothing"
+        assert_eq!(
+            shared.take_rewinds(),
+            Rewinds {
+                seeks: vec![(0, 5), (1, 7)],
+                // Stored before seeking: nothing past the unsettled delivery.
+                positions: vec![(0, 3), (1, 7)],
+            }
         );
+        let again = shared.admit(0, 5).expect("read again after the seek");
+        assert!(unsettled.is_live());
+        ack(unsettled).unwrap();
+        ack(again).unwrap();
+        assert_eq!(shared.take_moved(), [(0, 6)]);
     }
 
     #[test]
@@ -653,7 +696,7 @@ mod tests {
         let first = shared.admit(0, 3).unwrap();
         nack(first).unwrap();
         shared.read_again(0, 9);
-        assert_eq!(shared.take_rewinds(), [(0, 3)]);
+        assert_eq!(shared.take_rewinds().seeks, [(0, 3)]);
     }
 
     #[test]
@@ -662,13 +705,13 @@ mod tests {
         shared.assigned(&[0, 1]);
         nack(shared.admit(0, 4).unwrap()).unwrap();
         nack(shared.admit(1, 9).unwrap()).unwrap();
-        assert_eq!(shared.take_rewinds(), [(0, 4), (1, 9)]);
+        assert_eq!(shared.take_rewinds().seeks, [(0, 4), (1, 9)]);
         // Both seeks failed; partition 1 was revoked before the next read.
         shared.rewind_again(0, 4);
         shared.revoked(&[1]);
         shared.rewind_again(1, 9);
         assert!(shared.admit(0, 5).is_none(), "read past the rewind point");
-        assert_eq!(shared.take_rewinds(), [(0, 4)]);
+        assert_eq!(shared.take_rewinds().seeks, [(0, 4)]);
     }
 
     #[test]
@@ -677,7 +720,7 @@ mod tests {
         let a = shared.admit(0, 0).unwrap();
         nack(a).unwrap();
         assert!(shared.admit(0, 1).is_none());
-        assert_eq!(shared.take_rewinds(), [(0, 0)]);
+        assert_eq!(shared.take_rewinds().seeks, [(0, 0)]);
         assert!(shared.admit(0, 0).is_some());
     }
 }

@@ -50,7 +50,10 @@ pub struct KafkaConfig {
     ///   `auto.commit.interval.ms`, librdkafka's default 5 s, synchronously on close, and
     ///   without waiting on partition revoke), `auto.offset.reset` from the subscription's start position,
     ///   `session.timeout.ms=10000` and `heartbeat.interval.ms=1000` (a member that vanished
-    ///   is replaced after 10 s instead of librdkafka's 45 s), a prefetch bounded in
+    ///   is replaced after 10 s instead of librdkafka's 45 s),
+    ///   `partition.assignment.strategy=cooperative-sticky` (a member joining or leaving
+    ///   moves only the partitions that change owner; with an eager strategy every member
+    ///   gives up all its partitions, and the deliveries it holds are delivered again), a prefetch bounded in
     ///   proportion to the subscription's `max_in_flight` (`queued.min.messages`,
     ///   `queued.max.messages.kbytes`; see [`prefetch`]) with `fetch.queue.backoff.ms=1`
     ///   (when its prefetch queue is full, librdkafka looks again after 1 ms rather than 1 s:
@@ -394,6 +397,7 @@ impl KafkaConfig {
             .set("enable.auto.commit", "true")
             .set("session.timeout.ms", "10000")
             .set("heartbeat.interval.ms", "1000")
+            .set("partition.assignment.strategy", "cooperative-sticky")
             .set("fetch.queue.backoff.ms", "1")
             .set("allow.auto.create.topics", "false");
         for (name, value) in prefetch(max_in_flight) {

@@ -303,24 +303,25 @@ pub(crate) fn ended(shared: &Shared, error: KafkaError) -> Error {
     .source(error)
 }
 
-/// Does the rewinds nacks asked for: store the rewind point, seek back to it (without
-/// waiting: records read before the seek are dropped by librdkafka).
+/// Does the seeks back that nacks (or records the keeper read while paused) asked for: stores
+/// the oldest unsettled offsets, then seeks (without waiting: records read before the seek are
+/// dropped by librdkafka).
 pub(crate) fn rewind(consumer: &KafkaConsumer, shared: &Shared) {
     let rewinds = shared.take_rewinds();
-    if rewinds.is_empty() {
+    if rewinds.seeks.is_empty() {
         return;
     }
-    store(consumer, shared, &rewinds);
-    for (partition, offset) in rewinds {
+    store(consumer, shared, &rewinds.positions);
+    for (partition, offset) in rewinds.seeks {
         if let Err(error) = consumer.seek(
             shared.topic(),
             partition,
             Offset::Offset(offset),
             Duration::ZERO,
         ) {
-            // Reading on past the nacked messages would let later acks commit past them.
+            // Reading on past the records to read again would let later acks commit past them.
             tracing::warn!(topic = %shared.topic(), partition, offset, %error,
-                "seek after nack failed; trying again before the partition is read further");
+                "seek back failed; trying again before the partition is read further");
             shared.rewind_again(partition, offset);
         }
     }
