@@ -34,7 +34,9 @@ pub trait Acknowledge: Send + 'static {
 /// delivery when it is dropped unsettled.
 pub trait Settle: Send + 'static {
     /// Records the outcome: `handled` acknowledges; otherwise the message is delivered again.
-    fn settle(&mut self, handled: bool);
+    /// Fails when an acknowledgement cannot count (its channel closed, say): the message is
+    /// delivered again.
+    fn settle(&mut self, handled: bool) -> Result<()>;
 
     /// Whether settling still counts (see [`Acker::is_live`]); true unless the backend knows
     /// better.
@@ -53,22 +55,21 @@ impl<S: Settle> SettleOnce<S> {
         Acker::boxed(Box::new(SettleOnce(Some(settle))))
     }
 
-    fn settle(&mut self, handled: bool) {
-        if let Some(mut settle) = self.0.take() {
-            settle.settle(handled);
+    fn settle(&mut self, handled: bool) -> Result<()> {
+        match self.0.take() {
+            Some(mut settle) => settle.settle(handled),
+            None => Ok(()),
         }
     }
 }
 
 impl<S: Settle> Acknowledge for SettleOnce<S> {
     fn ack(mut self: Box<Self>) -> Completion<'static, ()> {
-        self.settle(true);
-        completion::ready(Ok(()))
+        completion::ready(self.settle(true))
     }
 
     fn nack(mut self: Box<Self>) -> Completion<'static, ()> {
-        self.settle(false);
-        completion::ready(Ok(()))
+        completion::ready(self.settle(false))
     }
 
     fn is_live(&self) -> bool {
@@ -78,7 +79,8 @@ impl<S: Settle> Acknowledge for SettleOnce<S> {
 
 impl<S: Settle> Drop for SettleOnce<S> {
     fn drop(&mut self) {
-        self.settle(false);
+        // Nobody to tell: a delivery whose rejection fails is delivered again all the same.
+        let _ = self.settle(false);
     }
 }
 
@@ -240,8 +242,9 @@ mod tests {
     struct Flag(Arc<Mutex<Vec<bool>>>);
 
     impl Settle for Flag {
-        fn settle(&mut self, handled: bool) {
+        fn settle(&mut self, handled: bool) -> Result<()> {
             self.0.lock().expect("lock").push(handled);
+            Ok(())
         }
     }
 

@@ -148,9 +148,10 @@ struct Recorded {
 }
 
 impl Settle for Recorded {
-    fn settle(&mut self, handled: bool) {
+    fn settle(&mut self, handled: bool) -> broker_api::Result<()> {
         let outcome = if handled { "acked" } else { "rejected" };
         record(&self.events, format!("{} {outcome}", self.value));
+        Ok(())
     }
 
     fn is_live(&self) -> bool {

@@ -94,7 +94,9 @@ impl DeliveryStream for Backlog {
 struct Forget;
 
 impl Settle for Forget {
-    fn settle(&mut self, _handled: bool) {}
+    fn settle(&mut self, _handled: bool) -> broker_api::Result<()> {
+        Ok(())
+    }
 }
 
 /// How many messages of the backlog were handled when another task of the thread first ran,

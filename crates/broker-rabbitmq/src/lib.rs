@@ -82,7 +82,12 @@
 //! again what was in flight at the drop (within `rabbitmq.retry_timeout`, else the publish
 //! fails: a message is never reported published without a confirm, and may be stored twice).
 //! Subscriptions consume again by themselves; deliveries received before the drop are not
-//! handed out any more (settling them would do nothing), and RabbitMQ delivers them again. A
+//! handed out any more, and RabbitMQ delivers them again; acknowledging one already handed
+//! out fails with a `Connection` error saying so. An `at_most_once` stream acknowledges a
+//! message just before yielding it: if the connection drops while that acknowledgement is on
+//! its way, RabbitMQ delivers the message again and the stream yields it twice (the window is
+//! one frame's trip to the broker; consuming without acknowledgements would close it, but then
+//! RabbitMQ pushes without bound and `max_in_flight` no longer bounds memory). A
 //! consumer RabbitMQ cancels (its queue deleted by someone else) consumes again, declaring the
 //! queue; one whose topic this backend deleted ends.
 //!

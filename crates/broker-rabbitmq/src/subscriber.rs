@@ -5,8 +5,8 @@
 //! dropped unsettled is rejected the same way. When the channel or the connection fails, the
 //! stream opens a new channel on the current connection (waiting for the supervisor to
 //! reconnect), declares the group again and consumes again, by itself. Deliveries received on
-//! the old channel can no longer be settled: settling them does nothing (RabbitMQ delivers them
-//! again, as it does for everything unacknowledged on a closed channel), but they hold their
+//! the old channel can no longer be settled: acknowledging one fails, rejecting one does nothing
+//! (RabbitMQ delivers them again, as it does for everything unacknowledged on a closed channel), but they hold their
 //! `max_in_flight` slots until then ([`InFlight`]).
 //!
 //! Once intake stopped (the subscription is closing), rejecting does nothing: closing the
@@ -26,7 +26,7 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use broker_api::{
-    Delivery, DeliveryStream, ErrorKind, Result, Settle, SettleOnce, SubscribeRequest,
+    Delivery, DeliveryStream, Error, ErrorKind, Result, Settle, SettleOnce, SubscribeRequest,
 };
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -452,24 +452,42 @@ struct AmqpAcker {
     in_flight: Arc<InFlight>,
 }
 
+impl AmqpAcker {
+    /// The error of an ack that cannot count: RabbitMQ gives the message back to the queue.
+    fn not_acknowledged(&self, why: &str) -> Error {
+        Error::new(
+            ErrorKind::Connection,
+            format!(
+                "message {} not acknowledged: {why}; RabbitMQ delivers it again",
+                self.delivery_tag
+            ),
+        )
+        .backend(error::BACKEND)
+        .operation("ack")
+    }
+}
+
 impl Settle for AmqpAcker {
-    /// Queues `basic.ack` or `basic.nack(requeue)`. On a channel that is gone it does nothing:
-    /// RabbitMQ already gave the message back to the queue.
-    fn settle(&mut self, ack: bool) {
+    /// Queues `basic.ack` or `basic.nack(requeue)`. On a channel that is gone, RabbitMQ gave
+    /// the message back to the queue already: a nack has nothing to do, an ack fails.
+    fn settle(&mut self, ack: bool) -> Result<()> {
         self.in_flight.release();
         if !self.channel.status().connected() {
             tracing::debug!(
                 delivery_tag = self.delivery_tag,
                 "the delivery's channel is closed; RabbitMQ delivers the message again"
             );
-            return;
+            if ack {
+                return Err(self.not_acknowledged("the channel it came from closed"));
+            }
+            return Ok(());
         }
         if !ack && self.intake_stopped.load(Ordering::Acquire) {
             tracing::debug!(
                 delivery_tag = self.delivery_tag,
                 "closing: the channel's close gives the message back, in order"
             );
-            return;
+            return Ok(());
         }
         let failed = if ack {
             poll::fire(
@@ -483,12 +501,17 @@ impl Settle for AmqpAcker {
             };
             poll::fire(self.channel.basic_nack(self.delivery_tag, requeue))
         };
-        if let Some(Err(e)) = failed {
-            tracing::debug!(
-                delivery_tag = self.delivery_tag,
-                error = %e,
-                "settling a delivery failed; RabbitMQ delivers the message again"
-            );
+        match failed {
+            Some(Err(e)) if ack => Err(self
+                .not_acknowledged("the channel refused the acknowledgement")
+                .source(e)),
+            Some(Err(e)) => {
+                tracing::debug!(delivery_tag = self.delivery_tag, error = %e,
+                    "rejecting a delivery failed; RabbitMQ delivers the message again");
+                Ok(())
+            }
+            // Queued, or sent.
+            _ => Ok(()),
         }
     }
 

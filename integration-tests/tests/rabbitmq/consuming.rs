@@ -105,8 +105,8 @@ async fn at_most_once_yields_nothing_twice_across_a_dropped_connection() {
 }
 
 /// After a dropped connection the stream still holds at most `max_in_flight` unsettled
-/// deliveries: those of the old channel count until they are settled (which does nothing:
-/// RabbitMQ delivers them again), although the new channel's prefetch would let as many more in.
+/// deliveries: those of the old channel count until they are settled (an ack fails, saying
+/// that RabbitMQ delivers the message again), although the new channel's prefetch would let as many more in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_flight_bound_holds_across_a_dropped_connection() {
     const LIMIT: usize = 5;
@@ -137,9 +137,22 @@ async fn in_flight_bound_holds_across_a_dropped_connection() {
             extra.is_err(),
             "a delivery beyond max_in_flight = {LIMIT} arrived after the reconnect"
         );
-        // Settling them does nothing on the dead channel; it frees their slots.
+        // Acknowledging them on the dead channel cannot count; it frees their slots.
         for delivery in held {
-            delivery.ack().await.expect("ack");
+            assert!(!delivery.is_live());
+            let refused = delivery
+                .ack()
+                .await
+                .expect_err("an ack on a closed channel");
+            assert_eq!(
+                refused.kind(),
+                broker_api::ErrorKind::Connection,
+                "{refused}"
+            );
+            assert!(
+                refused.to_string().contains("delivers it again"),
+                "{refused}"
+            );
         }
         let mut redelivered = Vec::new();
         for _ in 0..LIMIT {
