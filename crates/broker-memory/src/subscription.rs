@@ -221,12 +221,15 @@ impl Stream for MemoryStream {
         let budget = ready!(tokio::task::coop::poll_proceed(cx));
         let this = &mut *self;
         loop {
+            // Before what is buffered: once the backend closed or the topic was deleted,
+            // nothing more is handed out.
+            if this.member.is_stopped() {
+                this.buffered.clear(); // dropped unsettled: delivered again to the group
+                return Poll::Ready(None);
+            }
             if let Some(delivery) = this.buffered.pop_front() {
                 budget.made_progress();
                 return Poll::Ready(Some(Ok(delivery)));
-            }
-            if this.member.is_stopped() {
-                return Poll::Ready(None);
             }
             if this.is_waiting {
                 ready!(this.waiting.poll(cx));

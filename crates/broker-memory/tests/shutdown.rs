@@ -219,6 +219,41 @@ async fn deleting_a_topic_ends_a_stream_at_its_in_flight_limit() {
     drop(held);
 }
 
+/// Closing the backend ends a stream at once, although it had taken more deliveries than it
+/// handed out: those go back to the group, not to the application.
+#[tokio::test]
+async fn a_closed_backend_hands_out_nothing_it_had_buffered() {
+    use broker_api::{Backend, Message, SubscribeRequest};
+    use futures::StreamExt;
+
+    let backend = MemoryBackend::new();
+    backend
+        .ensure_topic(&TopicSpec::new("buffered").group("g"))
+        .await
+        .expect("topic");
+    for i in 0..10 {
+        backend
+            .send("buffered", Message::new(format!("m{i}")))
+            .await
+            .expect("queued")
+            .await
+            .expect("published");
+    }
+    let mut stream = backend
+        .subscribe(SubscribeRequest::new("buffered", "g"))
+        .await
+        .expect("subscribe");
+    let first = stream.next().await;
+    assert!(matches!(first, Some(Ok(_))), "the first delivery");
+    backend.close().await.expect("close");
+    let after = stream.next().await;
+    assert!(
+        after.is_none(),
+        "handed out after close: {:?}",
+        after.map(|d| d.map(drop))
+    );
+}
+
 /// A member closing while its handler runs gives back at once what it took and had not handed
 /// out yet, instead of holding it (and its keys) from the rest of the group for the shutdown
 /// timeout.
