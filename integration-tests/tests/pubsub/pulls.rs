@@ -107,6 +107,51 @@ async fn resubscribing_with_keys_delivers_at_once() {
     .await;
 }
 
+/// Two subscriptions of one group on one backend, then one closes: every keyed message
+/// published afterwards reaches the subscription still open at once, none waits with the
+/// closed one's streaming pull (kept open, idle, on the emulator) until the group is
+/// subscribed to again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_of_a_closed_member_reach_the_member_still_open() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("keys_of_a_closed_member", async {
+        let backend = backend(&harness.live.address, true).await.unwrap();
+        let topic = unique("handover");
+        backend
+            .ensure_topic(&TopicSpec::new(&topic).group("g"))
+            .await
+            .unwrap();
+        let mut staying = backend
+            .subscribe(SubscribeRequest::new(&topic, "g").max_in_flight(64))
+            .await
+            .unwrap();
+        let mut leaving = backend
+            .subscribe(SubscribeRequest::new(&topic, "g"))
+            .await
+            .unwrap();
+        leaving.close().await.unwrap();
+        let mut confirmations = Vec::new();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for i in 0..200 {
+            let message = Message::new(format!("h-{i}")).with_key(format!("key-{}", i % 50));
+            confirmations.push(backend.send(&topic, message).await.unwrap());
+        }
+        futures::future::try_join_all(confirmations).await.unwrap();
+        let mut got = std::collections::BTreeSet::new();
+        while got.len() < 200 {
+            let delivery = next_within(&mut staying, STALL_BOUND).await;
+            got.insert(String::from_utf8(delivery.payload.to_vec()).unwrap());
+            delivery.ack().await.unwrap();
+        }
+        staying.close().await.unwrap();
+        backend.delete_topic(&topic).await.unwrap();
+        backend.close().await.unwrap();
+    })
+    .await;
+}
+
 /// Two backends (two processes, say) in one group: the second one joining does not stop the
 /// first, and together they receive everything; a third backend subscribing after both
 /// closed still gets new messages at once (the emulator's abandoned streaming pulls of the
