@@ -198,7 +198,10 @@ impl BrokerConfig {
                     } else {
                         ""
                     };
-                    Error::config(format!("invalid configuration in {source}: {e}{hint}"))
+                    let message = without_quoted_string(&e.to_string());
+                    Error::config(format!(
+                        "invalid configuration in {source}: {message}{hint}"
+                    ))
                 })?;
         config.validate()?;
         Ok(config)
@@ -285,6 +288,28 @@ fn check_as<T: serde::de::DeserializeOwned>(text: &str, source: &str) -> Result<
         "invalid configuration in {source}: {}{line}",
         e.message()
     )))
+}
+
+/// The `config` crate's error text without the string it quotes as what it found instead of
+/// what it expected (`invalid type: string "amqp://app:secret@host", expected struct …`, for a
+/// URI written where its section was meant): that value may be a secret. The key and what was
+/// expected stay.
+/// A string of the right type but a wrong value (`"10 parsecs"` for a duration) stays quoted.
+fn without_quoted_string(message: &str) -> String {
+    const MARKER: &str = "invalid type: string \"";
+    let Some(start) = message.find(MARKER) else {
+        return message.to_owned();
+    };
+    let after = &message[start + MARKER.len()..];
+    // The value may hold quotes itself: it ends at the last `", expected`.
+    match after.rfind("\", expected") {
+        Some(end) => format!(
+            "{}invalid type: a string{}",
+            &message[..start],
+            &after[end + 1..]
+        ),
+        None => message.to_owned(),
+    }
 }
 
 /// Refuses a `BROKER__*` variable that is not UTF-8, naming it: the `config` crate's error

@@ -136,6 +136,20 @@ fn a_syntax_error_does_not_quote_its_line() {
     assert!(!err.contains("hunter2"), "{err}");
 }
 
+/// A string where a section or a map was meant (a URI without its key, say) is refused naming
+/// the key, without quoting the string: it may be a secret.
+#[cfg(feature = "memory")]
+#[test]
+fn a_string_for_a_section_is_not_quoted() {
+    let err = error_of("memory = \"amqp://app:hunter2@rabbit/\"\n");
+    assert!(err.contains("memory"), "{err}");
+    assert!(err.contains("a string"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
+    let err = error_of("[topics.orders]\ngroups = \"pass\\\"word\"\n");
+    assert!(err.contains("groups"), "{err}");
+    assert!(!err.contains("word"), "{err}");
+}
+
 /// A value of the wrong type is named by its key; its line is not quoted, since other values
 /// on it may be secrets.
 #[cfg(feature = "kafka")]
