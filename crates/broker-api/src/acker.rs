@@ -17,7 +17,9 @@ use crate::error::Result;
 /// A delivery dropped without being settled is never lost: the backend delivers it again, at the
 /// latest to the next subscriber of the group once this subscription is closed.
 pub trait Acknowledge: Send + 'static {
-    /// The message was handled: the broker may forget it for this group.
+    /// The message was handled: the broker may forget it for this group. Fails when that
+    /// cannot count any more (see [`Acker::is_live`]; a `Connection` or `Closed` error): the
+    /// message is delivered again.
     fn ack(self: Box<Self>) -> Completion<'static, ()>;
     /// The message was not handled: deliver it again as soon as possible.
     fn nack(self: Box<Self>) -> Completion<'static, ()>;

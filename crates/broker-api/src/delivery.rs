@@ -123,7 +123,9 @@ impl Delivery {
         }
     }
 
-    /// Acknowledges the message; resolves when the backend has recorded it.
+    /// Acknowledges the message; resolves when the backend has recorded it. Fails when the
+    /// acknowledgement cannot count, the delivery being no longer [live](Self::is_live) (a
+    /// `Connection` or `Closed` error): the broker delivers the message again.
     pub fn ack(self) -> Completion<'static, ()> {
         self.acker.ack()
     }

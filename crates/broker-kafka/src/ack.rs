@@ -110,6 +110,15 @@ impl Epochs {
 }
 
 impl AckState {
+    /// Asks the stream to read `partition` again from `from`, or from the seek already pending
+    /// if that is older.
+    fn seek_back(&mut self, partition: i32, from: i64) {
+        match self.rewinds.iter_mut().find(|(p, _)| *p == partition) {
+            Some((_, pending)) => *pending = (*pending).min(from),
+            None => self.rewinds.push((partition, from)),
+        }
+    }
+
     fn new_epoch(&mut self) -> u64 {
         self.next_epoch += 1;
         self.next_epoch
@@ -353,12 +362,8 @@ impl Shared {
     /// committed position).
     pub(crate) fn rewind_again(&self, partition: i32, from: i64) {
         let mut state = self.state();
-        if state.epochs.get(partition).is_none() {
-            return;
-        }
-        match state.rewinds.iter_mut().find(|(p, _)| *p == partition) {
-            Some((_, pending)) => *pending = (*pending).min(from),
-            None => state.rewinds.push((partition, from)),
+        if state.epochs.get(partition).is_some() {
+            state.seek_back(partition, from);
         }
     }
 
@@ -372,10 +377,7 @@ impl Shared {
             if state.closed || state.epochs.get(partition).is_none() {
                 return;
             }
-            match state.rewinds.iter_mut().find(|(p, _)| *p == partition) {
-                Some((_, pending)) => *pending = (*pending).min(offset),
-                None => state.rewinds.push((partition, offset)),
-            }
+            state.seek_back(partition, offset);
         }
         self.wake_reader();
     }
@@ -452,10 +454,8 @@ impl Shared {
         state.tracker.forget(partition);
         let epoch = state.new_epoch();
         state.epochs.insert(partition, epoch);
-        match state.rewinds.iter_mut().find(|(p, _)| *p == partition) {
-            Some((_, pending)) => *pending = from,
-            None => state.rewinds.push((partition, from)),
-        }
+        // `from` is no later than a seek pending: `committable` counts it.
+        state.seek_back(partition, from);
         self.note_tracked(state);
     }
 

@@ -34,14 +34,13 @@
 //!   synchronously when a subscription closes (a final commit the group refuses, as after
 //!   a broker restart took this member out of it, is logged and its messages delivered again:
 //!   close itself succeeds, as Kafka's own consumer does). A crash, a dropped delivery or a
-//!   rebalance means redelivery, never loss. Groups rebalance cooperatively (`cooperative-sticky`):
-//!   only the partitions that change owner are revoked. Acknowledging a delivery whose
-//!   partition was revoked (or rewound by a nack) since it was read fails with a `Connection`
-//!   error: the partition's owner gets the message again. The same applies to
-//!   `at_most_once`, which yields that error instead of the value: a value is never yielded
-//!   twice by a running subscription, but after a
-//!   crash the group gets again what was acknowledged since the last commit (up to
-//!   `auto.commit.interval.ms`).
+//!   rebalance means redelivery, never loss. Groups rebalance cooperatively
+//!   (`cooperative-sticky`): only the partitions that change owner are revoked. Acknowledging
+//!   a delivery whose partition was revoked (or rewound by a nack) since it was read fails
+//!   with a `Connection` error: the partition's owner gets the message again. The same
+//!   applies to `at_most_once`, which yields that error instead of the value: a value is
+//!   never yielded twice by a running subscription, but after a crash the group gets again
+//!   what was acknowledged since the last commit (up to `auto.commit.interval.ms`).
 //! - Records written by other programs are delivered whatever their headers: a header whose
 //!   name is not UTF-8 (which rdkafka cannot read) is left out of the metadata and logged.
 //! - Payloads up to 16 KiB are copied out of librdkafka into shared 64 KiB buffers (one

@@ -5,9 +5,9 @@
 //! dropped unsettled is rejected the same way. When the channel or the connection fails, the
 //! stream opens a new channel on the current connection (waiting for the supervisor to
 //! reconnect), declares the group again and consumes again, by itself. Deliveries received on
-//! the old channel can no longer be settled: acknowledging one fails, rejecting one does nothing
-//! (RabbitMQ delivers them again, as it does for everything unacknowledged on a closed channel), but they hold their
-//! `max_in_flight` slots until then ([`InFlight`]).
+//! the old channel can no longer be settled: acknowledging one fails, rejecting one does
+//! nothing (RabbitMQ delivers them again, as it does for everything unacknowledged on a closed
+//! channel), but they hold their `max_in_flight` slots until then ([`InFlight`]).
 //!
 //! Once intake stopped (the subscription is closing), rejecting does nothing: closing the
 //! channel gives every unacknowledged message back at once, in its order. Rejected one by one

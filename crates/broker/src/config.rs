@@ -293,8 +293,8 @@ fn check_as<T: serde::de::DeserializeOwned>(text: &str, source: &str) -> Result<
 /// The `config` crate's error text without the string it quotes as what it found instead of
 /// what it expected (`invalid type: string "amqp://app:secret@host", expected struct …`, for a
 /// URI written where its section was meant): that value may be a secret. The key and what was
-/// expected stay.
-/// A string of the right type but a wrong value (`"10 parsecs"` for a duration) stays quoted.
+/// expected stay, and so does a string of the right type with a wrong value (`"10 parsecs"`
+/// for a duration).
 fn without_quoted_string(message: &str) -> String {
     const MARKER: &str = "invalid type: string \"";
     let Some(start) = message.find(MARKER) else {
