@@ -17,9 +17,11 @@
 //! the stream registered and goes on routing messages to it — unkeyed messages until their
 //! acknowledgement deadline passes, messages whose ordering key hashes to that stream for good.
 //! So against the emulator (an `endpoint` with anonymous credentials) a closed subscription
-//! does not cancel its streaming pull: the pull stays open, idle, on a connection of its own,
-//! and the next subscription of the same group on this backend takes it over, with the
-//! messages it already received. Idle pulls are cancelled when the backend closes. Against
+//! does not cancel its streaming pull: the pull stays open, on a connection of its own. While
+//! another subscription of the same group on this backend is open, the pull hands what it
+//! receives to that one; otherwise it waits, idle, and the next subscription of the group
+//! takes it over, with the messages it already received. Idle pulls are cancelled when the
+//! backend closes. Against
 //! Google Cloud a closed subscription cancels its streaming pull, and the client rejects the
 //! messages it held so the service delivers them again at once.
 
@@ -87,6 +89,8 @@ struct Registry {
 /// One streaming pull's link to the consumer it currently feeds.
 struct Pull {
     sink: Mutex<Option<Arc<Sink>>>,
+    /// Notified when a consumer attaches to this pull, or (on the emulator) opens on another
+    /// pull of the same subscription.
     attached: Notify,
 }
 
@@ -198,11 +202,9 @@ impl Subscriptions {
             if registry.closed {
                 return Err(closed("subscribe"));
             }
-            registry
-                .pulls
-                .entry(target.path.clone())
-                .or_default()
-                .push(Arc::clone(&pull));
+            let pulls = registry.pulls.entry(target.path.clone()).or_default();
+            pulls.push(Arc::clone(&pull));
+            wake_idle(pulls);
         }
         self.tasks
             .spawn(Arc::clone(self).run(pull, client, target, true));
@@ -215,10 +217,30 @@ impl Subscriptions {
         if registry.closed {
             return Err(closed("subscribe"));
         }
-        Ok(registry
-            .pulls
-            .get(path)
-            .is_some_and(|pulls| pulls.iter().any(|pull| pull.try_attach(sink))))
+        let Some(pulls) = registry.pulls.get(path) else {
+            return Ok(false);
+        };
+        let attached = pulls.iter().any(|pull| pull.try_attach(sink));
+        if attached {
+            wake_idle(pulls);
+        }
+        Ok(attached)
+    }
+
+    /// The consumer `pull` feeds: its own while open; on the emulator, without one, that of
+    /// another pull of the same subscription (see the module docs).
+    fn sink_for(&self, pull: &Pull, target: &Target, keep_idle: bool) -> Option<Arc<Sink>> {
+        pull.open_sink().or_else(|| {
+            if !keep_idle {
+                return None;
+            }
+            let registry = self.pulls.lock().ok()?;
+            registry
+                .pulls
+                .get(&target.path)?
+                .iter()
+                .find_map(|other| other.open_sink())
+        })
     }
 
     /// Whether this backend opens its first streaming pull of the subscription.
@@ -284,7 +306,7 @@ impl Subscriptions {
         let (mut stream, mut life) = self.open(&client, &target);
         let mut failures = 0u32;
         let fatal = loop {
-            let Some(sink) = pull.open_sink() else {
+            let Some(sink) = self.sink_for(&pull, &target, keep_idle) else {
                 if !keep_idle {
                     break None;
                 }
@@ -314,7 +336,7 @@ impl Subscriptions {
                     failures = 0;
                     // Offer it to the current consumer, or to the next one when it stops first.
                     loop {
-                        let Some(sink) = pull.open_sink() else {
+                        let Some(sink) = self.sink_for(&pull, &target, keep_idle) else {
                             handler.nack();
                             break;
                         };
@@ -443,6 +465,13 @@ impl Subscriptions {
                 format!("streaming pull of subscription {subscription} failed"),
             ))
         }
+    }
+}
+
+/// Wakes the idle pulls among `pulls` (a subscription's): a consumer opened that they may feed.
+fn wake_idle(pulls: &[Arc<Pull>]) {
+    for pull in pulls {
+        pull.attached.notify_one();
     }
 }
 
