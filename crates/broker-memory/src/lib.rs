@@ -89,6 +89,12 @@ impl Default for MemoryConfig {
 impl MemoryConfig {
     /// Checks values that parse but make no sense; the error names the key.
     pub fn validate(&self) -> Result<()> {
+        if self.instance.is_empty() {
+            return Err(Error::config(
+                "memory.instance = \"\": expected the name of the in-process instance to share \
+                 (default \"default\")",
+            ));
+        }
         if self.max_payload_bytes == 0 {
             return Err(Error::config(
                 "memory.max_payload_bytes = 0: expected the largest payload accepted, at least 1 \

@@ -169,6 +169,7 @@ impl BrokerConfig {
             format!("{ENV_PREFIX}__* variables")
         };
         let config = BrokerConfig::build(builder, &source)?;
+        check_topic_variables(&config)?;
         if let Some(text) = text {
             check_types(&text, &file.display().to_string())?;
         }
@@ -315,20 +316,52 @@ fn without_quoted_string(message: &str) -> String {
 /// Refuses a `BROKER__*` variable that is not UTF-8, naming it: the `config` crate's error
 /// would quote its value, which may be a secret.
 fn check_environment() -> Result<()> {
-    let prefix = format!("{ENV_PREFIX}__");
-    for (name, value) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        // The `config` crate matches the prefix whatever its case.
-        let ours = name
-            .get(..prefix.len())
-            .is_some_and(|start| start.eq_ignore_ascii_case(&prefix));
-        if ours && value.to_str().is_none() {
+    for (name, value) in variables_under(&format!("{ENV_PREFIX}__")) {
+        if value.to_str().is_none() {
             return Err(Error::config(format!(
                 "environment variable {name} is not valid UTF-8"
             )));
         }
     }
     Ok(())
+}
+
+/// Refuses a `BROKER__TOPICS__<NAME>__*` variable meant for a topic that `config` declares
+/// with capitals: the `config` crate reads variable names in lower case, so the variable
+/// silently declared a second topic, `<name>` in lower case, instead of setting that one.
+fn check_topic_variables(config: &BrokerConfig) -> Result<()> {
+    let prefix = format!("{ENV_PREFIX}__TOPICS__");
+    for (name, _) in variables_under(&prefix) {
+        let topic = name[prefix.len()..]
+            .split("__")
+            .next()
+            .unwrap_or_default()
+            .to_lowercase();
+        let declared = config
+            .topics
+            .keys()
+            .find(|declared| **declared != topic && declared.to_lowercase() == topic);
+        if let Some(declared) = declared {
+            return Err(Error::config(format!(
+                "environment variable {name} declares topic `{topic}`, not `{declared}`: \
+                 variable names are read in lower case, so a topic whose name has capitals is \
+                 configured in the file only"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The variables whose names start with `prefix` in any case, as the `config` crate matches
+/// it, with their names made text.
+fn variables_under(prefix: &str) -> impl Iterator<Item = (String, std::ffi::OsString)> + '_ {
+    std::env::vars_os().filter_map(move |(name, value)| {
+        let name = name.to_string_lossy().into_owned();
+        let ours = name
+            .get(..prefix.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(prefix));
+        ours.then_some((name, value))
+    })
 }
 
 /// The `BROKER__*` variables, kept as text: each setting parses its own (numbers, booleans,

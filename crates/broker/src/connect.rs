@@ -1,7 +1,5 @@
 //! Connecting the configured backend.
 
-use std::sync::Arc;
-
 use broker_api::{Broker, ConnectOptions, Error, Result, SharedBackend};
 
 use crate::config::{BrokerConfig, Kind};
@@ -37,28 +35,28 @@ async fn connect_backend(config: &BrokerConfig, options: ConnectOptions) -> Resu
         #[cfg(feature = "memory")]
         Kind::Memory => {
             let section = config.memory.clone().unwrap_or_default();
-            Ok(Arc::new(broker_memory::MemoryBackend::connect(
+            Ok(std::sync::Arc::new(broker_memory::MemoryBackend::connect(
                 &section, options,
             )))
         }
         #[cfg(feature = "kafka")]
         Kind::Kafka => {
             let section = config.kafka.clone().unwrap_or_default();
-            Ok(Arc::new(
+            Ok(std::sync::Arc::new(
                 broker_kafka::KafkaBackend::connect(section, options).await?,
             ))
         }
         #[cfg(feature = "rabbitmq")]
         Kind::Rabbitmq => {
             let section = config.rabbitmq.clone().unwrap_or_default();
-            Ok(Arc::new(
+            Ok(std::sync::Arc::new(
                 broker_rabbitmq::RabbitMqBackend::connect(section, options).await?,
             ))
         }
         #[cfg(feature = "pubsub")]
         Kind::Pubsub => {
             let section = config.pubsub.clone().unwrap_or_default();
-            Ok(Arc::new(
+            Ok(std::sync::Arc::new(
                 broker_pubsub::PubSubBackend::connect(section, options).await?,
             ))
         }

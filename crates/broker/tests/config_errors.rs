@@ -110,6 +110,8 @@ fn out_of_range_values_name_the_key() {
     assert!(err.contains("line 2: `dead_letter = …`"), "{err}");
     let err = error_of("[memory]\nmax_payload_bytes = 0\n");
     assert!(err.contains("memory.max_payload_bytes"), "{err}");
+    let err = error_of("[memory]\ninstance = \"\"\n");
+    assert!(err.contains("memory.instance = \"\""), "{err}");
     let err = error_of("[topics.greetings]\npartitions = 0\n");
     assert!(err.contains("[topics.greetings] partitions"), "{err}");
     let err = error_of("[topics.greetings]\npartitions = 100001\n");

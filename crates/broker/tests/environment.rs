@@ -72,6 +72,25 @@ fn environment_overrides_file_and_unknown_variables_are_errors() {
     );
     assert!(!config.auto_provision());
 
+    // Variable names are read in lower case: one meant for a topic the file names with
+    // capitals would declare another topic, so it is refused, naming both.
+    let topics = dir.join("topics.toml");
+    std::fs::write(&topics, "[topics.Orders]\npartitions = 2\n").unwrap();
+    std::env::set_var("BROKER__TOPICS__ORDERS__PARTITIONS", "6");
+    let err = BrokerConfig::load_from(Some(&topics)).expect_err("a topic in another case");
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(
+        err.to_string()
+            .contains("BROKER__TOPICS__ORDERS__PARTITIONS")
+            && err.to_string().contains("`Orders`"),
+        "{err}"
+    );
+    // A topic named in lower case is set from the environment.
+    std::fs::write(&topics, "[topics.orders]\npartitions = 2\n").unwrap();
+    let config = BrokerConfig::load_from(Some(&topics)).unwrap();
+    assert_eq!(config.topics["orders"].partitions, Some(6));
+    std::env::remove_var("BROKER__TOPICS__ORDERS__PARTITIONS");
+
     std::env::set_var("BROKER_CONFIG", &path);
     let config = BrokerConfig::load().unwrap();
     assert_eq!(config.kind, Kind::Rabbitmq);
