@@ -204,7 +204,12 @@ impl BrokerConfig {
                         "invalid configuration in {source}: {message}{hint}"
                     ))
                 })?;
-        config.validate()?;
+        config.validate().map_err(|e| {
+            Error::config(format!(
+                "invalid configuration in {source}: {}",
+                e.message()
+            ))
+        })?;
         Ok(config)
     }
 

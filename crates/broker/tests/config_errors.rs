@@ -112,6 +112,11 @@ fn out_of_range_values_name_the_key() {
     assert!(err.contains("memory.max_payload_bytes"), "{err}");
     let err = error_of("[memory]\ninstance = \"\"\n");
     assert!(err.contains("memory.instance = \"\""), "{err}");
+    // Values that parse but make no sense name where they were read, as syntax errors do.
+    assert!(
+        err.contains("invalid configuration in the given TOML: memory.instance"),
+        "{err}"
+    );
     let err = error_of("[topics.greetings]\npartitions = 0\n");
     assert!(err.contains("[topics.greetings] partitions"), "{err}");
     let err = error_of("[topics.greetings]\npartitions = 100001\n");
