@@ -25,6 +25,16 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/broker-rs/target}"
 # up per path (gigabytes each) and a test run gains nothing from it.
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+# Each commit built there leaves its own artifacts of the workspace's crates, and nothing
+# removes them: past a bound the directory starts afresh (one full build, librdkafka included).
+TARGET_LIMIT_GIB="${TARGET_LIMIT_GIB:-30}"
+if [ -d "$CARGO_TARGET_DIR" ]; then
+  used_gib=$(( $(du -sk "$CARGO_TARGET_DIR" | cut -f1) / 1024 / 1024 ))
+  if [ "$used_gib" -ge "$TARGET_LIMIT_GIB" ]; then
+    echo "$CARGO_TARGET_DIR holds $used_gib GiB (limit $TARGET_LIMIT_GIB): removing it"
+    rm -rf "$CARGO_TARGET_DIR"
+  fi
+fi
 
 step() {
   local name="$1"; shift
