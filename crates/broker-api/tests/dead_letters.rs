@@ -16,10 +16,12 @@ use bytes::Bytes;
 
 /// A backend for dead letters: its first topic creation fails with a temporary error, it
 /// refuses messages with more than `max_headers` headers (as Pub/Sub refuses more than 100
-/// attributes), and it records what it created and what it took where, with the headers.
+/// attributes), refuses its first `busy_sends` messages for a moment (as a quota or a paused
+/// ordering key does), and records what it created and what it took where, with the headers.
 #[derive(Debug)]
 struct Recording {
     max_headers: usize,
+    busy_sends: AtomicU32,
     creations: AtomicU32,
     created: Mutex<Vec<String>>,
     taken: Mutex<Vec<Taken>>,
@@ -30,8 +32,13 @@ type Taken = (String, Vec<(String, String)>);
 
 impl Recording {
     fn new(max_headers: usize) -> Arc<Self> {
+        Recording::busy(max_headers, 0)
+    }
+
+    fn busy(max_headers: usize, busy_sends: u32) -> Arc<Self> {
         Arc::new(Recording {
             max_headers,
+            busy_sends: AtomicU32::new(busy_sends),
             creations: AtomicU32::new(0),
             created: Mutex::default(),
             taken: Mutex::default(),
@@ -63,6 +70,13 @@ impl Backend for Recording {
     fn send<'a>(&'a self, topic: &'a str, message: Message) -> Completion<'a, Confirmation> {
         if message.headers.len() > self.max_headers {
             let refused = Error::new(ErrorKind::Rejected, "too many headers");
+            return completion::ready(Err(refused));
+        }
+        let busy = self
+            .busy_sends
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+        if busy.is_ok() {
+            let refused = Error::new(ErrorKind::Rejected, "over quota").temporary(true);
             return completion::ready(Err(refused));
         }
         let headers = message
@@ -130,6 +144,29 @@ async fn a_temporary_failure_to_create_the_dead_letter_topic_is_retried() {
         .map(|(topic, _)| topic)
         .collect();
     assert_eq!(topics, ["orders.billing.dlq"]);
+}
+
+#[tokio::test]
+async fn a_dead_letter_refused_for_a_moment_is_retried_with_its_headers() {
+    let backend = Recording::busy(usize::MAX, 2);
+    let dead_letters = DeadLetters::new(backend.clone(), "orders", "billing", quick_retry());
+    let mut metadata = Metadata::new("orders".into());
+    metadata.headers.insert("trace", "abc");
+    dead_letters
+        .publish(
+            Bytes::from_static(b"poison"),
+            &metadata,
+            "cannot be handled",
+            3,
+        )
+        .await
+        .expect("published once the refusals passed");
+    let taken = backend.taken();
+    assert_eq!(taken.len(), 1);
+    assert!(
+        taken[0].1.contains(&("trace".to_owned(), "abc".to_owned())),
+        "{taken:?}"
+    );
 }
 
 #[tokio::test]

@@ -71,9 +71,9 @@ impl DeadLetters {
     /// group as its reader, so that dead letters are kept even on brokers that only keep
     /// messages for existing groups; with it off, a dead-letter topic that was not declared
     /// fails the publish (`NotFound`). Temporary failures, of the creation as of the publish,
-    /// are retried a few times with backoff. A dead letter the broker refuses (`Rejected`)
-    /// while it carries the message's own headers is published again without them (Pub/Sub
-    /// takes 100 attributes at most, for one), with a warning.
+    /// are retried a few times with backoff. A dead letter the broker refuses for good
+    /// (`Rejected`, not temporary) while it carries the message's own headers is published
+    /// again without them (Pub/Sub takes 100 attributes at most, for one), with a warning.
     pub async fn publish(
         &self,
         payload: bytes::Bytes,
@@ -86,10 +86,15 @@ impl DeadLetters {
         let mut attempt = 1;
         loop {
             match self.publish_once(&message).await {
-                // Refused for what the original headers add (the broker's limit on their
-                // number or size): sent with only the dead-letter headers, rather than not
-                // at all, which would stop the group at this message.
-                Err(e) if e.kind() == ErrorKind::Rejected && !without_own_headers => {
+                // Refused for good, for what the original headers add (the broker's limit on
+                // their number or size): sent with only the dead-letter headers, rather than
+                // not at all, which would stop the group at this message. A refusal that may
+                // pass later (a quota, a paused ordering key) is retried as it is.
+                Err(e)
+                    if e.kind() == ErrorKind::Rejected
+                        && !e.is_temporary()
+                        && !without_own_headers =>
+                {
                     without_own_headers = true;
                     tracing::warn!(topic = %self.topic, error = %e, dropped = metadata.headers.len(),
                         "dead letter refused; publishing it without the message's own headers");

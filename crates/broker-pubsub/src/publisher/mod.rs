@@ -345,6 +345,13 @@ impl Publishers {
             }
             // The client would retry this one for a whole `publish_timeout` of its own.
             let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                // Re-creating the topic used the time up. Handed to the client now, the
+                // message would most likely be published after its confirmation timed out,
+                // and a caller retrying that timeout would publish it twice; the last failure
+                // says truly that it was not sent.
+                return Err(publish_error(err, &publisher.name));
+            }
             let again = publisher.client.current().publish(to_pubsub(&message));
             match tokio::time::timeout(remaining, again).await {
                 Ok(Ok(server_id)) => return Ok(receipt(message, server_id)),
