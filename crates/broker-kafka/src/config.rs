@@ -42,7 +42,7 @@ pub struct KafkaConfig {
     /// override these defaults of the adapter:
     ///
     /// - producer: `acks=all`, `enable.idempotence=true` (no duplicates or reordering from
-    ///   retries), `message.timeout.ms` from [`KafkaConfig::delivery_timeout`],
+    ///   retries; properties that would weaken either are refused), `message.timeout.ms` from [`KafkaConfig::delivery_timeout`],
     ///   `allow.auto.create.topics=false` (topics are created through the admin API, with the
     ///   configured partitions, and only when auto-provisioning is on);
     /// - consumers: `enable.auto.commit=true` with `enable.auto.offset.store=false` (only
@@ -189,6 +189,15 @@ const MAX_ADMIN_TIMEOUT: Duration = Duration::from_secs(3600);
 /// librdkafka's names of the delivery timeout; the last one given wins.
 const DELIVERY_TIMEOUT_PROPERTIES: [&str; 2] = ["delivery.timeout.ms", "message.timeout.ms"];
 
+/// Producer properties that say what a confirmation means, and the only values they may take
+/// here: a message is confirmed once every in-sync replica has it, once and in its key's
+/// order. Any other value would make a confirmation promise less than the API says.
+const GUARANTEE_PROPERTIES: [(&str, &[&str]); 3] = [
+    ("acks", &["all", "-1"]),
+    ("request.required.acks", &["all", "-1"]),
+    ("enable.idempotence", &["true"]),
+];
+
 /// Room kept, below `message.max.bytes`, when the largest payload is announced: 1 KiB for the
 /// key, the headers and the record framing, and 2 KiB for the headers a dead letter adds (a
 /// reason of up to 900 bytes, the topic's and the group's names), so that a message that
@@ -270,6 +279,19 @@ impl KafkaConfig {
                     "kafka.properties.\"{name}\" = {value:?}: expected a positive number of \
                      milliseconds (0, no limit, would leave confirmations pending for ever while \
                      the cluster is unreachable)"
+                )));
+            }
+        }
+        for (name, allowed) in GUARANTEE_PROPERTIES {
+            let Some(value) = self.properties.get(name) else {
+                continue;
+            };
+            if !allowed.contains(&value.trim().to_ascii_lowercase().as_str()) {
+                return Err(Error::config(format!(
+                    "kafka.properties.\"{name}\" = {value:?}: expected {} or leave it out: a \
+                     confirmation means that every in-sync replica has the message, once and in \
+                     its key's order",
+                    allowed.join(" or ")
                 )));
             }
         }
@@ -619,6 +641,35 @@ mod tests {
         config.properties.insert("acks".into(), "several".into());
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("acks"), "{err}");
+    }
+
+    #[test]
+    fn properties_cannot_weaken_what_a_confirmation_means() {
+        for (name, value) in [
+            ("acks", "1"),
+            ("acks", "0"),
+            ("request.required.acks", "1"),
+            ("enable.idempotence", "false"),
+        ] {
+            let mut config = KafkaConfig::default();
+            config.properties.insert(name.into(), value.into());
+            let err = config.validate().unwrap_err();
+            assert_eq!(err.kind(), broker_api::ErrorKind::Config);
+            assert!(
+                err.to_string()
+                    .contains(&format!("kafka.properties.\"{name}\"")),
+                "{err}"
+            );
+        }
+        for (name, value) in [
+            ("acks", "all"),
+            ("acks", "-1"),
+            ("enable.idempotence", "true"),
+        ] {
+            let mut config = KafkaConfig::default();
+            config.properties.insert(name.into(), value.into());
+            assert!(config.validate().is_ok(), "{name} = {value}");
+        }
     }
 
     #[test]

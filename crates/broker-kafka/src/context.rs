@@ -11,11 +11,12 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 
-/// The last error librdkafka reported on one client.
+/// The last error librdkafka reported on one client, and when.
 #[derive(Debug, Clone)]
 pub(crate) struct LastError {
     pub(crate) code: Option<RDKafkaErrorCode>,
     pub(crate) text: String,
+    pub(crate) at: Instant,
 }
 
 /// How often the same error is logged as a warning at most; repeats in between are logged at
@@ -54,6 +55,21 @@ impl ClientLog {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The last error reported, as a clause for an error that librdkafka gives no reason for
+    /// (a message timed out, a queue stayed full): `"; librdkafka's last error, 4s ago: …"`,
+    /// or nothing when there was none. It says why the cluster did not answer, such as a
+    /// failed SASL authentication, which the timeout alone does not.
+    pub(crate) fn last_error_clause(&self) -> String {
+        self.last_error().map_or_else(String::new, |last| {
+            let ago = Duration::from_secs(last.at.elapsed().as_secs());
+            format!(
+                "; librdkafka's last error, {} ago: {}",
+                humantime::format_duration(ago),
+                last.text
+            )
+        })
     }
 
     pub(crate) fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -100,6 +116,7 @@ impl ClientLog {
             } else {
                 reason.to_owned()
             },
+            at: Instant::now(),
         });
     }
 }
@@ -158,5 +175,19 @@ mod tests {
         assert_eq!(log.should_warn(refused), Some(0));
         assert_eq!(log.should_warn(down), None);
         assert_eq!(log.should_warn(refused), None);
+    }
+
+    #[test]
+    fn the_last_error_gives_a_reason_to_errors_without_one() {
+        let log = ClientLog::new("test");
+        assert_eq!(log.last_error_clause(), "");
+        let refused = KafkaError::ClientCreation("SASL authentication failed".into());
+        log.error(&refused, "");
+        let clause = log.last_error_clause();
+        assert!(
+            clause.starts_with("; librdkafka's last error, 0s ago: ")
+                && clause.contains("SASL authentication failed"),
+            "{clause}"
+        );
     }
 }

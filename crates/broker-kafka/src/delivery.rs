@@ -213,14 +213,19 @@ impl Deliveries {
                         RDKafkaErrorCode::UnknownTopicOrPartition | RDKafkaErrorCode::UnknownTopic
                     )
                 ) {
-                    if let Some(topics) = self.topics.get().and_then(Weak::upgrade) {
-                        topics.forget(topic);
-                    }
+                    Provisioner::forget_unknown(&self.topics, topic);
                 }
                 let fate = fate(code);
+                let cause = if fate.is_empty() {
+                    String::new()
+                } else {
+                    self.log.last_error_clause()
+                };
                 from_kafka(
                     "publish",
-                    format!("message {id} to topic {topic} was not confirmed by the broker{fate}"),
+                    format!(
+                        "message {id} to topic {topic} was not confirmed by the broker{fate}{cause}"
+                    ),
                     error.clone(),
                 )
             }

@@ -6,7 +6,7 @@
 //! waiting for it for `topic.metadata.propagation.max.ms`). Either way the answer is cached, so
 //! the publish hot path pays one read lock and a hash lookup.
 
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, Weak};
 
 use broker_api::{OnceReady, Result, TopicSpec};
 use rustc_hash::FxHashMap;
@@ -104,5 +104,14 @@ impl Provisioner {
             .write()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(topic);
+    }
+
+    /// Forgets `topic` in the provisioner `attached` to a producer, if it is still there: the
+    /// broker reported the topic unknown (deleted behind this backend's back), so the next
+    /// publish provisions it again, or with auto-provisioning off finds it missing.
+    pub(crate) fn forget_unknown(attached: &OnceLock<Weak<Provisioner>>, topic: &str) {
+        if let Some(topics) = attached.get().and_then(Weak::upgrade) {
+            topics.forget(topic);
+        }
     }
 }

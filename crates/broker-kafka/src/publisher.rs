@@ -312,9 +312,10 @@ impl Publisher {
                 ErrorKind::Timeout,
                 format!(
                     "the producer queue stayed full for {} (the broker is slow or away); \
-                     message {} to topic {topic} was not sent",
+                     message {} to topic {topic} was not sent{}",
                     humantime::format_duration(self.queue_wait),
-                    message.id
+                    message.id,
+                    self.log.last_error_clause()
                 ),
             )
             .backend(BACKEND)
@@ -340,16 +341,13 @@ impl Publisher {
                 .source(error)
             }
             Some(RDKafkaErrorCode::UnknownTopic | RDKafkaErrorCode::UnknownTopicOrPartition) => {
-                // Deleted behind this backend's back: the next publish provisions it again, as
-                // after a delivery report saying so.
-                if let Some(topics) = self.topics.get().and_then(Weak::upgrade) {
-                    topics.forget(topic);
-                }
+                Provisioner::forget_unknown(&self.topics, topic);
                 from_kafka(
                     "publish",
                     format!(
                         "message {} to topic {topic} was not sent: the cluster no longer knows the \
-                         topic (deleted?); the next publish provisions it again",
+                         topic (deleted?); the next publish creates it again if auto_provision is \
+                         on",
                         message.id
                     ),
                     error,

@@ -19,11 +19,13 @@ use crate::error::{Error, Result};
 pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
 
 /// Checks the timeout setting `key` (named as in `broker.toml`, e.g. `kafka.close_timeout`):
-/// above zero and at most [`MAX_TIMEOUT`]; the error names the key, the value and the range.
+/// at least a millisecond and at most [`MAX_TIMEOUT`]; the error names the key, the value and
+/// the range. The clients count in milliseconds: less would become 0, which librdkafka reads
+/// as no limit at all.
 pub fn check_timeout(key: &str, value: Duration) -> Result<()> {
-    if value.is_zero() || value > MAX_TIMEOUT {
+    if value < Duration::from_millis(1) || value > MAX_TIMEOUT {
         return Err(Error::config(format!(
-            "{key} = {}: expected a duration above zero and at most 1 day, such as \"10s\"",
+            "{key} = {}: expected a duration of at least 1ms and at most 1 day, such as \"10s\"",
             humantime::format_duration(value)
         )));
     }
@@ -239,11 +241,13 @@ mod tests {
     }
 
     #[test]
-    fn timeouts_are_above_zero_and_at_most_a_day() {
+    fn timeouts_are_a_millisecond_to_a_day() {
         assert!(check_timeout("x.timeout", Duration::from_secs(10)).is_ok());
+        assert!(check_timeout("x.timeout", Duration::from_millis(1)).is_ok());
         assert!(check_timeout("x.timeout", MAX_TIMEOUT).is_ok());
         for wrong in [
             Duration::ZERO,
+            Duration::from_micros(500),
             MAX_TIMEOUT + Duration::from_secs(1),
             Duration::MAX,
         ] {
