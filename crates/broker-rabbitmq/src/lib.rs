@@ -298,7 +298,9 @@ impl Backend for RabbitMqBackend {
         };
         let result = error::within(deadline, "delete topic", deleting).await;
         if result.is_ok() {
-            self.publisher.forget(name).await;
+            // Not the topology again: it forgot the topic as it deleted it, and what a
+            // subscription declared for that topic since must stay known.
+            self.publisher.drop_route(name).await;
         }
         result
     }

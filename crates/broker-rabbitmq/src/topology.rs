@@ -314,9 +314,19 @@ impl Topology {
                 return Err(e.operation("delete topic"));
             }
             self.forget_topic(topic);
+            let queues_deleted = if queues.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; the {} group queue(s) of it known here were deleted",
+                    queues.len()
+                )
+            };
             return Err(Error::new(
                 ErrorKind::NotFound,
-                format!("topic {topic} does not exist (RabbitMQ has no exchange {topic})"),
+                format!(
+                    "topic {topic} does not exist (RabbitMQ has no exchange {topic}){queues_deleted}"
+                ),
             )
             .backend(BACKEND)
             .operation("delete topic"));

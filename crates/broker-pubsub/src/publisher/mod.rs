@@ -4,13 +4,14 @@
 //! as the confirmation: nothing is awaited per message. The first message to a topic first
 //! makes sure the topic exists (created with auto-provisioning, looked up without), once.
 //!
-//! A confirmation that fails is retried within `publish_timeout` when retrying can help: the
-//! client retries unreachable-service errors inside that budget itself (they fail the
-//! confirmation when it runs out, not retried again here); a topic that vanished
-//! (the emulator restarted) is re-created with the subscriptions this backend knows, then the
-//! message is published again; a message held back because an earlier one of its ordering key
-//! failed is published again once the key is resumed. After a failure with an ordering key the
-//! key is always resumed, so later messages with that key are not refused forever.
+//! A confirmation that fails is retried, for up to another `publish_timeout` from its first
+//! failure, when retrying can help: the client retries unreachable-service errors within its
+//! own `publish_timeout` (they fail the confirmation when it runs out, not retried again here);
+//! a topic that vanished (the emulator restarted) is re-created with the subscriptions this
+//! backend knows, then the message is published again; a message held back because an earlier
+//! one of its ordering key failed is published again once the key is resumed. A failed
+//! confirmation that is awaited resumes its ordering key, so later messages with that key are
+//! not refused forever; one dropped unawaited leaves the key paused (see the crate docs).
 //!
 //! A topic's client publisher is replaced once it served many ordering keys (see
 //! [`client`]): the client keeps a task per key for as long as it lives.

@@ -170,9 +170,10 @@ impl Publisher {
         completion::boxed(shared.clone().send_slowly(topic, message, prepared))
     }
 
-    /// Forgets the topic's exchange and closes its confirm channel, after it was deleted.
-    pub(crate) async fn forget(&self, topic: &str) {
-        let Some(route) = self.shared.forget(topic) else {
+    /// Drops the topic's route and closes its confirm channel, after the topic was deleted
+    /// (the topology forgot its exchange and queues as it deleted them).
+    pub(crate) async fn drop_route(&self, topic: &str) {
+        let Some(route) = self.shared.drop_route(topic) else {
             return;
         };
         if let Some(open) = route.current() {
@@ -209,14 +210,6 @@ impl Shared {
             .unwrap_or_else(|e| e.into_inner())
             .get(topic)
             .cloned()
-    }
-
-    /// Forgets the topic's route (returned, for its channel to be closed), exchange and
-    /// queues: the topic was deleted.
-    fn forget(&self, topic: &str) -> Option<Arc<Route>> {
-        let route = self.drop_route(topic);
-        self.topology.forget_topic(topic);
-        route
     }
 
     /// The topic's exchange is gone although this process did not delete it: the next publish
