@@ -114,6 +114,18 @@ impl Backend for Recording {
     }
 }
 
+/// Dead-letters a `poison` payload with `metadata` after three attempts.
+async fn publish_poison(dead_letters: &DeadLetters, metadata: &Metadata) -> Result<()> {
+    dead_letters
+        .publish(
+            Bytes::from_static(b"poison"),
+            metadata,
+            "cannot be handled",
+            3,
+        )
+        .await
+}
+
 /// Retries wait a millisecond.
 fn quick_retry() -> RetryPolicy {
     RetryPolicy {
@@ -127,13 +139,7 @@ fn quick_retry() -> RetryPolicy {
 async fn a_temporary_failure_to_create_the_dead_letter_topic_is_retried() {
     let backend = Recording::new(usize::MAX);
     let dead_letters = DeadLetters::new(backend.clone(), "orders", "billing", quick_retry());
-    dead_letters
-        .publish(
-            Bytes::from_static(b"poison"),
-            &Metadata::new("orders".into()),
-            "cannot be handled",
-            3,
-        )
+    publish_poison(&dead_letters, &Metadata::new("orders".into()))
         .await
         .expect("published after the creation was retried");
     assert_eq!(backend.creations.load(Ordering::SeqCst), 2);
@@ -152,13 +158,7 @@ async fn a_dead_letter_refused_for_a_moment_is_retried_with_its_headers() {
     let dead_letters = DeadLetters::new(backend.clone(), "orders", "billing", quick_retry());
     let mut metadata = Metadata::new("orders".into());
     metadata.headers.insert("trace", "abc");
-    dead_letters
-        .publish(
-            Bytes::from_static(b"poison"),
-            &metadata,
-            "cannot be handled",
-            3,
-        )
+    publish_poison(&dead_letters, &metadata)
         .await
         .expect("published once the refusals passed");
     let taken = backend.taken();
@@ -177,13 +177,7 @@ async fn a_dead_letter_refused_for_its_headers_goes_without_them() {
     for i in 0..5 {
         metadata.headers.insert(format!("h{i}"), "v");
     }
-    dead_letters
-        .publish(
-            Bytes::from_static(b"poison"),
-            &metadata,
-            "cannot be handled",
-            3,
-        )
+    publish_poison(&dead_letters, &metadata)
         .await
         .expect("published without the message's own headers");
     let taken = backend.taken();
@@ -201,13 +195,7 @@ async fn a_dead_letter_refused_for_its_headers_goes_without_them() {
     // Within the limit, the message's own headers go with it.
     let mut metadata = Metadata::new("orders".into());
     metadata.headers.insert("trace", "abc");
-    dead_letters
-        .publish(
-            Bytes::from_static(b"poison"),
-            &metadata,
-            "cannot be handled",
-            3,
-        )
+    publish_poison(&dead_letters, &metadata)
         .await
         .expect("published");
     assert!(backend.taken()[1]
