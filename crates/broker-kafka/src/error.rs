@@ -95,9 +95,9 @@ pub(crate) fn too_large(topic: &str, size: usize, limit: usize, error: KafkaErro
     Error::new(
         ErrorKind::Rejected,
         format!(
-            "message of {size} bytes (payload, key and headers) to topic {topic} is larger than \
-             the limit of {limit} bytes (librdkafka's message.max.bytes, or the topic's \
-             max.message.bytes on the broker)"
+            "message of {size} bytes (payload, key and headers; the record's framing adds a \
+             few dozen more) to topic {topic} is larger than the limit of {limit} bytes \
+             (librdkafka's message.max.bytes, or the topic's max.message.bytes on the broker)"
         ),
     )
     .backend(BACKEND)
