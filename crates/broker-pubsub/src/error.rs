@@ -132,7 +132,15 @@ pub(crate) fn publish_error(err: PublishError, topic: &str) -> Error {
         .backend(BACKEND)
         .operation(operation)
         .temporary(true),
-        PublishError::Shutdown => closed(operation),
+        // Our close refuses messages before it drops a client, so this is the client's task
+        // gone with the runtime it was spawned on.
+        PublishError::Shutdown => Error::closed(format!(
+            "the client task that sends messages to topic {topic} has stopped: the tokio \
+             runtime of the topic's first publish has shut down (use the backend on the \
+             runtime it was connected on, and keep that runtime running)"
+        ))
+        .backend(BACKEND)
+        .operation(operation),
         other => Error::new(
             ErrorKind::Other,
             format!("publishing to topic {topic} failed"),
@@ -254,5 +262,6 @@ mod tests {
         assert!(err.is_temporary());
         let err = publish_error(PublishError::Shutdown, "orders");
         assert_eq!(err.kind(), ErrorKind::Closed);
+        assert!(err.to_string().contains("runtime"), "{err}");
     }
 }

@@ -12,6 +12,14 @@ pub async fn connect() -> Result<Broker> {
 /// Connects the backend `config` names, then creates the declared `[topics.*]` and their groups
 /// (when auto-provisioning is on). Subscribers made from the returned handle use
 /// `config.subscriber` as their defaults.
+///
+/// # Runtime
+///
+/// Call it on the tokio runtime the broker will be used on, and keep that runtime running as
+/// long as the broker: the RabbitMQ connection and the Pub/Sub gRPC channels run tasks on the
+/// runtime they were opened on (lapin and tonic spawn them there), and a Pub/Sub topic's
+/// batching task runs on the runtime of that topic's first publish; they stop with it. The
+/// in-memory and Kafka backends do not depend on it (librdkafka runs its own threads).
 pub async fn connect_with(config: BrokerConfig) -> Result<Broker> {
     config.validate()?;
     let options = ConnectOptions::default().auto_provision(config.auto_provision());
