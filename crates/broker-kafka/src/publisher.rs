@@ -4,7 +4,10 @@
 //! delivery report as the confirmation ([`crate::delivery`]: no allocation per message),
 //! so any number of messages are in flight with no await per message. Only when librdkafka
 //! reports its queue full does `send` wait (boxed), retrying until the delivery timeout; sends
-//! made while one waits queue behind it, so that records keep their call order.
+//! made while one waits queue behind it, so that records keep their call order. The line is
+//! taken in the order the waiting confirmations are first polled: call order when they are
+//! awaited in turn (`publish`, `publish_batch`, a `FuturesOrdered`), and a confirmation that
+//! waits for room but is no longer polled holds up those behind it until it is dropped.
 //!
 //! After a fatal error of the idempotent producer's sequence or id (the broker cannot accept
 //! it, after a partition lost data) librdkafka's producer refuses every message: the next send
@@ -201,7 +204,7 @@ impl Publisher {
                 Err(error) => return completion::ready(Err(self.refused(topic, &message, error))),
             }
         }
-        // In line from now, not from its first poll: a send made next queues behind it.
+        // Counted from now: a send made next does not overtake it through the fast path.
         let place = self.waiting.join();
         completion::boxed(self.enqueue_when_room(topic, message, place))
     }
