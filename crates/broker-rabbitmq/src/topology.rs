@@ -52,10 +52,13 @@ pub(crate) struct Topology {
     queue_type: QueueType,
     auto_provision: bool,
     known: Mutex<Known>,
-    /// Held by a re-declaration after a reconnect and by a topic's deletion: each link
-    /// re-declares on its own connection, and one re-declaring from a list taken before a
-    /// deletion would bring the deleted topic back.
-    redeclaring: tokio::sync::Mutex<()>,
+    /// Held while this process changes the topology: declaring a topic or a group,
+    /// re-declaring after a reconnect, deleting a topic. Each link re-declares on its own
+    /// connection, and one re-declaring from a list taken before a deletion would bring the
+    /// deleted topic back; a group declared while its topic is deleted could be left unbound
+    /// (its queue declared after the deletion listed the topic's queues, bound to the exchange
+    /// the deletion then removed).
+    changing: tokio::sync::Mutex<()>,
 }
 
 impl Topology {
@@ -71,7 +74,7 @@ impl Topology {
             queue_type,
             auto_provision,
             known: Mutex::new(Known::default()),
-            redeclaring: tokio::sync::Mutex::new(()),
+            changing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -130,9 +133,11 @@ impl Topology {
         group: &str,
     ) -> Result<ShortString> {
         let queue = Self::queue_name(topic, group)?;
+        let _changing = self.changing.lock().await;
         self.check_owner(queue.as_str(), topic, "subscribe")?;
         if self.auto_provision {
-            self.declare_group(channel, topic, &queue).await?;
+            self.declare_exchange(channel, topic).await?;
+            self.declare_bound_queue(channel, topic, &queue).await?;
         } else {
             let options = QueueDeclareOptions {
                 passive: true,
@@ -163,25 +168,31 @@ impl Topology {
             .iter()
             .map(|group| Self::queue_name(&spec.name, group))
             .collect::<Result<Vec<_>>>()?;
+        let _changing = self.changing.lock().await;
         for queue in &queues {
             self.check_owner(queue.as_str(), &spec.name, "ensure topic")?;
         }
-        declare_exchange(channel, &spec.name, false).await?;
-        self.known().declared_exchanges.insert(spec.name.clone());
+        self.declare_exchange(channel, &spec.name).await?;
         for queue in &queues {
-            self.declare_group(channel, &spec.name, queue).await?;
+            self.declare_bound_queue(channel, &spec.name, queue).await?;
         }
         Ok(())
     }
 
-    async fn declare_group(
+    /// Declares the exchange of `topic` and remembers it.
+    async fn declare_exchange(&self, channel: &Channel, topic: &str) -> Result<()> {
+        declare_exchange(channel, topic, false).await?;
+        self.known().declared_exchanges.insert(topic.to_owned());
+        Ok(())
+    }
+
+    /// Declares `queue`, binds it to the (declared) exchange of `topic` and remembers it.
+    async fn declare_bound_queue(
         &self,
         channel: &Channel,
         topic: &str,
         queue: &ShortString,
     ) -> Result<()> {
-        declare_exchange(channel, topic, false).await?;
-        self.known().declared_exchanges.insert(topic.to_owned());
         self.declare_queue(channel, queue).await?;
         bind(channel, queue, topic).await?;
         self.known()
@@ -227,7 +238,7 @@ impl Topology {
         patience: Duration,
     ) -> Result<()> {
         let deadline = || tokio::time::Instant::now() + patience;
-        let _turn = self.redeclaring.lock().await;
+        let _turn = self.changing.lock().await;
         let (exchanges, queues) = {
             let known = self.known();
             let exchanges: Vec<String> = known.declared_exchanges.iter().cloned().collect();
@@ -275,7 +286,7 @@ impl Topology {
     /// them), unbound. Each deleted resource is forgotten as it goes: after a failure, what is
     /// left stays known (its subscriptions go on, and resume when RabbitMQ cancels them).
     pub(crate) async fn delete_topic(&self, channel: &Channel, topic: &str) -> Result<()> {
-        let _no_redeclaring = self.redeclaring.lock().await;
+        let _no_other_change = self.changing.lock().await;
         self.known().deleting.insert(topic.to_owned());
         let _deleting = Deleting {
             topology: self,
