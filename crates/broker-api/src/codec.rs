@@ -22,6 +22,11 @@ pub trait Codec<T>: Send + Sync + 'static {
 }
 
 /// JSON through serde, `application/json`.
+///
+/// JSON has no NaN or infinity: serde_json writes a non-finite `f32` or `f64` as `null`, which
+/// decodes back only into an `Option` (or a field with a default). Such a message is published,
+/// then fails to decode and goes to the dead letters: keep floats finite, or give the topic a
+/// codec of your own.
 pub struct Json<T>(PhantomData<fn() -> T>);
 
 impl<T> Default for Json<T> {
@@ -36,9 +41,13 @@ impl<T: Serialize + DeserializeOwned + 'static> Codec<T> for Json<T> {
     }
 
     fn encode(&self, value: &T) -> Result<Bytes> {
-        serde_json::to_vec(value)
-            .map(Bytes::from)
-            .map_err(|e| Error::new(ErrorKind::Encode, "cannot encode value as JSON").source(e))
+        serde_json::to_vec(value).map(Bytes::from).map_err(|e| {
+            Error::new(
+                ErrorKind::Encode,
+                format!("cannot encode a {} as JSON", std::any::type_name::<T>()),
+            )
+            .source(e)
+        })
     }
 
     fn decode(&self, payload: &Bytes) -> Result<T> {

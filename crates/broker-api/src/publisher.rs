@@ -9,7 +9,7 @@ use crate::backend::{Receipt, SharedBackend};
 use crate::confirmation::Confirmation;
 use crate::error::Result;
 use crate::message::Message;
-use crate::naming::validate_name;
+use crate::naming::validate_topic_name;
 use crate::topic::Topic;
 
 /// Publishes values of `T` to one topic. Cheap to clone; safe to use from many tasks.
@@ -25,7 +25,7 @@ pub struct Publisher<T> {
 
 impl<T: 'static> Publisher<T> {
     pub(crate) fn new(backend: SharedBackend, topic: Topic<T>) -> Self {
-        let name_is_valid = validate_name("topic", topic.name()).is_ok();
+        let name_is_valid = validate_topic_name(topic.name()).is_ok();
         Publisher {
             backend,
             topic,
@@ -84,7 +84,7 @@ impl<T: 'static> Publisher<T> {
                 message.headers.check_not_wire()?;
             }
             if !self.name_is_valid {
-                validate_name("topic", self.topic.name())?;
+                validate_topic_name(self.topic.name())?;
             }
             self.backend.send(self.topic.name(), message).await
         }
@@ -92,16 +92,22 @@ impl<T: 'static> Publisher<T> {
 
     /// Publishes every value, all in flight at once, and waits for every confirmation.
     ///
-    /// Receipts come back in input order. On error some values may have been published: the
-    /// batch is not atomic, and publishing it again may duplicate some (at-least-once).
+    /// Every value is encoded before any is sent: one that cannot be encoded fails the batch
+    /// with nothing published. Receipts come back in input order. On any other error some
+    /// values may have been published: the batch is not atomic, and publishing it again may
+    /// duplicate some (at-least-once).
     pub async fn publish_batch<'v, I>(&self, values: I) -> Result<Vec<Receipt>>
     where
         I: IntoIterator<Item = &'v T>,
         T: 'v,
     {
-        let mut confirmations = Vec::new();
-        for value in values {
-            confirmations.push(self.send(value).await?);
+        let messages = values
+            .into_iter()
+            .map(|value| self.topic.message(value))
+            .collect::<Result<Vec<_>>>()?;
+        let mut confirmations = Vec::with_capacity(messages.len());
+        for message in messages {
+            confirmations.push(self.send_message(message).await?);
         }
         try_join_all(confirmations).await
     }

@@ -140,3 +140,60 @@ async fn an_oversized_payload_is_refused_naming_topic_and_setting() {
         .unwrap();
     assert_eq!(first_value(&broker, &topic).await, "ok");
 }
+
+#[tokio::test]
+async fn a_topic_name_that_a_subscriber_would_refuse_is_refused_on_publish() {
+    let broker = broker(true);
+    for name in ["ab", "goog-events", "1orders"] {
+        let topic = Topic::<String>::text(name);
+        let err = broker
+            .publisher(&topic)
+            .publish(&"lost".to_owned())
+            .await
+            .expect_err(name);
+        assert_eq!(err.kind(), ErrorKind::Config, "{name}: {err}");
+        assert!(err.to_string().contains("invalid topic name"), "{err}");
+    }
+}
+
+/// A value that serde refuses to encode when it says "unencodable".
+#[derive(Debug, PartialEq)]
+struct Sample(String);
+
+impl serde::Serialize for Sample {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0 == "unencodable" {
+            return Err(serde::ser::Error::custom("refused on purpose"));
+        }
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Sample {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Sample)
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_a_value_that_cannot_be_encoded_publishes_none_of_it() {
+    let broker = broker(true);
+    let topic = Topic::<Sample>::json("samples");
+    let publisher = broker.publisher(&topic);
+    let batch = ["first", "unencodable", "last"].map(|s| Sample(s.to_owned()));
+    let err = publisher.publish_batch(&batch).await.expect_err("refused");
+    assert_eq!(err.kind(), ErrorKind::Encode, "{err}");
+    assert!(err.to_string().contains("Sample"), "{err}");
+
+    publisher
+        .publish(&Sample("after".to_owned()))
+        .await
+        .expect("published");
+    let mut stream = broker
+        .subscriber(&topic, "readers")
+        .at_most_once()
+        .await
+        .expect("subscribed");
+    let first = next_within(&mut stream, PATIENCE).await;
+    assert_eq!(first.value, Sample("after".to_owned()));
+}

@@ -178,13 +178,18 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 }
                 let failure_now = match failure {
                     Failure::Undecodable(reason) => {
-                        return self.give_up(delivery, reason, calls).await;
+                        return self
+                            .give_up(delivery, ErrorKind::Decode, reason, calls)
+                            .await;
                     }
                     Failure::Handler(e) => e,
                 };
                 calls += 1;
                 if failure_now.is_permanent() || calls >= retry.max_attempts {
-                    return self.give_up(delivery, failure_now.to_string(), calls).await;
+                    let reason = failure_now.to_string();
+                    return self
+                        .give_up(delivery, ErrorKind::Handler, reason, calls)
+                        .await;
                 }
                 let delay = retry.backoff(calls);
                 tracing::debug!(
@@ -235,20 +240,32 @@ impl<T: Send + 'static> AtLeastOnce<T> {
 
     /// Dead-letters and acknowledges the delivery, or, with dead-lettering off or when the
     /// dead letter is not published, gives it back unsettled with the error that stops the
-    /// subscription. Runs within the boxed [`retry`](Self::retry).
-    async fn give_up(&self, delivery: Delivery, reason: String, attempts: u32) -> Handled {
+    /// subscription: a [`Decode`](ErrorKind::Decode) error for a payload that cannot be
+    /// decoded (`failed`), a [`Handler`](ErrorKind::Handler) error for a handler that failed.
+    /// Runs within the boxed [`retry`](Self::retry).
+    async fn give_up(
+        &self,
+        delivery: Delivery,
+        failed: ErrorKind,
+        reason: String,
+        attempts: u32,
+    ) -> Handled {
         self.earlier_calls.forget(&delivery.metadata);
         let id = delivery.metadata.id_text().to_owned();
         if !self.dead_letters.is_enabled() {
-            let error = Error::new(
-                ErrorKind::Handler,
+            let (topic, group) = (self.topic.name(), &self.group);
+            let message = if failed == ErrorKind::Decode {
                 format!(
-                    "message {id} on topic {} for group {} failed after {attempts} attempts and \
-                     dead-lettering is off: {reason}",
-                    self.topic.name(),
-                    self.group
-                ),
-            );
+                    "message {id} on topic {topic} for group {group} cannot be decoded and \
+                     dead-lettering is off: {reason}"
+                )
+            } else {
+                format!(
+                    "message {id} on topic {topic} for group {group} failed after {attempts} \
+                     attempts and dead-lettering is off: {reason}"
+                )
+            };
+            let error = Error::new(failed, message);
             return Err(Unsettled::new(delivery, Some(error)));
         }
         tracing::warn!(topic = self.topic.name(), group = %self.group, message_id = %id, attempts, reason, "dead-lettering message");
