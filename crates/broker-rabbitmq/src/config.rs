@@ -193,7 +193,7 @@ impl RabbitMqConfig {
     }
 
     pub(crate) fn settings(&self) -> Result<Settings> {
-        let uri = parse_uri(&self.uri)?;
+        let mut uri = parse_uri(&self.uri)?;
         if self.confirm_window == 0 {
             return Err(Error::config(
                 "rabbitmq.confirm_window = 0: expected a number of pending publishes of at least 1",
@@ -228,6 +228,12 @@ impl RabbitMqConfig {
                  (RabbitMQ's upper bound)",
                 self.max_message_size
             )));
+        }
+        // lapin opens the TCP connection with a blocking call on a thread of its own, which a
+        // connect given up after `connect_timeout` leaves running: bound it by the same time.
+        if uri.query.connection_timeout.is_none() {
+            let millis = u64::try_from(self.connect_timeout.as_millis()).unwrap_or(u64::MAX);
+            uri.query.connection_timeout = Some(millis);
         }
         Ok(Settings {
             endpoint: endpoint_of(&uri),
@@ -319,6 +325,14 @@ mod tests {
         let settings = config.settings().unwrap();
         assert_eq!(settings.endpoint, "amqps://rabbit.example.com:5671/prod");
         assert!(!settings.endpoint.contains("s3cret"));
+        // The TCP connect is bounded by connect_timeout, unless the URI says otherwise.
+        assert_eq!(settings.uri.query.connection_timeout, Some(3_000));
+        let config = RabbitMqConfig {
+            uri: "amqp://127.0.0.1:5672/%2f?connection_timeout=250".to_owned(),
+            ..RabbitMqConfig::default()
+        };
+        let settings = config.settings().unwrap();
+        assert_eq!(settings.uri.query.connection_timeout, Some(250));
     }
 
     #[test]

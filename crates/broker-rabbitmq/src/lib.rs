@@ -142,7 +142,7 @@ pub use config::{QueueType, RabbitMqConfig, ReconnectBackoff, DEFAULT_URI};
 pub use lapin;
 
 use crate::config::Settings;
-use crate::link::{Link, Role};
+use crate::link::{Link, OwnedLink, Role};
 use crate::publisher::Publisher;
 use crate::subscriber::Subscription;
 use crate::topology::{close_channel, scratch_channel, Topology};
@@ -152,8 +152,8 @@ use crate::topology::{close_channel, scratch_channel, Topology};
 /// blocks a publishing connection during a resource alarm, acknowledgements included).
 pub struct RabbitMqBackend {
     settings: Arc<Settings>,
-    publishing: Arc<Link>,
-    consuming: Arc<Link>,
+    publishing: OwnedLink,
+    consuming: OwnedLink,
     topology: Arc<Topology>,
     publisher: Publisher,
     closing: AtomicBool,
@@ -181,12 +181,8 @@ impl RabbitMqBackend {
             Link::connect(Role::Consuming, settings.clone(), topology.clone()),
         ) {
             (Ok(publishing), Ok(consuming)) => (publishing, consuming),
-            // The one that connected would be kept up by its supervisor for ever.
-            (Ok(connected), Err(e)) | (Err(e), Ok(connected)) => {
-                connected.abandon();
-                return Err(e);
-            }
-            (Err(e), Err(_)) => return Err(e),
+            // The one that connected is abandoned as it is dropped.
+            (Err(e), _) | (_, Err(e)) => return Err(e),
         };
         tracing::debug!(endpoint = %settings.endpoint, "connected to RabbitMQ");
         let publisher =
@@ -329,14 +325,6 @@ impl Backend for RabbitMqBackend {
         }
         self.close_links(timeout).await;
         Ok(())
-    }
-}
-
-impl Drop for RabbitMqBackend {
-    fn drop(&mut self) {
-        // Without `close`, the supervisors still stop and close the connections.
-        self.publishing.abandon();
-        self.consuming.abandon();
     }
 }
 

@@ -104,13 +104,32 @@ pub(crate) struct Link {
     last_failure: std::sync::Mutex<Option<String>>,
 }
 
+/// The owner of a [`Link`]: dropping it abandons the link (its supervisor closes the connection
+/// and stops), also when the backend owning it was never built, its `connect` dropped
+/// half-way.
+pub(crate) struct OwnedLink(Arc<Link>);
+
+impl std::ops::Deref for OwnedLink {
+    type Target = Arc<Link>;
+
+    fn deref(&self) -> &Arc<Link> {
+        &self.0
+    }
+}
+
+impl Drop for OwnedLink {
+    fn drop(&mut self) {
+        self.0.abandon();
+    }
+}
+
 impl Link {
     /// Connects (failing within `connect_timeout`) and starts the supervisor.
     pub(crate) async fn connect(
         role: Role,
         settings: Arc<Settings>,
         topology: Arc<Topology>,
-    ) -> Result<Arc<Link>> {
+    ) -> Result<OwnedLink> {
         let connection = open_connection(role, &settings).await?;
         let session = Session::new(1, connection);
         let link = Arc::new(Link {
@@ -124,7 +143,7 @@ impl Link {
             last_failure: std::sync::Mutex::new(None),
         });
         tokio::spawn(link.clone().supervise(session));
-        Ok(link)
+        Ok(OwnedLink(link))
     }
 
     /// The checked configuration.

@@ -378,6 +378,15 @@ impl Stream for Subscription {
                             this.state = State::Ended;
                             return Poll::Ready(None);
                         }
+                        // This backend deleted (or is deleting) the topic: the subscription
+                        // ends with it, rather than declare the group's queue again, whether
+                        // RabbitMQ cancelled the consumer or the channel failed meanwhile.
+                        Some(Err(_)) | None if !this.group.is_known() => {
+                            tracing::warn!(topic = %this.group.topic, group = %this.group.group,
+                                "the topic was deleted; the subscription ends");
+                            this.state = State::Ended;
+                            return Poll::Ready(None);
+                        }
                         Some(Err(e)) => {
                             if error::is_connection_loss(&e) {
                                 this.group.link.report_broken();
@@ -389,14 +398,6 @@ impl Stream for Subscription {
                                 "the subscription's channel failed; subscribing again"
                             );
                             this.resubscribe();
-                        }
-                        // This backend deleted the topic: the subscription ends with it, rather
-                        // than declare the group's queue again.
-                        None if !this.group.is_known() => {
-                            tracing::warn!(topic = %this.group.topic, group = %this.group.group,
-                                "the topic was deleted; the subscription ends");
-                            this.state = State::Ended;
-                            return Poll::Ready(None);
                         }
                         None => {
                             tracing::warn!(

@@ -230,8 +230,10 @@ impl Topology {
     }
 
     /// Declares everything this process declared before, on a new connection. Each
-    /// declaration may take `patience`; one RabbitMQ does not answer in time fails the whole
-    /// (however many there are, they get as long as they need while RabbitMQ answers).
+    /// declaration may take `patience` (however many there are, they get as long as they need
+    /// while RabbitMQ answers). One refused, or not answered in time, is logged and skipped
+    /// (see [`skip_failed`]); the whole fails only when the connection is gone or RabbitMQ
+    /// answers nothing at all.
     pub(crate) async fn redeclare(
         &self,
         connection: &Connection,
@@ -255,11 +257,10 @@ impl Topology {
         // A declaration the broker refuses (a queue changed by someone else) closes the channel
         // and is logged; it must not keep the connection from coming back.
         let mut channel = error::within(deadline(), "connect", scratch_channel(connection)).await?;
-        let mut failures = 0;
         for exchange in &exchanges {
             let declaring = declare_exchange(&channel, exchange, false);
             if let Err(e) = error::within(deadline(), "connect", declaring).await {
-                channel = refused(connection, e, &mut failures, patience).await?;
+                channel = skip_failed(connection, e, patience).await?;
             }
         }
         for (queue, topic) in &queues {
@@ -269,7 +270,7 @@ impl Topology {
                 bind(&channel, &queue, topic).await
             };
             if let Err(e) = error::within(deadline(), "connect", declaring).await {
-                channel = refused(connection, e, &mut failures, patience).await?;
+                channel = skip_failed(connection, e, patience).await?;
             }
         }
         close_channel(&channel, "done").await;
@@ -368,14 +369,13 @@ impl Topology {
         let Ok(mut channel) = opening.await else {
             return;
         };
-        let mut failures = 0;
         for queue in queues {
             let Err(e) = bind(&channel, &queue, topic).await else {
                 continue;
             };
             tracing::warn!(%queue, topic, error = %e,
                 "group queue not bound again to its re-declared exchange (deleted too?)");
-            match refused(connection, e, &mut failures, patience).await {
+            match skip_failed(connection, e, patience).await {
                 Ok(fresh) => channel = fresh,
                 Err(_) => return,
             }
@@ -468,19 +468,17 @@ impl Drop for Deleting<'_> {
     }
 }
 
-/// After a refused re-declaration: logs it and opens a fresh channel, or gives up when the
-/// connection itself is gone or RabbitMQ did not answer.
-async fn refused(
-    connection: &Connection,
-    e: Error,
-    failures: &mut usize,
-    patience: Duration,
-) -> Result<Channel> {
-    if !connection.status().connected() || e.kind() == ErrorKind::Timeout {
+/// After a re-declaration RabbitMQ refused (it closes the channel), or did not answer within
+/// `patience` (a quorum queue that lost the majority of its members, say): logs it and opens a
+/// fresh channel for the next one, so that one resource cannot keep the connection, and every
+/// topic on it, from coming back. The subscription of a skipped queue finds out when it
+/// consumes again. Gives up when the connection itself is gone, or when RabbitMQ does not
+/// answer the fresh channel's opening within `patience` either: it answers nothing at all.
+async fn skip_failed(connection: &Connection, e: Error, patience: Duration) -> Result<Channel> {
+    if !connection.status().connected() {
         return Err(e);
     }
-    *failures += 1;
-    tracing::warn!(error = %e, "declaring the known topology again failed for one resource");
+    tracing::warn!(error = %e, "declaring the known topology again failed for one resource; skipped");
     let deadline = tokio::time::Instant::now() + patience;
     error::within(deadline, "open channel", scratch_channel(connection)).await
 }
