@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use broker_api::runner::dead_letter_headers as dlq;
 use broker_api::{naming, ErrorKind, HandlerError, Received, RetryPolicy, Topic};
@@ -113,6 +114,30 @@ pub async fn poison_message_dead_lettered(harness: &dyn Harness) {
     assert_eq!(headers.get("origin"), Some("test"), "original headers kept");
     assert_eq!(letter.metadata.message_id.as_ref(), Some(&poison_id));
     running.close().await.expect("close");
+
+    // Dead-lettered, the message was acknowledged: the group does not get it again (on Kafka
+    // its offset was committed, so what follows it is not read again either).
+    publisher.publish(&"last".to_owned()).await.expect("publish");
+    let again = Inbox::new();
+    let rerun = broker
+        .subscriber(&topic, "g")
+        .retry(fast_retry(3))
+        .at_least_once(again.handler())
+        .await
+        .expect("subscribe again");
+    again
+        .wait_until("the message after the rerun", harness.patience(), |r| {
+            r.iter().any(|m| m.value == "last")
+        })
+        .await;
+    // Time for a message given back to come again, whatever partition it was on.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let values: Vec<String> = again.snapshot().into_iter().map(|m| m.value).collect();
+    assert!(
+        !values.iter().any(|v| v == "poison"),
+        "the dead-lettered message came back: {values:?}"
+    );
+    rerun.close().await.expect("close");
     broker.close().await.expect("close broker");
 }
 
