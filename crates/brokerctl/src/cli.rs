@@ -146,7 +146,8 @@ pub struct BenchArgs {
     /// How many messages each publisher keeps in flight.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
     pub in_flight: u32,
-    /// The topic (default: a fresh one per run, deleted afterwards where the broker can).
+    /// The topic (default: a fresh one per run, deleted afterwards where the broker can). On
+    /// a topic of your own the group stays behind, and a new one reads the topic's backlog.
     #[arg(long, short)]
     pub topic: Option<String>,
     /// The consumer group.

@@ -158,7 +158,7 @@ fn escape_controls(text: &str) -> Cow<'_, str> {
 /// One consumed message for scripts: one JSON object (no line break).
 ///
 /// Fields: `topic`, `key`, `headers` (object), `message_id`, `content_type`, `publish_time`
-/// (RFC 3339, UTC), `attempt`, `position` (object with `kind`), `size` (payload bytes),
+/// (RFC 3339, UTC; null when RFC 3339 cannot write it), `attempt`, `position` (object with `kind`), `size` (payload bytes),
 /// `payload` and `payload_encoding` (`utf8`, or `base64` when the payload is not UTF-8).
 /// Absent values are `null`.
 pub fn message_json(payload: &[u8], metadata: &Metadata) -> Value {
@@ -180,7 +180,8 @@ pub fn message_json(payload: &[u8], metadata: &Metadata) -> Value {
         "headers": headers,
         "message_id": metadata.message_id.as_ref().map(|id| id.as_str()),
         "content_type": metadata.content_type.as_deref(),
-        "publish_time": metadata.publish_time.map(time_text),
+        // Always RFC 3339 for scripts: null when absent or out of its range.
+        "publish_time": metadata.publish_time.and_then(rfc3339),
         "attempt": metadata.attempt,
         "position": position_json(&metadata.position),
         "size": payload.len(),
@@ -198,16 +199,20 @@ pub fn print_line(line: impl fmt::Display) -> anyhow::Result<()> {
 /// A time as RFC 3339 in UTC with milliseconds; one that RFC 3339 cannot write (another
 /// program's timestamp before 1970 or past the year 9999) as seconds from the Unix epoch.
 pub fn time_text(time: SystemTime) -> String {
-    /// 10000-01-01T00:00:00Z.
-    const YEAR_10000: u64 = 253_402_300_800;
-    match time.duration_since(UNIX_EPOCH) {
-        // humantime's formatting panics before the epoch: checked first.
-        Ok(since) if since.as_secs() < YEAR_10000 => {
-            humantime::format_rfc3339_millis(time).to_string()
-        }
+    rfc3339(time).unwrap_or_else(|| match time.duration_since(UNIX_EPOCH) {
         Ok(since) => format!("{} s after the Unix epoch", since.as_secs()),
         Err(before) => format!("{} s before the Unix epoch", before.duration().as_secs()),
-    }
+    })
+}
+
+/// A time as RFC 3339 in UTC with milliseconds, when RFC 3339 can write it (from 1970 to the
+/// year 9999).
+fn rfc3339(time: SystemTime) -> Option<String> {
+    /// 10000-01-01T00:00:00Z.
+    const YEAR_10000: u64 = 253_402_300_800;
+    // humantime's formatting panics before the epoch: checked first.
+    let since = time.duration_since(UNIX_EPOCH).ok()?;
+    (since.as_secs() < YEAR_10000).then(|| humantime::format_rfc3339_millis(time).to_string())
 }
 
 #[cfg(test)]
@@ -224,6 +229,18 @@ mod tests {
         assert_eq!(time_text(early), "86400 s before the Unix epoch");
         let ordinary = UNIX_EPOCH + std::time::Duration::from_millis(1_500);
         assert_eq!(time_text(ordinary), "1970-01-01T00:00:01.500Z");
+        // JSON keeps to RFC 3339: null where it cannot.
+        let mut far_message = metadata();
+        far_message.publish_time = Some(far);
+        assert_eq!(
+            message_json(b"x", &far_message)["publish_time"],
+            Value::Null
+        );
+        far_message.publish_time = Some(ordinary);
+        assert_eq!(
+            message_json(b"x", &far_message)["publish_time"],
+            "1970-01-01T00:00:01.500Z"
+        );
     }
 
     fn metadata() -> Metadata {

@@ -117,7 +117,10 @@ pub async fn poison_message_dead_lettered(harness: &dyn Harness) {
 
     // Dead-lettered, the message was acknowledged: the group does not get it again (on Kafka
     // its offset was committed, so what follows it is not read again either).
-    publisher.publish(&"last".to_owned()).await.expect("publish");
+    publisher
+        .publish(&"last".to_owned())
+        .await
+        .expect("publish");
     let again = Inbox::new();
     let rerun = broker
         .subscriber(&topic, "g")

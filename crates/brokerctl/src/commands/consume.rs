@@ -190,6 +190,8 @@ async fn wait(state: &State, running: &broker::Running, timeout: Option<Duration
     let mut can_interrupt = true;
     loop {
         tokio::select! {
+            // Finished first: the last message and the deadline may come in the same poll.
+            biased;
             () = state.finished.cancelled() => return Stop::Finished,
             () = &mut deadline => return Stop::TimedOut(timeout.unwrap_or_default()),
             result = &mut interrupted, if can_interrupt => {

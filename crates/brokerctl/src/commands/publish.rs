@@ -32,6 +32,11 @@ pub async fn run(broker: &Broker, args: PublishArgs) -> anyhow::Result<()> {
     let mut failure: Option<anyhow::Error> = None;
     let mut reading = true;
     let mut printing = true;
+    // Ctrl-C stops reading; what was sent is still confirmed and printed, and the error says
+    // how many were published. A second Ctrl-C ends the process at once.
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
+    let mut can_interrupt = true;
     loop {
         tokio::select! {
             biased;
@@ -78,6 +83,14 @@ pub async fn run(broker: &Broker, args: PublishArgs) -> anyhow::Result<()> {
                 }
                 None => reading = false,
             },
+            result = &mut interrupted, if reading && can_interrupt => {
+                can_interrupt = false;
+                if result.is_ok() {
+                    failure.get_or_insert(anyhow::anyhow!("interrupted"));
+                    reading = false;
+                    super::exit_on_interrupt();
+                }
+            }
             else => break,
         }
     }

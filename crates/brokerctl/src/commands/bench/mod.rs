@@ -109,6 +109,12 @@ pub async fn run(broker: &Broker, args: BenchArgs) -> anyhow::Result<()> {
             }
             _ => {}
         }
+    } else {
+        eprintln!(
+            "bench: group {} of topic {topic_name} remains; on RabbitMQ and Pub/Sub it keeps \
+             every later message of the topic until it is removed with the broker's own tools",
+            args.group
+        );
     }
     result
 }
