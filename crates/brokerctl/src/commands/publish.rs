@@ -39,7 +39,16 @@ pub async fn run(broker: &Broker, args: PublishArgs) -> anyhow::Result<()> {
     let mut can_interrupt = true;
     loop {
         tokio::select! {
+            // Ctrl-C first: confirmations and lines may be ready at every turn.
             biased;
+            result = &mut interrupted, if reading && can_interrupt => {
+                can_interrupt = false;
+                if result.is_ok() {
+                    failure.get_or_insert(anyhow::anyhow!("interrupted"));
+                    reading = false;
+                    super::exit_on_interrupt();
+                }
+            }
             Some((number, id, result)) = pending.next() => {
                 match result {
                     Ok(receipt) => {
@@ -83,14 +92,6 @@ pub async fn run(broker: &Broker, args: PublishArgs) -> anyhow::Result<()> {
                 }
                 None => reading = false,
             },
-            result = &mut interrupted, if reading && can_interrupt => {
-                can_interrupt = false;
-                if result.is_ok() {
-                    failure.get_or_insert(anyhow::anyhow!("interrupted"));
-                    reading = false;
-                    super::exit_on_interrupt();
-                }
-            }
             else => break,
         }
     }
