@@ -158,9 +158,9 @@ fn escape_controls(text: &str) -> Cow<'_, str> {
 /// One consumed message for scripts: one JSON object (no line break).
 ///
 /// Fields: `topic`, `key`, `headers` (object), `message_id`, `content_type`, `publish_time`
-/// (RFC 3339, UTC; null when RFC 3339 cannot write it), `attempt`, `position` (object with `kind`), `size` (payload bytes),
-/// `payload` and `payload_encoding` (`utf8`, or `base64` when the payload is not UTF-8).
-/// Absent values are `null`.
+/// (RFC 3339, UTC; null when RFC 3339 cannot write it), `attempt`, `position` (object with
+/// `kind`), `size` (payload bytes), `payload` and `payload_encoding` (`utf8`, or `base64` when
+/// the payload is not UTF-8). Absent values are `null`.
 pub fn message_json(payload: &[u8], metadata: &Metadata) -> Value {
     let headers: Map<String, Value> = metadata
         .headers
