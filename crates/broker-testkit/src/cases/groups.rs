@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use broker_api::{Received, StartFrom};
+use broker_api::{Publisher, Received, StartFrom};
 
 use super::{connect, distinct_values, publish_texts, sorted, text_topic};
 use crate::support::{fresh_topic, fresh_topic_with, skip, Inbox};
@@ -145,21 +145,7 @@ pub async fn per_key_order(harness: &dyn Harness) {
     const KEYS: usize = 5;
     const EACH: usize = 40;
     let topic = text_topic(&fresh_topic_with(&broker, "order", &["g"], Some(3)).await);
-    let publisher = broker.publisher(&topic);
-    let mut confirmations = Vec::new();
-    for i in 0..EACH {
-        for k in 0..KEYS {
-            let message = publisher
-                .message(&format!("{k}:{i}"))
-                .expect("encode")
-                .with_key(format!("key-{k}"));
-            confirmations.push(publisher.send_message(message).await.expect("send"));
-        }
-    }
-    futures::future::try_join_all(confirmations)
-        .await
-        .expect("confirm");
-
+    publish_keyed(&broker.publisher(&topic), KEYS, EACH).await;
     let inbox = Inbox::new();
     let handler = {
         let inbox = inbox.clone();
@@ -167,8 +153,7 @@ pub async fn per_key_order(harness: &dyn Harness) {
             let inbox = inbox.clone();
             async move {
                 // Uneven handling times would reorder messages if keys were not serialized.
-                let delay = rand_delay(&message.value);
-                tokio::time::sleep(delay).await;
+                tokio::time::sleep(rand_delay(&message.value)).await;
                 inbox.push(message);
                 Ok(())
             }
@@ -186,8 +171,85 @@ pub async fn per_key_order(harness: &dyn Harness) {
             distinct_values(r).len() >= KEYS * EACH
         })
         .await;
+    assert_keys_in_order(&received, KEYS, EACH);
+    running.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+/// Two members of one group, each with concurrent handlers: messages with the same key are
+/// still handled in publish order across the group, wherever the broker sends each key.
+pub async fn per_key_order_across_members(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    if !broker.capabilities().per_key_order {
+        skip(
+            "per_key_order_across_members",
+            "the backend does not promise per-key order",
+        );
+        return;
+    }
+    const KEYS: usize = 6;
+    const EACH: usize = 30;
+    let topic = text_topic(&fresh_topic_with(&broker, "order2", &["g"], Some(4)).await);
+    let inbox = Inbox::new();
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let inbox = inbox.clone();
+        let handler = move |message: Received<String>| {
+            let inbox = inbox.clone();
+            async move {
+                tokio::time::sleep(rand_delay(&message.value)).await;
+                inbox.push(message);
+                Ok(())
+            }
+        };
+        let member = broker
+            .subscriber(&topic, "g")
+            .concurrency(4)
+            .max_in_flight(32)
+            .at_least_once(handler)
+            .await
+            .expect("subscribe a member");
+        members.push(member);
+    }
+    // Give a rebalancing broker time to assign both members before the messages flow.
+    tokio::time::sleep(harness.quiet_period()).await;
+    publish_keyed(&broker.publisher(&topic), KEYS, EACH).await;
+    let received = inbox
+        .wait_until("every keyed message", harness.patience(), |r| {
+            distinct_values(r).len() >= KEYS * EACH
+        })
+        .await;
+    assert_keys_in_order(&received, KEYS, EACH);
+    for member in members {
+        member.close().await.expect("close");
+    }
+    broker.close().await.expect("close broker");
+}
+
+/// Publishes `"<k>:<i>"` with key `key-<k>` for every `i < each` and `k < keys`, keys
+/// interleaved, and waits for every confirmation.
+async fn publish_keyed(publisher: &Publisher<String>, keys: usize, each: usize) {
+    let mut confirmations = Vec::new();
+    for i in 0..each {
+        for k in 0..keys {
+            let message = publisher
+                .message(&format!("{k}:{i}"))
+                .expect("encode")
+                .with_key(format!("key-{k}"));
+            confirmations.push(publisher.send_message(message).await.expect("send"));
+        }
+    }
+    futures::future::try_join_all(confirmations)
+        .await
+        .expect("confirm");
+}
+
+/// Checks, in handling order, that every key's messages (`"<k>:<i>"`, see [`publish_keyed`])
+/// were handled in publish order and all of them were. Redelivery may repeat a message, never
+/// go past one that was not handled yet.
+fn assert_keys_in_order(received: &[Received<String>], keys: usize, each: usize) {
     let mut per_key: HashMap<String, Vec<usize>> = HashMap::new();
-    for message in &received {
+    for message in received {
         let (key, seq) = message.value.split_once(':').expect("k:i");
         assert_eq!(
             message.metadata.key.as_deref(),
@@ -198,8 +260,8 @@ pub async fn per_key_order(harness: &dyn Harness) {
             .or_default()
             .push(seq.parse().expect("seq"));
     }
+    assert_eq!(per_key.len(), keys, "keys handled: {:?}", per_key.keys());
     for (key, seqs) in per_key {
-        // Redelivery may repeat a message, never go back past an unhandled one.
         let mut expected = 0;
         for seq in &seqs {
             assert!(
@@ -210,10 +272,8 @@ pub async fn per_key_order(harness: &dyn Harness) {
                 expected += 1;
             }
         }
-        assert_eq!(expected, EACH, "key {key} incomplete: {seqs:?}");
+        assert_eq!(expected, each, "key {key} incomplete: {seqs:?}");
     }
-    running.close().await.expect("close");
-    broker.close().await.expect("close broker");
 }
 
 fn rand_delay(value: &str) -> Duration {
@@ -223,7 +283,8 @@ fn rand_delay(value: &str) -> Duration {
     Duration::from_millis(spread % 4)
 }
 
-/// A group created after messages were published still reads them, from the earliest.
+/// A group created after messages were published still reads them: a new group starts from
+/// the earliest message by default.
 pub async fn new_group_starts_from_earliest(harness: &dyn Harness) {
     let broker = connect(harness).await;
     if !broker.capabilities().new_group_reads_history {
@@ -237,13 +298,23 @@ pub async fn new_group_starts_from_earliest(harness: &dyn Harness) {
     let topic = text_topic(&fresh_topic(&broker, "earliest", &[]).await);
     let sent = publish_texts(&broker.publisher(&topic), "old", 5).await;
     let inbox = Inbox::new();
+    // The default, and the same asked for by name.
     let running = broker
         .subscriber(&topic, "latecomer")
-        .start_from(StartFrom::Earliest)
         .at_least_once(inbox.handler())
         .await
         .expect("subscribe");
     let received = inbox.wait_for(5, harness.patience()).await;
+    assert_eq!(distinct_values(&received), sorted(sent.clone()));
+    running.close().await.expect("close");
+    let named = Inbox::new();
+    let running = broker
+        .subscriber(&topic, "named")
+        .start_from(StartFrom::Earliest)
+        .at_least_once(named.handler())
+        .await
+        .expect("subscribe");
+    let received = named.wait_for(5, harness.patience()).await;
     assert_eq!(distinct_values(&received), sorted(sent));
     running.close().await.expect("close");
     broker.close().await.expect("close broker");

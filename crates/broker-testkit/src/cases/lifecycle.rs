@@ -1,10 +1,12 @@
 //! Lifecycle: closing, cancelling and resubscribing lose nothing; closed handles refuse work;
 //! in-flight limits hold; a broker restart is survived.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use broker_api::{Capabilities, ErrorKind, Received, SubscribeRequest};
 use futures::StreamExt;
+use tokio::sync::Notify;
 
 use super::{connect, distinct_values, publish_texts, sorted, text_topic};
 use crate::support::{fresh_topic, next_within, skip, unique, Inbox};
@@ -64,6 +66,47 @@ pub async fn resubscribe_after_close_loses_nothing(harness: &dyn Harness) {
         received.len()
     );
     second.close().await.expect("close");
+    broker.close().await.expect("close broker");
+}
+
+/// A handler still running when its subscription's shutdown timeout runs out is abandoned,
+/// not acknowledged: closing returns, and the message comes again to the group's next
+/// subscriber.
+pub async fn abandoned_handler_is_redelivered(harness: &dyn Harness) {
+    let broker = connect(harness).await;
+    let topic = text_topic(&fresh_topic(&broker, "abandoned", &["g"]).await);
+    let sent = publish_texts(&broker.publisher(&topic), "stuck", 1).await;
+    let started = Arc::new(Notify::new());
+    let stuck = {
+        let started = started.clone();
+        move |_: Received<String>| {
+            started.notify_one();
+            futures::future::pending::<broker_api::HandlerResult>()
+        }
+    };
+    let running = broker
+        .subscriber(&topic, "g")
+        .shutdown_timeout(Duration::from_millis(500))
+        .at_least_once(stuck)
+        .await
+        .expect("subscribe");
+    tokio::time::timeout(harness.patience(), started.notified())
+        .await
+        .expect("the handler was called");
+    tokio::time::timeout(harness.patience(), running.close())
+        .await
+        .expect("closing gives up on the handler after the shutdown timeout")
+        .expect("close");
+
+    let handled = Inbox::new();
+    let running = broker
+        .subscriber(&topic, "g")
+        .at_least_once(handled.handler())
+        .await
+        .expect("subscribe again");
+    let received = handled.wait_for(1, harness.patience()).await;
+    assert_eq!(distinct_values(&received), sent);
+    running.close().await.expect("close");
     broker.close().await.expect("close broker");
 }
 

@@ -18,13 +18,13 @@ pub use flow::{
 };
 pub use groups::{
     declared_group_keeps_early_messages, every_group_gets_every_message, group_members_share_work,
-    new_group_starts_from_earliest, per_key_order, start_from_latest,
+    new_group_starts_from_earliest, per_key_order, per_key_order_across_members, start_from_latest,
 };
 pub use lifecycle::{
-    at_most_once_does_not_redeliver, bounded_in_flight, broker_restart_loses_nothing,
-    cancel_and_resubscribe, capabilities_are, close_flushes_sent_messages,
-    concurrent_close_does_not_deadlock, delete_topic_removes_it, publish_after_close_fails,
-    resubscribe_after_close_loses_nothing,
+    abandoned_handler_is_redelivered, at_most_once_does_not_redeliver, bounded_in_flight,
+    broker_restart_loses_nothing, cancel_and_resubscribe, capabilities_are,
+    close_flushes_sent_messages, concurrent_close_does_not_deadlock, delete_topic_removes_it,
+    publish_after_close_fails, resubscribe_after_close_loses_nothing,
 };
 
 use broker_api::{Broker, Publisher, Topic};
