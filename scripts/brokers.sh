@@ -14,7 +14,8 @@
 #                                                               RabbitMQ's CLI against our node
 #
 # The broker defaults to all. Endpoints:
-#   kafka     127.0.0.1:9092 (Apache Kafka from Maven Central, KRaft broker+controller, 9093 controller)
+#   kafka     127.0.0.1:9092 (Apache Kafka from Maven Central, KRaft broker+controller, 9093 controller;
+#             127.0.0.1:9094 the same with a SASL/PLAIN login, user broker-rs, password broker-rs-secret)
 #   rabbitmq  amqp://guest:guest@127.0.0.1:5672/%2f (Debian's rabbitmq-server; management 127.0.0.1:15672)
 #   pubsub    http://127.0.0.1:8085 (Google's Pub/Sub emulator, project ids are free-form)
 #
@@ -37,6 +38,8 @@ KAFKA_DIR=$DATA_DIR/kafka
 KAFKA_LIBS=$CACHE_DIR/kafka-$KAFKA_VERSION/libs
 KAFKA_PID=$KAFKA_DIR/kafka.pid
 KAFKA_LOG=$KAFKA_DIR/server.log
+KAFKA_SASL_USER=broker-rs
+KAFKA_SASL_PASSWORD=broker-rs-secret
 
 RMQ_DIR=$DATA_DIR/rabbitmq
 RMQ_NODE=rabbit@localhost
@@ -227,11 +230,14 @@ kafka_write_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:9093
-listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093
-advertised.listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093
+listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093,SASL_PLAINTEXT://127.0.0.1:9094
+advertised.listeners=PLAINTEXT://127.0.0.1:9092,CONTROLLER://127.0.0.1:9093,SASL_PLAINTEXT://127.0.0.1:9094
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+# 9094 asks for a SASL/PLAIN login, so that tests can check what wrong credentials do.
+sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER="$KAFKA_SASL_PASSWORD";
 log.dirs=$KAFKA_DIR/data
 num.partitions=1
 auto.create.topics.enable=false
@@ -260,7 +266,7 @@ kafka_start() {
     return 0
   fi
   kafka_stop_quiet # a JVM that runs but does not answer, a stale pid file
-  port_free kafka 9092 9093
+  port_free kafka 9092 9093 9094
   ensure_java
   kafka_fetch
   mkdir -p "$KAFKA_DIR/data"
@@ -330,7 +336,11 @@ kafka_status() {
   if kafka_up; then echo "kafka: up (pid $(cat "$KAFKA_PID"), 127.0.0.1:9092)"; else echo "kafka: down"; return 1; fi
 }
 
-kafka_env() { kafka_up && echo "export BROKER_TEST_KAFKA=127.0.0.1:9092"; }
+kafka_env() {
+  kafka_up || return 1
+  echo "export BROKER_TEST_KAFKA=127.0.0.1:9092"
+  echo "export BROKER_TEST_KAFKA_SASL=sasl_plaintext://$KAFKA_SASL_USER:$KAFKA_SASL_PASSWORD@127.0.0.1:9094"
+}
 
 kafka_run() {
   [[ $# -ge 1 ]] || die "usage: brokers.sh kafka-run MAIN_CLASS [ARG]..."

@@ -543,3 +543,83 @@ async fn capabilities_are_the_documented_ones() {
     )
     .await;
 }
+
+/// Kafka's SASL/PLAIN listener, from `BROKER_TEST_KAFKA_SASL`
+/// (`sasl_plaintext://<user>:<password>@<host>:<port>`, as `scripts/brokers.sh env` gives
+/// it): the right login publishes and consumes; a wrong password fails `connect` with an
+/// error that says authentication failed, names the endpoint and does not echo the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_credentials_fail_connect_clearly() {
+    let Some(live) = live::Endpoint::shared("BROKER_TEST_KAFKA_SASL").await else {
+        return;
+    };
+    run_case("wrong_credentials_fail_connect_clearly", async {
+        let (user, password, address) = sasl_endpoint(&live.address);
+        let login = |password: &str| KafkaConfig {
+            bootstrap_servers: address.to_owned(),
+            connect_timeout: Duration::from_secs(5),
+            properties: [
+                ("security.protocol", "sasl_plaintext"),
+                ("sasl.mechanisms", "PLAIN"),
+                ("sasl.username", user),
+                ("sasl.password", password),
+            ]
+            .into_iter()
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect(),
+            ..KafkaConfig::default()
+        };
+
+        let err = KafkaBackend::connect(login("not-the-password"), ConnectOptions::default())
+            .await
+            .expect_err("a wrong password");
+        let text = err.to_string();
+        assert_eq!(err.kind(), ErrorKind::Rejected, "{text}");
+        assert!(!err.is_temporary(), "{text}");
+        assert!(text.contains("SASL authentication"), "{text}");
+        assert!(text.contains(address), "{text}");
+        assert!(
+            !text.contains("not-the-password"),
+            "password leaked: {text}"
+        );
+
+        let broker = Broker::new(
+            KafkaBackend::connect(login(password), ConnectOptions::default())
+                .await
+                .expect("the right password connects"),
+        );
+        let topic = broker_api::Topic::<String>::text(unique("sasl"));
+        broker
+            .ensure_topic(&TopicSpec::new(topic.name()).group("g"))
+            .await
+            .expect("create the topic");
+        broker
+            .publisher(&topic)
+            .publish(&"over SASL".to_owned())
+            .await
+            .expect("publish");
+        let mut stream = broker
+            .subscriber(&topic, "g")
+            .at_most_once()
+            .await
+            .expect("subscribe");
+        let received =
+            broker_testkit::support::next_within(&mut stream, Duration::from_secs(60)).await;
+        assert_eq!(received.value, "over SASL");
+        broker.close().await.expect("close");
+    })
+    .await;
+}
+
+/// `(user, password, host:port)` of a `sasl_plaintext://<user>:<password>@<host>:<port>`.
+fn sasl_endpoint(url: &str) -> (&str, &str, &str) {
+    url.strip_prefix("sasl_plaintext://")
+        .and_then(|rest| rest.split_once('@'))
+        .and_then(|(login, address)| {
+            let (user, password) = login.split_once(':')?;
+            Some((user, password, address))
+        })
+        .unwrap_or_else(|| {
+            panic!("BROKER_TEST_KAFKA_SASL is not sasl_plaintext://user:password@host:port: {url}")
+        })
+}

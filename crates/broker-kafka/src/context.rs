@@ -23,6 +23,11 @@ pub(crate) struct LastError {
 /// debug level and counted (librdkafka reports "all brokers down" on every reconnect attempt).
 const REPEAT_WARNING_EVERY: Duration = Duration::from_secs(10);
 
+/// How long an error stays the last one against the "all brokers down" that follows it:
+/// longer than librdkafka's longest reconnect backoff (10 s by default), so that a refused
+/// login that repeats on every attempt stays what the last error says.
+const CAUSE_KEPT_FOR: Duration = Duration::from_secs(30);
+
 /// Logs and errors of one client (producer, admin client or one consumer).
 #[derive(Debug, Clone)]
 pub(crate) struct ClientLog {
@@ -106,18 +111,28 @@ impl ClientLog {
         } else {
             tracing::debug!(target: "librdkafka", role = self.role, %error, reason, "client error, repeated");
         }
-        *self
+        let code = error.rdkafka_error_code();
+        let mut last = self
             .last_error
             .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(LastError {
-            code: error.rdkafka_error_code(),
-            text: if reason.is_empty() {
-                error.to_string()
-            } else {
-                reason.to_owned()
-            },
-            at: Instant::now(),
-        });
+            .unwrap_or_else(PoisonError::into_inner);
+        // "All brokers down" follows every failed connection: it must not hide why they failed
+        // (a refused login, a TLS error), which the caller needs to hear about.
+        let keeps_cause = code == Some(RDKafkaErrorCode::AllBrokersDown)
+            && last
+                .as_ref()
+                .is_some_and(|cause| cause.code != code && cause.at.elapsed() < CAUSE_KEPT_FOR);
+        if !keeps_cause {
+            *last = Some(LastError {
+                code,
+                text: if reason.is_empty() {
+                    error.to_string()
+                } else {
+                    reason.to_owned()
+                },
+                at: Instant::now(),
+            });
+        }
     }
 }
 
@@ -175,6 +190,35 @@ mod tests {
         assert_eq!(log.should_warn(refused), Some(0));
         assert_eq!(log.should_warn(down), None);
         assert_eq!(log.should_warn(refused), None);
+    }
+
+    #[test]
+    fn all_brokers_down_does_not_hide_why_they_are() {
+        let log = ClientLog::new("test");
+        let refused = KafkaError::Global(RDKafkaErrorCode::Authentication);
+        log.error(
+            &refused,
+            "SASL authentication error: Invalid username or password",
+        );
+        log.error(
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        let last = log.last_error().expect("an error");
+        assert_eq!(last.code, Some(RDKafkaErrorCode::Authentication));
+        assert!(
+            last.text.contains("Invalid username or password"),
+            "{}",
+            last.text
+        );
+
+        let down = ClientLog::new("test");
+        down.error(
+            &KafkaError::Global(RDKafkaErrorCode::AllBrokersDown),
+            "1/1 brokers are down",
+        );
+        let last = down.last_error().expect("an error");
+        assert_eq!(last.code, Some(RDKafkaErrorCode::AllBrokersDown));
     }
 
     #[test]
