@@ -166,7 +166,20 @@ async fn measure(broker: &Broker, args: &BenchArgs, topic_name: &str) -> anyhow:
     let progress = Progress::start(counters.clone(), args.messages);
     let publish_started = Instant::now();
     let publisher = broker.publisher(&topic);
-    let published = publish_all(publisher, args, &run, started, counters.clone()).await;
+    // The timeout bounds the whole run: publishing too, which a stalled broker can hold up.
+    let published = tokio::time::timeout(
+        args.timeout,
+        publish_all(publisher, args, &run, started, counters.clone()),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(anyhow::anyhow!(
+            "timed out after {}: {} of {} messages published",
+            humantime::format_duration(args.timeout),
+            counters.published.load(Ordering::Acquire),
+            args.messages
+        ))
+    });
     let publish_elapsed = publish_started.elapsed();
     let arrived = match &published {
         Ok(()) => tokio::time::timeout(

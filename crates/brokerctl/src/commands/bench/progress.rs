@@ -18,7 +18,8 @@ pub struct Counters {
     pub consumed: AtomicU64,
 }
 
-/// Shows the counters until stopped.
+/// Shows the counters until stopped or dropped (a run interrupted by Ctrl-C stops drawing
+/// while it cleans up).
 pub struct Progress {
     stop: CancellationToken,
     task: JoinHandle<()>,
@@ -37,9 +38,15 @@ impl Progress {
     }
 
     /// Stops showing progress (and clears the bars).
-    pub async fn finish(self) {
+    pub async fn finish(mut self) {
         self.stop.cancel();
-        let _ = self.task.await;
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        self.stop.cancel();
     }
 }
 
