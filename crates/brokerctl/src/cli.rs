@@ -156,7 +156,7 @@ pub struct BenchArgs {
     /// Handler calls at once in the consumer (default: `subscriber.concurrency`).
     #[arg(long, value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub concurrency: Option<usize>,
-    /// Give up when not every message arrived after this long.
+    /// Give up when not every message was published and arrived after this long.
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     pub timeout: Duration,
 }
