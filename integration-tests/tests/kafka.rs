@@ -32,10 +32,7 @@ impl Harness for Kafka {
     }
 
     async fn restart(&self) -> Result<(), NoRestart> {
-        live::brokers_script("restart", "kafka")
-            .await
-            .map(drop)
-            .map_err(NoRestart::Failed)
+        live::restart_managed("kafka", ENDPOINT_VAR, &self.live.address).await
     }
 
     fn patience(&self) -> Duration {

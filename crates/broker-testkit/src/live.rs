@@ -3,6 +3,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use crate::NoRestart;
+
 /// The variable that turns a missing live broker into a failure instead of a skip.
 pub const REQUIRE_LIVE: &str = "BROKER_REQUIRE_LIVE";
 
@@ -62,6 +64,31 @@ pub async fn brokers_script(action: &str, broker: &str) -> Result<String, String
             script.display()
         ))
     }
+}
+
+/// Restarts `broker` (`kafka`, `rabbitmq`, `pubsub`) with `scripts/brokers.sh restart`, for
+/// the restart case, when the endpoint under test (`address`, from `var`) is the one that
+/// script runs. Restarting it while the tests use another broker (Docker's, say) would not
+/// restart the broker under test: that fails, saying so.
+pub async fn restart_managed(broker: &str, var: &str, address: &str) -> Result<(), NoRestart> {
+    let exports = brokers_script("env", broker)
+        .await
+        .map_err(NoRestart::Failed)?;
+    let managed = exports
+        .lines()
+        .filter_map(|line| line.strip_prefix("export ")?.split_once('='))
+        .find_map(|(name, value)| (name == var).then_some(value));
+    if managed != Some(address) {
+        return Err(NoRestart::Failed(format!(
+            "{var}={address} is not the {broker} that scripts/brokers.sh runs ({}): the restart \
+             case needs a broker it can restart",
+            managed.unwrap_or("it runs none")
+        )));
+    }
+    brokers_script("restart", broker)
+        .await
+        .map(drop)
+        .map_err(NoRestart::Failed)
 }
 
 /// Cases that share the live broker hold a read turn; a case that disturbs it (restarts it,

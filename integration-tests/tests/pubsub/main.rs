@@ -40,10 +40,7 @@ impl Harness for PubSub {
     }
 
     async fn restart(&self) -> Result<(), NoRestart> {
-        live::brokers_script("restart", "pubsub")
-            .await
-            .map(drop)
-            .map_err(NoRestart::Failed)
+        live::restart_managed("pubsub", ENDPOINT_VAR, &self.live.address).await
     }
 
     fn patience(&self) -> Duration {

@@ -37,10 +37,7 @@ impl Harness for RabbitMq {
     }
 
     async fn restart(&self) -> Result<(), NoRestart> {
-        live::brokers_script("restart", "rabbitmq")
-            .await
-            .map(drop)
-            .map_err(NoRestart::Failed)
+        live::restart_managed("rabbitmq", ENDPOINT_VAR, &self.live.address).await
     }
 
     fn patience(&self) -> Duration {
