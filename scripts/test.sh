@@ -74,6 +74,8 @@ fi
 
 step "build tests" cargo test --locked --workspace --all-features --no-run
 step "unit, memory and mock tests" cargo test --locked --workspace --all-features --exclude integration-tests
+# The facade with its default features: what a kind that is not compiled in says.
+step "facade without backend features" cargo test --locked -p broker --test config_errors
 
 if [ "$live" -eq 1 ]; then
   ran=()
