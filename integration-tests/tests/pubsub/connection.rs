@@ -73,3 +73,62 @@ async fn first_sends_waiting_for_a_failed_provisioning_share_its_failure() {
     })
     .await;
 }
+
+/// A publish to a topic that exists, sent while the service stops answering (connections
+/// open, nothing comes back), fails within its `publish_timeout` (twice it at most, see
+/// `PubSubConfig::publish_timeout`) instead of waiting for ever; closing then returns too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_the_service_does_not_answer_fails_in_time() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("a_publish_the_service_does_not_answer", async {
+        const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
+        let upstream = harness.live.address.trim_start_matches("http://");
+        let proxy = StallingProxy::start(upstream).await.expect("proxy");
+        let config = PubSubConfig {
+            publish_timeout: PUBLISH_TIMEOUT,
+            ..config(&format!("http://{}", proxy.address()))
+        };
+        let backend = PubSubBackend::connect(config, ConnectOptions::default())
+            .await
+            .expect("connect through the proxy");
+        let topic = unique("unanswered");
+        backend
+            .send(&topic, Message::new("before"))
+            .await
+            .expect("send")
+            .await
+            .expect("published while the service answers");
+
+        proxy.stall();
+        let started = Instant::now();
+        let confirmation = backend
+            .send(&topic, Message::new("during"))
+            .await
+            .expect("the topic is known: the send is queued");
+        let answer =
+            tokio::time::timeout(PUBLISH_TIMEOUT * 2 + Duration::from_secs(10), confirmation)
+                .await
+                .expect("the confirmation answers within the publish timeout");
+        let error = answer.expect_err("the service never answered");
+        assert!(
+            matches!(error.kind(), ErrorKind::Timeout | ErrorKind::Connection),
+            "{error}"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= PUBLISH_TIMEOUT,
+            "failed after {waited:?}, before the timeout"
+        );
+        tokio::time::timeout(
+            PUBLISH_TIMEOUT * 2 + Duration::from_secs(10),
+            backend.close(),
+        )
+        .await
+        .expect("close returns")
+        .expect("close");
+        drop(proxy);
+    })
+    .await;
+}
