@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use broker_api::{Publisher, Received, StartFrom};
+use broker_api::{HandlerResult, Publisher, Received, StartFrom};
 
 use super::{connect, distinct_values, publish_texts, sorted, text_topic};
 use crate::support::{fresh_topic, fresh_topic_with, skip, Inbox};
@@ -134,96 +134,70 @@ pub async fn group_members_share_work(harness: &dyn Harness) {
 
 /// Messages with the same key are handled in publish order, even with concurrent handlers.
 pub async fn per_key_order(harness: &dyn Harness) {
-    let broker = connect(harness).await;
-    if !broker.capabilities().per_key_order {
-        skip(
-            "per_key_order",
-            "the backend does not promise per-key order",
-        );
-        return;
-    }
-    const KEYS: usize = 5;
-    const EACH: usize = 40;
-    let topic = text_topic(&fresh_topic_with(&broker, "order", &["g"], Some(3)).await);
-    publish_keyed(&broker.publisher(&topic), KEYS, EACH).await;
-    let inbox = Inbox::new();
-    let handler = {
-        let inbox = inbox.clone();
-        move |message: Received<String>| {
-            let inbox = inbox.clone();
-            async move {
-                // Uneven handling times would reorder messages if keys were not serialized.
-                tokio::time::sleep(rand_delay(&message.value)).await;
-                inbox.push(message);
-                Ok(())
-            }
-        }
-    };
-    let running = broker
-        .subscriber(&topic, "g")
-        .concurrency(4)
-        .max_in_flight(64)
-        .at_least_once(handler)
-        .await
-        .expect("subscribe");
-    let received = inbox
-        .wait_until("every keyed message", harness.patience(), |r| {
-            distinct_values(r).len() >= KEYS * EACH
-        })
-        .await;
-    assert_keys_in_order(&received, KEYS, EACH);
-    running.close().await.expect("close");
-    broker.close().await.expect("close broker");
+    keys_in_order(harness, "per_key_order", 1).await;
 }
 
 /// Two members of one group, each with concurrent handlers: messages with the same key are
 /// still handled in publish order across the group, wherever the broker sends each key.
 pub async fn per_key_order_across_members(harness: &dyn Harness) {
-    let broker = connect(harness).await;
-    if !broker.capabilities().per_key_order {
-        skip(
-            "per_key_order_across_members",
-            "the backend does not promise per-key order",
-        );
-        return;
-    }
+    keys_in_order(harness, "per_key_order_across_members", 2).await;
+}
+
+/// Keyed messages handled by a group of `members` members, each running four handlers at once
+/// with uneven handling times: every key's messages are handled in publish order.
+async fn keys_in_order(harness: &dyn Harness, case: &str, members: usize) {
     const KEYS: usize = 6;
     const EACH: usize = 30;
-    let topic = text_topic(&fresh_topic_with(&broker, "order2", &["g"], Some(4)).await);
+    let broker = connect(harness).await;
+    if !broker.capabilities().per_key_order {
+        skip(case, "the backend does not promise per-key order");
+        return;
+    }
+    let topic = text_topic(&fresh_topic_with(&broker, "order", &["g"], Some(4)).await);
+    let publisher = broker.publisher(&topic);
+    // One member reads a backlog. Several subscribe first, so that a rebalancing broker has
+    // assigned each of them before the messages flow.
+    if members == 1 {
+        publish_keyed(&publisher, KEYS, EACH).await;
+    }
     let inbox = Inbox::new();
-    let mut members = Vec::new();
-    for _ in 0..2 {
+    let mut running = Vec::new();
+    for _ in 0..members {
         let inbox = inbox.clone();
-        let handler = move |message: Received<String>| {
-            let inbox = inbox.clone();
-            async move {
-                tokio::time::sleep(rand_delay(&message.value)).await;
-                inbox.push(message);
-                Ok(())
-            }
-        };
         let member = broker
             .subscriber(&topic, "g")
             .concurrency(4)
             .max_in_flight(32)
-            .at_least_once(handler)
+            .at_least_once(move |message| record_after_uneven_delay(inbox.clone(), message))
             .await
-            .expect("subscribe a member");
-        members.push(member);
+            .expect("subscribe");
+        running.push(member);
     }
-    // Give a rebalancing broker time to assign both members before the messages flow.
-    tokio::time::sleep(harness.quiet_period()).await;
-    publish_keyed(&broker.publisher(&topic), KEYS, EACH).await;
+    if members > 1 {
+        tokio::time::sleep(harness.quiet_period()).await;
+        publish_keyed(&publisher, KEYS, EACH).await;
+    }
     let received = inbox
         .wait_until("every keyed message", harness.patience(), |r| {
             distinct_values(r).len() >= KEYS * EACH
         })
         .await;
     assert_keys_in_order(&received, KEYS, EACH);
-    for member in members {
+    for member in running {
         member.close().await.expect("close");
     }
     broker.close().await.expect("close broker");
+}
+
+/// Records `message` after a delay that depends on its value: uneven handling times would
+/// reorder messages if keys were not serialized.
+async fn record_after_uneven_delay(
+    inbox: Inbox<String>,
+    message: Received<String>,
+) -> HandlerResult {
+    tokio::time::sleep(rand_delay(&message.value)).await;
+    inbox.push(message);
+    Ok(())
 }
 
 /// Publishes `"<k>:<i>"` with key `key-<k>` for every `i < each` and `k < keys`, keys
