@@ -66,6 +66,16 @@ pub struct PubSubConfig {
     /// A publish batch is sent at the latest this long after its first message. Default 10 ms.
     #[serde(with = "humantime_serde")]
     pub batch_max_delay: Duration,
+    /// Most messages sent and not answered by the service yet, over all topics: `send` waits
+    /// for room beyond it (the client has no publisher flow control of its own). A failed
+    /// message keeps its room while it is published again. Default 100 000, librdkafka's
+    /// default queue bound.
+    #[serde(deserialize_with = "broker_api::settings::number")]
+    pub max_pending_messages: u32,
+    /// Most bytes of messages (data, key and attributes) sent and not answered yet, over all
+    /// topics; a message larger than this waits until it is the only one. Default 100 MiB.
+    #[serde(deserialize_with = "broker_api::settings::number")]
+    pub max_pending_bytes: u32,
     /// Flow control of each subscription in bytes: the service sends no more while this many
     /// bytes are delivered and not settled. The message limit is the subscriber's
     /// `max_in_flight`. Default 100 MiB.
@@ -103,6 +113,8 @@ impl Default for PubSubConfig {
             batch_max_messages: 100,
             batch_max_bytes: 1_000_000,
             batch_max_delay: Duration::from_millis(10),
+            max_pending_messages: 100_000,
+            max_pending_bytes: 100 * 1024 * 1024,
             max_outstanding_bytes: 100 * 1024 * 1024,
             ack_deadline: Duration::from_secs(60),
             max_lease: Duration::from_secs(3600),
@@ -126,6 +138,8 @@ impl fmt::Debug for PubSubConfig {
             .field("batch_max_messages", &self.batch_max_messages)
             .field("batch_max_bytes", &self.batch_max_bytes)
             .field("batch_max_delay", &self.batch_max_delay)
+            .field("max_pending_messages", &self.max_pending_messages)
+            .field("max_pending_bytes", &self.max_pending_bytes)
             .field("max_outstanding_bytes", &self.max_outstanding_bytes)
             .field("ack_deadline", &self.ack_deadline)
             .field("max_lease", &self.max_lease)
@@ -207,6 +221,16 @@ impl PubSubConfig {
             10_000_000,
             "bytes",
         )?;
+        for (key, value, unit) in [
+            (
+                "max_pending_messages",
+                self.max_pending_messages,
+                "messages",
+            ),
+            ("max_pending_bytes", self.max_pending_bytes, "bytes"),
+        ] {
+            check_range(key, value, 1, u32::MAX, unit)?;
+        }
         if self.max_outstanding_bytes < 1 {
             return Err(Error::config(format!(
                 "pubsub.max_outstanding_bytes = {}: expected a number of bytes of at least 1",
@@ -297,6 +321,8 @@ mod tests {
         assert_eq!(config.batch_max_messages, 100);
         assert_eq!(config.batch_max_bytes, 1_000_000);
         assert_eq!(config.batch_max_delay, Duration::from_millis(10));
+        assert_eq!(config.max_pending_messages, 100_000);
+        assert_eq!(config.max_pending_bytes, 100 * 1024 * 1024);
         assert_eq!(config.max_outstanding_bytes, 100 * 1024 * 1024);
         assert_eq!(config.ack_deadline, Duration::from_secs(60));
         config.validate().unwrap();
@@ -315,6 +341,8 @@ mod tests {
             batch_max_messages = 500
             batch_max_bytes = 2000000
             batch_max_delay = "5ms"
+            max_pending_messages = 500
+            max_pending_bytes = 1000000
             max_outstanding_bytes = 1048576
             ack_deadline = "30s"
             max_lease = "10m"
@@ -328,6 +356,8 @@ mod tests {
         assert_eq!(config.publish_timeout, Duration::from_secs(60));
         assert_eq!(config.batch_max_messages, 500);
         assert_eq!(config.batch_max_delay, Duration::from_millis(5));
+        assert_eq!(config.max_pending_messages, 500);
+        assert_eq!(config.max_pending_bytes, 1_000_000);
         assert_eq!(config.max_lease, Duration::from_secs(600));
     }
 
@@ -344,7 +374,9 @@ mod tests {
 
     #[test]
     fn invalid_values_name_the_key() {
-        let cases: [(&str, &str); 8] = [
+        let cases: [(&str, &str); 10] = [
+            ("max_pending_messages = 0", "pubsub.max_pending_messages"),
+            ("max_pending_bytes = 0", "pubsub.max_pending_bytes"),
             ("endpoint = \"127.0.0.1:8085\"", "pubsub.endpoint"),
             ("project = \"a/b\"", "pubsub.project"),
             ("batch_max_messages = 0", "pubsub.batch_max_messages"),

@@ -45,9 +45,10 @@
 //! of 256 bytes not starting with `goog`, values of 1024 bytes, keys of 1024 bytes), which the
 //! service would refuse together with every message batched with it. When a message with an
 //! ordering key fails, the error is reported to that publish and the key is resumed, so
-//! later messages with that key are sent: the confirmation does that as it is awaited, so a
-//! caller that drops its confirmations unawaited leaves the key paused (the client refuses its later messages) until one of that
-//! key is awaited. The client retries temporary failures within `publish_timeout`; a topic
+//! later messages with that key are sent, whether or not the confirmations are awaited. At
+//! most `max_pending_messages` messages (`max_pending_bytes` bytes) are sent and not answered
+//! at a time, over all topics: beyond that `send` waits (the client itself would queue
+//! without bound). The client retries temporary failures within `publish_timeout`; a topic
 //! the service lost (the emulator restarted) is re-created, with the subscriptions this
 //! backend knows, and the message published again. While a key recovers from a failure, its
 //! messages published meanwhile may be re-sent in a different order.
@@ -154,7 +155,7 @@ pub use publisher::{MAX_MESSAGE_BYTES, MAX_PAYLOAD_BYTES};
 use admin::Admin;
 use credentials::credentials;
 use error::{builder_error, closed, BACKEND};
-use publisher::{Batching, Publishers};
+use publisher::{Batching, PendingLimit, Publishers};
 use subscriber::{EmulatorClients, LeaseSettings, Subscriptions};
 
 /// The Pub/Sub backend: publishers, subscriptions and topic administration over one set of
@@ -261,7 +262,7 @@ impl PubSubBackend {
                 .source(e),
             });
         }
-        let publishers = Arc::new(Publishers::new(
+        let publishers = Publishers::start(
             base_publisher,
             Arc::clone(&admin),
             Batching {
@@ -270,7 +271,8 @@ impl PubSubBackend {
                 max_delay: config.batch_max_delay,
             },
             config.publish_timeout,
-        ));
+            PendingLimit::new(config.max_pending_messages, config.max_pending_bytes),
+        );
         tracing::debug!(%endpoint, project = %config.project, "connected to Pub/Sub");
         Ok(PubSubBackend {
             inner: Arc::new(Inner {

@@ -132,3 +132,78 @@ async fn a_publish_the_service_does_not_answer_fails_in_time() {
     })
     .await;
 }
+
+/// `send` waits while `max_pending_messages` messages are unanswered (the service stalled),
+/// also when their confirmations were dropped, and goes on once the service answers again,
+/// without the confirmations being awaited: what a producer hands the client stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sends_wait_while_max_pending_messages_are_unanswered() {
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case("sends_wait_for_pending_room", async {
+        let upstream = harness.live.address.trim_start_matches("http://");
+        let proxy = StallingProxy::start(upstream).await.expect("proxy");
+        let config = PubSubConfig {
+            max_pending_messages: 3,
+            ..config(&format!("http://{}", proxy.address()))
+        };
+        let backend = PubSubBackend::connect(config, ConnectOptions::default())
+            .await
+            .expect("connect through the proxy");
+        let topic = unique("pending-room");
+        backend
+            .send(&topic, Message::new("before"))
+            .await
+            .expect("send")
+            .await
+            .expect("published while the service answers");
+
+        proxy.stall();
+        let mut confirmations = Vec::new();
+        for n in 0..3 {
+            let send = backend.send(&topic, Message::new(format!("stalled {n}")));
+            let confirmation = tokio::time::timeout(Duration::from_secs(5), send)
+                .await
+                .expect("room for three messages")
+                .expect("send");
+            confirmations.push(confirmation);
+        }
+        // A dropped confirmation keeps its message's room until the service answers.
+        drop(confirmations.pop());
+        let fourth = backend.send(&topic, Message::new("fourth"));
+        tokio::pin!(fourth);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(500), &mut fourth)
+                .await
+                .is_err(),
+            "the fourth send went through while three messages were unanswered"
+        );
+
+        proxy.resume();
+        let fourth = tokio::time::timeout(Duration::from_secs(20), fourth)
+            .await
+            .expect("room once the service answers")
+            .expect("send");
+        confirmations.push(fourth);
+        // Room comes back as the service answers, awaited or not: many more sends than
+        // the limit go through before any confirmation is awaited.
+        for n in 0..30 {
+            let send = backend.send(&topic, Message::new(format!("after {n}")));
+            let confirmation = tokio::time::timeout(Duration::from_secs(20), send)
+                .await
+                .expect("room comes back without awaiting the confirmations")
+                .expect("send");
+            confirmations.push(confirmation);
+        }
+        for confirmation in confirmations {
+            tokio::time::timeout(Duration::from_secs(20), confirmation)
+                .await
+                .expect("answered")
+                .expect("published");
+        }
+        backend.close().await.expect("close");
+        drop(proxy);
+    })
+    .await;
+}

@@ -1,7 +1,12 @@
 //! [`TopicClient`]: the client publisher of one topic, replaced once it served many ordering
 //! keys.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
+use std::task::{ready, Context, Poll};
+
+use google_cloud_pubsub::error::PublishError;
 
 use google_cloud_pubsub::client::Publisher;
 use google_cloud_pubsub::model::Message as PubsubMessage;
@@ -56,10 +61,29 @@ impl HeldBack {
 }
 
 /// A message handed to a client: its answer, or, held back while a replaced client finishes,
-/// the answer to come.
+/// the answer to come. Awaited, it yields the client's answer.
 pub(super) enum Published {
     Now(PublishFuture),
     Held(oneshot::Receiver<PublishFuture>),
+}
+
+impl Future for Published {
+    type Output = Result<String, PublishError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            match &mut *self {
+                Published::Now(answer) => return Pin::new(answer).poll(cx),
+                Published::Held(handed) => match ready!(Pin::new(handed).poll(cx)) {
+                    Ok(answer) => *self = Published::Now(answer),
+                    // Not expected: every held message is handed over, also when the task
+                    // flushing the replaced client is dropped unfinished. The client answers
+                    // the same when its own task is gone.
+                    Err(_) => return Poll::Ready(Err(PublishError::Shutdown)),
+                },
+            }
+        }
+    }
 }
 
 impl TopicClient {

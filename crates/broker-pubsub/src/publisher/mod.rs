@@ -1,22 +1,28 @@
 //! Publishing through the client's batching publisher, one per topic, many messages in flight.
 //!
-//! `send` hands the message to the topic's publisher and returns the publish-response future
-//! as the confirmation: nothing is awaited per message. The first message to a topic first
-//! makes sure the topic exists (created with auto-provisioning, looked up without), once.
+//! `send` hands the message to the topic's publisher and returns its confirmation, which
+//! [`answers`] fills when the service answered: nothing is awaited per message while the
+//! [`PendingLimit`] has room (`send` waits for room when it has none). The first message to a
+//! topic first makes sure the topic exists (created with auto-provisioning, looked up
+//! without), once.
 //!
-//! A confirmation that fails is retried, for up to another `publish_timeout` from its first
-//! failure, when retrying can help: the client retries unreachable-service errors within its
+//! A message that fails is published again, for up to another `publish_timeout` from its
+//! first failure, when retrying can help: the client retries unreachable-service errors within its
 //! own `publish_timeout` (they fail the confirmation when it runs out, not retried again here);
 //! a topic that vanished (the emulator restarted) is re-created with the subscriptions this
 //! backend knows, then the message is published again; a message held back because an earlier
-//! one of its ordering key failed is published again once the key is resumed. A failed
-//! confirmation that is awaited resumes its ordering key, so later messages with that key are
-//! not refused forever; one dropped unawaited leaves the key paused (see the crate docs).
+//! one of its ordering key failed is published again once the key is resumed. Every failure
+//! resumes its ordering key, so later messages with that key are not refused forever, whether
+//! or not anyone awaits the confirmations.
 //!
 //! A topic's client publisher is replaced once it served many ordering keys (see
 //! [`client`]): the client keeps a task per key for as long as it lives.
 
+mod answers;
 mod client;
+mod pending;
+
+pub(crate) use self::pending::PendingLimit;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -28,7 +34,9 @@ use broker_api::{
 };
 use google_cloud_pubsub::client::BasePublisher;
 
-use self::client::{Published, TopicClient};
+use self::answers::Answers;
+use self::client::TopicClient;
+use self::pending::Room;
 use google_cloud_pubsub::error::PublishError;
 use rustc_hash::FxHashMap;
 use tokio::sync::Mutex;
@@ -66,14 +74,19 @@ pub(crate) struct Publishers {
     admin: Arc<Admin>,
     batching: Batching,
     publish_timeout: Duration,
+    /// Messages with the clients and not answered yet.
+    pending: PendingLimit,
+    /// Fills the confirmations as the clients answer.
+    answers: Answers,
     /// Looked up on every publish (FxHash: cheap on short names, which are not untrusted input).
     /// A message is handed to its client under the read lock, after `closed` was checked:
     /// closing sets `closed`, then drains the map under the write lock, so that each message is
     /// either refused or with its client before closing flushes the clients.
     topics: RwLock<FxHashMap<Arc<str>, Arc<TopicPublisher>>>,
     closed: AtomicBool,
-    /// The confirmations publishing a failed message again, the replaced clients finishing
-    /// what they hold, and the clients of deleted topics flushing: closing waits for them too.
+    /// The messages not confirmed yet (also while published again after a failure), the
+    /// replaced clients finishing what they hold, and the clients of deleted topics flushing:
+    /// closing waits for them too.
     background: TaskTracker,
 }
 
@@ -91,21 +104,26 @@ struct TopicPublisher {
 }
 
 impl Publishers {
-    pub(crate) fn new(
+    /// The publishers, with the task answering their messages on the current runtime.
+    pub(crate) fn start(
         base: BasePublisher,
         admin: Arc<Admin>,
         batching: Batching,
         publish_timeout: Duration,
-    ) -> Self {
-        Publishers {
+        pending: PendingLimit,
+    ) -> Arc<Self> {
+        let background = TaskTracker::new();
+        Arc::new_cyclic(|publishers| Publishers {
             base,
             admin,
             batching,
             publish_timeout,
+            pending,
+            answers: Answers::start(publishers.clone(), background.clone()),
             topics: RwLock::new(FxHashMap::default()),
             closed: AtomicBool::new(false),
-            background: TaskTracker::new(),
-        }
+            background,
+        })
     }
 
     /// Queues `message` for `topic` and returns its confirmation (see the module docs).
@@ -114,31 +132,33 @@ impl Publishers {
         topic: &'a str,
         message: Message,
     ) -> Completion<'a, Confirmation> {
-        if let Err(e) = check_limits(topic, &message) {
-            return completion::ready(Err(e));
-        }
-        let publisher = {
+        let size = match check_limits(topic, &message) {
+            Ok(size) => size,
+            Err(e) => return completion::ready(Err(e)),
+        };
+        let room = self.pending.try_reserve(size);
+        let (publisher, room) = {
             let topics = self.open_topics();
             if self.closed.load(Ordering::Acquire) {
                 return completion::ready(Err(closed("publish")));
             }
-            match topics.get(topic) {
-                Some(publisher) if publisher.provisioned.is_ready() => {
-                    return completion::ready(Ok(self.publish(publisher, message)));
+            match (topics.get(topic), room) {
+                (Some(publisher), Some(room)) if publisher.provisioned.is_ready() => {
+                    return completion::ready(Ok(self.publish(publisher, message, room)));
                 }
-                Some(publisher) => Arc::clone(publisher),
-                None => {
-                    drop(topics);
-                    match self.topic(topic) {
-                        Some(publisher) => publisher,
-                        None => return completion::ready(Err(closed("publish"))),
-                    }
-                }
+                (publisher, room) => (publisher.map(Arc::clone), room),
             }
         };
         let this = Arc::clone(self);
         completion::boxed(async move {
-            let mut publisher = publisher;
+            let room = match room {
+                Some(room) => room,
+                None => this.pending.reserve(size).await?,
+            };
+            let mut publisher = match publisher {
+                Some(publisher) => publisher,
+                None => this.topic(topic).ok_or_else(|| closed("publish"))?,
+            };
             loop {
                 publisher
                     .provisioned
@@ -153,7 +173,7 @@ impl Publishers {
                         .get(topic)
                         .is_some_and(|p| Arc::ptr_eq(p, &publisher))
                     {
-                        return Ok(this.publish(&publisher, message));
+                        return Ok(this.publish(&publisher, message, room));
                     }
                 }
                 // The topic was deleted meanwhile (its publisher forgotten): provisioned
@@ -183,7 +203,7 @@ impl Publishers {
     }
 
     /// Refuses new messages, then waits (up to `timeout`) until every queued message was
-    /// sent and answered, every message being published again settled (it stops at its next
+    /// sent, answered and confirmed, every message being published again settled (it stops at its next
     /// pause, failing `Closed`), and every message held back while a replaced client finished
     /// was sent and answered by its successor (the replacement's task flushes it).
     pub(crate) async fn close(&self, timeout: Duration) -> Result<()> {
@@ -253,55 +273,30 @@ impl Publishers {
         Some(Arc::clone(publisher))
     }
 
+    /// Hands `message` to the topic's client; it keeps `room` until answered.
     fn publish(
-        self: &Arc<Self>,
+        &self,
         publisher: &Arc<TopicPublisher>,
         message: Message,
+        room: Room,
     ) -> Confirmation {
-        let publisher = Arc::clone(publisher);
         let published = publisher
             .client
             .publish(to_pubsub(&message), &self.background);
-        let this = Arc::clone(self);
-        // The confirmation of every message in flight lives until its answer: keep it small
-        // and box the rarely needed retry state separately.
-        Confirmation::boxed(async move {
-            let response = match published {
-                Published::Now(response) => response,
-                Published::Held(handed) => match handed.await {
-                    Ok(published) => published,
-                    // Not expected: every held message is handed over, also when the task
-                    // flushing the replaced client is dropped unfinished.
-                    Err(_) => return Err(closed("publish")),
-                },
-            };
-            match response.await {
-                Ok(server_id) => Ok(receipt(message, server_id)),
-                Err(err) => {
-                    // A task of its own: it goes on, and closing waits for it, whether or not
-                    // this confirmation is still polled.
-                    let background = this.background.clone();
-                    let retry = this.retry(publisher, message, err);
-                    match background.spawn(retry).await {
-                        Ok(result) => result,
-                        Err(e) => Err(Error::new(ErrorKind::Other, "publishing again failed")
-                            .backend(BACKEND)
-                            .operation("publish")
-                            .source(e)),
-                    }
-                }
-            }
-        })
+        self.answers
+            .confirm(Arc::clone(publisher), message, published, room)
     }
 
     /// Publishes a failed message again within `publish_timeout` when retrying can help, on the
     /// topic's client at the time (the one that failed it and paused its key, unless it was
-    /// replaced since: its successor has no key paused).
+    /// replaced since: its successor has no key paused). The message keeps its `_room` until
+    /// then.
     async fn retry(
         self: Arc<Self>,
         publisher: Arc<TopicPublisher>,
         message: Message,
         first: PublishError,
+        _room: Room,
     ) -> Result<Receipt> {
         let deadline = Instant::now() + self.publish_timeout;
         let mut attempt = 0u32;
@@ -404,8 +399,8 @@ fn receipt(message: Message, server_id: String) -> Receipt {
 }
 
 /// Rejects a message the service would refuse for its size or its attributes, naming what and
-/// the limit.
-fn check_limits(topic: &str, message: &Message) -> Result<()> {
+/// the limit; returns the size of one it accepts, with its key and attributes.
+fn check_limits(topic: &str, message: &Message) -> Result<usize> {
     let payload = message.payload.len();
     let total = message_size(message);
     let refused = if payload > MAX_PAYLOAD_BYTES {
@@ -433,7 +428,7 @@ fn check_limits(topic: &str, message: &Message) -> Result<()> {
         Some(text) => Err(Error::new(ErrorKind::Rejected, text)
             .backend(BACKEND)
             .operation("publish")),
-        None => Ok(()),
+        None => Ok(total),
     }
 }
 
