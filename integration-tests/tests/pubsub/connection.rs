@@ -84,22 +84,12 @@ async fn a_publish_the_service_does_not_answer_fails_in_time() {
     };
     run_case("a_publish_the_service_does_not_answer", async {
         const PUBLISH_TIMEOUT: Duration = Duration::from_secs(2);
-        let upstream = harness.live.address.trim_start_matches("http://");
-        let proxy = StallingProxy::start(upstream).await.expect("proxy");
-        let config = PubSubConfig {
-            publish_timeout: PUBLISH_TIMEOUT,
-            ..config(&format!("http://{}", proxy.address()))
-        };
-        let backend = PubSubBackend::connect(config, ConnectOptions::default())
-            .await
-            .expect("connect through the proxy");
-        let topic = unique("unanswered");
-        backend
-            .send(&topic, Message::new("before"))
-            .await
-            .expect("send")
-            .await
-            .expect("published while the service answers");
+        let (proxy, backend, topic) =
+            published_through_proxy(&harness.live.address, "unanswered", |config| PubSubConfig {
+                publish_timeout: PUBLISH_TIMEOUT,
+                ..config
+            })
+            .await;
 
         proxy.stall();
         let started = Instant::now();
@@ -142,22 +132,14 @@ async fn sends_wait_while_max_pending_messages_are_unanswered() {
         return;
     };
     run_case("sends_wait_for_pending_room", async {
-        let upstream = harness.live.address.trim_start_matches("http://");
-        let proxy = StallingProxy::start(upstream).await.expect("proxy");
-        let config = PubSubConfig {
-            max_pending_messages: 3,
-            ..config(&format!("http://{}", proxy.address()))
-        };
-        let backend = PubSubBackend::connect(config, ConnectOptions::default())
-            .await
-            .expect("connect through the proxy");
-        let topic = unique("pending-room");
-        backend
-            .send(&topic, Message::new("before"))
-            .await
-            .expect("send")
-            .await
-            .expect("published while the service answers");
+        let (proxy, backend, topic) =
+            published_through_proxy(&harness.live.address, "pending-room", |config| {
+                PubSubConfig {
+                    max_pending_messages: 3,
+                    ..config
+                }
+            })
+            .await;
 
         proxy.stall();
         let mut confirmations = Vec::new();
@@ -206,4 +188,29 @@ async fn sends_wait_while_max_pending_messages_are_unanswered() {
         drop(proxy);
     })
     .await;
+}
+
+/// A backend connected through a stalling proxy in front of the emulator at `address`, with
+/// the proxy's configuration changed by `configure`, and a fresh topic named after `what`
+/// that one message was published to (so the topic is known).
+async fn published_through_proxy(
+    address: &str,
+    what: &str,
+    configure: impl FnOnce(PubSubConfig) -> PubSubConfig,
+) -> (StallingProxy, PubSubBackend, String) {
+    let proxy = StallingProxy::start(address.trim_start_matches("http://"))
+        .await
+        .expect("proxy");
+    let config = configure(config(&format!("http://{}", proxy.address())));
+    let backend = PubSubBackend::connect(config, ConnectOptions::default())
+        .await
+        .expect("connect through the proxy");
+    let topic = unique(what);
+    backend
+        .send(&topic, Message::new("before"))
+        .await
+        .expect("send")
+        .await
+        .expect("published while the service answers");
+    (proxy, backend, topic)
 }
