@@ -9,7 +9,6 @@
 //! waiting for itself. A failed message is published again on a task of its own (see
 //! [`Publishers::retry`](super::Publishers)).
 
-use std::collections::VecDeque;
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 
@@ -86,39 +85,34 @@ impl Answers {
 
 /// The task: settles the messages in the order they were sent, each once its answer came.
 ///
-/// Only the oldest message's answer is awaited, and messages sent meanwhile are taken in
-/// without waking the task: under load it wakes about once per batch the service answers,
-/// not once per message. The client answers a topic's messages about in the order they were
-/// sent; one answered late (retried by the client) delays the confirmations after it.
+/// The queue is the only place messages wait: the task takes the oldest, settles it once
+/// answered, and takes the next. Whoever awaits the confirmations settled meanwhile is woken
+/// only when the task is about to wait (for an answer or for a message), so that under load it
+/// wakes them once per batch the service answers, not once per message. The client answers a
+/// topic's messages about in the order they were sent; one answered late (retried by the
+/// client) delays the confirmations after it.
 async fn answer(mut incoming: mpsc::UnboundedReceiver<Waiting>, publishers: Weak<Publishers>) {
-    let mut waiting = VecDeque::new();
     let mut woken = Vec::new();
     loop {
-        while let Ok(sent) = incoming.try_recv() {
-            waiting.push_back(sent);
-        }
-        let Some(oldest) = waiting.front_mut() else {
-            match incoming.recv().await {
-                Some(sent) => {
-                    waiting.push_back(sent);
-                    continue;
+        let mut oldest = match incoming.try_recv() {
+            Ok(oldest) => oldest,
+            Err(_) => {
+                woken.drain(..).for_each(Waker::wake);
+                match incoming.recv().await {
+                    Some(oldest) => oldest,
+                    // Every sender is gone and every message settled.
+                    None => return,
                 }
-                // Every sender is gone and every message settled.
-                None => return,
             }
         };
-        let mut answer = Some((&mut oldest.published).await);
-        // The answers that came with it are settled before anyone is woken: a caller awaiting
-        // the confirmations in order wakes once per burst, not once per message.
-        while let Some(answered) = answer {
-            if let Some(Waiting { sent, .. }) = waiting.pop_front() {
-                woken.extend(settle(answered, sent, &publishers));
+        let answer = match (&mut oldest.published).now_or_never() {
+            Some(answer) => answer,
+            None => {
+                woken.drain(..).for_each(Waker::wake);
+                (&mut oldest.published).await
             }
-            answer = waiting
-                .front_mut()
-                .and_then(|next| (&mut next.published).now_or_never());
-        }
-        woken.drain(..).for_each(Waker::wake);
+        };
+        woken.extend(settle(answer, oldest.sent, &publishers));
     }
 }
 
