@@ -1,5 +1,7 @@
 //! Codecs turn typed values into payloads and back.
 
+mod non_finite;
+
 use std::marker::PhantomData;
 
 use bytes::Bytes;
@@ -23,10 +25,11 @@ pub trait Codec<T>: Send + Sync + 'static {
 
 /// JSON through serde, `application/json`.
 ///
-/// JSON has no NaN or infinity: serde_json writes a non-finite `f32` or `f64` as `null`, which
-/// decodes back only into an `Option` (or a field with a default). Such a message is published,
-/// then fails to decode and goes to the dead letters: keep floats finite, or give the topic a
-/// codec of your own.
+/// JSON has no NaN or infinity: serde_json would write a non-finite `f32` or `f64` as `null`,
+/// which decodes back only into an `Option` (or a field with a default), so every consumer
+/// would fail to decode the message or read another value. Encoding refuses such a value with
+/// [`ErrorKind::Encode`] naming where the float is (`$.readings[3]`); nothing is published.
+/// Values whose JSON holds no `null` are not looked at again.
 pub struct Json<T>(PhantomData<fn() -> T>);
 
 impl<T> Default for Json<T> {
@@ -41,13 +44,26 @@ impl<T: Serialize + DeserializeOwned + 'static> Codec<T> for Json<T> {
     }
 
     fn encode(&self, value: &T) -> Result<Bytes> {
-        serde_json::to_vec(value).map(Bytes::from).map_err(|e| {
+        let type_name = std::any::type_name::<T>();
+        let json = serde_json::to_vec(value).map_err(|e| {
             Error::new(
                 ErrorKind::Encode,
-                format!("cannot encode a {} as JSON", std::any::type_name::<T>()),
+                format!("cannot encode a {type_name} as JSON"),
             )
             .source(e)
-        })
+        })?;
+        if json.windows(4).any(|w| w == b"null") {
+            if let Some(path) = non_finite::find(value) {
+                return Err(Error::new(
+                    ErrorKind::Encode,
+                    format!(
+                        "cannot encode a {type_name} as JSON: the float at {path} is NaN or \
+                         infinite, which JSON cannot carry (it would be written as null)"
+                    ),
+                ));
+            }
+        }
+        Ok(Bytes::from(json))
     }
 
     fn decode(&self, payload: &Bytes) -> Result<T> {
@@ -115,6 +131,60 @@ mod tests {
     struct Greeting {
         user: String,
         text: String,
+    }
+
+    #[derive(Debug, PartialEq, Serialize, serde::Deserialize)]
+    struct Reading {
+        sensor: String,
+        value: f64,
+        history: Vec<f32>,
+        by_unit: std::collections::BTreeMap<String, f64>,
+        note: Option<String>,
+    }
+
+    fn reading() -> Reading {
+        Reading {
+            sensor: "s1".into(),
+            value: 21.5,
+            history: vec![20.0, 21.0],
+            by_unit: [("celsius".to_owned(), 21.5)].into(),
+            note: None,
+        }
+    }
+
+    #[test]
+    fn json_refuses_non_finite_floats_and_says_where() {
+        let codec = Json::<Reading>::default();
+        let mut nan = reading();
+        nan.value = f64::NAN;
+        let mut infinite = reading();
+        infinite.history.push(f32::INFINITY);
+        let mut in_map = reading();
+        in_map.by_unit.insert("kelvin".into(), f64::NEG_INFINITY);
+        for (value, path) in [
+            (nan, "$.value"),
+            (infinite, "$.history[2]"),
+            (in_map, "$.by_unit[\"kelvin\"]"),
+        ] {
+            let err = codec.encode(&value).unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Encode);
+            assert!(err.to_string().contains(path), "{path}: {err}");
+            assert!(err.to_string().contains("Reading"), "{err}");
+        }
+        // Nulls of their own (the `None`) and finite floats encode and decode as before.
+        let fine = reading();
+        let bytes = codec.encode(&fine).unwrap();
+        assert!(bytes.windows(4).any(|w| w == b"null"));
+        assert_eq!(codec.decode(&bytes).unwrap(), fine);
+        // The value itself, in an option, and in an enum variant.
+        let err = Json::<Option<f64>>::default()
+            .encode(&Some(f64::NAN))
+            .unwrap_err();
+        assert!(err.to_string().contains("at $ is"), "{err}");
+        let err = Json::<Result<f64, String>>::default()
+            .encode(&Ok(f64::INFINITY))
+            .unwrap_err();
+        assert!(err.to_string().contains("at $.Ok is"), "{err}");
     }
 
     #[test]
