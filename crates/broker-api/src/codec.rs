@@ -185,6 +185,22 @@ mod tests {
             .encode(&Ok(f64::INFINITY))
             .unwrap_err();
         assert!(err.to_string().contains("at $.Ok is"), "{err}");
+        #[derive(Serialize, serde::Deserialize)]
+        enum Shape {
+            Circle { radius: f64 },
+            Segment(f64, f64),
+        }
+        let codec = Json::<Vec<Shape>>::default();
+        let shapes = vec![Shape::Circle { radius: 1.0 }, Shape::Segment(0.0, f64::NAN)];
+        let err = codec.encode(&shapes).unwrap_err();
+        assert!(err.to_string().contains("at $[1].Segment[1] is"), "{err}");
+        let err = codec
+            .encode(&vec![Shape::Circle { radius: f64::NAN }])
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("at $[0].Circle.radius is"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -64,6 +64,8 @@ struct Items {
     index: usize,
     /// The key of the map value walked next, as JSON.
     key: Option<String>,
+    /// The enum variant whose fields these are.
+    variant: Option<&'static str>,
 }
 
 impl Items {
@@ -71,7 +73,36 @@ impl Items {
         Items {
             index: 0,
             key: None,
+            variant: None,
         }
+    }
+
+    fn of_variant(variant: &'static str) -> Self {
+        Items {
+            variant: Some(variant),
+            ..Items::new()
+        }
+    }
+
+    /// Walks one part, named `step` within these items.
+    fn walk(&self, value: &(impl Serialize + ?Sized), step: impl Display) -> Result<(), Found> {
+        value.serialize(Probe).map_err(|found| {
+            let found = found.within(step);
+            match self.variant {
+                Some(variant) => found.within(format_args!(".{variant}")),
+                None => found,
+            }
+        })
+    }
+
+    fn item(&mut self, value: &(impl Serialize + ?Sized)) -> Result<(), Found> {
+        let index = self.index;
+        self.index += 1;
+        self.walk(value, format_args!("[{index}]"))
+    }
+
+    fn field(&self, name: &str, value: &(impl Serialize + ?Sized)) -> Result<(), Found> {
+        self.walk(value, format_args!(".{name}"))
     }
 }
 
@@ -83,20 +114,11 @@ fn check(float: f64) -> Result<(), Found> {
     }
 }
 
-impl Items {
-    fn item(&mut self, value: &(impl Serialize + ?Sized)) -> Result<(), Found> {
-        let index = self.index;
-        self.index += 1;
-        value
-            .serialize(Probe)
-            .map_err(|found| found.within(format_args!("[{index}]")))
-    }
-
-    fn field(&mut self, name: &str, value: &(impl Serialize + ?Sized)) -> Result<(), Found> {
-        value
-            .serialize(Probe)
-            .map_err(|found| found.within(format_args!(".{name}")))
-    }
+/// The methods starting a compound value: each returns the [`Items`] that walk its parts.
+macro_rules! compound {
+    ($($method:ident($($arg:tt: $ty:ty),*) => $items:expr;)*) => {
+        $(fn $method(self, $($arg: $ty),*) -> Result<Items, Found> { Ok($items) })*
+    };
 }
 
 macro_rules! ignore {
@@ -176,44 +198,16 @@ impl ser::Serializer for Probe {
         Items::new().field(variant, value)
     }
 
-    fn serialize_seq(self, _: Option<usize>) -> Result<Items, Found> {
-        Ok(Items::new())
-    }
-
-    fn serialize_tuple(self, _: usize) -> Result<Items, Found> {
-        Ok(Items::new())
-    }
-
-    fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Items, Found> {
-        Ok(Items::new())
-    }
-
-    fn serialize_tuple_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Items, Found> {
-        Ok(Items::new())
-    }
-
-    fn serialize_map(self, _: Option<usize>) -> Result<Items, Found> {
-        Ok(Items::new())
-    }
-
-    fn serialize_struct(self, _: &'static str, _: usize) -> Result<Items, Found> {
-        Ok(Items::new())
-    }
-
-    fn serialize_struct_variant(
-        self,
-        _: &'static str,
-        _: u32,
-        _: &'static str,
-        _: usize,
-    ) -> Result<Items, Found> {
-        Ok(Items::new())
+    compound! {
+        serialize_seq(_: Option<usize>) => Items::new();
+        serialize_tuple(_: usize) => Items::new();
+        serialize_tuple_struct(_: &'static str, _: usize) => Items::new();
+        serialize_tuple_variant(_: &'static str, _: u32, variant: &'static str, _: usize)
+            => Items::of_variant(variant);
+        serialize_map(_: Option<usize>) => Items::new();
+        serialize_struct(_: &'static str, _: usize) => Items::new();
+        serialize_struct_variant(_: &'static str, _: u32, variant: &'static str, _: usize)
+            => Items::of_variant(variant);
     }
 }
 
@@ -254,9 +248,7 @@ impl ser::SerializeMap for Items {
 
     fn serialize_value<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Found> {
         match self.key.take() {
-            Some(key) => value
-                .serialize(Probe)
-                .map_err(|found| found.within(format_args!("[{key}]"))),
+            Some(key) => self.walk(value, format_args!("[{key}]")),
             None => self.item(value),
         }
     }
