@@ -190,9 +190,9 @@ async fn sends_wait_while_max_pending_messages_are_unanswered() {
     .await;
 }
 
-/// A backend connected through a stalling proxy in front of the emulator at `address`, with
-/// the proxy's configuration changed by `configure`, and a fresh topic named after `what`
-/// that one message was published to (so the topic is known).
+/// A backend connected through a stalling proxy in front of the emulator at `address`, its
+/// configuration changed by `configure`, and a fresh topic named after `what` that one
+/// message was published to (so the topic is known).
 async fn published_through_proxy(
     address: &str,
     what: &str,
