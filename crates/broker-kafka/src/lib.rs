@@ -326,11 +326,7 @@ impl Backend for KafkaBackend {
         // One close_timeout for both: the consumers leave their groups while publishes flush.
         let timeout = self.config.close_timeout;
         let deadline = tokio::time::Instant::now() + timeout;
-        let flushed = self.publisher.flush(timeout).await;
-        if let Err(error) = &flushed {
-            tracing::warn!(%error, "pending publishes not confirmed at close; failing them");
-            self.publisher.purge();
-        }
+        let flushed = self.publisher.flush_or_purge(timeout).await;
         let left = deadline.saturating_duration_since(tokio::time::Instant::now());
         let waits = subscriptions.iter().map(|s| s.closed(left));
         let finished = futures::future::join_all(waits).await;

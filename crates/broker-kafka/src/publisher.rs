@@ -23,7 +23,7 @@ use std::time::{Duration, Instant, UNIX_EPOCH};
 use broker_api::completion::{self, Completion};
 use broker_api::{Confirmation, Error, ErrorKind, Message, Result};
 use rdkafka::config::ClientConfig;
-use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 
@@ -234,19 +234,20 @@ impl Publisher {
         }
     }
 
-    /// Drains `failed` on a thread of its own: librdkafka still answers what it had in flight
-    /// (dropped at once, it would purge those messages), within the delivery timeout; then it
-    /// is dropped. What it holds queued it would never send: that fails at once. Kept in
-    /// `retired` meanwhile, for closing to flush it.
+    /// Drains `failed` on a thread of its own: what it holds queued it would never send, so
+    /// that fails at once; librdkafka still answers what it had in flight (dropped at once, it
+    /// would purge those messages), within the delivery timeout; then it is dropped. Kept in
+    /// `retired` meanwhile, for closing to flush it. Purging waits for librdkafka's threads,
+    /// so it runs on the draining thread, not on the caller's (a runtime worker).
     fn retire(&self, failed: Arc<KafkaProducer>) {
         failed.context().mark_failed();
-        failed.purge(rdkafka::producer::PurgeConfig::default().queue());
         let retired = self.retired.clone();
         lock(&retired).push(failed.clone());
         let timeout = self.queue_wait;
         let draining = std::thread::Builder::new()
             .name("kafka-producer-drain".into())
             .spawn(move || {
+                failed.purge(rdkafka::producer::PurgeConfig::default().queue());
                 if let Err(error) = failed.flush(timeout) {
                     tracing::warn!(%error, "a replaced producer did not get every answer in time");
                 }
@@ -377,17 +378,16 @@ impl Publisher {
 
     /// Waits up to `timeout` for every queued message to be confirmed or to fail: the current
     /// producer's first, then what replaced producers still drain (their queued messages,
-    /// which they would never send, fail at once).
-    pub(crate) async fn flush(self: &Arc<Self>, timeout: Duration) -> Result<()> {
-        let current = self.producer();
-        let retired = lock(&self.retired).clone();
+    /// which they would never send, fail at once). When time runs out, every message still
+    /// queued or in flight fails as closed. Runs on a blocking thread: flushing and purging
+    /// wait for librdkafka's threads.
+    pub(crate) async fn flush_or_purge(self: &Arc<Self>, timeout: Duration) -> Result<()> {
+        let this = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + timeout;
-            let left = || deadline.saturating_duration_since(Instant::now());
-            let mut flushed = current.flush(left());
-            for producer in retired {
-                producer.purge(rdkafka::producer::PurgeConfig::default().queue());
-                flushed = flushed.and(producer.flush(left()));
+            let flushed = this.flush(timeout);
+            if let Err(error) = &flushed {
+                tracing::warn!(%error, "pending publishes not confirmed at close; failing them");
+                this.purge();
             }
             flushed
         })
@@ -405,9 +405,20 @@ impl Publisher {
         })
     }
 
-    /// Fails every message still queued or in flight (after a flush that timed out), as
-    /// closed.
-    pub(crate) fn purge(&self) {
+    fn flush(&self, timeout: Duration) -> KafkaResult<()> {
+        let deadline = Instant::now() + timeout;
+        let left = || deadline.saturating_duration_since(Instant::now());
+        let mut flushed = self.producer().flush(left());
+        let retired = lock(&self.retired).clone();
+        for producer in retired {
+            producer.purge(rdkafka::producer::PurgeConfig::default().queue());
+            flushed = flushed.and(producer.flush(left()));
+        }
+        flushed
+    }
+
+    /// Fails every message still queued or in flight, as closed.
+    fn purge(&self) {
         let all = rdkafka::producer::PurgeConfig::default().queue().inflight();
         for producer in lock(&self.retired).iter() {
             producer.context().mark_closing();

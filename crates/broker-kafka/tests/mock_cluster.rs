@@ -611,6 +611,47 @@ async fn a_send_waiting_for_queue_room_at_close_is_refused() {
     }
 }
 
+/// Publishes the cluster has not answered when `close_timeout` runs out fail as closed, and
+/// `close` says that not every one was confirmed: none is left waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_unanswered_at_the_close_timeout_fail_as_closed() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("slow", 1, 1).unwrap();
+    init_logs();
+    let mut config = config(&cluster);
+    config.close_timeout = Duration::from_millis(300);
+    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
+        .await
+        .expect("connect to the mock cluster");
+    publish(&backend, "slow", Message::new("m0")).await;
+    cluster
+        .broker_round_trip_time(1, Duration::from_secs(20))
+        .unwrap();
+    let mut pending = Vec::new();
+    for i in 1..=5 {
+        pending.push(
+            backend
+                .send("slow", Message::new(format!("m{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let closed = tokio::time::timeout(PATIENCE, backend.close())
+        .await
+        .expect("close ends after its timeout");
+    let error = closed.expect_err("close reports the unconfirmed publishes");
+    assert!(error.to_string().contains("not all confirmed"), "{error}");
+    for confirmation in pending {
+        let answer = tokio::time::timeout(PATIENCE, confirmation)
+            .await
+            .expect("a purged publish is answered");
+        match answer {
+            Err(error) => assert_eq!(error.kind(), ErrorKind::Closed, "{error}"),
+            Ok(receipt) => panic!("confirmed after a 20 s round trip: {receipt:?}"),
+        }
+    }
+}
+
 /// Many first sends to a topic while the cluster does not answer share one failed lookup:
 /// they are not answered one `connect_timeout` after another.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
