@@ -112,6 +112,7 @@
 //! dead-lettering off, a manual `nack` loop, one sent ahead to a closing subscription at every
 //! close) is dropped by the broker after 20 deliveries.
 
+mod channel;
 mod config;
 mod error;
 mod in_flight;
@@ -141,11 +142,12 @@ pub use config::{QueueType, RabbitMqConfig, ReconnectBackoff, DEFAULT_URI};
 /// (tests that publish as another program would, benchmarks against the raw client).
 pub use lapin;
 
+use crate::channel::{close_channel, scratch_channel};
 use crate::config::Settings;
 use crate::link::{Link, OwnedLink, Role};
 use crate::publisher::Publisher;
 use crate::subscriber::Subscription;
-use crate::topology::{close_channel, scratch_channel, Topology};
+use crate::topology::Topology;
 
 /// The RabbitMQ backend: two AMQP connections, each kept up by a supervisor, one for every
 /// publish of the broker handle, the other for its subscriptions and declarations (RabbitMQ

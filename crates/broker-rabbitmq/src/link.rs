@@ -20,9 +20,10 @@ use tokio::sync::{watch, Notify, OnceCell};
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
 
+use crate::channel::close_channel;
 use crate::config::Settings;
 use crate::error::{self, BACKEND};
-use crate::topology::{close_channel, Topology};
+use crate::topology::Topology;
 
 /// How often the supervisor checks the connection's state besides listening to its events.
 const HEALTH_CHECK: Duration = Duration::from_secs(1);

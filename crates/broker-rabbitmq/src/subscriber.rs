@@ -36,13 +36,14 @@ use lapin::types::FieldTable;
 use lapin::{Channel, Consumer};
 use tokio::time::Instant;
 
+use crate::channel::{close_channel, scratch_channel};
 use crate::config::ReconnectBackoff;
 use crate::error;
 use crate::in_flight::InFlight;
 use crate::link::{Link, Session};
 use crate::metadata::{self, DeliveryFields};
 use crate::poll;
-use crate::topology::{close_channel, scratch_channel, Topology};
+use crate::topology::Topology;
 
 /// How long closing a subscription waits for the broker to close its channel.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -36,10 +36,11 @@ use tokio::time::Instant;
 use self::driver::Driver;
 use self::orphans::Orphans;
 use self::pending::{Pending, Publish};
+use crate::channel::{close_channel, scratch_channel};
 use crate::error::{self, BACKEND};
 use crate::link::Link;
 use crate::metadata;
-use crate::topology::{close_channel, scratch_channel, Topology};
+use crate::topology::Topology;
 
 /// How long to wait before opening a channel again after the broker refused to.
 const REOPEN_PAUSE: Duration = Duration::from_millis(100);

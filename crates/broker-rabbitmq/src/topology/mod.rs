@@ -13,18 +13,18 @@ use std::time::Duration;
 
 use broker_api::naming::group_resource;
 use broker_api::{Error, ErrorKind, Result, TopicSpec};
-use lapin::options::{
-    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
-    QueueDeleteOptions,
-};
+use lapin::options::QueueDeclareOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Channel, Connection, ExchangeKind};
+use lapin::{Channel, Connection};
 
+use crate::channel::{close_channel, scratch_channel};
 use crate::config::QueueType;
 use crate::error::{self, BACKEND};
 
-/// The binding key that matches every routing key, the empty one included.
-const EVERY_KEY: &str = "#";
+use self::declarations::{bind, declare_exchange, missing_or};
+
+mod declarations;
+mod deletion;
 
 /// What this process knows exists on the broker.
 #[derive(Default)]
@@ -282,77 +282,6 @@ impl Topology {
         Ok(())
     }
 
-    /// Deletes the topic's exchange and the group queues of it this process knows (declared or
-    /// used here); queues other processes made for other groups are left (AMQP cannot list
-    /// them), unbound. Each deleted resource is forgotten as it goes: after a failure, what is
-    /// left stays known (its subscriptions go on, and resume when RabbitMQ cancels them).
-    pub(crate) async fn delete_topic(&self, channel: &Channel, topic: &str) -> Result<()> {
-        let _no_other_change = self.changing.lock().await;
-        self.known().deleting.insert(topic.to_owned());
-        let _deleting = Deleting {
-            topology: self,
-            topic,
-        };
-        self.delete_known(channel, topic).await
-    }
-
-    async fn delete_known(&self, channel: &Channel, topic: &str) -> Result<()> {
-        let exchange = exchange_name(topic)?;
-        let queues: Vec<String> = {
-            let known = self.known();
-            known
-                .declared_queues
-                .iter()
-                .chain(known.verified_queues.iter())
-                .filter(|(_, t)| t.as_str() == topic)
-                .map(|(queue, _)| queue.clone())
-                .collect()
-        };
-        for queue in &queues {
-            channel
-                .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-                .await
-                .map_err(|e| {
-                    error::from_lapin("delete topic", format!("cannot delete queue {queue}"), e)
-                })?;
-            let mut known = self.known();
-            known.declared_queues.remove(queue);
-            known.verified_queues.remove(queue);
-        }
-        // RabbitMQ deletes a missing exchange without a word, where the other brokers answer
-        // NotFound: look it up first.
-        if let Err(e) = declare_exchange(channel, topic, true).await {
-            if e.kind() != ErrorKind::NotFound {
-                return Err(e.operation("delete topic"));
-            }
-            self.forget_topic(topic);
-            let queues_deleted = if queues.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    "; the {} group queue(s) of it known here were deleted",
-                    queues.len()
-                )
-            };
-            return Err(Error::new(
-                ErrorKind::NotFound,
-                format!(
-                    "topic {topic} does not exist (RabbitMQ has no exchange {topic}){queues_deleted}"
-                ),
-            )
-            .backend(BACKEND)
-            .operation("delete topic"));
-        }
-        channel
-            .exchange_delete(exchange, ExchangeDeleteOptions::default())
-            .await
-            .map_err(|e| {
-                error::from_lapin("delete topic", format!("cannot delete exchange {topic}"), e)
-            })?;
-        self.forget_topic(topic);
-        Ok(())
-    }
-
     /// Binds again the group queues of `topic` this process declared, after its exchange was
     /// deleted behind this process's back and declared again (the bindings went with it).
     /// Queues deleted too are not created again here (someone removed the topic), but stay
@@ -456,18 +385,6 @@ impl Topology {
     }
 }
 
-/// Marks a topic as being deleted while it lives (also when the deletion is given up).
-struct Deleting<'a> {
-    topology: &'a Topology,
-    topic: &'a str,
-}
-
-impl Drop for Deleting<'_> {
-    fn drop(&mut self) {
-        self.topology.known().deleting.remove(self.topic);
-    }
-}
-
 /// After a re-declaration RabbitMQ refused (it closes the channel), or did not answer within
 /// `patience` (a quorum queue that lost the majority of its members, say): logs it and opens a
 /// fresh channel for the next one, so that one resource cannot keep the connection, and every
@@ -481,113 +398,4 @@ async fn skip_failed(connection: &Connection, e: Error, patience: Duration) -> R
     tracing::warn!(error = %e, "declaring the known topology again failed for one resource; skipped");
     let deadline = tokio::time::Instant::now() + patience;
     error::within(deadline, "open channel", scratch_channel(connection)).await
-}
-
-/// A short-lived channel for declarations: a failed declaration closes its channel. Close it
-/// with [`close_channel`].
-pub(crate) async fn scratch_channel(connection: &Connection) -> Result<Channel> {
-    connection
-        .create_channel()
-        .await
-        .map_err(|e| error::from_lapin("open channel", "cannot open a channel", e))
-}
-
-/// Closes a channel this backend is done with and waits for the broker's answer (unless the
-/// broker closed it already, after a refused declaration for instance), for at most
-/// [`CHANNEL_CLOSE_TIMEOUT`].
-///
-/// A lapin channel whose last handle is dropped open closes itself in the background; a
-/// connection close that follows closely (`Broker::close` after declaring or deleting a topic)
-/// races with it, and lapin then fails the whole connection ("invalid channel state: Closing")
-/// instead of closing it. Scratch channels, the confirm channel of a deleted topic and a
-/// closed subscription's channel are closed here instead.
-pub(crate) async fn close_channel(channel: &Channel, reason: &str) {
-    if !channel.status().connected() {
-        return;
-    }
-    match tokio::time::timeout(CHANNEL_CLOSE_TIMEOUT, channel.close(200, reason.into())).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => {
-            tracing::debug!(error = %e, channel = channel.id(), "closing a channel failed");
-        }
-        Err(_) => tracing::debug!(
-            channel = channel.id(),
-            "the broker did not confirm closing a channel in time (a resource alarm blocks the \
-             connection?); left to close with the connection"
-        ),
-    }
-}
-
-/// How long closing a channel waits for the broker's answer: a connection blocked by a
-/// resource alarm is not read by the broker, so the answer only comes once the alarm clears.
-const CHANNEL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The exchange of `topic`, checked against AMQP's name limit.
-fn exchange_name(topic: &str) -> Result<ShortString> {
-    ShortString::try_new(topic).map_err(|_| {
-        Error::config(format!(
-            "topic name {topic:?} is longer than AMQP's 255 bytes"
-        ))
-        .backend(BACKEND)
-    })
-}
-
-async fn declare_exchange(channel: &Channel, topic: &str, passive: bool) -> Result<()> {
-    let name = exchange_name(topic)?;
-    let options = ExchangeDeclareOptions {
-        passive,
-        durable: true,
-        ..ExchangeDeclareOptions::default()
-    };
-    channel
-        .exchange_declare(name, ExchangeKind::Topic, options, FieldTable::default())
-        .await
-        .map_err(|e| {
-            if passive {
-                missing_or(e, "topic", &format!("topic {topic:?} (exchange {topic})"))
-            } else {
-                error::from_lapin(
-                    "declare exchange",
-                    format!("cannot declare the durable topic exchange {topic}"),
-                    e,
-                )
-            }
-        })
-}
-
-async fn bind(channel: &Channel, queue: &ShortString, topic: &str) -> Result<()> {
-    channel
-        .queue_bind(
-            queue.clone(),
-            topic.into(),
-            EVERY_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(|e| {
-            error::from_lapin(
-                "bind queue",
-                format!("cannot bind queue {queue} to exchange {topic}"),
-                e,
-            )
-        })
-}
-
-/// A `NotFound` error saying auto-provisioning is off, when the broker said 404.
-fn missing_or(e: lapin::Error, what: &str, name: &str) -> Error {
-    if error::kind_of(&e) == ErrorKind::NotFound {
-        Error::new(
-            ErrorKind::NotFound,
-            format!(
-                "the {name} does not exist and auto-provisioning is off: declare the {what} in \
-                 the configuration ([topics.<name>] groups = [...]) or create it"
-            ),
-        )
-        .backend(BACKEND)
-        .operation("check topology")
-        .source(e)
-    } else {
-        error::from_lapin("check topology", format!("cannot check the {name}"), e)
-    }
 }
