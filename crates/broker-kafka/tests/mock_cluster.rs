@@ -36,13 +36,15 @@ fn config(cluster: &MockCluster<'_, impl rdkafka::client::ClientContext>) -> Kaf
 }
 
 async fn connect(cluster: &MockCluster<'_, impl rdkafka::client::ClientContext>) -> KafkaBackend {
+    connect_with(config(cluster)).await
+}
+
+/// Connects with `config` (made from [`config`]), auto-provisioning off.
+async fn connect_with(config: KafkaConfig) -> KafkaBackend {
     init_logs();
-    KafkaBackend::connect(
-        config(cluster),
-        ConnectOptions::default().auto_provision(false),
-    )
-    .await
-    .expect("connect to the mock cluster")
+    KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
+        .await
+        .expect("connect to the mock cluster")
 }
 
 fn offset(delivery: &Delivery) -> i64 {
@@ -60,6 +62,20 @@ fn receipt_offsets(receipts: &[broker_api::Receipt]) -> Vec<i64> {
             ref other => panic!("not a Kafka position: {other:?}"),
         })
         .collect()
+}
+
+/// Queues messages `m1` to `m<count>` for `topic`; returns their confirmations, not awaited.
+async fn send_unconfirmed(
+    backend: &KafkaBackend,
+    topic: &str,
+    count: usize,
+) -> Vec<broker_api::Confirmation> {
+    let mut confirmations = Vec::new();
+    for i in 1..=count {
+        let message = Message::new(format!("m{i}"));
+        confirmations.push(backend.send(topic, message).await.expect("queued"));
+    }
+    confirmations
 }
 
 async fn publish(backend: &KafkaBackend, topic: &str, message: Message) -> broker_api::Receipt {
@@ -170,14 +186,11 @@ async fn only_the_handled_prefix_is_committed() {
 async fn acknowledgements_are_committed_while_the_stream_is_not_read() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("idle", 1, 1).unwrap();
-    init_logs();
     let mut config = config(&cluster);
     config
         .properties
         .insert("auto.commit.interval.ms".into(), "200".into());
-    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
-        .await
-        .unwrap();
+    let backend = connect_with(config).await;
     for i in 0..3 {
         publish(&backend, "idle", Message::new(format!("m{i}"))).await;
     }
@@ -517,14 +530,11 @@ async fn calls_after_close_fail_as_closed() {
 async fn connect_with_a_queue_of_ten(
     cluster: &MockCluster<'_, impl rdkafka::client::ClientContext>,
 ) -> KafkaBackend {
-    init_logs();
     let mut config = config(cluster);
     config
         .properties
         .insert("queue.buffering.max.messages".into(), "10".into());
-    KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
-        .await
-        .expect("connect to the mock cluster")
+    connect_with(config).await
 }
 
 /// Sends made before any is awaited keep their call order when librdkafka's queue is full:
@@ -580,15 +590,7 @@ async fn a_send_waiting_for_queue_room_at_close_is_refused() {
     cluster
         .broker_round_trip_time(1, Duration::from_secs(2))
         .unwrap();
-    let mut queued = Vec::new();
-    for i in 1..=10 {
-        queued.push(
-            backend
-                .send("closing", Message::new(format!("m{i}")))
-                .await
-                .unwrap(),
-        );
-    }
+    let queued = send_unconfirmed(&backend, "closing", 10).await;
     let waiting = backend.send("closing", Message::new("late"));
     assert!(
         matches!(waiting, futures::future::Either::Right(_)),
@@ -617,25 +619,14 @@ async fn a_send_waiting_for_queue_room_at_close_is_refused() {
 async fn publishes_unanswered_at_the_close_timeout_fail_as_closed() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("slow", 1, 1).unwrap();
-    init_logs();
     let mut config = config(&cluster);
     config.close_timeout = Duration::from_millis(300);
-    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
-        .await
-        .expect("connect to the mock cluster");
+    let backend = connect_with(config).await;
     publish(&backend, "slow", Message::new("m0")).await;
     cluster
         .broker_round_trip_time(1, Duration::from_secs(20))
         .unwrap();
-    let mut pending = Vec::new();
-    for i in 1..=5 {
-        pending.push(
-            backend
-                .send("slow", Message::new(format!("m{i}")))
-                .await
-                .unwrap(),
-        );
-    }
+    let pending = send_unconfirmed(&backend, "slow", 5).await;
     let closed = tokio::time::timeout(PATIENCE, backend.close())
         .await
         .expect("close ends after its timeout");
@@ -658,14 +649,11 @@ async fn publishes_unanswered_at_the_close_timeout_fail_as_closed() {
 async fn first_sends_waiting_for_a_failed_lookup_share_its_failure() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("silent", 1, 1).unwrap();
-    init_logs();
     let config = KafkaConfig {
         connect_timeout: Duration::from_secs(1),
         ..config(&cluster)
     };
-    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
-        .await
-        .expect("connect to the mock cluster");
+    let backend = connect_with(config).await;
     cluster
         .broker_round_trip_time(1, Duration::from_secs(30))
         .unwrap();
@@ -694,14 +682,11 @@ async fn first_sends_waiting_for_a_failed_lookup_share_its_failure() {
 async fn a_timed_out_publish_says_it_may_have_been_stored() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("slow", 1, 1).unwrap();
-    init_logs();
     let config = KafkaConfig {
         delivery_timeout: Duration::from_secs(1),
         ..config(&cluster)
     };
-    let backend = KafkaBackend::connect(config, ConnectOptions::default().auto_provision(false))
-        .await
-        .expect("connect to the mock cluster");
+    let backend = connect_with(config).await;
     // The first publish meets the connection and the topic's metadata within the 1 s delivery
     // timeout, which a machine busy with the other tests can miss once.
     let mut warmed = None;
