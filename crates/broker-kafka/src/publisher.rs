@@ -405,6 +405,8 @@ impl Publisher {
         })
     }
 
+    /// Flushes the current producer, then each replaced one after purging its queue, all
+    /// within `timeout`; blocks.
     fn flush(&self, timeout: Duration) -> KafkaResult<()> {
         let deadline = Instant::now() + timeout;
         let left = || deadline.saturating_duration_since(Instant::now());
