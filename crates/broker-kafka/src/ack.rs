@@ -229,7 +229,9 @@ impl Shared {
             .map(|(_, acker)| acker)
     }
 
-    /// [`admit`](Self::admit), also returning the epoch the delivery belongs to.
+    /// Records that record `offset` of `partition` is being handed out; returns the epoch the
+    /// delivery belongs to and the acker holding its slot, or `None` when its partition is
+    /// about to be rewound (the record will be read again after the rewind).
     pub(crate) fn admit_in_epoch(
         self: &Arc<Self>,
         partition: i32,

@@ -5,7 +5,7 @@
 //! those commits before the group rebalances), reads while fewer than `max_in_flight`
 //! deliveries are unsettled, stores the handled prefix of each partition (committed by
 //! librdkafka every `auto.commit.interval.ms`) and rewinds partitions on nack. While the stream
-//! does not read, [`keep_alive`](crate::keep_alive) polls the consumer with its partitions
+//! does not read, [`crate::keep_alive`] polls the consumer with its partitions
 //! paused. Closing commits synchronously and leaves the group on a thread of its own.
 
 use std::collections::VecDeque;
