@@ -3,16 +3,17 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use broker_api::{Backend, Message, Position, SubscribeRequest, TopicSpec};
+use broker_api::{Backend, ConnectOptions, Message, Position, SubscribeRequest, TopicSpec};
 use broker_pubsub::google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use broker_pubsub::google_cloud_pubsub::client::Publisher;
 use broker_pubsub::google_cloud_pubsub::model::Message as PubsubMessage;
+use broker_pubsub::{PubSubBackend, PubSubConfig};
 use broker_testkit::support::{next_within, run_case, unique};
 use broker_testkit::Harness;
 use futures::FutureExt;
 
 use crate::shared;
-use crate::support::{backend, backend_cleanup, PROJECT};
+use crate::support::{backend, backend_cleanup, config, PROJECT};
 
 /// A message published by another program without a `message-id` attribute is delivered, with
 /// its attributes as headers; what this backend publishes carries the wire attributes.
@@ -86,6 +87,68 @@ async fn wire_attributes_and_foreign_messages() {
         backend.delete_topic(&topic).await.unwrap();
         backend.close().await.unwrap();
     })
+    .await;
+}
+
+/// A message the client still holds (its batch waits for more messages or its delay) does not
+/// hold back the confirmations of another topic's messages answered after it was sent: they
+/// are confirmed, and give their room back, as soon as the service answered them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_waiting_for_its_batch_holds_back_no_other_topic() {
+    const BATCH_DELAY: Duration = Duration::from_secs(6);
+    let Some(harness) = shared().await else {
+        return;
+    };
+    run_case(
+        "a_message_waiting_for_its_batch_holds_back_no_other_topic",
+        async {
+            // A batch goes out with its second message, or after `BATCH_DELAY`.
+            let config = PubSubConfig {
+                batch_max_messages: 2,
+                batch_max_delay: BATCH_DELAY,
+                ..config(&harness.live.address)
+            };
+            let backend = PubSubBackend::connect(config, ConnectOptions::default())
+                .await
+                .expect("connect");
+            let (waiting, answered) = (unique("batch-waits"), unique("batch-full"));
+            for topic in [&waiting, &answered] {
+                backend
+                    .ensure_topic(&TopicSpec::new(topic.as_str()))
+                    .await
+                    .expect("topic");
+            }
+            // Alone in its batch until `BATCH_DELAY`.
+            let lone = backend
+                .send(&waiting, Message::new("lone"))
+                .await
+                .expect("send");
+            // A full batch on the other topic, sent at once.
+            let mut full = Vec::new();
+            for i in 0..2 {
+                let message = Message::new(format!("full-{i}"));
+                full.push(backend.send(&answered, message).await.expect("send"));
+            }
+            tokio::time::timeout(BATCH_DELAY / 2, futures::future::try_join_all(full))
+                .await
+                .unwrap_or_else(|_| {
+                    panic!(
+                        "a full batch was not confirmed within {:?}: held back behind another \
+                         topic's message sent before it",
+                        BATCH_DELAY / 2
+                    )
+                })
+                .expect("full batch confirmed");
+            // The lone message is confirmed too, once its batch goes out.
+            tokio::time::timeout(2 * BATCH_DELAY, lone)
+                .await
+                .expect("the lone message confirmed after its batch delay")
+                .expect("lone message confirmed");
+            backend.close().await.expect("close");
+            backend_cleanup(&harness.live.address, &waiting).await;
+            backend_cleanup(&harness.live.address, &answered).await;
+        },
+    )
     .await;
 }
 

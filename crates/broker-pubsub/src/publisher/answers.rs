@@ -1,6 +1,7 @@
-//! [`Answers`]: the task that hears the clients' answers and fills the confirmations.
+//! [`Answers`]: the task of a topic that hears its client's answers and fills the
+//! confirmations.
 //!
-//! Every message handed to a client is given to this task with its [`Room`] in the
+//! Every message handed to a topic's client is given to the topic's task with its [`Room`] in the
 //! [`PendingLimit`](super::PendingLimit); the caller gets a [`Confirmation`] that waits for a
 //! slot the task fills. The task awaits the answers whether or not anyone awaits the
 //! confirmations: a message's room is given back as soon as the service answered it (or,
@@ -15,6 +16,7 @@ use std::task::Waker;
 use broker_api::{Confirmation, Error, Message, Receipt, ReceiptSlot, Result};
 use futures::FutureExt;
 use google_cloud_pubsub::error::PublishError;
+use tokio::runtime::Handle;
 use tokio::sync::mpsc;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 use tokio_util::task::TaskTracker;
@@ -24,8 +26,8 @@ use super::pending::Room;
 use super::{receipt, Publishers, TopicPublisher};
 use crate::error::{publish_error, BACKEND};
 
-/// Where the messages handed to the clients go to be answered. The task ends once this is
-/// dropped and every message it holds was answered.
+/// Where the messages handed to a topic's client go to be answered. The task ends once this
+/// is dropped (with its topic's publisher) and every message it holds was answered.
 #[derive(Debug)]
 pub(super) struct Answers {
     queue: mpsc::UnboundedSender<Waiting>,
@@ -48,12 +50,16 @@ struct Sent {
 }
 
 impl Answers {
-    /// Starts the task on the current runtime. It publishes failed messages again through
+    /// Starts the task on `runtime`. It publishes failed messages again through
     /// `publishers` while they are alive, and fails them once they are gone. Every message
     /// counts in `unsettled` until its confirmation is filled.
-    pub(super) fn start(publishers: Weak<Publishers>, unsettled: TaskTracker) -> Self {
+    pub(super) fn start(
+        runtime: &Handle,
+        publishers: Weak<Publishers>,
+        unsettled: TaskTracker,
+    ) -> Self {
         let (queue, incoming) = mpsc::unbounded_channel();
-        tokio::spawn(answer(incoming, publishers));
+        runtime.spawn(answer(incoming, publishers));
         Answers { queue, unsettled }
     }
 
@@ -83,14 +89,18 @@ impl Answers {
     }
 }
 
-/// The task: settles the messages in the order they were sent, each once its answer came.
+/// The task of one topic: settles its messages in the order they were sent, each once its
+/// answer came.
 ///
 /// The queue is the only place messages wait: the task takes the oldest, settles it once
 /// answered, and takes the next. Whoever awaits the confirmations settled meanwhile is woken
 /// only when the task is about to wait (for an answer or for a message), so that under load it
 /// wakes them once per batch the service answers, not once per message. The client answers a
-/// topic's messages about in the order they were sent; one answered late (retried by the
-/// client) delays the confirmations after it.
+/// topic's messages about in the order they were sent; one answered late delays the topic's
+/// confirmations after it: a batch retried by the client, or, as the client batches each
+/// ordering key on its own, a key's batch that waits for its delay while others fill up.
+/// Settling in the order of the answers instead (`FuturesUnordered`) registered a waker for
+/// every message and woke the task for each answer: +0.9 µs of client CPU a message.
 async fn answer(mut incoming: mpsc::UnboundedReceiver<Waiting>, publishers: Weak<Publishers>) {
     let mut woken = Vec::new();
     loop {

@@ -25,7 +25,7 @@ mod pending;
 pub(crate) use self::pending::PendingLimit;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard, Weak};
 use std::time::Duration;
 
 use broker_api::completion::{self, Completion};
@@ -39,6 +39,7 @@ use self::client::TopicClient;
 use self::pending::Room;
 use google_cloud_pubsub::error::PublishError;
 use rustc_hash::FxHashMap;
+use tokio::runtime::Handle;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 use tokio_util::task::TaskTracker;
@@ -76,8 +77,10 @@ pub(crate) struct Publishers {
     publish_timeout: Duration,
     /// Messages with the clients and not answered yet.
     pending: PendingLimit,
-    /// Fills the confirmations as the clients answer.
-    answers: Answers,
+    /// Itself, for the topics' answering tasks, which publish failed messages again.
+    me: Weak<Publishers>,
+    /// Where the topics' answering tasks run.
+    runtime: Handle,
     /// Looked up on every publish (FxHash: cheap on short names, which are not untrusted input).
     /// A message is handed to its client under the read lock, after `closed` was checked:
     /// closing sets `closed`, then drains the map under the write lock, so that each message is
@@ -95,6 +98,10 @@ pub(crate) struct Publishers {
 struct TopicPublisher {
     name: Arc<str>,
     client: TopicClient,
+    /// Fills the confirmations as the client answers: a task for each topic, so that a
+    /// message answered late (waiting for its batch, or retried by the client) delays no
+    /// other topic's confirmations.
+    answers: Answers,
     /// Ready once the topic is known to exist; a failed check answers every first send
     /// that waited for it.
     provisioned: OnceReady,
@@ -104,7 +111,7 @@ struct TopicPublisher {
 }
 
 impl Publishers {
-    /// The publishers, with the task answering their messages on the current runtime.
+    /// The publishers; each topic's task answering its messages runs on the current runtime.
     pub(crate) fn start(
         base: BasePublisher,
         admin: Arc<Admin>,
@@ -113,13 +120,14 @@ impl Publishers {
         pending: PendingLimit,
     ) -> Arc<Self> {
         let background = TaskTracker::new();
-        Arc::new_cyclic(|publishers| Publishers {
+        Arc::new_cyclic(|me| Publishers {
             base,
             admin,
             batching,
             publish_timeout,
             pending,
-            answers: Answers::start(publishers.clone(), background.clone()),
+            me: me.clone(),
+            runtime: Handle::current(),
             topics: RwLock::new(FxHashMap::default()),
             closed: AtomicBool::new(false),
             background,
@@ -266,6 +274,7 @@ impl Publishers {
             Arc::new(TopicPublisher {
                 name: Arc::clone(name),
                 client,
+                answers: Answers::start(&self.runtime, self.me.clone(), self.background.clone()),
                 provisioned: OnceReady::default(),
                 recreated_at: Mutex::new(None),
             })
@@ -283,7 +292,8 @@ impl Publishers {
         let published = publisher
             .client
             .publish(to_pubsub(&message), &self.background);
-        self.answers
+        publisher
+            .answers
             .confirm(Arc::clone(publisher), message, published, room)
     }
 
