@@ -92,7 +92,7 @@ async fn wire_attributes_and_foreign_messages() {
 
 /// A message the client still holds (its batch waits for more messages or its delay) does not
 /// hold back the confirmations of another topic's messages answered after it was sent: they
-/// are confirmed, and give their room back, as soon as the service answered them.
+/// are confirmed as soon as the service answered them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_for_its_batch_holds_back_no_other_topic() {
     const BATCH_DELAY: Duration = Duration::from_secs(6);

@@ -211,9 +211,9 @@ impl Publishers {
     }
 
     /// Refuses new messages, then waits (up to `timeout`) until every queued message was
-    /// sent, answered and confirmed, every message being published again settled (it stops at its next
-    /// pause, failing `Closed`), and every message held back while a replaced client finished
-    /// was sent and answered by its successor (the replacement's task flushes it).
+    /// sent, answered and confirmed, every message being published again settled (it stops at
+    /// its next pause, failing `Closed`), and every message held back while a replaced client
+    /// finished was sent and answered by its successor (the replacement's task flushes it).
     pub(crate) async fn close(&self, timeout: Duration) -> Result<()> {
         self.closed.store(true, Ordering::Release);
         self.background.close();
