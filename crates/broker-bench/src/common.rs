@@ -230,6 +230,11 @@ impl Pending {
     }
 }
 
+/// The `n`th partition or ordering key of the keyed scenarios.
+pub fn key(n: usize) -> String {
+    format!("key-{n}")
+}
+
 /// For rounds that only fill a backlog: enough to keep the broker busy, few enough that they
 /// stay in the CPU's cache. (Measured rounds keep as many pending as their raw side keeps in
 /// flight: see each broker's scenarios.)
@@ -244,18 +249,38 @@ pub async fn publish_round(
     count: usize,
     pending: Pending,
 ) -> anyhow::Result<Sample> {
+    publish_keyed_round(broker, topic, size, count, 0, pending).await
+}
+
+/// [`publish_round`] with the messages keyed in turn by [`key`]`(0..keys)`; unkeyed when
+/// `keys` is 0.
+pub async fn publish_keyed_round(
+    broker: &broker_api::Broker,
+    topic: &str,
+    size: usize,
+    count: usize,
+    keys: usize,
+    pending: Pending,
+) -> anyhow::Result<Sample> {
     let payload = plain_payload(size);
     let publisher = broker.publisher(&broker_api::Topic::bytes(topic));
     let window = Window::start();
     let mut unconfirmed = std::collections::VecDeque::with_capacity(pending.max.min(count));
-    for _ in 0..count {
+    for sent in 0..count {
         if unconfirmed.len() == pending.max {
             for oldest in unconfirmed.drain(..pending.await_when_full) {
                 let oldest: broker_api::Confirmation = oldest;
                 oldest.await?;
             }
         }
-        unconfirmed.push_back(publisher.send(&payload).await?);
+        let confirmation = match keys {
+            0 => publisher.send(&payload).await?,
+            keys => {
+                let message = publisher.message(&payload)?.with_key(key(sent % keys));
+                publisher.send_message(message).await?
+            }
+        };
+        unconfirmed.push_back(confirmation);
     }
     for confirmation in unconfirmed {
         confirmation.await?;

@@ -4,8 +4,9 @@
 //!
 //! - Publish: `Publisher::send` of every message, then every confirmation awaited, against the
 //!   client's batching `Publisher` with the adapter's batching (100 messages / 1 MB / 10 ms),
-//!   every message in flight, then every response awaited. Raw messages carry the attributes ours carry (`message-id`,
-//!   `content-type`); bare raw messages none.
+//!   every message in flight, then every response awaited. Raw messages carry the attributes
+//!   ours carry (`message-id`, `content-type`); bare raw messages none. Once without ordering
+//!   keys, once with 16 keys taken in turn (the client batches each key on its own).
 //! - Consume: a backlog drained by `at_least_once` (`max_in_flight` 256) against the client's
 //!   streaming pull with the adapter's flow control (256 messages, 100 MiB, same leases),
 //!   acknowledging each message; then stamped messages at a steady pace measure
@@ -27,8 +28,8 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 
 use crate::common::{
-    endpoint, fresh_name, paced, plain_payload, publish_round, tallied_subscription, Pending,
-    Tally, Window,
+    endpoint, fresh_name, key, paced, plain_payload, publish_keyed_round, tallied_subscription,
+    Pending, Tally, Window,
 };
 use crate::report::{Sample, Scenario};
 
@@ -37,6 +38,8 @@ const IN_FLIGHT: usize = 256;
 const LATENCY_MESSAGES: usize = 500;
 const LATENCY_RATE: usize = 1_000;
 const ROUND_TIMEOUT: Duration = Duration::from_secs(120);
+/// Ordering keys of the keyed publish scenario.
+const KEYS: usize = 16;
 
 /// The Pub/Sub scenarios: `messages` published per round (default 100 000: shorter rounds
 /// mostly measure the emulator's hiccups), a twentieth of them consumed (the emulator hands
@@ -49,6 +52,13 @@ pub async fn scenarios(messages: Option<usize>) -> anyhow::Result<Vec<Box<dyn Sc
             bench: bench.clone(),
             messages,
             size: 100,
+            keys: 0,
+        }),
+        Box::new(Publish {
+            bench: bench.clone(),
+            messages,
+            size: 100,
+            keys: KEYS,
         }),
         Box::new(Consume {
             bench,
@@ -122,9 +132,10 @@ impl Bench {
     }
 }
 
-/// A raw message: with the attributes ours carry unless `bare`.
-fn message(payload: Bytes, bare: bool) -> PubsubMessage {
-    let mut message = PubsubMessage::new().set_data(payload);
+/// A raw message, with ordering key `key` unless empty: with the attributes ours carry unless
+/// `bare`.
+fn message(payload: Bytes, key: String, bare: bool) -> PubsubMessage {
+    let mut message = PubsubMessage::new().set_data(payload).set_ordering_key(key);
     if !bare {
         message
             .attributes
@@ -137,16 +148,24 @@ fn message(payload: Bytes, bare: bool) -> PubsubMessage {
     message
 }
 
-/// Publishes `count` raw messages, all in flight, and waits for every response.
+/// Publishes `count` raw messages, keyed in turn by `keys` ordering keys (none when 0), all in
+/// flight, and waits for every response.
 async fn raw_publish(
     publisher: &Publisher,
     payload: &Bytes,
     count: usize,
+    keys: usize,
     bare: bool,
 ) -> anyhow::Result<Sample> {
     let window = Window::start();
     let pending: Vec<_> = (0..count)
-        .map(|_| publisher.publish(message(payload.clone(), bare)))
+        .map(|sent| {
+            let ordering_key = match keys {
+                0 => String::new(),
+                keys => key(sent % keys),
+            };
+            publisher.publish(message(payload.clone(), ordering_key, bare))
+        })
         .collect();
     for response in pending {
         response.await?;
@@ -159,13 +178,16 @@ struct Publish {
     bench: Arc<Bench>,
     messages: usize,
     size: usize,
+    /// Ordering keys the messages take in turn; none when 0.
+    keys: usize,
 }
 
 impl Publish {
     async fn raw_round(&self, bare: bool) -> anyhow::Result<Sample> {
         let topic = self.bench.topic("ppub", false).await?;
         let publisher = self.bench.publisher(&topic);
-        let sample = raw_publish(&publisher, &plain_payload(self.size), self.messages, bare).await;
+        let payload = plain_payload(self.size);
+        let sample = raw_publish(&publisher, &payload, self.messages, self.keys, bare).await;
         self.bench.delete(&topic).await?;
         sample
     }
@@ -173,7 +195,13 @@ impl Publish {
 
 impl Scenario for Publish {
     fn name(&self) -> String {
-        format!("pubsub publish {} B (emulator)", self.size)
+        match self.keys {
+            0 => format!("pubsub publish {} B (emulator)", self.size),
+            keys => format!(
+                "pubsub publish {} B, {keys} ordering keys (emulator)",
+                self.size
+            ),
+        }
     }
 
     fn raw_side(&self) -> &'static str {
@@ -191,11 +219,12 @@ impl Scenario for Publish {
     fn ours(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
         async move {
             let name = self.bench.topic("ppub", false).await?;
-            let sample = publish_round(
+            let sample = publish_keyed_round(
                 &self.bench.broker,
                 &name,
                 self.size,
                 self.messages,
+                self.keys,
                 Pending::all(),
             )
             .await;
@@ -217,7 +246,14 @@ impl Consume {
     async fn prepare(&self, bare: bool) -> anyhow::Result<(String, Publisher)> {
         let topic = self.bench.topic("psub", true).await?;
         let publisher = self.bench.publisher(&topic);
-        raw_publish(&publisher, &plain_payload(self.size), self.messages, bare).await?;
+        raw_publish(
+            &publisher,
+            &plain_payload(self.size),
+            self.messages,
+            0,
+            bare,
+        )
+        .await?;
         Ok((topic, publisher))
     }
 
@@ -231,7 +267,7 @@ impl Consume {
         tally.drained(ROUND_TIMEOUT).await?;
         paced(LATENCY_MESSAGES, self.size, LATENCY_RATE, |payload| {
             // The client queues the message at once; its response is not awaited.
-            drop(publisher.publish(message(payload, bare)));
+            drop(publisher.publish(message(payload, String::new(), bare)));
             Ok(())
         })
         .await?;

@@ -95,60 +95,120 @@ async fn wire_attributes_and_foreign_messages() {
 /// are confirmed as soon as the service answered them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_waiting_for_its_batch_holds_back_no_other_topic() {
+    let (waiting, answered) = (unique("batch-waits"), unique("batch-full"));
+    a_full_batch_is_confirmed_before_a_lone_message(
+        "a_message_waiting_for_its_batch_holds_back_no_other_topic",
+        (&waiting, None),
+        (&answered, None),
+    )
+    .await;
+}
+
+/// The client batches each ordering key on its own: a key's lone message waiting for its batch
+/// does not hold back the confirmations of another key's messages on the same topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_message_waiting_for_its_batch_holds_back_no_other_key() {
+    let topic = unique("batch-keys");
+    a_full_batch_is_confirmed_before_a_lone_message(
+        "a_keyed_message_waiting_for_its_batch_holds_back_no_other_key",
+        (&topic, Some("waits")),
+        (&topic, Some("full")),
+    )
+    .await;
+}
+
+/// Nor those of the topic's messages without a key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyed_message_waiting_for_its_batch_holds_back_no_unkeyed_one() {
+    let topic = unique("batch-keyed-unkeyed");
+    a_full_batch_is_confirmed_before_a_lone_message(
+        "a_keyed_message_waiting_for_its_batch_holds_back_no_unkeyed_one",
+        (&topic, Some("waits")),
+        (&topic, None),
+    )
+    .await;
+}
+
+/// And a message without a key waiting for its batch holds back no keyed one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unkeyed_message_waiting_for_its_batch_holds_back_no_keyed_one() {
+    let topic = unique("batch-unkeyed-keyed");
+    a_full_batch_is_confirmed_before_a_lone_message(
+        "an_unkeyed_message_waiting_for_its_batch_holds_back_no_keyed_one",
+        (&topic, None),
+        (&topic, Some("full")),
+    )
+    .await;
+}
+
+/// Sends a lone message to `lone` (topic, ordering key), which waits for its batch, then a full
+/// batch to `full`, which the client sends at once: the full batch must be confirmed within
+/// half the batch delay, the lone message after it.
+async fn a_full_batch_is_confirmed_before_a_lone_message(
+    case: &str,
+    lone: (&str, Option<&str>),
+    full: (&str, Option<&str>),
+) {
     const BATCH_DELAY: Duration = Duration::from_secs(6);
     let Some(harness) = shared().await else {
         return;
     };
-    run_case(
-        "a_message_waiting_for_its_batch_holds_back_no_other_topic",
-        async {
-            // A batch goes out with its second message, or after `BATCH_DELAY`.
-            let config = PubSubConfig {
-                batch_max_messages: 2,
-                batch_max_delay: BATCH_DELAY,
-                ..config(&harness.live.address)
-            };
-            let backend = PubSubBackend::connect(config, ConnectOptions::default())
+    let message = |text: String, key: Option<&str>| match key {
+        Some(key) => Message::new(text).with_key(key),
+        None => Message::new(text),
+    };
+    run_case(case, async {
+        // A batch goes out with its second message, or after `BATCH_DELAY`.
+        let config = PubSubConfig {
+            batch_max_messages: 2,
+            batch_max_delay: BATCH_DELAY,
+            ..config(&harness.live.address)
+        };
+        let backend = PubSubBackend::connect(config, ConnectOptions::default())
+            .await
+            .expect("connect");
+        let mut topics = vec![lone.0, full.0];
+        topics.dedup();
+        for topic in &topics {
+            backend
+                .ensure_topic(&TopicSpec::new(*topic))
                 .await
-                .expect("connect");
-            let (waiting, answered) = (unique("batch-waits"), unique("batch-full"));
-            for topic in [&waiting, &answered] {
-                backend
-                    .ensure_topic(&TopicSpec::new(topic.as_str()))
-                    .await
-                    .expect("topic");
-            }
-            // Alone in its batch until `BATCH_DELAY`.
-            let lone = backend
-                .send(&waiting, Message::new("lone"))
-                .await
-                .expect("send");
-            // A full batch on the other topic, sent at once.
-            let mut full = Vec::new();
-            for i in 0..2 {
-                let message = Message::new(format!("full-{i}"));
-                full.push(backend.send(&answered, message).await.expect("send"));
-            }
-            tokio::time::timeout(BATCH_DELAY / 2, futures::future::try_join_all(full))
-                .await
-                .unwrap_or_else(|_| {
-                    panic!(
-                        "a full batch was not confirmed within {:?}: held back behind another \
-                         topic's message sent before it",
-                        BATCH_DELAY / 2
-                    )
-                })
-                .expect("full batch confirmed");
-            // The lone message is confirmed too, once its batch goes out.
-            tokio::time::timeout(2 * BATCH_DELAY, lone)
-                .await
-                .expect("the lone message confirmed after its batch delay")
-                .expect("lone message confirmed");
-            backend.close().await.expect("close");
-            backend_cleanup(&harness.live.address, &waiting).await;
-            backend_cleanup(&harness.live.address, &answered).await;
-        },
-    )
+                .expect("topic");
+        }
+        // Alone in its batch until `BATCH_DELAY`.
+        let lone = backend
+            .send(lone.0, message("lone".into(), lone.1))
+            .await
+            .expect("send");
+        // A full batch, sent at once.
+        let mut confirmations = Vec::new();
+        for i in 0..2 {
+            let sent = backend.send(full.0, message(format!("full-{i}"), full.1));
+            confirmations.push(sent.await.expect("send"));
+        }
+        tokio::time::timeout(
+            BATCH_DELAY / 2,
+            futures::future::try_join_all(confirmations),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            panic!(
+                "a full batch was not confirmed within {:?}: held back behind a message \
+                     sent before it that waits for its batch",
+                BATCH_DELAY / 2
+            )
+        })
+        .expect("full batch confirmed");
+        // The lone message is confirmed too, once its batch goes out.
+        tokio::time::timeout(2 * BATCH_DELAY, lone)
+            .await
+            .expect("the lone message confirmed after its batch delay")
+            .expect("lone message confirmed");
+        backend.close().await.expect("close");
+        for topic in topics {
+            backend_cleanup(&harness.live.address, topic).await;
+        }
+    })
     .await;
 }
 

@@ -98,9 +98,9 @@ pub(crate) struct Publishers {
 struct TopicPublisher {
     name: Arc<str>,
     client: TopicClient,
-    /// Fills the confirmations as the client answers: a task for each topic, so that a
+    /// Fills the confirmations as the client answers: tasks for each topic, so that a
     /// message answered late (waiting for its batch, or retried by the client) delays no
-    /// other topic's confirmations.
+    /// other topic's confirmations, and a keyed one no other key's.
     answers: Answers,
     /// Ready once the topic is known to exist; a failed check answers every first send
     /// that waited for it.
@@ -289,12 +289,12 @@ impl Publishers {
         message: Message,
         room: Room,
     ) -> Confirmation {
-        let published = publisher
-            .client
-            .publish(to_pubsub(&message), &self.background);
+        let pubsub = to_pubsub(&message);
+        let keyed = !pubsub.ordering_key.is_empty();
+        let published = publisher.client.publish(pubsub, &self.background);
         publisher
             .answers
-            .confirm(Arc::clone(publisher), message, published, room)
+            .confirm(Arc::clone(publisher), message, published, keyed, room)
     }
 
     /// Publishes a failed message again within `publish_timeout` when retrying can help, on the
