@@ -1,6 +1,7 @@
 //! Topics and subscriptions: creating them on first use, re-creating them after the service
-//! lost them (an emulator restart), listing and deleting them; [`answers`] says what the
-//! service's refusals mean, [`reclaim`] ends the emulator's abandoned streaming pulls.
+//! lost them (an emulator restart), listing and deleting them. The requests are in [`topics`]
+//! and [`subscriptions`]; [`answers`] says what the service's refusals mean, [`reclaim`] ends
+//! the emulator's abandoned streaming pulls.
 //!
 //! Credentials with least-privilege roles (`roles/pubsub.publisher` or `.subscriber`) may
 //! publish or pull but not list, look up or create topics and subscriptions: a request refused
@@ -10,6 +11,8 @@
 
 mod answers;
 mod reclaim;
+mod subscriptions;
+mod topics;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
@@ -19,12 +22,9 @@ use broker_api::{ErrorKind, Result};
 use google_cloud_gax::options::RequestOptionsBuilder;
 use google_cloud_gax::retry_policy::RetryPolicyExt;
 use google_cloud_pubsub::client::{SubscriptionAdmin, TopicAdmin};
-use google_cloud_pubsub::model::{ExpirationPolicy, Subscription};
 use google_cloud_pubsub::retry_policy::RetryableErrors;
 
-use crate::error::{is_not_found, is_permission_denied, rpc_error};
-
-use self::answers::{allowed, bound_elsewhere, creation, must_exist, probe_outcome, Creation};
+use self::answers::{bound_elsewhere, probe_outcome};
 
 /// The administrative clients of one backend and what it knows about its resources.
 #[derive(Debug)]
@@ -120,46 +120,6 @@ impl Admin {
         Ok(())
     }
 
-    /// Checks `subscription`, found rather than created here: bound to another topic it is an
-    /// error (its messages are not `topic`'s); with message ordering off it is used with a
-    /// warning (the service then hands out messages of the same key in any order, and a
-    /// subscription's ordering cannot be changed: only a new subscription, for a new group,
-    /// can have it). Looks it up unless `found` already; credentials that may not look it up
-    /// skip the check.
-    async fn check_found(
-        &self,
-        topic: &str,
-        subscription: &str,
-        found: Option<Subscription>,
-    ) -> Result<()> {
-        let looked_up = match found {
-            Some(found) => Ok(found),
-            None => {
-                self.subscriptions
-                    .get_subscription()
-                    .set_subscription(self.subscription_path(subscription))
-                    .send()
-                    .await
-            }
-        };
-        match looked_up {
-            Ok(found) if found.topic != self.topic_path(topic) => {
-                let bound = found.topic.rsplit('/').next().unwrap_or_default();
-                return Err(bound_elsewhere(subscription, topic, bound));
-            }
-            Ok(found) if !found.enable_message_ordering => tracing::warn!(
-                topic,
-                subscription,
-                "the subscription exists without message ordering: messages with the same key \
-                 may be handled out of order (create it with message ordering, under a new group)"
-            ),
-            Ok(_) => {}
-            Err(e) => tracing::debug!(subscription, error = %e,
-                "cannot look up the subscription's topic and message ordering"),
-        }
-        Ok(())
-    }
-
     /// The topic this backend opened `subscription` on, if it did.
     fn known_topic_of(&self, subscription: &str) -> Option<String> {
         let known = self.known.lock().ok()?;
@@ -234,96 +194,6 @@ impl Admin {
             .unwrap_or(false)
     }
 
-    /// The topic names of the project.
-    pub(crate) async fn list_topics(&self) -> Result<Vec<String>> {
-        let prefix = format!("{}/topics/", self.project_path);
-        let mut names = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .topics
-                .list_topics()
-                .set_project(&self.project_path)
-                .set_page_token(page_token)
-                .send()
-                .await
-                .map_err(|e| {
-                    rpc_error(
-                        e,
-                        "list topics",
-                        format!("cannot list the topics of {}", self.project_path),
-                    )
-                })?;
-            names.extend(page.topics.into_iter().map(|topic| {
-                topic
-                    .name
-                    .strip_prefix(&prefix)
-                    .map_or_else(|| topic.name.clone(), str::to_owned)
-            }));
-            if page.next_page_token.is_empty() {
-                return Ok(names);
-            }
-            page_token = page.next_page_token;
-        }
-    }
-
-    /// Deletes the subscriptions of `topic`, then the topic. A topic that does not exist is a
-    /// [`ErrorKind::NotFound`] error.
-    pub(crate) async fn delete_topic(&self, topic: &str) -> Result<()> {
-        let topic_path = self.topic_path(topic);
-        let mut subscriptions = Vec::new();
-        let mut page_token = String::new();
-        loop {
-            let page = self
-                .topics
-                .list_topic_subscriptions()
-                .set_topic(&topic_path)
-                .set_page_token(page_token)
-                .send()
-                .await
-                .map_err(|e| {
-                    rpc_error(
-                        e,
-                        "delete topic",
-                        format!("cannot list the subscriptions of topic {topic}"),
-                    )
-                })?;
-            subscriptions.extend(page.subscriptions);
-            if page.next_page_token.is_empty() {
-                break;
-            }
-            page_token = page.next_page_token;
-        }
-        // Forgotten first: a stream of the topic told its subscription is gone must not
-        // create it again (as after an emulator restart) while the topic still exists.
-        let forgotten = self
-            .known
-            .lock()
-            .ok()
-            .and_then(|mut known| known.remove(topic))
-            .unwrap_or_default();
-        if let Ok(mut created) = self.created.lock() {
-            for subscription in &forgotten {
-                created.remove(subscription);
-            }
-        }
-        for subscription in subscriptions {
-            self.delete_subscription(&subscription).await.map_err(|e| {
-                rpc_error(
-                    e,
-                    "delete topic",
-                    format!("cannot delete subscription {subscription} of topic {topic}"),
-                )
-            })?;
-        }
-        self.topics
-            .delete_topic()
-            .set_topic(&topic_path)
-            .send()
-            .await
-            .map_err(|e| rpc_error(e, "delete topic", format!("cannot delete topic {topic}")))
-    }
-
     /// Whether this backend created `subscription` itself (so no other process used it yet).
     pub(crate) fn created(&self, subscription: &str) -> bool {
         self.created
@@ -336,166 +206,6 @@ impl Admin {
     pub(crate) fn forget_all(&self) {
         if let Ok(mut known) = self.known.lock() {
             known.clear();
-        }
-    }
-
-    /// Creates `topic`; one that exists is kept. When the credentials may not create it, it is
-    /// taken as existing on first use, and is an error when `repair`ing a lost topic.
-    async fn create_topic(&self, topic: &str, repair: bool) -> Result<()> {
-        let created = self
-            .topics
-            .create_topic()
-            .set_name(self.topic_path(topic))
-            .send()
-            .await;
-        let failed = |e| rpc_error(e, "create topic", format!("cannot create topic {topic}"));
-        let created = creation(created).map_err(failed)?;
-        if let Creation::Created = allowed(created, &format!("topic {topic}"), repair)? {
-            tracing::debug!(topic, "created topic");
-        }
-        Ok(())
-    }
-
-    async fn check_topic(&self, topic: &str) -> Result<()> {
-        let looked_up = self
-            .topics
-            .get_topic()
-            .set_topic(self.topic_path(topic))
-            .send()
-            .await;
-        must_exist(looked_up, &format!("topic {topic}"), "check topic")
-    }
-
-    /// Creates the subscription; one that exists already is kept, unless `repair` is set and
-    /// it is bound to another topic (a topic deleted and created again leaves its old
-    /// subscriptions detached): then it is replaced.
-    async fn create_subscription(&self, topic: &str, subscription: &str) -> Result<()> {
-        self.create_subscription_with(topic, subscription, false)
-            .await
-    }
-
-    async fn repair_subscription(&self, topic: &str, subscription: &str) -> Result<()> {
-        self.create_subscription_with(topic, subscription, true)
-            .await
-    }
-
-    async fn create_subscription_with(
-        &self,
-        topic: &str,
-        subscription: &str,
-        repair: bool,
-    ) -> Result<()> {
-        let created = self
-            .try_create_subscription(topic, subscription, repair)
-            .await?;
-        if matches!(created, Creation::Created) || !repair {
-            return Ok(());
-        }
-        let path = self.subscription_path(subscription);
-        let existing = self
-            .subscriptions
-            .get_subscription()
-            .set_subscription(&path)
-            .send()
-            .await;
-        match existing {
-            Ok(found) if found.topic == self.topic_path(topic) => return Ok(()),
-            Ok(found) => tracing::warn!(
-                subscription, expected = topic, bound = %found.topic,
-                "subscription is bound to another topic (its topic was deleted); replacing it"
-            ),
-            Err(e) if is_not_found(&e) => {}
-            // Not allowed to look it up: it cannot be replaced either.
-            Err(e) if is_permission_denied(&e) => return Ok(()),
-            Err(e) => {
-                return Err(rpc_error(
-                    e,
-                    "create subscription",
-                    format!("cannot look up subscription {subscription}"),
-                ))
-            }
-        }
-        self.delete_subscription(&path).await.map_err(|e| {
-            rpc_error(
-                e,
-                "create subscription",
-                format!("cannot replace subscription {subscription}"),
-            )
-        })?;
-        self.try_create_subscription(topic, subscription, true)
-            .await
-            .map(drop)
-    }
-
-    /// Deletes the subscription at `path`; one that is gone already is fine.
-    async fn delete_subscription(
-        &self,
-        path: &str,
-    ) -> std::result::Result<(), google_cloud_gax::error::Error> {
-        match self
-            .subscriptions
-            .delete_subscription()
-            .set_subscription(path)
-            .send()
-            .await
-        {
-            Err(e) if !is_not_found(&e) => Err(e),
-            _ => Ok(()),
-        }
-    }
-
-    /// Creates the subscription, or says that it existed (or may not be created, see
-    /// [`allowed`]).
-    async fn try_create_subscription(
-        &self,
-        topic: &str,
-        subscription: &str,
-        repair: bool,
-    ) -> Result<Creation> {
-        let created = self
-            .subscriptions
-            .create_subscription()
-            .set_name(self.subscription_path(subscription))
-            .set_topic(self.topic_path(topic))
-            .set_enable_message_ordering(true)
-            // Unset, the service deletes a subscription after 31 days without a subscriber,
-            // and with it what was published for its group meanwhile; no `ttl` is no expiry.
-            .set_expiration_policy(ExpirationPolicy::new())
-            .send()
-            .await;
-        let created = creation(created).map_err(|e| {
-            rpc_error(
-                e,
-                "create subscription",
-                format!("cannot create subscription {subscription} on topic {topic}"),
-            )
-        })?;
-        let created = allowed(created, &format!("subscription {subscription}"), repair)?;
-        if matches!(created, Creation::Created) {
-            tracing::debug!(topic, subscription, "created subscription");
-            if let Ok(mut created) = self.created.lock() {
-                created.insert(subscription.to_owned());
-            }
-        }
-        Ok(created)
-    }
-
-    /// Checks that `subscription` exists; returns it when these credentials may look it up.
-    async fn check_subscription(&self, subscription: &str) -> Result<Option<Subscription>> {
-        let looked_up = self
-            .subscriptions
-            .get_subscription()
-            .set_subscription(self.subscription_path(subscription))
-            .send()
-            .await;
-        match looked_up {
-            Ok(found) => Ok(Some(found)),
-            Err(e) => must_exist(
-                Err::<(), _>(e),
-                &format!("subscription {subscription}"),
-                "check subscription",
-            )
-            .map(|()| None),
         }
     }
 
