@@ -1,7 +1,7 @@
 //! Acknowledgement bookkeeping of one subscription, shared by its stream (which polls the
 //! consumer), its rebalance hooks and every delivery it handed out.
 //!
-//! - An ack marks the offset handled in an [`OffsetTracker`]; the stream stores only the
+//! - An ack marks the offset handled in an [`OffsetTracker`](broker_api::offsets::OffsetTracker); the stream stores only the
 //!   contiguous handled prefix of each partition, which librdkafka commits.
 //! - A nack rewinds the partition to its oldest unsettled offset: that message and every later
 //!   one of the partition are delivered again. A delivery dropped unsettled while the
@@ -17,6 +17,11 @@
 //!   later ones are handled and their slots come back, but their offsets stay tracked until
 //!   it is settled: the subscription also stops reading while [`WINDOW_PER_SLOT`] times
 //!   `max_in_flight` offsets are, so that the tracker's memory stays bounded.
+//!
+//! [`Shared`] is what the stream, the rebalance hooks and the deliveries share; its locked
+//! part is in [`state`].
+
+mod state;
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -25,11 +30,12 @@ use std::task::Waker;
 
 use futures::task::AtomicWaker;
 
-use broker_api::offsets::OffsetTracker;
 use broker_api::{AckKey, AckTable, Acker, Error, ErrorKind, Result, Settlement};
 
 use crate::error::{closed, BACKEND};
 use crate::keep_alive::Polling;
+
+use self::state::AckState;
 
 /// How many offsets the tracker keeps at most per `max_in_flight` slot (16 bytes each): how
 /// far a subscription reads on past a delivery left unsettled.
@@ -49,7 +55,7 @@ pub(crate) struct Shared {
     group: String,
     limit: usize,
     in_flight: AtomicUsize,
-    /// [`OffsetTracker::tracked`] of `state`, readable without the lock.
+    /// [`OffsetTracker::tracked`](broker_api::offsets::OffsetTracker::tracked) of `state`, readable without the lock.
     tracked: AtomicUsize,
     stop: AtomicBool,
     /// Set when an ack moved a committable position that is not stored yet.
@@ -62,81 +68,6 @@ pub(crate) struct Shared {
     reader: AtomicWaker,
     /// Whether the stream or the keeper polls the consumer.
     polling: Polling,
-}
-
-#[derive(Default)]
-struct AckState {
-    tracker: OffsetTracker,
-    epochs: Epochs,
-    next_epoch: u64,
-    /// Partitions to seek back, with the offset to read again from: the rewinds of nacks and
-    /// the records the keeper read while paused.
-    rewinds: Vec<(i32, i64)>,
-    closed: bool,
-}
-
-/// The current epoch of each partition: a short list (a member owns a few partitions), faster
-/// than a hash map on the per-delivery path.
-#[derive(Default)]
-struct Epochs(Vec<(i32, u64)>);
-
-impl Epochs {
-    fn get(&self, partition: i32) -> Option<u64> {
-        self.0
-            .iter()
-            .find(|(p, _)| *p == partition)
-            .map(|&(_, epoch)| epoch)
-    }
-
-    fn insert(&mut self, partition: i32, epoch: u64) {
-        match self.0.iter_mut().find(|(p, _)| *p == partition) {
-            Some(entry) => entry.1 = epoch,
-            None => self.0.push((partition, epoch)),
-        }
-    }
-
-    /// The partition whose current epoch is `epoch` (epochs are never reused).
-    fn partition_of(&self, epoch: u64) -> Option<i32> {
-        self.0.iter().find(|(_, e)| *e == epoch).map(|&(p, _)| p)
-    }
-
-    fn remove(&mut self, partition: i32) {
-        self.0.retain(|(p, _)| *p != partition);
-    }
-
-    fn partitions(&self) -> impl Iterator<Item = i32> + '_ {
-        self.0.iter().map(|&(p, _)| p)
-    }
-}
-
-impl AckState {
-    /// Asks the stream to read `partition` again from `from`, or from the seek already pending
-    /// if that is older.
-    fn seek_back(&mut self, partition: i32, from: i64) {
-        match self.rewinds.iter_mut().find(|(p, _)| *p == partition) {
-            Some((_, pending)) => *pending = (*pending).min(from),
-            None => self.rewinds.push((partition, from)),
-        }
-    }
-
-    fn new_epoch(&mut self) -> u64 {
-        self.next_epoch += 1;
-        self.next_epoch
-    }
-
-    /// The offset to commit for `partition`: its oldest unsettled one, which is the rewind
-    /// point while a rewind is pending (the tracker forgot the partition then).
-    fn committable(&self, partition: i32) -> Option<i64> {
-        let rewind = self
-            .rewinds
-            .iter()
-            .find(|&&(p, _)| p == partition)
-            .map(|&(_, from)| from);
-        match (self.tracker.committable(partition), rewind) {
-            (Some(tracked), Some(rewind)) => Some(tracked.min(rewind)),
-            (tracked, rewind) => tracked.or(rewind),
-        }
-    }
 }
 
 impl Shared {
@@ -496,233 +427,4 @@ impl AckTable for Shared {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ack(acker: Acker) -> Result<()> {
-        match acker.ack() {
-            futures::future::Either::Left(ready) => ready.into_inner(),
-            futures::future::Either::Right(_) => unreachable!(),
-        }
-    }
-
-    fn nack(acker: Acker) -> Result<()> {
-        match acker.nack() {
-            futures::future::Either::Left(ready) => ready.into_inner(),
-            futures::future::Either::Right(_) => unreachable!(),
-        }
-    }
-
-    #[test]
-    fn only_the_handled_prefix_moves() {
-        let shared = Arc::new(Shared::new("t", "g", 10));
-        shared.assigned(&[0]);
-        let a = shared.admit(0, 5).unwrap();
-        let b = shared.admit(0, 6).unwrap();
-        let c = shared.admit(0, 7).unwrap();
-        ack(b).unwrap();
-        assert!(shared.take_moved().is_empty());
-        ack(a).unwrap();
-        assert_eq!(shared.take_moved(), [(0, 7)]);
-        assert_eq!(shared.close(), [(0, 7)]);
-        assert!(ack(c).is_err());
-    }
-
-    #[test]
-    fn reading_stops_far_enough_behind_an_unsettled_delivery() {
-        let shared = Arc::new(Shared::new("t", "g", 4));
-        shared.assigned(&[0]);
-        let held = shared.admit(0, 0).unwrap();
-        let mut offset = 1;
-        while shared.room() > 0 && offset < 1_000_000 {
-            ack(shared.admit(0, offset).unwrap()).unwrap();
-            offset += 1;
-        }
-        assert_eq!(
-            offset as usize,
-            4 * WINDOW_PER_SLOT,
-            "read on behind the held delivery"
-        );
-        ack(held).unwrap();
-        assert_eq!(shared.room(), 4, "the window emptied");
-        assert_eq!(shared.take_moved(), [(0, offset)]);
-    }
-
-    #[test]
-    fn slots_bound_deliveries_and_come_back_on_drop() {
-        let shared = Arc::new(Shared::new("t", "g", 2));
-        let a = shared.admit(0, 0).unwrap();
-        let b = shared.admit(0, 1).unwrap();
-        assert_eq!(shared.room(), 0);
-        drop(a);
-        assert_eq!(shared.room(), 1);
-        assert!(ack(b).is_err(), "rewound to the dropped delivery before it");
-        assert_eq!(shared.in_flight.load(Ordering::Acquire), 0);
-        // 0 was dropped unsettled: nothing may be committed past it, and it comes again.
-        assert!(shared.take_moved().is_empty());
-        assert_eq!(shared.take_rewinds().seeks, [(0, 0)]);
-    }
-
-    #[test]
-    fn a_delivery_dropped_while_running_is_delivered_again() {
-        let shared = Arc::new(Shared::new("t", "g", 10));
-        shared.assigned(&[0]);
-        let a = shared.admit(0, 5).unwrap();
-        let b = shared.admit(0, 6).unwrap();
-        let c = shared.admit(0, 7).unwrap();
-        ack(a).unwrap();
-        drop(b);
-        // Rewound to the dropped message: the partition's commits move on after it is
-        // handled, instead of waiting behind it until the next rebalance.
-        assert_eq!(shared.take_rewinds().seeks, [(0, 6)]);
-        assert!(ack(c).is_err(), "read before the rewind: delivered again");
-        let again = shared.admit(0, 6).unwrap();
-        ack(again).unwrap();
-        assert_eq!(shared.take_moved(), [(0, 7)]);
-    }
-
-    #[test]
-    fn closing_commits_the_oldest_unsettled_offset() {
-        // A nack (or drop) just before closing: the rewind point is committed.
-        let shared = Arc::new(Shared::new("t", "g", 10));
-        shared.assigned(&[0, 1]);
-        let a = shared.admit(0, 3).unwrap();
-        let b = shared.admit(0, 4).unwrap();
-        let c = shared.admit(1, 8).unwrap();
-        ack(a).unwrap();
-        nack(b).unwrap();
-        // Dropped once closing has begun: no rewind, the position stays at it.
-        shared.stop();
-        drop(c);
-        assert_eq!(shared.close(), [(0, 4), (1, 8)]);
-    }
-
-    #[test]
-    fn a_handler_finishing_after_intake_stopped_is_committed() {
-        // Closing: the runner stops intake, drops a delivery that waited behind its key, then
-        // the running handler of an earlier offset acknowledges.
-        let shared = Arc::new(Shared::new("t", "g", 10));
-        shared.assigned(&[0]);
-        let running = shared.admit(0, 5).unwrap();
-        let waiting = shared.admit(0, 6).unwrap();
-        shared.stop();
-        drop(waiting);
-        ack(running).unwrap();
-        assert_eq!(shared.close(), [(0, 6)]);
-    }
-
-    #[test]
-    fn revoked_partitions_refuse_late_acks() {
-        let shared = Arc::new(Shared::new("t", "g", 10));
-        shared.assigned(&[0, 1]);
-        let a = shared.admit(0, 0).unwrap();
-        let b = shared.admit(1, 0).unwrap();
-        ack(b).unwrap();
-        assert_eq!(shared.revoked(&[0, 1]), [(0, 0), (1, 1)]);
-        let late = ack(a).unwrap_err();
-        assert_eq!(late.kind(), ErrorKind::Connection);
-        assert!(late.to_string().contains("delivers it again"), "{late}");
-        assert!(shared.take_moved().is_empty());
-        shared.assigned(&[0]);
-        let again = shared.admit(0, 0).unwrap();
-        ack(again).unwrap();
-        assert_eq!(shared.take_moved(), [(0, 1)]);
-    }
-
-    #[test]
-    fn nack_rewinds_to_the_oldest_unsettled_offset() {
-        let shared = Arc::new(Shared::new("t", "g", 10));
-        shared.assigned(&[0]);
-        let a = shared.admit(0, 3).unwrap();
-        let b = shared.admit(0, 4).unwrap();
-        let c = shared.admit(0, 5).unwrap();
-        ack(a).unwrap();
-        nack(c).unwrap();
-        assert_eq!(shared.take_rewinds().seeks, [(0, 4)]);
-        // b belongs to the old epoch now: its ack fails, it comes again.
-        assert!(ack(b).is_err());
-        let again = shared.admit(0, 4).unwrap();
-        ack(again).unwrap();
-        assert_eq!(shared.take_moved(), [(0, 5)]);
-    }
-
-    #[test]
-    fn a_record_read_while_paused_is_read_again_and_earlier_deliveries_stay_live() {
-        let shared = Arc::new(Shared::new("t", "g", 10));
-        shared.assigned(&[0, 1]);
-        let unsettled = shared.admit(0, 3).unwrap();
-        ack(shared.admit(0, 4).unwrap()).unwrap();
-        // Each partition from the first record read while paused; partition 2 is not this
-        // member's.
-        shared.read_again(0, 5);
-        shared.read_again(1, 7);
-        shared.read_again(1, 8);
-        shared.read_again(2, 1);
-        assert_eq!(
-            shared.take_rewinds(),
-            Rewinds {
-                seeks: vec![(0, 5), (1, 7)],
-                // Stored before seeking: nothing past the unsettled delivery.
-                positions: vec![(0, 3), (1, 7)],
-            }
-        );
-        let again = shared.admit(0, 5).expect("read again after the seek");
-        assert!(unsettled.is_live());
-        ack(unsettled).unwrap();
-        ack(again).unwrap();
-        assert_eq!(shared.take_moved(), [(0, 6)]);
-    }
-
-    #[test]
-    fn deliveries_are_live_until_revoked_rewound_or_closed() {
-        let shared = Arc::new(Shared::new("t", "g", 10));
-        shared.assigned(&[0, 1, 2]);
-        let revoked = shared.admit(0, 1).unwrap();
-        let rewound = shared.admit(1, 1).unwrap();
-        let nacked = shared.admit(1, 2).unwrap();
-        let kept = shared.admit(2, 1).unwrap();
-        assert!(revoked.is_live() && rewound.is_live() && kept.is_live());
-        shared.revoked(&[0]);
-        nack(nacked).unwrap();
-        assert!(!revoked.is_live(), "its partition was revoked");
-        assert!(!rewound.is_live(), "its partition was rewound");
-        assert!(kept.is_live());
-        shared.close();
-        assert!(!kept.is_live(), "the subscription closed");
-    }
-
-    #[test]
-    fn a_rewind_pending_is_not_moved_forward_by_a_later_one() {
-        let shared = Arc::new(Shared::new("t", "g", 10));
-        shared.assigned(&[0]);
-        let first = shared.admit(0, 3).unwrap();
-        nack(first).unwrap();
-        shared.read_again(0, 9);
-        assert_eq!(shared.take_rewinds().seeks, [(0, 3)]);
-    }
-
-    #[test]
-    fn a_rewind_whose_seek_failed_is_done_again_unless_revoked() {
-        let shared = Arc::new(Shared::new("t", "g", 10));
-        shared.assigned(&[0, 1]);
-        nack(shared.admit(0, 4).unwrap()).unwrap();
-        nack(shared.admit(1, 9).unwrap()).unwrap();
-        assert_eq!(shared.take_rewinds().seeks, [(0, 4), (1, 9)]);
-        // Both seeks failed; partition 1 was revoked before the next read.
-        shared.rewind_again(0, 4);
-        shared.revoked(&[1]);
-        shared.rewind_again(1, 9);
-        assert!(shared.admit(0, 5).is_none(), "read past the rewind point");
-        assert_eq!(shared.take_rewinds().seeks, [(0, 4)]);
-    }
-
-    #[test]
-    fn messages_read_before_a_pending_rewind_are_skipped() {
-        let shared = Arc::new(Shared::new("t", "g", 10));
-        let a = shared.admit(0, 0).unwrap();
-        nack(a).unwrap();
-        assert!(shared.admit(0, 1).is_none());
-        assert_eq!(shared.take_rewinds().seeks, [(0, 0)]);
-        assert!(shared.admit(0, 0).is_some());
-    }
-}
+mod tests;
