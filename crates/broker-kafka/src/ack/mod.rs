@@ -1,7 +1,8 @@
 //! Acknowledgement bookkeeping of one subscription, shared by its stream (which polls the
 //! consumer), its rebalance hooks and every delivery it handed out.
 //!
-//! - An ack marks the offset handled in an [`OffsetTracker`](broker_api::offsets::OffsetTracker); the stream stores only the
+//! - An ack marks the offset handled in an
+//!   [`OffsetTracker`](broker_api::offsets::OffsetTracker); the stream stores only the
 //!   contiguous handled prefix of each partition, which librdkafka commits.
 //! - A nack rewinds the partition to its oldest unsettled offset: that message and every later
 //!   one of the partition are delivered again. A delivery dropped unsettled while the
@@ -55,7 +56,8 @@ pub(crate) struct Shared {
     group: String,
     limit: usize,
     in_flight: AtomicUsize,
-    /// [`OffsetTracker::tracked`](broker_api::offsets::OffsetTracker::tracked) of `state`, readable without the lock.
+    /// [`OffsetTracker::tracked`](broker_api::offsets::OffsetTracker::tracked) of `state`,
+    /// readable without the lock.
     tracked: AtomicUsize,
     stop: AtomicBool,
     /// Set when an ack moved a committable position that is not stored yet.

@@ -6,8 +6,8 @@
 //! the task that settles them in the order they were sent ([`answer_in_order`]), messages with
 //! one to the task that settles each key's in the order they were sent ([`answer_by_key`]),
 //! since the client batches each ordering key on its own and a key's batch may wait for its
-//! delay, or be retried, while others are answered. The caller gets a [`Confirmation`] that waits for a
-//! slot the task fills. The tasks await the answers whether or not anyone awaits the
+//! delay, or be retried, while others are answered. The caller gets a [`Confirmation`] that
+//! waits for a slot the task fills. The tasks await the answers whether or not anyone awaits the
 //! confirmations: a message's room is given back as soon as the service answered it (or,
 //! when it failed, once it was published again or given up), so a caller that sends many
 //! messages before it awaits their confirmations, or drops them, keeps the bound without

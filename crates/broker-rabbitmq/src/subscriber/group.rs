@@ -22,9 +22,6 @@ use crate::metadata::{self, DeliveryFields};
 use crate::poll;
 use crate::topology::Topology;
 
-/// How long closing a subscription waits for the broker to close its channel.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// What a subscription needs to (re)open its consumer.
 pub(super) struct Group {
     pub(super) link: Arc<Link>,
@@ -58,10 +55,8 @@ impl Active {
     /// acknowledgements queued before), then lets the consumer go.
     pub(super) async fn close(mut self) {
         let consumer = self.consumer.take();
-        let closing = close_channel(&self.channel, "subscription closed");
-        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
-            tracing::debug!("RabbitMQ did not answer the subscription's channel close in time");
-        }
+        // Bounded: close_channel waits at most its own timeout for the broker's answer.
+        close_channel(&self.channel, "subscription closed").await;
         drop(consumer);
     }
 }
