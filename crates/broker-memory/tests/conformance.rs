@@ -1,7 +1,7 @@
 //! The conformance suite against the in-memory backend.
 
 use async_trait::async_trait;
-use broker_api::{Broker, Result};
+use broker_api::{Broker, ConnectOptions, Result};
 use broker_memory::{MemoryBackend, MemoryConfig, MemoryInstance};
 use broker_testkit::Harness;
 use std::sync::Arc;
@@ -15,15 +15,27 @@ struct Memory {
 #[async_trait]
 impl Harness for Memory {
     async fn connect(&self) -> Result<Broker> {
-        Ok(Broker::new(MemoryBackend::with_instance(
-            self.instance.clone(),
-            &MemoryConfig::default(),
-            Default::default(),
-        )))
+        Ok(self.broker(ConnectOptions::default()))
+    }
+
+    async fn connect_without_provisioning(&self) -> Option<Result<Broker>> {
+        Some(Ok(
+            self.broker(ConnectOptions::default().auto_provision(false))
+        ))
     }
 
     fn quiet_period(&self) -> Duration {
         Duration::from_millis(300)
+    }
+}
+
+impl Memory {
+    fn broker(&self, options: ConnectOptions) -> Broker {
+        Broker::new(MemoryBackend::with_instance(
+            self.instance.clone(),
+            &MemoryConfig::default(),
+            options,
+        ))
     }
 }
 

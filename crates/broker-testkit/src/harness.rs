@@ -22,6 +22,13 @@ pub trait Harness: Send + Sync + 'static {
     /// topics. Subscriber defaults may be anything; cases set what they depend on.
     async fn connect(&self) -> Result<Broker>;
 
+    /// A new connection to the same broker with auto-provisioning off, which creates no topic,
+    /// group or subscription; `None` when the harness cannot make one (the missing-topic case
+    /// then says it skipped).
+    async fn connect_without_provisioning(&self) -> Option<Result<Broker>> {
+        None
+    }
+
     /// Stops and starts the broker, keeping its data, for the restart case.
     async fn restart(&self) -> std::result::Result<(), NoRestart> {
         Err(NoRestart::Unsupported)

@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, Once};
 use std::time::Duration;
 
-use broker_api::{Backend, Broker, HandlerResult, Message, Received, RetryPolicy, TopicSpec};
+use broker_api::{
+    Backend, Broker, ErrorKind, HandlerResult, Message, Received, RetryPolicy, TopicSpec,
+};
 use tokio::sync::Notify;
 
 /// The longest a single case may run before it is failed as hung.
@@ -230,6 +232,24 @@ pub async fn send_confirmed(
     message: Message,
 ) -> broker_api::Result<()> {
     backend.send(topic, message).await?.await.map(drop)
+}
+
+/// Checks that `err`, from connecting with a wrong password, says so clearly: it is of one of
+/// `kinds`, names `endpoint` and does not echo `password`.
+pub fn assert_login_refused(
+    err: &broker_api::Error,
+    kinds: &[ErrorKind],
+    endpoint: &str,
+    password: &str,
+) {
+    let text = err.to_string();
+    assert!(
+        kinds.contains(&err.kind()),
+        "{text}: a {:?} error, not one of {kinds:?}",
+        err.kind()
+    );
+    assert!(text.contains(endpoint), "{text} does not name {endpoint}");
+    assert!(!text.contains(password), "password leaked: {text}");
 }
 
 /// Log lines at `WARN` and above written while [`CapturedLogs::subscriber`] is the thread's

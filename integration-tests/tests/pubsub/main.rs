@@ -39,6 +39,10 @@ impl Harness for PubSub {
         Ok(Broker::new(backend(&self.live.address, true).await?))
     }
 
+    async fn connect_without_provisioning(&self) -> Option<broker_api::Result<Broker>> {
+        Some(backend(&self.live.address, false).await.map(Broker::new))
+    }
+
     async fn restart(&self) -> Result<(), NoRestart> {
         live::restart_managed("pubsub", ENDPOINT_VAR, &self.live.address).await
     }

@@ -9,7 +9,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 
 use super::{connect, distinct_values, publish_texts, sorted, text_topic};
-use crate::support::{fresh_topic, next_within, skip, unique, Inbox};
+use crate::support::{fresh_topic, next_within, skip, Inbox};
 use crate::{Harness, NoRestart};
 
 /// A subscriber closed mid-stream, then a new one in the same group: every message is handled
@@ -285,46 +285,6 @@ pub async fn publish_after_close_fails(harness: &dyn Harness) {
         .await
         .expect_err("subscribe after close");
     assert_eq!(err.kind(), ErrorKind::Closed, "{err}");
-}
-
-/// Deleting a topic removes it (and its groups); deleting one that does not exist is a
-/// `NotFound` error naming it, on every broker alike.
-pub async fn delete_topic_removes_it(harness: &dyn Harness) {
-    let broker = connect(harness).await;
-    let capabilities = broker.capabilities();
-    if !capabilities.delete_topic {
-        skip(
-            "delete_topic_removes_it",
-            "the backend cannot delete topics",
-        );
-        return;
-    }
-    let backend = broker.backend();
-    let missing = unique("missing");
-    let err = backend
-        .delete_topic(&missing)
-        .await
-        .expect_err("deleting a topic that does not exist");
-    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
-    assert!(
-        err.to_string().contains(&missing),
-        "{err} does not name {missing}"
-    );
-
-    let name = fresh_topic(&broker, "deleted", &["g"]).await;
-    publish_texts(&broker.publisher(&text_topic(&name)), "m", 3).await;
-    backend.delete_topic(&name).await.expect("delete");
-    if capabilities.list_topics {
-        let deadline = tokio::time::Instant::now() + harness.patience();
-        while backend.list_topics().await.expect("list").contains(&name) {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{name} still listed after its deletion"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-    broker.close().await.expect("close broker");
 }
 
 /// A subscription never holds more unsettled deliveries than `max_in_flight`.

@@ -6,6 +6,7 @@ mod failures;
 mod flow;
 mod groups;
 mod lifecycle;
+mod topology;
 
 pub use failures::{
     dead_letter_off_stops_subscription, handler_error_is_retried, manual_nack_redelivers,
@@ -23,9 +24,10 @@ pub use groups::{
 pub use lifecycle::{
     abandoned_handler_is_redelivered, at_most_once_does_not_redeliver, bounded_in_flight,
     broker_restart_loses_nothing, cancel_and_resubscribe, capabilities_are,
-    close_flushes_sent_messages, concurrent_close_does_not_deadlock, delete_topic_removes_it,
-    publish_after_close_fails, resubscribe_after_close_loses_nothing,
+    close_flushes_sent_messages, concurrent_close_does_not_deadlock, publish_after_close_fails,
+    resubscribe_after_close_loses_nothing,
 };
+pub use topology::{delete_topic_removes_it, missing_topic_is_not_found};
 
 use broker_api::{Broker, Publisher, Topic};
 
