@@ -29,7 +29,8 @@ pub async fn missing_topic_is_not_found(harness: &dyn Harness) {
     let missing = unique("missing");
 
     let started = Instant::now();
-    // With a key: on Pub/Sub a failed publish must not wedge its ordering key either.
+    // With a key, so that backends that publish keyed messages apart (Pub/Sub's ordering
+    // keys) are refused on that path too.
     let err = send_confirmed(backend.as_ref(), &missing, Message::new("x").with_key("k"))
         .await
         .expect_err("publishing to a missing topic");
