@@ -18,6 +18,11 @@ impl Publisher {
     /// Replaces the producer after librdkafka refused a message with a fatal error of its
     /// sequence or id; returns whether a working producer is in place (made here, or by a send
     /// that got here first).
+    ///
+    /// The new producer is made under the write lock on purpose: sends wait for it (making one
+    /// starts librdkafka's threads without waiting for the network) instead of handing
+    /// records to the failed producer, which would refuse them too, and two sends that met the
+    /// same failure make one producer, not two.
     pub(super) fn replace_failed(&self) -> bool {
         let mut producer = self
             .producer
