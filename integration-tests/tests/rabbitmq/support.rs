@@ -1,5 +1,7 @@
 //! Helpers the cases share: backends, `rabbitmqctl`, changes made behind a backend's back.
 
+use std::time::Duration;
+
 use broker_api::ConnectOptions;
 use broker_rabbitmq::lapin::options::{
     ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
@@ -82,17 +84,35 @@ pub(crate) async fn unacknowledged(queue: &str) -> u64 {
 
 /// Runs `operation` on a channel of a raw lapin connection to `uri`, then closes it: changes
 /// made behind the backend's back.
+///
+/// Each step is bounded, so that a case waiting on the broker behind the back fails naming the
+/// step instead of hanging until the case guard (a hang here was seen once, in a full CI run,
+/// and not reproduced); closing the connection is given a few seconds and then dropped.
 async fn behind_the_back<T, F>(uri: &str, operation: impl FnOnce(Channel) -> F) -> T
 where
     F: std::future::Future<Output = T>,
 {
-    let raw = Connection::connect(uri, ConnectionProperties::default())
+    let raw = bounded(
+        "connecting",
+        Connection::connect(uri, ConnectionProperties::default()),
+    )
+    .await
+    .expect("raw lapin connection");
+    let channel = bounded("opening a channel", raw.create_channel())
         .await
-        .expect("raw lapin connection");
-    let channel = raw.create_channel().await.expect("channel");
-    let outcome = operation(channel).await;
-    let _ = raw.close(200, "done".into()).await;
+        .expect("channel");
+    let outcome = bounded("the operation", operation(channel)).await;
+    let _ = tokio::time::timeout(STEP_LIMIT / 6, raw.close(200, "done".into())).await;
     outcome
+}
+
+/// How long one step of [`behind_the_back`] may take.
+const STEP_LIMIT: Duration = Duration::from_secs(30);
+
+async fn bounded<T>(step: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(STEP_LIMIT, future)
+        .await
+        .unwrap_or_else(|_| panic!("{step} behind the backend's back took over {STEP_LIMIT:?}"))
 }
 
 pub(crate) async fn delete_queue(uri: &str, name: &str) {

@@ -193,7 +193,12 @@ async fn restored_exchange_binds_every_group(harness: &RabbitMq, exchange_first:
     let publisher = broker.publisher(&topic);
     let deadline = Instant::now() + harness.patience();
     loop {
-        let _ = publisher.publish(&"probe".to_owned()).await;
+        // Failures are expected while g1 recovers; a publish that outlives its own timeout
+        // (60 s by default) is not.
+        let probe = "probe".to_owned();
+        let _ = tokio::time::timeout(harness.patience() * 3 / 2, publisher.publish(&probe))
+            .await
+            .expect("a publish outlived its publish timeout");
         if !inbox.is_empty() {
             break;
         }
