@@ -102,12 +102,14 @@ where
         .await
         .expect("channel");
     let outcome = bounded("the operation", operation(channel)).await;
-    let _ = tokio::time::timeout(STEP_LIMIT / 6, raw.close(200, "done".into())).await;
+    let _ = tokio::time::timeout(CLOSE_LIMIT, raw.close(200, "done".into())).await;
     outcome
 }
 
 /// How long one step of [`behind_the_back`] may take.
 const STEP_LIMIT: Duration = Duration::from_secs(30);
+/// How long [`behind_the_back`] waits for its connection to close before dropping it.
+const CLOSE_LIMIT: Duration = Duration::from_secs(5);
 
 async fn bounded<T>(step: &str, future: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(STEP_LIMIT, future)

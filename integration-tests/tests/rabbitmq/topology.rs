@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use broker_api::{Backend, Broker, ErrorKind, SubscribeRequest, TopicSpec};
+use broker_rabbitmq::RabbitMqConfig;
 use broker_testkit::support::{fresh_topic, next_within, run_case, unique, Inbox};
 use broker_testkit::Harness;
 use futures::StreamExt;
@@ -191,12 +192,13 @@ async fn restored_exchange_binds_every_group(harness: &RabbitMq, exchange_first:
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let publisher = broker.publisher(&topic);
+    let publish_bound = RabbitMqConfig::default().publish_timeout + Duration::from_secs(30);
     let deadline = Instant::now() + harness.patience();
     loop {
         // Failures are expected while g1 recovers; a publish that outlives its own timeout
-        // (60 s by default) is not.
+        // is not.
         let probe = "probe".to_owned();
-        let _ = tokio::time::timeout(harness.patience() * 3 / 2, publisher.publish(&probe))
+        let _ = tokio::time::timeout(publish_bound, publisher.publish(&probe))
             .await
             .expect("a publish outlived its publish timeout");
         if !inbox.is_empty() {
