@@ -6,7 +6,8 @@
 //! [keyed](Confirmation::keyed) confirmations, allocating nothing per message; one that fills
 //! a per-message slot hands that slot over [shared](Confirmation::shared); anything else is
 //! [boxed](Confirmation::boxed). [`ReceiptSlot`] is such a slot, for a client callback or task
-//! to fill in.
+//! to fill in; [`ReceiptPool`](crate::ReceiptPool) is a table of them reused from one message to
+//! the next.
 
 use std::fmt;
 use std::future::Future;
@@ -37,16 +38,25 @@ pub trait ReceiptTable: Send + Sync {
 }
 
 /// The answer for one message, filled in once by whoever hears from the broker and taken by
-/// the [`Confirmation`] that waits for it.
-#[derive(Default)]
-pub struct ReceiptSlot {
-    result: Mutex<Option<Result<Receipt>>>,
+/// the [`Confirmation`] that waits for it: its [`Receipt`], or what a backend makes one of
+/// when the confirmation takes it (see [`ReceiptPool`](crate::ReceiptPool)).
+pub struct ReceiptSlot<A = Receipt> {
+    result: Mutex<Option<Result<A>>>,
     waker: AtomicWaker,
 }
 
-impl ReceiptSlot {
+impl<A> Default for ReceiptSlot<A> {
+    fn default() -> Self {
+        ReceiptSlot {
+            result: Mutex::new(None),
+            waker: AtomicWaker::new(),
+        }
+    }
+}
+
+impl<A> ReceiptSlot<A> {
     /// Stores the broker's answer and wakes the waiter. Only the first answer counts.
-    pub fn fill(&self, result: Result<Receipt>) {
+    pub fn fill(&self, result: Result<A>) {
         if let Some(waker) = self.store(result) {
             waker.wake();
         }
@@ -55,7 +65,7 @@ impl ReceiptSlot {
     /// Stores the broker's answer and returns the waiter's waker, if one waits, without waking
     /// it: the caller lets go of whatever holds the slot first, then wakes the waiter.
     #[must_use = "the waiter sleeps until the returned waker is woken"]
-    pub fn store(&self, result: Result<Receipt>) -> Option<std::task::Waker> {
+    pub fn store(&self, result: Result<A>) -> Option<std::task::Waker> {
         let mut slot = self.result.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_some() {
             return None;
@@ -75,7 +85,7 @@ impl ReceiptSlot {
     }
 
     /// The broker's answer once it arrived; registers `cx`'s waker to be woken by it until then.
-    pub fn poll_receipt(&self, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
+    pub fn poll_receipt(&self, cx: &mut Context<'_>) -> Poll<Result<A>> {
         if let Some(result) = self.take() {
             return Poll::Ready(result);
         }
@@ -83,7 +93,7 @@ impl ReceiptSlot {
         self.take().map_or(Poll::Pending, Poll::Ready)
     }
 
-    fn take(&self) -> Option<Result<Receipt>> {
+    fn take(&self) -> Option<Result<A>> {
         self.result
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

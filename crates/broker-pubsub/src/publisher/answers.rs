@@ -7,17 +7,18 @@
 //! one to the task that settles each key's in the order they were sent ([`answer_by_key`]),
 //! since the client batches each ordering key on its own and a key's batch may wait for its
 //! delay, or be retried, while others are answered. The caller gets a [`Confirmation`] that
-//! waits for a slot the task fills. The tasks await the answers whether or not anyone awaits the
-//! confirmations: a message's room is given back as soon as the service answered it (or,
-//! when it failed, once it was published again or given up), so a caller that sends many
-//! messages before it awaits their confirmations, or drops them, keeps the bound without
-//! waiting for itself. A failed message is published again on a task of its own (see
+//! waits for its entry of the topic's [`ReceiptPool`], which the task answers (entries are
+//! reused: nothing is allocated per message for it). The tasks await the answers whether or
+//! not anyone awaits the confirmations: a message's room is given back as soon as the service
+//! answered it (or, when it failed, once it was published again or given up), so a caller
+//! that sends many messages before it awaits their confirmations, or drops them, keeps the
+//! bound without waiting for itself. A failed message is published again on a task of its own (see
 //! [`Publishers::retry`](super::Publishers)).
 
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 
-use broker_api::{Confirmation, Error, Message, Receipt, ReceiptSlot, Result};
+use broker_api::{Confirmation, Error, Message, ReceiptPool, Result};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use google_cloud_pubsub::error::PublishError;
@@ -29,7 +30,7 @@ use tokio_util::task::TaskTracker;
 
 use super::client::Published;
 use super::pending::Room;
-use super::{receipt, Publishers, TopicPublisher};
+use super::{Answered, Publishers, TopicPublisher};
 use crate::error::{publish_error, BACKEND};
 
 /// Where the messages handed to a topic's client go to be answered. The tasks end once this
@@ -40,6 +41,8 @@ pub(super) struct Answers {
     unkeyed: mpsc::UnboundedSender<Waiting>,
     /// Messages with an ordering key, each settled once answered.
     keyed: mpsc::UnboundedSender<Waiting>,
+    /// The confirmations' answers, in entries reused from one message to the next.
+    receipts: Arc<ReceiptPool<Answered>>,
     /// Counts every message until its confirmation is filled: closing waits for them.
     unsettled: TaskTracker,
 }
@@ -58,11 +61,11 @@ impl Waiting {
 }
 
 /// What answering a message takes: the message, its topic, its room, its confirmation.
-struct Sent {
-    publisher: Arc<TopicPublisher>,
-    message: Message,
-    room: Room,
-    reply: Reply,
+pub(super) struct Sent {
+    pub(super) publisher: Arc<TopicPublisher>,
+    pub(super) message: Message,
+    pub(super) room: Room,
+    pub(super) reply: Reply,
 }
 
 impl Answers {
@@ -81,35 +84,31 @@ impl Answers {
         Answers {
             unkeyed,
             keyed,
+            receipts: Arc::default(),
             unsettled,
         }
     }
 
-    /// The confirmation of `message`, handed to `publisher`'s client as `published` (with an
-    /// ordering key when `keyed`); the message keeps `room` until it is answered.
-    pub(super) fn confirm(
-        &self,
-        publisher: Arc<TopicPublisher>,
-        message: Message,
-        published: Published,
-        keyed: bool,
-        room: Room,
-    ) -> Confirmation {
-        let slot = Arc::new(ReceiptSlot::default());
-        let sent = Sent {
-            publisher,
-            message,
-            room,
-            reply: Reply {
-                slot: Some(Arc::clone(&slot)),
-                _unsettled: self.unsettled.token(),
-            },
+    /// Where a message's answer goes, and its confirmation; taken before the message is handed
+    /// to its client. Fails when no more confirmations can be tracked.
+    pub(super) fn reply(&self) -> Result<(Reply, Confirmation)> {
+        let (key, confirmation) = self.receipts.open()?;
+        let reply = Reply {
+            receipts: Arc::clone(&self.receipts),
+            key,
+            answered: false,
+            _unsettled: self.unsettled.token(),
         };
+        Ok((reply, confirmation))
+    }
+
+    /// Waits for the answer to the message `sent`, handed to its client as `published` (with
+    /// an ordering key when `keyed`); the message keeps its room until it is answered.
+    pub(super) fn wait(&self, published: Published, sent: Sent, keyed: bool) {
         let queue = if keyed { &self.keyed } else { &self.unkeyed };
         // The task outlives every sender; should it be gone (its runtime shut down), the
         // returned message fails its confirmation as it is dropped.
         let _ = queue.send(Waiting { published, sent });
-        Confirmation::shared(slot)
     }
 }
 
@@ -224,7 +223,7 @@ fn settle(
         reply,
     } = sent;
     match (answer, publishers.upgrade()) {
-        (Ok(server_id), _) => reply.store(Ok(receipt(message, server_id))),
+        (Ok(server_id), _) => reply.store(Ok(Answered::new(message, server_id))),
         (Err(err), Some(publishers)) => {
             let background = publishers.background.clone();
             background.spawn(async move {
@@ -239,30 +238,37 @@ fn settle(
     }
 }
 
-/// A confirmation's slot: filled with the message's answer, or failed `Closed` when dropped
-/// unfilled (the task answering it was dropped with its runtime).
-struct Reply {
-    slot: Option<Arc<ReceiptSlot>>,
+/// A confirmation's entry: answered with the message's answer, or failed `Closed` when dropped
+/// unanswered (the task answering it was dropped with its runtime).
+pub(super) struct Reply {
+    receipts: Arc<ReceiptPool<Answered>>,
+    key: usize,
+    answered: bool,
     _unsettled: TaskTrackerToken,
 }
 
 impl Reply {
-    /// Fills the slot; returns the waker of whoever awaits it, to be woken.
+    /// Answers the confirmation; returns the waker of whoever awaits it, to be woken.
     #[must_use = "the waiter sleeps until the returned waker is woken"]
-    fn store(mut self, result: Result<Receipt>) -> Option<Waker> {
-        self.slot.take().and_then(|slot| slot.store(result))
+    fn store(mut self, result: Result<Answered>) -> Option<Waker> {
+        self.answered = true;
+        self.receipts.answer(self.key, result)
     }
 }
 
 impl Drop for Reply {
     fn drop(&mut self) {
-        if let Some(slot) = self.slot.take() {
-            slot.fill(Err(Error::closed(
-                "the runtime of the Pub/Sub backend shut down before the service answered; \
-                 the message may or may not have been published",
-            )
-            .backend(BACKEND)
-            .operation("publish")));
+        if self.answered {
+            return;
+        }
+        let closed = Error::closed(
+            "the runtime of the Pub/Sub backend shut down before the service answered; the \
+             message may or may not have been published",
+        )
+        .backend(BACKEND)
+        .operation("publish");
+        if let Some(waiter) = self.receipts.answer(self.key, Err(closed)) {
+            waiter.wake();
         }
     }
 }

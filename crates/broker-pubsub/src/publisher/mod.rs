@@ -31,11 +31,12 @@ use std::time::Duration;
 
 use broker_api::completion::{self, Completion};
 use broker_api::{
-    Confirmation, Error, ErrorKind, Message, OnceReady, Position, PubSubPosition, Receipt, Result,
+    Confirmation, Error, ErrorKind, IntoReceipt, Message, MessageId, OnceReady, Position,
+    PubSubPosition, Receipt, Result,
 };
 use google_cloud_pubsub::client::BasePublisher;
 
-use self::answers::Answers;
+use self::answers::{Answers, Sent};
 use self::client::TopicClient;
 use self::pending::Room;
 use rustc_hash::FxHashMap;
@@ -289,24 +290,52 @@ impl Publishers {
         message: Message,
         room: Room,
     ) -> Confirmation {
+        let (reply, confirmation) = match publisher.answers.reply() {
+            Ok(opened) => opened,
+            Err(e) => return Confirmation::ready(Err(e.backend(BACKEND))),
+        };
         let pubsub = to_pubsub(&message);
         let keyed = !pubsub.ordering_key.is_empty();
         let published = publisher.client.publish(pubsub, &self.background);
-        publisher
-            .answers
-            .confirm(Arc::clone(publisher), message, published, keyed, room)
+        let sent = Sent {
+            publisher: Arc::clone(publisher),
+            message,
+            room,
+            reply,
+        };
+        publisher.answers.wait(published, sent, keyed);
+        confirmation
     }
 }
 
-/// The receipt of a confirmed message.
-fn receipt(message: Message, server_id: String) -> Receipt {
-    let Message { id, key, .. } = message;
-    Receipt {
-        message_id: id,
-        position: Position::PubSub(Box::new(PubSubPosition {
-            message_id: server_id,
-            ordering_key: key.filter(|k| !k.is_empty()),
-        })),
+/// A message the service stored, as its answer came: made the message's receipt only when its
+/// confirmation takes it (on the awaiting task, which mostly drops it soon after).
+struct Answered {
+    message_id: MessageId,
+    key: Option<String>,
+    server_id: String,
+}
+
+impl Answered {
+    fn new(message: Message, server_id: String) -> Self {
+        let Message { id, key, .. } = message;
+        Answered {
+            message_id: id,
+            key,
+            server_id,
+        }
+    }
+}
+
+impl IntoReceipt for Answered {
+    fn into_receipt(self) -> Receipt {
+        Receipt {
+            message_id: self.message_id,
+            position: Position::PubSub(Box::new(PubSubPosition {
+                message_id: self.server_id,
+                ordering_key: self.key.filter(|k| !k.is_empty()),
+            })),
+        }
     }
 }
 

@@ -5,12 +5,12 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker_api::{Error, ErrorKind, Message, Receipt, Result};
+use broker_api::{Error, ErrorKind, Message, Result};
 use google_cloud_pubsub::error::PublishError;
 use tokio::time::Instant;
 
 use super::pending::Room;
-use super::{receipt, Publishers, TopicPublisher};
+use super::{Answered, Publishers, TopicPublisher};
 use crate::error::{is_not_found, publish_error, BACKEND};
 use crate::mapping::to_pubsub;
 
@@ -25,7 +25,7 @@ impl Publishers {
         message: Message,
         first: PublishError,
         _room: Room,
-    ) -> Result<Receipt> {
+    ) -> Result<Answered> {
         let deadline = Instant::now() + self.publish_timeout;
         let mut attempt = 0u32;
         let mut err = first;
@@ -78,7 +78,7 @@ impl Publishers {
             }
             let again = publisher.client.current().publish(to_pubsub(&message));
             match tokio::time::timeout(remaining, again).await {
-                Ok(Ok(server_id)) => return Ok(receipt(message, server_id)),
+                Ok(Ok(server_id)) => return Ok(Answered::new(message, server_id)),
                 Ok(Err(next)) => err = next,
                 Err(_) => return Err(self.timed_out(&message, &publisher.name)),
             }
