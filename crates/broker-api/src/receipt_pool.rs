@@ -6,7 +6,8 @@
 //! which costs glibc's allocator more than the allocations themselves (measured on Pub/Sub's
 //! publish: see `crates/broker-bench/README.md`). The pool reuses its entries instead, and
 //! keeps the answer in the form the backend heard it, made a [`Receipt`] only when the
-//! confirmation takes it, on the awaiting task.
+//! confirmation takes it, on the awaiting task. Kafka's delivery reports and Pub/Sub's publish
+//! answers go through it.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use sharded_slab::{Clear, Pool};
 use crate::backend::Receipt;
 use crate::confirmation::{Confirmation, ReceiptSlot, ReceiptTable};
 use crate::error::{Error, ErrorKind, Result};
+use crate::message::MessageId;
 
 /// What a backend heard for one message, made its [`Receipt`] when the confirmation takes it.
 pub trait IntoReceipt: Send + Sync + 'static {
@@ -32,17 +34,20 @@ impl IntoReceipt for Receipt {
 
 /// The answers of the messages in flight, by key, each for one [`Confirmation`].
 ///
-/// An entry has two owners: whoever answers it (the backend's task or client callback), until
-/// it [answered](Self::answer) or [gave it up](Self::discard), and the confirmation, until it
-/// is awaited or dropped. It is reused only once both let go, so an answer always finds its
-/// own message's entry, never a later message's. The pool keeps as many entries as were ever
-/// in use at once.
+/// An entry has two owners: whoever answers it (a client callback, a backend's task), until
+/// it [answered](Self::answer), and the confirmation, until it is awaited or dropped. It is
+/// reused only once both let go, so an answer always finds its own message's entry, never a
+/// later message's (a key freed before its answer could be handed out again, and an unlucky
+/// generation count would then match). The pool keeps as many entries as were ever in use at
+/// once.
 pub struct ReceiptPool<A: IntoReceipt> {
     entries: Pool<Entry<A>>,
 }
 
-/// One message's answer, and how many of its two owners still hold it.
+/// One message's entry: its id, the answer once it came, and how many of its two owners still
+/// hold it.
 struct Entry<A> {
+    id: Option<MessageId>,
     answer: ReceiptSlot<A>,
     owners: AtomicU8,
 }
@@ -50,6 +55,7 @@ struct Entry<A> {
 impl<A> Default for Entry<A> {
     fn default() -> Self {
         Entry {
+            id: None,
             answer: ReceiptSlot::default(),
             owners: AtomicU8::new(0),
         }
@@ -58,6 +64,7 @@ impl<A> Default for Entry<A> {
 
 impl<A> Clear for Entry<A> {
     fn clear(&mut self) {
+        self.id = None;
         self.answer.reset();
     }
 }
@@ -77,40 +84,49 @@ impl<A: IntoReceipt> Default for ReceiptPool<A> {
 }
 
 impl<A: IntoReceipt> ReceiptPool<A> {
-    /// An entry for one message and the confirmation that resolves once it is answered; the
-    /// key goes to whoever answers. Fails when the pool cannot grow (more messages in flight
-    /// than a process holds).
-    pub fn open(self: &Arc<Self>) -> Result<(usize, Confirmation)> {
-        let key = self
-            .entries
-            .create_with(|entry| *entry.owners.get_mut() = 2)
-            .ok_or_else(|| {
-                Error::new(
-                    ErrorKind::Other,
-                    "too many messages in flight: no room to track another confirmation",
-                )
-                .operation("publish")
-            })?;
-        let table: Arc<dyn ReceiptTable> = self.clone();
-        Ok((key, Confirmation::keyed(table, key)))
+    /// An entry for message `id`; its key goes to whoever answers, and makes the message's
+    /// [`confirmation`](Self::confirmation). `None` when the pool cannot grow (more messages in
+    /// flight than a process holds).
+    pub fn open(&self, id: &MessageId) -> Option<usize> {
+        self.entries.create_with(|entry| {
+            entry.id = Some(id.clone());
+            *entry.owners.get_mut() = 2;
+        })
     }
 
-    /// Stores the answer for entry `key` and lets go of it; returns the waker of whoever awaits
-    /// its confirmation, to be woken once the caller let go of what it holds. Only the first
-    /// answer counts.
+    /// The confirmation that resolves once entry `key` is answered.
+    pub fn confirmation(self: &Arc<Self>, key: usize) -> Confirmation {
+        Confirmation::keyed(self.clone(), key)
+    }
+
+    /// Frees entry `key` at once: its message was refused before it left, so no answer will
+    /// come, and no confirmation was handed out.
+    pub fn discard(&self, key: usize) {
+        self.entries.clear(key);
+    }
+
+    /// Answers entry `key` with what `answer` makes of its message id and lets go of it;
+    /// returns the waker of whoever awaits its confirmation, to be woken once the caller let
+    /// go of what it holds. Only the first answer counts.
     #[must_use = "the waiter sleeps until the returned waker is woken"]
-    pub fn answer(&self, key: usize, answer: Result<A>) -> Option<Waker> {
+    pub fn answer(
+        &self,
+        key: usize,
+        answer: impl FnOnce(&MessageId) -> Result<A>,
+    ) -> Option<Waker> {
         let entry = self.entries.get(key)?;
-        let waiter = entry.answer.store(answer);
+        let waiter = entry
+            .id
+            .as_ref()
+            .and_then(|id| entry.answer.store(answer(id)));
         self.let_go(key, entry);
         waiter
     }
 
-    /// Lets go of entry `key` unanswered: no answer will come for it (the message was refused
-    /// before it left), and its confirmation was not handed out or is dropped.
-    pub fn discard(&self, key: usize) {
-        if let Some(entry) = self.entries.get(key) {
-            self.let_go(key, entry);
+    /// [`answer`](Self::answer)s entry `key` and wakes whoever awaits its confirmation.
+    pub fn fill(&self, key: usize, answer: impl FnOnce(&MessageId) -> Result<A>) {
+        if let Some(waker) = self.answer(key, answer) {
+            waker.wake();
         }
     }
 
@@ -142,7 +158,9 @@ impl<A: IntoReceipt> ReceiptTable for ReceiptPool<A> {
     }
 
     fn release(&self, key: usize) {
-        self.discard(key);
+        if let Some(entry) = self.entries.get(key) {
+            self.let_go(key, entry);
+        }
     }
 }
 
@@ -152,7 +170,6 @@ mod tests {
 
     use super::*;
     use crate::delivery::Position;
-    use crate::message::MessageId;
 
     /// An answer as a backend hears it: made a receipt only when taken.
     struct Heard(u64);
@@ -173,19 +190,30 @@ mod tests {
         }
     }
 
+    fn receipt(id: &MessageId) -> Result<Receipt> {
+        Ok(Receipt {
+            message_id: id.clone(),
+            position: Position::Kafka {
+                partition: 2,
+                offset: 41,
+            },
+        })
+    }
+
     #[test]
     fn a_confirmation_takes_its_own_answer_made_a_receipt() {
         let pool = Arc::new(ReceiptPool::<Heard>::default());
-        let (first, mut waiting) = pool.open().unwrap();
-        let (second, other) = pool.open().unwrap();
+        let first = pool.open(&MessageId::from("m-1")).unwrap();
+        let second = pool.open(&MessageId::from("m-2")).unwrap();
+        let (mut waiting, other) = (pool.confirmation(first), pool.confirmation(second));
         assert_ne!(first, second);
         assert!((&mut waiting).now_or_never().is_none());
         assert!(
-            pool.answer(first, Ok(Heard(7))).is_some(),
+            pool.answer(first, |_| Ok(Heard(7))).is_some(),
             "the waiter is woken"
         );
         assert!(
-            pool.answer(second, Ok(Heard(8))).is_none(),
+            pool.answer(second, |_| Ok(Heard(8))).is_none(),
             "none waits yet"
         );
         assert_eq!(waiting.now_or_never().and_then(offset), Some(7));
@@ -193,26 +221,82 @@ mod tests {
     }
 
     #[test]
-    fn an_entry_is_reused_only_once_both_owners_let_go() {
+    fn an_error_reaches_the_confirmation() {
         let pool = Arc::new(ReceiptPool::<Heard>::default());
-        let (key, confirmation) = pool.open().unwrap();
-        drop(confirmation);
-        // Still the answerer's: a new message gets another entry.
-        let (other, _kept) = pool.open().unwrap();
-        assert_ne!(key, other);
-        assert!(pool.answer(key, Ok(Heard(1))).is_none());
-        // Both let go: the entry comes back empty, and takes its new message's answer.
-        let (reused, confirmation) = pool.open().unwrap();
-        assert!(pool.answer(reused, Ok(Heard(2))).is_none());
-        assert_eq!(confirmation.now_or_never().and_then(offset), Some(2));
+        let key = pool.open(&MessageId::from("m-1")).unwrap();
+        let confirmation = pool.confirmation(key);
+        pool.fill(key, |_| Err(Error::new(ErrorKind::Closed, "gone")));
+        let answer = confirmation.now_or_never().expect("answered");
+        assert_eq!(answer.map(|_| ()).unwrap_err().kind(), ErrorKind::Closed);
     }
 
     #[test]
-    fn an_error_reaches_the_confirmation() {
-        let pool = Arc::new(ReceiptPool::<Heard>::default());
-        let (key, confirmation) = pool.open().unwrap();
-        let _ = pool.answer(key, Err(Error::new(ErrorKind::Closed, "gone")));
-        let answer = confirmation.now_or_never().expect("answered");
-        assert_eq!(answer.map(|_| ()).unwrap_err().kind(), ErrorKind::Closed);
+    fn a_report_resolves_its_confirmation_once_filled_in() {
+        let reports = Arc::new(ReceiptPool::<Receipt>::default());
+        let key = reports.open(&MessageId::from("m-1")).unwrap();
+        let mut waiting = reports.confirmation(key);
+        assert!((&mut waiting).now_or_never().is_none());
+        reports.fill(key, receipt);
+        let receipt = waiting.now_or_never().and_then(Result::ok);
+        assert_eq!(
+            receipt.map(|r| (r.message_id, r.position)),
+            Some((
+                MessageId::from("m-1"),
+                Position::Kafka {
+                    partition: 2,
+                    offset: 41
+                }
+            ))
+        );
+    }
+
+    #[test]
+    fn an_entry_is_reused_only_once_reported_and_released() {
+        let reports = Arc::new(ReceiptPool::<Receipt>::default());
+        let first = reports.open(&MessageId::from("m-1")).unwrap();
+        // Dropped before its report: the entry stays the answerer's until the report comes.
+        drop(reports.confirmation(first));
+        let second = reports.open(&MessageId::from("m-2")).unwrap();
+        assert_ne!(first, second);
+        reports.fill(first, receipt);
+        // Reported and released: free for the next message, under a new key.
+        let third = reports.open(&MessageId::from("m-3")).unwrap();
+        assert_ne!(third, first);
+        let mut waiting = reports.confirmation(second);
+        assert!((&mut waiting).now_or_never().is_none());
+        reports.fill(second, receipt);
+        let id = waiting
+            .now_or_never()
+            .and_then(Result::ok)
+            .map(|r| r.message_id);
+        assert_eq!(id, Some(MessageId::from("m-2")));
+    }
+
+    #[test]
+    fn a_late_report_never_confirms_a_later_message() {
+        // A confirmation dropped before its report: that key must not be handed out again
+        // before the report came, however many messages follow (keys' generations wrap after
+        // a few thousand reuses of an entry).
+        let reports = Arc::new(ReceiptPool::<Receipt>::default());
+        let late = reports.open(&MessageId::from("late")).unwrap();
+        drop(reports.confirmation(late));
+        for i in 0..20_000 {
+            let key = reports
+                .open(&MessageId::from(format!("m-{i}").as_str()))
+                .unwrap();
+            assert_ne!(
+                key, late,
+                "message {i} got the key of a message still unreported"
+            );
+            drop(reports.confirmation(key));
+            reports.fill(key, receipt);
+        }
+        let next = reports.open(&MessageId::from("next")).unwrap();
+        let mut waiting = reports.confirmation(next);
+        reports.fill(late, receipt);
+        assert!(
+            (&mut waiting).now_or_never().is_none(),
+            "the late report confirmed another message"
+        );
     }
 }

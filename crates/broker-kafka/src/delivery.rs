@@ -1,130 +1,30 @@
 //! Delivery reports as confirmations, with no allocation per message.
 //!
 //! The producer is a `ThreadedProducer` whose delivery callback turns the report into the
-//! message's receipt (or error) and fills it into the message's entry of [`Reports`], a pool of
-//! entries reused from one message to the next. The entry's key is the message's opaque in
-//! librdkafka and its [`Confirmation`]'s key. rdkafka's `FutureProducer` pays a oneshot channel
+//! message's receipt (or error) and fills it into the message's entry of [`Reports`], a
+//! [`ReceiptPool`] of entries reused from one message to the next. The entry's key is the
+//! message's opaque in librdkafka and its [`Confirmation`](broker_api::Confirmation)'s key. rdkafka's `FutureProducer` pays a oneshot channel
 //! and a boxed sender per message for the same; a shared slot per message costs an allocation
 //! on the publishing thread freed after librdkafka's thread wrote to it, which contends for the
 //! allocator with librdkafka's own per-message allocations.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};
-use std::task::{Context, Poll};
 
-use broker_api::{
-    Confirmation, Error, ErrorKind, MessageId, Position, Receipt, ReceiptSlot, ReceiptTable, Result,
-};
+use broker_api::{Error, ErrorKind, MessageId, Position, Receipt, ReceiptPool};
 use rdkafka::client::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Headers};
 use rdkafka::producer::{DeliveryResult, ProducerContext};
 use rdkafka::Message as _;
-use sharded_slab::{Clear, Pool};
 
 use crate::context::ClientLog;
 use crate::error::{from_kafka, kind_of, BACKEND};
 use crate::provision::Provisioner;
 
-/// The confirmations of the messages a producer has in flight, by key.
-///
-/// An entry has two owners: librdkafka, until it reports the message, and the confirmation,
-/// until it is awaited or dropped. It is reused only once both let go, so a report always
-/// finds its own message's entry, never a later message's (a key freed before its report
-/// could be handed out again, and an unlucky generation count would then match). The pool
-/// keeps as many entries as were ever alive at once, about 200 bytes each.
-#[derive(Default)]
-pub(crate) struct Reports {
-    entries: Pool<Entry>,
-}
-
-/// One message's entry: its id, the broker's answer once the report arrives, and how many of
-/// its two owners still hold it.
-#[derive(Default)]
-struct Entry {
-    id: Option<MessageId>,
-    answer: ReceiptSlot,
-    owners: AtomicU8,
-}
-
-impl Clear for Entry {
-    fn clear(&mut self) {
-        self.id = None;
-        self.answer.reset();
-    }
-}
-
-impl Reports {
-    /// An entry for message `id`, whose key goes to librdkafka as the message's opaque; `None`
-    /// when the pool cannot grow (a limit no producer reaches before librdkafka's queue is full).
-    pub(crate) fn open(&self, id: &MessageId) -> Option<usize> {
-        self.entries.create_with(|entry| {
-            entry.id = Some(id.clone());
-            *entry.owners.get_mut() = 2;
-        })
-    }
-
-    /// Frees entry `key` at once: librdkafka refused its message, so no report will come and
-    /// no confirmation was handed out.
-    pub(crate) fn discard(&self, key: usize) {
-        self.entries.clear(key);
-    }
-
-    /// The confirmation that resolves when entry `key` is filled in.
-    pub(crate) fn confirmation(self: &Arc<Self>, key: usize) -> Confirmation {
-        Confirmation::keyed(self.clone(), key)
-    }
-
-    /// Fills entry `key` in with what `answer` makes of its message id, and wakes its waiter.
-    fn fill(&self, key: usize, answer: impl FnOnce(&MessageId) -> Result<Receipt>) {
-        let Some(entry) = self.entries.get(key) else {
-            return;
-        };
-        let waiter = entry
-            .id
-            .as_ref()
-            .and_then(|id| entry.answer.store(answer(id)));
-        self.let_go(key, entry);
-        if let Some(waker) = waiter {
-            waker.wake();
-        }
-    }
-
-    /// One owner of `entry` (whose key is `key`) is done with it; the last one frees it.
-    fn let_go(&self, key: usize, entry: sharded_slab::pool::Ref<'_, Entry>) {
-        let last = entry.owners.fetch_sub(1, Ordering::AcqRel) == 1;
-        drop(entry);
-        if last {
-            self.entries.clear(key);
-        }
-    }
-}
-
-impl ReceiptTable for Reports {
-    fn poll_receipt(&self, key: usize, cx: &mut Context<'_>) -> Poll<Result<Receipt>> {
-        match self.entries.get(key) {
-            Some(entry) => {
-                let answer = std::task::ready!(entry.answer.poll_receipt(cx));
-                self.let_go(key, entry);
-                Poll::Ready(answer)
-            }
-            // The confirmation owns its entry until it is released, and is not polled after.
-            None => Poll::Ready(Err(Error::new(
-                ErrorKind::Other,
-                "the delivery report of this message was lost",
-            )
-            .backend(BACKEND)
-            .operation("publish"))),
-        }
-    }
-
-    fn release(&self, key: usize) {
-        if let Some(entry) = self.entries.get(key) {
-            self.let_go(key, entry);
-        }
-    }
-}
+/// The confirmations of the messages a producer has in flight, keyed by each record's opaque.
+pub(crate) type Reports = ReceiptPool<Receipt>;
 
 /// The producer's callbacks: logs, and delivery reports into each message's entry of
 /// [`Reports`].
@@ -303,17 +203,6 @@ impl ProducerContext for Deliveries {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use futures::FutureExt;
-
-    fn receipt(id: &MessageId) -> Result<Receipt> {
-        Ok(Receipt {
-            message_id: id.clone(),
-            position: Position::Kafka {
-                partition: 2,
-                offset: 41,
-            },
-        })
-    }
 
     #[test]
     fn a_message_purged_after_a_fatal_error_is_worth_publishing_again() {
@@ -327,75 +216,5 @@ mod tests {
         );
         // Purged at close, it is closed, as before.
         assert_eq!(kind_of(RDKafkaErrorCode::PurgeQueue), ErrorKind::Closed);
-    }
-
-    #[test]
-    fn a_report_resolves_its_confirmation_once_filled_in() {
-        let reports = Arc::new(Reports::default());
-        let key = reports.open(&MessageId::from("m-1")).unwrap();
-        let mut waiting = reports.confirmation(key);
-        assert!((&mut waiting).now_or_never().is_none());
-        reports.fill(key, receipt);
-        let receipt = waiting.now_or_never().and_then(Result::ok);
-        assert_eq!(
-            receipt.map(|r| (r.message_id, r.position)),
-            Some((
-                MessageId::from("m-1"),
-                Position::Kafka {
-                    partition: 2,
-                    offset: 41
-                }
-            ))
-        );
-    }
-
-    #[test]
-    fn an_entry_is_reused_only_once_reported_and_released() {
-        let reports = Arc::new(Reports::default());
-        let first = reports.open(&MessageId::from("m-1")).unwrap();
-        // Dropped before its report: the entry stays librdkafka's until the report comes.
-        drop(reports.confirmation(first));
-        let second = reports.open(&MessageId::from("m-2")).unwrap();
-        assert_ne!(first, second);
-        reports.fill(first, receipt);
-        // Reported and released: free for the next message, under a new key.
-        let third = reports.open(&MessageId::from("m-3")).unwrap();
-        assert_ne!(third, first);
-        let mut waiting = reports.confirmation(second);
-        assert!((&mut waiting).now_or_never().is_none());
-        reports.fill(second, receipt);
-        let id = waiting
-            .now_or_never()
-            .and_then(Result::ok)
-            .map(|r| r.message_id);
-        assert_eq!(id, Some(MessageId::from("m-2")));
-    }
-
-    #[test]
-    fn a_late_report_never_confirms_a_later_message() {
-        // A confirmation dropped before its report: that key must not be handed out again
-        // before the report came, however many messages follow (keys' generations wrap after
-        // a few thousand reuses of an entry).
-        let reports = Arc::new(Reports::default());
-        let late = reports.open(&MessageId::from("late")).unwrap();
-        drop(reports.confirmation(late));
-        for i in 0..20_000 {
-            let key = reports
-                .open(&MessageId::from(format!("m-{i}").as_str()))
-                .unwrap();
-            assert_ne!(
-                key, late,
-                "message {i} got the key of a message still unreported"
-            );
-            drop(reports.confirmation(key));
-            reports.fill(key, receipt);
-        }
-        let next = reports.open(&MessageId::from("next")).unwrap();
-        let mut waiting = reports.confirmation(next);
-        reports.fill(late, receipt);
-        assert!(
-            (&mut waiting).now_or_never().is_none(),
-            "the late report confirmed another message"
-        );
     }
 }

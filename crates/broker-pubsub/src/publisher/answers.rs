@@ -18,7 +18,7 @@
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 
-use broker_api::{Confirmation, Error, Message, ReceiptPool, Result};
+use broker_api::{Confirmation, Error, ErrorKind, Message, MessageId, ReceiptPool, Result};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use google_cloud_pubsub::error::PublishError;
@@ -89,17 +89,24 @@ impl Answers {
         }
     }
 
-    /// Where a message's answer goes, and its confirmation; taken before the message is handed
-    /// to its client. Fails when no more confirmations can be tracked.
-    pub(super) fn reply(&self) -> Result<(Reply, Confirmation)> {
-        let (key, confirmation) = self.receipts.open()?;
+    /// Where the answer for message `id` goes, and its confirmation; taken before the message is
+    /// handed to its client. Fails when no more confirmations can be tracked.
+    pub(super) fn reply(&self, id: &MessageId) -> Result<(Reply, Confirmation)> {
+        let key = self.receipts.open(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Other,
+                "too many messages in flight: no room to track another confirmation",
+            )
+            .backend(BACKEND)
+            .operation("publish")
+        })?;
         let reply = Reply {
             receipts: Arc::clone(&self.receipts),
             key,
             answered: false,
             _unsettled: self.unsettled.token(),
         };
-        Ok((reply, confirmation))
+        Ok((reply, self.receipts.confirmation(key)))
     }
 
     /// Waits for the answer to the message `sent`, handed to its client as `published` (with
@@ -252,7 +259,7 @@ impl Reply {
     #[must_use = "the waiter sleeps until the returned waker is woken"]
     fn store(mut self, result: Result<Answered>) -> Option<Waker> {
         self.answered = true;
-        self.receipts.answer(self.key, result)
+        self.receipts.answer(self.key, |_| result)
     }
 }
 
@@ -267,8 +274,6 @@ impl Drop for Reply {
         )
         .backend(BACKEND)
         .operation("publish");
-        if let Some(waiter) = self.receipts.answer(self.key, Err(closed)) {
-            waiter.wake();
-        }
+        self.receipts.fill(self.key, |_| Err(closed));
     }
 }

@@ -290,9 +290,9 @@ impl Publishers {
         message: Message,
         room: Room,
     ) -> Confirmation {
-        let (reply, confirmation) = match publisher.answers.reply() {
+        let (reply, confirmation) = match publisher.answers.reply(&message.id) {
             Ok(opened) => opened,
-            Err(e) => return Confirmation::ready(Err(e.backend(BACKEND))),
+            Err(e) => return Confirmation::ready(Err(e)),
         };
         let pubsub = to_pubsub(&message);
         let keyed = !pubsub.ordering_key.is_empty();
