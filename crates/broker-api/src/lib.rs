@@ -47,7 +47,7 @@ pub use handler::{Handler, HandlerError, HandlerResult, Received};
 pub use message::{Headers, Message, MessageId, CONTENT_TYPE_HEADER, MESSAGE_ID_HEADER};
 pub use once_ready::OnceReady;
 pub use publisher::Publisher;
-pub use receipt_pool::{IntoReceipt, ReceiptPool};
+pub use receipt_pool::{IntoReceipt, ReceiptPool, ReceiptReply};
 pub use runner::{AtMostOnce, Incoming, Manual, Running};
 pub use settings::{check_delay, check_timeout, redact_uri, RetryPolicy, SubscriberSettings};
 pub use subscriber::Subscriber;

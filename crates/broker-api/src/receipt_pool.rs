@@ -6,8 +6,9 @@
 //! which costs glibc's allocator more than the allocations themselves (measured on Pub/Sub's
 //! publish: see `crates/broker-bench/README.md`). The pool reuses its entries instead, and
 //! keeps the answer in the form the backend heard it, made a [`Receipt`] only when the
-//! confirmation takes it, on the awaiting task. Kafka's delivery reports and Pub/Sub's publish
-//! answers go through it.
+//! confirmation takes it, on the awaiting task. Kafka's delivery reports, RabbitMQ's confirms
+//! and Pub/Sub's publish answers go through it; a backend whose own task answers holds each
+//! entry as a [`ReceiptReply`], which fails its confirmation if the task ends without answering.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -94,6 +95,30 @@ impl<A: IntoReceipt> ReceiptPool<A> {
         })
     }
 
+    /// An entry for message `id`, answered through the returned [`ReceiptReply`], and the
+    /// message's confirmation: for a backend whose own task answers. Fails when the pool cannot
+    /// grow. A reply dropped unanswered fails the confirmation with `if_dropped()`.
+    pub fn reply(
+        self: &Arc<Self>,
+        id: &MessageId,
+        if_dropped: fn() -> Error,
+    ) -> Result<(ReceiptReply<A>, Confirmation)> {
+        let key = self.open(id).ok_or_else(|| {
+            Error::new(
+                ErrorKind::Other,
+                "too many messages in flight: no room to track another confirmation",
+            )
+            .operation("publish")
+        })?;
+        let reply = ReceiptReply {
+            pool: Arc::clone(self),
+            key,
+            if_dropped,
+            answered: false,
+        };
+        Ok((reply, self.confirmation(key)))
+    }
+
     /// The confirmation that resolves once entry `key` is answered.
     pub fn confirmation(self: &Arc<Self>, key: usize) -> Confirmation {
         Confirmation::keyed(self.clone(), key)
@@ -164,6 +189,49 @@ impl<A: IntoReceipt> ReceiptTable for ReceiptPool<A> {
     }
 }
 
+/// Where one message's answer goes: answered once, or, dropped unanswered (the task holding it
+/// was abandoned or ended with its runtime), failing the confirmation instead of leaving it
+/// waiting for ever. Made by [`ReceiptPool::reply`].
+pub struct ReceiptReply<A: IntoReceipt> {
+    pool: Arc<ReceiptPool<A>>,
+    key: usize,
+    if_dropped: fn() -> Error,
+    answered: bool,
+}
+
+impl<A: IntoReceipt> ReceiptReply<A> {
+    /// Answers the confirmation; returns the waker of whoever awaits it, to be woken once the
+    /// caller let go of what it holds.
+    #[must_use = "the waiter sleeps until the returned waker is woken"]
+    pub fn answer(mut self, result: Result<A>) -> Option<Waker> {
+        self.answered = true;
+        self.pool.answer(self.key, |_| result)
+    }
+
+    /// [`answer`](Self::answer)s the confirmation and wakes whoever awaits it.
+    pub fn fill(self, result: Result<A>) {
+        if let Some(waker) = self.answer(result) {
+            waker.wake();
+        }
+    }
+}
+
+impl<A: IntoReceipt> Drop for ReceiptReply<A> {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.pool.fill(self.key, |_| Err((self.if_dropped)()));
+        }
+    }
+}
+
+impl<A: IntoReceipt> std::fmt::Debug for ReceiptReply<A> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReceiptReply")
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use futures::FutureExt;
@@ -218,6 +286,19 @@ mod tests {
         );
         assert_eq!(waiting.now_or_never().and_then(offset), Some(7));
         assert_eq!(other.now_or_never().and_then(offset), Some(8));
+    }
+
+    #[test]
+    fn a_reply_dropped_unanswered_fails_its_confirmation() {
+        let pool = Arc::new(ReceiptPool::<Heard>::default());
+        let gone = || Error::new(ErrorKind::Closed, "the answering task is gone");
+        let (answered, first) = pool.reply(&MessageId::from("m-1"), gone).unwrap();
+        let (dropped, second) = pool.reply(&MessageId::from("m-2"), gone).unwrap();
+        answered.fill(Ok(Heard(3)));
+        drop(dropped);
+        assert_eq!(first.now_or_never().and_then(offset), Some(3));
+        let failed = second.now_or_never().expect("answered as it was dropped");
+        assert_eq!(failed.map(|_| ()).unwrap_err().kind(), ErrorKind::Closed);
     }
 
     #[test]

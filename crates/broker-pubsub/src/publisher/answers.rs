@@ -18,7 +18,7 @@
 use std::sync::{Arc, Weak};
 use std::task::Waker;
 
-use broker_api::{Confirmation, Error, ErrorKind, Message, MessageId, ReceiptPool, Result};
+use broker_api::{Confirmation, Error, Message, MessageId, ReceiptPool, ReceiptReply, Result};
 use futures::stream::FuturesUnordered;
 use futures::{FutureExt, StreamExt};
 use google_cloud_pubsub::error::PublishError;
@@ -92,21 +92,15 @@ impl Answers {
     /// Where the answer for message `id` goes, and its confirmation; taken before the message is
     /// handed to its client. Fails when no more confirmations can be tracked.
     pub(super) fn reply(&self, id: &MessageId) -> Result<(Reply, Confirmation)> {
-        let key = self.receipts.open(id).ok_or_else(|| {
-            Error::new(
-                ErrorKind::Other,
-                "too many messages in flight: no room to track another confirmation",
-            )
-            .backend(BACKEND)
-            .operation("publish")
-        })?;
+        let (answer, confirmation) = self
+            .receipts
+            .reply(id, runtime_gone)
+            .map_err(|e| e.backend(BACKEND))?;
         let reply = Reply {
-            receipts: Arc::clone(&self.receipts),
-            key,
-            answered: false,
+            answer,
             _unsettled: self.unsettled.token(),
         };
-        Ok((reply, self.receipts.confirmation(key)))
+        Ok((reply, confirmation))
     }
 
     /// Waits for the answer to the message `sent`, handed to its client as `published` (with
@@ -245,35 +239,27 @@ fn settle(
     }
 }
 
-/// A confirmation's entry: answered with the message's answer, or failed `Closed` when dropped
-/// unanswered (the task answering it was dropped with its runtime).
+/// A confirmation's entry, counted in the topic's unsettled messages until it is answered
+/// (see [`ReceiptReply`]).
 pub(super) struct Reply {
-    receipts: Arc<ReceiptPool<Answered>>,
-    key: usize,
-    answered: bool,
+    answer: ReceiptReply<Answered>,
     _unsettled: TaskTrackerToken,
 }
 
 impl Reply {
     /// Answers the confirmation; returns the waker of whoever awaits it, to be woken.
     #[must_use = "the waiter sleeps until the returned waker is woken"]
-    fn store(mut self, result: Result<Answered>) -> Option<Waker> {
-        self.answered = true;
-        self.receipts.answer(self.key, |_| result)
+    fn store(self, result: Result<Answered>) -> Option<Waker> {
+        self.answer.answer(result)
     }
 }
 
-impl Drop for Reply {
-    fn drop(&mut self) {
-        if self.answered {
-            return;
-        }
-        let closed = Error::closed(
-            "the runtime of the Pub/Sub backend shut down before the service answered; the \
-             message may or may not have been published",
-        )
-        .backend(BACKEND)
-        .operation("publish");
-        self.receipts.fill(self.key, |_| Err(closed));
-    }
+/// The error of a confirmation whose answering task was dropped with its runtime.
+fn runtime_gone() -> Error {
+    Error::closed(
+        "the runtime of the Pub/Sub backend shut down before the service answered; the \
+         message may or may not have been published",
+    )
+    .backend(BACKEND)
+    .operation("publish")
 }

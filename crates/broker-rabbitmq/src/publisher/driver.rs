@@ -32,7 +32,9 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use broker_api::{Confirmation, Error, ErrorKind, Receipt, ReceiptSlot, Result};
+use broker_api::{
+    Confirmation, Error, ErrorKind, MessageId, Receipt, ReceiptPool, ReceiptReply, Result,
+};
 use futures::FutureExt;
 use slab::Slab;
 use tokio::sync::{mpsc, Notify};
@@ -61,35 +63,26 @@ impl Job for Publish {
 
 /// Where a publish's outcome goes; dropped unfilled (the task was abandoned at close or ended
 /// with its runtime), it fails the confirmation instead of leaving it waiting for ever.
-struct Outcome(Option<Arc<ReceiptSlot>>);
+type Outcome = ReceiptReply<Receipt>;
 
-impl Outcome {
-    fn fill(mut self, result: Result<Receipt>) {
-        if let Some(slot) = self.0.take() {
-            slot.fill(result);
-        }
-    }
-}
-
-impl Drop for Outcome {
-    fn drop(&mut self) {
-        if let Some(slot) = self.0.take() {
-            slot.fill(Err(Error::new(
-                ErrorKind::Closed,
-                "the backend stopped before RabbitMQ confirmed this publish (closed with it \
-                 unconfirmed after rabbitmq.close_timeout, or its runtime shut down); the \
-                 message may or may not have been stored",
-            )
-            .backend(BACKEND)
-            .operation("publish")));
-        }
-    }
+/// The error of a publish whose outcome was dropped unfilled.
+fn stopped() -> Error {
+    Error::new(
+        ErrorKind::Closed,
+        "the backend stopped before RabbitMQ confirmed this publish (closed with it \
+         unconfirmed after rabbitmq.close_timeout, or its runtime shut down); the message may \
+         or may not have been stored",
+    )
+    .backend(BACKEND)
+    .operation("publish")
 }
 
 /// The handle of the publishing task.
 pub(super) struct Driver<J = Publish> {
     jobs: mpsc::UnboundedSender<(J, Outcome)>,
     abandon: Arc<Notify>,
+    /// The confirmations' answers, in entries reused from one publish to the next.
+    receipts: Arc<ReceiptPool<Receipt>>,
 }
 
 impl<J: Job> Driver<J> {
@@ -98,7 +91,11 @@ impl<J: Job> Driver<J> {
         let (jobs, queue) = mpsc::unbounded_channel();
         let abandon = Arc::new(Notify::new());
         runtime.spawn(run(queue, abandon.clone(), publish_timeout));
-        Driver { jobs, abandon }
+        Driver {
+            jobs,
+            abandon,
+            receipts: Arc::default(),
+        }
     }
 
     /// Fails every publish the task holds or is handed from now on, without waiting for
@@ -107,18 +104,17 @@ impl<J: Job> Driver<J> {
         self.abandon.notify_one();
     }
 
-    /// Hands `publish` to the task and returns its confirmation.
-    pub(super) fn drive(&self, publish: J) -> Confirmation {
-        let slot = Arc::new(ReceiptSlot::default());
-        let outcome = Outcome(Some(slot.clone()));
-        if let Err(mpsc::error::SendError((publish, mut outcome))) =
-            self.jobs.send((publish, outcome))
-        {
+    /// Hands `publish` of message `id` to the task and returns its confirmation.
+    pub(super) fn drive(&self, id: &MessageId, publish: J) -> Result<Confirmation> {
+        let (outcome, confirmation) = self
+            .receipts
+            .reply(id, stopped)
+            .map_err(|e| e.backend(BACKEND))?;
+        if let Err(mpsc::error::SendError((publish, _))) = self.jobs.send((publish, outcome)) {
             // The task is gone (the runtime is shutting down): the caller drives the publish.
-            outcome.0 = None;
-            return run_in_caller(publish);
+            return Ok(run_in_caller(publish));
         }
-        Confirmation::shared(slot)
+        Ok(confirmation)
     }
 }
 
@@ -224,27 +220,30 @@ async fn run<J: Job>(
 /// Answers the publish `key` with `answer`, or keeps it in `unclaimed` (unless it was given up).
 fn finished(
     in_flight: &mut Slab<InFlight>,
-    unclaimed: &mut Vec<(Outcome, Unclaimed)>,
+    unclaimed: &mut Vec<(Option<Outcome>, Unclaimed)>,
     key: usize,
     answer: Answer,
 ) {
     if let Some(outcome) = in_flight.remove(key).outcome {
         match answer {
             Answer::Known(answer) => outcome.fill(answer),
-            Answer::Unclaimed(acked) => unclaimed.push((outcome, acked)),
+            Answer::Unclaimed(acked) => unclaimed.push((Some(outcome), acked)),
         }
     } else if let Answer::Unclaimed(acked) = answer {
         // Given up (its caller was told it timed out): its returned message, if another
         // confirm carried it, is claimed all the same, or a later publish of the same id
         // would take it for its own.
-        unclaimed.push((Outcome(None), acked));
+        unclaimed.push((None, acked));
     }
 }
 
 /// Answers the acked publishes of `unclaimed`.
-fn answer(unclaimed: &mut Vec<(Outcome, Unclaimed)>) {
+fn answer(unclaimed: &mut Vec<(Option<Outcome>, Unclaimed)>) {
     for (outcome, acked) in unclaimed.drain(..) {
-        outcome.fill(acked.claim());
+        let answer = acked.claim();
+        if let Some(outcome) = outcome {
+            outcome.fill(answer);
+        }
     }
 }
 
@@ -290,6 +289,13 @@ mod tests {
         }
     }
 
+    /// `job` handed to `driver` as the publish of message `id`.
+    fn drive(driver: &Driver<Scripted>, id: &str, job: Scripted) -> Confirmation {
+        driver
+            .drive(&MessageId::from(id), job)
+            .expect("room for the confirmation")
+    }
+
     /// A publish to `route` that answers with `answer` once `go` fires.
     fn scripted(
         go: oneshot::Receiver<()>,
@@ -315,25 +321,33 @@ mod tests {
         let driver = Driver::start(&tokio::runtime::Handle::current(), Duration::from_secs(60));
         let (written, on_written) = oneshot::channel();
         let (confirmed, on_confirmed) = oneshot::channel();
-        let x = driver.drive(scripted(on_written, {
-            let route = route.clone();
-            move || {
-                Answer::Unclaimed(Unclaimed {
-                    route,
-                    message_id: MessageId::from("x"),
-                })
-            }
-        }));
-        let z = driver.drive(scripted(on_confirmed, {
-            let route = route.clone();
-            move || {
-                route.orphans.keep("x");
-                Answer::Known(Ok(Receipt {
-                    message_id: MessageId::from("z"),
-                    position: Position::Unknown,
-                }))
-            }
-        }));
+        let x = drive(
+            &driver,
+            "x",
+            scripted(on_written, {
+                let route = route.clone();
+                move || {
+                    Answer::Unclaimed(Unclaimed {
+                        route,
+                        message_id: MessageId::from("x"),
+                    })
+                }
+            }),
+        );
+        let z = drive(
+            &driver,
+            "z",
+            scripted(on_confirmed, {
+                let route = route.clone();
+                move || {
+                    route.orphans.keep("x");
+                    Answer::Known(Ok(Receipt {
+                        message_id: MessageId::from("z"),
+                        position: Position::Unknown,
+                    }))
+                }
+            }),
+        );
         // The task starts both before they are woken, x first.
         for _ in 0..10 {
             tokio::task::yield_now().await;
@@ -373,14 +387,18 @@ mod tests {
         };
         let (acked, on_acked) = oneshot::channel();
         let (confirmed, on_confirmed) = oneshot::channel();
-        let given_up = driver.drive(scripted(on_acked, unclaimed(&route)));
-        let z = driver.drive(scripted(on_confirmed, {
-            let route = route.clone();
-            move || {
-                route.orphans.keep("x");
-                Answer::Known(Err(timed_out(Duration::ZERO)))
-            }
-        }));
+        let given_up = drive(&driver, "x", scripted(on_acked, unclaimed(&route)));
+        let z = drive(
+            &driver,
+            "z",
+            scripted(on_confirmed, {
+                let route = route.clone();
+                move || {
+                    route.orphans.keep("x");
+                    Answer::Known(Err(timed_out(Duration::ZERO)))
+                }
+            }),
+        );
         let err = given_up.await.expect_err("not acked within the timeout");
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
         assert!(z.await.is_err());
@@ -389,7 +407,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let (stored, on_stored) = oneshot::channel();
-        let again = driver.drive(scripted(on_stored, unclaimed(&route)));
+        let again = drive(&driver, "x", scripted(on_stored, unclaimed(&route)));
         assert!(stored.send(()).is_ok());
         let again = again.await;
         assert!(

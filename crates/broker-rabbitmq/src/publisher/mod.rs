@@ -275,6 +275,7 @@ impl Shared {
         slot: OwnedSemaphorePermit,
     ) -> Result<Confirmation> {
         channel.check_header_fits(&message)?;
+        let id = message.id.clone();
         let publish = Publish {
             pending: Pending {
                 shared: self.clone(),
@@ -285,10 +286,10 @@ impl Shared {
             channel,
             slot,
         };
-        Ok(match &self.driver {
-            Some(driver) => driver.drive(publish),
-            None => driver::run_in_caller(publish),
-        })
+        match &self.driver {
+            Some(driver) => driver.drive(&id, publish),
+            None => Ok(driver::run_in_caller(publish)),
+        }
     }
 
     /// The topic's route, checking or declaring its exchange the first time.
