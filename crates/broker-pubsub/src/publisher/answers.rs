@@ -9,11 +9,11 @@
 //! delay, or be retried, while others are answered. The caller gets a [`Confirmation`] that
 //! waits for its entry of the topic's [`ReceiptPool`], which the task answers (entries are
 //! reused: nothing is allocated per message for it). The tasks await the answers whether or
-//! not anyone awaits the confirmations: a message's room is given back as soon as the service
-//! answered it (or, when it failed, once it was published again or given up), so a caller
-//! that sends many messages before it awaits their confirmations, or drops them, keeps the
-//! bound without waiting for itself. A failed message is published again on a task of its own (see
-//! [`Publishers::retry`](super::Publishers)).
+//! not anyone awaits the confirmations: a message's room is given back once the service
+//! answered it, with the answers that came with it (or, when it failed, once it was published
+//! again or given up), so a caller that sends many messages before it awaits their
+//! confirmations, or drops them, keeps the bound without waiting for itself. A failed message
+//! is published again on a task of its own (see [`Publishers::retry`](super::Publishers)).
 
 use std::sync::{Arc, Weak};
 use std::task::Waker;
@@ -124,10 +124,10 @@ async fn answer_in_order(
     mut incoming: mpsc::UnboundedReceiver<Waiting>,
     publishers: Weak<Publishers>,
 ) {
-    let mut woken = Vec::new();
+    let mut settled = Settled::default();
     // Ends once every sender is gone and every message settled.
     while let Some(first) = incoming.recv().await {
-        settle_in_order(first, &mut incoming, &publishers, &mut woken).await;
+        settle_in_order(first, &mut incoming, &publishers, &mut settled).await;
     }
 }
 
@@ -169,7 +169,7 @@ async fn answer_by_key(
                     lanes.insert(key.clone(), lane);
                     let publishers = publishers.clone();
                     settling.push(async move {
-                        settle_in_order(waiting, &mut queue, &publishers, &mut Vec::new()).await;
+                        settle_in_order(waiting, &mut queue, &publishers, &mut Settled::default()).await;
                         key
                     });
                 }
@@ -183,60 +183,89 @@ async fn answer_by_key(
 /// Settles `first`, then each message queued behind it in `queue`, in order, each once its
 /// answer came; returns once none is queued.
 ///
-/// Whoever awaits the confirmations settled meanwhile is woken only when the task is about to
-/// wait (for an answer, or for more messages once this returns), so that under load they are
-/// woken once per batch the service answers, not once per message. `woken` holds them
-/// meanwhile, kept across calls for its room.
+/// What settling leaves to do is done only when the task is about to wait (for an answer, or
+/// for more messages once this returns), so that under load it is done once per batch the
+/// service answers, not once per message (see [`Settled`]), kept across calls for its room.
 async fn settle_in_order(
     first: Waiting,
     queue: &mut mpsc::UnboundedReceiver<Waiting>,
     publishers: &Weak<Publishers>,
-    woken: &mut Vec<Waker>,
+    settled: &mut Settled,
 ) {
     let mut next = Some(first);
     while let Some(mut oldest) = next {
         let answer = match (&mut oldest.published).now_or_never() {
             Some(answer) => answer,
             None => {
-                woken.drain(..).for_each(Waker::wake);
+                settled.release();
                 (&mut oldest.published).await
             }
         };
-        woken.extend(settle(answer, oldest.sent, publishers));
+        settle(answer, oldest.sent, publishers, settled);
         next = queue.try_recv().ok();
     }
-    woken.drain(..).for_each(Waker::wake);
+    settled.release();
 }
 
-/// Confirms an answered message, returning the waker of whoever awaits the confirmation, or
-/// publishes a failed one again on a task of its own (closing waits for it), which confirms
-/// it when done.
-#[must_use = "the waiter sleeps until the returned waker is woken"]
+/// What is left to do for the messages settled since the task last waited: the room they held
+/// in the pending limit to give back, and whoever awaits their confirmations to wake, in that
+/// order (a sender woken finds the room). Given back together, the room takes the limit's lock
+/// once per batch instead of once per message.
+#[derive(Default)]
+struct Settled {
+    room: Option<Room>,
+    woken: Vec<Waker>,
+}
+
+impl Settled {
+    /// Gives back `room` and wakes `waiter` at the next [`release`](Self::release).
+    fn push(&mut self, room: Room, waiter: Option<Waker>) {
+        match &mut self.room {
+            Some(held) => held.merge(room),
+            None => self.room = Some(room),
+        }
+        self.woken.extend(waiter);
+    }
+
+    /// Gives back the room held and wakes the waiters.
+    fn release(&mut self) {
+        self.room = None;
+        self.woken.drain(..).for_each(Waker::wake);
+    }
+}
+
+/// Confirms an answered message (its room and waiter left in `settled`), or publishes a
+/// failed one again on a task of its own (closing waits for it), which confirms it when done.
 fn settle(
     answer: std::result::Result<String, PublishError>,
     sent: Sent,
     publishers: &Weak<Publishers>,
-) -> Option<Waker> {
+    settled: &mut Settled,
+) {
     let Sent {
         publisher,
         message,
         room,
         reply,
     } = sent;
-    match (answer, publishers.upgrade()) {
-        (Ok(server_id), _) => reply.store(Ok(Answered::new(message, server_id))),
-        (Err(err), Some(publishers)) => {
-            let background = publishers.background.clone();
-            background.spawn(async move {
-                let result = publishers.retry(publisher, message, err, room).await;
-                if let Some(waiter) = reply.store(result) {
-                    waiter.wake();
-                }
-            });
-            None
+    let err = match answer {
+        Ok(server_id) => {
+            let waiter = reply.store(Ok(Answered::new(message, server_id)));
+            return settled.push(room, waiter);
         }
-        (Err(err), None) => reply.store(Err(publish_error(err, &publisher.name))),
-    }
+        Err(err) => err,
+    };
+    let Some(publishers) = publishers.upgrade() else {
+        let waiter = reply.store(Err(publish_error(err, &publisher.name)));
+        return settled.push(room, waiter);
+    };
+    let background = publishers.background.clone();
+    background.spawn(async move {
+        let result = publishers.retry(publisher, message, err, room).await;
+        if let Some(waiter) = reply.store(result) {
+            waiter.wake();
+        }
+    });
 }
 
 /// A confirmation's entry, counted in the topic's unsettled messages until it is answered
