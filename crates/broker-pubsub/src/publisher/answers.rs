@@ -9,11 +9,11 @@
 //! delay, or be retried, while others are answered. The caller gets a [`Confirmation`] that
 //! waits for its entry of the topic's [`ReceiptPool`], which the task answers (entries are
 //! reused: nothing is allocated per message for it). The tasks await the answers whether or
-//! not anyone awaits the confirmations: a message's room is given back once the service
-//! answered it, with the answers that came with it (or, when it failed, once it was published
-//! again or given up), so a caller that sends many messages before it awaits their
-//! confirmations, or drops them, keeps the bound without waiting for itself. A failed message
-//! is published again on a task of its own (see [`Publishers::retry`](super::Publishers)).
+//! not anyone awaits the confirmations: a message's room is given back as soon as the service
+//! answered it (or, when it failed, once it was published again or given up), so a caller
+//! that sends many messages before it awaits their confirmations, or drops them, keeps the
+//! bound without waiting for itself. A failed message is published again on a task of its own (see
+//! [`Publishers::retry`](super::Publishers)).
 
 use std::sync::{Arc, Weak};
 use std::task::Waker;
@@ -124,10 +124,10 @@ async fn answer_in_order(
     mut incoming: mpsc::UnboundedReceiver<Waiting>,
     publishers: Weak<Publishers>,
 ) {
-    let mut settled = Settled::default();
+    let mut woken = Vec::new();
     // Ends once every sender is gone and every message settled.
     while let Some(first) = incoming.recv().await {
-        settle_in_order(first, &mut incoming, &publishers, &mut settled).await;
+        settle_in_order(first, &mut incoming, &publishers, &mut woken).await;
     }
 }
 
@@ -169,7 +169,7 @@ async fn answer_by_key(
                     lanes.insert(key.clone(), lane);
                     let publishers = publishers.clone();
                     settling.push(async move {
-                        settle_in_order(waiting, &mut queue, &publishers, &mut Settled::default()).await;
+                        settle_in_order(waiting, &mut queue, &publishers, &mut Vec::new()).await;
                         key
                     });
                 }
@@ -183,65 +183,40 @@ async fn answer_by_key(
 /// Settles `first`, then each message queued behind it in `queue`, in order, each once its
 /// answer came; returns once none is queued.
 ///
-/// What settling leaves to do is done only when the task is about to wait (for an answer, or
-/// for more messages once this returns), so that under load it is done once per batch the
-/// service answers, not once per message (see [`Settled`]), kept across calls for its room.
+/// Whoever awaits the confirmations settled meanwhile is woken only when the task is about to
+/// wait (for an answer, or for more messages once this returns), so that under load they are
+/// woken once per batch the service answers, not once per message. `woken` holds them
+/// meanwhile, kept across calls for its room.
 async fn settle_in_order(
     first: Waiting,
     queue: &mut mpsc::UnboundedReceiver<Waiting>,
     publishers: &Weak<Publishers>,
-    settled: &mut Settled,
+    woken: &mut Vec<Waker>,
 ) {
     let mut next = Some(first);
     while let Some(mut oldest) = next {
         let answer = match (&mut oldest.published).now_or_never() {
             Some(answer) => answer,
             None => {
-                settled.release();
+                woken.drain(..).for_each(Waker::wake);
                 (&mut oldest.published).await
             }
         };
-        settle(answer, oldest.sent, publishers, settled);
+        woken.extend(settle(answer, oldest.sent, publishers));
         next = queue.try_recv().ok();
     }
-    settled.release();
+    woken.drain(..).for_each(Waker::wake);
 }
 
-/// What is left to do for the messages settled since the task last waited: the room they held
-/// in the pending limit to give back, and whoever awaits their confirmations to wake, in that
-/// order (a sender woken finds the room). Given back together, the room takes the limit's lock
-/// once per batch instead of once per message.
-#[derive(Default)]
-struct Settled {
-    room: Option<Room>,
-    woken: Vec<Waker>,
-}
-
-impl Settled {
-    /// Gives back `room` and wakes `waiter` at the next [`release`](Self::release).
-    fn push(&mut self, room: Room, waiter: Option<Waker>) {
-        match &mut self.room {
-            Some(held) => held.merge(room),
-            None => self.room = Some(room),
-        }
-        self.woken.extend(waiter);
-    }
-
-    /// Gives back the room held and wakes the waiters.
-    fn release(&mut self) {
-        self.room = None;
-        self.woken.drain(..).for_each(Waker::wake);
-    }
-}
-
-/// Confirms an answered message (its room and waiter left in `settled`), or publishes a
-/// failed one again on a task of its own (closing waits for it), which confirms it when done.
+/// Confirms an answered message, returning the waker of whoever awaits the confirmation, or
+/// publishes a failed one again on a task of its own (closing waits for it), which confirms
+/// it when done. Only a failure needs `publishers`.
+#[must_use = "the waiter sleeps until the returned waker is woken"]
 fn settle(
     answer: std::result::Result<String, PublishError>,
     sent: Sent,
     publishers: &Weak<Publishers>,
-    settled: &mut Settled,
-) {
+) -> Option<Waker> {
     let Sent {
         publisher,
         message,
@@ -249,15 +224,11 @@ fn settle(
         reply,
     } = sent;
     let err = match answer {
-        Ok(server_id) => {
-            let waiter = reply.store(Ok(Answered::new(message, server_id)));
-            return settled.push(room, waiter);
-        }
+        Ok(server_id) => return reply.store(Ok(Answered::new(message, server_id))),
         Err(err) => err,
     };
     let Some(publishers) = publishers.upgrade() else {
-        let waiter = reply.store(Err(publish_error(err, &publisher.name)));
-        return settled.push(room, waiter);
+        return reply.store(Err(publish_error(err, &publisher.name)));
     };
     let background = publishers.background.clone();
     background.spawn(async move {
@@ -266,6 +237,7 @@ fn settle(
             waiter.wake();
         }
     });
+    None
 }
 
 /// A confirmation's entry, counted in the topic's unsettled messages until it is answered

@@ -25,17 +25,8 @@ pub(crate) struct PendingLimit {
 /// A message's share of the [`PendingLimit`], given back when dropped.
 #[derive(Debug)]
 pub(super) struct Room {
-    message: OwnedSemaphorePermit,
-    bytes: OwnedSemaphorePermit,
-}
-
-impl Room {
-    /// Takes `other`'s share too: both are given back together, with one release of the
-    /// limit's lock.
-    pub(super) fn merge(&mut self, other: Room) {
-        self.message.merge(other.message);
-        self.bytes.merge(other.bytes);
-    }
+    _message: OwnedSemaphorePermit,
+    _bytes: OwnedSemaphorePermit,
 }
 
 impl PendingLimit {
@@ -53,7 +44,10 @@ impl PendingLimit {
         let bytes = Arc::clone(&self.bytes)
             .try_acquire_many_owned(self.byte_permits(size))
             .ok()?;
-        Some(Room { message, bytes })
+        Some(Room {
+            _message: message,
+            _bytes: bytes,
+        })
     }
 
     /// Room for a message of `size` bytes, once earlier messages were answered. A message
@@ -64,7 +58,10 @@ impl PendingLimit {
             .acquire_many_owned(self.byte_permits(size))
             .await;
         match (message, bytes) {
-            (Ok(message), Ok(bytes)) => Ok(Room { message, bytes }),
+            (Ok(message), Ok(bytes)) => Ok(Room {
+                _message: message,
+                _bytes: bytes,
+            }),
             // Not expected: the semaphores are never closed.
             _ => Err(
                 Error::new(ErrorKind::Closed, "the publish limit was closed")
@@ -100,15 +97,5 @@ mod tests {
         assert!(limit.try_reserve(1).is_none());
         drop(huge);
         assert!(limit.try_reserve(100).is_some());
-    }
-
-    #[test]
-    fn merged_room_is_given_back_together() {
-        let limit = PendingLimit::new(2, 100);
-        let mut first = limit.try_reserve(40).expect("room for one");
-        first.merge(limit.try_reserve(60).expect("room for two"));
-        assert!(limit.try_reserve(1).is_none(), "merged, still held");
-        drop(first);
-        assert!(limit.try_reserve(100).is_some(), "both messages' room back");
     }
 }
