@@ -307,46 +307,57 @@ mod tests {
         }))
     }
 
+    /// A route whose returned messages the scripted publishes share.
+    fn route() -> Arc<Route> {
+        Arc::new(Route {
+            exchange: "orders".into(),
+            channel: RwLock::new(None),
+            reopen: tokio::sync::Mutex::new(()),
+            orphans: Orphans::default(),
+        })
+    }
+
+    /// The answer of publish x: acked, its returned message to be looked for.
+    fn x_acked(route: &Arc<Route>) -> impl FnOnce() -> Answer + Send + 'static {
+        let route = route.clone();
+        move || {
+            Answer::Unclaimed(Unclaimed {
+                route,
+                message_id: MessageId::from("x"),
+            })
+        }
+    }
+
+    /// The answer of publish z, `answer`, whose confirm carried x's returned message.
+    fn z_with_x_returned(
+        route: &Arc<Route>,
+        answer: Answer,
+    ) -> impl FnOnce() -> Answer + Send + 'static {
+        let route = route.clone();
+        move || {
+            route.orphans.keep("x");
+            answer
+        }
+    }
+
     /// lapin handed publish x's returned message to the confirm of publish z, completed first
     /// in the same multiple ack; x's frames were written before, so the task polls x first and
     /// finds it acked without one. Answered at once, x would be reported published.
     #[tokio::test]
     async fn an_acked_publish_is_answered_after_the_publishes_woken_before_it() {
-        let route = Arc::new(Route {
-            exchange: "orders".into(),
-            channel: RwLock::new(None),
-            reopen: tokio::sync::Mutex::new(()),
-            orphans: Orphans::default(),
-        });
+        let route = route();
         let driver = Driver::start(&tokio::runtime::Handle::current(), Duration::from_secs(60));
         let (written, on_written) = oneshot::channel();
         let (confirmed, on_confirmed) = oneshot::channel();
-        let x = drive(
-            &driver,
-            "x",
-            scripted(on_written, {
-                let route = route.clone();
-                move || {
-                    Answer::Unclaimed(Unclaimed {
-                        route,
-                        message_id: MessageId::from("x"),
-                    })
-                }
-            }),
-        );
+        let x = drive(&driver, "x", scripted(on_written, x_acked(&route)));
+        let stored = Answer::Known(Ok(Receipt {
+            message_id: MessageId::from("z"),
+            position: Position::Unknown,
+        }));
         let z = drive(
             &driver,
             "z",
-            scripted(on_confirmed, {
-                let route = route.clone();
-                move || {
-                    route.orphans.keep("x");
-                    Answer::Known(Ok(Receipt {
-                        message_id: MessageId::from("z"),
-                        position: Position::Unknown,
-                    }))
-                }
-            }),
+            scripted(on_confirmed, z_with_x_returned(&route, stored)),
         );
         // The task starts both before they are woken, x first.
         for _ in 0..10 {
@@ -366,38 +377,19 @@ mod tests {
     /// came with z's confirm. A later publish with x's id, stored, is not answered as returned.
     #[tokio::test]
     async fn a_given_up_publish_claims_its_returned_message() {
-        let route = Arc::new(Route {
-            exchange: "orders".into(),
-            channel: RwLock::new(None),
-            reopen: tokio::sync::Mutex::new(()),
-            orphans: Orphans::default(),
-        });
+        let route = route();
         let driver = Driver::start(
             &tokio::runtime::Handle::current(),
             Duration::from_millis(100),
         );
-        let unclaimed = |route: &Arc<Route>| {
-            let route = route.clone();
-            move || {
-                Answer::Unclaimed(Unclaimed {
-                    route,
-                    message_id: MessageId::from("x"),
-                })
-            }
-        };
         let (acked, on_acked) = oneshot::channel();
         let (confirmed, on_confirmed) = oneshot::channel();
-        let given_up = drive(&driver, "x", scripted(on_acked, unclaimed(&route)));
+        let given_up = drive(&driver, "x", scripted(on_acked, x_acked(&route)));
+        let failed = Answer::Known(Err(timed_out(Duration::ZERO)));
         let z = drive(
             &driver,
             "z",
-            scripted(on_confirmed, {
-                let route = route.clone();
-                move || {
-                    route.orphans.keep("x");
-                    Answer::Known(Err(timed_out(Duration::ZERO)))
-                }
-            }),
+            scripted(on_confirmed, z_with_x_returned(&route, failed)),
         );
         let err = given_up.await.expect_err("not acked within the timeout");
         assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
@@ -407,7 +399,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let (stored, on_stored) = oneshot::channel();
-        let again = drive(&driver, "x", scripted(on_stored, unclaimed(&route)));
+        let again = drive(&driver, "x", scripted(on_stored, x_acked(&route)));
         assert!(stored.send(()).is_ok());
         let again = again.await;
         assert!(
