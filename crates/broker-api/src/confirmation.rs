@@ -3,11 +3,10 @@
 //! Publishing keeps thousands of confirmations pending, so their representation is on the hot
 //! path: a backend that already knows the answer returns it [ready](Confirmation::ready); one
 //! whose client reports by key into entries it reuses (Kafka's delivery report) hands out
-//! [keyed](Confirmation::keyed) confirmations, allocating nothing per message; one that fills
-//! a per-message slot hands that slot over [shared](Confirmation::shared); anything else is
-//! [boxed](Confirmation::boxed). [`ReceiptSlot`] is such a slot, for a client callback or task
-//! to fill in; [`ReceiptPool`](crate::ReceiptPool) is a table of them reused from one message to
-//! the next.
+//! [keyed](Confirmation::keyed) confirmations, allocating nothing per message; anything else
+//! is [boxed](Confirmation::boxed). [`ReceiptPool`](crate::ReceiptPool) is such a table, of
+//! [`ReceiptSlot`]s reused from one message to the next, which every backend that hears its
+//! answers later (a client callback, a task of its own) answers into.
 
 use std::fmt;
 use std::future::Future;
@@ -109,7 +108,6 @@ pub struct Confirmation(State);
 
 enum State {
     Ready(Option<Result<Receipt>>),
-    Shared(Arc<ReceiptSlot>),
     Keyed(Arc<dyn ReceiptTable>, usize),
     Boxed(BoxFuture<'static, Result<Receipt>>),
 }
@@ -118,11 +116,6 @@ impl Confirmation {
     /// A confirmation whose answer is known.
     pub fn ready(result: Result<Receipt>) -> Self {
         Confirmation(State::Ready(Some(result)))
-    }
-
-    /// A confirmation that waits for `slot` to be filled in.
-    pub fn shared(slot: Arc<ReceiptSlot>) -> Self {
-        Confirmation(State::Shared(slot))
     }
 
     /// A confirmation that waits for entry `key` of `table` to be filled in, and releases it
@@ -161,7 +154,6 @@ impl Future for Confirmation {
                     .take()
                     .expect("a Confirmation must not be polled after it completed"),
             ),
-            State::Shared(slot) => slot.poll_receipt(cx),
             State::Keyed(table, key) => {
                 // Answered: the table let go of the key already.
                 let result = std::task::ready!(table.poll_receipt(*key, cx));
@@ -192,7 +184,7 @@ impl fmt::Debug for Confirmation {
                 return f.debug_tuple("Confirmation").field(result).finish()
             }
             State::Ready(None) => "completed",
-            State::Shared(_) | State::Keyed(..) | State::Boxed(_) => "pending",
+            State::Keyed(..) | State::Boxed(_) => "pending",
         };
         f.debug_tuple("Confirmation").field(&state).finish()
     }
@@ -225,12 +217,6 @@ mod tests {
                 .map(Result::ok),
             Some(Some(receipt()))
         );
-        let slot = Arc::new(ReceiptSlot::default());
-        let mut shared = Confirmation::shared(slot.clone());
-        assert!((&mut shared).now_or_never().is_none());
-        slot.fill(Ok(receipt()));
-        slot.fill(Err(crate::Error::new(crate::ErrorKind::Other, "late")));
-        assert_eq!(shared.now_or_never().map(Result::ok), Some(Some(receipt())));
     }
 
     /// A table of one entry that counts its releases.
@@ -262,6 +248,10 @@ mod tests {
         assert!((&mut waiting).now_or_never().is_none());
         assert_eq!(releases(&table), 0);
         table.slot.fill(Ok(receipt()));
+        // Only the first answer counts.
+        table
+            .slot
+            .fill(Err(crate::Error::new(crate::ErrorKind::Other, "late")));
         assert_eq!(
             (&mut waiting).now_or_never().map(Result::ok),
             Some(Some(receipt()))
