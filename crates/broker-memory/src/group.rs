@@ -156,6 +156,16 @@ impl Group {
         }
     }
 
+    /// Messages handed out and never delivered (a member took them and stopped first), in the
+    /// order they were handed out: they go out next, before anything else, in that order and
+    /// with the same attempt (their keys stay reserved).
+    pub(crate) fn give_back(&self, offsets: impl DoubleEndedIterator<Item = u64>) {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for offset in offsets.rev() {
+            state.ready.push_front(offset);
+        }
+    }
+
     /// The message must be delivered again, before anything else (its key stays reserved).
     pub(crate) fn nack(&self, offset: u64) {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());

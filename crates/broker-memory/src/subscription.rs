@@ -10,6 +10,7 @@ use broker_api::{
     AckKey, AckTable, Acker, Delivery, DeliveryStream, Message, Metadata, Position, Result,
     Settlement,
 };
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
 use tokio::sync::Notify;
@@ -103,13 +104,8 @@ impl Member {
         }
     }
 
-    /// Takes up to `room` deliveries from the group into `out`; returns how many.
-    fn take(
-        self: &Arc<Self>,
-        room: usize,
-        scratch: &mut Vec<Handout>,
-        out: &mut VecDeque<Delivery>,
-    ) -> usize {
+    /// Takes up to `room` messages from the group into `out`; returns how many.
+    fn take(&self, room: usize, scratch: &mut Vec<Handout>, out: &mut VecDeque<Taken>) -> usize {
         self.topic.with_log(|log| {
             self.group.apply_deferred(log);
             self.group.take(log, room.min(BATCH), scratch);
@@ -117,14 +113,14 @@ impl Member {
             self.in_flight.fetch_add(taken, Ordering::SeqCst);
             for Handout { offset, attempt } in scratch.drain(..) {
                 if let Some((record, _)) = log.get(offset) {
-                    out.push_back(self.delivery(offset, record, attempt));
+                    out.push_back(self.taken(offset, record, attempt));
                 }
             }
             taken
         })
     }
 
-    fn delivery(self: &Arc<Self>, offset: u64, record: &Message, attempt: u32) -> Delivery {
+    fn taken(&self, offset: u64, record: &Message, attempt: u32) -> Taken {
         let metadata = Metadata {
             topic: self.topic_name.clone(),
             key: record.key.clone(),
@@ -136,12 +132,30 @@ impl Member {
             position: Position::Memory { offset },
         };
         let scope = if record.key.is_some() { KEYED } else { 0 };
-        let acker = Acker::keyed(self.clone(), AckKey { scope, offset });
-        Delivery::new(record.payload.clone(), metadata, acker)
+        Taken {
+            payload: record.payload.clone(),
+            metadata,
+            key: AckKey { scope, offset },
+        }
     }
 
-    fn release(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::SeqCst) == self.max_in_flight {
+    /// Gives back to the group what this member took and never handed out, in order, without
+    /// counting it as delivered.
+    fn give_back(&self, taken: &mut VecDeque<Taken>) {
+        let count = taken.len();
+        if count == 0 {
+            return;
+        }
+        self.group
+            .give_back(taken.drain(..).map(|message| message.key.offset));
+        self.topic.wake();
+        self.release(count);
+    }
+
+    /// `count` deliveries are no longer held.
+    fn release(&self, count: usize) {
+        let held = self.in_flight.fetch_sub(count, Ordering::SeqCst);
+        if held == self.max_in_flight && count > 0 {
             self.room.notify_one();
         }
     }
@@ -181,9 +195,18 @@ impl AckTable for Member {
         if ready {
             self.topic.wake();
         }
-        self.release();
+        self.release(1);
         Ok(())
     }
+}
+
+/// A message taken from the group and not handed out yet: its delivery but for the
+/// acknowledgement handle, made when it is handed out, so that one given back unseen (the
+/// member stopped first) is not counted as an attempt.
+struct Taken {
+    payload: Bytes,
+    metadata: Metadata,
+    key: AckKey,
 }
 
 /// The deliveries of one member, in the order the group hands them out.
@@ -192,7 +215,7 @@ impl AckTable for Member {
 /// there is nothing to take does the stream park on a reusable wait future.
 pub(crate) struct MemoryStream {
     member: Arc<Member>,
-    buffered: VecDeque<Delivery>,
+    buffered: VecDeque<Taken>,
     handouts: Vec<Handout>,
     waiting: ReusableBoxFuture<'static, ()>,
     is_waiting: bool,
@@ -224,12 +247,18 @@ impl Stream for MemoryStream {
             // Before what is buffered: once the backend closed or the topic was deleted,
             // nothing more is handed out.
             if this.member.is_stopped() {
-                this.buffered.clear(); // dropped unsettled: delivered again to the group
+                this.member.give_back(&mut this.buffered);
                 return Poll::Ready(None);
             }
-            if let Some(delivery) = this.buffered.pop_front() {
+            if let Some(Taken {
+                payload,
+                metadata,
+                key,
+            }) = this.buffered.pop_front()
+            {
                 budget.made_progress();
-                return Poll::Ready(Some(Ok(delivery)));
+                let acker = Acker::keyed(this.member.clone(), key);
+                return Poll::Ready(Some(Ok(Delivery::new(payload, metadata, acker))));
             }
             if this.is_waiting {
                 ready!(this.waiting.poll(cx));
@@ -258,13 +287,13 @@ impl DeliveryStream for MemoryStream {
     fn stop_intake(&mut self) {
         self.member.stop();
         self.is_waiting = false;
-        self.buffered.clear(); // dropped unsettled: delivered again to the group
+        self.member.give_back(&mut self.buffered);
     }
 
     fn close(&mut self) -> BoxFuture<'_, Result<()>> {
         self.member.stop();
         self.is_waiting = false;
-        self.buffered.clear(); // dropped unsettled: delivered again to the group
+        self.member.give_back(&mut self.buffered);
         futures::future::ready(Ok(())).boxed()
     }
 }
@@ -272,5 +301,6 @@ impl DeliveryStream for MemoryStream {
 impl Drop for MemoryStream {
     fn drop(&mut self) {
         self.member.stop();
+        self.member.give_back(&mut self.buffered);
     }
 }

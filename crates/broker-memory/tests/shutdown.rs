@@ -254,6 +254,55 @@ async fn a_closed_backend_hands_out_nothing_it_had_buffered() {
     );
 }
 
+/// What a member took from its group and never handed out goes to the next member as it was:
+/// in order, and as a first attempt (no handler saw it).
+#[tokio::test]
+async fn what_a_member_never_handed_out_comes_back_in_order_as_first_attempts() {
+    use broker_api::{Backend, Message, SubscribeRequest};
+    use futures::StreamExt;
+
+    let backend = MemoryBackend::new();
+    backend
+        .ensure_topic(&TopicSpec::new("taken").group("g"))
+        .await
+        .expect("topic");
+    for i in 0..10 {
+        backend
+            .send("taken", Message::new(format!("m{i}")))
+            .await
+            .expect("queued")
+            .await
+            .expect("published");
+    }
+    let mut first_member = backend
+        .subscribe(SubscribeRequest::new("taken", "g"))
+        .await
+        .expect("subscribe");
+    let first = first_member
+        .next()
+        .await
+        .expect("a delivery")
+        .expect("delivered");
+    assert_eq!(first.payload, "m0");
+    first.ack().await.expect("ack");
+    drop(first_member);
+    let mut next_member = backend
+        .subscribe(SubscribeRequest::new("taken", "g"))
+        .await
+        .expect("subscribe again");
+    for i in 1..10 {
+        let delivery = tokio::time::timeout(HANG, next_member.next())
+            .await
+            .expect("delivered in time")
+            .expect("a delivery")
+            .expect("delivered");
+        let (payload, metadata, acker) = delivery.into_parts();
+        assert_eq!(payload, format!("m{i}"), "out of order");
+        assert_eq!(metadata.attempt, Some(1), "attempt of m{i}");
+        acker.ack().await.expect("ack");
+    }
+}
+
 /// A member closing while its handler runs gives back at once what it took and had not handed
 /// out yet, instead of holding it (and its keys) from the rest of the group for the shutdown
 /// timeout.
