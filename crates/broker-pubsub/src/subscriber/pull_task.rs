@@ -128,11 +128,24 @@ impl Subscriptions {
         if let Some(error) = fatal {
             match pull.open_sink() {
                 Some(sink) => sink.fail(error).await,
+                // An idle pull kept for the next reader of a topic this backend deleted.
+                None if error.kind() == ErrorKind::NotFound && self.deleted_with_topic(&target) => {
+                    tracing::debug!(
+                    subscription = %target.subscription,
+                        "subscription deleted with its topic; its idle streaming pull ends"
+                    );
+                }
                 None => tracing::warn!(subscription = %target.subscription, %error,
                     "the streaming pull failed for good with no subscription reading it"),
             }
         }
         shut_down(stream).await;
+    }
+
+    /// Whether this backend deleted the subscription with its topic (it forgets the
+    /// subscriptions of the topics it deletes, and knows every other one it provisioned).
+    fn deleted_with_topic(&self, target: &Target) -> bool {
+        self.admin.auto_provision() && !self.admin.knows(&target.topic, &target.subscription)
     }
 
     /// Waits before reopening a streaming pull; true when the backend closed meanwhile.
@@ -163,7 +176,7 @@ impl Subscriptions {
                     ),
                 ));
             }
-            if !self.admin.knows(&target.topic, subscription) {
+            if self.deleted_with_topic(target) {
                 return Err(rpc_error(
                     err,
                     "subscribe",
