@@ -219,26 +219,34 @@ async fn deleting_a_topic_ends_a_stream_at_its_in_flight_limit() {
     drop(held);
 }
 
-/// Closing the backend ends a stream at once, although it had taken more deliveries than it
-/// handed out: those go back to the group, not to the application.
-#[tokio::test]
-async fn a_closed_backend_hands_out_nothing_it_had_buffered() {
-    use broker_api::{Backend, Message, SubscribeRequest};
-    use futures::StreamExt;
+/// A backend whose `topic` holds `m0` to `m9` for group `g`.
+async fn backend_with_ten_messages(topic: &str) -> MemoryBackend {
+    use broker_api::{Backend, Message};
 
     let backend = MemoryBackend::new();
     backend
-        .ensure_topic(&TopicSpec::new("buffered").group("g"))
+        .ensure_topic(&TopicSpec::new(topic).group("g"))
         .await
         .expect("topic");
     for i in 0..10 {
         backend
-            .send("buffered", Message::new(format!("m{i}")))
+            .send(topic, Message::new(format!("m{i}")))
             .await
             .expect("queued")
             .await
             .expect("published");
     }
+    backend
+}
+
+/// Closing the backend ends a stream at once, although it had taken more deliveries than it
+/// handed out: those go back to the group, not to the application.
+#[tokio::test]
+async fn a_closed_backend_hands_out_nothing_it_had_buffered() {
+    use broker_api::{Backend, SubscribeRequest};
+    use futures::StreamExt;
+
+    let backend = backend_with_ten_messages("buffered").await;
     let mut stream = backend
         .subscribe(SubscribeRequest::new("buffered", "g"))
         .await
@@ -258,22 +266,10 @@ async fn a_closed_backend_hands_out_nothing_it_had_buffered() {
 /// in order, and as a first attempt (no handler saw it).
 #[tokio::test]
 async fn what_a_member_never_handed_out_comes_back_in_order_as_first_attempts() {
-    use broker_api::{Backend, Message, SubscribeRequest};
+    use broker_api::{Backend, SubscribeRequest};
     use futures::StreamExt;
 
-    let backend = MemoryBackend::new();
-    backend
-        .ensure_topic(&TopicSpec::new("taken").group("g"))
-        .await
-        .expect("topic");
-    for i in 0..10 {
-        backend
-            .send("taken", Message::new(format!("m{i}")))
-            .await
-            .expect("queued")
-            .await
-            .expect("published");
-    }
+    let backend = backend_with_ten_messages("taken").await;
     let mut first_member = backend
         .subscribe(SubscribeRequest::new("taken", "g"))
         .await
