@@ -155,7 +155,7 @@ impl Member {
     /// `count` deliveries are no longer held.
     fn release(&self, count: usize) {
         let held = self.in_flight.fetch_sub(count, Ordering::SeqCst);
-        if held == self.max_in_flight && count > 0 {
+        if held == self.max_in_flight {
             self.room.notify_one();
         }
     }

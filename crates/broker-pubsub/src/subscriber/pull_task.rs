@@ -131,7 +131,7 @@ impl Subscriptions {
                 // An idle pull kept for the next reader of a topic this backend deleted.
                 None if error.kind() == ErrorKind::NotFound && self.deleted_with_topic(&target) => {
                     tracing::debug!(
-                    subscription = %target.subscription,
+                        subscription = %target.subscription,
                         "subscription deleted with its topic; its idle streaming pull ends"
                     );
                 }
