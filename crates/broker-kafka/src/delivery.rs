@@ -1,12 +1,12 @@
 //! Delivery reports as confirmations, with no allocation per message.
 //!
-//! The producer is a `ThreadedProducer` whose delivery callback turns the report into the
-//! message's receipt (or error) and fills it into the message's entry of [`Reports`], a
-//! [`ReceiptPool`] of entries reused from one message to the next. The entry's key is the
-//! message's opaque in librdkafka and its [`Confirmation`](broker_api::Confirmation)'s key. rdkafka's `FutureProducer` pays a oneshot channel
-//! and a boxed sender per message for the same; a shared slot per message costs an allocation
-//! on the publishing thread freed after librdkafka's thread wrote to it, which contends for the
-//! allocator with librdkafka's own per-message allocations.
+//! The producer is a `ThreadedProducer` whose delivery callback turns the report into the message's
+//! receipt (or error) and fills it into the message's entry of [`Reports`], a [`ReceiptPool`] of
+//! entries reused from one message to the next. The entry's key is the message's opaque in
+//! librdkafka and its [`Confirmation`](broker_api::Confirmation)'s key. rdkafka's `FutureProducer`
+//! pays a oneshot channel and a boxed sender per message for the same; a shared slot per message
+//! costs an allocation on the publishing thread freed after librdkafka's thread wrote to it, which
+//! contends for the allocator with librdkafka's own per-message allocations.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, Weak};

@@ -2,18 +2,17 @@
 //! confirmations.
 //!
 //! Every message handed to a topic's client is given to one of the topic's two tasks with its
-//! [`Room`] in the [`PendingLimit`](super::PendingLimit): messages without an ordering key to
-//! the task that settles them in the order they were sent ([`answer_in_order`]), messages with
-//! one to the task that settles each key's in the order they were sent ([`answer_by_key`]),
-//! since the client batches each ordering key on its own and a key's batch may wait for its
-//! delay, or be retried, while others are answered. The caller gets a [`Confirmation`] that
-//! waits for its entry of the topic's [`ReceiptPool`], which the task answers (entries are
-//! reused: nothing is allocated per message for it). The tasks await the answers whether or
-//! not anyone awaits the confirmations: a message's room is given back as soon as the service
-//! answered it (or, when it failed, once it was published again or given up), so a caller
-//! that sends many messages before it awaits their confirmations, or drops them, keeps the
-//! bound without waiting for itself. A failed message is published again on a task of its own (see
-//! [`Publishers::retry`](super::Publishers)).
+//! [`Room`] in the [`PendingLimit`](super::PendingLimit): messages without an ordering key to the
+//! task that settles them in the order they were sent ([`answer_in_order`]), messages with one to
+//! the task that settles each key's in the order they were sent ([`answer_by_key`]), since the
+//! client batches each ordering key on its own and a key's batch may wait for its delay, or be
+//! retried, while others are answered. The caller gets a [`Confirmation`] that waits for its entry
+//! of the topic's [`ReceiptPool`], which the task answers (entries are reused: nothing is allocated
+//! per message for it). The tasks await the answers whether or not anyone awaits the confirmations:
+//! a message's room is given back as soon as the service answered it (or, when it failed, once it
+//! was published again or given up), so a caller that sends many messages before it awaits their
+//! confirmations, or drops them, keeps the bound without waiting for itself. A failed message is
+//! published again on a task of its own (see [`Publishers::retry`](super::Publishers)).
 
 use std::sync::{Arc, Weak};
 use std::task::Waker;
