@@ -1,9 +1,9 @@
 //! The concurrent runner: up to `concurrency` messages at a time, same-key messages in order.
 
-use std::sync::Arc;
+use std::task::Poll;
 
-use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use futures_buffered::FuturesUnordered;
 
 use super::handling::{Handled, Unsettled};
 use super::AtLeastOnce;
@@ -15,6 +15,14 @@ use crate::runner::fair_share::FairShare;
 use crate::runner::key_lanes::KeyLanes;
 use crate::runner::stop::Stop;
 
+/// What the runner's loop acts on next.
+enum Event {
+    /// A handler finished.
+    Finished(Finished),
+    /// The stream's next item; `None` once it ended.
+    Received(Option<Result<Delivery>>),
+}
+
 /// What one handled delivery left behind.
 struct Finished {
     key: Option<String>,
@@ -24,36 +32,54 @@ struct Finished {
 impl<T: Send + 'static> AtLeastOnce<T> {
     /// Up to `concurrency` messages at a time; same-key messages wait for each other.
     pub(super) async fn run_concurrent<H: Handler<T>>(
-        self: Arc<Self>,
+        &self,
         stream: &mut BoxDeliveryStream,
-        handler: Arc<H>,
+        handler: &H,
         stop: &Stop,
     ) -> Result<()> {
         // Cancelled on close or on a fatal error: handlers waiting to retry give up their message.
         let abandon = stop.token().child_token();
+        // Reuses its slots: starting a handler allocates nothing once the set has grown to
+        // `concurrency` (`futures::stream::FuturesUnordered` allocates a task for each).
         let mut running = FuturesUnordered::new();
         let mut lanes = KeyLanes::default();
         let mut outcome = Ok(());
         let mut unsettled = Vec::new();
         let mut fair_share = FairShare::default();
-        let start = |delivery: Delivery| {
-            let runner = self.clone();
-            let handler = handler.clone();
-            let abandon = abandon.clone();
-            async move {
-                let key = delivery.metadata.key.clone();
-                let handled = runner.handle(delivery, &*handler, &abandon).await;
-                Finished { key, handled }
-            }
+        // The handlers' futures borrow what they share: nothing is counted per message.
+        let abandon = &abandon;
+        let start = |delivery: Delivery| async move {
+            let key = delivery.metadata.key.clone();
+            let handled = self.handle(delivery, handler, abandon).await;
+            Finished { key, handled }
         };
 
         loop {
+            if stop.is_requested() {
+                break;
+            }
             let has_room = running.len() < self.settings.concurrency;
-            tokio::select! {
-                biased;
-                () = stop.token().cancelled() => break,
-                Some(finished) = running.next() => {
-                    let Finished { key, handled } = finished;
+            // What is ready is taken without arming the close signal (a registration per
+            // message); only when nothing is does the loop wait for close too.
+            let ready = match futures::poll!(running.next()) {
+                Poll::Ready(Some(finished)) => Some(Event::Finished(finished)),
+                _ if has_room => match futures::poll!(stream.next()) {
+                    Poll::Ready(item) => Some(Event::Received(item)),
+                    Poll::Pending => None,
+                },
+                _ => None,
+            };
+            let event = match ready {
+                Some(event) => event,
+                None => tokio::select! {
+                    biased;
+                    () = stop.token().cancelled() => break,
+                    Some(finished) = running.next() => Event::Finished(finished),
+                    item = stream.next(), if has_room => Event::Received(item),
+                },
+            };
+            match event {
+                Event::Finished(Finished { key, handled }) => {
                     if let Err(left) = handled {
                         // Abandoned by a close that began meanwhile, or a fatal error: its key's
                         // next message does not start.
@@ -66,19 +92,17 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                         running.push(start(next));
                     }
                 }
-                item = stream.next(), if has_room => match item {
-                    Some(Ok(delivery)) => {
-                        if let Some(delivery) = lanes.admit(delivery) {
-                            running.push(start(delivery));
-                        }
-                        fair_share.take().await;
+                Event::Received(Some(Ok(delivery))) => {
+                    if let Some(delivery) = lanes.admit(delivery) {
+                        running.push(start(delivery));
                     }
-                    Some(Err(e)) => {
-                        outcome = Err(e);
-                        break;
-                    }
-                    None => break,
-                },
+                    fair_share.take().await;
+                }
+                Event::Received(Some(Err(e))) => {
+                    outcome = Err(e);
+                    break;
+                }
+                Event::Received(None) => break,
             }
         }
 

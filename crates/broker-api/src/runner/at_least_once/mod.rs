@@ -10,7 +10,6 @@ mod handling;
 mod sequential;
 
 use std::future::Future;
-use std::sync::Arc;
 
 use tokio::task::JoinHandle;
 
@@ -92,7 +91,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     ) -> Running {
         let stop = Stop::default();
         let ended = registry.register(stop.clone());
-        let running = Arc::new(self).run(stream, Arc::new(handler), stop.clone());
+        let running = self.run(stream, handler, stop.clone());
         let task = tokio::spawn(async move {
             let _ended = ended;
             running.await
@@ -101,17 +100,15 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     }
 
     async fn run<H: Handler<T>>(
-        self: Arc<Self>,
+        self,
         mut stream: BoxDeliveryStream,
-        handler: Arc<H>,
+        handler: H,
         stop: Stop,
     ) -> Result<()> {
         let outcome = if self.settings.concurrency <= 1 {
-            self.run_sequential(&mut stream, &*handler, &stop).await
+            self.run_sequential(&mut stream, &handler, &stop).await
         } else {
-            self.clone()
-                .run_concurrent(&mut stream, handler, &stop)
-                .await
+            self.run_concurrent(&mut stream, &handler, &stop).await
         };
         tracing::debug!(topic = self.topic.name(), group = %self.group, "subscription stopping");
         let closed = stream.close().await;
