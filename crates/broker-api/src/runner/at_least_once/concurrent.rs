@@ -12,7 +12,7 @@ use crate::delivery::Delivery;
 use crate::error::Result;
 use crate::handler::Handler;
 use crate::runner::fair_share::FairShare;
-use crate::runner::key_lanes::KeyLanes;
+use crate::runner::key_lanes::{KeyLanes, Lane};
 use crate::runner::stop::Stop;
 
 /// What the runner's loop acts on next.
@@ -25,7 +25,7 @@ enum Event {
 
 /// What one handled delivery left behind.
 struct Finished {
-    key: Option<String>,
+    lane: Option<Lane>,
     handled: Handled,
 }
 
@@ -48,10 +48,9 @@ impl<T: Send + 'static> AtLeastOnce<T> {
         let mut fair_share = FairShare::default();
         // The handlers' futures borrow what they share: nothing is counted per message.
         let abandon = &abandon;
-        let start = |delivery: Delivery| async move {
-            let key = delivery.metadata.key.clone();
+        let start = |delivery: Delivery, lane: Option<Lane>| async move {
             let handled = self.handle(delivery, handler, abandon).await;
-            Finished { key, handled }
+            Finished { lane, handled }
         };
 
         loop {
@@ -79,7 +78,7 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                 },
             };
             match event {
-                Event::Finished(Finished { key, handled }) => {
+                Event::Finished(Finished { lane, handled }) => {
                     if let Err(left) = handled {
                         // Abandoned by a close that began meanwhile, or a fatal error: its key's
                         // next message does not start.
@@ -88,13 +87,15 @@ impl<T: Send + 'static> AtLeastOnce<T> {
                         unsettled.push(acker);
                         break;
                     }
-                    if let Some(next) = key.and_then(|key| next_of_key(&mut lanes, &key)) {
-                        running.push(start(next));
+                    if let Some(lane) = lane {
+                        if let Some(next) = next_in_lane(&mut lanes, lane) {
+                            running.push(start(next, Some(lane)));
+                        }
                     }
                 }
                 Event::Received(Some(Ok(delivery))) => {
-                    if let Some(delivery) = lanes.admit(delivery) {
-                        running.push(start(delivery));
+                    if let Some((delivery, lane)) = lanes.admit(delivery) {
+                        running.push(start(delivery, lane));
                     }
                     fair_share.take().await;
                 }
@@ -131,15 +132,15 @@ impl<T: Send + 'static> AtLeastOnce<T> {
     }
 }
 
-/// The next message of `key` to start once one finished. Waiting ones no longer live are
+/// The next message of `lane` to start once one finished. Waiting ones no longer live are
 /// dropped, whatever became of the one that finished: the broker delivers them again, to the
 /// member that holds them now (started here, they would be handled a second time, after later
 /// messages of their key were handled there) or after one dropped as no longer live (started,
 /// they would be handled before it).
-fn next_of_key(lanes: &mut KeyLanes, key: &str) -> Option<Delivery> {
-    let mut next = lanes.release(key);
+fn next_in_lane(lanes: &mut KeyLanes, lane: Lane) -> Option<Delivery> {
+    let mut next = lanes.release(lane);
     while next.as_ref().is_some_and(|delivery| !delivery.is_live()) {
-        next = lanes.release(key);
+        next = lanes.release(lane);
     }
     next
 }
