@@ -1,5 +1,5 @@
 //! Cooperative scheduling of the runners: a backlog that is always ready, handled by handlers
-//! that finish at once, still lets the other tasks of the thread run.
+//! that finish at once, still lets the other tasks of the thread run, and still stops at close.
 //!
 //! The backend here hands out a backlog without ever consuming tokio's task budget, as a
 //! client library that knows nothing of tokio does: only the runner can give the thread back.
@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use broker_api::completion::{self, Completion};
 use broker_api::{
     Backend, BoxDeliveryStream, Broker, Capabilities, Confirmation, Delivery, DeliveryStream,
-    Error, HandlerResult, Message, Metadata, Received, Result, Settle, SettleOnce,
+    Error, HandlerResult, Message, Metadata, Received, Result, Running, Settle, SettleOnce,
     SubscribeRequest, Topic, TopicSpec,
 };
 use bytes::Bytes;
@@ -99,9 +99,9 @@ impl Settle for Forget {
     }
 }
 
-/// How many messages of the backlog were handled when another task of the thread first ran,
-/// with `concurrency` handlers at a time.
-async fn handled_when_a_neighbour_runs(concurrency: usize) -> usize {
+/// A subscription to the backlog with `concurrency` handlers at a time, and the count of the
+/// messages they handled.
+async fn counted_subscription(concurrency: usize) -> (Running, Arc<AtomicUsize>) {
     let broker = Broker::new(BacklogBackend);
     let topic = Topic::<String>::text("events");
     let handled = Arc::new(AtomicUsize::new(0));
@@ -115,6 +115,13 @@ async fn handled_when_a_neighbour_runs(concurrency: usize) -> usize {
         })
         .await
         .expect("subscribe");
+    (running, handled)
+}
+
+/// How many messages of the backlog were handled when another task of the thread first ran,
+/// with `concurrency` handlers at a time.
+async fn handled_when_a_neighbour_runs(concurrency: usize) -> usize {
+    let (running, handled) = counted_subscription(concurrency).await;
     // Spawned after the subscription's task: on one thread it runs when that task yields.
     let neighbour = tokio::spawn({
         let handled = handled.clone();
@@ -123,6 +130,16 @@ async fn handled_when_a_neighbour_runs(concurrency: usize) -> usize {
     let seen = neighbour.await.expect("neighbour task");
     running.close().await.expect("close");
     seen
+}
+
+/// How many messages of the backlog were handled once a close requested during it returned,
+/// with `concurrency` handlers at a time.
+async fn handled_when_closed_during_the_backlog(concurrency: usize) -> usize {
+    let (running, handled) = counted_subscription(concurrency).await;
+    // Spawned after the subscription's task: on one thread it runs when that task yields.
+    let closing = tokio::spawn(running.close());
+    closing.await.expect("close task").expect("close");
+    handled.load(Ordering::SeqCst)
 }
 
 /// `seen`: how many messages of the backlog were done when the neighbour task first ran.
@@ -145,6 +162,29 @@ async fn the_sequential_runner_lets_other_tasks_run_during_a_backlog() {
 #[tokio::test(flavor = "current_thread")]
 async fn the_concurrent_runner_lets_other_tasks_run_during_a_backlog() {
     ran_during_the_backlog(handled_when_a_neighbour_runs(4).await);
+}
+
+/// `handled`: how many messages of the backlog were done when closing returned.
+fn stopped_during_the_backlog(handled: usize) {
+    assert!(
+        handled > 0,
+        "closing ran before the subscription's task: the case tests nothing"
+    );
+    assert!(
+        handled < BACKLOG,
+        "closing waited for the whole backlog of {BACKLOG}: the runner did not look for the \
+         close between ready messages"
+    );
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_sequential_runner_stops_during_a_backlog_at_close() {
+    stopped_during_the_backlog(handled_when_closed_during_the_backlog(1).await);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn the_concurrent_runner_stops_during_a_backlog_at_close() {
+    stopped_during_the_backlog(handled_when_closed_during_the_backlog(4).await);
 }
 
 /// How many values of the backlog a loop over an `at_most_once` stream (or, `manual`, over
