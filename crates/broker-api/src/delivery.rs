@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use crate::acker::Acker;
 use crate::completion::Completion;
+use crate::key::Key;
 use crate::message::{Headers, MessageId};
 
 /// Where a delivery sits in the broker, in the broker's own terms.
@@ -57,7 +58,7 @@ pub struct PubSubPosition {
     /// The server-assigned message id.
     pub message_id: String,
     /// The ordering key, when the message has one.
-    pub ordering_key: Option<String>,
+    pub ordering_key: Option<Key>,
 }
 
 /// What a consumer knows about a delivered message besides its payload.
@@ -66,7 +67,7 @@ pub struct Metadata {
     /// The topic it was published to.
     pub topic: Arc<str>,
     /// The partition/ordering key.
-    pub key: Option<String>,
+    pub key: Option<Key>,
     /// Application headers (the wire's id and content-type entries are moved to their fields).
     pub headers: Headers,
     /// The message id; absent when another program published without one.

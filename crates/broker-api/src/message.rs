@@ -9,6 +9,7 @@ use arrayvec::ArrayString;
 use bytes::Bytes;
 
 use crate::error::{Error, ErrorKind, Result};
+use crate::key::Key;
 
 /// A message id: unique per message, kept across redeliveries, generated when absent.
 ///
@@ -222,7 +223,7 @@ pub struct Message {
     /// The encoded payload; may be empty.
     pub payload: Bytes,
     /// The partition/ordering key: messages with the same key are handled in publish order.
-    pub key: Option<String>,
+    pub key: Option<Key>,
     /// Application headers.
     pub headers: Headers,
     /// The message id; [`MessageId::random`] unless set.
@@ -247,7 +248,7 @@ impl Message {
     }
 
     /// Sets the key.
-    pub fn with_key(mut self, key: impl Into<String>) -> Self {
+    pub fn with_key(mut self, key: impl Into<Key>) -> Self {
         self.key = Some(key.into());
         self
     }

@@ -10,9 +10,10 @@ use serde::Serialize;
 
 use crate::codec::{Codec, Json, Raw, Text};
 use crate::error::{panic_text, Error, ErrorKind, Result};
+use crate::key::Key;
 use crate::message::Message;
 
-type KeyFn<T> = dyn Fn(&T) -> String + Send + Sync;
+type KeyFn<T> = dyn Fn(&T) -> Key + Send + Sync;
 
 /// A named stream of values of `T`.
 ///
@@ -66,8 +67,10 @@ impl<T: 'static> Topic<T> {
     }
 
     /// Keys every value with `key`: values with the same key are handled in publish order.
-    pub fn with_key(mut self, key: impl Fn(&T) -> String + Send + Sync + 'static) -> Self {
-        self.key = Some(Arc::new(key));
+    ///
+    /// The function may return a [`Key`], a `String` or a `&'static str`.
+    pub fn with_key<K: Into<Key>>(mut self, key: impl Fn(&T) -> K + Send + Sync + 'static) -> Self {
+        self.key = Some(Arc::new(move |value: &T| key(value).into()));
         self
     }
 

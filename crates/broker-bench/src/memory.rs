@@ -27,11 +27,19 @@ pub fn scenarios(messages: Option<usize>) -> Vec<Box<dyn Scenario>> {
             messages,
             size: 100,
             at_least_once: true,
+            keys: 0,
+        }),
+        Box::new(OneToOne {
+            messages,
+            size: 100,
+            at_least_once: true,
+            keys: KEYS.len(),
         }),
         Box::new(OneToOne {
             messages,
             size: 100,
             at_least_once: false,
+            keys: 0,
         }),
         Box::new(FanOut {
             messages: messages / 4,
@@ -47,11 +55,52 @@ fn payload(size: usize) -> Bytes {
     Bytes::from_static(&PAYLOAD[..size.min(PAYLOAD.len())])
 }
 
+/// The keys of the keyed scenario, taken in turn.
+const KEYS: [&str; 16] = [
+    "user-0", "user-1", "user-2", "user-3", "user-4", "user-5", "user-6", "user-7", "user-8",
+    "user-9", "user-10", "user-11", "user-12", "user-13", "user-14", "user-15",
+];
+
 /// One publisher, one subscriber.
 struct OneToOne {
     messages: usize,
     size: usize,
     at_least_once: bool,
+    /// How many keys the messages take in turn; none when 0.
+    keys: usize,
+}
+
+impl OneToOne {
+    /// The key of message `index`, if the messages have keys.
+    fn key(&self, index: usize) -> Option<&'static str> {
+        (self.keys > 0).then(|| KEYS[index % self.keys])
+    }
+}
+
+/// `n` messages made by `message` through tokio's unbounded channel, read by another task.
+async fn raw_channel<M: Send + 'static>(
+    n: usize,
+    message: impl Fn(usize) -> M,
+    payload_len: impl Fn(&M) -> usize + Send + 'static,
+) -> anyhow::Result<Sample> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<M>();
+    let start = Instant::now();
+    let consumer = tokio::spawn(async move {
+        let mut bytes = 0;
+        for _ in 0..n {
+            match rx.recv().await {
+                Some(message) => bytes += payload_len(&message),
+                None => break,
+            }
+        }
+        bytes
+    });
+    for index in 0..n {
+        tx.send(message(index))
+            .map_err(|_| anyhow::anyhow!("the reading task stopped"))?;
+    }
+    let bytes = consumer.await?;
+    Ok(Sample::new(n, bytes, start.elapsed()))
 }
 
 impl Scenario for OneToOne {
@@ -61,11 +110,18 @@ impl Scenario for OneToOne {
         } else {
             "at_most_once"
         };
-        format!("memory 1->1 {} B, {mode}", self.size)
+        match self.keys {
+            0 => format!("memory 1->1 {} B, {mode}", self.size),
+            keys => format!("memory 1->1 {} B, {keys} keys, {mode}", self.size),
+        }
     }
 
     fn raw_side(&self) -> &'static str {
-        "tokio mpsc (unbounded)"
+        if self.keys > 0 {
+            "tokio mpsc (unbounded) of key and payload"
+        } else {
+            "tokio mpsc (unbounded)"
+        }
     }
 
     fn goal(&self) -> f64 {
@@ -77,34 +133,13 @@ impl Scenario for OneToOne {
     }
 
     fn raw(&self, _bare: bool) -> BoxFuture<'_, anyhow::Result<Sample>> {
-        async move {
-            let payload = payload(self.size);
-            let (tx, mut rx) = mpsc::unbounded_channel::<Bytes>();
-            let n = self.messages;
-            let start = Instant::now();
-            let consumer = tokio::spawn(async move {
-                let mut bytes = 0;
-                for _ in 0..n {
-                    match rx.recv().await {
-                        Some(payload) => bytes += payload.len(),
-                        None => break,
-                    }
-                }
-                bytes
-            });
-            for _ in 0..n {
-                tx.send(payload.clone())?;
-            }
-            let bytes = consumer.await?;
-            Ok(Sample {
-                messages: n,
-                bytes,
-                elapsed: start.elapsed(),
-                latency: None,
-                cpu: None,
-            })
+        let payload = payload(self.size);
+        if self.keys > 0 {
+            let keyed = move |index| (self.key(index), payload.clone());
+            raw_channel(self.messages, keyed, |(_, payload)| payload.len()).boxed()
+        } else {
+            raw_channel(self.messages, move |_| payload.clone(), Bytes::len).boxed()
         }
-        .boxed()
     }
 
     fn ours(&self) -> BoxFuture<'_, anyhow::Result<Sample>> {
@@ -122,10 +157,10 @@ impl Scenario for OneToOne {
                 let counted = Counter::new(n);
                 let running = subscriber.at_least_once(counted.handler()).await?;
                 let start = Instant::now();
-                for _ in 0..n {
-                    publisher
-                        .publish_message(Message::new(payload.clone()))
-                        .await?;
+                for index in 0..n {
+                    let mut message = Message::new(payload.clone());
+                    message.key = self.key(index).map(Into::into);
+                    publisher.publish_message(message).await?;
                 }
                 counted.wait().await;
                 let elapsed = start.elapsed();

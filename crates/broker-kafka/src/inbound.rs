@@ -6,7 +6,7 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use broker_api::{MessageId, Metadata, Position};
+use broker_api::{Key, MessageId, Metadata, Position};
 use bytes::{Bytes, BytesMut};
 use rdkafka::message::{Headers, Message};
 
@@ -61,7 +61,7 @@ pub(crate) fn metadata<M: Message>(record: &M, topic: &Arc<str>) -> Metadata {
     let mut metadata = Metadata::new(topic.clone());
     metadata.key = record
         .key()
-        .map(|key| String::from_utf8_lossy(key).into_owned());
+        .map(|key| Key::from(&*String::from_utf8_lossy(key)));
     if let Some(headers) = record.headers() {
         let unreadable = read_headers(headers, &mut metadata);
         if unreadable > 0 {

@@ -5,6 +5,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use broker_api::Key;
+
 use crate::log::Log;
 
 /// Shared by every member of one group on one topic.
@@ -31,7 +33,7 @@ struct GroupState {
     /// became free.
     ready: VecDeque<u64>,
     /// Keys with a message out; each holds the offsets waiting behind it, in order.
-    busy_keys: HashMap<String, VecDeque<u64>>,
+    busy_keys: HashMap<Key, VecDeque<u64>>,
     /// Deliveries so far of messages that were nacked at least once.
     nacks: HashMap<u64, u32>,
 }

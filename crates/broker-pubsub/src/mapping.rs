@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use broker_api::{Headers, Message, MessageId, Metadata, Position, PubSubPosition};
+use broker_api::{Headers, Key, Message, MessageId, Metadata, Position, PubSubPosition};
 use bytes::Bytes;
 use google_cloud_pubsub::model::Message as PubsubMessage;
 
@@ -39,7 +39,7 @@ pub(crate) fn message_size(message: &Message) -> usize {
         .as_ref()
         .map_or(0, |ct| CONTENT_TYPE_ATTRIBUTE.len() + ct.len());
     message.payload.len()
-        + message.key.as_ref().map_or(0, String::len)
+        + message.key.as_deref().map_or(0, str::len)
         + headers
         + MESSAGE_ID_ATTRIBUTE.len()
         + message.id.as_str().len()
@@ -125,7 +125,7 @@ pub(crate) fn to_pubsub(message: &Message) -> PubsubMessage {
     out.data = message.payload.clone();
     out.attributes = attributes;
     if let Some(key) = &message.key {
-        out.ordering_key.clone_from(key);
+        out.ordering_key = key.as_str().to_owned();
     }
     out
 }
@@ -154,7 +154,7 @@ pub(crate) fn from_pubsub(
         }
     }
     metadata.headers = headers;
-    let ordering_key = (!ordering_key.is_empty()).then_some(ordering_key);
+    let ordering_key = (!ordering_key.is_empty()).then(|| Key::from(ordering_key));
     metadata.key.clone_from(&ordering_key);
     // A time before 1970 (a service's bug) is left out, as Kafka's records without one are.
     metadata.publish_time = publish_time

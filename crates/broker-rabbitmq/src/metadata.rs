@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use broker_api::{
-    AmqpPosition, Error, ErrorKind, Headers, Message, MessageId, Metadata, Position, Result,
+    AmqpPosition, Error, ErrorKind, Headers, Key, Message, MessageId, Metadata, Position, Result,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::BasicProperties;
@@ -159,7 +159,7 @@ pub(crate) fn metadata(
     };
     Metadata {
         topic,
-        key: (!fields.routing_key.is_empty()).then(|| fields.routing_key.to_owned()),
+        key: (!fields.routing_key.is_empty()).then(|| Key::from(fields.routing_key)),
         headers,
         message_id: properties
             .message_id()

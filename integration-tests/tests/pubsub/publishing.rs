@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use broker_api::{Backend, ConnectOptions, Message, Position, SubscribeRequest, TopicSpec};
+use broker_api::{Backend, ConnectOptions, Key, Message, Position, SubscribeRequest, TopicSpec};
 use broker_pubsub::google_cloud_auth::credentials::anonymous::Builder as Anonymous;
 use broker_pubsub::google_cloud_pubsub::client::Publisher;
 use broker_pubsub::google_cloud_pubsub::model::Message as PubsubMessage;
@@ -288,7 +288,7 @@ async fn key_order_holds_across_a_client_replacement() {
             .subscribe(SubscribeRequest::new(topic.as_str(), "g").max_in_flight(4_096))
             .await
             .expect("subscribe");
-        let mut rounds_seen: HashMap<String, Vec<String>> = HashMap::new();
+        let mut rounds_seen: HashMap<Key, Vec<String>> = HashMap::new();
         for _ in 0..2 * KEYS {
             let delivery = next_within(&mut stream, Duration::from_secs(30)).await;
             let key = delivery.metadata.key.clone().expect("keyed");

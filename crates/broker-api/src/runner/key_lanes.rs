@@ -65,10 +65,11 @@ mod tests {
     use super::*;
     use crate::acker::Acker;
     use crate::delivery::Metadata;
+    use crate::key::Key;
 
     fn delivery(key: Option<&str>, payload: &'static str) -> Delivery {
         let mut metadata = Metadata::new(Arc::from("orders"));
-        metadata.key = key.map(str::to_owned);
+        metadata.key = key.map(Key::from);
         Delivery::new(
             Bytes::from_static(payload.as_bytes()),
             metadata,

@@ -17,8 +17,8 @@ use async_trait::async_trait;
 use broker_api::completion::{self, Completion};
 use broker_api::{
     Backend, BoxDeliveryStream, Broker, Capabilities, Confirmation, Delivery, DeliveryStream,
-    Error, ErrorKind, HandlerError, HandlerResult, Message, MessageId, Metadata, Received, Result,
-    RetryPolicy, Settle, SettleOnce, SubscribeRequest, Topic, TopicSpec,
+    Error, ErrorKind, HandlerError, HandlerResult, Key, Message, MessageId, Metadata, Received,
+    Result, RetryPolicy, Settle, SettleOnce, SubscribeRequest, Topic, TopicSpec,
 };
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -116,7 +116,7 @@ impl Stream for Scripted {
             return Poll::Pending;
         };
         let mut metadata = Metadata::new(self.topic.clone());
-        metadata.key = key.map(str::to_owned);
+        metadata.key = key.map(Key::from);
         // "m#2": the second delivery of message m.
         let id = value.split('#').next().unwrap_or(value);
         metadata.message_id = Some(MessageId::from(id));

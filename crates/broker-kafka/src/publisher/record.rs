@@ -28,7 +28,7 @@ pub(super) fn wire_headers(message: &Message) -> OwnedHeaders {
 /// Payload, key and headers, in bytes: what counts against `message.max.bytes`.
 pub(super) fn wire_size(message: &Message) -> usize {
     message.payload.len()
-        + message.key.as_ref().map_or(0, String::len)
+        + message.key.as_deref().map_or(0, str::len)
         + MESSAGE_ID_HEADER.len()
         + message.id.as_str().len()
         + message

@@ -31,7 +31,7 @@ use std::time::Duration;
 
 use broker_api::completion::{self, Completion};
 use broker_api::{
-    Confirmation, Error, ErrorKind, IntoReceipt, Message, MessageId, OnceReady, Position,
+    Confirmation, Error, ErrorKind, IntoReceipt, Key, Message, MessageId, OnceReady, Position,
     PubSubPosition, Receipt, Result,
 };
 use google_cloud_pubsub::client::BasePublisher;
@@ -312,7 +312,7 @@ impl Publishers {
 /// confirmation takes it (on the awaiting task, which mostly drops it soon after).
 struct Answered {
     message_id: MessageId,
-    key: Option<String>,
+    key: Option<Key>,
     server_id: String,
 }
 

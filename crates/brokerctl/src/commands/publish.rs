@@ -5,7 +5,7 @@ use std::io::IsTerminal as _;
 use std::path::Path;
 
 use anyhow::Context as _;
-use broker::{Broker, Confirmation, MessageId, Publisher, Receipt, Topic};
+use broker::{Broker, Confirmation, Key, MessageId, Publisher, Receipt, Topic};
 use bytes::Bytes;
 use futures::stream::FuturesOrdered;
 use futures::StreamExt as _;
@@ -108,7 +108,7 @@ async fn send(
     payload: Bytes,
 ) -> anyhow::Result<(MessageId, Confirmation)> {
     let mut message = publisher.message(&payload)?;
-    message.key = args.key.clone();
+    message.key = args.key.as_deref().map(Key::from);
     for (name, value) in &args.headers {
         message.headers.insert(name, value);
     }
